@@ -1,0 +1,219 @@
+//! The on-host journal: one file per fault, written (and fsynced) before the fault
+//! touches the node, removed after it is reverted. A restarted agent reverts what
+//! the journal still lists, so a crash or SIGKILL leaves nothing behind.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("journal record {path} is unreadable: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// A process identified across pid reuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessIdentity {
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+/// What must be done to put the node back as it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Undo {
+    /// The fault holds nothing on the node (kills): stopping it is the revert.
+    Nothing,
+    /// Stressor processes the agent started: kill them.
+    KillProcesses { processes: Vec<ProcessIdentity> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalRecord {
+    pub id: String,
+    pub kind: String,
+    pub target: String,
+    pub created_unix_ms: i64,
+    pub deadline_unix_ms: i64,
+    pub undo: Undo,
+}
+
+#[derive(Debug, Clone)]
+pub struct Journal {
+    dir: PathBuf,
+}
+
+const SUFFIX: &str = ".json";
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Journal {
+    /// Opens (creating, mode 0700) `<state_dir>/journal`.
+    pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
+        let dir = state_dir.join("journal");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io(&dir))?;
+        Ok(Journal { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}{SUFFIX}"))
+    }
+
+    /// Makes a rename or unlink durable: fsync the directory that holds the entry.
+    fn sync_dir(&self) -> Result<(), JournalError> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))
+    }
+
+    /// Writes the record atomically (temporary file, fsync, rename, fsync of the dir),
+    /// so a crash leaves either the old record or the new one, never half of one.
+    pub fn write(&self, record: &JournalRecord) -> Result<(), JournalError> {
+        let path = self.path(&record.id);
+        let tmp = self.dir.join(format!(".{}.tmp", record.id));
+        let bytes = serde_json::to_vec_pretty(record).map_err(|e| JournalError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        file.write_all(&bytes).map_err(io(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        self.sync_dir()
+    }
+
+    pub fn remove(&self, id: &str) -> Result<(), JournalError> {
+        let path = self.path(id);
+        match fs::remove_file(&path) {
+            Ok(()) => self.sync_dir(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// Every record, oldest first; an unreadable one is returned as an error so the
+    /// caller can report it without losing the others.
+    pub fn records(&self) -> Result<Vec<Result<JournalRecord, JournalError>>, JournalError> {
+        let mut paths: Vec<PathBuf> = fs::read_dir(&self.dir)
+            .map_err(io(&self.dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.ends_with(SUFFIX) && !n.starts_with('.'))
+            })
+            .collect();
+        paths.sort();
+        let mut records: Vec<Result<JournalRecord, JournalError>> = paths
+            .into_iter()
+            .map(|path| {
+                let bytes = fs::read(&path).map_err(io(&path))?;
+                serde_json::from_slice(&bytes).map_err(|e| JournalError::Corrupt {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect();
+        records.sort_by_key(|r| r.as_ref().map(|r| r.created_unix_ms).unwrap_or(i64::MIN));
+        Ok(records)
+    }
+
+    pub fn len(&self) -> usize {
+        self.records().map(|r| r.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, created: i64) -> JournalRecord {
+        JournalRecord {
+            id: id.into(),
+            kind: "cpu".into(),
+            target: "container:abc".into(),
+            created_unix_ms: created,
+            deadline_unix_ms: created + 1000,
+            undo: Undo::KillProcesses {
+                processes: vec![ProcessIdentity { pid: 42, start_time: 7 }],
+            },
+        }
+    }
+
+    #[test]
+    fn writes_lists_and_removes_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        assert!(journal.is_empty());
+        journal.write(&record("f-2", 20)).unwrap();
+        journal.write(&record("f-1", 10)).unwrap();
+        let ids: Vec<String> = journal
+            .records()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.unwrap().id)
+            .collect();
+        assert_eq!(ids, ["f-1", "f-2"]);
+        // Rewriting replaces the record.
+        let mut updated = record("f-1", 10);
+        updated.undo = Undo::Nothing;
+        journal.write(&updated).unwrap();
+        let first = journal.records().unwrap().remove(0).unwrap();
+        assert_eq!(first.undo, Undo::Nothing);
+        journal.remove("f-1").unwrap();
+        journal.remove("f-1").unwrap();
+        assert_eq!(journal.len(), 1);
+        let mode = std::fs::metadata(journal.dir()).unwrap().permissions();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(mode.mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_corrupt_record_is_reported_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        journal.write(&record("f-1", 10)).unwrap();
+        std::fs::write(journal.dir().join("f-bad.json"), b"{not json").unwrap();
+        // Leftover temporary files of an interrupted write are ignored.
+        std::fs::write(journal.dir().join(".f-3.tmp"), b"{").unwrap();
+        let records = journal.records().unwrap();
+        assert_eq!(records.len(), 2);
+        assert!(records.iter().any(|r| matches!(r, Err(JournalError::Corrupt { .. }))));
+        assert!(records.iter().any(|r| r.as_ref().is_ok_and(|r| r.id == "f-1")));
+    }
+
+    #[test]
+    fn the_undo_action_is_tagged_in_json() {
+        let text = serde_json::to_string(&Undo::Nothing).unwrap();
+        assert_eq!(text, r#"{"action":"nothing"}"#);
+    }
+}

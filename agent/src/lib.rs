@@ -1,0 +1,20 @@
+//! chaos-agent: resolves targets on this node and applies faults that it reverts by
+//! itself at their deadline, on request, when their lease lapses, at shutdown, and
+//! at the next start after a crash (from the journal).
+
+pub mod capabilities;
+pub mod clock;
+pub mod error;
+pub mod faults;
+pub mod journal;
+pub mod metrics;
+pub mod procfs;
+pub mod protect;
+pub mod registry;
+pub mod resolve;
+pub mod runtime;
+pub mod service;
+pub mod sys;
+pub mod target;
+pub mod tls;
+pub mod validate;

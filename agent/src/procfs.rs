@@ -1,0 +1,223 @@
+//! Reading processes from `/proc`. Thin: the parsing is pure and unit-tested, the
+//! reads are plain file reads.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    #[error("process {0} does not exist")]
+    Gone(u32),
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot parse {path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+}
+
+/// What the agent needs to know about a process to select, protect and signal it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    /// The kernel's short name (at most 15 bytes).
+    pub comm: String,
+    /// Arguments joined by spaces.
+    pub cmdline: String,
+    /// The file name of the first argument (`/usr/bin/postgres` gives `postgres`).
+    pub argv0_name: String,
+    /// Start time in clock ticks since boot: with the pid, it identifies a process
+    /// across pid reuse.
+    pub start_time: u64,
+}
+
+/// The fields of `/proc/PID/stat` we use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub comm: String,
+    pub state: char,
+    pub ppid: u32,
+    pub start_time: u64,
+}
+
+/// Parses `/proc/PID/stat`. The name sits between the first `(` and the LAST `)`,
+/// because a process may put `)` and spaces in its own name.
+pub fn parse_stat(text: &str) -> Result<Stat, String> {
+    let open = text.find('(').ok_or("no `(`")?;
+    let close = text.rfind(')').ok_or("no `)`")?;
+    if close < open {
+        return Err("`)` before `(`".into());
+    }
+    let comm = text[open + 1..close].to_string();
+    let fields: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    // fields[0] is field 3 of proc(5) (state); starttime is field 22.
+    let state = fields
+        .first()
+        .and_then(|s| s.chars().next())
+        .ok_or("no state field")?;
+    let ppid = fields
+        .get(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("no ppid field")?;
+    let start_time = fields
+        .get(19)
+        .and_then(|s| s.parse().ok())
+        .ok_or("no starttime field")?;
+    Ok(Stat {
+        comm,
+        state,
+        ppid,
+        start_time,
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct Procfs {
+    root: PathBuf,
+}
+
+impl Default for Procfs {
+    fn default() -> Self {
+        Procfs::at("/proc")
+    }
+}
+
+impl Procfs {
+    pub fn at(root: impl Into<PathBuf>) -> Procfs {
+        Procfs { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn read(&self, pid: u32, file: &str) -> Result<String, ProcError> {
+        let path = self.root.join(pid.to_string()).join(file);
+        std::fs::read(&path)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::NotFound => ProcError::Gone(pid),
+                // A process that exited between two reads answers ESRCH.
+                _ if source.raw_os_error() == Some(libc::ESRCH) => ProcError::Gone(pid),
+                _ => ProcError::Io { path, source },
+            })
+    }
+
+    pub fn stat(&self, pid: u32) -> Result<Stat, ProcError> {
+        let text = self.read(pid, "stat")?;
+        parse_stat(&text).map_err(|reason| ProcError::Parse {
+            path: self.root.join(pid.to_string()).join("stat"),
+            reason,
+        })
+    }
+
+    pub fn process(&self, pid: u32) -> Result<ProcessInfo, ProcError> {
+        let stat = self.stat(pid)?;
+        // A zombie or kernel thread has an empty cmdline; that is not an error.
+        let raw = self.read(pid, "cmdline").unwrap_or_default();
+        let argv0_name = raw
+            .split('\0')
+            .next()
+            .and_then(|argv0| argv0.rsplit('/').next())
+            .unwrap_or_default()
+            .to_string();
+        Ok(ProcessInfo {
+            pid,
+            ppid: stat.ppid,
+            comm: stat.comm,
+            cmdline: raw.trim_end_matches('\0').replace('\0', " "),
+            argv0_name,
+            start_time: stat.start_time,
+        })
+    }
+
+    /// The parent chain of `pid`, nearest first, stopping at pid 1 or after `max` steps.
+    pub fn ancestors(&self, pid: u32, max: usize) -> Vec<u32> {
+        let mut chain = Vec::new();
+        let mut current = pid;
+        while chain.len() < max {
+            match self.stat(current) {
+                Ok(stat) if stat.ppid != 0 && stat.ppid != current => {
+                    chain.push(stat.ppid);
+                    if stat.ppid == 1 {
+                        break;
+                    }
+                    current = stat.ppid;
+                }
+                _ => break,
+            }
+        }
+        chain
+    }
+
+    pub fn netns_path(&self, pid: u32) -> PathBuf {
+        self.root.join(pid.to_string()).join("ns/net")
+    }
+
+    /// Every pid on the node (the directories of /proc that are numbers).
+    pub fn pids(&self) -> Result<Vec<u32>, ProcError> {
+        let dir = std::fs::read_dir(&self.root).map_err(|source| ProcError::Io {
+            path: self.root.clone(),
+            source,
+        })?;
+        let mut pids: Vec<u32> = dir
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        pids.sort_unstable();
+        Ok(pids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAT: &str = "4242 (my) proc) S 17 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 200 18446744073709551615";
+
+    #[test]
+    fn parses_stat_with_parentheses_in_the_name() {
+        let stat = parse_stat(STAT).unwrap();
+        assert_eq!(
+            stat,
+            Stat {
+                comm: "my) proc".into(),
+                state: 'S',
+                ppid: 17,
+                start_time: 987654
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_truncated_stat() {
+        assert!(parse_stat("1 (init) S 0").is_err());
+        assert!(parse_stat("garbage").is_err());
+    }
+
+    #[test]
+    fn reads_a_fake_proc_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("4242");
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(p.join("stat"), STAT).unwrap();
+        std::fs::write(p.join("cmdline"), b"/bin/sleep\0100\0").unwrap();
+        std::fs::create_dir_all(dir.path().join("self")).unwrap();
+        let procfs = Procfs::at(dir.path());
+        let info = procfs.process(4242).unwrap();
+        assert_eq!(info.cmdline, "/bin/sleep 100");
+        assert_eq!(info.argv0_name, "sleep");
+        assert_eq!(info.ppid, 17);
+        assert!(matches!(procfs.process(7), Err(ProcError::Gone(7))));
+        assert_eq!(procfs.pids().unwrap(), vec![4242]);
+    }
+
+    #[test]
+    fn reads_this_process_for_real() {
+        let procfs = Procfs::default();
+        let me = procfs.process(std::process::id()).unwrap();
+        assert_eq!(me.ppid, nix::unistd::getppid().as_raw() as u32);
+        assert!(me.start_time > 0);
+        assert!(procfs.ancestors(std::process::id(), 64).contains(&me.ppid));
+    }
+}

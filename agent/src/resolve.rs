@@ -1,0 +1,356 @@
+//! From a target spec to what is on this node: the container, its processes, its
+//! cgroup and its network namespace. Asks containerd first and falls back to
+//! scanning /proc when the runtime socket is unavailable.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chaos_cgroup::{CgroupError, CgroupFs, CgroupLayout, ProcessCgroup};
+use chaos_proto::api;
+
+use crate::error::AgentError;
+use crate::procfs::{ProcError, ProcessInfo, Procfs};
+use crate::runtime::{
+    Containerd, LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE, RuntimeContainer,
+    RuntimeError, TaskState,
+};
+use crate::target::TargetSpec;
+
+/// One resolved target: a container (or a bare process or cgroup) and its processes.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub spec: TargetSpec,
+    pub container: Option<api::ContainerRef>,
+    /// The container's init, the pid itself, or the oldest process of a cgroup.
+    pub init: ProcessInfo,
+    /// Every process of the target (for a pid target, just that process).
+    pub processes: Vec<ProcessInfo>,
+    pub cgroup: ProcessCgroup,
+}
+
+impl Resolved {
+    /// The canonical target string for this container or process.
+    pub fn canonical(&self) -> String {
+        match (&self.spec, &self.container) {
+            (_, Some(c)) => format!("container:{}", c.id),
+            (TargetSpec::Cgroup(path), None) => format!("cgroup:{path}"),
+            _ => format!("pid:{}", self.init.pid),
+        }
+    }
+
+    pub fn to_api(&self, procfs: &Procfs) -> api::ResolvedTarget {
+        api::ResolvedTarget {
+            target: self.canonical(),
+            container: self.container.clone(),
+            init_pid: self.init.pid,
+            pids: self.processes.iter().map(|p| p.pid).collect(),
+            cgroup: self.cgroup.display_path(),
+            netns: procfs.netns_path(self.init.pid).display().to_string(),
+        }
+    }
+}
+
+pub struct Resolver {
+    pub procfs: Procfs,
+    pub cgroups: CgroupFs,
+    pub layout: CgroupLayout,
+    pub runtime: Option<Containerd>,
+}
+
+fn cgroup_error(what: &str, err: CgroupError) -> AgentError {
+    if err.is_not_found() {
+        AgentError::NotFound(format!("{what}: {err}"))
+    } else {
+        AgentError::Internal(format!("{what}: {err}"))
+    }
+}
+
+fn proc_error(err: ProcError) -> AgentError {
+    match err {
+        ProcError::Gone(pid) => AgentError::NotFound(format!("process {pid} does not exist on this node")),
+        other => AgentError::Internal(other.to_string()),
+    }
+}
+
+impl Resolver {
+    pub async fn resolve(&self, spec: &TargetSpec) -> Result<Vec<Resolved>, AgentError> {
+        match spec {
+            TargetSpec::Pid(pid) => self.resolve_pid(spec, *pid).map(|r| vec![r]),
+            TargetSpec::Cgroup(path) => self.resolve_cgroup(spec, path).map(|r| vec![r]),
+            TargetSpec::Container(id) => self.resolve_container(spec, id).await.map(|r| vec![r]),
+            TargetSpec::Pod {
+                namespace,
+                name,
+                container,
+            } => self.resolve_pod(spec, namespace, name, container.as_deref()).await,
+        }
+    }
+
+    fn resolve_pid(&self, spec: &TargetSpec, pid: u32) -> Result<Resolved, AgentError> {
+        let init = self.procfs.process(pid).map_err(proc_error)?;
+        let cgroup = ProcessCgroup::of_pid(self.procfs.root(), pid)
+            .map_err(|e| cgroup_error(&format!("cgroup of pid {pid}"), e))?;
+        Ok(Resolved {
+            spec: spec.clone(),
+            container: None,
+            processes: vec![init.clone()],
+            init,
+            cgroup,
+        })
+    }
+
+    /// The processes of a cgroup, and its init: the one whose parent is outside the
+    /// cgroup (for a container, the process the runtime's shim started).
+    fn cgroup_members(&self, cgroup: &ProcessCgroup, what: &str) -> Result<(ProcessInfo, Vec<ProcessInfo>), AgentError> {
+        let pids = self.cgroups.procs(cgroup).map_err(|e| cgroup_error(what, e))?;
+        // A process may exit between the listing and the read; that is not an error.
+        let processes: Vec<ProcessInfo> = pids.iter().filter_map(|pid| self.procfs.process(*pid).ok()).collect();
+        let members: HashSet<u32> = processes.iter().map(|p| p.pid).collect();
+        let init = processes
+            .iter()
+            .filter(|p| !members.contains(&p.ppid))
+            .min_by_key(|p| (p.start_time, p.pid))
+            .cloned()
+            .ok_or_else(|| {
+                AgentError::FailedPrecondition(format!(
+                    "{what} has no running process (is the container crash-looping or stopped?)"
+                ))
+            })?;
+        Ok((init, processes))
+    }
+
+    fn resolve_cgroup(&self, spec: &TargetSpec, path: &str) -> Result<Resolved, AgentError> {
+        let cgroup = ProcessCgroup::from_path(&self.layout, path)
+            .map_err(|e| AgentError::invalid("target", e.to_string()))?;
+        if !self.cgroups.exists(&cgroup) {
+            return Err(AgentError::NotFound(format!("cgroup {path} does not exist on this node")));
+        }
+        let (init, processes) = self.cgroup_members(&cgroup, &format!("cgroup {path}"))?;
+        Ok(Resolved {
+            spec: spec.clone(),
+            container: None,
+            init,
+            processes,
+            cgroup,
+        })
+    }
+
+    /// A running container: its task's pid, then its cgroup and every process in it.
+    fn running_container(&self, spec: &TargetSpec, container: &RuntimeContainer, pid: u32) -> Result<Resolved, AgentError> {
+        let what = format!("container {}", container.id);
+        let cgroup = ProcessCgroup::of_pid(self.procfs.root(), pid).map_err(|e| match e.is_not_found() {
+            true => AgentError::FailedPrecondition(format!("{what}: its process {pid} just exited")),
+            false => cgroup_error(&what, e),
+        })?;
+        let (_, processes) = self.cgroup_members(&cgroup, &what)?;
+        let init = self.procfs.process(pid).map_err(|_| {
+            AgentError::FailedPrecondition(format!("{what}: its process {pid} just exited"))
+        })?;
+        Ok(Resolved {
+            spec: spec.clone(),
+            container: Some(container_ref(container)),
+            init,
+            processes,
+            cgroup,
+        })
+    }
+
+    async fn resolve_container(&self, spec: &TargetSpec, id: &str) -> Result<Resolved, AgentError> {
+        let Some(runtime) = &self.runtime else {
+            return self.scan_for_container(spec, id, "no container runtime configured");
+        };
+        let containers = match runtime.containers().await {
+            Ok(containers) => containers,
+            Err(RuntimeError::Unreachable { reason, .. }) => {
+                return self.scan_for_container(spec, id, &format!("containerd unreachable: {reason}"));
+            }
+            Err(err) => return Err(AgentError::Internal(err.to_string())),
+        };
+        let Some(container) = containers.into_iter().find(|c| c.id == id) else {
+            return Err(AgentError::NotFound(format!(
+                "container {id} is not on this node (containerd namespaces searched: {})",
+                runtime.namespaces().join(", ")
+            )));
+        };
+        let task = runtime
+            .task(&container.runtime_namespace, id)
+            .await
+            .map_err(|e| AgentError::Internal(e.to_string()))?;
+        match task {
+            Some(task) if task.state == TaskState::Running && task.pid > 0 => self.running_container(spec, &container, task.pid),
+            Some(task) => Err(AgentError::FailedPrecondition(format!(
+                "container {id} has no running process (its task is {}; is it crash-looping?)",
+                task.state.as_str()
+            ))),
+            None => Err(AgentError::FailedPrecondition(format!(
+                "container {id} has no running process (no task; is it crash-looping?)"
+            ))),
+        }
+    }
+
+    /// Without the runtime: a container's processes are those whose cgroup path names
+    /// its id (`/<ns>/<id>`, `.../cri-containerd-<id>.scope`, `.../<id>`).
+    fn scan_for_container(&self, spec: &TargetSpec, id: &str, why: &str) -> Result<Resolved, AgentError> {
+        let pids = self.procfs.pids().map_err(proc_error)?;
+        let found = pids.into_iter().find_map(|pid| {
+            let cgroup = ProcessCgroup::of_pid(self.procfs.root(), pid).ok()?;
+            cgroup_names_container(&cgroup.display_path(), id).then_some(cgroup)
+        });
+        let Some(cgroup) = found else {
+            return Err(AgentError::NotFound(format!(
+                "container {id} not found ({why}; no process on this node is in a cgroup named after it)"
+            )));
+        };
+        let what = format!("container {id}");
+        let (init, processes) = self.cgroup_members(&cgroup, &what)?;
+        Ok(Resolved {
+            spec: spec.clone(),
+            container: Some(api::ContainerRef {
+                id: id.to_string(),
+                ..Default::default()
+            }),
+            init,
+            processes,
+            cgroup,
+        })
+    }
+
+    async fn resolve_pod(
+        &self,
+        spec: &TargetSpec,
+        namespace: &str,
+        name: &str,
+        container_name: Option<&str>,
+    ) -> Result<Vec<Resolved>, AgentError> {
+        let runtime = self.runtime.as_ref().ok_or_else(|| {
+            AgentError::FailedPrecondition("pod targets need the container runtime, and none is configured; use container: or pid:".into())
+        })?;
+        let containers = runtime.containers().await.map_err(|e| match e {
+            RuntimeError::Unreachable { .. } => AgentError::FailedPrecondition(format!(
+                "pod targets need the container runtime: {e}; use container: or pid: targets meanwhile"
+            )),
+            other => AgentError::Internal(other.to_string()),
+        })?;
+        // Kubernetes keeps exited containers of earlier restarts with the same labels,
+        // so group by container name and take the running one of each.
+        let mut by_name: BTreeMap<String, Vec<RuntimeContainer>> = BTreeMap::new();
+        for c in containers {
+            let matches = !c.is_sandbox()
+                && c.label(LABEL_POD_NAMESPACE) == namespace
+                && c.label(LABEL_POD_NAME) == name
+                && container_name.is_none_or(|want| c.label(LABEL_CONTAINER_NAME) == want);
+            if matches {
+                by_name.entry(c.label(LABEL_CONTAINER_NAME).to_string()).or_default().push(c);
+            }
+        }
+        if by_name.is_empty() {
+            let which = container_name.map(|c| format!(" with a container `{c}`")).unwrap_or_default();
+            return Err(AgentError::NotFound(format!("no pod {namespace}/{name}{which} runs on this node")));
+        }
+        let mut resolved = Vec::new();
+        for (cname, candidates) in by_name {
+            let mut running = None;
+            for c in &candidates {
+                if let Some(task) = runtime
+                    .task(&c.runtime_namespace, &c.id)
+                    .await
+                    .map_err(|e| AgentError::Internal(e.to_string()))?
+                    && task.state == TaskState::Running
+                    && task.pid > 0
+                {
+                    running = Some((c, task.pid));
+                    break;
+                }
+            }
+            let Some((container, pid)) = running else {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "container `{cname}` of pod {namespace}/{name} has no running process (is it crash-looping?)"
+                )));
+            };
+            resolved.push(self.running_container(spec, container, pid)?);
+        }
+        Ok(resolved)
+    }
+
+    /// The containers on this node, for controllers to select from.
+    pub async fn list_targets(&self, pod_namespace: &str) -> Result<Vec<api::TargetInfo>, AgentError> {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| AgentError::FailedPrecondition("no container runtime configured".into()))?;
+        let containers = runtime.containers().await.map_err(|e| match e {
+            RuntimeError::Unreachable { .. } => AgentError::FailedPrecondition(e.to_string()),
+            other => AgentError::Internal(other.to_string()),
+        })?;
+        let mut tasks = BTreeMap::new();
+        for ns in runtime.namespaces() {
+            let by_id = runtime.tasks(ns).await.map_err(|e| AgentError::Internal(e.to_string()))?;
+            tasks.insert(ns.clone(), by_id);
+        }
+        let mut targets = Vec::new();
+        for c in containers {
+            if c.is_sandbox() || (!pod_namespace.is_empty() && c.label(LABEL_POD_NAMESPACE) != pod_namespace) {
+                continue;
+            }
+            let task = tasks.get(&c.runtime_namespace).and_then(|t| t.get(&c.id)).copied();
+            let (state, init_pid) = match task {
+                Some(t) => (t.state.as_str(), t.pid),
+                None => ("stopped", 0),
+            };
+            let (cgroup, pids) = match (state, ProcessCgroup::of_pid(self.procfs.root(), init_pid)) {
+                ("running", Ok(cg)) => {
+                    let pids = self.cgroups.procs(&cg).unwrap_or_default();
+                    (cg.display_path(), pids)
+                }
+                _ => (String::new(), Vec::new()),
+            };
+            targets.push(api::TargetInfo {
+                container: Some(container_ref(&c)),
+                init_pid,
+                pids,
+                state: state.to_string(),
+                cgroup,
+                target: format!("container:{}", c.id),
+            });
+        }
+        targets.sort_by(|a, b| a.target.cmp(&b.target));
+        Ok(targets)
+    }
+}
+
+fn container_ref(c: &RuntimeContainer) -> api::ContainerRef {
+    api::ContainerRef {
+        id: c.id.clone(),
+        runtime_namespace: c.runtime_namespace.clone(),
+        pod_namespace: c.label(LABEL_POD_NAMESPACE).to_string(),
+        pod_name: c.label(LABEL_POD_NAME).to_string(),
+        container_name: c.label(LABEL_CONTAINER_NAME).to_string(),
+    }
+}
+
+/// Whether a cgroup path is the one a runtime made for container `id`.
+pub fn cgroup_names_container(path: &str, id: &str) -> bool {
+    let Some(last) = path.rsplit('/').next() else {
+        return false;
+    };
+    last == id
+        || last == format!("cri-containerd-{id}.scope")
+        || last == format!("docker-{id}.scope")
+        || (last.ends_with(".scope") && last.contains(id) && id.len() >= 12)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_runtime_cgroup_names() {
+        assert!(cgroup_names_container("/default/abc", "abc"));
+        assert!(cgroup_names_container("/kubepods/burstable/pod1/abc", "abc"));
+        assert!(cgroup_names_container(
+            "/kubepods.slice/kubepods-pod1.slice/cri-containerd-abc.scope",
+            "abc"
+        ));
+        assert!(!cgroup_names_container("/default/abcd", "abc"));
+        assert!(!cgroup_names_container("/abc/other", "abc"));
+    }
+}

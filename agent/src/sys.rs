@@ -1,0 +1,99 @@
+//! The few system calls without a safe wrapper in our dependencies: signalling a
+//! process through a pidfd, so a signal never reaches a process that reused the pid.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use nix::sys::signal::Signal;
+
+use crate::procfs::{ProcError, Procfs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    #[error("process {0} has exited")]
+    Gone(u32),
+    #[error("pid {0} now belongs to another process")]
+    Reused(u32),
+    #[error("signalling pid {pid}: {source}")]
+    Os { pid: u32, source: std::io::Error },
+}
+
+fn pidfd_open(pid: u32) -> Result<OwnedFd, std::io::Error> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory
+    // is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Sends `signal` to `pid` only if it is still the process that started at
+/// `start_time`. The pidfd pins the process while we check its identity.
+pub fn signal_process(
+    procfs: &Procfs,
+    pid: u32,
+    start_time: u64,
+    signal: Signal,
+) -> Result<(), SignalError> {
+    let fd = pidfd_open(pid).map_err(|source| match source.raw_os_error() {
+        Some(libc::ESRCH) => SignalError::Gone(pid),
+        _ => SignalError::Os { pid, source },
+    })?;
+    match procfs.stat(pid) {
+        Ok(stat) if stat.start_time == start_time => {}
+        Ok(_) => return Err(SignalError::Reused(pid)),
+        Err(ProcError::Gone(_)) => return Err(SignalError::Gone(pid)),
+        Err(ProcError::Io { source, .. }) => return Err(SignalError::Os { pid, source }),
+        Err(ProcError::Parse { reason, .. }) => {
+            return Err(SignalError::Os {
+                pid,
+                source: std::io::Error::other(reason),
+            });
+        }
+    }
+    // SAFETY: a valid pidfd, a signal number, no siginfo (NULL) and no flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            signal as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        let source = std::io::Error::last_os_error();
+        return Err(match source.raw_os_error() {
+            Some(libc::ESRCH) => SignalError::Gone(pid),
+            _ => SignalError::Os { pid, source },
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn kills_a_child_and_refuses_a_stale_identity() {
+        let procfs = Procfs::default();
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let start = procfs.stat(pid).unwrap().start_time;
+        assert!(matches!(
+            signal_process(&procfs, pid, start + 1, Signal::SIGKILL),
+            Err(SignalError::Reused(_))
+        ));
+        signal_process(&procfs, pid, start, Signal::SIGKILL).unwrap();
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        assert!(matches!(
+            signal_process(&procfs, pid, start, Signal::SIGKILL),
+            Err(SignalError::Gone(_))
+        ));
+    }
+}

@@ -1,0 +1,718 @@
+//! Full validation of requests before anything on the node is touched. Pure: every
+//! check here is unit-tested without root. A refused field is named in the error.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chaos_proto::api;
+use nix::sys::signal::Signal;
+
+use crate::error::AgentError;
+use crate::target::TargetSpec;
+
+/// Agent-wide limits that validation enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_duration: Duration,
+    pub allow_node_scope: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_duration: Duration::from_secs(3600),
+            allow_node_scope: false,
+        }
+    }
+}
+
+/// Shortest repeat interval and lease; anything tighter is a busy loop, not a fault.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+const MIN_LEASE_TTL: Duration = Duration::from_millis(500);
+const MAX_LABELS: usize = 32;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessPlan {
+    pub signal: Signal,
+    pub process_filter: Option<String>,
+    pub interval: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuPlan {
+    pub load_percent: u32,
+    pub cores: Option<u32>,
+    pub mode: api::CpuMode,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum MemoryAmount {
+    Bytes(u64),
+    PercentOfLimit(u32),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryPlan {
+    pub amount: MemoryAmount,
+    pub ramp: Duration,
+}
+
+/// An IP network in CIDR form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (addr_text, prefix_text) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr_text
+            .parse()
+            .map_err(|_| format!("`{text}` is not an IP address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix_text {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{text}` has an invalid prefix length"))?,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkPlan {
+    pub request: api::NetworkFault,
+    pub destinations: Vec<Cidr>,
+    pub exclude_destinations: Vec<Cidr>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlackholePlan {
+    pub destinations: Vec<Cidr>,
+    pub ports: Vec<u16>,
+    pub node_scope: bool,
+}
+
+/// What a valid request asks for, per fault kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FaultPlan {
+    Process(ProcessPlan),
+    Cpu(CpuPlan),
+    Memory(MemoryPlan),
+    Network(NetworkPlan),
+    Blackhole(BlackholePlan),
+}
+
+impl FaultPlan {
+    pub fn kind(&self) -> api::FaultKind {
+        match self {
+            FaultPlan::Process(_) => api::FaultKind::Process,
+            FaultPlan::Cpu(_) => api::FaultKind::Cpu,
+            FaultPlan::Memory(_) => api::FaultKind::Memory,
+            FaultPlan::Network(_) => api::FaultKind::Network,
+            FaultPlan::Blackhole(_) => api::FaultKind::Blackhole,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseSpec {
+    pub holder: String,
+    pub ttl: Duration,
+}
+
+/// An Inject request that passed every check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidInject {
+    pub target: TargetSpec,
+    /// Zero only for one-shot actions (a single kill).
+    pub duration: Duration,
+    pub plan: FaultPlan,
+    pub lease: Option<LeaseSpec>,
+    pub dry_run: bool,
+    pub labels: HashMap<String, String>,
+}
+
+pub fn validate_inject(req: &api::InjectRequest, limits: &Limits) -> Result<ValidInject, AgentError> {
+    let target = TargetSpec::parse(&req.target)?;
+    let duration = Duration::from_millis(req.duration_ms);
+    if duration > limits.max_duration {
+        return Err(AgentError::invalid(
+            "duration_ms",
+            format!(
+                "{} ms exceeds this agent's maximum of {} ms",
+                req.duration_ms,
+                limits.max_duration.as_millis()
+            ),
+        ));
+    }
+    let Some(fault) = &req.fault else {
+        return Err(AgentError::invalid(
+            "fault",
+            "is missing; set one of cpu, memory, network, process, blackhole",
+        ));
+    };
+    let plan = match fault {
+        api::inject_request::Fault::Process(p) => FaultPlan::Process(validate_process(p, duration)?),
+        api::inject_request::Fault::Cpu(c) => {
+            require_duration(duration)?;
+            FaultPlan::Cpu(validate_cpu(c)?)
+        }
+        api::inject_request::Fault::Memory(m) => {
+            require_duration(duration)?;
+            FaultPlan::Memory(validate_memory(m, duration)?)
+        }
+        api::inject_request::Fault::Network(n) => {
+            require_duration(duration)?;
+            FaultPlan::Network(validate_network(n)?)
+        }
+        api::inject_request::Fault::Blackhole(b) => {
+            require_duration(duration)?;
+            FaultPlan::Blackhole(validate_blackhole(b, limits)?)
+        }
+        api::inject_request::Fault::Io(_) => {
+            return Err(AgentError::Unimplemented(
+                "io faults are reserved in the API but not implemented by this agent".into(),
+            ));
+        }
+    };
+    let lease = req
+        .lease
+        .as_ref()
+        .map(|l| validate_lease(&l.holder, l.ttl_ms, limits, "lease"))
+        .transpose()?;
+    validate_labels(&req.labels)?;
+    Ok(ValidInject {
+        target,
+        duration,
+        plan,
+        lease,
+        dry_run: req.dry_run,
+        labels: req.labels.clone(),
+    })
+}
+
+fn require_duration(duration: Duration) -> Result<(), AgentError> {
+    if duration.is_zero() {
+        Err(AgentError::invalid(
+            "duration_ms",
+            "is required for this fault kind (every fault holding state ends at a deadline)",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+pub fn parse_signal(text: &str) -> Result<Signal, AgentError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(Signal::SIGKILL);
+    }
+    if let Ok(number) = text.parse::<i32>() {
+        return Signal::try_from(number)
+            .map_err(|_| AgentError::invalid("process.signal", format!("{number} is not a signal number")));
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    Signal::from_str(&name)
+        .map_err(|_| AgentError::invalid("process.signal", format!("`{text}` is not a signal name")))
+}
+
+fn validate_process(p: &api::ProcessFault, duration: Duration) -> Result<ProcessPlan, AgentError> {
+    let signal = parse_signal(&p.signal)?;
+    let filter = p.process.trim();
+    if filter.len() > 256 || filter.contains('\0') {
+        return Err(AgentError::invalid(
+            "process.process",
+            "must be at most 256 characters without NUL",
+        ));
+    }
+    let interval = match p.interval_ms {
+        0 => None,
+        ms => {
+            let interval = Duration::from_millis(ms);
+            if interval < MIN_INTERVAL {
+                return Err(AgentError::invalid(
+                    "process.interval_ms",
+                    format!("must be at least {} ms", MIN_INTERVAL.as_millis()),
+                ));
+            }
+            if duration.is_zero() {
+                return Err(AgentError::invalid(
+                    "duration_ms",
+                    "is required when process.interval_ms repeats the signal",
+                ));
+            }
+            if interval > duration {
+                return Err(AgentError::invalid(
+                    "process.interval_ms",
+                    "is longer than duration_ms, so it would never repeat",
+                ));
+            }
+            Some(interval)
+        }
+    };
+    Ok(ProcessPlan {
+        signal,
+        process_filter: (!filter.is_empty()).then(|| filter.to_string()),
+        interval,
+    })
+}
+
+fn validate_cpu(c: &api::CpuFault) -> Result<CpuPlan, AgentError> {
+    if !(1..=100).contains(&c.load_percent) {
+        return Err(AgentError::invalid(
+            "cpu.load_percent",
+            format!("{} is outside 1..=100 (percent of the container's CPU limit)", c.load_percent),
+        ));
+    }
+    if c.cores > 1024 {
+        return Err(AgentError::invalid("cpu.cores", "must be at most 1024"));
+    }
+    let mode = api::CpuMode::try_from(c.mode)
+        .map_err(|_| AgentError::invalid("cpu.mode", format!("{} is not a CPU mode", c.mode)))?;
+    Ok(CpuPlan {
+        load_percent: c.load_percent,
+        cores: (c.cores > 0).then_some(c.cores),
+        mode,
+    })
+}
+
+fn validate_memory(m: &api::MemoryFault, duration: Duration) -> Result<MemoryPlan, AgentError> {
+    const MAX_BYTES: u64 = 1 << 40;
+    let amount = match (m.size_bytes, m.percent) {
+        (0, 0) => {
+            return Err(AgentError::invalid(
+                "memory.size_bytes",
+                "set either memory.size_bytes or memory.percent",
+            ));
+        }
+        (size, 0) if size > MAX_BYTES => {
+            return Err(AgentError::invalid("memory.size_bytes", "must be at most 1 TiB"));
+        }
+        (size, 0) => MemoryAmount::Bytes(size),
+        (0, pct) if pct > 100 => {
+            return Err(AgentError::invalid(
+                "memory.percent",
+                format!("{pct} is outside 1..=100 (percent of the container's memory limit)"),
+            ));
+        }
+        (0, pct) => MemoryAmount::PercentOfLimit(pct),
+        _ => {
+            return Err(AgentError::invalid(
+                "memory.percent",
+                "set only one of memory.size_bytes and memory.percent",
+            ));
+        }
+    };
+    let ramp = Duration::from_millis(m.ramp_ms);
+    if ramp >= duration {
+        return Err(AgentError::invalid(
+            "memory.ramp_ms",
+            "must be shorter than duration_ms",
+        ));
+    }
+    Ok(MemoryPlan { amount, ramp })
+}
+
+fn check_percent(field: &'static str, value: f64) -> Result<(), AgentError> {
+    if value.is_finite() && (0.0..=100.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(AgentError::invalid(field, format!("{value} is outside 0..=100")))
+    }
+}
+
+fn parse_cidrs(field: &'static str, items: &[String]) -> Result<Vec<Cidr>, AgentError> {
+    items
+        .iter()
+        .map(|text| text.parse::<Cidr>().map_err(|reason| AgentError::invalid(field, reason)))
+        .collect()
+}
+
+fn check_ports(field: &'static str, ports: &[u32]) -> Result<Vec<u16>, AgentError> {
+    ports
+        .iter()
+        .map(|p| {
+            u16::try_from(*p)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| AgentError::invalid(field, format!("{p} is not a port (1..=65535)")))
+        })
+        .collect()
+}
+
+/// Linux interface names: at most 15 bytes, no `/`, no whitespace.
+fn check_interface_name(name: &str) -> Result<(), AgentError> {
+    if name.is_empty() {
+        return Ok(());
+    }
+    if name.len() > 15 || name.contains('/') || name.chars().any(|c| c.is_whitespace() || c == '\0') || name == "." || name == ".." {
+        return Err(AgentError::invalid(
+            "network.interface",
+            format!("`{name}` is not a valid interface name"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_network(n: &api::NetworkFault) -> Result<NetworkPlan, AgentError> {
+    const MAX_DELAY_US: u64 = 60_000_000;
+    check_interface_name(&n.interface)?;
+    api::Direction::try_from(n.direction)
+        .map_err(|_| AgentError::invalid("network.direction", format!("{} is not a direction", n.direction)))?;
+    let distribution = api::Distribution::try_from(n.distribution).map_err(|_| {
+        AgentError::invalid("network.distribution", format!("{} is not a distribution", n.distribution))
+    })?;
+    api::Protocol::try_from(n.protocol)
+        .map_err(|_| AgentError::invalid("network.protocol", format!("{} is not a protocol", n.protocol)))?;
+    if n.delay_us > MAX_DELAY_US {
+        return Err(AgentError::invalid("network.delay_us", "must be at most 60 s"));
+    }
+    if n.jitter_us > MAX_DELAY_US {
+        return Err(AgentError::invalid("network.jitter_us", "must be at most 60 s"));
+    }
+    if n.jitter_us > 0 && n.delay_us == 0 {
+        return Err(AgentError::invalid("network.jitter_us", "needs network.delay_us"));
+    }
+    if distribution != api::Distribution::Unspecified && n.jitter_us == 0 {
+        return Err(AgentError::invalid(
+            "network.distribution",
+            "needs network.jitter_us (a distribution shapes the jitter)",
+        ));
+    }
+    check_percent("network.delay_correlation", n.delay_correlation)?;
+    check_percent("network.loss_percent", n.loss_percent)?;
+    check_percent("network.loss_correlation", n.loss_correlation)?;
+    check_percent("network.duplicate_percent", n.duplicate_percent)?;
+    check_percent("network.corrupt_percent", n.corrupt_percent)?;
+    check_percent("network.reorder_percent", n.reorder_percent)?;
+    if n.reorder_percent > 0.0 && n.delay_us == 0 {
+        return Err(AgentError::invalid(
+            "network.reorder_percent",
+            "needs network.delay_us (netem reorders by sending some packets without the delay)",
+        ));
+    }
+    if n.reorder_gap > 0 && n.reorder_percent == 0.0 {
+        return Err(AgentError::invalid("network.reorder_gap", "needs network.reorder_percent"));
+    }
+    let impairs = n.delay_us > 0
+        || n.loss_percent > 0.0
+        || n.duplicate_percent > 0.0
+        || n.corrupt_percent > 0.0
+        || n.rate_bytes_per_second > 0;
+    if !impairs {
+        return Err(AgentError::invalid(
+            "network",
+            "sets no impairment; give at least one of delay_us, loss_percent, duplicate_percent, corrupt_percent, rate_bytes_per_second",
+        ));
+    }
+    let destinations = parse_cidrs("network.destinations", &n.destinations)?;
+    let exclude_destinations = parse_cidrs("network.exclude_destinations", &n.exclude_destinations)?;
+    check_ports("network.ports", &n.ports)?;
+    check_ports("network.exclude_ports", &n.exclude_ports)?;
+    Ok(NetworkPlan {
+        request: n.clone(),
+        destinations,
+        exclude_destinations,
+    })
+}
+
+fn validate_blackhole(b: &api::BlackholeFault, limits: &Limits) -> Result<BlackholePlan, AgentError> {
+    if b.node_scope && !limits.allow_node_scope {
+        return Err(AgentError::PermissionDenied(
+            "node-scope blackholes are disabled on this agent (start it with --allow-node-scope)".into(),
+        ));
+    }
+    Ok(BlackholePlan {
+        destinations: parse_cidrs("blackhole.destinations", &b.destinations)?,
+        ports: check_ports("blackhole.ports", &b.ports)?,
+        node_scope: b.node_scope,
+    })
+}
+
+/// Lease holders name the controller instance; keep them printable and short.
+pub fn validate_lease(
+    holder: &str,
+    ttl_ms: u64,
+    limits: &Limits,
+    field_prefix: &'static str,
+) -> Result<LeaseSpec, AgentError> {
+    let (holder_field, ttl_field) = match field_prefix {
+        "lease" => ("lease.holder", "lease.ttl_ms"),
+        _ => ("holder", "ttl_ms"),
+    };
+    if holder.is_empty() || holder.len() > 128 || !holder.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(AgentError::invalid(
+            holder_field,
+            "must be 1 to 128 printable ASCII characters",
+        ));
+    }
+    let ttl = Duration::from_millis(ttl_ms);
+    if ttl < MIN_LEASE_TTL || ttl > limits.max_duration {
+        return Err(AgentError::invalid(
+            ttl_field,
+            format!(
+                "must be between {} ms and {} ms",
+                MIN_LEASE_TTL.as_millis(),
+                limits.max_duration.as_millis()
+            ),
+        ));
+    }
+    Ok(LeaseSpec {
+        holder: holder.to_string(),
+        ttl,
+    })
+}
+
+fn validate_labels(labels: &HashMap<String, String>) -> Result<(), AgentError> {
+    if labels.len() > MAX_LABELS {
+        return Err(AgentError::invalid("labels", format!("at most {MAX_LABELS} labels")));
+    }
+    for (key, value) in labels {
+        if key.is_empty() || key.len() > 63 || !key.chars().all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c)) {
+            return Err(AgentError::invalid("labels", format!("key `{key}` must be 1 to 63 of [A-Za-z0-9_-./]")));
+        }
+        if value.len() > 256 || value.contains('\0') {
+            return Err(AgentError::invalid("labels", format!("value of `{key}` must be at most 256 characters")));
+        }
+    }
+    Ok(())
+}
+
+/// Fault ids are the agent's own (`f-` and 16 hex digits); anything else cannot name a fault.
+pub fn validate_fault_id(id: &str, field: &'static str) -> Result<(), AgentError> {
+    let valid = id.len() == 18
+        && id.starts_with("f-")
+        && id[2..].chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+    if valid {
+        Ok(())
+    } else {
+        Err(AgentError::invalid(field, format!("`{id}` is not a fault id (f-<16 hex digits>)")))
+    }
+}
+
+pub fn validate_revert(req: &api::RevertRequest) -> Result<Option<String>, AgentError> {
+    match (req.all, req.id.is_empty()) {
+        (true, true) => Ok(None),
+        (true, false) => Err(AgentError::invalid("id", "set either id or all, not both")),
+        (false, true) => Err(AgentError::invalid("id", "is empty; name a fault or set all")),
+        (false, false) => {
+            validate_fault_id(&req.id, "id")?;
+            Ok(Some(req.id.clone()))
+        }
+    }
+}
+
+pub fn validate_pod_namespace_filter(ns: &str) -> Result<(), AgentError> {
+    if ns.is_empty() {
+        return Ok(());
+    }
+    TargetSpec::parse(&format!("pod:{ns}/x"))
+        .map(|_| ())
+        .map_err(|_| AgentError::invalid("pod_namespace", format!("`{ns}` is not a valid namespace")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api::inject_request::Fault;
+
+    fn req(target: &str, duration_ms: u64, fault: Fault) -> api::InjectRequest {
+        api::InjectRequest {
+            target: target.into(),
+            duration_ms,
+            fault: Some(fault),
+            ..Default::default()
+        }
+    }
+
+    fn kill() -> Fault {
+        Fault::Process(api::ProcessFault::default())
+    }
+
+    /// The field an invalid request is refused for.
+    fn refused_field(r: &api::InjectRequest) -> &'static str {
+        match validate_inject(r, &Limits::default()) {
+            Err(AgentError::InvalidArgument { field, .. }) => field,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_kill_defaults_to_sigkill_once() {
+        let v = validate_inject(&req("pid:10", 0, kill()), &Limits::default()).unwrap();
+        assert_eq!(
+            v.plan,
+            FaultPlan::Process(ProcessPlan {
+                signal: Signal::SIGKILL,
+                process_filter: None,
+                interval: None
+            })
+        );
+        assert_eq!(v.duration, Duration::ZERO);
+    }
+
+    #[test]
+    fn signals_parse_by_name_number_and_prefix() {
+        assert_eq!(parse_signal("TERM").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("sigstop").unwrap(), Signal::SIGSTOP);
+        assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
+        assert_eq!(parse_signal("").unwrap(), Signal::SIGKILL);
+        assert!(matches!(parse_signal("NOPE"), Err(AgentError::InvalidArgument { field: "process.signal", .. })));
+        assert!(matches!(parse_signal("99"), Err(AgentError::InvalidArgument { field: "process.signal", .. })));
+    }
+
+    #[test]
+    fn every_invalid_inject_field_is_named() {
+        let process = |signal: &str, process: &str, interval_ms| {
+            Fault::Process(api::ProcessFault {
+                signal: signal.into(),
+                process: process.into(),
+                interval_ms,
+            })
+        };
+        assert_eq!(refused_field(&req("", 0, kill())), "target");
+        assert_eq!(refused_field(&req("pid:1", 4_000_000, kill())), "duration_ms");
+        assert_eq!(refused_field(&api::InjectRequest { target: "pid:1".into(), ..Default::default() }), "fault");
+        assert_eq!(refused_field(&req("pid:2", 0, process("BOGUS", "", 0))), "process.signal");
+        assert_eq!(refused_field(&req("pid:2", 0, process("", &"x".repeat(300), 0))), "process.process");
+        assert_eq!(refused_field(&req("pid:2", 10_000, process("", "", 5))), "process.interval_ms");
+        assert_eq!(refused_field(&req("pid:2", 0, process("", "", 1000))), "duration_ms");
+        assert_eq!(refused_field(&req("pid:2", 1000, process("", "", 2000))), "process.interval_ms");
+
+        let cpu = |load_percent, cores, mode| Fault::Cpu(api::CpuFault { load_percent, cores, mode });
+        assert_eq!(refused_field(&req("pid:2", 0, cpu(50, 0, 0))), "duration_ms");
+        assert_eq!(refused_field(&req("pid:2", 1000, cpu(0, 0, 0))), "cpu.load_percent");
+        assert_eq!(refused_field(&req("pid:2", 1000, cpu(101, 0, 0))), "cpu.load_percent");
+        assert_eq!(refused_field(&req("pid:2", 1000, cpu(50, 5000, 0))), "cpu.cores");
+        assert_eq!(refused_field(&req("pid:2", 1000, cpu(50, 0, 7))), "cpu.mode");
+
+        let mem = |size_bytes, percent, ramp_ms| Fault::Memory(api::MemoryFault { size_bytes, percent, ramp_ms });
+        assert_eq!(refused_field(&req("pid:2", 1000, mem(0, 0, 0))), "memory.size_bytes");
+        assert_eq!(refused_field(&req("pid:2", 1000, mem(1 << 41, 0, 0))), "memory.size_bytes");
+        assert_eq!(refused_field(&req("pid:2", 1000, mem(0, 101, 0))), "memory.percent");
+        assert_eq!(refused_field(&req("pid:2", 1000, mem(10, 10, 0))), "memory.percent");
+        assert_eq!(refused_field(&req("pid:2", 1000, mem(10, 0, 1000))), "memory.ramp_ms");
+
+        let net = |f: fn(&mut api::NetworkFault)| {
+            let mut n = api::NetworkFault { delay_us: 1000, ..Default::default() };
+            f(&mut n);
+            Fault::Network(n)
+        };
+        let cases: Vec<(fn(&mut api::NetworkFault), &str)> = vec![
+            (|n| n.interface = "a/b".into(), "network.interface"),
+            (|n| n.interface = "x".repeat(16), "network.interface"),
+            (|n| n.direction = 9, "network.direction"),
+            (|n| n.distribution = 9, "network.distribution"),
+            (|n| n.distribution = api::Distribution::Normal as i32, "network.distribution"),
+            (|n| n.protocol = 9, "network.protocol"),
+            (|n| n.delay_us = 61_000_000, "network.delay_us"),
+            (|n| n.jitter_us = 61_000_000, "network.jitter_us"),
+            (|n| { n.delay_us = 0; n.loss_percent = 1.0; n.jitter_us = 5 }, "network.jitter_us"),
+            (|n| n.delay_correlation = 101.0, "network.delay_correlation"),
+            (|n| n.loss_percent = -1.0, "network.loss_percent"),
+            (|n| n.loss_percent = f64::NAN, "network.loss_percent"),
+            (|n| n.loss_correlation = 200.0, "network.loss_correlation"),
+            (|n| n.duplicate_percent = 101.0, "network.duplicate_percent"),
+            (|n| n.corrupt_percent = 101.0, "network.corrupt_percent"),
+            (|n| n.reorder_percent = 101.0, "network.reorder_percent"),
+            (|n| { n.delay_us = 0; n.loss_percent = 1.0; n.reorder_percent = 5.0 }, "network.reorder_percent"),
+            (|n| n.reorder_gap = 5, "network.reorder_gap"),
+            (|n| n.delay_us = 0, "network"),
+            (|n| n.destinations = vec!["10.0.0.0/33".into()], "network.destinations"),
+            (|n| n.destinations = vec!["nope".into()], "network.destinations"),
+            (|n| n.exclude_destinations = vec!["::1/129".into()], "network.exclude_destinations"),
+            (|n| n.ports = vec![0], "network.ports"),
+            (|n| n.exclude_ports = vec![70000], "network.exclude_ports"),
+        ];
+        for (mutate, field) in cases {
+            assert_eq!(refused_field(&req("pid:2", 1000, net(mutate))), field);
+        }
+        assert_eq!(refused_field(&req("pid:2", 0, net(|_| {}))), "duration_ms");
+
+        let blackhole = |destinations: Vec<String>, ports| {
+            Fault::Blackhole(api::BlackholeFault { destinations, ports, node_scope: false })
+        };
+        assert_eq!(refused_field(&req("pid:2", 1000, blackhole(vec!["x".into()], vec![]))), "blackhole.destinations");
+        assert_eq!(refused_field(&req("pid:2", 1000, blackhole(vec![], vec![0]))), "blackhole.ports");
+
+        let mut with_lease = req("pid:2", 1000, kill());
+        with_lease.lease = Some(api::Lease { holder: "".into(), ttl_ms: 1000 });
+        assert_eq!(refused_field(&with_lease), "lease.holder");
+        with_lease.lease = Some(api::Lease { holder: "ctl".into(), ttl_ms: 10 });
+        assert_eq!(refused_field(&with_lease), "lease.ttl_ms");
+
+        let mut with_labels = req("pid:2", 0, kill());
+        with_labels.labels.insert("bad key".into(), "v".into());
+        assert_eq!(refused_field(&with_labels), "labels");
+    }
+
+    #[test]
+    fn node_scope_needs_the_agent_flag() {
+        let r = req("pid:2", 1000, Fault::Blackhole(api::BlackholeFault { node_scope: true, ..Default::default() }));
+        assert!(matches!(validate_inject(&r, &Limits::default()), Err(AgentError::PermissionDenied(_))));
+        let allowed = Limits { allow_node_scope: true, ..Limits::default() };
+        assert!(validate_inject(&r, &allowed).is_ok());
+    }
+
+    #[test]
+    fn io_is_reserved_but_unimplemented() {
+        let r = req("pid:2", 1000, Fault::Io(api::IoFault {}));
+        assert!(matches!(validate_inject(&r, &Limits::default()), Err(AgentError::Unimplemented(_))));
+    }
+
+    #[test]
+    fn valid_requests_of_every_kind_pass() {
+        let ok = |f| validate_inject(&req("pod:dev/db-0/db", 30_000, f), &Limits::default()).unwrap();
+        assert_eq!(ok(Fault::Cpu(api::CpuFault { load_percent: 80, cores: 2, mode: 2 })).plan.kind(), api::FaultKind::Cpu);
+        assert_eq!(
+            ok(Fault::Memory(api::MemoryFault { size_bytes: 256 << 20, percent: 0, ramp_ms: 10_000 })).plan,
+            FaultPlan::Memory(MemoryPlan { amount: MemoryAmount::Bytes(256 << 20), ramp: Duration::from_secs(10) })
+        );
+        let n = ok(Fault::Network(api::NetworkFault {
+            delay_us: 100_000,
+            jitter_us: 10_000,
+            distribution: api::Distribution::Normal as i32,
+            loss_percent: 5.0,
+            destinations: vec!["10.0.0.0/8".into(), "fd00::1".into()],
+            ports: vec![5432],
+            ..Default::default()
+        }));
+        match n.plan {
+            FaultPlan::Network(p) => assert_eq!(p.destinations[1], Cidr { addr: "fd00::1".parse().unwrap(), prefix: 128 }),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn other_requests_name_their_fields() {
+        let revert = |id: &str, all| validate_revert(&api::RevertRequest { id: id.into(), all });
+        assert_eq!(revert("", true).unwrap(), None);
+        assert_eq!(revert("f-0123456789abcdef", false).unwrap(), Some("f-0123456789abcdef".into()));
+        for (id, all) in [("", false), ("f-1", false), ("f-0123456789ABCDEF", false), ("f-0123456789abcdef", true)] {
+            assert!(matches!(revert(id, all), Err(AgentError::InvalidArgument { field: "id", .. })), "{id} {all}");
+        }
+        assert!(matches!(validate_fault_id("../x", "id"), Err(AgentError::InvalidArgument { field: "id", .. })));
+        assert!(validate_pod_namespace_filter("").is_ok());
+        assert!(validate_pod_namespace_filter("dev").is_ok());
+        assert!(matches!(
+            validate_pod_namespace_filter("Dev"),
+            Err(AgentError::InvalidArgument { field: "pod_namespace", .. })
+        ));
+        let limits = Limits::default();
+        assert!(matches!(validate_lease("", 1000, &limits, ""), Err(AgentError::InvalidArgument { field: "holder", .. })));
+        assert!(matches!(validate_lease("c", 1, &limits, ""), Err(AgentError::InvalidArgument { field: "ttl_ms", .. })));
+        assert!(validate_lease("ctl-1", 5000, &limits, "").is_ok());
+    }
+}

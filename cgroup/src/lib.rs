@@ -1,0 +1,27 @@
+//! Cgroup handling for Chaos Control.
+//!
+//! The agent never creates cgroups under a target: it finds the target's own cgroup
+//! (from `/proc/PID/cgroup` or a `cgroup:PATH` target), reads its limits and usage, and
+//! moves stressor processes into it so they are bounded exactly like the workload.
+//! Every operation works against a [`CgroupFs`] root, so unit tests use fake trees.
+
+mod error;
+mod fs;
+mod layout;
+mod limits;
+mod membership;
+mod usage;
+
+pub use error::CgroupError;
+pub use fs::CgroupFs;
+pub use layout::{CgroupLayout, CgroupVersion, KNOWN_V1_CONTROLLERS};
+pub use limits::{CpuLimit, parse_cpu_list};
+pub use membership::ProcessCgroup;
+
+#[cfg(test)]
+mod fake_tree_tests;
+#[cfg(test)]
+mod parse_tests;
+
+#[cfg(feature = "test-support")]
+pub mod test_support;

@@ -1,0 +1,262 @@
+//! Rendering agent answers for people (tables) and programs (JSON).
+
+use chaos_proto::api;
+use serde_json::{Value, json};
+
+pub fn kind_name(kind: i32) -> &'static str {
+    match api::FaultKind::try_from(kind) {
+        Ok(api::FaultKind::Cpu) => "cpu",
+        Ok(api::FaultKind::Memory) => "memory",
+        Ok(api::FaultKind::Network) => "network",
+        Ok(api::FaultKind::Process) => "process",
+        Ok(api::FaultKind::Io) => "io",
+        Ok(api::FaultKind::Blackhole) => "blackhole",
+        _ => "unspecified",
+    }
+}
+
+pub fn state_name(state: i32) -> &'static str {
+    match api::FaultState::try_from(state) {
+        Ok(api::FaultState::Active) => "active",
+        Ok(api::FaultState::Completed) => "completed",
+        Ok(api::FaultState::Reverted) => "reverted",
+        Ok(api::FaultState::Expired) => "expired",
+        Ok(api::FaultState::LeaseExpired) => "lease-expired",
+        Ok(api::FaultState::Recovered) => "recovered",
+        Ok(api::FaultState::Failed) => "failed",
+        _ => "planned",
+    }
+}
+
+fn container_json(c: &Option<api::ContainerRef>) -> Value {
+    match c {
+        Some(c) => json!({
+            "id": c.id,
+            "runtime_namespace": c.runtime_namespace,
+            "pod_namespace": c.pod_namespace,
+            "pod_name": c.pod_name,
+            "container_name": c.container_name,
+        }),
+        None => Value::Null,
+    }
+}
+
+fn status_json(status: &Option<api::fault::Status>) -> Value {
+    match status {
+        Some(api::fault::Status::Process(p)) => json!({
+            "rounds": p.rounds,
+            "signalled": p.signalled.iter().map(|s| json!({
+                "pid": s.pid, "name": s.name, "signal": s.signal,
+                "delivered": s.delivered, "error": s.error, "at_unix_ms": s.at_unix_ms,
+            })).collect::<Vec<_>>(),
+        }),
+        Some(api::fault::Status::Cpu(c)) => json!({
+            "requested_percent": c.requested_percent, "achieved_percent": c.achieved_percent, "workers": c.workers,
+        }),
+        Some(api::fault::Status::Memory(m)) => json!({
+            "requested_bytes": m.requested_bytes, "held_bytes": m.held_bytes,
+            "cgroup_usage_bytes": m.cgroup_usage_bytes, "oom_kills": m.oom_kills,
+        }),
+        Some(api::fault::Status::Network(n)) => json!({ "interface": n.interface, "installed": n.installed }),
+        None => Value::Null,
+    }
+}
+
+pub fn fault_json(f: &api::Fault) -> Value {
+    json!({
+        "id": f.id,
+        "kind": kind_name(f.kind),
+        "state": state_name(f.state),
+        "target": f.target,
+        "targets": f.targets.iter().map(|t| json!({
+            "target": t.target, "container": container_json(&t.container), "init_pid": t.init_pid,
+            "pids": t.pids, "cgroup": t.cgroup, "netns": t.netns,
+        })).collect::<Vec<_>>(),
+        "created_unix_ms": f.created_unix_ms,
+        "deadline_unix_ms": f.deadline_unix_ms,
+        "ended_unix_ms": f.ended_unix_ms,
+        "message": f.message,
+        "lease_holder": f.lease_holder,
+        "status": status_json(&f.status),
+    })
+}
+
+/// A plain text table: a header row and left-aligned columns.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = widths.get(i).copied().unwrap_or(0)))
+            .collect();
+        padded.join("  ").trim_end().to_string()
+    };
+    let mut out = line(headers.iter().map(|h| h.to_string()).collect());
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row.clone()));
+        out.push('\n');
+    }
+    out
+}
+
+fn remaining(f: &api::Fault, now_ms: i64) -> String {
+    if f.state != api::FaultState::Active as i32 {
+        return "-".into();
+    }
+    let left = (f.deadline_unix_ms - now_ms).max(0);
+    format!("{}s", (left + 999) / 1000)
+}
+
+fn summary(f: &api::Fault) -> String {
+    match &f.status {
+        Some(api::fault::Status::Process(p)) => {
+            let delivered = p.signalled.iter().filter(|s| s.delivered).count();
+            let last = p
+                .signalled
+                .iter()
+                .rev()
+                .find(|s| s.delivered)
+                .map(|s| format!(" (last: {} {} pid {})", s.signal, s.name, s.pid))
+                .unwrap_or_default();
+            format!("{delivered} signalled in {} round(s){last}", p.rounds)
+        }
+        _ => f.message.clone(),
+    }
+}
+
+pub fn faults_table(faults: &[api::Fault], now_ms: i64) -> String {
+    let rows: Vec<Vec<String>> = faults
+        .iter()
+        .map(|f| {
+            vec![
+                f.id.clone(),
+                kind_name(f.kind).to_string(),
+                state_name(f.state).to_string(),
+                f.target.clone(),
+                remaining(f, now_ms),
+                summary(f),
+            ]
+        })
+        .collect();
+    table(&["ID", "KIND", "STATE", "TARGET", "LEFT", "DETAIL"], &rows)
+}
+
+pub fn capabilities_json(c: &api::CapabilitiesResponse) -> Value {
+    let runtime = c.runtime.clone().unwrap_or_default();
+    let protection = c.protection.clone().unwrap_or_default();
+    json!({
+        "node_name": c.node_name,
+        "kernel_release": c.kernel_release,
+        "agent_version": c.agent_version,
+        "cgroup_version": c.cgroup_version,
+        "cgroup_controllers": c.cgroup_controllers,
+        "qdiscs": c.qdiscs.iter().map(|q| json!({"name": q.name, "available": q.available, "detail": q.detail})).collect::<Vec<_>>(),
+        "runtime": {"endpoint": runtime.endpoint, "reachable": runtime.reachable, "version": runtime.version,
+                    "error": runtime.error, "namespaces": runtime.namespaces},
+        "protection": {"allow_kube_system": protection.allow_kube_system,
+                       "protected_process_names": protection.protected_process_names,
+                       "protected_namespaces": protection.protected_namespaces},
+        "supported_kinds": c.supported_kinds.iter().map(|k| kind_name(*k)).collect::<Vec<_>>(),
+        "max_duration_ms": c.max_duration_ms,
+        "node_scope_allowed": c.node_scope_allowed,
+    })
+}
+
+pub fn capabilities_text(c: &api::CapabilitiesResponse) -> String {
+    let runtime = c.runtime.clone().unwrap_or_default();
+    let protection = c.protection.clone().unwrap_or_default();
+    let qdiscs: Vec<String> = c
+        .qdiscs
+        .iter()
+        .map(|q| format!("{} ({})", q.name, q.detail))
+        .collect();
+    let kinds: Vec<&str> = c.supported_kinds.iter().map(|k| kind_name(*k)).collect();
+    let runtime_line = if runtime.reachable {
+        format!("containerd {} at {} (namespaces {})", runtime.version, runtime.endpoint, runtime.namespaces.join(","))
+    } else {
+        format!("UNREACHABLE at {}: {}", runtime.endpoint, runtime.error)
+    };
+    format!(
+        "node:          {}\nagent:         {}\nkernel:        {}\ncgroups:       {} ({})\nqdiscs:        {}\nruntime:       {}\nfault kinds:   {}\nmax duration:  {}s\nprotected:     namespaces {}; processes {}\nnode scope:    {}\n",
+        c.node_name,
+        c.agent_version,
+        c.kernel_release,
+        c.cgroup_version,
+        c.cgroup_controllers.join(","),
+        qdiscs.join(", "),
+        runtime_line,
+        kinds.join(", "),
+        c.max_duration_ms / 1000,
+        protection.protected_namespaces.join(","),
+        protection.protected_process_names.join(","),
+        if c.node_scope_allowed { "allowed" } else { "refused" },
+    )
+}
+
+pub fn targets_table(targets: &[api::TargetInfo]) -> String {
+    let rows: Vec<Vec<String>> = targets
+        .iter()
+        .map(|t| {
+            let c = t.container.clone().unwrap_or_default();
+            let pod = if c.pod_name.is_empty() { "-".to_string() } else { format!("{}/{}", c.pod_namespace, c.pod_name) };
+            vec![
+                pod,
+                if c.container_name.is_empty() { "-".into() } else { c.container_name },
+                t.state.clone(),
+                t.init_pid.to_string(),
+                t.pids.len().to_string(),
+                t.target.clone(),
+            ]
+        })
+        .collect();
+    table(&["POD", "CONTAINER", "STATE", "PID", "PROCS", "TARGET"], &rows)
+}
+
+pub fn target_json(t: &api::TargetInfo) -> Value {
+    json!({
+        "target": t.target, "container": container_json(&t.container), "state": t.state,
+        "init_pid": t.init_pid, "pids": t.pids, "cgroup": t.cgroup,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let text = table(&["A", "LONGER"], &[vec!["xxxx".into(), "y".into()]]);
+        assert_eq!(text, "A     LONGER\nxxxx  y\n");
+    }
+
+    #[test]
+    fn fault_json_names_kind_and_state() {
+        let f = api::Fault {
+            id: "f-0123456789abcdef".into(),
+            kind: api::FaultKind::Process as i32,
+            state: api::FaultState::Active as i32,
+            deadline_unix_ms: 10_000,
+            status: Some(api::fault::Status::Process(api::ProcessStatus {
+                rounds: 2,
+                signalled: vec![api::SignalledProcess { pid: 5, name: "sh".into(), signal: "KILL".into(), delivered: true, ..Default::default() }],
+            })),
+            ..Default::default()
+        };
+        let v = fault_json(&f);
+        assert_eq!(v["kind"], "process");
+        assert_eq!(v["state"], "active");
+        assert_eq!(v["status"]["signalled"][0]["pid"], 5);
+        let text = faults_table(&[f], 5_500);
+        assert!(text.contains("5s"), "{text}");
+        assert!(text.contains("1 signalled in 2 round(s) (last: KILL sh pid 5)"), "{text}");
+    }
+}

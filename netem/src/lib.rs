@@ -1,0 +1,28 @@
+//! netem and qdisc handling over rtnetlink, inside a target's network namespace.
+//!
+//! - [`codec`]: pure encoder/decoder of netem's `TCA_OPTIONS` ([`NetemSpec`]);
+//! - [`distribution`]: netem delay distribution tables computed from their definitions;
+//! - [`netns`]: run rtnetlink operations on a thread inside another network namespace;
+//! - [`route`]: the interface carrying the default route;
+//! - [`qdisc`]: snapshot, install netem (or another root), restore, dump;
+//! - [`capabilities`]: which qdisc/filter modules the kernel has, and loading them.
+//!
+//! Typical use (blocking; from async code wrap it in `spawn_blocking`):
+//! `in_netns(&netns_of_pid(pid), |h| async move { let i = default_route_interface(&h).await?;
+//! install_netem(&h, i, &spec).await })`.
+
+pub mod capabilities;
+pub mod codec;
+pub mod distribution;
+pub mod netns;
+pub mod qdisc;
+mod replay;
+pub mod route;
+mod wire;
+
+pub use codec::{CodecError, DecodedNetem, NetemSpec};
+pub use distribution::Distribution;
+pub use netns::{NetnsError, in_netns, named_netns, netns_of_pid};
+pub use qdisc::{QdiscError, QdiscRecord, QdiscSnapshot, QdiscView};
+pub use route::{RouteError, default_route_interface};
+pub use wire::WireError;

@@ -1,0 +1,86 @@
+//! Which interface carries the default route (in the namespace the handle belongs to).
+
+use netlink_packet_route::route::{RouteAttribute, RouteHeader, RouteMessage, RouteType};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::Handle;
+
+use crate::wire::{self, WireError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("no default route (IPv4 or IPv6) in this network namespace")]
+    NoDefaultRoute,
+    #[error("route dump failed: {0}")]
+    Netlink(WireError),
+}
+
+/// A default route found in a dump: the output interface and the route's metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DefaultRoute {
+    ifindex: u32,
+    metric: u32,
+}
+
+fn table_of(route: &RouteMessage) -> u32 {
+    route
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RouteAttribute::Table(table) => Some(*table),
+            _ => None,
+        })
+        .unwrap_or(u32::from(route.header.table))
+}
+
+/// The default route's interface, if this route is a default unicast route of the main
+/// table. Multipath routes count by their first next hop.
+fn as_default_route(route: &RouteMessage) -> Option<DefaultRoute> {
+    if route.header.destination_prefix_length != 0
+        || route.header.kind != RouteType::Unicast
+        || table_of(route) != u32::from(RouteHeader::RT_TABLE_MAIN)
+    {
+        return None;
+    }
+    let mut ifindex = None;
+    let mut metric = 0;
+    for attribute in &route.attributes {
+        match attribute {
+            RouteAttribute::Oif(index) => ifindex = Some(*index),
+            RouteAttribute::MultiPath(hops) if ifindex.is_none() => {
+                ifindex = hops.first().map(|hop| hop.interface_index);
+            }
+            RouteAttribute::Priority(priority) => metric = *priority,
+            _ => {}
+        }
+    }
+    ifindex.map(|ifindex| DefaultRoute { ifindex, metric })
+}
+
+async fn default_route(
+    handle: &Handle,
+    family: AddressFamily,
+) -> Result<Option<DefaultRoute>, RouteError> {
+    let mut request = RouteMessage::default();
+    request.header.address_family = family;
+    let answers = wire::dump(handle, RouteNetlinkMessage::GetRoute(request))
+        .await
+        .map_err(RouteError::Netlink)?;
+    Ok(answers
+        .iter()
+        .filter_map(|answer| match answer {
+            RouteNetlinkMessage::NewRoute(route) => as_default_route(route),
+            _ => None,
+        })
+        // The kernel uses the lowest metric first.
+        .min_by_key(|route| route.metric))
+}
+
+/// The ifindex of the link carrying the default route: IPv4 first, then IPv6.
+pub async fn default_route_interface(handle: &Handle) -> Result<u32, RouteError> {
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        if let Some(route) = default_route(handle, family).await? {
+            return Ok(route.ifindex);
+        }
+    }
+    Err(RouteError::NoDefaultRoute)
+}

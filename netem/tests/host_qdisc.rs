@@ -1,0 +1,242 @@
+//! Real-kernel qdisc tests that run on a kernel WITHOUT netem (the build host): root only.
+
+mod common;
+
+use anyhow::{Result, bail};
+use chaos_netem::qdisc::{self, CHAOS_ROOT_HANDLE, QdiscRecord};
+use chaos_netem::{NetemSpec, QdiscError, default_route_interface, in_netns};
+use common::{LINK, PEER, TestNetns};
+
+/// The raw options of the root qdisc on `link`, as the kernel dumps them.
+fn root_of(netns: &TestNetns, ifindex: u32) -> Result<QdiscRecord> {
+    let snapshot = in_netns(&netns.path(), |handle| async move {
+        qdisc::snapshot(&handle, ifindex).await
+    })??;
+    Ok(snapshot.root)
+}
+
+fn records(netns: &TestNetns, ifindex: u32) -> Result<Vec<QdiscRecord>> {
+    let views = in_netns(&netns.path(), |handle| async move {
+        qdisc::dump(&handle, ifindex).await
+    })??;
+    Ok(views.into_iter().map(|view| view.record).collect())
+}
+
+/// Options bytes of a qdisc built by `tc` on the peer link, to install through our code.
+fn options_made_by_tc(netns: &TestNetns, tc_args: &[&str]) -> Result<Vec<u8>> {
+    let mut args = vec!["qdisc", "replace", "dev", PEER, "root"];
+    args.extend_from_slice(tc_args);
+    netns.tc(&args)?;
+    let peer = netns.ifindex(PEER)?;
+    let root = root_of(netns, peer)?;
+    netns.tc(&["qdisc", "del", "dev", PEER, "root"])?;
+    match root.options {
+        Some(options) => Ok(options),
+        None => bail!("tc {tc_args:?} left no options"),
+    }
+}
+
+#[test]
+fn default_route_interface_is_the_veth() -> Result<()> {
+    let netns = TestNetns::new("route")?;
+    let expected = netns.ifindex(LINK)?;
+    let found = in_netns(&netns.path(), |handle| async move {
+        default_route_interface(&handle).await
+    })??;
+    assert_eq!(found, expected);
+    Ok(())
+}
+
+#[test]
+fn netem_is_reported_unsupported_and_nothing_changes() -> Result<()> {
+    let netns = TestNetns::new("nonetem")?;
+    let ifindex = netns.ifindex(LINK)?;
+    let before = records(&netns, ifindex)?;
+    let spec = NetemSpec {
+        delay_us: 50_000,
+        ..NetemSpec::default()
+    };
+    let result = in_netns(&netns.path(), |handle| async move {
+        qdisc::install_netem(&handle, ifindex, &spec).await
+    })?;
+    match result {
+        Err(QdiscError::KindNotSupported { kind }) => assert_eq!(kind, "netem"),
+        Err(other) => bail!("expected KindNotSupported, got {other}"),
+        Ok(_) => bail!("netem installed: this test expects a kernel without sch_netem (the host)"),
+    }
+    assert_eq!(records(&netns, ifindex)?, before);
+    Ok(())
+}
+
+#[test]
+fn tbf_over_default_root_is_restored_to_default() -> Result<()> {
+    let netns = TestNetns::new("tbfdefault")?;
+    let ifindex = netns.ifindex(LINK)?;
+    let tbf_options = options_made_by_tc(
+        &netns,
+        &[
+            "tbf", "rate", "1mbit", "burst", "32kbit", "latency", "400ms",
+        ],
+    )?;
+    let before = records(&netns, ifindex)?;
+    assert_eq!(
+        before.len(),
+        1,
+        "a fresh veth has just its default root: {before:?}"
+    );
+    assert!(before[0].is_kernel_default());
+
+    let options = tbf_options.clone();
+    let snapshot = in_netns(&netns.path(), |handle| async move {
+        qdisc::install_root(&handle, ifindex, "tbf", Some(options)).await
+    })??;
+    let installed = root_of(&netns, ifindex)?;
+    assert_eq!(installed.kind, "tbf");
+    assert_eq!(installed.handle, CHAOS_ROOT_HANDLE);
+    assert_eq!(installed.options.as_deref(), Some(&tbf_options[..]));
+    // Cross-check with iproute2.
+    assert!(
+        netns
+            .tc(&["qdisc", "show", "dev", LINK])?
+            .contains("tbf ca05: root")
+    );
+
+    in_netns(&netns.path(), |handle| async move {
+        qdisc::restore(&handle, &snapshot).await
+    })??;
+    assert_eq!(records(&netns, ifindex)?, before);
+    Ok(())
+}
+
+#[test]
+fn preexisting_tbf_comes_back_byte_exact() -> Result<()> {
+    let netns = TestNetns::new("tbfback")?;
+    let ifindex = netns.ifindex(LINK)?;
+    let htb_options = options_made_by_tc(&netns, &["handle", "2:", "htb", "default", "10"])?;
+    netns.tc(&[
+        "qdisc", "add", "dev", LINK, "root", "handle", "1:", "tbf", "rate", "2mbit", "burst",
+        "16kbit", "latency", "100ms",
+    ])?;
+    let before = records(&netns, ifindex)?;
+
+    let snapshot = in_netns(&netns.path(), |handle| async move {
+        qdisc::install_root(&handle, ifindex, "htb", Some(htb_options)).await
+    })??;
+    assert_eq!(snapshot.root.kind, "tbf");
+    assert_eq!(snapshot.root.handle, 0x0001_0000);
+    let installed = root_of(&netns, ifindex)?;
+    assert_eq!(
+        (installed.kind.as_str(), installed.handle),
+        ("htb", CHAOS_ROOT_HANDLE)
+    );
+    // A reference is enough: in_netns runs on a scoped thread.
+    let snapshot = &snapshot;
+
+    in_netns(&netns.path(), |handle| async move {
+        qdisc::restore(&handle, snapshot).await
+    })??;
+    let after = records(&netns, ifindex)?;
+    assert_eq!(
+        after, before,
+        "the tbf must come back with identical options"
+    );
+    assert!(
+        netns
+            .tc(&["qdisc", "show", "dev", LINK])?
+            .contains("tbf 1: root")
+    );
+
+    // A second restore (journal replay) finds the recorded root and changes nothing.
+    in_netns(&netns.path(), |handle| async move {
+        qdisc::restore(&handle, snapshot).await
+    })??;
+    assert_eq!(records(&netns, ifindex)?, before);
+    Ok(())
+}
+
+#[test]
+fn restore_leaves_a_root_installed_by_someone_else_alone() -> Result<()> {
+    let netns = TestNetns::new("others")?;
+    let ifindex = netns.ifindex(LINK)?;
+    let snapshot = in_netns(&netns.path(), |handle| async move {
+        qdisc::snapshot(&handle, ifindex).await
+    })??;
+    netns.tc(&[
+        "qdisc", "add", "dev", LINK, "root", "handle", "5:", "tbf", "rate", "1mbit", "burst",
+        "32kbit", "latency", "50ms",
+    ])?;
+    let result = in_netns(&netns.path(), |handle| async move {
+        qdisc::restore(&handle, &snapshot).await
+    })?;
+    assert!(
+        matches!(
+            result,
+            Err(QdiscError::ChangedByOthers {
+                found_handle: 0x0005_0000,
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    assert!(
+        netns
+            .tc(&["qdisc", "show", "dev", LINK])?
+            .contains("tbf 5: root")
+    );
+    Ok(())
+}
+
+#[test]
+fn refuses_to_replace_a_root_with_classes() -> Result<()> {
+    let netns = TestNetns::new("classes")?;
+    let ifindex = netns.ifindex(LINK)?;
+    netns.tc(&[
+        "qdisc", "add", "dev", LINK, "root", "handle", "1:", "htb", "default", "10",
+    ])?;
+    netns.tc(&[
+        "class", "add", "dev", LINK, "parent", "1:", "classid", "1:10", "htb", "rate", "1mbit",
+    ])?;
+    let before = records(&netns, ifindex)?;
+    let tbf_options = options_made_by_tc(
+        &netns,
+        &[
+            "tbf", "rate", "1mbit", "burst", "32kbit", "latency", "400ms",
+        ],
+    )?;
+    let result = in_netns(&netns.path(), |handle| async move {
+        qdisc::install_root(&handle, ifindex, "tbf", Some(tbf_options)).await
+    })?;
+    assert!(
+        matches!(result, Err(QdiscError::NotRestorable { .. })),
+        "{result:?}"
+    );
+    assert_eq!(records(&netns, ifindex)?, before);
+    Ok(())
+}
+
+#[test]
+fn ingress_is_recorded_and_survives() -> Result<()> {
+    let netns = TestNetns::new("ingress")?;
+    let ifindex = netns.ifindex(LINK)?;
+    netns.tc(&["qdisc", "add", "dev", LINK, "clsact"])?;
+    let before = records(&netns, ifindex)?;
+    let tbf_options = options_made_by_tc(
+        &netns,
+        &[
+            "tbf", "rate", "1mbit", "burst", "32kbit", "latency", "400ms",
+        ],
+    )?;
+    let snapshot = in_netns(&netns.path(), |handle| async move {
+        qdisc::install_root(&handle, ifindex, "tbf", Some(tbf_options)).await
+    })??;
+    let ingress = snapshot.ingress.clone();
+    assert_eq!(
+        ingress.map(|record| record.kind),
+        Some("clsact".to_string())
+    );
+    in_netns(&netns.path(), |handle| async move {
+        qdisc::restore(&handle, &snapshot).await
+    })??;
+    assert_eq!(records(&netns, ifindex)?, before);
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! A real chaos-agent process for integration tests: its own certificates, state
+//! directory and loopback ports; stopped (SIGTERM, then SIGKILL) on drop.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use chaos_proto::api::agent_client::AgentClient;
+use chaosctl::client::{AgentAddress, connect};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where cargo put a workspace binary: next to the test executable's `deps/`
+/// directory, or wherever `CHAOS_BIN_DIR` says.
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let dir = match std::env::var_os("CHAOS_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().context("locating the test executable")?;
+            let deps = exe.parent().context("test executable has no directory")?;
+            deps.parent().unwrap_or(deps).to_path_buf()
+        }
+    };
+    let path = dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} is missing: build it first (`cargo build --workspace --bins`, as scripts/test does) or set CHAOS_BIN_DIR",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A free loopback port (bound and released; the agent binds it right after).
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Certificates made by chaosctl's generator, as `chaosctl certs` writes them.
+pub fn make_certs() -> Result<TempDir> {
+    let dir = tempfile::Builder::new().prefix("chaos-test-tls-").tempdir()?;
+    chaosctl::certs::generate(dir.path(), &chaosctl::certs::default_agent_names(), false)?;
+    Ok(dir)
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// None: start with --insecure-plaintext.
+    pub tls_dir: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub extra_args: Vec<String>,
+    pub containerd_socket: String,
+}
+
+pub struct TestAgent {
+    child: Option<Child>,
+    pub options: AgentOptions,
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+    pub log_path: PathBuf,
+}
+
+impl TestAgent {
+    /// Starts an agent with fresh certificates and state directory, searching both
+    /// the `k8s.io` and `default` containerd namespaces.
+    pub fn start_tls(tls_dir: &Path, state_dir: &Path) -> Result<TestAgent> {
+        TestAgent::start(AgentOptions {
+            tls_dir: Some(tls_dir.to_path_buf()),
+            state_dir: state_dir.to_path_buf(),
+            extra_args: Vec::new(),
+            containerd_socket: crate::containerd::CONTAINERD_SOCKET.to_string(),
+        })
+    }
+
+    pub fn start(options: AgentOptions) -> Result<TestAgent> {
+        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let log_path = options.state_dir.join(format!("agent-{}.log", grpc.port()));
+        let log = std::fs::File::create(&log_path)?;
+        let mut command = Command::new(binary("chaos-agent")?);
+        command
+            .arg("--listen")
+            .arg(grpc.to_string())
+            .arg("--metrics-listen")
+            .arg(metrics.to_string())
+            .arg("--state-dir")
+            .arg(&options.state_dir)
+            .arg("--node-name")
+            .arg("test-node")
+            .arg("--containerd-socket")
+            .arg(&options.containerd_socket)
+            .arg("--containerd-namespace")
+            .arg("k8s.io,default")
+            .args(&options.extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        match &options.tls_dir {
+            Some(dir) => command.arg("--tls-dir").arg(dir),
+            None => command.arg("--insecure-plaintext"),
+        };
+        let child = command.spawn().context("spawning chaos-agent")?;
+        let mut agent = TestAgent {
+            child: Some(child),
+            options,
+            grpc,
+            metrics,
+            log_path,
+        };
+        agent.wait_ready()?;
+        Ok(agent)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Polls /readyz until the agent has replayed its journal and serves gRPC.
+    fn wait_ready(&mut self) -> Result<()> {
+        let started = Instant::now();
+        while started.elapsed() < READY_TIMEOUT {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("chaos-agent exited with {status} before it was ready:\n{}", self.log());
+            }
+            if http_get(self.metrics, "/readyz").is_ok_and(|(code, _)| code == 200) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("chaos-agent not ready after {READY_TIMEOUT:?}:\n{}", self.log())
+    }
+
+    pub fn address(&self) -> AgentAddress {
+        AgentAddress {
+            address: self.grpc.to_string(),
+            tls_dir: self.options.tls_dir.clone(),
+            plaintext: self.options.tls_dir.is_none(),
+        }
+    }
+
+    pub async fn client(&self) -> Result<AgentClient<Channel>> {
+        Ok(connect(&self.address()).await?)
+    }
+
+    pub fn scrape(&self) -> Result<String> {
+        let (code, body) = http_get(self.metrics, "/metrics")?;
+        if code != 200 {
+            bail!("/metrics answered {code}");
+        }
+        Ok(body)
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would end it: no shutdown path runs.
+    pub fn kill_hard(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, as Kubernetes stops a pod; waits for the exit.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("agent already stopped")?;
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM)?;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                bail!("agent ignored SIGTERM for 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.terminate();
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET on loopback, returning status code and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status")?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((code, body))
+}

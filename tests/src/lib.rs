@@ -1,0 +1,4 @@
+pub mod agent;
+pub mod command;
+pub mod containerd;
+pub mod netns;
