@@ -54,7 +54,8 @@ pub fn qdiscs() -> Vec<api::QdiscSupport> {
     QDISC_MODULES
         .iter()
         .map(|(name, module)| {
-            let (available, detail) = module_support(Path::new("/sys/module"), &modules_dir, module);
+            let (available, detail) =
+                module_support(Path::new("/sys/module"), &modules_dir, module);
             api::QdiscSupport {
                 name: name.to_string(),
                 available,
@@ -109,9 +110,21 @@ mod tests {
             "kernel/net/sched/sch_netem.ko.xz:\nkernel/net/sched/cls_u32.ko: kernel/x.ko\n",
         )
         .unwrap();
-        assert_eq!(module_support(&sys, &lib, "sch_htb"), (true, "loaded".into()));
-        assert_eq!(module_support(&sys, &lib, "sch_tbf"), (true, "builtin".into()));
-        assert_eq!(module_support(&sys, &lib, "sch_netem"), (true, "module (loadable)".into()));
-        assert_eq!(module_support(&sys, &lib, "sch_prio"), (false, "missing".into()));
+        assert_eq!(
+            module_support(&sys, &lib, "sch_htb"),
+            (true, "loaded".into())
+        );
+        assert_eq!(
+            module_support(&sys, &lib, "sch_tbf"),
+            (true, "builtin".into())
+        );
+        assert_eq!(
+            module_support(&sys, &lib, "sch_netem"),
+            (true, "module (loadable)".into())
+        );
+        assert_eq!(
+            module_support(&sys, &lib, "sch_prio"),
+            (false, "missing".into())
+        );
     }
 }

@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("journal {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("journal record {path} is unreadable: {reason}")]
     Corrupt { path: PathBuf, reason: String },
 }
@@ -164,7 +167,10 @@ mod tests {
             created_unix_ms: created,
             deadline_unix_ms: created + 1000,
             undo: Undo::KillProcesses {
-                processes: vec![ProcessIdentity { pid: 42, start_time: 7 }],
+                processes: vec![ProcessIdentity {
+                    pid: 42,
+                    start_time: 7,
+                }],
             },
         }
     }
@@ -207,8 +213,16 @@ mod tests {
         std::fs::write(journal.dir().join(".f-3.tmp"), b"{").unwrap();
         let records = journal.records().unwrap();
         assert_eq!(records.len(), 2);
-        assert!(records.iter().any(|r| matches!(r, Err(JournalError::Corrupt { .. }))));
-        assert!(records.iter().any(|r| r.as_ref().is_ok_and(|r| r.id == "f-1")));
+        assert!(
+            records
+                .iter()
+                .any(|r| matches!(r, Err(JournalError::Corrupt { .. })))
+        );
+        assert!(
+            records
+                .iter()
+                .any(|r| r.as_ref().is_ok_and(|r| r.id == "f-1"))
+        );
     }
 
     #[test]

@@ -41,14 +41,27 @@ struct Args {
     #[arg(long)]
     insecure_plaintext: bool,
     /// Where the journal lives; must survive agent restarts (a hostPath in Kubernetes).
-    #[arg(long, env = "CHAOS_STATE_DIR", default_value = "/var/lib/chaos-control")]
+    #[arg(
+        long,
+        env = "CHAOS_STATE_DIR",
+        default_value = "/var/lib/chaos-control"
+    )]
     state_dir: PathBuf,
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
-    #[arg(long, env = "CHAOS_CONTAINERD_SOCKET", default_value = "/run/containerd/containerd.sock")]
+    #[arg(
+        long,
+        env = "CHAOS_CONTAINERD_SOCKET",
+        default_value = "/run/containerd/containerd.sock"
+    )]
     containerd_socket: PathBuf,
     /// containerd namespaces to search for containers (repeat or comma-separate).
-    #[arg(long, env = "CHAOS_CONTAINERD_NAMESPACE", value_delimiter = ',', default_value = "k8s.io")]
+    #[arg(
+        long,
+        env = "CHAOS_CONTAINERD_NAMESPACE",
+        value_delimiter = ',',
+        default_value = "k8s.io"
+    )]
     containerd_namespace: Vec<String>,
     /// Permit targets in kube-system.
     #[arg(long)]
@@ -61,14 +74,21 @@ struct Args {
     max_duration_secs: u64,
     #[arg(long, env = "CHAOS_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
-    #[arg(long, env = "CHAOS_CGROUP_ROOT", default_value = "/sys/fs/cgroup", hide = true)]
+    #[arg(
+        long,
+        env = "CHAOS_CGROUP_ROOT",
+        default_value = "/sys/fs/cgroup",
+        hide = true
+    )]
     cgroup_root: PathBuf,
 }
 
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -89,8 +109,10 @@ fn join_host_cgroup_namespace() -> Result<()> {
     if mine.ino() == host.ino() {
         return Ok(());
     }
-    let fd = std::fs::File::open("/proc/1/ns/cgroup").context("opening the host's cgroup namespace")?;
-    nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWCGROUP).context("joining the host's cgroup namespace")?;
+    let fd =
+        std::fs::File::open("/proc/1/ns/cgroup").context("opening the host's cgroup namespace")?;
+    nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWCGROUP)
+        .context("joining the host's cgroup namespace")?;
     Ok(())
 }
 
@@ -98,7 +120,9 @@ fn main() -> Result<()> {
     let args = Args::parse();
     init_logging(&args.log_format);
     if args.tls_dir.is_none() && !args.insecure_plaintext {
-        bail!("no --tls-dir given: the agent serves mTLS only (create certificates with `chaosctl certs --out DIR`), or pass --insecure-plaintext for a local experiment");
+        bail!(
+            "no --tls-dir given: the agent serves mTLS only (create certificates with `chaosctl certs --out DIR`), or pass --insecure-plaintext for a local experiment"
+        );
     }
     join_host_cgroup_namespace()?;
     // Two workers are plenty for an agent whose work is a few syscalls per request,
@@ -126,7 +150,10 @@ async fn run(args: Args) -> Result<()> {
         procfs: Procfs::default(),
         cgroups,
         layout: layout.clone(),
-        runtime: Some(Containerd::new(&args.containerd_socket, args.containerd_namespace.clone())),
+        runtime: Some(Containerd::new(
+            &args.containerd_socket,
+            args.containerd_namespace.clone(),
+        )),
     };
     let policy = ProtectionPolicy::new(std::process::id(), args.allow_kube_system);
     let limits = Limits {
@@ -140,7 +167,11 @@ async fn run(args: Args) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", args.metrics_listen))?;
     tracing::info!(addr = %metrics_listener.local_addr()?, "serving /metrics, /healthz, /readyz");
-    tokio::spawn(metrics::serve_http(metrics_listener, metrics.clone(), Arc::clone(&ready)));
+    tokio::spawn(metrics::serve_http(
+        metrics_listener,
+        metrics.clone(),
+        Arc::clone(&ready),
+    ));
 
     // Whatever a previous run left behind is reverted before anything new is accepted.
     let (reverted, failed) = registry.recover();
@@ -148,7 +179,9 @@ async fn run(args: Args) -> Result<()> {
     tokio::spawn(Arc::clone(&registry).reap());
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<AgentServer<AgentService>>().await;
+    health_reporter
+        .set_serving::<AgentServer<AgentService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(chaos_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -170,7 +203,10 @@ async fn run(args: Args) -> Result<()> {
             tracing::info!(tls_dir = %dir.display(), "gRPC with mTLS (client certificates required)");
         }
         (None, true) => {
-            tracing::warn!("!!! gRPC WITHOUT TLS (--insecure-plaintext): anyone who reaches {} can inject faults on this node !!!", args.listen);
+            tracing::warn!(
+                "!!! gRPC WITHOUT TLS (--insecure-plaintext): anyone who reaches {} can inject faults on this node !!!",
+                args.listen
+            );
         }
         (None, false) => unreachable!("checked in main"),
     }
@@ -186,7 +222,10 @@ async fn run(args: Args) -> Result<()> {
         wait_for_termination().await;
         ready.store(false, Ordering::Release);
         let reverted = shutdown_registry.revert_all(EndReason::Shutdown).await;
-        tracing::info!(count = reverted.len(), "shutting down: reverted every active fault");
+        tracing::info!(
+            count = reverted.len(),
+            "shutting down: reverted every active fault"
+        );
     };
     server
         .add_service(health_service)
@@ -200,7 +239,10 @@ async fn run(args: Args) -> Result<()> {
 
 async fn wait_for_termination() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; shutdown only by SIGKILL");
         return std::future::pending().await;
     };

@@ -83,14 +83,46 @@ impl Metrics {
         let inject_duration: HistogramFamily = Family::new_with_constructor(inject_histogram);
         let overdue = Gauge::default();
         let build_info = Family::<VersionLabels, Gauge>::default();
-        registry.register("chaos_agent_active_faults", "Faults currently held by this agent", active.clone());
-        registry.register("chaos_agent_injections", "Faults applied", injections.clone());
-        registry.register("chaos_agent_reverts", "Faults reverted, by reason (requested, expired, lease, recovered)", reverts.clone());
-        registry.register("chaos_agent_revert_errors", "Reverts that failed (the journal record is kept)", revert_errors.clone());
-        registry.register("chaos_agent_errors", "Injections refused or failed, by gRPC code", errors.clone());
-        registry.register("chaos_agent_inject_duration_seconds", "Time to validate, resolve, journal and apply a fault", inject_duration.clone());
-        registry.register("chaos_agent_overdue_faults", "Faults still active past their deadline (should be 0)", overdue.clone());
-        registry.register("chaos_agent_build_info", "Agent version", build_info.clone());
+        registry.register(
+            "chaos_agent_active_faults",
+            "Faults currently held by this agent",
+            active.clone(),
+        );
+        registry.register(
+            "chaos_agent_injections",
+            "Faults applied",
+            injections.clone(),
+        );
+        registry.register(
+            "chaos_agent_reverts",
+            "Faults reverted, by reason (requested, expired, lease, recovered)",
+            reverts.clone(),
+        );
+        registry.register(
+            "chaos_agent_revert_errors",
+            "Reverts that failed (the journal record is kept)",
+            revert_errors.clone(),
+        );
+        registry.register(
+            "chaos_agent_errors",
+            "Injections refused or failed, by gRPC code",
+            errors.clone(),
+        );
+        registry.register(
+            "chaos_agent_inject_duration_seconds",
+            "Time to validate, resolve, journal and apply a fault",
+            inject_duration.clone(),
+        );
+        registry.register(
+            "chaos_agent_overdue_faults",
+            "Faults still active past their deadline (should be 0)",
+            overdue.clone(),
+        );
+        registry.register(
+            "chaos_agent_build_info",
+            "Agent version",
+            build_info.clone(),
+        );
         build_info
             .get_or_create(&VersionLabels {
                 version: version.to_string(),
@@ -98,7 +130,9 @@ impl Metrics {
             .set(1);
         // Zero series for every kind, so dashboards and alerts see 0 rather than nothing.
         for kind in KINDS {
-            let labels = KindLabels { kind: kind.to_string() };
+            let labels = KindLabels {
+                kind: kind.to_string(),
+            };
             active.get_or_create(&labels).set(0);
             injections.get_or_create(&labels).inc_by(0);
             revert_errors.get_or_create(&labels).inc_by(0);
@@ -133,12 +167,16 @@ impl Metrics {
     }
 
     fn kind(kind: &str) -> KindLabels {
-        KindLabels { kind: kind.to_string() }
+        KindLabels {
+            kind: kind.to_string(),
+        }
     }
 
     pub fn injected(&self, kind: &str, took: Duration) {
         self.injections.get_or_create(&Self::kind(kind)).inc();
-        self.inject_duration.get_or_create(&Self::kind(kind)).observe(took.as_secs_f64());
+        self.inject_duration
+            .get_or_create(&Self::kind(kind))
+            .observe(took.as_secs_f64());
     }
 
     pub fn rejected(&self, kind: &str, code: &str) {
@@ -183,7 +221,11 @@ impl Metrics {
 /// Serves `/metrics`, `/healthz` (the process answers) and `/readyz` (the journal of
 /// a previous run has been replayed and gRPC is serving). Plain HTTP: the kubelet's
 /// probes cannot present a client certificate.
-pub async fn serve_http(listener: tokio::net::TcpListener, metrics: Metrics, ready: Arc<AtomicBool>) {
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(conn) => conn,
@@ -219,14 +261,26 @@ fn route(path: &str, metrics: &Metrics, ready: &AtomicBool) -> Response<Full<Byt
             metrics.encode(),
         ),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        "/readyz" if ready.load(Ordering::Acquire) => (StatusCode::OK, "text/plain", "ready\n".to_string()),
-        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting\n".to_string()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_string()),
+        "/readyz" if ready.load(Ordering::Acquire) => {
+            (StatusCode::OK, "text/plain", "ready\n".to_string())
+        }
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "starting\n".to_string(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_string(),
+        ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     if let Ok(value) = content_type.parse() {
-        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
     }
     response
 }
@@ -267,9 +321,15 @@ mod tests {
         let metrics = Metrics::new("t");
         let ready = AtomicBool::new(false);
         assert_eq!(route("/healthz", &metrics, &ready).status(), StatusCode::OK);
-        assert_eq!(route("/readyz", &metrics, &ready).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            route("/readyz", &metrics, &ready).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         ready.store(true, Ordering::Release);
         assert_eq!(route("/readyz", &metrics, &ready).status(), StatusCode::OK);
-        assert_eq!(route("/nope", &metrics, &ready).status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            route("/nope", &metrics, &ready).status(),
+            StatusCode::NOT_FOUND
+        );
     }
 }

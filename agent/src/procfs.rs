@@ -201,7 +201,7 @@ mod tests {
         let p = dir.path().join("4242");
         std::fs::create_dir_all(&p).unwrap();
         std::fs::write(p.join("stat"), STAT).unwrap();
-        std::fs::write(p.join("cmdline"), b"/bin/sleep\0100\0").unwrap();
+        std::fs::write(p.join("cmdline"), b"/bin/sleep\x00100\x00").unwrap();
         std::fs::create_dir_all(dir.path().join("self")).unwrap();
         let procfs = Procfs::at(dir.path());
         let info = procfs.process(4242).unwrap();

@@ -55,9 +55,18 @@ impl ProtectionPolicy {
     }
 
     /// `ancestors` is the parent chain of `process`, nearest first.
-    pub fn check_process(&self, process: &ProcessInfo, ancestors: &[u32]) -> Result<(), AgentError> {
+    pub fn check_process(
+        &self,
+        process: &ProcessInfo,
+        ancestors: &[u32],
+    ) -> Result<(), AgentError> {
         let pid = process.pid;
-        let refuse = |why: String| Err(AgentError::PermissionDenied(format!("pid {pid} ({}) is protected: {why}", process.comm)));
+        let refuse = |why: String| {
+            Err(AgentError::PermissionDenied(format!(
+                "pid {pid} ({}) is protected: {why}",
+                process.comm
+            )))
+        };
         if pid == 1 {
             return refuse("it is the host's PID 1".into());
         }
@@ -104,18 +113,41 @@ mod tests {
     fn refuses_pid_1_the_agent_and_its_children() {
         let policy = ProtectionPolicy::new(500, false);
         assert!(denied(policy.check_process(&process(1, 0, "init"), &[])).contains("PID 1"));
-        assert!(denied(policy.check_process(&process(500, 1, "x"), &[1])).contains("own process tree"));
-        assert!(denied(policy.check_process(&process(777, 500, "stress"), &[500, 1])).contains("own process tree"));
-        assert!(denied(policy.check_process(&process(900, 2, "kworker/0:1"), &[2])).contains("kernel thread"));
+        assert!(
+            denied(policy.check_process(&process(500, 1, "x"), &[1])).contains("own process tree")
+        );
+        assert!(
+            denied(policy.check_process(&process(777, 500, "stress"), &[500, 1]))
+                .contains("own process tree")
+        );
+        assert!(
+            denied(policy.check_process(&process(900, 2, "kworker/0:1"), &[2]))
+                .contains("kernel thread")
+        );
     }
 
     #[test]
     fn refuses_node_daemons_by_name() {
         let policy = ProtectionPolicy::new(500, false);
-        for comm in ["kubelet", "containerd", "containerd-shim", "runc", "dockerd", "chaos-agent"] {
-            assert!(denied(policy.check_process(&process(1000, 1, comm), &[1])).contains("runs the node"), "{comm}");
+        for comm in [
+            "kubelet",
+            "containerd",
+            "containerd-shim",
+            "runc",
+            "dockerd",
+            "chaos-agent",
+        ] {
+            assert!(
+                denied(policy.check_process(&process(1000, 1, comm), &[1]))
+                    .contains("runs the node"),
+                "{comm}"
+            );
         }
-        assert!(policy.check_process(&process(1000, 999, "postgres"), &[999, 1]).is_ok());
+        assert!(
+            policy
+                .check_process(&process(1000, 999, "postgres"), &[999, 1])
+                .is_ok()
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::procfs::ProcessInfo;
 use crate::protect::ProtectionPolicy;
 use crate::resolve::{Resolved, Resolver};
 use crate::target::TargetSpec;
-use crate::validate::{FaultPlan, Limits, LeaseSpec, validate_inject, validate_lease};
+use crate::validate::{FaultPlan, LeaseSpec, Limits, validate_inject, validate_lease};
 
 /// Ended faults kept for `List --include-ended` and `Get`.
 const ENDED_KEPT: usize = 256;
@@ -88,12 +88,21 @@ pub struct Registry {
 
 fn new_fault_id() -> String {
     let bytes = uuid::Uuid::new_v4();
-    let hex: String = bytes.as_bytes()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = bytes.as_bytes()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!("f-{hex}")
 }
 
 impl Registry {
-    pub fn new(journal: Journal, metrics: Metrics, resolver: Resolver, policy: ProtectionPolicy, limits: Limits) -> Arc<Registry> {
+    pub fn new(
+        journal: Journal,
+        metrics: Metrics,
+        resolver: Resolver,
+        policy: ProtectionPolicy,
+        limits: Limits,
+    ) -> Arc<Registry> {
         Arc::new(Registry {
             state: Mutex::new(State::default()),
             journal,
@@ -127,7 +136,9 @@ impl Registry {
     /// The lock is never held across an await; a poisoned lock only means another
     /// request panicked mid-update, and the state it guards stays usable.
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Refuses protected processes: the agent's own tree, pid 1, node daemons.
@@ -149,7 +160,10 @@ impl Registry {
         Ok(())
     }
 
-    pub async fn inject(self: &Arc<Self>, request: api::InjectRequest) -> Result<api::Fault, AgentError> {
+    pub async fn inject(
+        self: &Arc<Self>,
+        request: api::InjectRequest,
+    ) -> Result<api::Fault, AgentError> {
         let started = Instant::now();
         let kind = request_kind(&request);
         let result = self.inject_inner(request).await;
@@ -163,7 +177,10 @@ impl Registry {
         result
     }
 
-    async fn inject_inner(self: &Arc<Self>, request: api::InjectRequest) -> Result<api::Fault, AgentError> {
+    async fn inject_inner(
+        self: &Arc<Self>,
+        request: api::InjectRequest,
+    ) -> Result<api::Fault, AgentError> {
         let valid = validate_inject(&request, &self.limits)?;
         let targets = self.resolver.resolve(&valid.target).await?;
         self.check_targets(&targets)?;
@@ -188,14 +205,21 @@ impl Registry {
             id: String::new(),
             kind: fault.kind() as i32,
             target: valid.target.to_string(),
-            targets: targets.iter().map(|t| t.to_api(&self.resolver.procfs)).collect(),
+            targets: targets
+                .iter()
+                .map(|t| t.to_api(&self.resolver.procfs))
+                .collect(),
             state: api::FaultState::Unspecified as i32,
             created_unix_ms: created,
             deadline_unix_ms: unix_ms_after(valid.duration),
             ended_unix_ms: 0,
             message: String::new(),
             request: Some(request.clone()),
-            lease_holder: valid.lease.as_ref().map(|l| l.holder.clone()).unwrap_or_default(),
+            lease_holder: valid
+                .lease
+                .as_ref()
+                .map(|l| l.holder.clone())
+                .unwrap_or_default(),
             status: Some(fault.status()),
         };
         if valid.dry_run {
@@ -224,9 +248,11 @@ impl Registry {
             undo: fault.undo(),
         };
         // Journal first: if the agent dies after this line, its next start reverts.
-        self.journal
-            .write(&record)
-            .map_err(|e| AgentError::Internal(format!("cannot journal the fault, nothing was changed: {e}")))?;
+        self.journal.write(&record).map_err(|e| {
+            AgentError::Internal(format!(
+                "cannot journal the fault, nothing was changed: {e}"
+            ))
+        })?;
 
         let repeat = match &mut fault {
             ActiveFault::Process(p) => {
@@ -317,7 +343,8 @@ impl Registry {
         };
         if revert_error.is_none() {
             self.forget_journal(&driver.id, kind);
-            self.metrics.reverted(kind_label(kind), reason.metric_reason());
+            self.metrics
+                .reverted(kind_label(kind), reason.metric_reason());
         } else {
             self.metrics.revert_failed(kind_label(kind));
         }
@@ -433,11 +460,19 @@ impl Registry {
             .ok_or_else(|| AgentError::NotFound(format!("no fault {id} on this agent")))
     }
 
-    pub fn renew_lease(&self, holder: &str, ttl_ms: u64) -> Result<api::RenewLeaseResponse, AgentError> {
+    pub fn renew_lease(
+        &self,
+        holder: &str,
+        ttl_ms: u64,
+    ) -> Result<api::RenewLeaseResponse, AgentError> {
         let lease = validate_lease(holder, ttl_ms, &self.limits, "")?;
         let mut state = self.lock();
         renew(&mut state, &lease);
-        let faults = state.active.values().filter(|e| e.view.lease_holder == holder).count();
+        let faults = state
+            .active
+            .values()
+            .filter(|e| e.view.lease_holder == holder)
+            .count();
         Ok(api::RenewLeaseResponse {
             faults: faults as u32,
             expires_unix_ms: unix_ms_after(lease.ttl),
@@ -468,7 +503,11 @@ impl Registry {
                     .filter(|(_, e)| expired.contains(&e.view.lease_holder))
                     .map(|(id, _)| id.clone())
                     .collect();
-                let overdue = state.active.values().filter(|e| now > e.deadline + OVERDUE_GRACE).count();
+                let overdue = state
+                    .active
+                    .values()
+                    .filter(|e| now > e.deadline + OVERDUE_GRACE)
+                    .count();
                 (lapsed, overdue)
             };
             self.metrics.set_overdue(overdue as i64);
@@ -541,7 +580,9 @@ struct Driver {
 }
 
 fn renew(state: &mut State, lease: &LeaseSpec) {
-    state.leases.insert(lease.holder.clone(), Instant::now() + lease.ttl);
+    state
+        .leases
+        .insert(lease.holder.clone(), Instant::now() + lease.ttl);
 }
 
 fn request_kind(request: &api::InjectRequest) -> api::FaultKind {

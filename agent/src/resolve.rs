@@ -66,7 +66,9 @@ fn cgroup_error(what: &str, err: CgroupError) -> AgentError {
 
 fn proc_error(err: ProcError) -> AgentError {
     match err {
-        ProcError::Gone(pid) => AgentError::NotFound(format!("process {pid} does not exist on this node")),
+        ProcError::Gone(pid) => {
+            AgentError::NotFound(format!("process {pid} does not exist on this node"))
+        }
         other => AgentError::Internal(other.to_string()),
     }
 }
@@ -81,7 +83,10 @@ impl Resolver {
                 namespace,
                 name,
                 container,
-            } => self.resolve_pod(spec, namespace, name, container.as_deref()).await,
+            } => {
+                self.resolve_pod(spec, namespace, name, container.as_deref())
+                    .await
+            }
         }
     }
 
@@ -100,10 +105,20 @@ impl Resolver {
 
     /// The processes of a cgroup, and its init: the one whose parent is outside the
     /// cgroup (for a container, the process the runtime's shim started).
-    fn cgroup_members(&self, cgroup: &ProcessCgroup, what: &str) -> Result<(ProcessInfo, Vec<ProcessInfo>), AgentError> {
-        let pids = self.cgroups.procs(cgroup).map_err(|e| cgroup_error(what, e))?;
+    fn cgroup_members(
+        &self,
+        cgroup: &ProcessCgroup,
+        what: &str,
+    ) -> Result<(ProcessInfo, Vec<ProcessInfo>), AgentError> {
+        let pids = self
+            .cgroups
+            .procs(cgroup)
+            .map_err(|e| cgroup_error(what, e))?;
         // A process may exit between the listing and the read; that is not an error.
-        let processes: Vec<ProcessInfo> = pids.iter().filter_map(|pid| self.procfs.process(*pid).ok()).collect();
+        let processes: Vec<ProcessInfo> = pids
+            .iter()
+            .filter_map(|pid| self.procfs.process(*pid).ok())
+            .collect();
         let members: HashSet<u32> = processes.iter().map(|p| p.pid).collect();
         let init = processes
             .iter()
@@ -122,7 +137,9 @@ impl Resolver {
         let cgroup = ProcessCgroup::from_path(&self.layout, path)
             .map_err(|e| AgentError::invalid("target", e.to_string()))?;
         if !self.cgroups.exists(&cgroup) {
-            return Err(AgentError::NotFound(format!("cgroup {path} does not exist on this node")));
+            return Err(AgentError::NotFound(format!(
+                "cgroup {path} does not exist on this node"
+            )));
         }
         let (init, processes) = self.cgroup_members(&cgroup, &format!("cgroup {path}"))?;
         Ok(Resolved {
@@ -135,12 +152,20 @@ impl Resolver {
     }
 
     /// A running container: its task's pid, then its cgroup and every process in it.
-    fn running_container(&self, spec: &TargetSpec, container: &RuntimeContainer, pid: u32) -> Result<Resolved, AgentError> {
+    fn running_container(
+        &self,
+        spec: &TargetSpec,
+        container: &RuntimeContainer,
+        pid: u32,
+    ) -> Result<Resolved, AgentError> {
         let what = format!("container {}", container.id);
-        let cgroup = ProcessCgroup::of_pid(self.procfs.root(), pid).map_err(|e| match e.is_not_found() {
-            true => AgentError::FailedPrecondition(format!("{what}: its process {pid} just exited")),
-            false => cgroup_error(&what, e),
-        })?;
+        let cgroup =
+            ProcessCgroup::of_pid(self.procfs.root(), pid).map_err(|e| match e.is_not_found() {
+                true => {
+                    AgentError::FailedPrecondition(format!("{what}: its process {pid} just exited"))
+                }
+                false => cgroup_error(&what, e),
+            })?;
         let (_, processes) = self.cgroup_members(&cgroup, &what)?;
         let init = self.procfs.process(pid).map_err(|_| {
             AgentError::FailedPrecondition(format!("{what}: its process {pid} just exited"))
@@ -161,7 +186,11 @@ impl Resolver {
         let containers = match runtime.containers().await {
             Ok(containers) => containers,
             Err(RuntimeError::Unreachable { reason, .. }) => {
-                return self.scan_for_container(spec, id, &format!("containerd unreachable: {reason}"));
+                return self.scan_for_container(
+                    spec,
+                    id,
+                    &format!("containerd unreachable: {reason}"),
+                );
             }
             Err(err) => return Err(AgentError::Internal(err.to_string())),
         };
@@ -176,7 +205,9 @@ impl Resolver {
             .await
             .map_err(|e| AgentError::Internal(e.to_string()))?;
         match task {
-            Some(task) if task.state == TaskState::Running && task.pid > 0 => self.running_container(spec, &container, task.pid),
+            Some(task) if task.state == TaskState::Running && task.pid > 0 => {
+                self.running_container(spec, &container, task.pid)
+            }
             Some(task) => Err(AgentError::FailedPrecondition(format!(
                 "container {id} has no running process (its task is {}; is it crash-looping?)",
                 task.state.as_str()
@@ -189,7 +220,12 @@ impl Resolver {
 
     /// Without the runtime: a container's processes are those whose cgroup path names
     /// its id (`/<ns>/<id>`, `.../cri-containerd-<id>.scope`, `.../<id>`).
-    fn scan_for_container(&self, spec: &TargetSpec, id: &str, why: &str) -> Result<Resolved, AgentError> {
+    fn scan_for_container(
+        &self,
+        spec: &TargetSpec,
+        id: &str,
+        why: &str,
+    ) -> Result<Resolved, AgentError> {
         let pids = self.procfs.pids().map_err(proc_error)?;
         let found = pids.into_iter().find_map(|pid| {
             let cgroup = ProcessCgroup::of_pid(self.procfs.root(), pid).ok()?;
@@ -239,12 +275,19 @@ impl Resolver {
                 && c.label(LABEL_POD_NAME) == name
                 && container_name.is_none_or(|want| c.label(LABEL_CONTAINER_NAME) == want);
             if matches {
-                by_name.entry(c.label(LABEL_CONTAINER_NAME).to_string()).or_default().push(c);
+                by_name
+                    .entry(c.label(LABEL_CONTAINER_NAME).to_string())
+                    .or_default()
+                    .push(c);
             }
         }
         if by_name.is_empty() {
-            let which = container_name.map(|c| format!(" with a container `{c}`")).unwrap_or_default();
-            return Err(AgentError::NotFound(format!("no pod {namespace}/{name}{which} runs on this node")));
+            let which = container_name
+                .map(|c| format!(" with a container `{c}`"))
+                .unwrap_or_default();
+            return Err(AgentError::NotFound(format!(
+                "no pod {namespace}/{name}{which} runs on this node"
+            )));
         }
         let mut resolved = Vec::new();
         for (cname, candidates) in by_name {
@@ -272,31 +315,42 @@ impl Resolver {
     }
 
     /// The containers on this node, for controllers to select from.
-    pub async fn list_targets(&self, pod_namespace: &str) -> Result<Vec<api::TargetInfo>, AgentError> {
-        let runtime = self
-            .runtime
-            .as_ref()
-            .ok_or_else(|| AgentError::FailedPrecondition("no container runtime configured".into()))?;
+    pub async fn list_targets(
+        &self,
+        pod_namespace: &str,
+    ) -> Result<Vec<api::TargetInfo>, AgentError> {
+        let runtime = self.runtime.as_ref().ok_or_else(|| {
+            AgentError::FailedPrecondition("no container runtime configured".into())
+        })?;
         let containers = runtime.containers().await.map_err(|e| match e {
             RuntimeError::Unreachable { .. } => AgentError::FailedPrecondition(e.to_string()),
             other => AgentError::Internal(other.to_string()),
         })?;
         let mut tasks = BTreeMap::new();
         for ns in runtime.namespaces() {
-            let by_id = runtime.tasks(ns).await.map_err(|e| AgentError::Internal(e.to_string()))?;
+            let by_id = runtime
+                .tasks(ns)
+                .await
+                .map_err(|e| AgentError::Internal(e.to_string()))?;
             tasks.insert(ns.clone(), by_id);
         }
         let mut targets = Vec::new();
         for c in containers {
-            if c.is_sandbox() || (!pod_namespace.is_empty() && c.label(LABEL_POD_NAMESPACE) != pod_namespace) {
+            if c.is_sandbox()
+                || (!pod_namespace.is_empty() && c.label(LABEL_POD_NAMESPACE) != pod_namespace)
+            {
                 continue;
             }
-            let task = tasks.get(&c.runtime_namespace).and_then(|t| t.get(&c.id)).copied();
+            let task = tasks
+                .get(&c.runtime_namespace)
+                .and_then(|t| t.get(&c.id))
+                .copied();
             let (state, init_pid) = match task {
                 Some(t) => (t.state.as_str(), t.pid),
                 None => ("stopped", 0),
             };
-            let (cgroup, pids) = match (state, ProcessCgroup::of_pid(self.procfs.root(), init_pid)) {
+            let (cgroup, pids) = match (state, ProcessCgroup::of_pid(self.procfs.root(), init_pid))
+            {
                 ("running", Ok(cg)) => {
                     let pids = self.cgroups.procs(&cg).unwrap_or_default();
                     (cg.display_path(), pids)
@@ -345,7 +399,10 @@ mod tests {
     #[test]
     fn recognises_runtime_cgroup_names() {
         assert!(cgroup_names_container("/default/abc", "abc"));
-        assert!(cgroup_names_container("/kubepods/burstable/pod1/abc", "abc"));
+        assert!(cgroup_names_container(
+            "/kubepods/burstable/pod1/abc",
+            "abc"
+        ));
         assert!(cgroup_names_container(
             "/kubepods.slice/kubepods-pod1.slice/cri-containerd-abc.scope",
             "abc"

@@ -9,7 +9,9 @@ use std::time::Duration;
 use chaos_proto::containerd::services::containers::v1::{
     ListContainersRequest, containers_client::ContainersClient,
 };
-use chaos_proto::containerd::services::tasks::v1::{GetRequest, ListTasksRequest, tasks_client::TasksClient};
+use chaos_proto::containerd::services::tasks::v1::{
+    GetRequest, ListTasksRequest, tasks_client::TasksClient,
+};
 use chaos_proto::containerd::services::version::v1::{Empty, version_client::VersionClient};
 use chaos_proto::containerd::v1::types::Status as TaskStatus;
 use hyper_util::rt::TokioIo;
@@ -28,7 +30,10 @@ pub enum RuntimeError {
     #[error("containerd at {socket} is unreachable: {reason}")]
     Unreachable { socket: String, reason: String },
     #[error("containerd call {call} failed: {status}")]
-    Call { call: &'static str, status: tonic::Status },
+    Call {
+        call: &'static str,
+        status: tonic::Status,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -135,7 +140,10 @@ impl Containerd {
 
     fn error(&self, call: &'static str, status: tonic::Status) -> RuntimeError {
         // Transport failures surface as Unavailable/Unknown with no server behind them.
-        if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded) {
+        if matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+        ) {
             RuntimeError::Unreachable {
                 socket: self.socket(),
                 reason: status.message().to_string(),
@@ -160,20 +168,33 @@ impl Containerd {
         let mut all = Vec::new();
         for namespace in &self.namespaces {
             let response = client
-                .list(Self::request(namespace, ListContainersRequest { filters: vec![] }))
+                .list(Self::request(
+                    namespace,
+                    ListContainersRequest { filters: vec![] },
+                ))
                 .await
                 .map_err(|s| self.error("Containers.List", s))?;
-            all.extend(response.into_inner().containers.into_iter().map(|c| RuntimeContainer {
-                id: c.id,
-                runtime_namespace: namespace.clone(),
-                labels: c.labels,
-            }));
+            all.extend(
+                response
+                    .into_inner()
+                    .containers
+                    .into_iter()
+                    .map(|c| RuntimeContainer {
+                        id: c.id,
+                        runtime_namespace: namespace.clone(),
+                        labels: c.labels,
+                    }),
+            );
         }
         Ok(all)
     }
 
     /// The container's main task, or None when it has none (never started, or removed).
-    pub async fn task(&self, namespace: &str, container_id: &str) -> Result<Option<RuntimeTask>, RuntimeError> {
+    pub async fn task(
+        &self,
+        namespace: &str,
+        container_id: &str,
+    ) -> Result<Option<RuntimeTask>, RuntimeError> {
         let mut client = TasksClient::new(self.channel.clone());
         let request = Self::request(
             namespace,
@@ -193,10 +214,18 @@ impl Containerd {
     }
 
     /// The tasks of one namespace, by container id.
-    pub async fn tasks(&self, namespace: &str) -> Result<HashMap<String, RuntimeTask>, RuntimeError> {
+    pub async fn tasks(
+        &self,
+        namespace: &str,
+    ) -> Result<HashMap<String, RuntimeTask>, RuntimeError> {
         let mut client = TasksClient::new(self.channel.clone());
         let response = client
-            .list(Self::request(namespace, ListTasksRequest { filter: String::new() }))
+            .list(Self::request(
+                namespace,
+                ListTasksRequest {
+                    filter: String::new(),
+                },
+            ))
             .await
             .map_err(|s| self.error("Tasks.List", s))?;
         Ok(response
@@ -206,7 +235,11 @@ impl Containerd {
             .map(|p| {
                 // containerd fills `id` with the container id in listings; older
                 // versions also set `container_id`.
-                let id = if p.container_id.is_empty() { p.id } else { p.container_id };
+                let id = if p.container_id.is_empty() {
+                    p.id
+                } else {
+                    p.container_id
+                };
                 (
                     id,
                     RuntimeTask {

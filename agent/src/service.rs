@@ -28,7 +28,10 @@ fn peer<T>(request: &Request<T>) -> String {
 
 #[tonic::async_trait]
 impl Agent for AgentService {
-    async fn inject(&self, request: Request<api::InjectRequest>) -> Result<Response<api::InjectResponse>, Status> {
+    async fn inject(
+        &self,
+        request: Request<api::InjectRequest>,
+    ) -> Result<Response<api::InjectResponse>, Status> {
         let peer = peer(&request);
         let inner = request.into_inner();
         let target = inner.target.clone();
@@ -44,7 +47,10 @@ impl Agent for AgentService {
         }
     }
 
-    async fn revert(&self, request: Request<api::RevertRequest>) -> Result<Response<api::RevertResponse>, Status> {
+    async fn revert(
+        &self,
+        request: Request<api::RevertRequest>,
+    ) -> Result<Response<api::RevertResponse>, Status> {
         let peer = peer(&request);
         let reverted = match validate_revert(request.get_ref())? {
             Some(id) => vec![self.registry.revert(&id).await?],
@@ -58,7 +64,10 @@ impl Agent for AgentService {
         Ok(Response::new(api::RevertResponse { reverted }))
     }
 
-    async fn list(&self, request: Request<api::ListRequest>) -> Result<Response<api::ListResponse>, Status> {
+    async fn list(
+        &self,
+        request: Request<api::ListRequest>,
+    ) -> Result<Response<api::ListResponse>, Status> {
         let faults = self.registry.list(request.get_ref().include_ended);
         Ok(Response::new(api::ListResponse { faults }))
     }
@@ -81,7 +90,9 @@ impl Agent for AgentService {
             cgroup_version: self.cgroup_version.clone(),
             cgroup_controllers: self.cgroup_controllers.clone(),
             qdiscs: self.qdiscs.clone(),
-            runtime: Some(capabilities::runtime_info(self.registry.resolver().runtime.as_ref()).await),
+            runtime: Some(
+                capabilities::runtime_info(self.registry.resolver().runtime.as_ref()).await,
+            ),
             protection: Some(api::ProtectionPolicy {
                 allow_kube_system: policy.allow_kube_system,
                 protected_process_names: crate::protect::PROTECTED_PROCESS_PREFIXES
@@ -114,6 +125,8 @@ impl Agent for AgentService {
         request: Request<api::RenewLeaseRequest>,
     ) -> Result<Response<api::RenewLeaseResponse>, Status> {
         let r = request.get_ref();
-        Ok(Response::new(self.registry.renew_lease(&r.holder, r.ttl_ms)?))
+        Ok(Response::new(
+            self.registry.renew_lease(&r.holder, r.ttl_ms)?,
+        ))
     }
 }

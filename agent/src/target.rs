@@ -36,7 +36,9 @@ impl TargetSpec {
         let Some((kind, rest)) = text.split_once(':') else {
             return Err(AgentError::invalid(
                 FIELD,
-                format!("`{text}` has no kind; expected pid:N, container:ID, pod:NS/NAME[/CONTAINER] or cgroup:PATH"),
+                format!(
+                    "`{text}` has no kind; expected pid:N, container:ID, pod:NS/NAME[/CONTAINER] or cgroup:PATH"
+                ),
             ));
         };
         match kind {
@@ -68,7 +70,9 @@ fn parse_container_id(id: &str) -> Result<TargetSpec, AgentError> {
     // else also keeps ids from being read as paths.
     let valid = !id.is_empty()
         && id.len() <= 76
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
         && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
     if valid {
         Ok(TargetSpec::Container(id.to_string()))
@@ -122,8 +126,14 @@ fn is_dns_name(value: &str, max: usize) -> bool {
         && value
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-        && value.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && value.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
+        && value
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && value
+            .chars()
+            .last()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
 }
 
 fn parse_cgroup(path: &str) -> Result<TargetSpec, AgentError> {
@@ -220,7 +230,13 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for text in ["pid:7", "container:x1", "pod:a/b", "pod:a/b/c", "cgroup:/a/b"] {
+        for text in [
+            "pid:7",
+            "container:x1",
+            "pod:a/b",
+            "pod:a/b/c",
+            "cgroup:/a/b",
+        ] {
             assert_eq!(TargetSpec::parse(text).unwrap().to_string(), text);
         }
     }

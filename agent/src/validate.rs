@@ -143,7 +143,10 @@ pub struct ValidInject {
     pub labels: HashMap<String, String>,
 }
 
-pub fn validate_inject(req: &api::InjectRequest, limits: &Limits) -> Result<ValidInject, AgentError> {
+pub fn validate_inject(
+    req: &api::InjectRequest,
+    limits: &Limits,
+) -> Result<ValidInject, AgentError> {
     let target = TargetSpec::parse(&req.target)?;
     let duration = Duration::from_millis(req.duration_ms);
     if duration > limits.max_duration {
@@ -163,7 +166,9 @@ pub fn validate_inject(req: &api::InjectRequest, limits: &Limits) -> Result<Vali
         ));
     };
     let plan = match fault {
-        api::inject_request::Fault::Process(p) => FaultPlan::Process(validate_process(p, duration)?),
+        api::inject_request::Fault::Process(p) => {
+            FaultPlan::Process(validate_process(p, duration)?)
+        }
         api::inject_request::Fault::Cpu(c) => {
             require_duration(duration)?;
             FaultPlan::Cpu(validate_cpu(c)?)
@@ -219,13 +224,19 @@ pub fn parse_signal(text: &str) -> Result<Signal, AgentError> {
         return Ok(Signal::SIGKILL);
     }
     if let Ok(number) = text.parse::<i32>() {
-        return Signal::try_from(number)
-            .map_err(|_| AgentError::invalid("process.signal", format!("{number} is not a signal number")));
+        return Signal::try_from(number).map_err(|_| {
+            AgentError::invalid("process.signal", format!("{number} is not a signal number"))
+        });
     }
     let upper = text.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
-    Signal::from_str(&name)
-        .map_err(|_| AgentError::invalid("process.signal", format!("`{text}` is not a signal name")))
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    Signal::from_str(&name).map_err(|_| {
+        AgentError::invalid("process.signal", format!("`{text}` is not a signal name"))
+    })
 }
 
 fn validate_process(p: &api::ProcessFault, duration: Duration) -> Result<ProcessPlan, AgentError> {
@@ -273,7 +284,10 @@ fn validate_cpu(c: &api::CpuFault) -> Result<CpuPlan, AgentError> {
     if !(1..=100).contains(&c.load_percent) {
         return Err(AgentError::invalid(
             "cpu.load_percent",
-            format!("{} is outside 1..=100 (percent of the container's CPU limit)", c.load_percent),
+            format!(
+                "{} is outside 1..=100 (percent of the container's CPU limit)",
+                c.load_percent
+            ),
         ));
     }
     if c.cores > 1024 {
@@ -298,7 +312,10 @@ fn validate_memory(m: &api::MemoryFault, duration: Duration) -> Result<MemoryPla
             ));
         }
         (size, 0) if size > MAX_BYTES => {
-            return Err(AgentError::invalid("memory.size_bytes", "must be at most 1 TiB"));
+            return Err(AgentError::invalid(
+                "memory.size_bytes",
+                "must be at most 1 TiB",
+            ));
         }
         (size, 0) => MemoryAmount::Bytes(size),
         (0, pct) if pct > 100 => {
@@ -329,14 +346,20 @@ fn check_percent(field: &'static str, value: f64) -> Result<(), AgentError> {
     if value.is_finite() && (0.0..=100.0).contains(&value) {
         Ok(())
     } else {
-        Err(AgentError::invalid(field, format!("{value} is outside 0..=100")))
+        Err(AgentError::invalid(
+            field,
+            format!("{value} is outside 0..=100"),
+        ))
     }
 }
 
 fn parse_cidrs(field: &'static str, items: &[String]) -> Result<Vec<Cidr>, AgentError> {
     items
         .iter()
-        .map(|text| text.parse::<Cidr>().map_err(|reason| AgentError::invalid(field, reason)))
+        .map(|text| {
+            text.parse::<Cidr>()
+                .map_err(|reason| AgentError::invalid(field, reason))
+        })
         .collect()
 }
 
@@ -357,7 +380,12 @@ fn check_interface_name(name: &str) -> Result<(), AgentError> {
     if name.is_empty() {
         return Ok(());
     }
-    if name.len() > 15 || name.contains('/') || name.chars().any(|c| c.is_whitespace() || c == '\0') || name == "." || name == ".." {
+    if name.len() > 15
+        || name.contains('/')
+        || name.chars().any(|c| c.is_whitespace() || c == '\0')
+        || name == "."
+        || name == ".."
+    {
         return Err(AgentError::invalid(
             "network.interface",
             format!("`{name}` is not a valid interface name"),
@@ -369,21 +397,41 @@ fn check_interface_name(name: &str) -> Result<(), AgentError> {
 fn validate_network(n: &api::NetworkFault) -> Result<NetworkPlan, AgentError> {
     const MAX_DELAY_US: u64 = 60_000_000;
     check_interface_name(&n.interface)?;
-    api::Direction::try_from(n.direction)
-        .map_err(|_| AgentError::invalid("network.direction", format!("{} is not a direction", n.direction)))?;
-    let distribution = api::Distribution::try_from(n.distribution).map_err(|_| {
-        AgentError::invalid("network.distribution", format!("{} is not a distribution", n.distribution))
+    api::Direction::try_from(n.direction).map_err(|_| {
+        AgentError::invalid(
+            "network.direction",
+            format!("{} is not a direction", n.direction),
+        )
     })?;
-    api::Protocol::try_from(n.protocol)
-        .map_err(|_| AgentError::invalid("network.protocol", format!("{} is not a protocol", n.protocol)))?;
+    let distribution = api::Distribution::try_from(n.distribution).map_err(|_| {
+        AgentError::invalid(
+            "network.distribution",
+            format!("{} is not a distribution", n.distribution),
+        )
+    })?;
+    api::Protocol::try_from(n.protocol).map_err(|_| {
+        AgentError::invalid(
+            "network.protocol",
+            format!("{} is not a protocol", n.protocol),
+        )
+    })?;
     if n.delay_us > MAX_DELAY_US {
-        return Err(AgentError::invalid("network.delay_us", "must be at most 60 s"));
+        return Err(AgentError::invalid(
+            "network.delay_us",
+            "must be at most 60 s",
+        ));
     }
     if n.jitter_us > MAX_DELAY_US {
-        return Err(AgentError::invalid("network.jitter_us", "must be at most 60 s"));
+        return Err(AgentError::invalid(
+            "network.jitter_us",
+            "must be at most 60 s",
+        ));
     }
     if n.jitter_us > 0 && n.delay_us == 0 {
-        return Err(AgentError::invalid("network.jitter_us", "needs network.delay_us"));
+        return Err(AgentError::invalid(
+            "network.jitter_us",
+            "needs network.delay_us",
+        ));
     }
     if distribution != api::Distribution::Unspecified && n.jitter_us == 0 {
         return Err(AgentError::invalid(
@@ -404,7 +452,10 @@ fn validate_network(n: &api::NetworkFault) -> Result<NetworkPlan, AgentError> {
         ));
     }
     if n.reorder_gap > 0 && n.reorder_percent == 0.0 {
-        return Err(AgentError::invalid("network.reorder_gap", "needs network.reorder_percent"));
+        return Err(AgentError::invalid(
+            "network.reorder_gap",
+            "needs network.reorder_percent",
+        ));
     }
     let impairs = n.delay_us > 0
         || n.loss_percent > 0.0
@@ -418,7 +469,8 @@ fn validate_network(n: &api::NetworkFault) -> Result<NetworkPlan, AgentError> {
         ));
     }
     let destinations = parse_cidrs("network.destinations", &n.destinations)?;
-    let exclude_destinations = parse_cidrs("network.exclude_destinations", &n.exclude_destinations)?;
+    let exclude_destinations =
+        parse_cidrs("network.exclude_destinations", &n.exclude_destinations)?;
     check_ports("network.ports", &n.ports)?;
     check_ports("network.exclude_ports", &n.exclude_ports)?;
     Ok(NetworkPlan {
@@ -428,10 +480,14 @@ fn validate_network(n: &api::NetworkFault) -> Result<NetworkPlan, AgentError> {
     })
 }
 
-fn validate_blackhole(b: &api::BlackholeFault, limits: &Limits) -> Result<BlackholePlan, AgentError> {
+fn validate_blackhole(
+    b: &api::BlackholeFault,
+    limits: &Limits,
+) -> Result<BlackholePlan, AgentError> {
     if b.node_scope && !limits.allow_node_scope {
         return Err(AgentError::PermissionDenied(
-            "node-scope blackholes are disabled on this agent (start it with --allow-node-scope)".into(),
+            "node-scope blackholes are disabled on this agent (start it with --allow-node-scope)"
+                .into(),
         ));
     }
     Ok(BlackholePlan {
@@ -477,14 +533,28 @@ pub fn validate_lease(
 
 fn validate_labels(labels: &HashMap<String, String>) -> Result<(), AgentError> {
     if labels.len() > MAX_LABELS {
-        return Err(AgentError::invalid("labels", format!("at most {MAX_LABELS} labels")));
+        return Err(AgentError::invalid(
+            "labels",
+            format!("at most {MAX_LABELS} labels"),
+        ));
     }
     for (key, value) in labels {
-        if key.is_empty() || key.len() > 63 || !key.chars().all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c)) {
-            return Err(AgentError::invalid("labels", format!("key `{key}` must be 1 to 63 of [A-Za-z0-9_-./]")));
+        if key.is_empty()
+            || key.len() > 63
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c))
+        {
+            return Err(AgentError::invalid(
+                "labels",
+                format!("key `{key}` must be 1 to 63 of [A-Za-z0-9_-./]"),
+            ));
         }
         if value.len() > 256 || value.contains('\0') {
-            return Err(AgentError::invalid("labels", format!("value of `{key}` must be at most 256 characters")));
+            return Err(AgentError::invalid(
+                "labels",
+                format!("value of `{key}` must be at most 256 characters"),
+            ));
         }
     }
     Ok(())
@@ -494,11 +564,16 @@ fn validate_labels(labels: &HashMap<String, String>) -> Result<(), AgentError> {
 pub fn validate_fault_id(id: &str, field: &'static str) -> Result<(), AgentError> {
     let valid = id.len() == 18
         && id.starts_with("f-")
-        && id[2..].chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+        && id[2..]
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
     if valid {
         Ok(())
     } else {
-        Err(AgentError::invalid(field, format!("`{id}` is not a fault id (f-<16 hex digits>)")))
+        Err(AgentError::invalid(
+            field,
+            format!("`{id}` is not a fault id (f-<16 hex digits>)"),
+        ))
     }
 }
 
@@ -506,7 +581,10 @@ pub fn validate_revert(req: &api::RevertRequest) -> Result<Option<String>, Agent
     match (req.all, req.id.is_empty()) {
         (true, true) => Ok(None),
         (true, false) => Err(AgentError::invalid("id", "set either id or all, not both")),
-        (false, true) => Err(AgentError::invalid("id", "is empty; name a fault or set all")),
+        (false, true) => Err(AgentError::invalid(
+            "id",
+            "is empty; name a fault or set all",
+        )),
         (false, false) => {
             validate_fault_id(&req.id, "id")?;
             Ok(Some(req.id.clone()))
@@ -520,7 +598,9 @@ pub fn validate_pod_namespace_filter(ns: &str) -> Result<(), AgentError> {
     }
     TargetSpec::parse(&format!("pod:{ns}/x"))
         .map(|_| ())
-        .map_err(|_| AgentError::invalid("pod_namespace", format!("`{ns}` is not a valid namespace")))
+        .map_err(|_| {
+            AgentError::invalid("pod_namespace", format!("`{ns}` is not a valid namespace"))
+        })
 }
 
 #[cfg(test)]
@@ -569,8 +649,20 @@ mod tests {
         assert_eq!(parse_signal("sigstop").unwrap(), Signal::SIGSTOP);
         assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
         assert_eq!(parse_signal("").unwrap(), Signal::SIGKILL);
-        assert!(matches!(parse_signal("NOPE"), Err(AgentError::InvalidArgument { field: "process.signal", .. })));
-        assert!(matches!(parse_signal("99"), Err(AgentError::InvalidArgument { field: "process.signal", .. })));
+        assert!(matches!(
+            parse_signal("NOPE"),
+            Err(AgentError::InvalidArgument {
+                field: "process.signal",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_signal("99"),
+            Err(AgentError::InvalidArgument {
+                field: "process.signal",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -583,43 +675,123 @@ mod tests {
             })
         };
         assert_eq!(refused_field(&req("", 0, kill())), "target");
-        assert_eq!(refused_field(&req("pid:1", 4_000_000, kill())), "duration_ms");
-        assert_eq!(refused_field(&api::InjectRequest { target: "pid:1".into(), ..Default::default() }), "fault");
-        assert_eq!(refused_field(&req("pid:2", 0, process("BOGUS", "", 0))), "process.signal");
-        assert_eq!(refused_field(&req("pid:2", 0, process("", &"x".repeat(300), 0))), "process.process");
-        assert_eq!(refused_field(&req("pid:2", 10_000, process("", "", 5))), "process.interval_ms");
-        assert_eq!(refused_field(&req("pid:2", 0, process("", "", 1000))), "duration_ms");
-        assert_eq!(refused_field(&req("pid:2", 1000, process("", "", 2000))), "process.interval_ms");
+        assert_eq!(
+            refused_field(&req("pid:1", 4_000_000, kill())),
+            "duration_ms"
+        );
+        assert_eq!(
+            refused_field(&api::InjectRequest {
+                target: "pid:1".into(),
+                ..Default::default()
+            }),
+            "fault"
+        );
+        assert_eq!(
+            refused_field(&req("pid:2", 0, process("BOGUS", "", 0))),
+            "process.signal"
+        );
+        assert_eq!(
+            refused_field(&req("pid:2", 0, process("", &"x".repeat(300), 0))),
+            "process.process"
+        );
+        assert_eq!(
+            refused_field(&req("pid:2", 10_000, process("", "", 5))),
+            "process.interval_ms"
+        );
+        assert_eq!(
+            refused_field(&req("pid:2", 0, process("", "", 1000))),
+            "duration_ms"
+        );
+        assert_eq!(
+            refused_field(&req("pid:2", 1000, process("", "", 2000))),
+            "process.interval_ms"
+        );
 
-        let cpu = |load_percent, cores, mode| Fault::Cpu(api::CpuFault { load_percent, cores, mode });
-        assert_eq!(refused_field(&req("pid:2", 0, cpu(50, 0, 0))), "duration_ms");
-        assert_eq!(refused_field(&req("pid:2", 1000, cpu(0, 0, 0))), "cpu.load_percent");
-        assert_eq!(refused_field(&req("pid:2", 1000, cpu(101, 0, 0))), "cpu.load_percent");
-        assert_eq!(refused_field(&req("pid:2", 1000, cpu(50, 5000, 0))), "cpu.cores");
-        assert_eq!(refused_field(&req("pid:2", 1000, cpu(50, 0, 7))), "cpu.mode");
+        let cpu = |load_percent, cores, mode| {
+            Fault::Cpu(api::CpuFault {
+                load_percent,
+                cores,
+                mode,
+            })
+        };
+        assert_eq!(
+            refused_field(&req("pid:2", 0, cpu(50, 0, 0))),
+            "duration_ms"
+        );
+        assert_eq!(
+            refused_field(&req("pid:2", 1000, cpu(0, 0, 0))),
+            "cpu.load_percent"
+        );
+        assert_eq!(
+            refused_field(&req("pid:2", 1000, cpu(101, 0, 0))),
+            "cpu.load_percent"
+        );
+        assert_eq!(
+            refused_field(&req("pid:2", 1000, cpu(50, 5000, 0))),
+            "cpu.cores"
+        );
+        assert_eq!(
+            refused_field(&req("pid:2", 1000, cpu(50, 0, 7))),
+            "cpu.mode"
+        );
 
-        let mem = |size_bytes, percent, ramp_ms| Fault::Memory(api::MemoryFault { size_bytes, percent, ramp_ms });
-        assert_eq!(refused_field(&req("pid:2", 1000, mem(0, 0, 0))), "memory.size_bytes");
-        assert_eq!(refused_field(&req("pid:2", 1000, mem(1 << 41, 0, 0))), "memory.size_bytes");
-        assert_eq!(refused_field(&req("pid:2", 1000, mem(0, 101, 0))), "memory.percent");
-        assert_eq!(refused_field(&req("pid:2", 1000, mem(10, 10, 0))), "memory.percent");
-        assert_eq!(refused_field(&req("pid:2", 1000, mem(10, 0, 1000))), "memory.ramp_ms");
+        let mem = |size_bytes, percent, ramp_ms| {
+            Fault::Memory(api::MemoryFault {
+                size_bytes,
+                percent,
+                ramp_ms,
+            })
+        };
+        assert_eq!(
+            refused_field(&req("pid:2", 1000, mem(0, 0, 0))),
+            "memory.size_bytes"
+        );
+        assert_eq!(
+            refused_field(&req("pid:2", 1000, mem(1 << 41, 0, 0))),
+            "memory.size_bytes"
+        );
+        assert_eq!(
+            refused_field(&req("pid:2", 1000, mem(0, 101, 0))),
+            "memory.percent"
+        );
+        assert_eq!(
+            refused_field(&req("pid:2", 1000, mem(10, 10, 0))),
+            "memory.percent"
+        );
+        assert_eq!(
+            refused_field(&req("pid:2", 1000, mem(10, 0, 1000))),
+            "memory.ramp_ms"
+        );
 
         let net = |f: fn(&mut api::NetworkFault)| {
-            let mut n = api::NetworkFault { delay_us: 1000, ..Default::default() };
+            let mut n = api::NetworkFault {
+                delay_us: 1000,
+                ..Default::default()
+            };
             f(&mut n);
             Fault::Network(n)
         };
-        let cases: Vec<(fn(&mut api::NetworkFault), &str)> = vec![
+        type Mutation = fn(&mut api::NetworkFault);
+        let cases: Vec<(Mutation, &str)> = vec![
             (|n| n.interface = "a/b".into(), "network.interface"),
             (|n| n.interface = "x".repeat(16), "network.interface"),
             (|n| n.direction = 9, "network.direction"),
             (|n| n.distribution = 9, "network.distribution"),
-            (|n| n.distribution = api::Distribution::Normal as i32, "network.distribution"),
+            (
+                |n| n.distribution = api::Distribution::Normal as i32,
+                "network.distribution",
+            ),
             (|n| n.protocol = 9, "network.protocol"),
             (|n| n.delay_us = 61_000_000, "network.delay_us"),
             (|n| n.jitter_us = 61_000_000, "network.jitter_us"),
-            (|n| { n.delay_us = 0; n.loss_percent = 1.0; n.jitter_us = 5 }, "network.jitter_us"),
+            (
+                |n| {
+                    n.delay_us = 0;
+                    n.loss_percent = 1.0;
+                    n.jitter_us = 5
+                },
+                "network.jitter_us",
+            ),
             (|n| n.delay_correlation = 101.0, "network.delay_correlation"),
             (|n| n.loss_percent = -1.0, "network.loss_percent"),
             (|n| n.loss_percent = f64::NAN, "network.loss_percent"),
@@ -627,12 +799,28 @@ mod tests {
             (|n| n.duplicate_percent = 101.0, "network.duplicate_percent"),
             (|n| n.corrupt_percent = 101.0, "network.corrupt_percent"),
             (|n| n.reorder_percent = 101.0, "network.reorder_percent"),
-            (|n| { n.delay_us = 0; n.loss_percent = 1.0; n.reorder_percent = 5.0 }, "network.reorder_percent"),
+            (
+                |n| {
+                    n.delay_us = 0;
+                    n.loss_percent = 1.0;
+                    n.reorder_percent = 5.0
+                },
+                "network.reorder_percent",
+            ),
             (|n| n.reorder_gap = 5, "network.reorder_gap"),
             (|n| n.delay_us = 0, "network"),
-            (|n| n.destinations = vec!["10.0.0.0/33".into()], "network.destinations"),
-            (|n| n.destinations = vec!["nope".into()], "network.destinations"),
-            (|n| n.exclude_destinations = vec!["::1/129".into()], "network.exclude_destinations"),
+            (
+                |n| n.destinations = vec!["10.0.0.0/33".into()],
+                "network.destinations",
+            ),
+            (
+                |n| n.destinations = vec!["nope".into()],
+                "network.destinations",
+            ),
+            (
+                |n| n.exclude_destinations = vec!["::1/129".into()],
+                "network.exclude_destinations",
+            ),
             (|n| n.ports = vec![0], "network.ports"),
             (|n| n.exclude_ports = vec![70000], "network.exclude_ports"),
         ];
@@ -642,15 +830,31 @@ mod tests {
         assert_eq!(refused_field(&req("pid:2", 0, net(|_| {}))), "duration_ms");
 
         let blackhole = |destinations: Vec<String>, ports| {
-            Fault::Blackhole(api::BlackholeFault { destinations, ports, node_scope: false })
+            Fault::Blackhole(api::BlackholeFault {
+                destinations,
+                ports,
+                node_scope: false,
+            })
         };
-        assert_eq!(refused_field(&req("pid:2", 1000, blackhole(vec!["x".into()], vec![]))), "blackhole.destinations");
-        assert_eq!(refused_field(&req("pid:2", 1000, blackhole(vec![], vec![0]))), "blackhole.ports");
+        assert_eq!(
+            refused_field(&req("pid:2", 1000, blackhole(vec!["x".into()], vec![]))),
+            "blackhole.destinations"
+        );
+        assert_eq!(
+            refused_field(&req("pid:2", 1000, blackhole(vec![], vec![0]))),
+            "blackhole.ports"
+        );
 
         let mut with_lease = req("pid:2", 1000, kill());
-        with_lease.lease = Some(api::Lease { holder: "".into(), ttl_ms: 1000 });
+        with_lease.lease = Some(api::Lease {
+            holder: "".into(),
+            ttl_ms: 1000,
+        });
         assert_eq!(refused_field(&with_lease), "lease.holder");
-        with_lease.lease = Some(api::Lease { holder: "ctl".into(), ttl_ms: 10 });
+        with_lease.lease = Some(api::Lease {
+            holder: "ctl".into(),
+            ttl_ms: 10,
+        });
         assert_eq!(refused_field(&with_lease), "lease.ttl_ms");
 
         let mut with_labels = req("pid:2", 0, kill());
@@ -660,25 +864,59 @@ mod tests {
 
     #[test]
     fn node_scope_needs_the_agent_flag() {
-        let r = req("pid:2", 1000, Fault::Blackhole(api::BlackholeFault { node_scope: true, ..Default::default() }));
-        assert!(matches!(validate_inject(&r, &Limits::default()), Err(AgentError::PermissionDenied(_))));
-        let allowed = Limits { allow_node_scope: true, ..Limits::default() };
+        let r = req(
+            "pid:2",
+            1000,
+            Fault::Blackhole(api::BlackholeFault {
+                node_scope: true,
+                ..Default::default()
+            }),
+        );
+        assert!(matches!(
+            validate_inject(&r, &Limits::default()),
+            Err(AgentError::PermissionDenied(_))
+        ));
+        let allowed = Limits {
+            allow_node_scope: true,
+            ..Limits::default()
+        };
         assert!(validate_inject(&r, &allowed).is_ok());
     }
 
     #[test]
     fn io_is_reserved_but_unimplemented() {
         let r = req("pid:2", 1000, Fault::Io(api::IoFault {}));
-        assert!(matches!(validate_inject(&r, &Limits::default()), Err(AgentError::Unimplemented(_))));
+        assert!(matches!(
+            validate_inject(&r, &Limits::default()),
+            Err(AgentError::Unimplemented(_))
+        ));
     }
 
     #[test]
     fn valid_requests_of_every_kind_pass() {
-        let ok = |f| validate_inject(&req("pod:dev/db-0/db", 30_000, f), &Limits::default()).unwrap();
-        assert_eq!(ok(Fault::Cpu(api::CpuFault { load_percent: 80, cores: 2, mode: 2 })).plan.kind(), api::FaultKind::Cpu);
+        let ok =
+            |f| validate_inject(&req("pod:dev/db-0/db", 30_000, f), &Limits::default()).unwrap();
         assert_eq!(
-            ok(Fault::Memory(api::MemoryFault { size_bytes: 256 << 20, percent: 0, ramp_ms: 10_000 })).plan,
-            FaultPlan::Memory(MemoryPlan { amount: MemoryAmount::Bytes(256 << 20), ramp: Duration::from_secs(10) })
+            ok(Fault::Cpu(api::CpuFault {
+                load_percent: 80,
+                cores: 2,
+                mode: 2
+            }))
+            .plan
+            .kind(),
+            api::FaultKind::Cpu
+        );
+        assert_eq!(
+            ok(Fault::Memory(api::MemoryFault {
+                size_bytes: 256 << 20,
+                percent: 0,
+                ramp_ms: 10_000
+            }))
+            .plan,
+            FaultPlan::Memory(MemoryPlan {
+                amount: MemoryAmount::Bytes(256 << 20),
+                ramp: Duration::from_secs(10)
+            })
         );
         let n = ok(Fault::Network(api::NetworkFault {
             delay_us: 100_000,
@@ -690,7 +928,13 @@ mod tests {
             ..Default::default()
         }));
         match n.plan {
-            FaultPlan::Network(p) => assert_eq!(p.destinations[1], Cidr { addr: "fd00::1".parse().unwrap(), prefix: 128 }),
+            FaultPlan::Network(p) => assert_eq!(
+                p.destinations[1],
+                Cidr {
+                    addr: "fd00::1".parse().unwrap(),
+                    prefix: 128
+                }
+            ),
             other => panic!("{other:?}"),
         }
     }
@@ -699,20 +943,52 @@ mod tests {
     fn other_requests_name_their_fields() {
         let revert = |id: &str, all| validate_revert(&api::RevertRequest { id: id.into(), all });
         assert_eq!(revert("", true).unwrap(), None);
-        assert_eq!(revert("f-0123456789abcdef", false).unwrap(), Some("f-0123456789abcdef".into()));
-        for (id, all) in [("", false), ("f-1", false), ("f-0123456789ABCDEF", false), ("f-0123456789abcdef", true)] {
-            assert!(matches!(revert(id, all), Err(AgentError::InvalidArgument { field: "id", .. })), "{id} {all}");
+        assert_eq!(
+            revert("f-0123456789abcdef", false).unwrap(),
+            Some("f-0123456789abcdef".into())
+        );
+        for (id, all) in [
+            ("", false),
+            ("f-1", false),
+            ("f-0123456789ABCDEF", false),
+            ("f-0123456789abcdef", true),
+        ] {
+            assert!(
+                matches!(
+                    revert(id, all),
+                    Err(AgentError::InvalidArgument { field: "id", .. })
+                ),
+                "{id} {all}"
+            );
         }
-        assert!(matches!(validate_fault_id("../x", "id"), Err(AgentError::InvalidArgument { field: "id", .. })));
+        assert!(matches!(
+            validate_fault_id("../x", "id"),
+            Err(AgentError::InvalidArgument { field: "id", .. })
+        ));
         assert!(validate_pod_namespace_filter("").is_ok());
         assert!(validate_pod_namespace_filter("dev").is_ok());
         assert!(matches!(
             validate_pod_namespace_filter("Dev"),
-            Err(AgentError::InvalidArgument { field: "pod_namespace", .. })
+            Err(AgentError::InvalidArgument {
+                field: "pod_namespace",
+                ..
+            })
         ));
         let limits = Limits::default();
-        assert!(matches!(validate_lease("", 1000, &limits, ""), Err(AgentError::InvalidArgument { field: "holder", .. })));
-        assert!(matches!(validate_lease("c", 1, &limits, ""), Err(AgentError::InvalidArgument { field: "ttl_ms", .. })));
+        assert!(matches!(
+            validate_lease("", 1000, &limits, ""),
+            Err(AgentError::InvalidArgument {
+                field: "holder",
+                ..
+            })
+        ));
+        assert!(matches!(
+            validate_lease("c", 1, &limits, ""),
+            Err(AgentError::InvalidArgument {
+                field: "ttl_ms",
+                ..
+            })
+        ));
         assert!(validate_lease("ctl-1", 5000, &limits, "").is_ok());
     }
 }

@@ -26,7 +26,10 @@ pub enum CertsError {
     #[error("generating certificates: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0} exists; pass --force to overwrite")]
     Exists(PathBuf),
 }
@@ -67,7 +70,11 @@ fn write_file(path: &Path, contents: &str, mode: u32, force: bool) -> Result<(),
 
 /// Writes ca.pem, agent.pem, agent-key.pem, client.pem and client-key.pem into `out`.
 /// The CA's private key is not kept: regenerate everything to rotate.
-pub fn generate(out: &Path, agent_names: &[String], force: bool) -> Result<Vec<PathBuf>, CertsError> {
+pub fn generate(
+    out: &Path,
+    agent_names: &[String],
+    force: bool,
+) -> Result<Vec<PathBuf>, CertsError> {
     std::fs::create_dir_all(out).map_err(|source| CertsError::Io {
         path: out.to_path_buf(),
         source,
@@ -107,8 +114,7 @@ pub fn generate(out: &Path, agent_names: &[String], force: bool) -> Result<Vec<P
         (CLIENT_KEY_FILE, client_key.serialize_pem(), 0o600),
     ];
     // Check first, so a refusal leaves no half-written set behind.
-    if !force
-        && let Some((name, _, _)) = files.iter().find(|(name, _, _)| out.join(name).exists())
+    if !force && let Some((name, _, _)) = files.iter().find(|(name, _, _)| out.join(name).exists())
     {
         return Err(CertsError::Exists(out.join(name)));
     }
@@ -135,7 +141,10 @@ mod tests {
             let text = std::fs::read_to_string(path).unwrap();
             assert!(text.starts_with("-----BEGIN"), "{}", path.display());
         }
-        let key_mode = std::fs::metadata(dir.path().join(AGENT_KEY_FILE)).unwrap().permissions().mode();
+        let key_mode = std::fs::metadata(dir.path().join(AGENT_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(key_mode & 0o777, 0o600);
         assert!(matches!(
             generate(dir.path(), &default_agent_names(), false),

@@ -11,10 +11,15 @@ use crate::certs::{AGENT_SERVER_NAME, CA_FILE, CLIENT_CERT_FILE, CLIENT_KEY_FILE
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("no TLS directory: pass --tls-dir (or CHAOS_TLS_DIR) with ca.pem, client.pem, client-key.pem, or --insecure-plaintext")]
+    #[error(
+        "no TLS directory: pass --tls-dir (or CHAOS_TLS_DIR) with ca.pem, client.pem, client-key.pem, or --insecure-plaintext"
+    )]
     NoTls,
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("agent address `{0}` is not valid: {1}")]
     Address(String, String),
     #[error("cannot reach the agent at {0}: {1}")]
@@ -48,7 +53,10 @@ pub fn endpoint(target: &AgentAddress) -> Result<Endpoint, ConnectError> {
         let dir = target.tls_dir.as_deref().ok_or(ConnectError::NoTls)?;
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read(dir, CA_FILE)?))
-            .identity(Identity::from_pem(read(dir, CLIENT_CERT_FILE)?, read(dir, CLIENT_KEY_FILE)?))
+            .identity(Identity::from_pem(
+                read(dir, CLIENT_CERT_FILE)?,
+                read(dir, CLIENT_KEY_FILE)?,
+            ))
             .domain_name(AGENT_SERVER_NAME);
         endpoint = endpoint
             .tls_config(tls)

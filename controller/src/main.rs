@@ -11,10 +11,19 @@ use chaosctl::{certs, output};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "chaosctl", version, about = "Chaos Control: inject faults through chaos-agents")]
+#[command(
+    name = "chaosctl",
+    version,
+    about = "Chaos Control: inject faults through chaos-agents"
+)]
 struct Cli {
     /// The agent to talk to (HOST:PORT).
-    #[arg(long, global = true, env = "CHAOS_AGENT", default_value = "127.0.0.1:7090")]
+    #[arg(
+        long,
+        global = true,
+        env = "CHAOS_AGENT",
+        default_value = "127.0.0.1:7090"
+    )]
     agent: String,
     /// Directory with ca.pem, client.pem and client-key.pem.
     #[arg(long, global = true, env = "CHAOS_TLS_DIR")]
@@ -23,7 +32,13 @@ struct Cli {
     #[arg(long, global = true)]
     insecure_plaintext: bool,
     /// Output format.
-    #[arg(short = 'o', long = "output", global = true, value_enum, default_value = "table")]
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        value_enum,
+        default_value = "table"
+    )]
     output: Output,
     #[command(subcommand)]
     command: Command,
@@ -132,7 +147,11 @@ async fn run(cli: Cli) -> Result<()> {
     };
     let now_ms = || chrono_now_ms();
     match cli.command {
-        Command::Certs { out, agent_names, force } => {
+        Command::Certs {
+            out,
+            agent_names,
+            force,
+        } => {
             let mut names = certs::default_agent_names();
             names.extend(agent_names);
             let written = certs::generate(&out, &names, force)?;
@@ -140,7 +159,13 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("wrote {}", path.display());
             }
         }
-        Command::Inject(Inject::Kill { common, signal, process, interval, duration }) => {
+        Command::Inject(Inject::Kill {
+            common,
+            signal,
+            process,
+            interval,
+            duration,
+        }) => {
             let request = api::InjectRequest {
                 target: common.target,
                 duration_ms: duration.map(|d| d.as_millis() as u64).unwrap_or(0),
@@ -163,9 +188,17 @@ async fn run(cli: Cli) -> Result<()> {
             match cli.output {
                 Output::Json => print_json(&output::fault_json(&fault))?,
                 Output::Table => {
-                    print!("{}", output::faults_table(std::slice::from_ref(&fault), now_ms()));
+                    print!(
+                        "{}",
+                        output::faults_table(std::slice::from_ref(&fault), now_ms())
+                    );
                     for t in &fault.targets {
-                        println!("  target {} init pid {} ({} processes)", t.target, t.init_pid, t.pids.len());
+                        println!(
+                            "  target {} init pid {} ({} processes)",
+                            t.target,
+                            t.init_pid,
+                            t.pids.len()
+                        );
                     }
                     if !fault.message.is_empty() {
                         println!("  {}", fault.message);
@@ -182,28 +215,42 @@ async fn run(cli: Cli) -> Result<()> {
                 .into_inner()
                 .faults;
             match cli.output {
-                Output::Json => print_json(&serde_json::Value::Array(faults.iter().map(output::fault_json).collect()))?,
+                Output::Json => print_json(&serde_json::Value::Array(
+                    faults.iter().map(output::fault_json).collect(),
+                ))?,
                 Output::Table => print!("{}", output::faults_table(&faults, now_ms())),
             }
         }
         Command::Get { id } => {
             let mut client = connect(&address).await?;
-            let fault = client.get(api::GetRequest { id }).await.map_err(agent_error)?.into_inner();
+            let fault = client
+                .get(api::GetRequest { id })
+                .await
+                .map_err(agent_error)?
+                .into_inner();
             match cli.output {
                 Output::Json => print_json(&output::fault_json(&fault))?,
-                Output::Table => print!("{}", output::faults_table(std::slice::from_ref(&fault), now_ms())),
+                Output::Table => print!(
+                    "{}",
+                    output::faults_table(std::slice::from_ref(&fault), now_ms())
+                ),
             }
         }
         Command::Revert { id, all } => {
             let mut client = connect(&address).await?;
             let reverted = client
-                .revert(api::RevertRequest { id: id.unwrap_or_default(), all })
+                .revert(api::RevertRequest {
+                    id: id.unwrap_or_default(),
+                    all,
+                })
                 .await
                 .map_err(agent_error)?
                 .into_inner()
                 .reverted;
             match cli.output {
-                Output::Json => print_json(&serde_json::Value::Array(reverted.iter().map(output::fault_json).collect()))?,
+                Output::Json => print_json(&serde_json::Value::Array(
+                    reverted.iter().map(output::fault_json).collect(),
+                ))?,
                 Output::Table if reverted.is_empty() => println!("nothing to revert"),
                 Output::Table => print!("{}", output::faults_table(&reverted, now_ms())),
             }
@@ -223,7 +270,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Targets { namespace } => {
             let mut client = connect(&address).await?;
             let response = client
-                .list_targets(api::ListTargetsRequest { pod_namespace: namespace.unwrap_or_default() })
+                .list_targets(api::ListTargetsRequest {
+                    pod_namespace: namespace.unwrap_or_default(),
+                })
                 .await
                 .map_err(agent_error)?
                 .into_inner();

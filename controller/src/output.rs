@@ -57,7 +57,9 @@ fn status_json(status: &Option<api::fault::Status>) -> Value {
             "requested_bytes": m.requested_bytes, "held_bytes": m.held_bytes,
             "cgroup_usage_bytes": m.cgroup_usage_bytes, "oom_kills": m.oom_kills,
         }),
-        Some(api::fault::Status::Network(n)) => json!({ "interface": n.interface, "installed": n.installed }),
+        Some(api::fault::Status::Network(n)) => {
+            json!({ "interface": n.interface, "installed": n.installed })
+        }
         None => Value::Null,
     }
 }
@@ -181,7 +183,12 @@ pub fn capabilities_text(c: &api::CapabilitiesResponse) -> String {
         .collect();
     let kinds: Vec<&str> = c.supported_kinds.iter().map(|k| kind_name(*k)).collect();
     let runtime_line = if runtime.reachable {
-        format!("containerd {} at {} (namespaces {})", runtime.version, runtime.endpoint, runtime.namespaces.join(","))
+        format!(
+            "containerd {} at {} (namespaces {})",
+            runtime.version,
+            runtime.endpoint,
+            runtime.namespaces.join(",")
+        )
     } else {
         format!("UNREACHABLE at {}: {}", runtime.endpoint, runtime.error)
     };
@@ -198,7 +205,11 @@ pub fn capabilities_text(c: &api::CapabilitiesResponse) -> String {
         c.max_duration_ms / 1000,
         protection.protected_namespaces.join(","),
         protection.protected_process_names.join(","),
-        if c.node_scope_allowed { "allowed" } else { "refused" },
+        if c.node_scope_allowed {
+            "allowed"
+        } else {
+            "refused"
+        },
     )
 }
 
@@ -207,10 +218,18 @@ pub fn targets_table(targets: &[api::TargetInfo]) -> String {
         .iter()
         .map(|t| {
             let c = t.container.clone().unwrap_or_default();
-            let pod = if c.pod_name.is_empty() { "-".to_string() } else { format!("{}/{}", c.pod_namespace, c.pod_name) };
+            let pod = if c.pod_name.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{}/{}", c.pod_namespace, c.pod_name)
+            };
             vec![
                 pod,
-                if c.container_name.is_empty() { "-".into() } else { c.container_name },
+                if c.container_name.is_empty() {
+                    "-".into()
+                } else {
+                    c.container_name
+                },
                 t.state.clone(),
                 t.init_pid.to_string(),
                 t.pids.len().to_string(),
@@ -218,7 +237,10 @@ pub fn targets_table(targets: &[api::TargetInfo]) -> String {
             ]
         })
         .collect();
-    table(&["POD", "CONTAINER", "STATE", "PID", "PROCS", "TARGET"], &rows)
+    table(
+        &["POD", "CONTAINER", "STATE", "PID", "PROCS", "TARGET"],
+        &rows,
+    )
 }
 
 pub fn target_json(t: &api::TargetInfo) -> Value {
@@ -247,7 +269,13 @@ mod tests {
             deadline_unix_ms: 10_000,
             status: Some(api::fault::Status::Process(api::ProcessStatus {
                 rounds: 2,
-                signalled: vec![api::SignalledProcess { pid: 5, name: "sh".into(), signal: "KILL".into(), delivered: true, ..Default::default() }],
+                signalled: vec![api::SignalledProcess {
+                    pid: 5,
+                    name: "sh".into(),
+                    signal: "KILL".into(),
+                    delivered: true,
+                    ..Default::default()
+                }],
             })),
             ..Default::default()
         };
@@ -257,6 +285,9 @@ mod tests {
         assert_eq!(v["status"]["signalled"][0]["pid"], 5);
         let text = faults_table(&[f], 5_500);
         assert!(text.contains("5s"), "{text}");
-        assert!(text.contains("1 signalled in 2 round(s) (last: KILL sh pid 5)"), "{text}");
+        assert!(
+            text.contains("1 signalled in 2 round(s) (last: KILL sh pid 5)"),
+            "{text}"
+        );
     }
 }

@@ -38,4 +38,5 @@ pub mod containerd {
 pub use chaoscontrol::v1 as api;
 
 /// The encoded `FileDescriptorSet` of every proto above, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/chaoscontrol_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/chaoscontrol_descriptor.bin"));

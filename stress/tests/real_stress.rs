@@ -91,6 +91,16 @@ impl Drop for Stressor {
     }
 }
 
+/// Time bounds of the memory test multiplied by `CHAOS_TEST_SLOWDOWN` (default 1), for the
+/// software-emulated (TCG) test VM, where faulting 256 MiB in takes several seconds.
+fn slowdown() -> u32 {
+    std::env::var("CHAOS_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
@@ -217,6 +227,8 @@ fn memory_holds_256_mib_with_almost_no_cpu_and_releases_it() {
     let fs = test.fs();
     let size = 256 * MIB;
     let before = fs.memory_usage(test.cgroup()).unwrap();
+    let within = Duration::from_secs(2) * slowdown();
+    let duration_ms = (6000 * slowdown()).to_string();
     let go = Instant::now();
     let mut stressor = Stressor::start(
         &test,
@@ -225,14 +237,14 @@ fn memory_holds_256_mib_with_almost_no_cpu_and_releases_it() {
             "--bytes",
             &size.to_string(),
             "--duration-ms",
-            "6000",
+            &duration_ms,
         ],
     );
     let full = format!("held {size}");
-    let line = stressor.wait_for_line(|l| l == full, Duration::from_secs(2));
-    assert!(line.is_some(), "no `{full}` line within 2 s");
+    let line = stressor.wait_for_line(|l| l == full, within);
+    assert!(line.is_some(), "no `{full}` line within {within:?}");
     let mut grew = 0;
-    while go.elapsed() < Duration::from_secs(2) {
+    while go.elapsed() < within {
         grew = fs
             .memory_usage(test.cgroup())
             .unwrap()
@@ -261,7 +273,7 @@ fn memory_holds_256_mib_with_almost_no_cpu_and_releases_it() {
     );
     assert!(holding <= 0.02, "{holding} cores");
 
-    let status = stressor.wait_exit(Duration::from_secs(6));
+    let status = stressor.wait_exit(Duration::from_secs(6) * slowdown());
     assert!(status.success(), "{status:?}");
     assert!(
         stressor

@@ -1,8 +1,8 @@
 //! A real chaos-agent process for integration tests: its own certificates, state
 //! directory and loopback ports; stopped (SIGTERM, then SIGKILL) on drop.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,7 +46,9 @@ pub fn free_port() -> Result<u16> {
 
 /// Certificates made by chaosctl's generator, as `chaosctl certs` writes them.
 pub fn make_certs() -> Result<TempDir> {
-    let dir = tempfile::Builder::new().prefix("chaos-test-tls-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("chaos-test-tls-")
+        .tempdir()?;
     chaosctl::certs::generate(dir.path(), &chaosctl::certs::default_agent_names(), false)?;
     Ok(dir)
 }
@@ -135,14 +137,20 @@ impl TestAgent {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
-                bail!("chaos-agent exited with {status} before it was ready:\n{}", self.log());
+                bail!(
+                    "chaos-agent exited with {status} before it was ready:\n{}",
+                    self.log()
+                );
             }
             if http_get(self.metrics, "/readyz").is_ok_and(|(code, _)| code == 200) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("chaos-agent not ready after {READY_TIMEOUT:?}:\n{}", self.log())
+        bail!(
+            "chaos-agent not ready after {READY_TIMEOUT:?}:\n{}",
+            self.log()
+        )
     }
 
     pub fn address(&self) -> AgentAddress {
@@ -212,6 +220,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .context("no HTTP status")?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((code, body))
 }

@@ -11,24 +11,38 @@ use chaos_tests::containerd::{ContainerSpec, TestContainer};
 use tonic::Code;
 
 fn state_dir() -> Result<tempfile::TempDir> {
-    Ok(tempfile::Builder::new().prefix("chaos-test-state-").tempdir()?)
+    Ok(tempfile::Builder::new()
+        .prefix("chaos-test-state-")
+        .tempdir()?)
 }
 
 fn journal_len(state: &Path) -> usize {
     std::fs::read_dir(state.join("journal"))
-        .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".json")).count())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count()
+        })
         .unwrap_or(0)
 }
 
 /// A container whose shell restarts `sleep` whenever it dies.
 fn looping_container(pod: &str) -> Result<TestContainer> {
     let mut spec = ContainerSpec::pod("dev", pod, "app");
-    spec.command = vec!["/bin/sh".into(), "-c".into(), "while :; do sleep 3600; done".into()];
+    spec.command = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "while :; do sleep 3600; done".into(),
+    ];
     TestContainer::start(spec)
 }
 
 /// Kill the container's `sleep` every 200 ms for `duration`.
-fn repeating_kill(container: &TestContainer, duration: Duration, lease: Option<api::Lease>) -> api::InjectRequest {
+fn repeating_kill(
+    container: &TestContainer,
+    duration: Duration,
+    lease: Option<api::Lease>,
+) -> api::InjectRequest {
     api::InjectRequest {
         target: format!("container:{}", container.id),
         duration_ms: duration.as_millis() as u64,
@@ -46,9 +60,15 @@ fn repeating_kill(container: &TestContainer, duration: Duration, lease: Option<a
 fn sleep_pid(container: &TestContainer) -> Result<u32> {
     let shell = container.pid()?;
     for _ in 0..100 {
-        let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).unwrap_or_default();
-        for pid in children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
-            if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep") {
+        let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+            .unwrap_or_default();
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
+            if std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "sleep")
+            {
                 return Ok(pid);
             }
         }
@@ -57,16 +77,27 @@ fn sleep_pid(container: &TestContainer) -> Result<u32> {
     bail!("the container's shell has no sleep child")
 }
 
-async fn wait_state(agent: &TestAgent, id: &str, want: api::FaultState, within: Duration) -> Result<api::Fault> {
+async fn wait_state(
+    agent: &TestAgent,
+    id: &str,
+    want: api::FaultState,
+    within: Duration,
+) -> Result<api::Fault> {
     let mut client = agent.client().await?;
     let started = Instant::now();
     loop {
-        let fault = client.get(api::GetRequest { id: id.into() }).await?.into_inner();
+        let fault = client
+            .get(api::GetRequest { id: id.into() })
+            .await?
+            .into_inner();
         if fault.state == want as i32 {
             return Ok(fault);
         }
         if started.elapsed() > within {
-            bail!("fault {id} is {:?}, not {want:?}, after {within:?}", fault.state);
+            bail!(
+                "fault {id} is {:?}, not {want:?}, after {within:?}",
+                fault.state
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -85,22 +116,56 @@ async fn a_sigkilled_agent_reverts_its_repeating_kill_on_restart() -> Result<()>
         .fault
         .expect("fault");
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(journal_len(state.path()), 1, "the active fault is journaled");
+    assert_eq!(
+        journal_len(state.path()),
+        1,
+        "the active fault is journaled"
+    );
     agent.kill_hard()?;
 
     let restarted = TestAgent::start_tls(tls.path(), state.path())?;
     let mut client = restarted.client().await?;
-    assert!(client.list(api::ListRequest { include_ended: false }).await?.into_inner().faults.is_empty());
-    assert_eq!(journal_len(state.path()), 0, "the journal is empty after recovery");
-    let ended = client.list(api::ListRequest { include_ended: true }).await?.into_inner().faults;
+    assert!(
+        client
+            .list(api::ListRequest {
+                include_ended: false
+            })
+            .await?
+            .into_inner()
+            .faults
+            .is_empty()
+    );
+    assert_eq!(
+        journal_len(state.path()),
+        0,
+        "the journal is empty after recovery"
+    );
+    let ended = client
+        .list(api::ListRequest {
+            include_ended: true,
+        })
+        .await?
+        .into_inner()
+        .faults;
     assert_eq!(ended.len(), 1, "{ended:?}");
-    assert_eq!((ended[0].id.as_str(), ended[0].state), (fault.id.as_str(), api::FaultState::Recovered as i32));
-    assert!(restarted.scrape()?.contains("chaos_agent_reverts_total{kind=\"process\",reason=\"recovered\"} 1"));
+    assert_eq!(
+        (ended[0].id.as_str(), ended[0].state),
+        (fault.id.as_str(), api::FaultState::Recovered as i32)
+    );
+    assert!(
+        restarted
+            .scrape()?
+            .contains("chaos_agent_reverts_total{kind=\"process\",reason=\"recovered\"} 1")
+    );
 
     // No more kills: the same sleep survives well past several intervals.
     let survivor = sleep_pid(&container)?;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(sleep_pid(&container)?, survivor, "something still kills the container's sleep");
+    assert_eq!(
+        sleep_pid(&container)?,
+        survivor,
+        "something still kills the container's sleep"
+    );
     Ok(())
 }
 
@@ -116,11 +181,32 @@ async fn revert_on_request_stops_the_fault_and_clears_the_journal() -> Result<()
         .into_inner()
         .fault
         .expect("fault");
-    assert_eq!(client.list(api::ListRequest::default()).await?.into_inner().faults.len(), 1);
-    let reverted = client.revert(api::RevertRequest { id: fault.id.clone(), all: false }).await?.into_inner().reverted;
+    assert_eq!(
+        client
+            .list(api::ListRequest::default())
+            .await?
+            .into_inner()
+            .faults
+            .len(),
+        1
+    );
+    let reverted = client
+        .revert(api::RevertRequest {
+            id: fault.id.clone(),
+            all: false,
+        })
+        .await?
+        .into_inner()
+        .reverted;
     assert_eq!(reverted[0].state, api::FaultState::Reverted as i32);
     assert_eq!(journal_len(state.path()), 0);
-    let again = client.revert(api::RevertRequest { id: fault.id.clone(), all: false }).await.expect_err("second revert");
+    let again = client
+        .revert(api::RevertRequest {
+            id: fault.id.clone(),
+            all: false,
+        })
+        .await
+        .expect_err("second revert");
     assert_eq!(again.code(), Code::FailedPrecondition, "{again}");
     let survivor = sleep_pid(&container)?;
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -134,9 +220,16 @@ async fn a_lapsed_lease_reverts_and_a_renewed_one_does_not() -> Result<()> {
     let container = looping_container("lease-0")?;
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
     let mut client = agent.client().await?;
-    let lease = api::Lease { holder: "controller-a".into(), ttl_ms: 1_000 };
+    let lease = api::Lease {
+        holder: "controller-a".into(),
+        ttl_ms: 1_000,
+    };
     let fault = client
-        .inject(repeating_kill(&container, Duration::from_secs(60), Some(lease)))
+        .inject(repeating_kill(
+            &container,
+            Duration::from_secs(60),
+            Some(lease),
+        ))
         .await?
         .into_inner()
         .fault
@@ -144,14 +237,39 @@ async fn a_lapsed_lease_reverts_and_a_renewed_one_does_not() -> Result<()> {
     // Renewed for 2 s: still active past the lease's first ttl.
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let renewed = client.renew_lease(api::RenewLeaseRequest { holder: "controller-a".into(), ttl_ms: 1_000 }).await?.into_inner();
+        let renewed = client
+            .renew_lease(api::RenewLeaseRequest {
+                holder: "controller-a".into(),
+                ttl_ms: 1_000,
+            })
+            .await?
+            .into_inner();
         assert_eq!(renewed.faults, 1);
     }
-    assert_eq!(client.get(api::GetRequest { id: fault.id.clone() }).await?.into_inner().state, api::FaultState::Active as i32);
+    assert_eq!(
+        client
+            .get(api::GetRequest {
+                id: fault.id.clone()
+            })
+            .await?
+            .into_inner()
+            .state,
+        api::FaultState::Active as i32
+    );
     // The holder goes quiet: reverted within the ttl plus the reaper's period.
     let stopped_renewing = Instant::now();
-    let ended = wait_state(&agent, &fault.id, api::FaultState::LeaseExpired, Duration::from_secs(3)).await?;
-    assert!(stopped_renewing.elapsed() < Duration::from_millis(1_600), "took {:?}", stopped_renewing.elapsed());
+    let ended = wait_state(
+        &agent,
+        &fault.id,
+        api::FaultState::LeaseExpired,
+        Duration::from_secs(3),
+    )
+    .await?;
+    assert!(
+        stopped_renewing.elapsed() < Duration::from_millis(1_600),
+        "took {:?}",
+        stopped_renewing.elapsed()
+    );
     assert!(ended.message.contains("lease"), "{}", ended.message);
     assert_eq!(journal_len(state.path()), 0);
     Ok(())
@@ -163,12 +281,18 @@ async fn sigterm_reverts_every_active_fault_before_exit() -> Result<()> {
     let container = looping_container("term-0")?;
     let mut agent = TestAgent::start_tls(tls.path(), state.path())?;
     let mut client = agent.client().await?;
-    client.inject(repeating_kill(&container, Duration::from_secs(60), None)).await?;
+    client
+        .inject(repeating_kill(&container, Duration::from_secs(60), None))
+        .await?;
     assert_eq!(journal_len(state.path()), 1);
     let status = agent.terminate()?;
     assert!(status.success(), "{status}");
     assert_eq!(journal_len(state.path()), 0);
-    assert!(agent.log().contains("reverted every active fault"), "{}", agent.log());
+    assert!(
+        agent.log().contains("reverted every active fault"),
+        "{}",
+        agent.log()
+    );
     Ok(())
 }
 
@@ -183,18 +307,31 @@ async fn without_the_runtime_containers_are_found_by_scanning_proc() -> Result<(
         containerd_socket: "/run/chaos-test-no-such-runtime.sock".into(),
     })?;
     let mut client = agent.client().await?;
-    let caps = client.capabilities(api::CapabilitiesRequest {}).await?.into_inner();
+    let caps = client
+        .capabilities(api::CapabilitiesRequest {})
+        .await?
+        .into_inner();
     assert!(!caps.runtime.clone().unwrap_or_default().reachable);
     let mut request = api::InjectRequest {
         target: format!("container:{}", container.id),
-        fault: Some(api::inject_request::Fault::Process(api::ProcessFault::default())),
+        fault: Some(api::inject_request::Fault::Process(
+            api::ProcessFault::default(),
+        )),
         dry_run: true,
         ..Default::default()
     };
-    let fault = client.inject(request.clone()).await?.into_inner().fault.expect("fault");
+    let fault = client
+        .inject(request.clone())
+        .await?
+        .into_inner()
+        .fault
+        .expect("fault");
     assert_eq!(fault.targets[0].init_pid, container.pid()?);
     request.target = "pod:dev/scan-0/app".into();
-    let pod = client.inject(request).await.expect_err("pod target without runtime");
+    let pod = client
+        .inject(request)
+        .await
+        .expect_err("pod target without runtime");
     assert_eq!(pod.code(), Code::FailedPrecondition, "{pod}");
     assert!(pod.message().contains("container runtime"), "{pod}");
     Ok(())
@@ -204,24 +341,55 @@ async fn without_the_runtime_containers_are_found_by_scanning_proc() -> Result<(
 async fn serves_health_reflection_capabilities_and_metrics() -> Result<()> {
     let (tls, state) = (make_certs()?, state_dir()?);
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
-    let channel = chaosctl::client::endpoint(&agent.address())?.connect().await?;
+    let channel = chaosctl::client::endpoint(&agent.address())?
+        .connect()
+        .await?;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let serving = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "chaoscontrol.v1.Agent".into() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "chaoscontrol.v1.Agent".into(),
+        })
         .await?
         .into_inner();
-    assert_eq!(serving.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        serving.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
     let mut client = agent.client().await?;
-    let caps = client.capabilities(api::CapabilitiesRequest {}).await?.into_inner();
+    let caps = client
+        .capabilities(api::CapabilitiesRequest {})
+        .await?
+        .into_inner();
     assert_eq!(caps.node_name, "test-node");
     assert!(!caps.kernel_release.is_empty());
-    assert!(["v1", "v2", "hybrid"].contains(&caps.cgroup_version.as_str()), "{}", caps.cgroup_version);
-    let netem = caps.qdiscs.iter().find(|q| q.name == "netem").expect("netem is reported");
+    assert!(
+        ["v1", "v2", "hybrid"].contains(&caps.cgroup_version.as_str()),
+        "{}",
+        caps.cgroup_version
+    );
+    let netem = caps
+        .qdiscs
+        .iter()
+        .find(|q| q.name == "netem")
+        .expect("netem is reported");
     let kernel_has_netem = Path::new("/sys/module/sch_netem").exists();
-    assert_eq!(netem.available, kernel_has_netem || netem.detail != "missing");
-    assert!(caps.runtime.clone().unwrap_or_default().reachable, "{:?}", caps.runtime);
-    assert!(caps.protection.clone().unwrap_or_default().protected_namespaces.contains(&"kube-system".to_string()));
+    assert_eq!(
+        netem.available,
+        kernel_has_netem || netem.detail != "missing"
+    );
+    assert!(
+        caps.runtime.clone().unwrap_or_default().reachable,
+        "{:?}",
+        caps.runtime
+    );
+    assert!(
+        caps.protection
+            .clone()
+            .unwrap_or_default()
+            .protected_namespaces
+            .contains(&"kube-system".to_string())
+    );
 
     let metrics = agent.scrape()?;
     for family in [
@@ -234,7 +402,10 @@ async fn serves_health_reflection_capabilities_and_metrics() -> Result<()> {
         "chaos_agent_overdue_faults",
         "chaos_agent_build_info",
     ] {
-        assert!(metrics.contains(family), "{family} missing from:\n{metrics}");
+        assert!(
+            metrics.contains(family),
+            "{family} missing from:\n{metrics}"
+        );
     }
     Ok(())
 }

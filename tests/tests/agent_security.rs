@@ -11,13 +11,17 @@ use tonic::Code;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 fn state_dir() -> Result<tempfile::TempDir> {
-    Ok(tempfile::Builder::new().prefix("chaos-test-state-").tempdir()?)
+    Ok(tempfile::Builder::new()
+        .prefix("chaos-test-state-")
+        .tempdir()?)
 }
 
 fn kill(target: &str) -> api::InjectRequest {
     api::InjectRequest {
         target: target.into(),
-        fault: Some(api::inject_request::Fault::Process(api::ProcessFault::default())),
+        fault: Some(api::inject_request::Fault::Process(
+            api::ProcessFault::default(),
+        )),
         ..Default::default()
     }
 }
@@ -53,7 +57,10 @@ async fn mtls_refuses_clients_without_a_valid_certificate() -> Result<()> {
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
     let ca = std::fs::read(tls.path().join("ca.pem"))?;
     let identity = |dir: &std::path::Path| -> Result<Identity> {
-        Ok(Identity::from_pem(std::fs::read(dir.join("client.pem"))?, std::fs::read(dir.join("client-key.pem"))?))
+        Ok(Identity::from_pem(
+            std::fs::read(dir.join("client.pem"))?,
+            std::fs::read(dir.join("client-key.pem"))?,
+        ))
     };
 
     // The right client certificate works: the control case that makes the refusals mean something.
@@ -61,11 +68,22 @@ async fn mtls_refuses_clients_without_a_valid_certificate() -> Result<()> {
         .await
         .map_err(anyhow::Error::msg)?;
     let no_cert = capabilities_over(tls_endpoint(&agent, &ca, None)?).await;
-    assert!(no_cert.is_err(), "a client without a certificate was served");
-    let other_ca = capabilities_over(tls_endpoint(&agent, &ca, Some(identity(other.path())?))?).await;
-    assert!(other_ca.is_err(), "a client certificate from another CA was accepted");
-    let plaintext = capabilities_over(Endpoint::from_shared(format!("http://{}", agent.grpc))?).await;
-    assert!(plaintext.is_err(), "a plain-text client was served by a TLS agent");
+    assert!(
+        no_cert.is_err(),
+        "a client without a certificate was served"
+    );
+    let other_ca =
+        capabilities_over(tls_endpoint(&agent, &ca, Some(identity(other.path())?))?).await;
+    assert!(
+        other_ca.is_err(),
+        "a client certificate from another CA was accepted"
+    );
+    let plaintext =
+        capabilities_over(Endpoint::from_shared(format!("http://{}", agent.grpc))?).await;
+    assert!(
+        plaintext.is_err(),
+        "a plain-text client was served by a TLS agent"
+    );
     Ok(())
 }
 
@@ -80,7 +98,10 @@ async fn the_agent_refuses_to_start_without_tls_unless_told() -> Result<()> {
         .output()?;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--tls-dir") && stderr.contains("--insecure-plaintext"), "{stderr}");
+    assert!(
+        stderr.contains("--tls-dir") && stderr.contains("--insecure-plaintext"),
+        "{stderr}"
+    );
 
     let agent = TestAgent::start(AgentOptions {
         tls_dir: None,
@@ -91,11 +112,18 @@ async fn the_agent_refuses_to_start_without_tls_unless_told() -> Result<()> {
     capabilities_over(Endpoint::from_shared(format!("http://{}", agent.grpc))?)
         .await
         .map_err(anyhow::Error::msg)?;
-    assert!(agent.log().contains("WITHOUT TLS"), "no loud warning:\n{}", agent.log());
+    assert!(
+        agent.log().contains("WITHOUT TLS"),
+        "no loud warning:\n{}",
+        agent.log()
+    );
     Ok(())
 }
 
-async fn refused(client: &mut AgentClient<tonic::transport::Channel>, request: api::InjectRequest) -> tonic::Status {
+async fn refused(
+    client: &mut AgentClient<tonic::transport::Channel>,
+    request: api::InjectRequest,
+) -> tonic::Status {
     match client.inject(request.clone()).await {
         Ok(response) => panic!("{request:?} was accepted: {response:?}"),
         Err(status) => status,
@@ -117,13 +145,23 @@ async fn protected_targets_are_refused_with_permission_denied() -> Result<()> {
     let system = TestContainer::start(ContainerSpec::pod("kube-system", "coredns-0", "coredns"))?;
     let kube_system = refused(&mut client, kill("pod:kube-system/coredns-0/coredns")).await;
     assert_eq!(kube_system.code(), Code::PermissionDenied, "{kube_system}");
-    assert!(kube_system.message().contains("--allow-kube-system"), "{kube_system}");
-    assert_eq!(system.task_status()?, "RUNNING", "a refused request changed nothing");
+    assert!(
+        kube_system.message().contains("--allow-kube-system"),
+        "{kube_system}"
+    );
+    assert_eq!(
+        system.task_status()?,
+        "RUNNING",
+        "a refused request changed nothing"
+    );
 
     // containerd itself is a node daemon.
     let containerd_pid = std::fs::read_dir("/proc")?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .find(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "containerd"))
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "containerd")
+        })
         .expect("containerd runs (the container fixture needs it)");
     let daemon = refused(&mut client, kill(&format!("pid:{containerd_pid}"))).await;
     assert_eq!(daemon.code(), Code::PermissionDenied, "{daemon}");
@@ -143,7 +181,12 @@ async fn kube_system_is_a_target_when_the_agent_allows_it() -> Result<()> {
     let mut client = agent.client().await?;
     let mut request = kill("pod:kube-system/proxy-1/proxy");
     request.dry_run = true;
-    let fault = client.inject(request).await?.into_inner().fault.expect("fault");
+    let fault = client
+        .inject(request)
+        .await?
+        .into_inner()
+        .fault
+        .expect("fault");
     assert_eq!(fault.targets[0].init_pid, system.pid()?);
     Ok(())
 }
@@ -156,10 +199,16 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() -> Result<()> {
 
     let bad_target = refused(&mut client, kill("pod:only-namespace")).await;
     assert_eq!(bad_target.code(), Code::InvalidArgument);
-    assert!(bad_target.message().starts_with("invalid target"), "{bad_target}");
+    assert!(
+        bad_target.message().starts_with("invalid target"),
+        "{bad_target}"
+    );
 
     let mut bad_signal = kill("pid:2");
-    bad_signal.fault = Some(api::inject_request::Fault::Process(api::ProcessFault { signal: "SIGNOPE".into(), ..Default::default() }));
+    bad_signal.fault = Some(api::inject_request::Fault::Process(api::ProcessFault {
+        signal: "SIGNOPE".into(),
+        ..Default::default()
+    }));
     let status = refused(&mut client, bad_signal).await;
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("process.signal"), "{status}");
@@ -167,13 +216,20 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() -> Result<()> {
     let missing_pid = refused(&mut client, kill("pid:4194303")).await;
     assert_eq!(missing_pid.code(), Code::NotFound, "{missing_pid}");
     let missing_container = refused(&mut client, kill("container:chaos-test-does-not-exist")).await;
-    assert_eq!(missing_container.code(), Code::NotFound, "{missing_container}");
+    assert_eq!(
+        missing_container.code(),
+        Code::NotFound,
+        "{missing_container}"
+    );
     let missing_pod = refused(&mut client, kill("pod:dev/no-such-pod")).await;
     assert_eq!(missing_pod.code(), Code::NotFound, "{missing_pod}");
 
     // A container whose task has stopped (a crash loop between restarts).
     let stopped = TestContainer::start(ContainerSpec::pod("dev", "crashing-0", "app"))?;
-    chaos_tests::containerd::ctr(&stopped.runtime_namespace, &["task", "kill", "-s", "KILL", &stopped.id])?;
+    chaos_tests::containerd::ctr(
+        &stopped.runtime_namespace,
+        &["task", "kill", "-s", "KILL", &stopped.id],
+    )?;
     stopped.wait_status("STOPPED", Duration::from_secs(20))?;
     let crash = refused(&mut client, kill(&format!("container:{}", stopped.id))).await;
     assert_eq!(crash.code(), Code::FailedPrecondition, "{crash}");
@@ -191,20 +247,55 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() -> Result<()> {
     .await;
     assert_eq!(unimplemented.code(), Code::Unimplemented);
 
-    let bad_revert = client.revert(api::RevertRequest { id: "nope".into(), all: false }).await.expect_err("revert");
+    let bad_revert = client
+        .revert(api::RevertRequest {
+            id: "nope".into(),
+            all: false,
+        })
+        .await
+        .expect_err("revert");
     assert_eq!(bad_revert.code(), Code::InvalidArgument);
     assert!(bad_revert.message().contains("invalid id"), "{bad_revert}");
-    let unknown = client.revert(api::RevertRequest { id: "f-0000000000000000".into(), all: false }).await.expect_err("revert");
+    let unknown = client
+        .revert(api::RevertRequest {
+            id: "f-0000000000000000".into(),
+            all: false,
+        })
+        .await
+        .expect_err("revert");
     assert_eq!(unknown.code(), Code::NotFound);
-    let bad_lease = client.renew_lease(api::RenewLeaseRequest { holder: "".into(), ttl_ms: 1000 }).await.expect_err("lease");
+    let bad_lease = client
+        .renew_lease(api::RenewLeaseRequest {
+            holder: "".into(),
+            ttl_ms: 1000,
+        })
+        .await
+        .expect_err("lease");
     assert_eq!(bad_lease.code(), Code::InvalidArgument);
-    let bad_ns = client.list_targets(api::ListTargetsRequest { pod_namespace: "Not_A_Namespace".into() }).await.expect_err("targets");
+    let bad_ns = client
+        .list_targets(api::ListTargetsRequest {
+            pod_namespace: "Not_A_Namespace".into(),
+        })
+        .await
+        .expect_err("targets");
     assert_eq!(bad_ns.code(), Code::InvalidArgument);
 
-    assert!(client.list(api::ListRequest { include_ended: true }).await?.into_inner().faults.is_empty());
+    assert!(
+        client
+            .list(api::ListRequest {
+                include_ended: true
+            })
+            .await?
+            .into_inner()
+            .faults
+            .is_empty()
+    );
     let journal = std::fs::read_dir(state.path().join("journal"))?.count();
     assert_eq!(journal, 0, "a refused request left a journal record");
     let metrics = agent.scrape()?;
-    assert!(metrics.contains("chaos_agent_errors_total{kind=\"process\",code=\"invalid_argument\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("chaos_agent_errors_total{kind=\"process\",code=\"invalid_argument\"} 2"),
+        "{metrics}"
+    );
     Ok(())
 }

@@ -65,12 +65,23 @@ pub fn undo(procfs: &crate::procfs::Procfs, undo: &Undo) -> Result<(), String> {
         Undo::KillProcesses { processes } => {
             let mut errors = Vec::new();
             for p in processes {
-                match crate::sys::signal_process(procfs, p.pid, p.start_time, nix::sys::signal::Signal::SIGKILL) {
-                    Ok(()) | Err(crate::sys::SignalError::Gone(_)) | Err(crate::sys::SignalError::Reused(_)) => {}
+                match crate::sys::signal_process(
+                    procfs,
+                    p.pid,
+                    p.start_time,
+                    nix::sys::signal::Signal::SIGKILL,
+                ) {
+                    Ok(())
+                    | Err(crate::sys::SignalError::Gone(_))
+                    | Err(crate::sys::SignalError::Reused(_)) => {}
                     Err(e) => errors.push(e.to_string()),
                 }
             }
-            if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+            if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(errors.join("; "))
+            }
         }
     }
 }

@@ -62,7 +62,11 @@ impl ProcessFault {
     }
 
     /// The processes a round would hit, or why there are none.
-    pub fn choose(&self, spec: &TargetSpec, targets: &[Resolved]) -> Result<Vec<ProcessInfo>, AgentError> {
+    pub fn choose(
+        &self,
+        spec: &TargetSpec,
+        targets: &[Resolved],
+    ) -> Result<Vec<ProcessInfo>, AgentError> {
         let chosen = select(spec, self.plan.process_filter.as_deref(), targets);
         if chosen.is_empty() {
             let filter = self.plan.process_filter.as_deref().unwrap_or_default();
@@ -145,7 +149,12 @@ mod tests {
             init: p(10, 1, "sh", "/bin/sh -c run postgres; sleep 1"),
             processes: vec![
                 p(10, 1, "sh", "/bin/sh -c run postgres; sleep 1"),
-                p(11, 10, "postgres", "/usr/lib/postgresql/bin/postgres -D /data"),
+                p(
+                    11,
+                    10,
+                    "postgres",
+                    "/usr/lib/postgresql/bin/postgres -D /data",
+                ),
                 p(12, 11, "postgres", "postgres: checkpointer"),
                 p(13, 10, "sleep", "sleep 100"),
                 p(14, 10, "java", "/usr/bin/java -jar app.jar"),
@@ -171,7 +180,10 @@ mod tests {
     fn a_filter_matches_the_process_name_not_a_mention_in_a_script() {
         let spec = TargetSpec::Container("c1".into());
         // The shell whose script mentions postgres and sleep is not hit.
-        assert_eq!(pids(select(&spec, Some("postgres"), &[container()])), [11, 12]);
+        assert_eq!(
+            pids(select(&spec, Some("postgres"), &[container()])),
+            [11, 12]
+        );
         assert_eq!(pids(select(&spec, Some("sleep"), &[container()])), [13]);
         assert_eq!(pids(select(&spec, Some("java"), &[container()])), [14]);
         assert!(select(&spec, Some("app.jar"), &[container()]).is_empty());
@@ -181,7 +193,10 @@ mod tests {
     #[test]
     fn a_cgroup_target_without_filter_hits_every_process() {
         let spec = TargetSpec::Cgroup("/c1".into());
-        assert_eq!(pids(select(&spec, None, &[container()])), [10, 11, 12, 13, 14]);
+        assert_eq!(
+            pids(select(&spec, None, &[container()])),
+            [10, 11, 12, 13, 14]
+        );
     }
 
     #[test]
@@ -192,7 +207,10 @@ mod tests {
             interval: None,
         });
         let spec = TargetSpec::Container("c1".into());
-        assert!(matches!(fault.choose(&spec, &[container()]), Err(AgentError::FailedPrecondition(_))));
+        assert!(matches!(
+            fault.choose(&spec, &[container()]),
+            Err(AgentError::FailedPrecondition(_))
+        ));
     }
 
     #[test]
