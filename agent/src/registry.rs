@@ -11,14 +11,14 @@ use tokio::sync::{oneshot, watch};
 
 use crate::clock::{unix_ms_after, unix_ms_now};
 use crate::error::AgentError;
-use crate::faults::{self, ActiveFault, kind_label};
+use crate::faults::{self, ActiveFault, Prepared, kind_label};
 use crate::journal::{Journal, JournalRecord};
 use crate::metrics::Metrics;
 use crate::procfs::ProcessInfo;
 use crate::protect::ProtectionPolicy;
 use crate::resolve::{Resolved, Resolver};
 use crate::target::TargetSpec;
-use crate::validate::{FaultPlan, LeaseSpec, Limits, validate_inject, validate_lease};
+use crate::validate::{LeaseSpec, Limits, validate_inject, validate_lease};
 
 /// Ended faults kept for `List --include-ended` and `Get`.
 const ENDED_KEPT: usize = 256;
@@ -185,20 +185,13 @@ impl Registry {
         let targets = self.resolver.resolve(&valid.target).await?;
         self.check_targets(&targets)?;
 
-        let (mut fault, chosen) = match &valid.plan {
-            FaultPlan::Process(plan) => {
-                let fault = faults::process::ProcessFault::new(plan.clone());
-                let chosen = fault.choose(&valid.target, &targets)?;
-                self.check_processes(&chosen)?;
-                (ActiveFault::Process(fault), chosen)
-            }
-            other => {
-                return Err(AgentError::Unimplemented(format!(
-                    "{} faults are not implemented by this agent yet",
-                    kind_label(other.kind())
-                )));
-            }
-        };
+        let prepared = ActiveFault::prepare(&valid.plan, &valid.target, &targets)?;
+        self.check_processes(&prepared.acts_on)?;
+        let Prepared {
+            mut fault,
+            acts_on,
+            plan_summary,
+        } = prepared;
 
         let created = unix_ms_now();
         let mut view = api::Fault {
@@ -223,10 +216,7 @@ impl Registry {
             status: Some(fault.status()),
         };
         if valid.dry_run {
-            view.message = format!(
-                "dry run: would signal {} process(es); nothing changed",
-                chosen.len()
-            );
+            view.message = format!("dry run: {plan_summary}; nothing changed");
             return Ok(view);
         }
         {
@@ -254,15 +244,22 @@ impl Registry {
             ))
         })?;
 
-        let repeat = match &mut fault {
-            ActiveFault::Process(p) => {
-                p.signal_round(&self.resolver.procfs, &chosen);
-                p.plan.interval
+        if let Err(err) = fault.apply(&self.resolver.procfs, &acts_on).await {
+            // apply leaves nothing behind on error; the record can go.
+            self.forget_journal(&view.id, fault.kind());
+            return Err(err);
+        }
+        // Apply may have learnt what to undo (stressor pids): journal it.
+        let undo = fault.undo();
+        if undo != record.undo {
+            let updated = JournalRecord { undo, ..record };
+            if let Err(e) = self.journal.write(&updated) {
+                tracing::error!(fault = %view.id, error = %e, "cannot update the journal record");
             }
-        };
+        }
         view.status = Some(fault.status());
 
-        let Some(interval) = repeat else {
+        if fault.is_one_shot() {
             // A single kill: done as soon as it is sent.
             view.state = api::FaultState::Completed as i32;
             view.ended_unix_ms = unix_ms_now();
@@ -271,7 +268,7 @@ impl Registry {
             self.lock().ended.push_back(view.clone());
             self.trim_ended();
             return Ok(view);
-        };
+        }
 
         view.state = api::FaultState::Active as i32;
         let deadline = Instant::now() + valid.duration;
@@ -298,7 +295,6 @@ impl Registry {
             id: view.id.clone(),
             spec: valid.target.clone(),
             fault,
-            interval,
             deadline,
         };
         tokio::spawn(async move { registry.drive(driver, stop_rx, done_tx).await });
@@ -325,22 +321,22 @@ impl Registry {
         mut stop: oneshot::Receiver<EndReason>,
         done: watch::Sender<Option<api::Fault>>,
     ) {
-        let mut next_round = tokio::time::Instant::now() + driver.interval;
+        let interval = driver.fault.tick_interval();
+        // Without periodic work the tick never fires.
+        let mut next_tick =
+            tokio::time::Instant::now() + interval.unwrap_or(Duration::from_secs(86_400 * 365));
         let reason = loop {
             tokio::select! {
                 reason = &mut stop => break reason.unwrap_or(EndReason::Requested),
                 _ = tokio::time::sleep_until(driver.deadline.into()) => break EndReason::Expired,
-                _ = tokio::time::sleep_until(next_round) => {
-                    self.repeat_round(&mut driver).await;
-                    next_round += driver.interval;
+                _ = tokio::time::sleep_until(next_tick), if interval.is_some() => {
+                    self.tick(&mut driver).await;
+                    next_tick += interval.unwrap_or_default();
                 }
             }
         };
         let kind = driver.fault.kind();
-        // Process faults hold nothing on the node: ending the loop is their revert.
-        let revert_error: Option<String> = match &driver.fault {
-            ActiveFault::Process(_) => None,
-        };
+        let revert_error = driver.fault.revert().await.err();
         if revert_error.is_none() {
             self.forget_journal(&driver.id, kind);
             self.metrics
@@ -375,21 +371,13 @@ impl Registry {
         let _ = done.send(Some(final_view));
     }
 
-    /// One more signal round: resolve the target again (a restarted container has a
-    /// new init), re-check protection, signal.
-    async fn repeat_round(&self, driver: &mut Driver) {
-        let ActiveFault::Process(fault) = &mut driver.fault;
-        let chosen = match self.resolver.resolve(&driver.spec).await {
-            Ok(targets) => match fault.choose(&driver.spec, &targets) {
-                Ok(chosen) => chosen,
-                Err(e) => return fault.record_empty_round(&e.to_string()),
-            },
-            Err(e) => return fault.record_empty_round(&e.to_string()),
-        };
-        if let Err(e) = self.check_processes(&chosen) {
-            return fault.record_empty_round(&e.to_string());
-        }
-        fault.signal_round(&self.resolver.procfs, &chosen);
+    /// The fault's periodic work, then its status into the view.
+    async fn tick(&self, driver: &mut Driver) {
+        let check = |processes: &[ProcessInfo]| self.check_processes(processes);
+        driver
+            .fault
+            .tick(&self.resolver, &driver.spec, &check)
+            .await;
         let status = driver.fault.status();
         if let Some(entry) = self.lock().active.get_mut(&driver.id) {
             entry.view.status = Some(status);
@@ -575,7 +563,6 @@ struct Driver {
     id: String,
     spec: TargetSpec,
     fault: ActiveFault,
-    interval: Duration,
     deadline: Instant,
 }
 

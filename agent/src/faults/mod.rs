@@ -1,11 +1,24 @@
-//! Fault kinds. Each kind is one module with the same shape: validate (in
-//! `validate`), apply, optionally repeat, revert, describe.
+//! Fault kinds. Each kind is one module with the same shape, dispatched here:
+//! `prepare` (decide everything from the validated plan and the resolved targets,
+//! touch nothing), `apply` (change the node, completely or not at all), `tick`
+//! (periodic work while active: repeats, feedback loops, status), `revert`, `undo`
+//! (what the journal must hold to revert after a crash) and `status`.
+//!
+//! To add a kind: a module with those functions, a variant of `ActiveFault`, its
+//! arms below, and an `Undo` variant in `journal` if it holds state on the node.
 
 pub mod process;
 
+use std::time::Duration;
+
 use chaos_proto::api;
 
+use crate::error::AgentError;
 use crate::journal::Undo;
+use crate::procfs::{ProcessInfo, Procfs};
+use crate::resolve::{Resolved, Resolver};
+use crate::target::TargetSpec;
+use crate::validate::FaultPlan;
 
 /// A fault the agent holds, by kind.
 #[derive(Debug)]
@@ -13,10 +26,102 @@ pub enum ActiveFault {
     Process(process::ProcessFault),
 }
 
+/// What `prepare` decided.
+pub struct Prepared {
+    pub fault: ActiveFault,
+    /// Processes the fault will act on; the registry refuses protected ones.
+    pub acts_on: Vec<ProcessInfo>,
+    /// For dry runs: what would happen.
+    pub plan_summary: String,
+}
+
 impl ActiveFault {
+    pub fn prepare(
+        plan: &FaultPlan,
+        spec: &TargetSpec,
+        targets: &[Resolved],
+    ) -> Result<Prepared, AgentError> {
+        match plan {
+            FaultPlan::Process(plan) => {
+                let fault = process::ProcessFault::new(plan.clone());
+                let chosen = fault.choose(spec, targets)?;
+                Ok(Prepared {
+                    plan_summary: format!("would signal {} process(es)", chosen.len()),
+                    acts_on: chosen,
+                    fault: ActiveFault::Process(fault),
+                })
+            }
+            other => Err(AgentError::Unimplemented(format!(
+                "{} faults are not implemented by this agent yet",
+                kind_label(other.kind())
+            ))),
+        }
+    }
+
     pub fn kind(&self) -> api::FaultKind {
         match self {
             ActiveFault::Process(_) => api::FaultKind::Process,
+        }
+    }
+
+    /// Changes the node. On error the fault must have changed nothing (or undone
+    /// what it changed).
+    pub async fn apply(
+        &mut self,
+        procfs: &Procfs,
+        acts_on: &[ProcessInfo],
+    ) -> Result<(), AgentError> {
+        match self {
+            ActiveFault::Process(p) => {
+                p.signal_round(procfs, acts_on);
+                Ok(())
+            }
+        }
+    }
+
+    /// A fault that is complete once applied (a single kill) holds nothing and ends
+    /// at once.
+    pub fn is_one_shot(&self) -> bool {
+        match self {
+            ActiveFault::Process(p) => p.plan.interval.is_none(),
+        }
+    }
+
+    /// How often `tick` runs while the fault is active; None: never.
+    pub fn tick_interval(&self) -> Option<Duration> {
+        match self {
+            ActiveFault::Process(p) => p.plan.interval,
+        }
+    }
+
+    pub async fn tick(
+        &mut self,
+        resolver: &Resolver,
+        spec: &TargetSpec,
+        check: &(dyn Fn(&[ProcessInfo]) -> Result<(), AgentError> + Sync),
+    ) {
+        match self {
+            ActiveFault::Process(fault) => {
+                // A restarted container has a new init: resolve again every round.
+                let chosen = match resolver.resolve(spec).await {
+                    Ok(targets) => match fault.choose(spec, &targets) {
+                        Ok(chosen) => chosen,
+                        Err(e) => return fault.record_empty_round(&e.to_string()),
+                    },
+                    Err(e) => return fault.record_empty_round(&e.to_string()),
+                };
+                if let Err(e) = check(&chosen) {
+                    return fault.record_empty_round(&e.to_string());
+                }
+                fault.signal_round(&resolver.procfs, &chosen);
+            }
+        }
+    }
+
+    /// Puts the node back. Process faults hold nothing: ending the loop is their revert.
+    pub async fn revert(&mut self) -> Result<(), String> {
+        match self {
+            ActiveFault::Process(_) => Ok(()),
         }
     }
 
@@ -59,21 +164,20 @@ pub fn kind_from_label(label: &str) -> api::FaultKind {
 }
 
 /// Undoes what a journal record lists. Used at start for faults of a previous run.
-pub fn undo(procfs: &crate::procfs::Procfs, undo: &Undo) -> Result<(), String> {
+pub fn undo(procfs: &Procfs, undo: &Undo) -> Result<(), String> {
+    use crate::sys::{SignalError, signal_process};
     match undo {
         Undo::Nothing => Ok(()),
         Undo::KillProcesses { processes } => {
             let mut errors = Vec::new();
             for p in processes {
-                match crate::sys::signal_process(
+                match signal_process(
                     procfs,
                     p.pid,
                     p.start_time,
                     nix::sys::signal::Signal::SIGKILL,
                 ) {
-                    Ok(())
-                    | Err(crate::sys::SignalError::Gone(_))
-                    | Err(crate::sys::SignalError::Reused(_)) => {}
+                    Ok(()) | Err(SignalError::Gone(_)) | Err(SignalError::Reused(_)) => {}
                     Err(e) => errors.push(e.to_string()),
                 }
             }
