@@ -1,14 +1,13 @@
 //! What this node offers: kernel, cgroup layout, qdisc modules, runtime. Gathered
 //! once at start (modules) and on request (runtime reachability).
 
-use std::path::Path;
-
 use chaos_cgroup::{CgroupLayout, CgroupVersion};
+use chaos_netem::capabilities::{ModuleState, ModuleTree};
 use chaos_proto::api;
 
 use crate::runtime::Containerd;
 
-/// The traffic-control modules network faults need.
+/// The traffic-control modules network faults need: (name in the API, kernel module).
 pub const QDISC_MODULES: &[(&str, &str)] = &[
     ("netem", "sch_netem"),
     ("prio", "sch_prio"),
@@ -19,28 +18,49 @@ pub const QDISC_MODULES: &[(&str, &str)] = &[
     ("tbf", "sch_tbf"),
 ];
 
-/// Whether a kernel module is loaded, built in, loadable, or missing, from
-/// `/sys/module` and the module index of the running kernel.
-pub fn module_support(sys_module: &Path, modules_dir: &Path, module: &str) -> (bool, String) {
-    if sys_module.join(module).exists() {
-        return (true, "loaded".into());
+/// A module state as the API reports it: (usable, detail).
+pub fn describe_module(state: &ModuleState) -> (bool, String) {
+    match state {
+        ModuleState::BuiltIn => (true, "builtin".into()),
+        ModuleState::Loaded => (true, "loaded".into()),
+        // The kernel loads qdisc modules on first use; the agent also tries at start.
+        ModuleState::Loadable { .. } => (true, "module (loadable)".into()),
+        ModuleState::Missing => (false, "missing".into()),
+        ModuleState::Unknown => (
+            false,
+            "unknown (not loaded, and no module index for this kernel)".into(),
+        ),
     }
-    let listed = |index: &str| {
-        std::fs::read_to_string(modules_dir.join(index)).is_ok_and(|text| {
-            text.lines().any(|line| {
-                let path = line.split(':').next().unwrap_or("");
-                let file = path.rsplit('/').next().unwrap_or("");
-                file.split('.').next() == Some(module)
-            })
+}
+
+/// Tries to load every traffic-control module that is not available yet, so that the
+/// first network fault does not depend on auto-loading. Returns what failed, for the log.
+pub fn load_qdisc_modules(modules: &ModuleTree) -> Vec<(String, String)> {
+    QDISC_MODULES
+        .iter()
+        .filter_map(|(_, module)| match modules.load(module) {
+            Ok(_) => None,
+            Err(e) => Some((module.to_string(), e.to_string())),
         })
-    };
-    if listed("modules.builtin") {
-        (true, "builtin".into())
-    } else if listed("modules.dep") {
-        (true, "module (loadable)".into())
-    } else {
-        (false, "missing".into())
-    }
+        .collect()
+}
+
+/// The traffic-control modules' state in `modules`.
+pub fn qdisc_support(modules: &ModuleTree) -> Vec<api::QdiscSupport> {
+    QDISC_MODULES
+        .iter()
+        .map(|(name, module)| {
+            let (available, detail) = match modules.state(module) {
+                Ok(state) => describe_module(&state),
+                Err(e) => (false, e.to_string()),
+            };
+            api::QdiscSupport {
+                name: name.to_string(),
+                available,
+                detail,
+            }
+        })
+        .collect()
 }
 
 pub fn kernel_release() -> String {
@@ -49,20 +69,9 @@ pub fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
+/// The running kernel's traffic-control modules.
 pub fn qdiscs() -> Vec<api::QdiscSupport> {
-    let modules_dir = Path::new("/lib/modules").join(kernel_release());
-    QDISC_MODULES
-        .iter()
-        .map(|(name, module)| {
-            let (available, detail) =
-                module_support(Path::new("/sys/module"), &modules_dir, module);
-            api::QdiscSupport {
-                name: name.to_string(),
-                available,
-                detail,
-            }
-        })
-        .collect()
+    qdisc_support(&ModuleTree::host())
 }
 
 pub fn cgroup_version(layout: &CgroupLayout) -> &'static str {
@@ -100,31 +109,31 @@ mod tests {
     #[test]
     fn classifies_modules_from_a_fake_tree() {
         let dir = tempfile::tempdir().unwrap();
-        let sys = dir.path().join("sys");
-        let lib = dir.path().join("lib");
-        std::fs::create_dir_all(sys.join("sch_htb")).unwrap();
-        std::fs::create_dir_all(&lib).unwrap();
-        std::fs::write(lib.join("modules.builtin"), "kernel/net/sched/sch_tbf.ko\n").unwrap();
+        let modules = ModuleTree {
+            sys_module_dir: dir.path().join("sys"),
+            lib_modules_dir: dir.path().join("lib"),
+        };
+        std::fs::create_dir_all(modules.sys_module_dir.join("sch_htb")).unwrap();
+        std::fs::create_dir_all(&modules.lib_modules_dir).unwrap();
         std::fs::write(
-            lib.join("modules.dep"),
+            modules.lib_modules_dir.join("modules.builtin"),
+            "kernel/net/sched/sch_tbf.ko\n",
+        )
+        .unwrap();
+        std::fs::write(
+            modules.lib_modules_dir.join("modules.dep"),
             "kernel/net/sched/sch_netem.ko.xz:\nkernel/net/sched/cls_u32.ko: kernel/x.ko\n",
         )
         .unwrap();
-        assert_eq!(
-            module_support(&sys, &lib, "sch_htb"),
-            (true, "loaded".into())
-        );
-        assert_eq!(
-            module_support(&sys, &lib, "sch_tbf"),
-            (true, "builtin".into())
-        );
-        assert_eq!(
-            module_support(&sys, &lib, "sch_netem"),
-            (true, "module (loadable)".into())
-        );
-        assert_eq!(
-            module_support(&sys, &lib, "sch_prio"),
-            (false, "missing".into())
-        );
+        let support = qdisc_support(&modules);
+        let detail = |name: &str| {
+            let q = support.iter().find(|q| q.name == name).unwrap();
+            (q.available, q.detail.clone())
+        };
+        assert_eq!(detail("htb"), (true, "loaded".into()));
+        assert_eq!(detail("tbf"), (true, "builtin".into()));
+        assert_eq!(detail("netem"), (true, "module (loadable)".into()));
+        assert_eq!(detail("prio"), (false, "missing".into()));
+        assert_eq!(support.len(), QDISC_MODULES.len());
     }
 }

@@ -35,6 +35,10 @@ pub enum Undo {
     Nothing,
     /// Stressor processes the agent started: kill them.
     KillProcesses { processes: Vec<ProcessIdentity> },
+    /// Qdiscs replaced on interfaces in network namespaces: put the snapshots back.
+    RestoreQdisc {
+        interfaces: Vec<crate::faults::network::QdiscRestore>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

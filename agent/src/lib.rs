@@ -14,6 +14,7 @@ pub mod registry;
 pub mod resolve;
 pub mod runtime;
 pub mod service;
+pub mod stressor;
 pub mod sys;
 pub mod target;
 pub mod tls;

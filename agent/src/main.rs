@@ -81,6 +81,85 @@ struct Args {
         hide = true
     )]
     cgroup_root: PathBuf,
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum AgentCommand {
+    /// Runs a stressor; the agent starts these itself inside target cgroups.
+    #[command(hide = true)]
+    Stress {
+        #[command(subcommand)]
+        kind: StressKind,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum StressKind {
+    Cpu {
+        #[arg(long)]
+        percent: f64,
+        #[arg(long, value_parser = ["fill", "add"], default_value = "fill")]
+        mode: String,
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+        #[arg(long)]
+        duration_ms: u64,
+        /// The agent's pid: the stressor dies with it.
+        #[arg(long)]
+        parent: i32,
+    },
+    Memory {
+        #[arg(long)]
+        bytes: u64,
+        #[arg(long, default_value_t = 0)]
+        ramp_ms: u64,
+        #[arg(long)]
+        duration_ms: u64,
+        #[arg(long)]
+        parent: i32,
+    },
+}
+
+/// The stressor child: no runtime, no logging set-up, no listeners.
+fn run_stressor(cgroup_root: &std::path::Path, kind: StressKind) -> Result<()> {
+    use chaos_agent::stressor::{ChildStressor, run_child};
+    let (parent, stressor) = match kind {
+        StressKind::Cpu {
+            percent,
+            mode,
+            workers,
+            duration_ms,
+            parent,
+        } => (
+            parent,
+            ChildStressor::Cpu {
+                percent,
+                mode: if mode == "add" {
+                    chaos_stress::cpu::CpuMode::Add
+                } else {
+                    chaos_stress::cpu::CpuMode::Fill
+                },
+                workers,
+                duration: Duration::from_millis(duration_ms),
+            },
+        ),
+        StressKind::Memory {
+            bytes,
+            ramp_ms,
+            duration_ms,
+            parent,
+        } => (
+            parent,
+            ChildStressor::Memory {
+                bytes,
+                ramp: Duration::from_millis(ramp_ms),
+                duration: Duration::from_millis(duration_ms),
+            },
+        ),
+    };
+    run_child(parent, cgroup_root, &stressor).context("stressor")
 }
 
 fn init_logging(format: &str) {
@@ -117,7 +196,10 @@ fn join_host_cgroup_namespace() -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(AgentCommand::Stress { kind }) = args.command.take() {
+        return run_stressor(&args.cgroup_root, kind);
+    }
     init_logging(&args.log_format);
     if args.tls_dir.is_none() && !args.insecure_plaintext {
         bail!(
@@ -186,6 +268,13 @@ async fn run(args: Args) -> Result<()> {
         .register_encoded_file_descriptor_set(chaos_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
+    // Network faults need sch_netem & co.: load what is loadable now, so Capabilities
+    // reports what a request will find (and a missing module is logged at start).
+    for (module, error) in
+        capabilities::load_qdisc_modules(&chaos_netem::capabilities::ModuleTree::host())
+    {
+        tracing::warn!(module, error, "traffic-control module not available");
+    }
     let service = AgentService {
         registry: Arc::clone(&registry),
         node_name: node_name.clone(),

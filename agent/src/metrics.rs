@@ -58,6 +58,7 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     inject_duration: HistogramFamily,
     overdue: Gauge,
+    oom_kills: Family<KindLabels, Counter>,
 }
 
 pub const KINDS: &[&str] = &["cpu", "memory", "network", "process", "io", "blackhole"];
@@ -82,6 +83,7 @@ impl Metrics {
         let errors = Family::<ErrorLabels, Counter>::default();
         let inject_duration: HistogramFamily = Family::new_with_constructor(inject_histogram);
         let overdue = Gauge::default();
+        let oom_kills = Family::<KindLabels, Counter>::default();
         let build_info = Family::<VersionLabels, Gauge>::default();
         registry.register(
             "chaos_agent_active_faults",
@@ -119,6 +121,11 @@ impl Metrics {
             overdue.clone(),
         );
         registry.register(
+            "chaos_agent_oom_kills",
+            "OOM kills seen in target cgroups while a fault was active",
+            oom_kills.clone(),
+        );
+        registry.register(
             "chaos_agent_build_info",
             "Agent version",
             build_info.clone(),
@@ -136,6 +143,7 @@ impl Metrics {
             active.get_or_create(&labels).set(0);
             injections.get_or_create(&labels).inc_by(0);
             revert_errors.get_or_create(&labels).inc_by(0);
+            oom_kills.get_or_create(&labels).inc_by(0);
             drop(inject_duration.get_or_create(&labels));
             for reason in REVERT_REASONS {
                 reverts
@@ -163,6 +171,7 @@ impl Metrics {
             errors,
             inject_duration,
             overdue,
+            oom_kills,
         }
     }
 
@@ -203,6 +212,13 @@ impl Metrics {
 
     pub fn active_changed(&self, kind: &str, delta: i64) {
         self.active.get_or_create(&Self::kind(kind)).inc_by(delta);
+    }
+
+    /// OOM kills observed in a target cgroup during a fault of `kind`.
+    pub fn oom_killed(&self, kind: &str, count: u64) {
+        self.oom_kills
+            .get_or_create(&Self::kind(kind))
+            .inc_by(count);
     }
 
     pub fn set_overdue(&self, count: i64) {

@@ -11,7 +11,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::clock::{unix_ms_after, unix_ms_now};
 use crate::error::AgentError;
-use crate::faults::{self, ActiveFault, Prepared, kind_label};
+use crate::faults::{self, ActiveFault, PrepareContext, Prepared, kind_label};
 use crate::journal::{Journal, JournalRecord};
 use crate::metrics::Metrics;
 use crate::procfs::ProcessInfo;
@@ -185,7 +185,19 @@ impl Registry {
         let targets = self.resolver.resolve(&valid.target).await?;
         self.check_targets(&targets)?;
 
-        let prepared = ActiveFault::prepare(&valid.plan, &valid.target, &targets)?;
+        let context = PrepareContext {
+            resolver: &self.resolver,
+            metrics: &self.metrics,
+            duration: valid.duration,
+        };
+        let prepared = ActiveFault::prepare(
+            &valid.plan,
+            &valid.target,
+            &targets,
+            &self.resolver.procfs,
+            &context,
+        )
+        .await?;
         self.check_processes(&prepared.acts_on)?;
         let Prepared {
             mut fault,

@@ -101,7 +101,12 @@ impl Agent for AgentService {
                     .collect(),
                 protected_namespaces: policy.protected_namespaces.clone(),
             }),
-            supported_kinds: vec![api::FaultKind::Process as i32],
+            supported_kinds: vec![
+                api::FaultKind::Process as i32,
+                api::FaultKind::Network as i32,
+                api::FaultKind::Cpu as i32,
+                api::FaultKind::Memory as i32,
+            ],
             max_duration_ms: limits.max_duration.as_millis() as u64,
             node_scope_allowed: limits.allow_node_scope,
         }))

@@ -2,5 +2,17 @@
 
 pub mod certs;
 pub mod client;
+pub mod controller_metrics;
 pub mod duration;
+pub mod experiment;
+pub mod fleet;
 pub mod output;
+pub mod probe;
+pub mod report;
+pub mod request;
+pub mod run_command;
+pub mod runner;
+pub mod selection;
+pub mod serve;
+pub mod stats;
+pub mod verdict;

@@ -89,6 +89,23 @@ enum Command {
         #[arg(long)]
         namespace: Option<String>,
     },
+    /// Run an experiment file (docs/experiments.md). Exit status: 0 passed, 1 failed,
+    /// 2 deviated, 3 aborted.
+    Run {
+        experiment: PathBuf,
+        /// Also write an HTML report with a chart per probe.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Connect, select targets and print the plan; inject nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Long-running controller: runs the configured experiments on their schedule,
+    /// watches the agents, serves /metrics and /healthz.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +135,93 @@ enum Inject {
         #[arg(long, value_parser = parse_duration)]
         duration: Option<Duration>,
     },
+    /// Load the target's CPU to a percentage of its limit (of its cpuset when unlimited).
+    Cpu {
+        #[command(flatten)]
+        common: Common,
+        /// Percent of the container's CPU limit, 1..=100.
+        #[arg(long)]
+        load: u32,
+        /// Stressor threads (default: enough whole cores for the load).
+        #[arg(long)]
+        cores: Option<u32>,
+        /// fill: drive the container's TOTAL use to the load; add: add the load on top.
+        #[arg(long, value_enum, default_value = "fill")]
+        mode: CpuModeArg,
+        #[arg(long, value_parser = parse_duration)]
+        duration: Duration,
+    },
+    /// Hold resident memory in the target's cgroup.
+    Memory {
+        #[command(flatten)]
+        common: Common,
+        /// How much: 256MiB, 1GiB, ...
+        #[arg(long, value_parser = chaosctl::experiment::parse_size, required_unless_present = "percent", conflicts_with = "percent")]
+        size: Option<u64>,
+        /// Percent of the container's memory limit (of node memory when unlimited).
+        #[arg(long)]
+        percent: Option<u32>,
+        /// Reach the size linearly over this time.
+        #[arg(long, value_parser = parse_duration)]
+        ramp: Option<Duration>,
+        #[arg(long, value_parser = parse_duration)]
+        duration: Duration,
+    },
+    /// Impair the target's egress traffic with netem (delay, loss, ...), in its netns.
+    Network {
+        #[command(flatten)]
+        common: Common,
+        /// Added delay, e.g. 100ms.
+        #[arg(long, value_parser = parse_duration)]
+        delay: Option<Duration>,
+        /// Random variation of the delay, e.g. 10ms.
+        #[arg(long, value_parser = parse_duration, requires = "delay")]
+        jitter: Option<Duration>,
+        /// Jitter shape: uniform, normal, pareto, paretonormal.
+        #[arg(long, requires = "jitter")]
+        distribution: Option<String>,
+        /// Percent of packets dropped.
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        /// Percent of packets sent twice.
+        #[arg(long, default_value_t = 0.0)]
+        duplicate: f64,
+        /// Percent of packets with a flipped bit.
+        #[arg(long, default_value_t = 0.0)]
+        corrupt: f64,
+        /// Percent of packets sent without the delay (needs --delay).
+        #[arg(long, default_value_t = 0.0)]
+        reorder: f64,
+        /// Bandwidth limit in bytes per second.
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Interface inside the target's namespace (default: the default route's).
+        #[arg(long)]
+        interface: Option<String>,
+        /// Only traffic to this CIDR (repeatable).
+        #[arg(long)]
+        to: Vec<String>,
+        /// Only traffic to this port (repeatable).
+        #[arg(long)]
+        port: Vec<u32>,
+        #[arg(long, value_parser = parse_duration)]
+        duration: Duration,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CpuModeArg {
+    Fill,
+    Add,
+}
+
+impl CpuModeArg {
+    fn to_api(self) -> api::CpuMode {
+        match self {
+            CpuModeArg::Fill => api::CpuMode::Fill,
+            CpuModeArg::Add => api::CpuMode::Add,
+        }
+    }
 }
 
 fn main() -> Result<()> {
@@ -147,6 +251,26 @@ async fn run(cli: Cli) -> Result<()> {
     };
     let now_ms = || chrono_now_ms();
     match cli.command {
+        Command::Serve { config } => chaosctl::serve::serve(&config).await?,
+        Command::Run {
+            experiment,
+            report,
+            dry_run,
+        } => {
+            let code = chaosctl::run_command::run(chaosctl::run_command::RunArgs {
+                experiment,
+                report,
+                dry_run,
+                json: cli.output == Output::Json,
+                default_agent: cli.agent.clone(),
+                default_tls_dir: cli.tls_dir.clone(),
+                default_plaintext: cli.insecure_plaintext,
+            })
+            .await?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+        }
         Command::Certs {
             out,
             agent_names,
@@ -205,6 +329,93 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                 }
             }
+        }
+        Command::Inject(Inject::Cpu {
+            common,
+            load,
+            cores,
+            mode,
+            duration,
+        }) => {
+            let request = api::InjectRequest {
+                target: common.target,
+                duration_ms: duration.as_millis() as u64,
+                fault: Some(api::inject_request::Fault::Cpu(api::CpuFault {
+                    load_percent: load,
+                    cores: cores.unwrap_or(0),
+                    mode: mode.to_api() as i32,
+                })),
+                dry_run: common.dry_run,
+                ..Default::default()
+            };
+            inject_and_print(&address, cli.output, request).await?;
+        }
+        Command::Inject(Inject::Memory {
+            common,
+            size,
+            percent,
+            ramp,
+            duration,
+        }) => {
+            let request = api::InjectRequest {
+                target: common.target,
+                duration_ms: duration.as_millis() as u64,
+                fault: Some(api::inject_request::Fault::Memory(api::MemoryFault {
+                    size_bytes: size.unwrap_or(0),
+                    percent: percent.unwrap_or(0),
+                    ramp_ms: ramp.map_or(0, |r| r.as_millis() as u64),
+                })),
+                dry_run: common.dry_run,
+                ..Default::default()
+            };
+            inject_and_print(&address, cli.output, request).await?;
+        }
+        Command::Inject(Inject::Network {
+            common,
+            delay,
+            jitter,
+            distribution,
+            loss,
+            duplicate,
+            corrupt,
+            reorder,
+            rate,
+            interface,
+            to,
+            port,
+            duration,
+        }) => {
+            let distribution = match distribution.as_deref() {
+                None => api::Distribution::Unspecified,
+                Some(name) => api::Distribution::from_str_name(&format!(
+                    "DISTRIBUTION_{}",
+                    name.to_ascii_uppercase()
+                ))
+                .with_context(|| {
+                    format!("--distribution {name}: use uniform, normal, pareto or paretonormal")
+                })?,
+            };
+            let request = api::InjectRequest {
+                target: common.target,
+                duration_ms: duration.as_millis() as u64,
+                fault: Some(api::inject_request::Fault::Network(api::NetworkFault {
+                    interface: interface.unwrap_or_default(),
+                    delay_us: delay.map_or(0, |d| d.as_micros() as u64),
+                    jitter_us: jitter.map_or(0, |d| d.as_micros() as u64),
+                    distribution: distribution as i32,
+                    loss_percent: loss,
+                    duplicate_percent: duplicate,
+                    corrupt_percent: corrupt,
+                    reorder_percent: reorder,
+                    rate_bytes_per_second: rate.unwrap_or(0),
+                    destinations: to,
+                    ports: port,
+                    ..Default::default()
+                })),
+                dry_run: common.dry_run,
+                ..Default::default()
+            };
+            inject_and_print(&address, cli.output, request).await?;
         }
         Command::List { all } => {
             let mut client = connect(&address).await?;
@@ -282,6 +493,35 @@ async fn run(cli: Cli) -> Result<()> {
                     "targets": response.targets.iter().map(output::target_json).collect::<Vec<_>>(),
                 }))?,
                 Output::Table => print!("{}", output::targets_table(&response.targets)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends one Inject and prints the fault it created.
+async fn inject_and_print(
+    address: &AgentAddress,
+    format: Output,
+    request: api::InjectRequest,
+) -> Result<()> {
+    let mut client = connect(address).await?;
+    let fault = client
+        .inject(request)
+        .await
+        .map_err(agent_error)?
+        .into_inner()
+        .fault
+        .context("the agent answered without a fault")?;
+    match format {
+        Output::Json => print_json(&output::fault_json(&fault))?,
+        Output::Table => {
+            print!(
+                "{}",
+                output::faults_table(std::slice::from_ref(&fault), chrono_now_ms())
+            );
+            if !fault.message.is_empty() {
+                println!("  {}", fault.message);
             }
         }
     }

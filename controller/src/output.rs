@@ -52,10 +52,13 @@ fn status_json(status: &Option<api::fault::Status>) -> Value {
         }),
         Some(api::fault::Status::Cpu(c)) => json!({
             "requested_percent": c.requested_percent, "achieved_percent": c.achieved_percent, "workers": c.workers,
+            "cgroup_percent": c.cgroup_percent, "stressor_percent": c.stressor_percent,
+            "limit_cores": c.limit_cores, "stressors_running": c.stressors_running,
         }),
         Some(api::fault::Status::Memory(m)) => json!({
             "requested_bytes": m.requested_bytes, "held_bytes": m.held_bytes,
             "cgroup_usage_bytes": m.cgroup_usage_bytes, "oom_kills": m.oom_kills,
+            "limit_bytes": m.limit_bytes, "stressors_running": m.stressors_running,
         }),
         Some(api::fault::Status::Network(n)) => {
             json!({ "interface": n.interface, "installed": n.installed })
@@ -131,6 +134,21 @@ fn summary(f: &api::Fault) -> String {
                 .unwrap_or_default();
             format!("{delivered} signalled in {} round(s){last}", p.rounds)
         }
+        Some(api::fault::Status::Cpu(c)) => format!(
+            "cpu {:.1} % of {:.2} cores (asked {:.0} %, stressors {:.1} %)",
+            c.achieved_percent, c.limit_cores, c.requested_percent, c.stressor_percent
+        ),
+        Some(api::fault::Status::Memory(m)) => format!(
+            "held {} MiB of {} MiB, cgroup {} MiB{}",
+            m.held_bytes >> 20,
+            m.requested_bytes >> 20,
+            m.cgroup_usage_bytes >> 20,
+            if m.oom_kills > 0 {
+                format!(", {} OOM kill(s)", m.oom_kills)
+            } else {
+                String::new()
+            }
+        ),
         _ => f.message.clone(),
     }
 }

@@ -41,6 +41,46 @@ pub fn named_netns(name: &str) -> PathBuf {
     Path::new("/var/run/netns").join(name)
 }
 
+/// Identifies a network namespace across processes: the (device, inode) of its nsfs file.
+/// Two paths name the same namespace exactly when their identities are equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct NetnsId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// The identity of the namespace at `path` (`/proc/PID/ns/net`, `/run/netns/NAME`).
+pub fn netns_id(path: &Path) -> Result<NetnsId, NetnsError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|source| NetnsError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(NetnsId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
+}
+
+/// A path to the namespace `id` that is still open somewhere: a process in it under
+/// `proc_root`, or a bind mount under `/run/netns`. `None` when no process and no mount
+/// holds it any more, i.e. the namespace is gone (with everything configured in it).
+pub fn find_netns(id: NetnsId, proc_root: &Path) -> Option<PathBuf> {
+    let named = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok().map(|e| e.path()));
+    let processes = std::fs::read_dir(proc_root)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .map(|entry| entry.path().join("ns/net"));
+    named
+        .chain(processes)
+        .find(|path| netns_id(path).is_ok_and(|found| found == id))
+}
+
 /// Runs `operation` with an rtnetlink handle opened inside the network namespace at
 /// `netns_path` (e.g. `/proc/PID/ns/net`), on a dedicated thread, and returns its output.
 pub fn in_netns<T, F, Fut>(netns_path: &Path, operation: F) -> Result<T, NetnsError>
@@ -86,6 +126,19 @@ mod tests {
     fn missing_namespace_is_an_open_error() {
         let result = in_netns(Path::new("/nonexistent/chaos-test-netns"), |_| async {});
         assert!(matches!(result, Err(NetnsError::Open { .. })));
+    }
+
+    #[test]
+    fn our_namespace_is_found_by_its_identity() {
+        let own = netns_id(Path::new("/proc/self/ns/net")).unwrap();
+        assert_ne!(own.ino, 0);
+        let found = find_netns(own, Path::new("/proc")).unwrap();
+        assert_eq!(netns_id(&found).unwrap(), own);
+        let gone = NetnsId {
+            dev: own.dev,
+            ino: 1,
+        };
+        assert_eq!(find_netns(gone, Path::new("/proc")), None);
     }
 
     #[test]

@@ -84,3 +84,24 @@ pub async fn default_route_interface(handle: &Handle) -> Result<u32, RouteError>
     }
     Err(RouteError::NoDefaultRoute)
 }
+
+/// Every link of this namespace: (ifindex, name).
+pub async fn interfaces(handle: &Handle) -> Result<Vec<(u32, String)>, RouteError> {
+    use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+    let answers = wire::dump(handle, RouteNetlinkMessage::GetLink(LinkMessage::default()))
+        .await
+        .map_err(RouteError::Netlink)?;
+    Ok(answers
+        .iter()
+        .filter_map(|answer| match answer {
+            RouteNetlinkMessage::NewLink(link) => {
+                let name = link.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(name) => Some(name.clone()),
+                    _ => None,
+                })?;
+                Some((link.header.index, name))
+            }
+            _ => None,
+        })
+        .collect())
+}

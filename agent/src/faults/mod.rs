@@ -7,6 +7,9 @@
 //! To add a kind: a module with those functions, a variant of `ActiveFault`, its
 //! arms below, and an `Undo` variant in `journal` if it holds state on the node.
 
+pub mod cpu;
+pub mod memory;
+pub mod network;
 pub mod process;
 
 use std::time::Duration;
@@ -15,6 +18,7 @@ use chaos_proto::api;
 
 use crate::error::AgentError;
 use crate::journal::Undo;
+use crate::metrics::Metrics;
 use crate::procfs::{ProcessInfo, Procfs};
 use crate::resolve::{Resolved, Resolver};
 use crate::target::TargetSpec;
@@ -24,6 +28,17 @@ use crate::validate::FaultPlan;
 #[derive(Debug)]
 pub enum ActiveFault {
     Process(process::ProcessFault),
+    Network(network::NetworkFault),
+    Cpu(cpu::CpuFault),
+    Memory(memory::MemoryFault),
+}
+
+/// What `prepare` may read besides the plan and the targets (used by cpu and memory).
+pub struct PrepareContext<'a> {
+    pub resolver: &'a Resolver,
+    pub metrics: &'a Metrics,
+    /// The fault's duration: stressors stop by themselves when it has passed.
+    pub duration: Duration,
 }
 
 /// What `prepare` decided.
@@ -36,12 +51,54 @@ pub struct Prepared {
 }
 
 impl ActiveFault {
-    pub fn prepare(
+    pub async fn prepare(
         plan: &FaultPlan,
         spec: &TargetSpec,
         targets: &[Resolved],
+        procfs: &Procfs,
+        context: &PrepareContext<'_>,
     ) -> Result<Prepared, AgentError> {
         match plan {
+            FaultPlan::Cpu(plan) => {
+                let fault = cpu::CpuFault::prepare(
+                    plan,
+                    &context.resolver.cgroups,
+                    targets,
+                    context.duration,
+                )?;
+                Ok(Prepared {
+                    plan_summary: fault.summary(),
+                    acts_on: Vec::new(),
+                    fault: ActiveFault::Cpu(fault),
+                })
+            }
+            FaultPlan::Memory(plan) => {
+                let fault = memory::MemoryFault::prepare(
+                    plan,
+                    &context.resolver.cgroups,
+                    context.resolver.procfs.root(),
+                    context.metrics,
+                    targets,
+                    context.duration,
+                )?;
+                Ok(Prepared {
+                    plan_summary: fault.summary(),
+                    acts_on: Vec::new(),
+                    fault: ActiveFault::Memory(fault),
+                })
+            }
+            FaultPlan::Network(plan) => {
+                // Reads (snapshots) the interfaces: their state goes into the journal
+                // before apply changes anything.
+                let modules = chaos_netem::capabilities::ModuleTree::host();
+                let (fault, acts_on) =
+                    network::NetworkFault::prepare(plan, targets, procfs, &modules).await?;
+                Ok(Prepared {
+                    plan_summary: format!("would install netem on {} interface(s)", acts_on.len()),
+                    acts_on,
+                    fault: ActiveFault::Network(fault),
+                })
+            }
             FaultPlan::Process(plan) => {
                 let fault = process::ProcessFault::new(plan.clone());
                 let chosen = fault.choose(spec, targets)?;
@@ -61,6 +118,9 @@ impl ActiveFault {
     pub fn kind(&self) -> api::FaultKind {
         match self {
             ActiveFault::Process(_) => api::FaultKind::Process,
+            ActiveFault::Network(_) => api::FaultKind::Network,
+            ActiveFault::Cpu(_) => api::FaultKind::Cpu,
+            ActiveFault::Memory(_) => api::FaultKind::Memory,
         }
     }
 
@@ -76,6 +136,9 @@ impl ActiveFault {
                 p.signal_round(procfs, acts_on);
                 Ok(())
             }
+            ActiveFault::Network(n) => n.apply().await,
+            ActiveFault::Cpu(c) => c.apply().await,
+            ActiveFault::Memory(m) => m.apply().await,
         }
     }
 
@@ -84,6 +147,8 @@ impl ActiveFault {
     pub fn is_one_shot(&self) -> bool {
         match self {
             ActiveFault::Process(p) => p.plan.interval.is_none(),
+            ActiveFault::Network(_) => false,
+            ActiveFault::Cpu(_) | ActiveFault::Memory(_) => false,
         }
     }
 
@@ -91,6 +156,9 @@ impl ActiveFault {
     pub fn tick_interval(&self) -> Option<Duration> {
         match self {
             ActiveFault::Process(p) => p.plan.interval,
+            ActiveFault::Network(_) => None,
+            ActiveFault::Cpu(_) => Some(cpu::STATUS_INTERVAL),
+            ActiveFault::Memory(_) => Some(memory::STATUS_INTERVAL),
         }
     }
 
@@ -115,6 +183,9 @@ impl ActiveFault {
                 }
                 fault.signal_round(&resolver.procfs, &chosen);
             }
+            ActiveFault::Network(_) => {}
+            ActiveFault::Cpu(c) => c.measure(),
+            ActiveFault::Memory(m) => m.measure(),
         }
     }
 
@@ -122,6 +193,9 @@ impl ActiveFault {
     pub async fn revert(&mut self) -> Result<(), String> {
         match self {
             ActiveFault::Process(_) => Ok(()),
+            ActiveFault::Network(n) => n.revert().await,
+            ActiveFault::Cpu(c) => c.revert().await,
+            ActiveFault::Memory(m) => m.revert().await,
         }
     }
 
@@ -129,12 +203,20 @@ impl ActiveFault {
     pub fn undo(&self) -> Undo {
         match self {
             ActiveFault::Process(_) => Undo::Nothing,
+            ActiveFault::Network(n) => Undo::RestoreQdisc {
+                interfaces: n.restores(),
+            },
+            ActiveFault::Cpu(c) => c.undo(),
+            ActiveFault::Memory(m) => m.undo(),
         }
     }
 
     pub fn status(&self) -> api::fault::Status {
         match self {
             ActiveFault::Process(p) => api::fault::Status::Process(p.status.clone()),
+            ActiveFault::Network(n) => api::fault::Status::Network(n.status()),
+            ActiveFault::Cpu(c) => api::fault::Status::Cpu(c.status),
+            ActiveFault::Memory(m) => api::fault::Status::Memory(m.status),
         }
     }
 }
@@ -181,6 +263,17 @@ pub fn undo(procfs: &Procfs, undo: &Undo) -> Result<(), String> {
                     Err(e) => errors.push(e.to_string()),
                 }
             }
+            if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(errors.join("; "))
+            }
+        }
+        Undo::RestoreQdisc { interfaces } => {
+            let errors: Vec<String> = interfaces
+                .iter()
+                .filter_map(|i| network::restore_interface(i, None, procfs.root()).err())
+                .collect();
             if errors.is_empty() {
                 Ok(())
             } else {

@@ -1,0 +1,275 @@
+//! The CPU fault: one stressor process per target cgroup, running the agent's own
+//! `stress cpu` subcommand inside the target's cgroup. The stressor steers itself (its
+//! feedback loop reads the cgroup's CPU accounting); the agent measures independently from
+//! the same accounting for the status.
+
+use std::ffi::OsString;
+use std::time::{Duration, Instant};
+
+use chaos_cgroup::{CgroupFs, ProcessCgroup};
+use chaos_proto::api;
+
+use crate::error::AgentError;
+use crate::journal::Undo;
+use crate::resolve::Resolved;
+use crate::stressor::{self, Stressor, StressorRequest};
+use crate::validate::CpuPlan;
+
+/// How often the status is measured. A second averages ten CFS periods.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One target cgroup and what was last measured in it.
+#[derive(Debug)]
+struct CpuTarget {
+    cgroup: ProcessCgroup,
+    limit_cores: f64,
+    last: Option<Sample>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    cgroup_ns: u64,
+    stressor_ns: u64,
+}
+
+#[derive(Debug)]
+pub struct CpuFault {
+    pub plan: CpuPlan,
+    cgroups: CgroupFs,
+    duration: Duration,
+    targets: Vec<CpuTarget>,
+    stressors: Vec<Stressor>,
+    pub status: api::CpuStatus,
+}
+
+/// The stressor's `--mode` argument.
+pub fn mode_arg(mode: api::CpuMode) -> &'static str {
+    match mode {
+        api::CpuMode::Add => "add",
+        api::CpuMode::Fill | api::CpuMode::Unspecified => "fill",
+    }
+}
+
+/// The arguments of `chaos-agent stress` for one CPU stressor.
+pub fn stressor_args(plan: &CpuPlan, duration: Duration) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "cpu".into(),
+        "--percent".into(),
+        plan.load_percent.to_string().into(),
+        "--mode".into(),
+        mode_arg(plan.mode).into(),
+        "--duration-ms".into(),
+        duration.as_millis().to_string().into(),
+    ];
+    if let Some(cores) = plan.cores {
+        args.push("--workers".into());
+        args.push(cores.to_string().into());
+    }
+    args
+}
+
+/// Percent of `limit_cores` used between two cumulative CPU-time readings.
+pub fn percent_of_limit(start_ns: u64, end_ns: u64, elapsed: Duration, limit_cores: f64) -> f64 {
+    let elapsed_ns = elapsed.as_nanos() as f64;
+    if elapsed_ns <= 0.0 || limit_cores <= 0.0 {
+        return 0.0;
+    }
+    end_ns.saturating_sub(start_ns) as f64 / elapsed_ns / limit_cores * 100.0
+}
+
+impl CpuFault {
+    /// Reads each target's CPU limit (what 100 % is); touches nothing.
+    pub fn prepare(
+        plan: &CpuPlan,
+        cgroups: &CgroupFs,
+        targets: &[Resolved],
+        duration: Duration,
+    ) -> Result<CpuFault, AgentError> {
+        let mut cpu_targets = Vec::with_capacity(targets.len());
+        for target in targets {
+            let limit = cgroups.cpu_limit(&target.cgroup).map_err(|e| {
+                AgentError::FailedPrecondition(format!(
+                    "cannot read the CPU limit of {}: {e}",
+                    target.canonical()
+                ))
+            })?;
+            cpu_targets.push(CpuTarget {
+                cgroup: target.cgroup.clone(),
+                limit_cores: limit.effective_cores(),
+                last: None,
+            });
+        }
+        let limit_cores = cpu_targets.first().map_or(0.0, |t| t.limit_cores);
+        Ok(CpuFault {
+            plan: plan.clone(),
+            cgroups: cgroups.clone(),
+            duration,
+            status: api::CpuStatus {
+                requested_percent: f64::from(plan.load_percent),
+                workers: plan
+                    .cores
+                    .unwrap_or_else(|| workers_for(plan.load_percent, limit_cores)),
+                limit_cores,
+                ..Default::default()
+            },
+            targets: cpu_targets,
+            stressors: Vec::new(),
+        })
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "would run {} CPU stressor(s) at {} % ({}) of a {:.2}-core limit",
+            self.targets.len(),
+            self.plan.load_percent,
+            mode_arg(self.plan.mode),
+            self.status.limit_cores
+        )
+    }
+
+    /// Starts every stressor (all or none) and takes the first measurement.
+    pub async fn apply(&mut self) -> Result<(), AgentError> {
+        let requests = self
+            .targets
+            .iter()
+            .map(|t| StressorRequest {
+                args: stressor_args(&self.plan, self.duration),
+                cgroup: t.cgroup.clone(),
+                cgroups: self.cgroups.clone(),
+            })
+            .collect();
+        self.stressors = stressor::spawn_all(requests).await?;
+        self.measure();
+        Ok(())
+    }
+
+    /// Measures the cgroups' and the stressors' CPU use since the last call.
+    pub fn measure(&mut self) {
+        let mut cgroup_sum = 0.0;
+        let mut stressor_sum = 0.0;
+        let mut measured = 0usize;
+        for (index, target) in self.targets.iter_mut().enumerate() {
+            let Ok(cgroup_ns) = self.cgroups.cpu_usage_ns(&target.cgroup) else {
+                continue; // the container stopped: nothing to report for it
+            };
+            let stressor_ns = self
+                .stressors
+                .get(index)
+                .and_then(|s| stressor::process_cpu_ns(s.pid()))
+                .unwrap_or(0);
+            let now = Sample {
+                at: Instant::now(),
+                cgroup_ns,
+                stressor_ns,
+            };
+            if let Some(last) = target.last {
+                let elapsed = now.at.duration_since(last.at);
+                cgroup_sum +=
+                    percent_of_limit(last.cgroup_ns, cgroup_ns, elapsed, target.limit_cores);
+                stressor_sum +=
+                    percent_of_limit(last.stressor_ns, stressor_ns, elapsed, target.limit_cores);
+                measured += 1;
+            }
+            target.last = Some(now);
+        }
+        if measured > 0 {
+            self.status.cgroup_percent = cgroup_sum / measured as f64;
+            self.status.stressor_percent = stressor_sum / measured as f64;
+            self.status.achieved_percent = match self.plan.mode {
+                api::CpuMode::Add => self.status.stressor_percent,
+                api::CpuMode::Fill | api::CpuMode::Unspecified => self.status.cgroup_percent,
+            };
+        }
+        self.status.stressors_running = self
+            .stressors
+            .iter_mut()
+            .filter_map(|s| s.is_running().then_some(()))
+            .count() as u32;
+    }
+
+    pub async fn revert(&mut self) -> Result<(), String> {
+        let result = stressor::kill_all(&mut self.stressors).await;
+        self.status.stressors_running = 0;
+        result
+    }
+
+    pub fn undo(&self) -> Undo {
+        Undo::KillProcesses {
+            processes: stressor::identities(&self.stressors),
+        }
+    }
+}
+
+/// The stressor's default worker count: enough whole cores for the target load.
+fn workers_for(load_percent: u32, limit_cores: f64) -> u32 {
+    ((limit_cores * f64::from(load_percent) / 100.0).ceil() as u32).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(mode: api::CpuMode, cores: Option<u32>) -> CpuPlan {
+        CpuPlan {
+            load_percent: 70,
+            cores,
+            mode,
+        }
+    }
+
+    #[test]
+    fn stressor_arguments_carry_load_mode_duration_and_workers() {
+        let args = stressor_args(
+            &plan(api::CpuMode::Unspecified, None),
+            Duration::from_secs(3),
+        );
+        assert_eq!(
+            args,
+            [
+                "cpu",
+                "--percent",
+                "70",
+                "--mode",
+                "fill",
+                "--duration-ms",
+                "3000"
+            ]
+            .map(OsString::from)
+        );
+        let args = stressor_args(&plan(api::CpuMode::Add, Some(2)), Duration::from_millis(5));
+        assert_eq!(
+            args,
+            [
+                "cpu",
+                "--percent",
+                "70",
+                "--mode",
+                "add",
+                "--duration-ms",
+                "5",
+                "--workers",
+                "2"
+            ]
+            .map(OsString::from)
+        );
+    }
+
+    #[test]
+    fn percent_of_the_limit_from_counter_deltas() {
+        let second = Duration::from_secs(1);
+        assert_eq!(percent_of_limit(0, 500_000_000, second, 1.0), 50.0);
+        assert_eq!(percent_of_limit(0, 500_000_000, second, 0.5), 100.0);
+        assert_eq!(percent_of_limit(0, 1_000_000_000, second, 2.0), 50.0);
+        assert_eq!(percent_of_limit(10, 5, second, 1.0), 0.0);
+        assert_eq!(percent_of_limit(0, 5, Duration::ZERO, 1.0), 0.0);
+    }
+
+    #[test]
+    fn default_workers_cover_the_target_cores() {
+        assert_eq!(workers_for(50, 1.0), 1);
+        assert_eq!(workers_for(80, 2.0), 2);
+        assert_eq!(workers_for(30, 4.0), 2);
+        assert_eq!(workers_for(1, 0.0), 1);
+    }
+}

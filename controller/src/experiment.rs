@@ -1,0 +1,785 @@
+//! The experiment file: its YAML schema, parsing (unknown fields are refused with their
+//! line) and the checks that serde cannot express. Documented in docs/experiments.md.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::duration::parse_duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// serde_norway's message names the field and carries `at line L column C`.
+    #[error("{0}")]
+    Parse(String),
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ExperimentError {
+    ExperimentError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub agents: AgentsSpec,
+    /// Every fault carries a lease of this length, renewed about every second.
+    #[serde(default = "default_lease_ttl", deserialize_with = "duration")]
+    pub lease_ttl: Duration,
+    /// Seeds the random choice of targets (modes one, fixed, percent).
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub steady_state: SteadyState,
+    #[serde(default, deserialize_with = "duration")]
+    pub baseline: Duration,
+    pub method: Method,
+    #[serde(default)]
+    pub recovery: Recovery,
+    #[serde(default)]
+    pub hypothesis: Hypothesis,
+}
+
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(5)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsSpec {
+    /// HOST:PORT of every agent.
+    #[serde(default, rename = "static")]
+    pub static_agents: Vec<String>,
+    /// The agents behind a headless Service: every address the name resolves to.
+    #[serde(default)]
+    pub dns: Option<DnsAgents>,
+    #[serde(default)]
+    pub tls_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    /// How many agents are called at once.
+    #[serde(default = "default_parallelism")]
+    pub parallelism: usize,
+}
+
+impl Default for AgentsSpec {
+    fn default() -> Self {
+        AgentsSpec {
+            static_agents: Vec::new(),
+            dns: None,
+            tls_dir: None,
+            insecure_plaintext: false,
+            parallelism: default_parallelism(),
+        }
+    }
+}
+
+fn default_parallelism() -> usize {
+    64
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsAgents {
+    pub name: String,
+    #[serde(default = "default_agent_port")]
+    pub port: u16,
+}
+
+fn default_agent_port() -> u16 {
+    7090
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SteadyState {
+    #[serde(default)]
+    pub probes: Vec<Probe>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    pub name: String,
+    #[serde(default = "default_probe_interval", deserialize_with = "duration")]
+    pub interval: Duration,
+    #[serde(default = "default_probe_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    #[serde(default)]
+    pub http: Option<HttpProbe>,
+    #[serde(default)]
+    pub tcp: Option<TcpProbe>,
+    #[serde(default)]
+    pub exec: Option<ExecProbe>,
+    #[serde(default)]
+    pub promql: Option<PromqlProbe>,
+    #[serde(default)]
+    pub tolerance: Tolerance,
+    #[serde(default)]
+    pub abort: Option<AbortCondition>,
+}
+
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProbe {
+    /// `http://HOST[:PORT]/PATH` (plain HTTP/1.1).
+    pub url: String,
+    #[serde(default = "default_expect_status")]
+    pub expect_status: Vec<u16>,
+}
+
+fn default_expect_status() -> Vec<u16> {
+    vec![200]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpProbe {
+    /// HOST:PORT that must accept a connection.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecProbe {
+    /// argv run on the controller's host; exit status 0 is success.
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromqlProbe {
+    /// Prometheus base URL, `http://HOST:PORT`.
+    pub url: String,
+    pub query: String,
+    /// The first sample of the result must lie within [min, max].
+    #[serde(default)]
+    pub min: Option<f64>,
+    #[serde(default)]
+    pub max: Option<f64>,
+}
+
+/// What "steady" means for one probe. A sample is healthy when it succeeded and its
+/// latency is at most `latency_max`; a phase holds when its statistics meet the rest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tolerance {
+    #[serde(default = "default_success_ratio")]
+    pub success_ratio: f64,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub latency_max: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub latency_p50: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub latency_p95: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub latency_p99: Option<Duration>,
+}
+
+impl Default for Tolerance {
+    fn default() -> Self {
+        Tolerance {
+            success_ratio: default_success_ratio(),
+            latency_max: None,
+            latency_p50: None,
+            latency_p95: None,
+            latency_p99: None,
+        }
+    }
+}
+
+fn default_success_ratio() -> f64 {
+    1.0
+}
+
+/// Reverts every fault at once while the method runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbortCondition {
+    /// This many unhealthy samples in a row.
+    #[serde(default)]
+    pub consecutive_failures: Option<u32>,
+    /// One sample slower than this.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub latency_above: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Method {
+    #[serde(default)]
+    pub mode: MethodMode,
+    /// Sequential: the wait between one fault's end and the next one's start.
+    #[serde(default, deserialize_with = "duration")]
+    pub pause: Duration,
+    pub faults: Vec<FaultStep>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodMode {
+    #[default]
+    Sequential,
+    Parallel,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultStep {
+    pub name: String,
+    pub target: TargetSpec,
+    /// How long the fault stays (the observation window of a one-shot kill).
+    #[serde(default, deserialize_with = "duration")]
+    pub duration: Duration,
+    #[serde(default)]
+    pub kill: Option<KillSpec>,
+    #[serde(default)]
+    pub cpu: Option<CpuSpec>,
+    #[serde(default)]
+    pub memory: Option<MemorySpec>,
+    #[serde(default)]
+    pub network: Option<NetworkSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    /// Explicit agent targets (`pod:NS/NAME[/CONTAINER]`, `container:ID`, `pid:N`, `cgroup:P`).
+    #[serde(default)]
+    pub targets: Vec<String>,
+    /// The agent (HOST:PORT) for explicit targets no agent lists (pid:, cgroup:).
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// Selector over every agent's ListTargets.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Glob (`*`, `?`) over the pod name.
+    #[serde(default)]
+    pub pod: Option<String>,
+    #[serde(default)]
+    pub container: Option<String>,
+    #[serde(default)]
+    pub mode: SelectMode,
+    #[serde(default)]
+    pub count: Option<u32>,
+    #[serde(default)]
+    pub percent: Option<f64>,
+    /// Allows kube-system and chaos-control (excluded by default).
+    #[serde(default)]
+    pub include_protected: bool,
+}
+
+impl TargetSpec {
+    pub fn has_selector(&self) -> bool {
+        self.namespace.is_some() || self.pod.is_some() || self.container.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SelectMode {
+    #[default]
+    One,
+    All,
+    Fixed,
+    Percent,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KillSpec {
+    #[serde(default = "default_signal")]
+    pub signal: String,
+    #[serde(default)]
+    pub process: Option<String>,
+    /// Kill again every interval until the duration ends.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub interval: Option<Duration>,
+}
+
+fn default_signal() -> String {
+    "KILL".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuSpec {
+    /// Percent of the container's CPU limit.
+    pub load: u32,
+    #[serde(default)]
+    pub cores: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemorySpec {
+    /// `256MiB`, `1GiB`, `500M`, plain bytes.
+    #[serde(default, deserialize_with = "optional_size")]
+    pub size: Option<u64>,
+    #[serde(default)]
+    pub percent: Option<u32>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub ramp: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    #[serde(default)]
+    pub interface: Option<String>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub delay: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub jitter: Option<Duration>,
+    #[serde(default)]
+    pub loss: f64,
+    #[serde(default)]
+    pub duplicate: f64,
+    #[serde(default)]
+    pub corrupt: f64,
+    /// Only traffic to these CIDRs.
+    #[serde(default)]
+    pub to: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recovery {
+    /// How long to watch after the method for the steady state to return.
+    #[serde(default = "default_recovery_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// How long every probe must stay healthy to count as recovered.
+    #[serde(default = "default_recovery_hold", deserialize_with = "duration")]
+    pub hold: Duration,
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Recovery {
+            timeout: default_recovery_timeout(),
+            hold: default_recovery_hold(),
+        }
+    }
+}
+
+fn default_recovery_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_recovery_hold() -> Duration {
+    Duration::from_secs(2)
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hypothesis {
+    #[serde(default)]
+    pub during: DuringExpectation,
+}
+
+/// What the hypothesis claims while the faults are active.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DuringExpectation {
+    /// The tolerances hold during the method too.
+    #[default]
+    Steady,
+    /// Only recovery counts: the system may degrade while faults are active.
+    Degraded,
+}
+
+/// The kind of a fault step, for reports.
+pub fn step_kind(step: &FaultStep) -> &'static str {
+    if step.kill.is_some() {
+        "process"
+    } else if step.cpu.is_some() {
+        "cpu"
+    } else if step.memory.is_some() {
+        "memory"
+    } else if step.network.is_some() {
+        "network"
+    } else {
+        "unspecified"
+    }
+}
+
+pub fn load(path: &Path) -> Result<Experiment, ExperimentError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ExperimentError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text)
+}
+
+pub fn parse(text: &str) -> Result<Experiment, ExperimentError> {
+    let experiment: Experiment =
+        serde_norway::from_str(text).map_err(|e| ExperimentError::Parse(e.to_string()))?;
+    validate(&experiment)?;
+    Ok(experiment)
+}
+
+/// The checks serde cannot express: exactly-one choices, ranges, references.
+pub fn validate(e: &Experiment) -> Result<(), ExperimentError> {
+    if e.name.trim().is_empty() {
+        return Err(invalid("name", "must not be empty"));
+    }
+    if e.lease_ttl < Duration::from_secs(2) {
+        return Err(invalid(
+            "lease_ttl",
+            "must be at least 2s (it is renewed every second)",
+        ));
+    }
+    if e.agents.parallelism == 0 {
+        return Err(invalid("agents.parallelism", "must be at least 1"));
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, p) in e.steady_state.probes.iter().enumerate() {
+        let field = format!("steady_state.probes[{i}]");
+        if !names.insert(p.name.as_str()) {
+            return Err(invalid(
+                format!("{field}.name"),
+                format!("`{}` is used twice", p.name),
+            ));
+        }
+        let kinds = [
+            p.http.is_some(),
+            p.tcp.is_some(),
+            p.exec.is_some(),
+            p.promql.is_some(),
+        ];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            return Err(invalid(
+                field,
+                "needs exactly one of http, tcp, exec, promql",
+            ));
+        }
+        if p.interval < Duration::from_millis(50) {
+            return Err(invalid(
+                format!("{field}.interval"),
+                "must be at least 50ms",
+            ));
+        }
+        if p.timeout.is_zero() {
+            return Err(invalid(format!("{field}.timeout"), "must be above 0"));
+        }
+        if let Some(http) = &p.http
+            && !http.url.starts_with("http://")
+        {
+            return Err(invalid(
+                format!("{field}.http.url"),
+                "must start with http:// (plain HTTP only)",
+            ));
+        }
+        if let Some(exec) = &p.exec
+            && exec.command.is_empty()
+        {
+            return Err(invalid(
+                format!("{field}.exec.command"),
+                "must not be empty",
+            ));
+        }
+        if let Some(q) = &p.promql {
+            if !q.url.starts_with("http://") {
+                return Err(invalid(
+                    format!("{field}.promql.url"),
+                    "must start with http://",
+                ));
+            }
+            if q.min.is_none() && q.max.is_none() {
+                return Err(invalid(format!("{field}.promql"), "needs min and/or max"));
+            }
+        }
+        if !(0.0..=1.0).contains(&p.tolerance.success_ratio) {
+            return Err(invalid(
+                format!("{field}.tolerance.success_ratio"),
+                "must be between 0 and 1",
+            ));
+        }
+        if let Some(a) = &p.abort
+            && a.consecutive_failures.is_none()
+            && a.latency_above.is_none()
+        {
+            return Err(invalid(
+                format!("{field}.abort"),
+                "needs consecutive_failures and/or latency_above",
+            ));
+        }
+    }
+    if e.method.faults.is_empty() {
+        return Err(invalid("method.faults", "needs at least one fault"));
+    }
+    for (i, step) in e.method.faults.iter().enumerate() {
+        validate_step(step, &format!("method.faults[{i}]"))?;
+    }
+    if e.recovery.hold > e.recovery.timeout {
+        return Err(invalid("recovery.hold", "must not exceed recovery.timeout"));
+    }
+    Ok(())
+}
+
+fn validate_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
+    let kinds = [
+        step.kill.is_some(),
+        step.cpu.is_some(),
+        step.memory.is_some(),
+        step.network.is_some(),
+    ];
+    if kinds.iter().filter(|k| **k).count() != 1 {
+        return Err(invalid(
+            field,
+            "needs exactly one of kill, cpu, memory, network",
+        ));
+    }
+    let one_shot_kill = step.kill.as_ref().is_some_and(|k| k.interval.is_none());
+    if step.duration.is_zero() && !one_shot_kill {
+        return Err(invalid(
+            format!("{field}.duration"),
+            "is required for every fault but a one-shot kill",
+        ));
+    }
+    if let Some(m) = &step.memory
+        && m.size.is_some() == m.percent.is_some()
+    {
+        return Err(invalid(
+            format!("{field}.memory"),
+            "needs exactly one of size and percent",
+        ));
+    }
+    if let Some(c) = &step.cpu
+        && !(1..=100).contains(&c.load)
+    {
+        return Err(invalid(format!("{field}.cpu.load"), "must be 1 to 100"));
+    }
+    let t = &step.target;
+    let field = format!("{field}.target");
+    if t.targets.is_empty() && !t.has_selector() {
+        return Err(invalid(
+            &field,
+            "needs targets and/or a selector (namespace, pod, container)",
+        ));
+    }
+    match t.mode {
+        SelectMode::Fixed if t.count.is_none_or(|c| c == 0) => {
+            return Err(invalid(
+                format!("{field}.count"),
+                "mode fixed needs a count of at least 1",
+            ));
+        }
+        SelectMode::Percent if t.percent.is_none_or(|p| !(p > 0.0 && p <= 100.0)) => {
+            return Err(invalid(
+                format!("{field}.percent"),
+                "mode percent needs a percent in (0, 100]",
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Parses inside the visitor, so that the YAML deserializer attaches the line of a
+/// bad value to the error (an error raised after deserializing has no position).
+struct DurationVisitor;
+
+impl serde::de::Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a duration such as 500ms, 30s, 2m")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
+        parse_duration(text).map_err(E::custom)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Duration, E> {
+        Err(E::custom(format!("`{value}`: missing unit (ms, s, m, h)")))
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    d.deserialize_str(DurationVisitor)
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+fn optional_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(n) => Ok(Some(n)),
+        Size::Text(t) => parse_size(&t).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// `256MiB`, `1GiB`, `500M` (binary), `500MB` (decimal), `1024`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let value: u64 = text[..digits]
+        .parse()
+        .map_err(|_| format!("`{text}`: expected a size like 256MiB"))?;
+    let factor: u64 = match text[digits..].trim() {
+        "" | "B" => 1,
+        // Single letters are binary, as memory limits are set (and as `inject memory` reads them).
+        "k" | "K" | "Ki" | "KiB" => 1 << 10,
+        "M" | "Mi" | "MiB" => 1 << 20,
+        "G" | "Gi" | "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("`{text}`: unknown unit `{other}`")),
+    };
+    value
+        .checked_mul(factor)
+        .ok_or_else(|| format!("`{text}`: too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "\
+name: web-kill
+agents:
+  static: [\"127.0.0.1:7090\"]
+baseline: 5s
+steady_state:
+  probes:
+    - name: web
+      interval: 200ms
+      http: { url: \"http://10.0.0.2/\" }
+      tolerance: { success_ratio: 0.9, latency_p95: 300ms }
+method:
+  faults:
+    - name: kill-web
+      target: { targets: [\"pod:dev/web-0/web\"] }
+      kill: { process: httpd }
+";
+
+    #[test]
+    fn parses_a_minimal_experiment_with_defaults() {
+        let e = parse(MINIMAL).unwrap();
+        assert_eq!(e.name, "web-kill");
+        assert_eq!(e.baseline, Duration::from_secs(5));
+        assert_eq!(e.lease_ttl, Duration::from_secs(5));
+        let p = &e.steady_state.probes[0];
+        assert_eq!(p.interval, Duration::from_millis(200));
+        assert_eq!(p.http.as_ref().unwrap().expect_status, vec![200]);
+        assert_eq!(p.tolerance.latency_p95, Some(Duration::from_millis(300)));
+        let step = &e.method.faults[0];
+        assert_eq!(step.kill.as_ref().unwrap().signal, "KILL");
+        assert_eq!(step.target.mode, SelectMode::One);
+        assert_eq!(e.recovery.timeout, Duration::from_secs(60));
+        assert_eq!(e.hypothesis.during, DuringExpectation::Steady);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_line() {
+        let text = MINIMAL.replace("      interval: 200ms\n", "      intervall: 200ms\n");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(error.contains("unknown field `intervall`"), "{error}");
+        assert!(error.contains("line 8"), "{error}");
+
+        let text = MINIMAL.replace("      kill: { process: httpd }", "      kil: {}");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(
+            error.contains("unknown field `kil`") && error.contains("line 15"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn bad_durations_name_their_line() {
+        let text = MINIMAL.replace("baseline: 5s", "baseline: 5");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(
+            error.contains("missing unit") && error.contains("line 4"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_name_the_field() {
+        let cases = [
+            (
+                MINIMAL.replace("kill: { process: httpd }", "kill: { interval: 1s }"),
+                "method.faults[0].duration",
+            ),
+            (
+                MINIMAL.replace(
+                    "http: { url: \"http://10.0.0.2/\" }",
+                    "tcp: { address: a:1 }\n      exec: { command: [true] }",
+                ),
+                "steady_state.probes[0]",
+            ),
+            (
+                MINIMAL.replace(
+                    "targets: [\"pod:dev/web-0/web\"]",
+                    "namespace: dev, mode: fixed",
+                ),
+                "method.faults[0].target.count",
+            ),
+            (
+                MINIMAL.replace("success_ratio: 0.9", "success_ratio: 1.5"),
+                "steady_state.probes[0].tolerance.success_ratio",
+            ),
+            (
+                MINIMAL.replace(
+                    "kill: { process: httpd }",
+                    "memory: { size: 1Gi, percent: 5 }\n      duration: 5s",
+                ),
+                "method.faults[0].memory",
+            ),
+        ];
+        for (text, field) in cases {
+            let error = parse(&text).unwrap_err().to_string();
+            assert!(error.starts_with(field), "{field}: {error}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size("1Gi").unwrap(), 1 << 30);
+        assert_eq!(parse_size("500M").unwrap(), 500 << 20);
+        assert_eq!(parse_size("500MB").unwrap(), 500_000_000);
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert!(parse_size("1.5G").is_err());
+        assert!(parse_size("12XB").is_err());
+    }
+}

@@ -1,0 +1,755 @@
+//! Carrying out an experiment: select targets, probe the steady state (baseline),
+//! inject the method's faults under a renewed lease, watch for abort conditions,
+//! revert, watch the recovery, and judge. Every fault injected is reverted on every
+//! path out of [`run`]; if this process dies instead, the lease lapses and the agents
+//! revert by themselves.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chaos_proto::api;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+
+use crate::experiment::{DuringExpectation, Experiment, FaultStep, MethodMode, Probe, step_kind};
+use crate::fleet::Fleet;
+use crate::probe::{Sample, observe};
+use crate::request::inject_request;
+use crate::selection::{Chosen, select};
+use crate::stats::{PhaseStats, phase_stats, violations};
+use crate::verdict::{Timing, Verdict, timing};
+
+/// How often the run's lease is renewed on its agents.
+pub const LEASE_RENEW_PERIOD: Duration = Duration::from_secs(1);
+/// How often the watch loop re-checks the recovery hold between samples.
+const WATCH_TICK: Duration = Duration::from_millis(100);
+
+pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
+
+pub struct RunOptions {
+    /// The lease holder and the `run` label; unique per run.
+    pub run_id: String,
+    pub progress: Progress,
+    /// Set to true to stop the run (Ctrl-C): everything is reverted, verdict aborted.
+    pub cancel: watch::Receiver<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub experiment: String,
+    pub run_id: String,
+    pub started_unix_ms: i64,
+    pub verdict: Verdict,
+    pub reasons: Vec<String>,
+    pub phases: Phases,
+    pub timing: Timing,
+    pub probes: Vec<ProbeResult>,
+    pub faults: Vec<FaultRecord>,
+    pub abort: Option<AbortRecord>,
+    /// Reverts that failed (each names agent and fault).
+    pub rollback_errors: Vec<String>,
+}
+
+/// Phase boundaries in ms from the start of the run.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Phases {
+    pub baseline_end_ms: u64,
+    pub first_inject_ms: Option<u64>,
+    pub method_end_ms: Option<u64>,
+    pub end_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeResult {
+    pub name: String,
+    pub before: PhaseStats,
+    pub during: PhaseStats,
+    pub after: PhaseStats,
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultRecord {
+    pub step: String,
+    pub kind: String,
+    pub agent: String,
+    pub target: String,
+    pub pod: String,
+    pub fault_id: String,
+    pub injected_at_ms: u64,
+    pub ended_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    #[serde(skip)]
+    agent_index: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AbortRecord {
+    pub reason: String,
+    pub at_ms: u64,
+    /// When every fault had been reverted.
+    pub reverted_at_ms: Option<u64>,
+}
+
+/// The targets of each step, chosen before anything is injected.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepPlan {
+    pub step: String,
+    pub kind: String,
+    pub duration_ms: u64,
+    pub targets: Vec<PlannedTarget>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedTarget {
+    pub agent: String,
+    pub target: String,
+    pub pod: String,
+    #[serde(skip)]
+    chosen: Chosen,
+}
+
+/// Selects the targets of every step from the agents' ListTargets.
+pub async fn plan(experiment: &Experiment, fleet: &Fleet) -> Result<Vec<StepPlan>, String> {
+    let candidates = fleet.candidates().await.map_err(|e| e.to_string())?;
+    let seed = experiment.seed.unwrap_or_else(random_seed);
+    let mut plans = Vec::new();
+    for step in &experiment.method.faults {
+        let chosen = select(&step.target, &fleet.addresses, &candidates, seed)
+            .map_err(|e| format!("fault `{}`: {e}", step.name))?;
+        plans.push(StepPlan {
+            step: step.name.clone(),
+            kind: step_kind(step).to_string(),
+            duration_ms: step.duration.as_millis() as u64,
+            targets: chosen
+                .into_iter()
+                .map(|c| PlannedTarget {
+                    agent: fleet.addresses.get(c.agent).cloned().unwrap_or_default(),
+                    target: c.target.clone(),
+                    pod: c.pod.clone(),
+                    chosen: c,
+                })
+                .collect(),
+        });
+    }
+    Ok(plans)
+}
+
+fn random_seed() -> u64 {
+    let id = uuid::Uuid::new_v4();
+    let bytes = id.as_bytes();
+    u64::from_le_bytes([
+        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+    ])
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A lease holder made of the experiment name and a random suffix.
+pub fn new_run_id(name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(80)
+        .collect();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("chaosctl-{clean}-{}", &suffix[..8])
+}
+
+enum Outcome {
+    Elapsed,
+    Recovered,
+    Abort(String),
+    Cancelled,
+}
+
+/// Follows the probes' samples: consecutive failures and whether the steady state holds.
+struct Monitor {
+    probes: Vec<Probe>,
+    consecutive_bad: Vec<u32>,
+    last_healthy: Vec<Option<bool>>,
+    /// Since when every probe's latest sample is healthy.
+    healthy_since: Option<u64>,
+}
+
+impl Monitor {
+    fn new(probes: &[Probe]) -> Monitor {
+        Monitor {
+            probes: probes.to_vec(),
+            consecutive_bad: vec![0; probes.len()],
+            last_healthy: vec![None; probes.len()],
+            healthy_since: if probes.is_empty() { Some(0) } else { None },
+        }
+    }
+
+    fn update(&mut self, index: usize, sample: &Sample) {
+        let Some(bad) = self.consecutive_bad.get_mut(index) else {
+            return;
+        };
+        *bad = if sample.healthy { 0 } else { *bad + 1 };
+        self.last_healthy[index] = Some(sample.healthy);
+        let all = self.last_healthy.iter().all(|h| *h == Some(true));
+        self.healthy_since = match (all, self.healthy_since) {
+            (true, Some(since)) => Some(since),
+            (true, None) => Some(sample.at_ms),
+            (false, _) => None,
+        };
+    }
+
+    fn abort_reason(&self, index: usize, sample: &Sample) -> Option<String> {
+        let probe = self.probes.get(index)?;
+        let abort = probe.abort.as_ref()?;
+        if let Some(limit) = abort.consecutive_failures
+            && self.consecutive_bad[index] >= limit
+        {
+            return Some(format!(
+                "probe {}: {} unhealthy samples in a row ({})",
+                probe.name, self.consecutive_bad[index], sample.error
+            ));
+        }
+        if let Some(limit) = abort.latency_above
+            && sample.latency_ms > limit.as_secs_f64() * 1000.0
+        {
+            return Some(format!(
+                "probe {}: latency {:.0} ms above {:?}",
+                probe.name, sample.latency_ms, limit
+            ));
+        }
+        None
+    }
+}
+
+struct Run<'a> {
+    experiment: &'a Experiment,
+    fleet: &'a Fleet,
+    options: RunOptions,
+    started: Instant,
+    samples: Vec<Arc<Mutex<Vec<Sample>>>>,
+    receiver: mpsc::UnboundedReceiver<(usize, Sample)>,
+    monitor: Monitor,
+    faults: Vec<FaultRecord>,
+    reasons: Vec<String>,
+    rollback_errors: Vec<String>,
+    cancel_closed: bool,
+}
+
+impl Run<'_> {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn say(&self, line: &str) {
+        let at = self.started.elapsed().as_secs_f64();
+        (self.options.progress)(&format!("[{at:7.2}s] {line}"));
+    }
+
+    /// Waits for `duration` while following the samples.
+    async fn watch(
+        &mut self,
+        duration: Duration,
+        abort_armed: bool,
+        hold: Option<Duration>,
+    ) -> Outcome {
+        let deadline = tokio::time::Instant::now() + duration;
+        let mut tick = tokio::time::interval(WATCH_TICK);
+        loop {
+            if let Some(hold) = hold
+                && let Some(since) = self.monitor.healthy_since
+                && self.now_ms().saturating_sub(since) >= hold.as_millis() as u64
+            {
+                return Outcome::Recovered;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Outcome::Elapsed,
+                received = self.receiver.recv() => {
+                    let Some((index, sample)) = received else { continue };
+                    let was_healthy = self.monitor.last_healthy.get(index).copied().flatten();
+                    self.monitor.update(index, &sample);
+                    if was_healthy != Some(sample.healthy) {
+                        let name = &self.experiment.steady_state.probes[index].name;
+                        let state = if sample.healthy { "healthy".to_string() } else { format!("UNHEALTHY: {}", sample.error) };
+                        self.say(&format!("probe {name} {state}"));
+                    }
+                    if abort_armed && let Some(reason) = self.monitor.abort_reason(index, &sample) {
+                        return Outcome::Abort(reason);
+                    }
+                }
+                changed = self.options.cancel.changed(), if !self.cancel_closed => {
+                    match changed {
+                        Ok(()) if *self.options.cancel.borrow() => return Outcome::Cancelled,
+                        Ok(()) => {}
+                        Err(_) => self.cancel_closed = true,
+                    }
+                }
+                _ = tick.tick() => {}
+            }
+        }
+    }
+
+    /// Injects every target of a step; on the first failure the caller rolls back.
+    async fn inject(&mut self, step: &FaultStep, plan: &StepPlan) -> Result<(), String> {
+        let lease = api::Lease {
+            holder: self.options.run_id.clone(),
+            ttl_ms: self.experiment.lease_ttl.as_millis() as u64,
+        };
+        let mut labels = HashMap::new();
+        labels.insert("experiment".to_string(), self.experiment.name.clone());
+        labels.insert("run".to_string(), self.options.run_id.clone());
+        let requests: Vec<(usize, api::InjectRequest)> = plan
+            .targets
+            .iter()
+            .map(|t| {
+                let request = inject_request(step, &t.target, Some(lease.clone()), &labels, false);
+                (t.chosen.agent, request)
+            })
+            .collect();
+        let at = self.now_ms();
+        let answers = self.fleet.inject_all(requests).await;
+        let mut problems = Vec::new();
+        for (t, answer) in plan.targets.iter().zip(answers) {
+            let mut record = FaultRecord {
+                step: step.name.clone(),
+                kind: step_kind(step).to_string(),
+                agent: t.agent.clone(),
+                target: t.target.clone(),
+                pod: t.pod.clone(),
+                fault_id: String::new(),
+                injected_at_ms: at,
+                ended_at_ms: None,
+                error: String::new(),
+                agent_index: t.chosen.agent,
+            };
+            match answer {
+                Ok(fault) => {
+                    self.say(&format!(
+                        "injected {} ({}) into {} on {}: fault {}",
+                        step.name, record.kind, t.target, t.agent, fault.id
+                    ));
+                    record.fault_id = fault.id;
+                }
+                Err(status) => {
+                    let message = format!(
+                        "inject {} into {} on {}: {:?}: {}",
+                        step.name,
+                        t.target,
+                        t.agent,
+                        status.code(),
+                        status.message()
+                    );
+                    self.say(&message);
+                    record.error = message.clone();
+                    problems.push(message);
+                }
+            }
+            self.faults.push(record);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// Reverts every fault not yet ended (all of them, or one step's).
+    async fn revert(&mut self, step: Option<&str>) {
+        let open: Vec<usize> = (0..self.faults.len())
+            .filter(|&i| {
+                let f = &self.faults[i];
+                f.ended_at_ms.is_none()
+                    && !f.fault_id.is_empty()
+                    && step.is_none_or(|s| s == f.step)
+            })
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        let calls = open
+            .iter()
+            .map(|&i| (self.faults[i].agent_index, self.faults[i].fault_id.clone()))
+            .collect();
+        let results = self.fleet.revert_all(calls).await;
+        let at = self.now_ms();
+        for (i, result) in open.into_iter().zip(results) {
+            self.faults[i].ended_at_ms = Some(at);
+            if let Err(e) = result {
+                self.say(&format!("ROLLBACK PROBLEM: {e}"));
+                self.rollback_errors
+                    .push(format!("{}: {e}", self.faults[i].agent));
+            }
+        }
+        self.say(&format!(
+            "reverted {}",
+            step.map_or("every fault".to_string(), |s| format!("fault {s}"))
+        ));
+    }
+
+    /// The method: every step as the mode says. Returns how it ended.
+    async fn method(&mut self, plans: &[StepPlan]) -> Outcome {
+        let steps = &self.experiment.method.faults;
+        match self.experiment.method.mode {
+            MethodMode::Sequential => {
+                for (index, (step, plan)) in steps.iter().zip(plans).enumerate() {
+                    if let Err(e) = self.inject(step, plan).await {
+                        self.reasons.push(e);
+                        return Outcome::Abort("an injection failed".into());
+                    }
+                    let outcome = self.watch(step.duration, true, None).await;
+                    if !matches!(outcome, Outcome::Elapsed) {
+                        return outcome;
+                    }
+                    self.revert(Some(&step.name)).await;
+                    let pause = self.experiment.method.pause;
+                    if index + 1 < steps.len() && !pause.is_zero() {
+                        let outcome = self.watch(pause, true, None).await;
+                        if !matches!(outcome, Outcome::Elapsed) {
+                            return outcome;
+                        }
+                    }
+                }
+                Outcome::Elapsed
+            }
+            MethodMode::Parallel => {
+                for (step, plan) in steps.iter().zip(plans) {
+                    if let Err(e) = self.inject(step, plan).await {
+                        self.reasons.push(e);
+                        return Outcome::Abort("an injection failed".into());
+                    }
+                }
+                let longest = steps.iter().map(|s| s.duration).max().unwrap_or_default();
+                self.watch(longest, true, None).await
+            }
+        }
+    }
+}
+
+/// Carries out the experiment on the fleet. Never returns with a fault of this run
+/// still active unless an agent refused the revert (then `rollback_errors` says so).
+pub async fn run(experiment: &Experiment, fleet: &Fleet, options: RunOptions) -> RunResult {
+    let started = Instant::now();
+    let started_unix_ms = unix_ms();
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let (stop_probes, probes_stopped) = watch::channel(false);
+    let probes = &experiment.steady_state.probes;
+    let samples: Vec<Arc<Mutex<Vec<Sample>>>> = probes
+        .iter()
+        .map(|_| Arc::new(Mutex::new(Vec::new())))
+        .collect();
+    let mut run = Run {
+        experiment,
+        fleet,
+        options,
+        started,
+        samples: samples.clone(),
+        receiver,
+        monitor: Monitor::new(probes),
+        faults: Vec::new(),
+        reasons: Vec::new(),
+        rollback_errors: Vec::new(),
+        cancel_closed: false,
+    };
+    let mut phases = Phases::default();
+    let mut abort = None;
+
+    let plans = match plan(experiment, fleet).await {
+        Ok(plans) => plans,
+        Err(e) => {
+            run.reasons.push(e);
+            return finish(run, phases, Verdict::Failed, None, started_unix_ms).await;
+        }
+    };
+    for p in &plans {
+        let targets: Vec<&str> = p.targets.iter().map(|t| t.target.as_str()).collect();
+        run.say(&format!(
+            "plan: {} ({}) → {}",
+            p.step,
+            p.kind,
+            targets.join(", ")
+        ));
+    }
+
+    let probe_tasks: Vec<_> = probes
+        .iter()
+        .enumerate()
+        .map(|(index, probe)| {
+            tokio::spawn(probe_loop(
+                index,
+                probe.clone(),
+                started,
+                Arc::clone(&samples[index]),
+                sender.clone(),
+                probes_stopped.clone(),
+            ))
+        })
+        .collect();
+    drop(sender);
+
+    run.say(&format!("baseline for {:?}", experiment.baseline));
+    let mut cancelled = matches!(
+        run.watch(experiment.baseline, false, None).await,
+        Outcome::Cancelled
+    );
+    phases.baseline_end_ms = run.now_ms();
+    let baseline_problems = baseline_violations(&run, phases.baseline_end_ms);
+    let mut verdict = None;
+    if cancelled {
+        run.reasons.push("interrupted during the baseline".into());
+        verdict = Some(Verdict::Aborted);
+    } else if !baseline_problems.is_empty() {
+        run.reasons.extend(baseline_problems);
+        run.reasons
+            .push("the steady state did not hold before any fault: nothing injected".into());
+        verdict = Some(Verdict::Failed);
+    }
+
+    if verdict.is_none() {
+        let agents: BTreeSet<usize> = plans
+            .iter()
+            .flat_map(|p| p.targets.iter().map(|t| t.chosen.agent))
+            .collect();
+        let renewer = tokio::spawn(renew_loop(
+            fleet.clone(),
+            agents.into_iter().collect(),
+            run.options.run_id.clone(),
+            experiment.lease_ttl.as_millis() as u64,
+            Arc::clone(&run.options.progress),
+        ));
+        phases.first_inject_ms = Some(run.now_ms());
+        run.say("method");
+        match run.method(&plans).await {
+            Outcome::Elapsed | Outcome::Recovered => {}
+            Outcome::Abort(reason) => {
+                let at = run.now_ms();
+                let injection_failed = !run.reasons.is_empty();
+                run.say(&format!("ABORT: {reason}: reverting everything"));
+                run.revert(None).await;
+                let reverted_at = run.now_ms();
+                run.say(&format!(
+                    "every fault reverted {} ms after the abort",
+                    reverted_at - at
+                ));
+                if injection_failed {
+                    verdict = Some(Verdict::Failed);
+                } else {
+                    run.reasons.push(format!("aborted: {reason}"));
+                    verdict = Some(Verdict::Aborted);
+                }
+                abort = Some(AbortRecord {
+                    reason,
+                    at_ms: at,
+                    reverted_at_ms: Some(reverted_at),
+                });
+            }
+            Outcome::Cancelled => {
+                let at = run.now_ms();
+                run.say("interrupted: reverting everything");
+                run.revert(None).await;
+                run.reasons.push("interrupted by the operator".into());
+                verdict = Some(Verdict::Aborted);
+                cancelled = true;
+                abort = Some(AbortRecord {
+                    reason: "interrupted".into(),
+                    at_ms: at,
+                    reverted_at_ms: Some(run.now_ms()),
+                });
+            }
+        }
+        run.revert(None).await;
+        renewer.abort();
+        phases.method_end_ms = Some(run.now_ms());
+
+        if !cancelled {
+            let recovery = experiment.recovery.clone();
+            run.say(&format!(
+                "recovery: waiting up to {:?} for the steady state to hold for {:?}",
+                recovery.timeout, recovery.hold
+            ));
+            match run
+                .watch(recovery.timeout, false, Some(recovery.hold))
+                .await
+            {
+                Outcome::Recovered => run.say("steady state holds again"),
+                Outcome::Cancelled => run.say("interrupted during recovery"),
+                _ => run.say("recovery timed out"),
+            }
+        }
+    }
+
+    let _ = stop_probes.send(true);
+    for task in probe_tasks {
+        let _ = task.await;
+    }
+    finish(
+        run,
+        phases,
+        verdict.unwrap_or(Verdict::Passed),
+        abort,
+        started_unix_ms,
+    )
+    .await
+}
+
+fn baseline_violations(run: &Run<'_>, end_ms: u64) -> Vec<String> {
+    let mut found = Vec::new();
+    for (probe, samples) in run.experiment.steady_state.probes.iter().zip(&run.samples) {
+        let samples = samples.lock().map(|s| s.clone()).unwrap_or_default();
+        let stats = phase_stats(samples.iter().filter(|s| s.at_ms < end_ms));
+        for v in violations(&stats, &probe.tolerance) {
+            found.push(format!("probe {} before the fault: {v}", probe.name));
+        }
+    }
+    found
+}
+
+/// Computes statistics and the verdict; `verdict` is Passed unless already decided.
+async fn finish(
+    mut run: Run<'_>,
+    mut phases: Phases,
+    verdict: Verdict,
+    abort: Option<AbortRecord>,
+    started_unix_ms: i64,
+) -> RunResult {
+    // Whatever path got here, nothing of this run stays injected.
+    run.revert(None).await;
+    phases.end_ms = run.now_ms();
+    let experiment = run.experiment;
+    let all: Vec<Vec<Sample>> = run
+        .samples
+        .iter()
+        .map(|s| s.lock().map(|s| s.clone()).unwrap_or_default())
+        .collect();
+    let inject = phases.first_inject_ms.unwrap_or(phases.end_ms);
+    let method_end = phases.method_end_ms.unwrap_or(phases.end_ms);
+    let mut verdict = verdict;
+    let mut probes = Vec::new();
+    for (probe, samples) in experiment.steady_state.probes.iter().zip(&all) {
+        let before = phase_stats(samples.iter().filter(|s| s.at_ms < inject));
+        let during = phase_stats(
+            samples
+                .iter()
+                .filter(|s| s.at_ms >= inject && s.at_ms < method_end),
+        );
+        let after = phase_stats(samples.iter().filter(|s| s.at_ms >= method_end));
+        if verdict == Verdict::Passed && experiment.hypothesis.during == DuringExpectation::Steady {
+            for v in violations(&during, &probe.tolerance) {
+                run.reasons
+                    .push(format!("probe {} during the faults: {v}", probe.name));
+                verdict = Verdict::Deviated;
+            }
+        }
+        probes.push(ProbeResult {
+            name: probe.name.clone(),
+            before,
+            during,
+            after,
+            samples: samples.clone(),
+        });
+    }
+    let timing = match phases.first_inject_ms {
+        Some(first) => timing(
+            &all,
+            first,
+            phases.end_ms,
+            experiment.recovery.hold.as_millis() as u64,
+        ),
+        None => Timing::default(),
+    };
+    if verdict == Verdict::Passed && !timing.recovered {
+        run.reasons.push(format!(
+            "the steady state did not hold again within the recovery timeout of {:?}",
+            experiment.recovery.timeout
+        ));
+        verdict = Verdict::Deviated;
+    }
+    if !run.rollback_errors.is_empty() {
+        run.reasons
+            .push("some faults could not be reverted: see rollback_errors".into());
+    }
+    run.say(&format!("verdict: {}", verdict.name()));
+    RunResult {
+        experiment: experiment.name.clone(),
+        run_id: run.options.run_id.clone(),
+        started_unix_ms,
+        verdict,
+        reasons: run.reasons,
+        phases,
+        timing,
+        probes,
+        faults: run.faults,
+        abort,
+        rollback_errors: run.rollback_errors,
+    }
+}
+
+/// Observes the probe every interval until told to stop.
+async fn probe_loop(
+    index: usize,
+    probe: Probe,
+    started: Instant,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    sender: mpsc::UnboundedSender<(usize, Sample)>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(probe.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let at_ms = started.elapsed().as_millis() as u64;
+        let (latency, outcome) = observe(&probe).await;
+        let latency_ms = latency.as_secs_f64() * 1000.0;
+        let success = outcome.is_ok();
+        let within_limit = probe
+            .tolerance
+            .latency_max
+            .is_none_or(|limit| latency <= limit);
+        let sample = Sample {
+            at_ms,
+            success,
+            healthy: success && within_limit,
+            latency_ms,
+            error: match outcome {
+                Err(e) => e,
+                Ok(()) if !within_limit => format!("latency {latency_ms:.0} ms"),
+                Ok(()) => String::new(),
+            },
+        };
+        if let Ok(mut all) = samples.lock() {
+            all.push(sample.clone());
+        }
+        let _ = sender.send((index, sample));
+    }
+}
+
+/// Renews the lease every second until aborted by the run.
+async fn renew_loop(
+    fleet: Fleet,
+    agents: Vec<usize>,
+    holder: String,
+    ttl_ms: u64,
+    progress: Progress,
+) {
+    let mut ticker = tokio::time::interval(LEASE_RENEW_PERIOD);
+    loop {
+        ticker.tick().await;
+        for problem in fleet.renew_lease(&agents, &holder, ttl_ms).await {
+            progress(&format!("lease renewal failed: {problem}"));
+        }
+    }
+}

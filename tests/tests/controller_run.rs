@@ -1,0 +1,448 @@
+//! Experiments end to end: a real agent on loopback (mTLS), real containerd containers,
+//! and a real HTTP service as the system under test (busybox httpd in a container that
+//! has a TestNetns network namespace; the probe reaches it over the veth).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use chaos_proto::api;
+use chaos_tests::agent::{TestAgent, binary, make_certs};
+use chaos_tests::containerd::{ContainerSpec, TestContainer};
+use chaos_tests::netns::TestNetns;
+use chaosctl::experiment;
+use chaosctl::fleet::{Fleet, FleetConfig};
+use chaosctl::runner::{self, RunOptions, RunResult};
+use chaosctl::verdict::Verdict;
+use tempfile::TempDir;
+
+fn state_dir() -> Result<TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix("chaos-test-state-")
+        .tempdir()?)
+}
+
+/// An httpd serving `/index.html` on port 80 of the netns. With `restart`, the shell
+/// starts it again a second after it dies, as a supervisor would.
+fn web_container(netns: &TestNetns, pod: &str, restart: bool) -> Result<TestContainer> {
+    let serve = "httpd -f -p 80 -h /www";
+    let script = if restart {
+        format!("mkdir -p /www; echo ok > /www/index.html; while :; do {serve}; sleep 1; done")
+    } else {
+        format!("mkdir -p /www; echo ok > /www/index.html; {serve}; sleep 3600")
+    };
+    let mut spec = ContainerSpec::pod("shop", pod, "web");
+    spec.command = vec!["/bin/sh".into(), "-c".into(), script];
+    spec.netns = Some(netns.path());
+    let container = TestContainer::start(spec)?;
+    wait_http(netns, Duration::from_secs(20))?;
+    Ok(container)
+}
+
+fn wait_http(netns: &TestNetns, within: Duration) -> Result<()> {
+    let address = format!("{}:80", netns.inner_ip()).parse()?;
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if chaos_tests::agent::http_get(address, "/index.html").is_ok_and(|(code, _)| code == 200) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("httpd in {} never answered", netns.name())
+}
+
+/// The experiment's YAML with the agent and the web address filled in.
+fn experiment_yaml(agent: &TestAgent, tls: &Path, netns: &TestNetns, body: &str) -> String {
+    format!(
+        "agents:\n  static: [\"{}\"]\n  tls_dir: {}\n{}",
+        agent.grpc,
+        tls.display(),
+        body.replace("WEB", &netns.inner_ip().to_string())
+    )
+}
+
+async fn run(yaml: &str) -> Result<RunResult> {
+    let experiment = experiment::parse(yaml)?;
+    let config = FleetConfig::resolve(&experiment.agents).await?;
+    let fleet = Fleet::connect(&config).await?;
+    let (_cancel_sender, cancel) = tokio::sync::watch::channel(false);
+    let options = RunOptions {
+        run_id: runner::new_run_id(&experiment.name),
+        progress: Arc::new(|line: &str| eprintln!("{line}")),
+        cancel,
+    };
+    Ok(runner::run(&experiment, &fleet, options).await)
+}
+
+const KILL_WEB: &str = "\
+name: chaos-test-kill-web
+baseline: 2s
+steady_state:
+  probes:
+    - name: web
+      interval: 200ms
+      timeout: 1s
+      http: { url: \"http://WEB/index.html\" }
+      tolerance: { success_ratio: 0.95, latency_p99: 500ms }
+method:
+  faults:
+    - name: kill-httpd
+      target: { namespace: shop, pod: \"POD\", container: web, mode: one }
+      duration: 1s
+      kill: { process: httpd }
+recovery: { timeout: 20s, hold: 1s }
+hypothesis: { during: HYPOTHESIS }
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_with_a_supervisor_recovers_and_passes() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let netns = TestNetns::create()?;
+    let container = web_container(&netns, "web-0", true)?;
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let yaml = experiment_yaml(
+        &agent,
+        tls.path(),
+        &netns,
+        &KILL_WEB
+            .replace("HYPOTHESIS", "degraded")
+            .replace("POD", "web-0*"),
+    );
+    let result = run(&yaml).await?;
+    eprintln!("{}", chaosctl::report::table(&result));
+
+    assert_eq!(result.verdict, Verdict::Passed, "{:?}", result.reasons);
+    let web = &result.probes[0];
+    assert!(web.before.count >= 5, "{:?}", web.before);
+    assert_eq!(web.before.success_ratio, 1.0);
+    assert!(web.before.p99_ms.is_some());
+    assert!(web.during.count >= 2, "{:?}", web.during);
+    assert!(
+        web.during.success_ratio < 1.0,
+        "the kill was not seen: {:?}",
+        web.during
+    );
+    assert!(
+        web.after.count >= 3 && web.after.success_ratio > 0.0,
+        "{:?}",
+        web.after
+    );
+    let detect = result
+        .timing
+        .time_to_detect_ms
+        .context("no time to detect")?;
+    let recover = result
+        .timing
+        .time_to_recover_ms
+        .context("no time to recover")?;
+    // httpd is back a second after the kill (the shell sleeps 1 s).
+    assert!(detect < 1_000, "detected after {detect} ms");
+    assert!(
+        (800..10_000).contains(&recover),
+        "recovered after {recover} ms"
+    );
+    assert!(result.timing.recovered);
+
+    // The agent did kill the container's httpd, and the fault is done.
+    assert_eq!(result.faults.len(), 1);
+    assert_eq!(result.faults[0].target, container.target());
+    let mut client = agent.client().await?;
+    let fault = client
+        .get(api::GetRequest {
+            id: result.faults[0].fault_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(fault.state, api::FaultState::Completed as i32);
+    assert_eq!(fault.lease_holder, result.run_id);
+    let html = chaosctl::report::html(&result);
+    assert!(html.contains("<svg") && html.contains("kill-httpd") && html.contains("<polyline"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hypothesis_that_the_web_stays_up_through_a_kill_deviates() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let netns = TestNetns::create()?;
+    let _container = web_container(&netns, "web-1", true)?;
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let yaml = experiment_yaml(
+        &agent,
+        tls.path(),
+        &netns,
+        &KILL_WEB
+            .replace("HYPOTHESIS", "steady")
+            .replace("POD", "web-1"),
+    );
+    let result = run(&yaml).await?;
+    eprintln!("{}", chaosctl::report::table(&result));
+    assert_eq!(result.verdict, Verdict::Deviated, "{:?}", result.reasons);
+    assert!(
+        result
+            .reasons
+            .iter()
+            .any(|r| r.contains("during the faults") && r.contains("success ratio")),
+        "{:?}",
+        result.reasons
+    );
+    // Deviated, yet it came back: recovery is measured all the same.
+    assert!(result.timing.time_to_recover_ms.is_some());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_abort_condition_reverts_every_fault_within_a_second() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let netns = TestNetns::create()?;
+    // No supervisor: once httpd is killed the probe fails until the end.
+    let _container = web_container(&netns, "web-2", false)?;
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let body = "\
+name: chaos-test-abort
+baseline: 1s
+steady_state:
+  probes:
+    - name: web
+      interval: 100ms
+      timeout: 500ms
+      http: { url: \"http://WEB/index.html\" }
+      abort: { consecutive_failures: 2 }
+method:
+  faults:
+    - name: keep-killing-httpd
+      target: { targets: [\"pod:shop/web-2/web\"] }
+      duration: 60s
+      kill: { process: httpd, interval: 500ms }
+recovery: { timeout: 2s, hold: 1s }
+";
+    let started = Instant::now();
+    let result = run(&experiment_yaml(&agent, tls.path(), &netns, body)).await?;
+    eprintln!("{}", chaosctl::report::table(&result));
+    assert_eq!(result.verdict, Verdict::Aborted, "{:?}", result.reasons);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the 60 s fault ran on"
+    );
+    let abort = result.abort.as_ref().context("no abort record")?;
+    let reverted_at = abort.reverted_at_ms.context("not reverted")?;
+    assert!(
+        reverted_at - abort.at_ms < 1_000,
+        "reverted {} ms after the abort",
+        reverted_at - abort.at_ms
+    );
+    // The agent's own record agrees: reverted on request, within 1 s of the abort.
+    let mut client = agent.client().await?;
+    let fault = client
+        .get(api::GetRequest {
+            id: result.faults[0].fault_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(fault.state, api::FaultState::Reverted as i32);
+    let abort_unix_ms = result.started_unix_ms + abort.at_ms as i64;
+    assert!(
+        fault.ended_unix_ms - abort_unix_ms < 1_000,
+        "the agent ended the fault {} ms after the abort",
+        fault.ended_unix_ms - abort_unix_ms
+    );
+    assert!(
+        client
+            .list(api::ListRequest::default())
+            .await?
+            .into_inner()
+            .faults
+            .is_empty()
+    );
+    Ok(())
+}
+
+/// A container whose shell restarts `sleep` whenever it dies.
+fn looping_container(pod: &str) -> Result<TestContainer> {
+    let mut spec = ContainerSpec::pod("shop", pod, "app");
+    spec.command = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "while :; do sleep 3600; done".into(),
+    ];
+    TestContainer::start(spec)
+}
+
+/// Kills the chaosctl child on drop, so a failing test leaves no process behind.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sigkilled_chaosctl_leaves_the_agent_to_revert_at_lease_lapse() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let container = looping_container("lease-0")?;
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let work = state_dir()?;
+    let file = work.path().join("lease.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: chaos-test-lease\nagents:\n  static: [\"{}\"]\n  tls_dir: {}\n\
+             lease_ttl: 3s\nmethod:\n  faults:\n    - name: keep-killing\n      \
+             target: {{ targets: [\"{}\"] }}\n      duration: 120s\n      \
+             kill: {{ process: sleep, interval: 500ms }}\n",
+            agent.grpc,
+            tls.path().display(),
+            container.target()
+        ),
+    )?;
+    let child = Command::new(binary("chaosctl")?)
+        .arg("run")
+        .arg(&file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut child = ChildGuard(child);
+    let mut client = agent.client().await?;
+
+    // Wait for the injection, then outlive the ttl: renewals keep the fault alive.
+    let mut fault = None;
+    for _ in 0..200 {
+        let active = client
+            .list(api::ListRequest::default())
+            .await?
+            .into_inner()
+            .faults;
+        if let Some(f) = active.into_iter().next() {
+            fault = Some(f);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fault = fault.context("chaosctl injected nothing within 10 s")?;
+    assert!(fault.lease_holder.starts_with("chaosctl-chaos-test-lease-"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let alive = client
+        .get(api::GetRequest {
+            id: fault.id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        alive.state,
+        api::FaultState::Active as i32,
+        "the lease was not renewed: {}",
+        alive.message
+    );
+
+    child.0.kill()?;
+    let killed = Instant::now();
+    child.0.wait()?;
+    loop {
+        let now = client
+            .get(api::GetRequest {
+                id: fault.id.clone(),
+            })
+            .await?
+            .into_inner();
+        if now.state == api::FaultState::LeaseExpired as i32 {
+            break;
+        }
+        if killed.elapsed() > Duration::from_secs(4) {
+            bail!(
+                "still {:?} {:?} after SIGKILL (ttl 3 s)",
+                now.state,
+                killed.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = killed.elapsed();
+    eprintln!("the agent reverted {took:?} after chaosctl was killed (ttl 3 s)");
+    assert!(took <= Duration::from_secs(4), "{took:?}");
+    Ok(())
+}
+
+#[test]
+fn an_unknown_field_is_refused_with_its_line() -> Result<()> {
+    let work = state_dir()?;
+    let file = work.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "name: chaos-test-bad\nbaseline: 1s\nmethod:\n  faults:\n    - name: k\n      \
+         target: { targets: [\"pid:1\"] }\n      kill: {}\n      durration: 5s\n",
+    )?;
+    let output = Command::new(binary("chaosctl")?)
+        .arg("run")
+        .arg(&file)
+        .arg("--dry-run")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("unknown field `durration`") && stderr.contains("line 8"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn every_shipped_experiment_parses() -> Result<()> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            experiment::load(&path).with_context(|| format!("{}", path.display()))?;
+            seen += 1;
+        }
+    }
+    assert!(seen >= 6, "only {seen} experiments in {}", dir.display());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_prints_the_selection_and_injects_nothing() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let container = looping_container("dry-0")?;
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let work = state_dir()?;
+    let file = work.path().join("dry.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: chaos-test-dry\nagents:\n  static: [\"{}\"]\n  tls_dir: {}\n\
+             method:\n  faults:\n    - name: kill-app\n      \
+             target: {{ namespace: shop, pod: \"dry-*\", mode: all }}\n      kill: {{}}\n",
+            agent.grpc,
+            tls.path().display(),
+        ),
+    )?;
+    let output = Command::new(binary("chaosctl")?)
+        .args(["-o", "json", "run"])
+        .arg(&file)
+        .arg("--dry-run")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_str(&stdout)?;
+    assert_eq!(plan["plan"][0]["targets"][0]["target"], container.target());
+    assert_eq!(plan["plan"][0]["targets"][0]["pod"], "shop/dry-0/app");
+    let mut client = agent.client().await?;
+    let all = client
+        .list(api::ListRequest {
+            include_ended: true,
+        })
+        .await?
+        .into_inner()
+        .faults;
+    assert!(all.is_empty(), "a dry run injected {all:?}");
+    Ok(())
+}
