@@ -1,6 +1,7 @@
 //! Generates the gRPC code with protox (a pure-Rust protobuf compiler), so building
-//! needs no `protoc` binary. The same descriptor set is written out for server
-//! reflection.
+//! needs no `protoc` binary. The agent API's own descriptor set is written out for
+//! server reflection (without the containerd services, which the agent calls but does
+//! not serve).
 
 use std::path::PathBuf;
 
@@ -20,9 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let descriptors = protox::compile(PROTOS, ["."])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let served = protox::compile(["chaoscontrol/v1/agent.proto"], ["."])?;
     std::fs::write(
         out_dir.join("chaoscontrol_descriptor.bin"),
-        descriptors.encode_to_vec(),
+        served.encode_to_vec(),
     )?;
     tonic_prost_build::configure()
         .build_server(true)

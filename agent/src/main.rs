@@ -266,6 +266,7 @@ async fn run(args: Args) -> Result<()> {
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(chaos_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
     // Network faults need sch_netem & co.: load what is loadable now, so Capabilities

@@ -37,6 +37,7 @@ pub mod containerd {
 
 pub use chaoscontrol::v1 as api;
 
-/// The encoded `FileDescriptorSet` of every proto above, for gRPC server reflection.
+/// The encoded `FileDescriptorSet` of the agent API (`chaoscontrol.v1`), for gRPC server
+/// reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/chaoscontrol_descriptor.bin"));

@@ -356,6 +356,37 @@ async fn serves_health_reflection_capabilities_and_metrics() -> Result<()> {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
+    // Server reflection lists the agent's API, so grpcurl and friends work without protos.
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let channel = chaosctl::client::endpoint(&agent.address())?
+        .connect()
+        .await?;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await?
+        .into_inner();
+    let listed = match responses.message().await?.and_then(|r| r.message_response) {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+        }
+        other => panic!("unexpected reflection answer: {other:?}"),
+    };
+    assert!(
+        listed.contains(&"chaoscontrol.v1.Agent".to_string()),
+        "{listed:?}"
+    );
+    assert!(
+        listed.contains(&"grpc.health.v1.Health".to_string()),
+        "{listed:?}"
+    );
+
     let mut client = agent.client().await?;
     let caps = client
         .capabilities(api::CapabilitiesRequest {})

@@ -360,7 +360,11 @@ async fn vm_loss_20_percent_stays_within_binomial_bounds() -> Result<()> {
         .fault
         .context("no fault")?;
     // Receive on a thread while the namespace thread sends, paced so that no socket
-    // buffer overflows (that would be loss netem did not cause).
+    // buffer overflows (that would be loss netem did not cause). The receiver stops only
+    // after the sender said it is done and the socket has then been quiet: under
+    // emulation the sender can pause for longer than any fixed quiet period.
+    let sender_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::clone(&sender_done);
     let counter = std::thread::spawn(move || {
         let mut received = 0u32;
         let mut buf = [0u8; 64];
@@ -368,13 +372,13 @@ async fn vm_loss_20_percent_stays_within_binomial_bounds() -> Result<()> {
         while Instant::now() < deadline {
             match receiver.recv(&mut buf) {
                 Ok(_) => received += 1,
-                Err(_) if received > 0 => break, // quiet for 500 ms: the sender is done
+                Err(_) if done.load(std::sync::atomic::Ordering::Acquire) => break,
                 Err(_) => {}
             }
         }
         received
     });
-    inside(&netns, move || {
+    let sent = inside(&netns, move || {
         let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
         for i in 0..SENT {
             socket.send_to(&i.to_be_bytes(), addr)?;
@@ -383,7 +387,9 @@ async fn vm_loss_20_percent_stays_within_binomial_bounds() -> Result<()> {
             }
         }
         Ok(())
-    })?;
+    });
+    sender_done.store(true, std::sync::atomic::Ordering::Release);
+    sent?;
     let received = counter
         .join()
         .map_err(|_| anyhow::anyhow!("receiver panicked"))?;
