@@ -190,14 +190,7 @@ impl Registry {
             metrics: &self.metrics,
             duration: valid.duration,
         };
-        let prepared = ActiveFault::prepare(
-            &valid.plan,
-            &valid.target,
-            &targets,
-            &self.resolver.procfs,
-            &context,
-        )
-        .await?;
+        let prepared = ActiveFault::prepare(&valid.plan, &valid.target, &targets, &context).await?;
         self.check_processes(&prepared.acts_on)?;
         let Prepared {
             mut fault,

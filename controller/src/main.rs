@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use chaos_proto::api;
 use chaosctl::client::{AgentAddress, connect};
 use chaosctl::duration::parse_duration;
@@ -533,9 +533,4 @@ fn chrono_now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-#[allow(dead_code)]
-fn refuse(message: &str) -> Result<()> {
-    bail!("{message}")
 }

@@ -55,7 +55,6 @@ impl ActiveFault {
         plan: &FaultPlan,
         spec: &TargetSpec,
         targets: &[Resolved],
-        procfs: &Procfs,
         context: &PrepareContext<'_>,
     ) -> Result<Prepared, AgentError> {
         match plan {
@@ -91,8 +90,13 @@ impl ActiveFault {
                 // Reads (snapshots) the interfaces: their state goes into the journal
                 // before apply changes anything.
                 let modules = chaos_netem::capabilities::ModuleTree::host();
-                let (fault, acts_on) =
-                    network::NetworkFault::prepare(plan, targets, procfs, &modules).await?;
+                let (fault, acts_on) = network::NetworkFault::prepare(
+                    plan,
+                    targets,
+                    &context.resolver.procfs,
+                    &modules,
+                )
+                .await?;
                 Ok(Prepared {
                     plan_summary: format!("would install netem on {} interface(s)", acts_on.len()),
                     acts_on,
