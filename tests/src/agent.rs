@@ -226,3 +226,21 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
         .unwrap_or_default();
     Ok((code, body))
 }
+
+/// A fresh agent state directory (journal and logs), removed when dropped.
+pub fn state_dir() -> Result<TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix("chaos-test-state-")
+        .tempdir()?)
+}
+
+/// How many fault records the agent's journal under `state` holds.
+pub fn journal_len(state: &Path) -> usize {
+    std::fs::read_dir(state.join("journal"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count()
+        })
+        .unwrap_or(0)
+}

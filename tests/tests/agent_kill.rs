@@ -1,6 +1,7 @@
 //! Process and container kills through a real agent, against real containerd
 //! containers selected by pod, container and pid targets.
 
+use chaos_tests::agent::state_dir;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -16,12 +17,6 @@ fn kill(target: &str) -> api::InjectRequest {
         )),
         ..Default::default()
     }
-}
-
-fn state_dir() -> Result<tempfile::TempDir> {
-    Ok(tempfile::Builder::new()
-        .prefix("chaos-test-state-")
-        .tempdir()?)
 }
 
 fn signalled(fault: &api::Fault) -> Vec<api::SignalledProcess> {

@@ -1,6 +1,7 @@
 //! Fault lifecycles through a real agent: crash recovery from the journal, revert on
 //! request, leases, shutdown, runtime fallback, health and metrics.
 
+use chaos_tests::agent::{journal_len, state_dir};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -9,22 +10,6 @@ use chaos_proto::api;
 use chaos_tests::agent::{AgentOptions, TestAgent, make_certs};
 use chaos_tests::containerd::{ContainerSpec, TestContainer};
 use tonic::Code;
-
-fn state_dir() -> Result<tempfile::TempDir> {
-    Ok(tempfile::Builder::new()
-        .prefix("chaos-test-state-")
-        .tempdir()?)
-}
-
-fn journal_len(state: &Path) -> usize {
-    std::fs::read_dir(state.join("journal"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                .count()
-        })
-        .unwrap_or(0)
-}
 
 /// A container whose shell restarts `sleep` whenever it dies.
 fn looping_container(pod: &str) -> Result<TestContainer> {

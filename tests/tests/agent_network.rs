@@ -6,6 +6,7 @@
 //! (`--include-ignored`; see netem/README.md and BENCHMARKS.md), where they fail, never
 //! skip, if netem is missing. Traffic goes only between a namespace and its host-side veth.
 
+use chaos_tests::agent::{journal_len, state_dir};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -62,12 +63,6 @@ impl Drop for Sleeper {
     }
 }
 
-fn state_dir() -> Result<tempfile::TempDir> {
-    Ok(tempfile::Builder::new()
-        .prefix("chaos-test-state-")
-        .tempdir()?)
-}
-
 fn network(target: &str, duration: Duration, fault: api::NetworkFault) -> api::InjectRequest {
     api::InjectRequest {
         target: target.into(),
@@ -90,16 +85,6 @@ fn qdiscs(netns: &TestNetns) -> Result<String> {
         .exec(&["tc", "-d", "qdisc", "show", "dev", "eth0"])?
         .check()?;
     Ok(out.stdout)
-}
-
-fn journal_len(state: &std::path::Path) -> usize {
-    std::fs::read_dir(state.join("journal"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                .count()
-        })
-        .unwrap_or(0)
 }
 
 fn installed(fault: &api::Fault) -> String {

@@ -6,6 +6,7 @@
 //! The CPU measurements share the machine with whatever else runs: the tests that measure CPU
 //! hold an exclusive file lock so that they do not load the two cores against each other.
 
+use chaos_tests::agent::state_dir;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,12 +17,6 @@ use chaos_tests::agent::{TestAgent, make_certs};
 use chaos_tests::containerd::{ContainerSpec, TestContainer};
 
 const MIB: u64 = 1 << 20;
-
-fn state_dir() -> Result<tempfile::TempDir> {
-    Ok(tempfile::Builder::new()
-        .prefix("chaos-test-state-")
-        .tempdir()?)
-}
 
 /// Serialises the CPU-measuring tests across test processes (nextest runs one per test).
 struct CpuLock(#[allow(dead_code)] nix::fcntl::Flock<File>);

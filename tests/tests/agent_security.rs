@@ -1,5 +1,6 @@
 //! mTLS, protected targets, and bad input, against a real agent.
 
+use chaos_tests::agent::state_dir;
 use std::process::Command;
 use std::time::Duration;
 
@@ -9,12 +10,6 @@ use chaos_tests::agent::{AgentOptions, TestAgent, binary, free_port, make_certs}
 use chaos_tests::containerd::{ContainerSpec, TestContainer};
 use tonic::Code;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-
-fn state_dir() -> Result<tempfile::TempDir> {
-    Ok(tempfile::Builder::new()
-        .prefix("chaos-test-state-")
-        .tempdir()?)
-}
 
 fn kill(target: &str) -> api::InjectRequest {
     api::InjectRequest {

@@ -2,6 +2,7 @@
 //! and a real HTTP service as the system under test (busybox httpd in a container that
 //! has a TestNetns network namespace; the probe reaches it over the veth).
 
+use chaos_tests::agent::state_dir;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -16,13 +17,6 @@ use chaosctl::experiment;
 use chaosctl::fleet::{Fleet, FleetConfig};
 use chaosctl::runner::{self, RunOptions, RunResult};
 use chaosctl::verdict::Verdict;
-use tempfile::TempDir;
-
-fn state_dir() -> Result<TempDir> {
-    Ok(tempfile::Builder::new()
-        .prefix("chaos-test-state-")
-        .tempdir()?)
-}
 
 /// An httpd serving `/index.html` on port 80 of the netns. With `restart`, the shell
 /// starts it again a second after it dies, as a supervisor would.
