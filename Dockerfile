@@ -20,11 +20,11 @@ RUN apt-get update \
  && rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
 COPY . .
+# The same command scripts/test builds the binaries with before it runs the integration
+# tests against them (CHAOS_BIN_DIR): what this image copies is what the tests exercised.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p chaos-agent -p chaosctl --target x86_64-unknown-linux-musl \
- && install -D -m 0755 -s target/x86_64-unknown-linux-musl/release/chaos-agent /out/chaos-agent \
- && install -D -m 0755 -s target/x86_64-unknown-linux-musl/release/chaosctl /out/chaosctl
+    scripts/build-image-binaries /out
 
 # distroless/static: CA certificates, /etc/passwd and tzdata, no shell. Runs as
 # root by default, which the privileged agent needs; the controller Deployment

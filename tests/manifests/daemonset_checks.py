@@ -96,6 +96,50 @@ def agent_problems(daemonset, secrets):
     return problems
 
 
+CONTROLLER_METRICS_PORT = 7092
+CONTROLLER_TLS_ITEMS = {"ca.crt": "ca.pem", "tls.crt": "client.pem", "tls.key": "client-key.pem"}
+
+
+def controller_problems(deployment, secrets):
+    """Everything wrong with the controller Deployment, as a list of sentences."""
+    problems = []
+    pod = deployment["spec"]["template"]["spec"]
+    containers = [c for c in pod.get("containers", []) if c["name"] == "chaosctl"]
+    if not containers:
+        return ["no container named chaosctl"]
+    controller = containers[0]
+    # Two controllers would both renew and revert the same leases.
+    if deployment["spec"].get("replicas") != 1 or deployment["spec"].get("strategy", {}).get("type") != "Recreate":
+        problems.append("not exactly one replica with the Recreate strategy")
+    if controller.get("args", [])[:1] != ["serve"]:
+        problems.append("the container does not run `chaosctl serve`")
+    if pod.get("securityContext", {}).get("runAsNonRoot") is not True:
+        problems.append("runAsNonRoot is not true: the controller needs no privilege")
+    if pod.get("hostPID") or pod.get("hostNetwork") or controller.get("securityContext", {}).get("privileged"):
+        problems.append("the controller asks for host namespaces or privilege")
+    if port_number(controller, "metrics") != CONTROLLER_METRICS_PORT:
+        problems.append(f"container port metrics is not {CONTROLLER_METRICS_PORT}")
+    for probe in ("livenessProbe", "readinessProbe"):
+        get = controller.get(probe, {}).get("httpGet", {})
+        if get.get("path") != "/healthz" or port_number(controller, get.get("port")) != CONTROLLER_METRICS_PORT:
+            problems.append(f"{probe} is not httpGet /healthz on the metrics port {CONTROLLER_METRICS_PORT}")
+    resources = controller.get("resources", {})
+    for part in ("requests", "limits"):
+        if set(resources.get(part, {})) != {"cpu", "memory"}:
+            problems.append(f"resources.{part} must set cpu and memory")
+
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts = {m["mountPath"]: m for m in controller.get("volumeMounts", [])}
+    tls_mount = mounts.get("/etc/chaos-control/tls")
+    secret = volumes.get(tls_mount["name"], {}).get("secret", {}) if tls_mount else {}
+    items = {i["key"]: i["path"] for i in secret.get("items", [])}
+    if items != CONTROLLER_TLS_ITEMS:
+        problems.append(f"client TLS Secret items {items} are not {CONTROLLER_TLS_ITEMS}")
+    if secret.get("secretName") not in secrets:
+        problems.append(f"client TLS Secret {secret.get('secretName')} is neither generated nor issued by a Certificate")
+    return problems
+
+
 def check_overlay(overlay, docs, report):
     daemonsets = find(docs, "DaemonSet", "chaos-agent")
     report.add(f"{overlay}: one chaos-agent DaemonSet", len(daemonsets) == 1)
@@ -137,17 +181,18 @@ def check_overlay(overlay, docs, report):
         report.add(f"{overlay}: cert-manager self-signed -> CA -> agent and client Certificates",
                    len(cert_manager) == 5, ", ".join(cert_manager))
 
-    controller = find(docs, "Deployment", "chaosctl")
-    if overlay == "chaos-test-with-controller":
-        report.add(f"{overlay}: controller Deployment present", len(controller) == 1)
-        roles = find(docs, "ClusterRole")
-        rules = {}
-        for role in roles:
-            for rule in role.get("rules", []):
-                for group in rule.get("apiGroups", []):
-                    for resource in rule.get("resources", []):
-                        rules.setdefault((group, resource), set()).update(rule.get("verbs", []))
-        report.add(f"{overlay}: controller RBAC is get/list/watch pods and nodes, delete pods, nothing else",
-                   rules == CONTROLLER_RULES, f"rules are {rules}")
-    else:
-        report.add(f"{overlay}: controller not included", not controller and not find(docs, "ClusterRole"))
+    controllers = find(docs, "Deployment", "chaosctl")
+    report.add(f"{overlay}: one controller Deployment", len(controllers) == 1)
+    if controllers:
+        problems = controller_problems(controllers[0], secrets)
+        report.add(f"{overlay}: controller runs serve, non-root, probes, resources, client TLS items",
+                   not problems, "; ".join(problems))
+    roles = find(docs, "ClusterRole")
+    rules = {}
+    for role in roles:
+        for rule in role.get("rules", []):
+            for group in rule.get("apiGroups", []):
+                for resource in rule.get("resources", []):
+                    rules.setdefault((group, resource), set()).update(rule.get("verbs", []))
+    report.add(f"{overlay}: controller RBAC is get/list/watch pods and nodes, delete pods, nothing else",
+               rules == CONTROLLER_RULES, f"rules are {rules}")

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import yaml
 
-from daemonset_checks import agent_problems
+from daemonset_checks import agent_problems, controller_problems
 
-BASE = Path(__file__).resolve().parent.parent.parent / "manifests" / "base" / "daemonset.yaml"
+MANIFESTS = Path(__file__).resolve().parent.parent.parent / "manifests"
+BASE = MANIFESTS / "base" / "daemonset.yaml"
+CONTROLLER = MANIFESTS / "components" / "controller" / "deployment.yaml"
 SECRETS = {"chaos-agent-tls"}
 
 
@@ -75,3 +77,37 @@ class AgentProblemsTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ControllerProblemsTest(unittest.TestCase):
+    SECRETS = {"chaosctl-client-tls"}
+
+    def assert_caught(self, change, expected):
+        deployment = copy.deepcopy(yaml.safe_load(CONTROLLER.read_text()))
+        change(deployment)
+        problems = controller_problems(deployment, self.SECRETS)
+        self.assertTrue(any(expected in p for p in problems), f"{expected!r} not in {problems}")
+
+    def test_shipped_deployment_has_no_problem(self):
+        self.assertEqual(controller_problems(yaml.safe_load(CONTROLLER.read_text()), self.SECRETS), [])
+
+    def test_missing_liveness(self):
+        self.assert_caught(lambda d: pod(d)["containers"][0].pop("livenessProbe"), "livenessProbe")
+
+    def test_readiness_on_wrong_port(self):
+        def change(d):
+            pod(d)["containers"][0]["readinessProbe"]["httpGet"]["port"] = 9999
+        self.assert_caught(change, "readinessProbe")
+
+    def test_two_replicas(self):
+        self.assert_caught(lambda d: d["spec"].update(replicas=2), "one replica")
+
+    def test_privileged_controller(self):
+        def change(d):
+            pod(d)["containers"][0]["securityContext"]["privileged"] = True
+        self.assert_caught(change, "privilege")
+
+    def test_unknown_client_secret(self):
+        deployment = copy.deepcopy(yaml.safe_load(CONTROLLER.read_text()))
+        problems = controller_problems(deployment, set())
+        self.assertTrue(any("neither generated" in p for p in problems), problems)

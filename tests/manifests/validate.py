@@ -23,17 +23,8 @@ from promql_names import Scrape, metric_names, missing_names
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 KUBERNETES_VERSIONS = ["1.30", "1.31", "1.32", "1.33", "1.34"]
-# Overlays as shipped, plus one composed here so the controller component
-# (not in any shipped overlay yet) is rendered and validated too.
-OVERLAYS = ["default", "selected-nodes", "chaosctl-certs", "chaos-test-with-controller"]
-WITH_CONTROLLER = """\
-apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - ../default
-components:
-  - ../../components/controller
-"""
+# Every overlay as shipped.
+OVERLAYS = ["default", "selected-nodes", "chaosctl-certs"]
 TLS_FILES = ["ca", "agent", "agent-key", "client", "client-key"]
 # Kinds kubernetes-validate has no schema for, checked against our own schemas.
 CRD_SCHEMAS = {
@@ -72,8 +63,6 @@ def prepare_tree(work, chaosctl, report):
     """Copy manifests/ into `work` and give the chaosctl-certs overlay its files."""
     tree = work / "manifests"
     shutil.copytree(REPO / "manifests", tree)
-    (tree / "overlays" / "chaos-test-with-controller").mkdir()
-    (tree / "overlays" / "chaos-test-with-controller" / "kustomization.yaml").write_text(WITH_CONTROLLER)
     tls = tree / "overlays" / "chaosctl-certs" / "tls"
     for leftover in tls.glob("*.pem"):
         leftover.unlink()
