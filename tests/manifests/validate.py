@@ -18,6 +18,7 @@ import referencing
 import yaml
 
 import daemonset_checks
+import image_checks
 from promql_names import Scrape, metric_names, missing_names
 
 HERE = Path(__file__).resolve().parent
@@ -219,14 +220,30 @@ def check_names_against_scrape(expressions, scrape_path, report):
     report.add(f"{name} ({len(used)} names in {scrape_path})", bool(used) and not missing, detail)
 
 
+def check_image(image_bin, report):
+    problems = image_checks.dockerfile_problems((REPO / "Dockerfile").read_text())
+    report.add("Dockerfile: build stage runs scripts/build-image-binaries; runtime is distroless/static "
+               "with only our two binaries and labels", not problems, "; ".join(problems))
+    name = "the image binaries are static (no interpreter, no shared libraries)"
+    if image_bin is None:
+        report.not_run(name, "no --image-bin DIR given")
+        return
+    problems = []
+    for binary in image_checks.IMAGE_BINARIES:
+        problems += image_checks.static_binary_problems(Path(image_bin) / binary)
+    report.add(name, not problems, "; ".join(problems))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scrape", help="a /metrics scrape of a real chaos-agent to check metric names against")
     parser.add_argument("--chaosctl", help="chaosctl binary: make real certificates for the chaosctl-certs overlay")
+    parser.add_argument("--image-bin", help="directory of the binaries scripts/build-image-binaries made: check they are static")
     parser.add_argument("--keep", action="store_true", help="keep the rendered files and print where")
     args = parser.parse_args()
 
     report = Report()
+    check_image(args.image_bin, report)
     work = Path(tempfile.mkdtemp(prefix="chaos-test-manifests-"))
     try:
         tree = prepare_tree(work, args.chaosctl, report)
