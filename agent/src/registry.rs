@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chaos_proto::api;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 
 use crate::clock::{unix_ms_after, unix_ms_now};
 use crate::error::AgentError;
@@ -23,8 +23,6 @@ use crate::validate::{LeaseSpec, Limits, validate_inject, validate_lease};
 /// Ended faults kept for `List --include-ended` and `Get`.
 const ENDED_KEPT: usize = 256;
 const MAX_ACTIVE: usize = 1024;
-/// How often leases and overdue faults are checked.
-const REAPER_PERIOD: Duration = Duration::from_millis(100);
 /// A fault still active this long after its deadline counts as overdue.
 const OVERDUE_GRACE: Duration = Duration::from_secs(2);
 
@@ -84,6 +82,9 @@ pub struct Registry {
     resolver: Resolver,
     policy: ProtectionPolicy,
     limits: Limits,
+    /// Wakes the reaper when a lease or a fault appears or a fault ends, so it sleeps
+    /// until the next moment that matters instead of polling.
+    reaper_wake: Notify,
 }
 
 fn new_fault_id() -> String {
@@ -110,6 +111,7 @@ impl Registry {
             resolver,
             policy,
             limits,
+            reaper_wake: Notify::new(),
         })
     }
 
@@ -181,9 +183,12 @@ impl Registry {
         self: &Arc<Self>,
         request: api::InjectRequest,
     ) -> Result<api::Fault, AgentError> {
+        // Phase times go to the debug log: where an injection spends its time on a node.
+        let started = Instant::now();
         let valid = validate_inject(&request, &self.limits)?;
         let targets = self.resolver.resolve(&valid.target).await?;
         self.check_targets(&targets)?;
+        let resolved_at = started.elapsed();
 
         let context = PrepareContext {
             resolver: &self.resolver,
@@ -192,6 +197,7 @@ impl Registry {
         };
         let prepared = ActiveFault::prepare(&valid.plan, &valid.target, &targets, &context).await?;
         self.check_processes(&prepared.acts_on)?;
+        let prepared_at = started.elapsed();
         let Prepared {
             mut fault,
             acts_on,
@@ -248,6 +254,7 @@ impl Registry {
                 "cannot journal the fault, nothing was changed: {e}"
             ))
         })?;
+        let journaled_at = started.elapsed();
 
         if let Err(err) = fault.apply(&self.resolver.procfs, &acts_on).await {
             // apply leaves nothing behind on error; the record can go.
@@ -263,6 +270,14 @@ impl Registry {
             }
         }
         view.status = Some(fault.status());
+        tracing::debug!(
+            fault = %view.id,
+            resolve_us = resolved_at.as_micros() as u64,
+            prepare_us = (prepared_at - resolved_at).as_micros() as u64,
+            journal_us = (journaled_at - prepared_at).as_micros() as u64,
+            apply_us = (started.elapsed() - journaled_at).as_micros() as u64,
+            "injection phases"
+        );
 
         if fault.is_one_shot() {
             // A single kill: done as soon as it is sent.
@@ -294,6 +309,7 @@ impl Registry {
                 },
             );
         }
+        self.reaper_wake.notify_one();
         self.metrics.active_changed(kind_label(fault.kind()), 1);
         let registry = Arc::clone(self);
         let driver = Driver {
@@ -371,6 +387,8 @@ impl Registry {
             view
         };
         self.trim_ended();
+        // The overdue gauge may have to drop now.
+        self.reaper_wake.notify_one();
         self.metrics.active_changed(kind_label(kind), -1);
         tracing::info!(fault = %driver.id, state = ?api::FaultState::try_from(final_view.state).ok(), "fault ended");
         let _ = done.send(Some(final_view));
@@ -461,6 +479,7 @@ impl Registry {
         let lease = validate_lease(holder, ttl_ms, &self.limits, "")?;
         let mut state = self.lock();
         renew(&mut state, &lease);
+        self.reaper_wake.notify_one();
         let faults = state
             .active
             .values()
@@ -473,43 +492,27 @@ impl Registry {
     }
 
     /// Ends the faults of lapsed leases and keeps the overdue gauge current. Runs for
-    /// the agent's lifetime.
+    /// the agent's lifetime, asleep until the next lease expiry or overdue moment, or
+    /// until a lease or fault changes.
     pub async fn reap(self: Arc<Self>) {
-        let mut ticker = tokio::time::interval(REAPER_PERIOD);
         loop {
-            ticker.tick().await;
-            let now = Instant::now();
-            let (lapsed, overdue) = {
-                let mut state = self.lock();
-                let expired: Vec<String> = state
-                    .leases
-                    .iter()
-                    .filter(|(_, until)| **until <= now)
-                    .map(|(holder, _)| holder.clone())
-                    .collect();
-                for holder in &expired {
-                    state.leases.remove(holder);
-                }
-                let lapsed: Vec<String> = state
-                    .active
-                    .iter()
-                    .filter(|(_, e)| expired.contains(&e.view.lease_holder))
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                let overdue = state
-                    .active
-                    .values()
-                    .filter(|e| now > e.deadline + OVERDUE_GRACE)
-                    .count();
-                (lapsed, overdue)
-            };
-            self.metrics.set_overdue(overdue as i64);
-            for id in lapsed {
+            let pass = reaper_pass(&mut self.lock(), Instant::now());
+            self.metrics.set_overdue(pass.overdue as i64);
+            for id in pass.lapsed {
                 tracing::warn!(fault = %id, "lease lapsed, reverting");
                 let registry = Arc::clone(&self);
                 tokio::spawn(async move {
                     let _ = registry.end(&id, EndReason::LeaseExpired).await;
                 });
+            }
+            match pass.next_wake {
+                Some(at) => {
+                    tokio::select! {
+                        _ = self.reaper_wake.notified() => {}
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                    }
+                }
+                None => self.reaper_wake.notified().await,
             }
         }
     }
@@ -571,6 +574,48 @@ struct Driver {
     deadline: Instant,
 }
 
+/// What one reaper pass found: faults whose lease lapsed, how many faults are overdue,
+/// and when the next pass is due (None: nothing will happen until something changes).
+#[derive(Debug, PartialEq)]
+struct ReaperPass {
+    lapsed: Vec<String>,
+    overdue: usize,
+    next_wake: Option<Instant>,
+}
+
+/// Drops the leases that expired by `now` and reports what the reaper must do.
+fn reaper_pass(state: &mut State, now: Instant) -> ReaperPass {
+    let expired: Vec<String> = state
+        .leases
+        .iter()
+        .filter(|(_, until)| **until <= now)
+        .map(|(holder, _)| holder.clone())
+        .collect();
+    for holder in &expired {
+        state.leases.remove(holder);
+    }
+    let mut lapsed: Vec<String> = state
+        .active
+        .iter()
+        .filter(|(_, e)| expired.contains(&e.view.lease_holder))
+        .map(|(id, _)| id.clone())
+        .collect();
+    lapsed.sort();
+    let overdue_at = |e: &Entry| e.deadline + OVERDUE_GRACE;
+    let overdue = state.active.values().filter(|e| now > overdue_at(e)).count();
+    let next_wake = state
+        .leases
+        .values()
+        .copied()
+        .chain(state.active.values().map(overdue_at).filter(|at| *at >= now))
+        .min();
+    ReaperPass {
+        lapsed,
+        overdue,
+        next_wake,
+    }
+}
+
 fn renew(state: &mut State, lease: &LeaseSpec) {
     state
         .leases
@@ -594,4 +639,81 @@ fn state_name(state: i32) -> &'static str {
     api::FaultState::try_from(state)
         .map(|s| s.as_str_name())
         .unwrap_or("FAULT_STATE_UNSPECIFIED")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(holder: &str, deadline: Instant) -> Entry {
+        let (stop, _) = oneshot::channel();
+        let (_, done) = watch::channel(None);
+        Entry {
+            view: api::Fault {
+                lease_holder: holder.to_string(),
+                ..Default::default()
+            },
+            deadline,
+            stop: Some(stop),
+            done,
+        }
+    }
+
+    #[test]
+    fn an_idle_reaper_sleeps_until_woken() {
+        let pass = reaper_pass(&mut State::default(), Instant::now());
+        assert_eq!(
+            pass,
+            ReaperPass {
+                lapsed: vec![],
+                overdue: 0,
+                next_wake: None
+            }
+        );
+    }
+
+    #[test]
+    fn wakes_at_the_earliest_lease_expiry_or_overdue_moment() {
+        let now = Instant::now();
+        let mut state = State::default();
+        state.leases.insert("ctl".into(), now + Duration::from_secs(5));
+        state
+            .active
+            .insert("f-1".into(), entry("ctl", now + Duration::from_secs(1)));
+        let pass = reaper_pass(&mut state, now);
+        assert_eq!(pass.next_wake, Some(now + Duration::from_secs(1) + OVERDUE_GRACE));
+        assert!(pass.lapsed.is_empty());
+        assert_eq!(pass.overdue, 0);
+    }
+
+    #[test]
+    fn a_lapsed_lease_ends_only_its_holders_faults_and_is_forgotten() {
+        let now = Instant::now();
+        let mut state = State::default();
+        state.leases.insert("gone".into(), now - Duration::from_millis(1));
+        state.leases.insert("alive".into(), now + Duration::from_secs(3));
+        let far = now + Duration::from_secs(600);
+        state.active.insert("f-2".into(), entry("gone", far));
+        state.active.insert("f-1".into(), entry("gone", far));
+        state.active.insert("f-3".into(), entry("alive", far));
+        let pass = reaper_pass(&mut state, now);
+        assert_eq!(pass.lapsed, vec!["f-1".to_string(), "f-2".to_string()]);
+        assert!(!state.leases.contains_key("gone"));
+        assert_eq!(pass.next_wake, Some(now + Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn counts_faults_past_deadline_and_grace_as_overdue() {
+        let now = Instant::now();
+        let mut state = State::default();
+        let late = now - OVERDUE_GRACE - Duration::from_millis(1);
+        state.active.insert("f-1".into(), entry("", late));
+        state
+            .active
+            .insert("f-2".into(), entry("", now + Duration::from_secs(10)));
+        let pass = reaper_pass(&mut state, now);
+        assert_eq!(pass.overdue, 1);
+        // The overdue one is not a future event: its end wakes the reaper instead.
+        assert_eq!(pass.next_wake, Some(now + Duration::from_secs(10) + OVERDUE_GRACE));
+    }
 }
