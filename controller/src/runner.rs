@@ -632,6 +632,23 @@ impl Run<'_> {
 pub async fn run(experiment: &Experiment, fleet: &Fleet, options: RunOptions) -> RunResult {
     let started = Instant::now();
     let started_unix_ms = unix_ms();
+    // A caller without Kubernetes API access (`chaosctl serve`) gets the usual places
+    // (KUBECONFIG, ~/.kube/config, the in-cluster account) when the experiment needs it.
+    let with_api;
+    let mut api_problem = None;
+    let fleet = match (experiment.kube_api_need(), fleet.kube_api()) {
+        (Some(need), None) => match KubeApi::connect(None).await {
+            Ok(kube) => {
+                with_api = fleet.clone().with_kube_api(kube);
+                &with_api
+            }
+            Err(e) => {
+                api_problem = Some(format!("{need} needs the Kubernetes API: {e}"));
+                fleet
+            }
+        },
+        _ => fleet,
+    };
     let (sender, receiver) = mpsc::unbounded_channel();
     let (stop_probes, probes_stopped) = watch::channel(false);
     let probes = &experiment.steady_state.probes;
@@ -655,6 +672,10 @@ pub async fn run(experiment: &Experiment, fleet: &Fleet, options: RunOptions) ->
     let mut phases = Phases::default();
     let mut abort = None;
 
+    if let Some(problem) = api_problem {
+        run.reasons.push(problem);
+        return finish(run, phases, Verdict::Failed, None, started_unix_ms).await;
+    }
     let plans = match plan(experiment, fleet).await {
         Ok(plans) => plans,
         Err(e) => {

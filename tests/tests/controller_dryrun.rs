@@ -890,3 +890,35 @@ fn delete_pod_deletes_through_the_api_and_is_reported_like_a_kill() -> Result<()
     assert_eq!(journal_len(state.path()), 0);
     Ok(())
 }
+
+#[test]
+fn an_unknown_field_in_a_shipped_experiment_is_refused_with_its_line() -> Result<()> {
+    let text = std::fs::read_to_string(experiments_dir().join("web-cpu-exhaustion.yaml"))?;
+    let typo = text.replacen("labels: { app: flask }", "label: { app: flask }", 1);
+    assert_ne!(typo, text, "the file no longer selects by labels");
+    let line = typo
+        .lines()
+        .position(|l| l.contains("label: { app: flask }"))
+        .context("typo line")?
+        + 1;
+    let dir = tempfile::Builder::new()
+        .prefix("chaos-test-typo-")
+        .tempdir()?;
+    let file = dir.path().join("typo.yaml");
+    std::fs::write(&file, typo)?;
+    let output = Command::new(binary("chaosctl")?)
+        .arg("run")
+        .arg(&file)
+        .arg("--dry-run")
+        .args(["--agents", "127.0.0.1:1"])
+        .stdin(Stdio::null())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("unknown field `label`"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("line {line}")),
+        "line {line}: {stderr}"
+    );
+    Ok(())
+}
