@@ -969,3 +969,46 @@ async fn renew_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step_of(yaml_step: &str) -> FaultStep {
+        let text = format!(
+            "name: x\nmethod:\n  faults:\n    - name: s\n      target: {{ namespace: shop }}\n{yaml_step}"
+        );
+        crate::experiment::parse(&text)
+            .map(|e| e.method.faults[0].clone())
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn faults_are_described_for_the_plan() {
+        let cases = [
+            (
+                "      kill: { process: httpd, interval: 5s }\n      duration: 20s\n",
+                "kill signal KILL process httpd every 5000ms",
+            ),
+            (
+                "      cpu: { load: 90 }\n      duration: 1s\n",
+                "cpu load 90%",
+            ),
+            (
+                "      memory: { percent: 80, ramp: 30s }\n      duration: 1s\n",
+                "memory 80% of the limit ramp 30000ms",
+            ),
+            (
+                "      network: { delay: 100ms, jitter: 10ms, to: [10.0.0.0/16], ports: [5432] }\n      duration: 1s\n",
+                "network delay 100ms jitter 10ms to 10.0.0.0/16 ports 5432",
+            ),
+            (
+                "      delete_pod: {}\n",
+                "delete pod through the Kubernetes API, grace period 0s",
+            ),
+        ];
+        for (yaml, want) in cases {
+            assert_eq!(describe_fault(&step_of(yaml)), want);
+        }
+    }
+}
