@@ -264,6 +264,8 @@ pub struct FaultStep {
     pub memory: Option<MemorySpec>,
     #[serde(default)]
     pub network: Option<NetworkSpec>,
+    #[serde(default)]
+    pub delete_pod: Option<DeletePodSpec>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -283,6 +285,16 @@ pub struct TargetSpec {
     pub pod: Option<String>,
     #[serde(default)]
     pub container: Option<String>,
+    /// Pod label selector (every pair must match), resolved through the Kubernetes API.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Node name, as the agents report theirs.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Availability zone: the nodes labelled `topology.kubernetes.io/zone` with this value,
+    /// resolved through the Kubernetes API.
+    #[serde(default)]
+    pub zone: Option<String>,
     #[serde(default)]
     pub mode: SelectMode,
     #[serde(default)]
@@ -296,9 +308,28 @@ pub struct TargetSpec {
 
 impl TargetSpec {
     pub fn has_selector(&self) -> bool {
-        self.namespace.is_some() || self.pod.is_some() || self.container.is_some()
+        self.namespace.is_some()
+            || self.pod.is_some()
+            || self.container.is_some()
+            || !self.labels.is_empty()
+            || self.node.is_some()
+            || self.zone.is_some()
+    }
+
+    /// The selector field that needs the Kubernetes API, if any.
+    pub fn kube_api_field(&self) -> Option<&'static str> {
+        if !self.labels.is_empty() {
+            Some("labels")
+        } else if self.zone.is_some() {
+            Some("zone")
+        } else {
+            None
+        }
     }
 }
+
+/// The node label that names a node's availability zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -324,6 +355,15 @@ pub struct KillSpec {
 
 fn default_signal() -> String {
     "KILL".into()
+}
+
+/// Deletes the selected pods through the Kubernetes API (a one-shot, like a kill).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeletePodSpec {
+    /// The pods' termination grace period; 0 (the default) deletes at once.
+    #[serde(default, deserialize_with = "duration")]
+    pub grace_period: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -425,8 +465,27 @@ pub fn step_kind(step: &FaultStep) -> &'static str {
         "memory"
     } else if step.network.is_some() {
         "network"
+    } else if step.delete_pod.is_some() {
+        "delete_pod"
     } else {
         "unspecified"
+    }
+}
+
+impl Experiment {
+    /// Where this experiment needs the Kubernetes API (`fault `x`: target.labels`), if anywhere.
+    pub fn kube_api_need(&self) -> Option<String> {
+        self.method.faults.iter().find_map(|step| {
+            let field = if step.delete_pod.is_some() {
+                Some("delete_pod")
+            } else {
+                step.target.kube_api_field().map(|f| match f {
+                    "labels" => "target.labels",
+                    _ => "target.zone",
+                })
+            };
+            field.map(|f| format!("fault `{}`: {f}", step.name))
+        })
     }
 }
 
@@ -550,18 +609,28 @@ fn validate_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
         step.cpu.is_some(),
         step.memory.is_some(),
         step.network.is_some(),
+        step.delete_pod.is_some(),
     ];
     if kinds.iter().filter(|k| **k).count() != 1 {
         return Err(invalid(
             field,
-            "needs exactly one of kill, cpu, memory, network",
+            "needs exactly one of kill, cpu, memory, network, delete_pod",
         ));
     }
-    let one_shot_kill = step.kill.as_ref().is_some_and(|k| k.interval.is_none());
-    if step.duration.is_zero() && !one_shot_kill {
+    let one_shot =
+        step.kill.as_ref().is_some_and(|k| k.interval.is_none()) || step.delete_pod.is_some();
+    if step.duration.is_zero() && !one_shot {
         return Err(invalid(
             format!("{field}.duration"),
-            "is required for every fault but a one-shot kill",
+            "is required for every fault but a one-shot kill or delete_pod",
+        ));
+    }
+    if let Some(d) = &step.delete_pod
+        && d.grace_period.subsec_nanos() != 0
+    {
+        return Err(invalid(
+            format!("{field}.delete_pod.grace_period"),
+            "must be whole seconds (Kubernetes counts it in seconds)",
         ));
     }
     if let Some(m) = &step.memory
@@ -582,9 +651,10 @@ fn validate_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
     if t.targets.is_empty() && !t.has_selector() {
         return Err(invalid(
             &field,
-            "needs targets and/or a selector (namespace, pod, container)",
+            "needs targets and/or a selector (namespace, pod, container, labels, node, zone)",
         ));
     }
+    validate_selector(t, &field)?;
     match t.mode {
         SelectMode::Fixed if t.count.is_none_or(|c| c == 0) => {
             return Err(invalid(
@@ -601,6 +671,78 @@ fn validate_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
         _ => {}
     }
     Ok(())
+}
+
+/// Label keys and values, node and zone names end up in Kubernetes API queries: refuse
+/// anything that is not a valid Kubernetes label rather than let it change the query.
+fn validate_selector(t: &TargetSpec, field: &str) -> Result<(), ExperimentError> {
+    for (key, value) in &t.labels {
+        if !is_label_key(key) {
+            return Err(invalid(
+                format!("{field}.labels"),
+                format!(
+                    "`{key}` is not a valid label key ([prefix/]name, name up to 63 of [A-Za-z0-9-_.])"
+                ),
+            ));
+        }
+        if !is_label_value(value) {
+            return Err(invalid(
+                format!("{field}.labels.{key}"),
+                format!(
+                    "`{value}` is not a valid label value (up to 63 of [A-Za-z0-9-_.], alphanumeric at both ends)"
+                ),
+            ));
+        }
+    }
+    if let Some(zone) = &t.zone
+        && (zone.is_empty() || !is_label_value(zone))
+    {
+        return Err(invalid(
+            format!("{field}.zone"),
+            format!("`{zone}` is not a valid value of the {ZONE_LABEL} label"),
+        ));
+    }
+    if let Some(node) = &t.node
+        && node.trim().is_empty()
+    {
+        return Err(invalid(format!("{field}.node"), "must not be empty"));
+    }
+    Ok(())
+}
+
+/// A label value: empty, or up to 63 of `[A-Za-z0-9-_.]` starting and ending alphanumeric.
+pub fn is_label_value(value: &str) -> bool {
+    if value.is_empty() {
+        return true;
+    }
+    let bytes = value.as_bytes();
+    value.len() <= 63
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A label key: `[prefix/]name`, the prefix a DNS subdomain, the name a non-empty label value.
+pub fn is_label_key(key: &str) -> bool {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|part| {
+                !part.is_empty()
+                    && part.starts_with(|c: char| c.is_ascii_alphanumeric())
+                    && part.ends_with(|c: char| c.is_ascii_alphanumeric())
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            })
+    });
+    prefix_ok && !name.is_empty() && is_label_value(name)
 }
 
 /// Parses inside the visitor, so that the YAML deserializer attaches the line of a
@@ -770,6 +912,81 @@ method:
             let error = parse(&text).unwrap_err().to_string();
             assert!(error.starts_with(field), "{field}: {error}");
         }
+    }
+
+    #[test]
+    fn selector_fields_and_delete_pod_parse() {
+        let text = MINIMAL.replace(
+            "      target: { targets: [\"pod:dev/web-0/web\"] }\n      kill: { process: httpd }",
+            "      target: { namespace: shop, labels: { app: web, app.kubernetes.io/part-of: shop }, node: n1, zone: eu-west-1a }\n      delete_pod: { grace_period: 5s }",
+        );
+        let e = parse(&text).unwrap();
+        let step = &e.method.faults[0];
+        assert_eq!(step.target.labels.len(), 2);
+        assert_eq!(step.target.node.as_deref(), Some("n1"));
+        assert_eq!(step.target.zone.as_deref(), Some("eu-west-1a"));
+        assert_eq!(
+            step.delete_pod.as_ref().unwrap().grace_period,
+            Duration::from_secs(5)
+        );
+        assert_eq!(step_kind(step), "delete_pod");
+        assert_eq!(
+            e.kube_api_need().as_deref(),
+            Some("fault `kill-web`: delete_pod")
+        );
+        assert_eq!(parse(MINIMAL).unwrap().kube_api_need(), None);
+
+        let text = MINIMAL.replace("targets: [\"pod:dev/web-0/web\"]", "node: n1, lables: {}");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(
+            error.contains("unknown field `lables`") && error.contains("line 14"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn bad_selectors_name_the_field() {
+        let cases = [
+            (
+                "labels: { \"app,x\": web }",
+                "method.faults[0].target.labels",
+            ),
+            (
+                "labels: { app: \"web,role=db\" }",
+                "method.faults[0].target.labels.app",
+            ),
+            ("zone: \"a b\"", "method.faults[0].target.zone"),
+            ("zone: \"\"", "method.faults[0].target.zone"),
+            ("node: \"\"", "method.faults[0].target.node"),
+        ];
+        for (selector, field) in cases {
+            let text = MINIMAL.replace("targets: [\"pod:dev/web-0/web\"]", selector);
+            let error = parse(&text).unwrap_err().to_string();
+            assert!(error.starts_with(field), "{selector}: {error}");
+        }
+        let text = MINIMAL.replace(
+            "kill: { process: httpd }",
+            "delete_pod: { grace_period: 1500ms }",
+        );
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(
+            error.starts_with("method.faults[0].delete_pod.grace_period"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn label_syntax() {
+        assert!(is_label_key("app"));
+        assert!(is_label_key("app.kubernetes.io/name"));
+        assert!(is_label_key("cnpg.io/instanceRole"));
+        assert!(!is_label_key("Bad.Prefix/x"));
+        assert!(!is_label_key("/x"));
+        assert!(!is_label_key("a=b"));
+        assert!(is_label_value(""));
+        assert!(is_label_value("us-east-1a"));
+        assert!(!is_label_value("-x"));
+        assert!(!is_label_value(&"x".repeat(64)));
     }
 
     #[test]

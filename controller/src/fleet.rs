@@ -1,5 +1,6 @@
 //! The agents of an experiment: a static list or every address behind a headless
-//! Service's DNS name, called in bounded parallel.
+//! Service's DNS name, called in bounded parallel; and, when an experiment needs it,
+//! the cluster's Kubernetes API beside them.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use tonic::transport::Channel;
 
 use crate::client::{AgentAddress, connect};
 use crate::experiment::AgentsSpec;
+use crate::kube_api::KubeApi;
 use crate::selection::Candidate;
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,8 @@ pub struct Fleet {
     pub addresses: Vec<String>,
     clients: Vec<AgentClient<Channel>>,
     limit: Arc<Semaphore>,
+    /// Kubernetes API access for label and zone selection and pod deletion.
+    kube: Option<KubeApi>,
 }
 
 impl Fleet {
@@ -98,7 +102,18 @@ impl Fleet {
             addresses: config.addresses.clone(),
             clients,
             limit,
+            kube: None,
         })
+    }
+
+    /// The same agents, with Kubernetes API access.
+    pub fn with_kube_api(mut self, kube: KubeApi) -> Fleet {
+        self.kube = Some(kube);
+        self
+    }
+
+    pub fn kube_api(&self) -> Option<&KubeApi> {
+        self.kube.as_ref()
     }
 
     pub fn len(&self) -> usize {
@@ -122,16 +137,21 @@ impl Fleet {
                 client
                     .list_targets(api::ListTargetsRequest::default())
                     .await
-                    .map(|r| (agent, r.into_inner().targets))
+                    .map(|r| (agent, r.into_inner()))
             }
         })
         .await;
         let mut candidates = Vec::new();
         for answer in answers {
-            let (agent, targets) = answer.map_err(|s| {
+            let (agent, listed) = answer.map_err(|s| {
                 FleetError::Connect(format!("ListTargets: {:?}: {}", s.code(), s.message()))
             })?;
-            candidates.extend(targets.into_iter().map(|info| Candidate { agent, info }));
+            let node = listed.node_name;
+            candidates.extend(listed.targets.into_iter().map(|info| Candidate {
+                agent,
+                node: node.clone(),
+                info,
+            }));
         }
         Ok(candidates)
     }

@@ -6,6 +6,7 @@ pub mod controller_metrics;
 pub mod duration;
 pub mod experiment;
 pub mod fleet;
+pub mod kube_api;
 pub mod output;
 pub mod probe;
 pub mod report;

@@ -99,6 +99,14 @@ enum Command {
         /// Connect, select targets and print the plan; inject nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Run against these agents (HOST:PORT, comma-separated) instead of the file's;
+        /// --tls-dir / --insecure-plaintext then replace the file's TLS settings.
+        #[arg(long, value_delimiter = ',')]
+        agents: Vec<String>,
+        /// Kubeconfig for steps that select by labels or zone or delete pods (default:
+        /// KUBECONFIG, ~/.kube/config, then the in-cluster service account).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
     /// Long-running controller: runs the configured experiments on their schedule,
     /// watches the agents, serves /metrics and /healthz.
@@ -256,6 +264,8 @@ async fn run(cli: Cli) -> Result<()> {
             experiment,
             report,
             dry_run,
+            agents,
+            kubeconfig,
         } => {
             let code = chaosctl::run_command::run(chaosctl::run_command::RunArgs {
                 experiment,
@@ -265,6 +275,8 @@ async fn run(cli: Cli) -> Result<()> {
                 default_agent: cli.agent.clone(),
                 default_tls_dir: cli.tls_dir.clone(),
                 default_plaintext: cli.insecure_plaintext,
+                agents_override: agents,
+                kubeconfig,
             })
             .await?;
             if code != 0 {

@@ -2,6 +2,7 @@
 //! run with live progress on stderr, then print the table or JSON and write the HTML
 //! report. Ctrl-C and SIGTERM stop the run and revert everything.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -10,8 +11,9 @@ use tokio::sync::watch;
 
 use crate::experiment::{self, Experiment};
 use crate::fleet::{Fleet, FleetConfig};
+use crate::kube_api::KubeApi;
 use crate::report;
-use crate::runner::{self, RunOptions};
+use crate::runner::{self, RunOptions, StepPlan};
 
 pub struct RunArgs {
     pub experiment: PathBuf,
@@ -22,6 +24,12 @@ pub struct RunArgs {
     pub default_agent: String,
     pub default_tls_dir: Option<PathBuf>,
     pub default_plaintext: bool,
+    /// `--agents`: these agents instead of the file's (static and DNS); the command line's
+    /// `--tls-dir` / `--insecure-plaintext` then replace the file's TLS settings.
+    pub agents_override: Vec<String>,
+    /// `--kubeconfig`; without it KUBECONFIG, ~/.kube/config or the in-cluster account.
+    /// Only read when the experiment needs the Kubernetes API.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Returns the process exit status: 0 passed, 1 failed, 2 deviated, 3 aborted.
@@ -37,17 +45,16 @@ pub async fn run(args: RunArgs) -> Result<i32> {
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({
                     "experiment": experiment.name,
+                    "dry_run": true,
                     "agents": fleet.addresses,
                     "plan": plans,
                 }))?
             );
         } else {
-            println!(
-                "experiment {} (dry run: nothing injected)\nagents: {}",
-                experiment.name,
-                fleet.addresses.join(", ")
+            print!(
+                "{}",
+                dry_run_text(&experiment.name, &fleet.addresses, &plans)
             );
-            print!("{}", report::plan_table(&plans));
         }
         return Ok(0);
     }
@@ -77,8 +84,29 @@ pub async fn run(args: RunArgs) -> Result<i32> {
     Ok(result.verdict.exit_code())
 }
 
+/// The agents (and the Kubernetes API when a step needs it), before anything is planned,
+/// so that missing access fails the run before any fault.
 async fn connect(experiment: &Experiment, args: &RunArgs) -> Result<Fleet> {
-    let mut config = FleetConfig::resolve(&experiment.agents).await?;
+    let kube = match experiment.kube_api_need() {
+        Some(need) => Some(
+            KubeApi::connect(args.kubeconfig.as_deref())
+                .await
+                .with_context(|| format!("{need} needs the Kubernetes API"))?,
+        ),
+        None => None,
+    };
+    let mut agents = experiment.agents.clone();
+    if !args.agents_override.is_empty() {
+        agents.static_agents = args.agents_override.clone();
+        agents.dns = None;
+        if args.default_tls_dir.is_some() {
+            agents.tls_dir = args.default_tls_dir.clone();
+        }
+        if args.default_plaintext {
+            agents.insecure_plaintext = true;
+        }
+    }
+    let mut config = FleetConfig::resolve(&agents).await?;
     if config.addresses.is_empty() {
         config.addresses.push(args.default_agent.clone());
     }
@@ -86,7 +114,42 @@ async fn connect(experiment: &Experiment, args: &RunArgs) -> Result<Fleet> {
         config.tls_dir = args.default_tls_dir.clone();
     }
     config.plaintext |= args.default_plaintext;
-    Ok(Fleet::connect(&config).await?)
+    let fleet = Fleet::connect(&config).await?;
+    Ok(match kube {
+        Some(kube) => fleet.with_kube_api(kube),
+        None => fleet,
+    })
+}
+
+/// The dry run's report: the agents, then per step the fault and every chosen target
+/// (agent, node, target, pod), and the pods a delete_pod step would delete.
+pub fn dry_run_text(experiment: &str, agents: &[String], plans: &[StepPlan]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "experiment {experiment} (dry run: nothing injected)");
+    let _ = writeln!(out, "agents: {}", agents.join(", "));
+    for p in plans {
+        let _ = writeln!(
+            out,
+            "step {} ({}, {:.1}s): {}",
+            p.step,
+            p.kind,
+            p.duration_ms as f64 / 1000.0,
+            p.fault
+        );
+        for t in &p.targets {
+            let pod = if t.pod.is_empty() { "-" } else { &t.pod };
+            let node = if t.node.is_empty() { "-" } else { &t.node };
+            let _ = writeln!(
+                out,
+                "  agent {} node {node} target {} pod {pod}",
+                t.agent, t.target
+            );
+        }
+        for pod in &p.delete_pods {
+            let _ = writeln!(out, "  delete pod {pod} through the Kubernetes API");
+        }
+    }
+    out
 }
 
 async fn wait_for_stop_signal() {

@@ -12,11 +12,14 @@ use chaos_proto::api;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::experiment::{DuringExpectation, Experiment, FaultStep, MethodMode, Probe, step_kind};
+use crate::experiment::{
+    DuringExpectation, Experiment, FaultStep, MethodMode, Probe, TargetSpec, step_kind,
+};
 use crate::fleet::Fleet;
+use crate::kube_api::{Deletion, KubeApi, KubeApiError};
 use crate::probe::{Sample, observe};
 use crate::request::inject_request;
-use crate::selection::{Chosen, select};
+use crate::selection::{ApiFacts, Chosen, distinct_pods, select};
 use crate::stats::{PhaseStats, phase_stats, violations};
 use crate::verdict::{Timing, Verdict, timing};
 
@@ -83,6 +86,9 @@ pub struct FaultRecord {
     pub error: String,
     #[serde(skip)]
     agent_index: usize,
+    /// Done through the Kubernetes API (delete_pod): nothing for an agent to revert.
+    #[serde(skip)]
+    via_api: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -98,43 +104,159 @@ pub struct AbortRecord {
 pub struct StepPlan {
     pub step: String,
     pub kind: String,
+    /// What the fault does, e.g. `kill signal KILL process httpd`.
+    pub fault: String,
     pub duration_ms: u64,
     pub targets: Vec<PlannedTarget>,
+    /// delete_pod: the pods (`namespace/name`) deleted through the Kubernetes API.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub delete_pods: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedTarget {
     pub agent: String,
+    pub node: String,
     pub target: String,
     pub pod: String,
     #[serde(skip)]
     chosen: Chosen,
 }
 
-/// Selects the targets of every step from the agents' ListTargets.
+/// Selects the targets of every step from the agents' ListTargets and, for labels and
+/// zones, the Kubernetes API. Changes nothing anywhere.
 pub async fn plan(experiment: &Experiment, fleet: &Fleet) -> Result<Vec<StepPlan>, String> {
+    if let Some(need) = experiment.kube_api_need()
+        && fleet.kube_api().is_none()
+    {
+        return Err(format!(
+            "{need} needs Kubernetes API access: pass --kubeconfig, set KUBECONFIG or run in a cluster"
+        ));
+    }
     let candidates = fleet.candidates().await.map_err(|e| e.to_string())?;
     let seed = experiment.seed.unwrap_or_else(random_seed);
     let mut plans = Vec::new();
     for step in &experiment.method.faults {
-        let chosen = select(&step.target, &fleet.addresses, &candidates, seed)
+        let facts = api_facts(&step.target, fleet.kube_api())
+            .await
             .map_err(|e| format!("fault `{}`: {e}", step.name))?;
+        let chosen = select(&step.target, &fleet.addresses, &candidates, &facts, seed)
+            .map_err(|e| format!("fault `{}`: {e}", step.name))?;
+        let delete_pods = match step.delete_pod {
+            Some(_) => distinct_pods(&chosen)
+                .map_err(|e| format!("fault `{}`: {e}", step.name))?
+                .into_iter()
+                .map(|(ns, name)| format!("{ns}/{name}"))
+                .collect(),
+            None => Vec::new(),
+        };
         plans.push(StepPlan {
             step: step.name.clone(),
             kind: step_kind(step).to_string(),
+            fault: describe_fault(step),
             duration_ms: step.duration.as_millis() as u64,
             targets: chosen
                 .into_iter()
                 .map(|c| PlannedTarget {
                     agent: fleet.addresses.get(c.agent).cloned().unwrap_or_default(),
+                    node: c.node.clone(),
                     target: c.target.clone(),
                     pod: c.pod.clone(),
                     chosen: c,
                 })
                 .collect(),
+            delete_pods,
         });
     }
     Ok(plans)
+}
+
+/// What the Kubernetes API says about the parts of a selector the agents cannot know.
+async fn api_facts(spec: &TargetSpec, kube: Option<&KubeApi>) -> Result<ApiFacts, String> {
+    let Some(kube) = kube else {
+        return match spec.kube_api_field() {
+            Some(field) => Err(format!("target.{field} needs Kubernetes API access")),
+            None => Ok(ApiFacts::default()),
+        };
+    };
+    let mut facts = ApiFacts::default();
+    if !spec.labels.is_empty() {
+        let pods = kube
+            .pods_with_labels(spec.namespace.as_deref(), &spec.labels)
+            .await
+            .map_err(|e| e.to_string())?;
+        facts.labelled_pods = Some(pods);
+    }
+    if let Some(zone) = &spec.zone {
+        facts.zone_nodes = Some(kube.nodes_in_zone(zone).await.map_err(|e| e.to_string())?);
+    }
+    Ok(facts)
+}
+
+/// One line for people: the fault a step injects, from the request the agents get.
+pub fn describe_fault(step: &FaultStep) -> String {
+    use api::inject_request::Fault;
+    if let Some(delete) = &step.delete_pod {
+        return format!(
+            "delete pod through the Kubernetes API, grace period {}s",
+            delete.grace_period.as_secs()
+        );
+    }
+    let request = inject_request(step, "", None, &HashMap::new(), true);
+    let mut parts: Vec<String> = Vec::new();
+    match request.fault {
+        Some(Fault::Process(p)) => {
+            parts.push(format!("kill signal {}", p.signal));
+            if !p.process.is_empty() {
+                parts.push(format!("process {}", p.process));
+            }
+            if p.interval_ms > 0 {
+                parts.push(format!("every {}ms", p.interval_ms));
+            }
+        }
+        Some(Fault::Cpu(c)) => {
+            parts.push(format!("cpu load {}%", c.load_percent));
+            if c.cores > 0 {
+                parts.push(format!("on {} cores", c.cores));
+            }
+        }
+        Some(Fault::Memory(m)) => {
+            parts.push(if m.size_bytes > 0 {
+                format!("memory {} bytes", m.size_bytes)
+            } else {
+                format!("memory {}% of the limit", m.percent)
+            });
+            if m.ramp_ms > 0 {
+                parts.push(format!("ramp {}ms", m.ramp_ms));
+            }
+        }
+        Some(Fault::Network(n)) => {
+            parts.push("network".into());
+            let values = [
+                ("delay", n.delay_us as f64 / 1000.0, "ms"),
+                ("jitter", n.jitter_us as f64 / 1000.0, "ms"),
+                ("loss", n.loss_percent, "%"),
+                ("duplicate", n.duplicate_percent, "%"),
+                ("corrupt", n.corrupt_percent, "%"),
+                ("reorder", n.reorder_percent, "%"),
+                ("rate", n.rate_bytes_per_second as f64, " B/s"),
+            ];
+            for (name, value, unit) in values {
+                if value > 0.0 {
+                    parts.push(format!("{name} {value}{unit}"));
+                }
+            }
+            if !n.destinations.is_empty() {
+                parts.push(format!("to {}", n.destinations.join(",")));
+            }
+            if !n.ports.is_empty() {
+                let ports: Vec<String> = n.ports.iter().map(u32::to_string).collect();
+                parts.push(format!("ports {}", ports.join(",")));
+            }
+        }
+        _ => parts.push(step_kind(step).to_string()),
+    }
+    parts.join(" ")
 }
 
 fn random_seed() -> u64 {
@@ -300,6 +422,9 @@ impl Run<'_> {
 
     /// Injects every target of a step; on the first failure the caller rolls back.
     async fn inject(&mut self, step: &FaultStep, plan: &StepPlan) -> Result<(), String> {
+        if let Some(delete) = &step.delete_pod {
+            return self.delete_pods(step, plan, delete.grace_period).await;
+        }
         let lease = api::Lease {
             holder: self.options.run_id.clone(),
             ttl_ms: self.experiment.lease_ttl.as_millis() as u64,
@@ -330,6 +455,7 @@ impl Run<'_> {
                 ended_at_ms: None,
                 error: String::new(),
                 agent_index: t.chosen.agent,
+                via_api: false,
             };
             match answer {
                 Ok(fault) => {
@@ -362,8 +488,75 @@ impl Run<'_> {
         }
     }
 
-    /// Reverts every fault not yet ended (all of them, or one step's).
+    /// delete_pod: deletes the step's pods through the Kubernetes API, recorded like a
+    /// kill (one record per pod); a pod already gone counts as deleted.
+    async fn delete_pods(
+        &mut self,
+        step: &FaultStep,
+        plan: &StepPlan,
+        grace_period: Duration,
+    ) -> Result<(), String> {
+        let Some(kube) = self.fleet.kube_api().cloned() else {
+            return Err(format!(
+                "fault `{}`: delete_pod needs Kubernetes API access",
+                step.name
+            ));
+        };
+        let at = self.now_ms();
+        let deletions = plan.delete_pods.iter().map(|pod| {
+            let kube = kube.clone();
+            async move {
+                let (namespace, name) = pod.split_once('/').unwrap_or_default();
+                kube.delete_pod(namespace, name, grace_period).await
+            }
+        });
+        let answers: Vec<Result<Deletion, KubeApiError>> =
+            futures::future::join_all(deletions).await;
+        let mut problems = Vec::new();
+        for (pod, answer) in plan.delete_pods.iter().zip(answers) {
+            let mut record = FaultRecord {
+                step: step.name.clone(),
+                kind: step_kind(step).to_string(),
+                agent: "kubernetes-api".into(),
+                target: format!("pod:{pod}"),
+                pod: pod.clone(),
+                fault_id: String::new(),
+                injected_at_ms: at,
+                ended_at_ms: None,
+                error: String::new(),
+                agent_index: 0,
+                via_api: true,
+            };
+            match answer {
+                Ok(Deletion::Deleted) => self.say(&format!("deleted pod {pod} ({})", step.name)),
+                Ok(Deletion::AlreadyGone) => {
+                    self.say(&format!("pod {pod} was already gone ({})", step.name))
+                }
+                Err(e) => {
+                    let message = format!("delete_pod {} {pod}: {e}", step.name);
+                    self.say(&message);
+                    record.error = message.clone();
+                    problems.push(message);
+                }
+            }
+            self.faults.push(record);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// Reverts every fault not yet ended (all of them, or one step's). A deleted pod is
+    /// not reverted (its controller recreates it); its record just ends.
     async fn revert(&mut self, step: Option<&str>) {
+        let at = self.now_ms();
+        for f in self.faults.iter_mut() {
+            if f.via_api && f.ended_at_ms.is_none() && step.is_none_or(|s| s == f.step) {
+                f.ended_at_ms = Some(at);
+            }
+        }
         let open: Vec<usize> = (0..self.faults.len())
             .filter(|&i| {
                 let f = &self.faults[i];
@@ -439,6 +632,23 @@ impl Run<'_> {
 pub async fn run(experiment: &Experiment, fleet: &Fleet, options: RunOptions) -> RunResult {
     let started = Instant::now();
     let started_unix_ms = unix_ms();
+    // A caller without Kubernetes API access (`chaosctl serve`) gets the usual places
+    // (KUBECONFIG, ~/.kube/config, the in-cluster account) when the experiment needs it.
+    let with_api;
+    let mut api_problem = None;
+    let fleet = match (experiment.kube_api_need(), fleet.kube_api()) {
+        (Some(need), None) => match KubeApi::connect(None).await {
+            Ok(kube) => {
+                with_api = fleet.clone().with_kube_api(kube);
+                &with_api
+            }
+            Err(e) => {
+                api_problem = Some(format!("{need} needs the Kubernetes API: {e}"));
+                fleet
+            }
+        },
+        _ => fleet,
+    };
     let (sender, receiver) = mpsc::unbounded_channel();
     let (stop_probes, probes_stopped) = watch::channel(false);
     let probes = &experiment.steady_state.probes;
@@ -462,6 +672,10 @@ pub async fn run(experiment: &Experiment, fleet: &Fleet, options: RunOptions) ->
     let mut phases = Phases::default();
     let mut abort = None;
 
+    if let Some(problem) = api_problem {
+        run.reasons.push(problem);
+        return finish(run, phases, Verdict::Failed, None, started_unix_ms).await;
+    }
     let plans = match plan(experiment, fleet).await {
         Ok(plans) => plans,
         Err(e) => {
@@ -514,8 +728,10 @@ pub async fn run(experiment: &Experiment, fleet: &Fleet, options: RunOptions) ->
     }
 
     if verdict.is_none() {
+        // delete_pod steps leave nothing on the agents to hold a lease for.
         let agents: BTreeSet<usize> = plans
             .iter()
+            .filter(|p| p.delete_pods.is_empty())
             .flat_map(|p| p.targets.iter().map(|t| t.chosen.agent))
             .collect();
         let renewer = tokio::spawn(renew_loop(
@@ -750,6 +966,49 @@ async fn renew_loop(
         ticker.tick().await;
         for problem in fleet.renew_lease(&agents, &holder, ttl_ms).await {
             progress(&format!("lease renewal failed: {problem}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step_of(yaml_step: &str) -> FaultStep {
+        let text = format!(
+            "name: x\nmethod:\n  faults:\n    - name: s\n      target: {{ namespace: shop }}\n{yaml_step}"
+        );
+        crate::experiment::parse(&text)
+            .map(|e| e.method.faults[0].clone())
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn faults_are_described_for_the_plan() {
+        let cases = [
+            (
+                "      kill: { process: httpd, interval: 5s }\n      duration: 20s\n",
+                "kill signal KILL process httpd every 5000ms",
+            ),
+            (
+                "      cpu: { load: 90 }\n      duration: 1s\n",
+                "cpu load 90%",
+            ),
+            (
+                "      memory: { percent: 80, ramp: 30s }\n      duration: 1s\n",
+                "memory 80% of the limit ramp 30000ms",
+            ),
+            (
+                "      network: { delay: 100ms, jitter: 10ms, to: [10.0.0.0/16], ports: [5432] }\n      duration: 1s\n",
+                "network delay 100ms jitter 10ms to 10.0.0.0/16 ports 5432",
+            ),
+            (
+                "      delete_pod: {}\n",
+                "delete pod through the Kubernetes API, grace period 0s",
+            ),
+        ];
+        for (yaml, want) in cases {
+            assert_eq!(describe_fault(&step_of(yaml)), want);
         }
     }
 }

@@ -1,5 +1,8 @@
 //! Choosing the targets of a fault step from what every agent's ListTargets reports.
-//! Pure: the inputs are the agents' answers, so every rule is unit-tested.
+//! Pure: the inputs are the agents' answers and what the Kubernetes API said about labels
+//! and zones ([`ApiFacts`]), so every rule is unit-tested.
+
+use std::collections::BTreeSet;
 
 use chaos_proto::api;
 use serde::Serialize;
@@ -13,7 +16,22 @@ pub const PROTECTED_NAMESPACES: &[&str] = &["kube-system", "chaos-control"];
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub agent: usize,
+    /// The node the agent runs on, as it reports it.
+    pub node: String,
     pub info: api::TargetInfo,
+}
+
+/// A pod by namespace and name.
+pub type PodKey = (String, String);
+
+/// What the Kubernetes API answered for one step's selector; `None` leaves that part
+/// of the selector unconstrained.
+#[derive(Debug, Clone, Default)]
+pub struct ApiFacts {
+    /// The pods whose labels match `labels`.
+    pub labelled_pods: Option<BTreeSet<PodKey>>,
+    /// The nodes in `zone`.
+    pub zone_nodes: Option<BTreeSet<String>>,
 }
 
 /// One target of a step: which agent, and what to put in `InjectRequest.target`.
@@ -23,6 +41,8 @@ pub struct Chosen {
     pub target: String,
     /// `namespace/pod/container` when known.
     pub pod: String,
+    /// The agent's node, when known.
+    pub node: String,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -33,13 +53,17 @@ pub enum SelectionError {
     UnknownAgent { target: String, agent: String },
     #[error("the selector matches no running container")]
     NothingMatches,
+    #[error("target `{0}` is not a pod's container, so it has no pod to delete")]
+    NotAPod(String),
 }
 
-/// `agents[i]` is agent i's address; `candidates` every container every agent listed.
+/// `agents[i]` is agent i's address; `candidates` every container every agent listed;
+/// `facts` what the Kubernetes API said about the spec's labels and zone.
 pub fn select(
     spec: &TargetSpec,
     agents: &[String],
     candidates: &[Candidate],
+    facts: &ApiFacts,
     seed: u64,
 ) -> Result<Vec<Chosen>, SelectionError> {
     let mut chosen = Vec::new();
@@ -49,11 +73,12 @@ pub fn select(
     if spec.has_selector() {
         let mut matching: Vec<Chosen> = candidates
             .iter()
-            .filter(|c| matches(spec, &c.info))
+            .filter(|c| matches(spec, facts, c))
             .map(|c| Chosen {
                 agent: c.agent,
                 target: c.info.target.clone(),
                 pod: pod_name(&c.info),
+                node: c.node.clone(),
             })
             .collect();
         if matching.is_empty() {
@@ -95,6 +120,7 @@ fn place_explicit(
             agent: index,
             target: target.to_string(),
             pod: String::new(),
+            node: String::new(),
         });
     }
     if let Some(c) = candidates.iter().find(|c| refers_to(target, &c.info)) {
@@ -102,6 +128,7 @@ fn place_explicit(
             agent: c.agent,
             target: target.to_string(),
             pod: pod_name(&c.info),
+            node: c.node.clone(),
         });
     }
     // With one agent there is no question where the target lives.
@@ -110,6 +137,7 @@ fn place_explicit(
             agent: 0,
             target: target.to_string(),
             pod: String::new(),
+            node: String::new(),
         });
     }
     Err(SelectionError::Unplaced(target.to_string()))
@@ -142,7 +170,8 @@ fn refers_to(target: &str, info: &api::TargetInfo) -> bool {
     false
 }
 
-fn matches(spec: &TargetSpec, info: &api::TargetInfo) -> bool {
+fn matches(spec: &TargetSpec, facts: &ApiFacts, candidate: &Candidate) -> bool {
+    let info = &candidate.info;
     let Some(c) = &info.container else {
         return false;
     };
@@ -152,9 +181,21 @@ fn matches(spec: &TargetSpec, info: &api::TargetInfo) -> bool {
     if !spec.include_protected && PROTECTED_NAMESPACES.contains(&c.pod_namespace.as_str()) {
         return false;
     }
-    spec.namespace
-        .as_ref()
-        .is_none_or(|ns| *ns == c.pod_namespace)
+    let pod_key = (c.pod_namespace.clone(), c.pod_name.clone());
+    let node = candidate.node.as_str();
+    spec.node.as_ref().is_none_or(|n| n == node)
+        && facts
+            .zone_nodes
+            .as_ref()
+            .is_none_or(|nodes| nodes.contains(node))
+        && facts
+            .labelled_pods
+            .as_ref()
+            .is_none_or(|pods| pods.contains(&pod_key))
+        && spec
+            .namespace
+            .as_ref()
+            .is_none_or(|ns| *ns == c.pod_namespace)
         && spec.pod.as_ref().is_none_or(|p| glob(p, &c.pod_name))
         && spec
             .container
@@ -168,6 +209,30 @@ fn pod_name(info: &api::TargetInfo) -> String {
         .filter(|c| !c.pod_name.is_empty())
         .map(|c| format!("{}/{}/{}", c.pod_namespace, c.pod_name, c.container_name))
         .unwrap_or_default()
+}
+
+/// The distinct pods of a step's targets, in order, for `delete_pod`: the pod comes from
+/// what the agent listed, or from an explicit `pod:NS/NAME[/CONTAINER]` target.
+pub fn distinct_pods(chosen: &[Chosen]) -> Result<Vec<PodKey>, SelectionError> {
+    let mut pods: Vec<PodKey> = Vec::new();
+    for c in chosen {
+        let spelled = if c.pod.is_empty() {
+            c.target.strip_prefix("pod:").unwrap_or_default()
+        } else {
+            c.pod.as_str()
+        };
+        let mut parts = spelled.split('/');
+        let key = match (parts.next(), parts.next()) {
+            (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => {
+                (ns.to_string(), name.to_string())
+            }
+            _ => return Err(SelectionError::NotAPod(c.target.clone())),
+        };
+        if !pods.contains(&key) {
+            pods.push(key);
+        }
+    }
+    Ok(pods)
 }
 
 /// `*` any run of characters, `?` one character.
@@ -213,6 +278,7 @@ mod tests {
     fn candidate(agent: usize, ns: &str, pod: &str, container: &str) -> Candidate {
         Candidate {
             agent,
+            node: format!("node-{agent}"),
             info: api::TargetInfo {
                 container: Some(api::ContainerRef {
                     id: format!("id-{pod}-{container}"),
@@ -263,16 +329,29 @@ mod tests {
     #[test]
     fn all_excludes_protected_namespaces_and_other_containers() {
         let (agents, candidates) = fleet();
-        let chosen = select(&spec(SelectMode::All), &agents, &candidates, 1).unwrap();
+        let chosen = select(
+            &spec(SelectMode::All),
+            &agents,
+            &candidates,
+            &ApiFacts::default(),
+            1,
+        )
+        .unwrap();
         let mut pods: Vec<&str> = chosen.iter().map(|c| c.pod.as_str()).collect();
         pods.sort();
         assert_eq!(pods, ["shop/web-0/web", "shop/web-1/web", "shop/web-2/web"]);
         let mut with_protected = spec(SelectMode::All);
         with_protected.include_protected = true;
         assert_eq!(
-            select(&with_protected, &agents, &candidates, 1)
-                .unwrap()
-                .len(),
+            select(
+                &with_protected,
+                &agents,
+                &candidates,
+                &ApiFacts::default(),
+                1
+            )
+            .unwrap()
+            .len(),
             4
         );
     }
@@ -281,20 +360,34 @@ mod tests {
     fn one_fixed_and_percent_take_a_seeded_subset() {
         let (agents, candidates) = fleet();
         assert_eq!(
-            select(&spec(SelectMode::One), &agents, &candidates, 7)
-                .unwrap()
-                .len(),
+            select(
+                &spec(SelectMode::One),
+                &agents,
+                &candidates,
+                &ApiFacts::default(),
+                7
+            )
+            .unwrap()
+            .len(),
             1
         );
         let mut fixed = spec(SelectMode::Fixed);
         fixed.count = Some(2);
-        let a = select(&fixed, &agents, &candidates, 7).unwrap();
+        let a = select(&fixed, &agents, &candidates, &ApiFacts::default(), 7).unwrap();
         assert_eq!(a.len(), 2);
-        assert_eq!(a, select(&fixed, &agents, &candidates, 7).unwrap());
+        assert_eq!(
+            a,
+            select(&fixed, &agents, &candidates, &ApiFacts::default(), 7).unwrap()
+        );
         let mut percent = spec(SelectMode::Percent);
         percent.percent = Some(50.0);
         // ceil(3 × 0.5) = 2
-        assert_eq!(select(&percent, &agents, &candidates, 7).unwrap().len(), 2);
+        assert_eq!(
+            select(&percent, &agents, &candidates, &ApiFacts::default(), 7)
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]
@@ -304,7 +397,7 @@ mod tests {
             targets: vec!["pod:shop/db-0/db".into(), "container:id-web-0-web".into()],
             ..TargetSpec::default()
         };
-        let chosen = select(&spec, &agents, &candidates, 1).unwrap();
+        let chosen = select(&spec, &agents, &candidates, &ApiFacts::default(), 1).unwrap();
         assert_eq!(
             (chosen[0].agent, chosen[0].pod.as_str()),
             (1, "shop/db-0/db")
@@ -315,7 +408,7 @@ mod tests {
             ..TargetSpec::default()
         };
         assert_eq!(
-            select(&unplaced, &agents, &candidates, 1),
+            select(&unplaced, &agents, &candidates, &ApiFacts::default(), 1),
             Err(SelectionError::Unplaced("pid:42".into()))
         );
         let placed = TargetSpec {
@@ -323,8 +416,110 @@ mod tests {
             ..unplaced
         };
         assert_eq!(
-            select(&placed, &agents, &candidates, 1).unwrap()[0].agent,
+            select(&placed, &agents, &candidates, &ApiFacts::default(), 1).unwrap()[0].agent,
             1
+        );
+    }
+
+    fn pods(chosen: &[Chosen]) -> Vec<&str> {
+        let mut pods: Vec<&str> = chosen.iter().map(|c| c.pod.as_str()).collect();
+        pods.sort();
+        pods
+    }
+
+    #[test]
+    fn node_selects_the_containers_its_agent_reports() {
+        let (agents, candidates) = fleet();
+        let mut on_node = spec(SelectMode::All);
+        on_node.node = Some("node-1".into());
+        let chosen = select(&on_node, &agents, &candidates, &ApiFacts::default(), 1).unwrap();
+        assert_eq!(pods(&chosen), ["shop/web-2/web"]);
+        assert!(chosen.iter().all(|c| c.agent == 1 && c.node == "node-1"));
+        on_node.node = Some("node-9".into());
+        assert_eq!(
+            select(&on_node, &agents, &candidates, &ApiFacts::default(), 1),
+            Err(SelectionError::NothingMatches)
+        );
+    }
+
+    #[test]
+    fn zone_keeps_the_containers_on_the_zones_nodes() {
+        let (agents, candidates) = fleet();
+        let facts = ApiFacts {
+            zone_nodes: Some(["node-0".to_string()].into()),
+            ..ApiFacts::default()
+        };
+        let chosen = select(&spec(SelectMode::All), &agents, &candidates, &facts, 1).unwrap();
+        assert_eq!(pods(&chosen), ["shop/web-0/web", "shop/web-1/web"]);
+        let empty_zone = ApiFacts {
+            zone_nodes: Some(BTreeSet::new()),
+            ..ApiFacts::default()
+        };
+        assert_eq!(
+            select(&spec(SelectMode::All), &agents, &candidates, &empty_zone, 1),
+            Err(SelectionError::NothingMatches)
+        );
+    }
+
+    #[test]
+    fn labels_intersect_the_api_pods_with_the_agents_containers() {
+        let (agents, candidates) = fleet();
+        let by_labels = TargetSpec {
+            namespace: Some("shop".into()),
+            mode: SelectMode::All,
+            ..TargetSpec::default()
+        };
+        // web-7 is labelled but no agent runs it; another namespace's web-0 is not ours.
+        let facts = ApiFacts {
+            labelled_pods: Some(
+                [
+                    ("shop".to_string(), "web-1".to_string()),
+                    ("shop".to_string(), "web-3".to_string()),
+                    ("shop".to_string(), "web-7".to_string()),
+                    ("other".to_string(), "web-0".to_string()),
+                ]
+                .into(),
+            ),
+            ..ApiFacts::default()
+        };
+        let chosen = select(&by_labels, &agents, &candidates, &facts, 1).unwrap();
+        assert_eq!(pods(&chosen), ["shop/web-1/web", "shop/web-3/sidecar"]);
+        // The protected namespaces stay excluded even when the API lists their pods.
+        let system = ApiFacts {
+            labelled_pods: Some([("kube-system".to_string(), "web-9".to_string())].into()),
+            ..ApiFacts::default()
+        };
+        let anywhere = TargetSpec {
+            mode: SelectMode::All,
+            node: Some("node-1".into()),
+            ..TargetSpec::default()
+        };
+        assert_eq!(
+            select(&anywhere, &agents, &candidates, &system, 1),
+            Err(SelectionError::NothingMatches)
+        );
+    }
+
+    #[test]
+    fn distinct_pods_of_a_delete() {
+        let chosen = |target: &str, pod: &str| Chosen {
+            agent: 0,
+            target: target.into(),
+            pod: pod.into(),
+            node: String::new(),
+        };
+        let pods = distinct_pods(&[
+            chosen("container:a", "shop/web-0/web"),
+            chosen("container:b", "shop/web-0/sidecar"),
+            chosen("pod:shop/db-0", ""),
+            chosen("container:c", "shop/web-1/web"),
+        ])
+        .unwrap();
+        let names: Vec<String> = pods.iter().map(|(ns, n)| format!("{ns}/{n}")).collect();
+        assert_eq!(names, ["shop/web-0", "shop/db-0", "shop/web-1"]);
+        assert_eq!(
+            distinct_pods(&[chosen("pid:42", "")]),
+            Err(SelectionError::NotAPod("pid:42".into()))
         );
     }
 
@@ -334,7 +529,7 @@ mod tests {
         let mut nothing = spec(SelectMode::All);
         nothing.namespace = Some("absent".into());
         assert_eq!(
-            select(&nothing, &agents, &candidates, 1),
+            select(&nothing, &agents, &candidates, &ApiFacts::default(), 1),
             Err(SelectionError::NothingMatches)
         );
     }
