@@ -1,6 +1,6 @@
 //! Generated code for the chaos-agent API, the controller API (`chaosctl serve`) and
-//! the slice of containerd's API the agent calls. The module tree mirrors the protobuf packages, because generated code
-//! refers across packages with `super::` paths.
+//! the slice of containerd's API the agent calls. The module tree mirrors the protobuf
+//! packages, because generated code refers across packages with `super::` paths.
 
 #![allow(clippy::all, clippy::pedantic)]
 
