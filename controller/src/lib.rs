@@ -2,15 +2,18 @@
 
 pub mod certs;
 pub mod client;
+pub mod controller_api;
 pub mod controller_metrics;
 pub mod duration;
 pub mod experiment;
 pub mod fleet;
 pub mod output;
 pub mod probe;
+pub mod remote_runs;
 pub mod report;
 pub mod request;
 pub mod run_command;
+pub mod run_registry;
 pub mod runner;
 pub mod selection;
 pub mod serve;

@@ -83,6 +83,9 @@ pub struct FaultRecord {
     pub error: String,
     #[serde(skip)]
     agent_index: usize,
+    /// The step's index in method.faults (names need not be unique).
+    #[serde(skip)]
+    step_index: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -299,7 +302,12 @@ impl Run<'_> {
     }
 
     /// Injects every target of a step; on the first failure the caller rolls back.
-    async fn inject(&mut self, step: &FaultStep, plan: &StepPlan) -> Result<(), String> {
+    async fn inject(
+        &mut self,
+        step_index: usize,
+        step: &FaultStep,
+        plan: &StepPlan,
+    ) -> Result<(), String> {
         let lease = api::Lease {
             holder: self.options.run_id.clone(),
             ttl_ms: self.experiment.lease_ttl.as_millis() as u64,
@@ -330,6 +338,7 @@ impl Run<'_> {
                 ended_at_ms: None,
                 error: String::new(),
                 agent_index: t.chosen.agent,
+                step_index,
             };
             match answer {
                 Ok(fault) => {
@@ -363,13 +372,13 @@ impl Run<'_> {
     }
 
     /// Reverts every fault not yet ended (all of them, or one step's).
-    async fn revert(&mut self, step: Option<&str>) {
+    async fn revert(&mut self, step: Option<usize>) {
         let open: Vec<usize> = (0..self.faults.len())
             .filter(|&i| {
                 let f = &self.faults[i];
                 f.ended_at_ms.is_none()
                     && !f.fault_id.is_empty()
-                    && step.is_none_or(|s| s == f.step)
+                    && step.is_none_or(|s| s == f.step_index)
             })
             .collect();
         if open.is_empty() {
@@ -389,10 +398,11 @@ impl Run<'_> {
                     .push(format!("{}: {e}", self.faults[i].agent));
             }
         }
-        self.say(&format!(
-            "reverted {}",
-            step.map_or("every fault".to_string(), |s| format!("fault {s}"))
-        ));
+        let what = match step.and_then(|s| self.experiment.method.faults.get(s)) {
+            Some(step) => format!("fault {}", step.name),
+            None => "every fault".to_string(),
+        };
+        self.say(&format!("reverted {what}"));
     }
 
     /// The method: every step as the mode says. Returns how it ended.
@@ -401,7 +411,7 @@ impl Run<'_> {
         match self.experiment.method.mode {
             MethodMode::Sequential => {
                 for (index, (step, plan)) in steps.iter().zip(plans).enumerate() {
-                    if let Err(e) = self.inject(step, plan).await {
+                    if let Err(e) = self.inject(index, step, plan).await {
                         self.reasons.push(e);
                         return Outcome::Abort("an injection failed".into());
                     }
@@ -409,7 +419,7 @@ impl Run<'_> {
                     if !matches!(outcome, Outcome::Elapsed) {
                         return outcome;
                     }
-                    self.revert(Some(&step.name)).await;
+                    self.revert(Some(index)).await;
                     let pause = self.experiment.method.pause;
                     if index + 1 < steps.len() && !pause.is_zero() {
                         let outcome = self.watch(pause, true, None).await;
@@ -421,14 +431,27 @@ impl Run<'_> {
                 Outcome::Elapsed
             }
             MethodMode::Parallel => {
-                for (step, plan) in steps.iter().zip(plans) {
-                    if let Err(e) = self.inject(step, plan).await {
+                let mut ends = Vec::new();
+                for (index, (step, plan)) in steps.iter().zip(plans).enumerate() {
+                    let injected_at = self.now_ms();
+                    if let Err(e) = self.inject(index, step, plan).await {
                         self.reasons.push(e);
                         return Outcome::Abort("an injection failed".into());
                     }
+                    ends.push((injected_at + step.duration.as_millis() as u64, index));
                 }
-                let longest = steps.iter().map(|s| s.duration).max().unwrap_or_default();
-                self.watch(longest, true, None).await
+                // Each step is reverted when its own duration ends, not all at the
+                // longest one: the report's windows are then the faults' real ones.
+                ends.sort_unstable();
+                for (end_ms, index) in ends {
+                    let left = Duration::from_millis(end_ms.saturating_sub(self.now_ms()));
+                    let outcome = self.watch(left, true, None).await;
+                    if !matches!(outcome, Outcome::Elapsed) {
+                        return outcome;
+                    }
+                    self.revert(Some(index)).await;
+                }
+                Outcome::Elapsed
             }
         }
     }
@@ -712,7 +735,11 @@ async fn probe_loop(
             return;
         }
         let at_ms = started.elapsed().as_millis() as u64;
-        let (latency, outcome) = observe(&probe).await;
+        // A stop (end of run, cancel) does not wait for a probe in flight.
+        let (latency, outcome) = tokio::select! {
+            observed = observe(&probe) => observed,
+            _ = stop.changed() => return,
+        };
         let latency_ms = latency.as_secs_f64() * 1000.0;
         let success = outcome.is_ok();
         let within_limit = probe

@@ -44,5 +44,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 /// The encoded `FileDescriptorSet` of the controller API (`chaoscontrol.v1.Controller`),
 /// for the reflection service of `chaosctl serve`.
-pub const CONTROLLER_FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/chaoscontrol_controller_descriptor.bin"));
+pub const CONTROLLER_FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(
+    env!("OUT_DIR"),
+    "/chaoscontrol_controller_descriptor.bin"
+));
