@@ -593,6 +593,10 @@ pub async fn run(experiment: &Experiment, fleet: &Fleet, options: RunOptions) ->
         phases.method_end_ms = Some(run.now_ms());
 
         if !cancelled {
+            // Recovery is judged on samples taken after the faults are gone: a steady
+            // state that held through the method must still hold for `hold` after it.
+            let now = run.now_ms();
+            run.monitor.healthy_since = run.monitor.healthy_since.map(|s| s.max(now));
             let recovery = experiment.recovery.clone();
             run.say(&format!(
                 "recovery: waiting up to {:?} for the steady state to hold for {:?}",
