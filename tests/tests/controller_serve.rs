@@ -565,6 +565,35 @@ async fn bad_files_unknown_runs_and_clients_without_a_certificate_are_refused() 
         .runs;
     assert!(runs.is_empty(), "{runs:?}");
 
+    // A valid file whose selector matches nothing: `submit --wait` follows the run to its
+    // verdict, prints the report and exits like `chaosctl run` (1 = failed).
+    let nothing = write(
+        work.path(),
+        "nothing.yaml",
+        "name: chaos-test-nothing\nmethod:\n  faults:\n    - name: k\n      \
+         target: { namespace: chaos-test-no-such-namespace }\n      kill: {}\n",
+    )?;
+    let output = Command::new(binary("chaosctl")?)
+        .args(["submit", "--wait", "--controller", &api_address.to_string()])
+        .arg(&nothing)
+        .arg("--tls-dir")
+        .arg(tls.path())
+        .output()?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("FAILED"), "{stdout}");
+    assert!(stderr.contains("submitted"), "{stderr}");
+    let runs = client
+        .list_runs(api::ListRunsRequest {})
+        .await?
+        .into_inner()
+        .runs;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].verdict, "failed");
+
     for call in ["get", "cancel"] {
         let status = match call {
             "get" => client
@@ -730,7 +759,7 @@ method:
     // The limit is one run at a time: a second submission is refused, not queued.
     let status = client
         .submit_run(api::SubmitRunRequest {
-            experiment_yaml: experiment,
+            experiment_yaml: experiment.clone(),
         })
         .await
         .expect_err("a run beyond --max-concurrent-runs was accepted");
@@ -790,7 +819,39 @@ method:
         .expect_err("a finished run was cancelled");
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status}");
 
+    // SIGTERM to serve while a run holds faults: it reverts them before it exits.
+    let run_id = client
+        .submit_run(api::SubmitRunRequest {
+            experiment_yaml: experiment.clone(),
+        })
+        .await?
+        .into_inner()
+        .run_id;
+    let started = Instant::now();
+    loop {
+        let held = agent_client
+            .list(api::ListRequest::default())
+            .await?
+            .into_inner()
+            .faults
+            .iter()
+            .filter(|f| f.lease_holder == run_id)
+            .count();
+        if held == 2 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!("the second run injected {held} of 2 faults in 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let status = serve.terminate(Duration::from_secs(10))?;
     assert!(status.success(), "chaosctl serve exited with {status}");
+    let left = agent_client
+        .list(api::ListRequest::default())
+        .await?
+        .into_inner()
+        .faults;
+    assert!(left.is_empty(), "serve exited leaving {left:?}");
     Ok(())
 }
