@@ -517,6 +517,44 @@ async fn bad_files_unknown_runs_and_clients_without_a_certificate_are_refused() 
     // The control case: the right certificate is served.
     client.list_runs(api::ListRunsRequest {}).await?;
 
+    // Reflection lists the Controller service only, so grpcurl works without protos.
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let channel = chaosctl::client::endpoint_for(
+        &AgentAddress {
+            address: api_address.to_string(),
+            tls_dir: Some(tls.path().to_path_buf()),
+            plaintext: false,
+        },
+        chaosctl::certs::CONTROLLER_SERVER_NAME,
+    )?
+    .connect()
+    .await?;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await?
+        .into_inner();
+    let listed = match answers.message().await?.and_then(|r| r.message_response) {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+        }
+        other => bail!("unexpected reflection answer: {other:?}"),
+    };
+    assert!(
+        listed.contains(&"chaoscontrol.v1.Controller".to_string()),
+        "{listed:?}"
+    );
+    assert!(
+        !listed.contains(&"chaoscontrol.v1.Agent".to_string()),
+        "{listed:?}"
+    );
+
     // A misspelt key on line 7.
     let bad = "name: chaos-test-bad\nmethod:\n  faults:\n    - name: k\n      \
                target: { targets: [\"pid:1\"] }\n      kill: {}\n      durration: 5s\n";
