@@ -140,6 +140,10 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     if options.max_concurrent_runs == 0 {
         anyhow::bail!("--max-concurrent-runs: must be at least 1");
     }
+    if options.keep_finished_runs == 0 {
+        // `submit --wait` and CancelRun read the finished run back.
+        anyhow::bail!("--keep-finished-runs: must be at least 1");
+    }
     let metrics = ControllerMetrics::new();
     let registry = RunRegistry::new(
         options.max_concurrent_runs,
