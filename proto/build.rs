@@ -1,7 +1,7 @@
 //! Generates the gRPC code with protox (a pure-Rust protobuf compiler), so building
-//! needs no `protoc` binary. The agent API's own descriptor set is written out for
-//! server reflection (without the containerd services, which the agent calls but does
-//! not serve).
+//! needs no `protoc` binary. The agent API's and the controller API's own descriptor
+//! sets are written out for server reflection (without the containerd services, which
+//! the agent calls but does not serve), one per server so each lists only what it serves.
 
 use std::path::PathBuf;
 
@@ -9,6 +9,7 @@ use prost::Message;
 
 const PROTOS: &[&str] = &[
     "chaoscontrol/v1/agent.proto",
+    "chaoscontrol/v1/controller.proto",
     "containerd/runtime.proto",
     "containerd/containers.proto",
     "containerd/tasks.proto",
@@ -25,6 +26,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(
         out_dir.join("chaoscontrol_descriptor.bin"),
         served.encode_to_vec(),
+    )?;
+    let controller = protox::compile(["chaoscontrol/v1/controller.proto"], ["."])?;
+    std::fs::write(
+        out_dir.join("chaoscontrol_controller_descriptor.bin"),
+        controller.encode_to_vec(),
     )?;
     tonic_prost_build::configure()
         .build_server(true)

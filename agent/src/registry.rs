@@ -602,12 +602,22 @@ fn reaper_pass(state: &mut State, now: Instant) -> ReaperPass {
         .collect();
     lapsed.sort();
     let overdue_at = |e: &Entry| e.deadline + OVERDUE_GRACE;
-    let overdue = state.active.values().filter(|e| now > overdue_at(e)).count();
+    let overdue = state
+        .active
+        .values()
+        .filter(|e| now > overdue_at(e))
+        .count();
     let next_wake = state
         .leases
         .values()
         .copied()
-        .chain(state.active.values().map(overdue_at).filter(|at| *at >= now))
+        .chain(
+            state
+                .active
+                .values()
+                .map(overdue_at)
+                .filter(|at| *at >= now),
+        )
         .min();
     ReaperPass {
         lapsed,
@@ -676,12 +686,17 @@ mod tests {
     fn wakes_at_the_earliest_lease_expiry_or_overdue_moment() {
         let now = Instant::now();
         let mut state = State::default();
-        state.leases.insert("ctl".into(), now + Duration::from_secs(5));
+        state
+            .leases
+            .insert("ctl".into(), now + Duration::from_secs(5));
         state
             .active
             .insert("f-1".into(), entry("ctl", now + Duration::from_secs(1)));
         let pass = reaper_pass(&mut state, now);
-        assert_eq!(pass.next_wake, Some(now + Duration::from_secs(1) + OVERDUE_GRACE));
+        assert_eq!(
+            pass.next_wake,
+            Some(now + Duration::from_secs(1) + OVERDUE_GRACE)
+        );
         assert!(pass.lapsed.is_empty());
         assert_eq!(pass.overdue, 0);
     }
@@ -690,8 +705,12 @@ mod tests {
     fn a_lapsed_lease_ends_only_its_holders_faults_and_is_forgotten() {
         let now = Instant::now();
         let mut state = State::default();
-        state.leases.insert("gone".into(), now - Duration::from_millis(1));
-        state.leases.insert("alive".into(), now + Duration::from_secs(3));
+        state
+            .leases
+            .insert("gone".into(), now - Duration::from_millis(1));
+        state
+            .leases
+            .insert("alive".into(), now + Duration::from_secs(3));
         let far = now + Duration::from_secs(600);
         state.active.insert("f-2".into(), entry("gone", far));
         state.active.insert("f-1".into(), entry("gone", far));
@@ -714,6 +733,9 @@ mod tests {
         let pass = reaper_pass(&mut state, now);
         assert_eq!(pass.overdue, 1);
         // The overdue one is not a future event: its end wakes the reaper instead.
-        assert_eq!(pass.next_wake, Some(now + Duration::from_secs(10) + OVERDUE_GRACE));
+        assert_eq!(
+            pass.next_wake,
+            Some(now + Duration::from_secs(10) + OVERDUE_GRACE)
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! `chaosctl certs`: a development CA with an agent and a client certificate for
-//! mTLS. Production clusters should use cert-manager (see manifests/).
+//! `chaosctl certs`: a development CA with an agent, a controller (`chaosctl serve`'s
+//! API) and a client certificate for mTLS. Production clusters should use cert-manager (see manifests/).
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -15,9 +15,14 @@ use rcgen::{
 /// agents are reached by pod IP, so the certificate cannot name them all.
 pub const AGENT_SERVER_NAME: &str = "chaos-agent";
 
+/// The name clients expect in the certificate of `chaosctl serve`'s API.
+pub const CONTROLLER_SERVER_NAME: &str = "chaos-controller";
+
 pub const CA_FILE: &str = "ca.pem";
 pub const AGENT_CERT_FILE: &str = "agent.pem";
 pub const AGENT_KEY_FILE: &str = "agent-key.pem";
+pub const CONTROLLER_CERT_FILE: &str = "controller.pem";
+pub const CONTROLLER_KEY_FILE: &str = "controller-key.pem";
 pub const CLIENT_CERT_FILE: &str = "client.pem";
 pub const CLIENT_KEY_FILE: &str = "client-key.pem";
 
@@ -49,6 +54,21 @@ pub fn default_agent_names() -> Vec<String> {
     .collect()
 }
 
+/// The subject alternative names of the controller certificate.
+pub fn controller_names() -> Vec<String> {
+    [
+        CONTROLLER_SERVER_NAME,
+        "chaos-controller.chaos-control.svc",
+        "chaos-controller.chaos-control.svc.cluster.local",
+        "localhost",
+        "127.0.0.1",
+        "::1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 fn write_file(path: &Path, contents: &str, mode: u32, force: bool) -> Result<(), CertsError> {
     if path.exists() && !force {
         return Err(CertsError::Exists(path.to_path_buf()));
@@ -68,7 +88,8 @@ fn write_file(path: &Path, contents: &str, mode: u32, force: bool) -> Result<(),
     Ok(())
 }
 
-/// Writes ca.pem, agent.pem, agent-key.pem, client.pem and client-key.pem into `out`.
+/// Writes ca.pem, agent.pem, agent-key.pem, controller.pem, controller-key.pem,
+/// client.pem and client-key.pem into `out`.
 /// The CA's private key is not kept: regenerate everything to rotate.
 pub fn generate(
     out: &Path,
@@ -97,6 +118,15 @@ pub fn generate(
     let agent_key = KeyPair::generate()?;
     let agent = agent_params.signed_by(&agent_key, &ca)?;
 
+    let mut controller_params = CertificateParams::new(controller_names())?;
+    controller_params
+        .distinguished_name
+        .push(DnType::CommonName, CONTROLLER_SERVER_NAME);
+    controller_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    controller_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let controller_key = KeyPair::generate()?;
+    let controller = controller_params.signed_by(&controller_key, &ca)?;
+
     let mut client_params = CertificateParams::new(Vec::<String>::new())?;
     client_params
         .distinguished_name
@@ -110,6 +140,8 @@ pub fn generate(
         (CA_FILE, ca.pem(), 0o644),
         (AGENT_CERT_FILE, agent.pem(), 0o644),
         (AGENT_KEY_FILE, agent_key.serialize_pem(), 0o600),
+        (CONTROLLER_CERT_FILE, controller.pem(), 0o644),
+        (CONTROLLER_KEY_FILE, controller_key.serialize_pem(), 0o600),
         (CLIENT_CERT_FILE, client.pem(), 0o644),
         (CLIENT_KEY_FILE, client_key.serialize_pem(), 0o600),
     ];
@@ -133,10 +165,10 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
-    fn writes_five_pem_files_with_private_keys_private() {
+    fn writes_seven_pem_files_with_private_keys_private() {
         let dir = tempfile::tempdir().unwrap();
         let written = generate(dir.path(), &default_agent_names(), false).unwrap();
-        assert_eq!(written.len(), 5);
+        assert_eq!(written.len(), 7);
         for path in &written {
             let text = std::fs::read_to_string(path).unwrap();
             assert!(text.starts_with("-----BEGIN"), "{}", path.display());
@@ -146,6 +178,11 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(key_mode & 0o777, 0o600);
+        let controller_key_mode = std::fs::metadata(dir.path().join(CONTROLLER_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(controller_key_mode & 0o777, 0o600);
         assert!(matches!(
             generate(dir.path(), &default_agent_names(), false),
             Err(CertsError::Exists(_))

@@ -39,6 +39,12 @@ fn read(dir: &Path, name: &str) -> Result<Vec<u8>, ConnectError> {
 }
 
 pub fn endpoint(target: &AgentAddress) -> Result<Endpoint, ConnectError> {
+    endpoint_for(target, AGENT_SERVER_NAME)
+}
+
+/// An endpoint whose TLS peer must present a certificate for `server_name` (the agent's,
+/// or the controller's for `chaosctl submit`).
+pub fn endpoint_for(target: &AgentAddress, server_name: &str) -> Result<Endpoint, ConnectError> {
     let scheme = if target.plaintext { "http" } else { "https" };
     let uri = if target.address.contains("://") {
         target.address.clone()
@@ -57,7 +63,7 @@ pub fn endpoint(target: &AgentAddress) -> Result<Endpoint, ConnectError> {
                 read(dir, CLIENT_CERT_FILE)?,
                 read(dir, CLIENT_KEY_FILE)?,
             ))
-            .domain_name(AGENT_SERVER_NAME);
+            .domain_name(server_name);
         endpoint = endpoint
             .tls_config(tls)
             .map_err(|e| ConnectError::Address(target.address.clone(), e.to_string()))?;

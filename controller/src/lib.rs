@@ -2,6 +2,7 @@
 
 pub mod certs;
 pub mod client;
+pub mod controller_api;
 pub mod controller_metrics;
 pub mod duration;
 pub mod experiment;
@@ -9,9 +10,11 @@ pub mod fleet;
 pub mod kube_api;
 pub mod output;
 pub mod probe;
+pub mod remote_runs;
 pub mod report;
 pub mod request;
 pub mod run_command;
+pub mod run_registry;
 pub mod runner;
 pub mod selection;
 pub mod serve;

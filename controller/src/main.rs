@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use chaos_proto::api;
 use chaosctl::client::{AgentAddress, connect};
 use chaosctl::duration::parse_duration;
-use chaosctl::{certs, output};
+use chaosctl::{certs, output, remote_runs};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -108,12 +108,55 @@ enum Command {
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
     },
-    /// Long-running controller: runs the configured experiments on their schedule,
-    /// watches the agents, serves /metrics and /healthz.
+    /// Long-running controller: serves the Controller gRPC API (mTLS with the
+    /// controller certificate of --tls-dir), runs the configured experiments on their
+    /// schedule, watches the agents, serves /metrics and /healthz.
     Serve {
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// Where the Controller gRPC API listens.
+        #[arg(long, default_value = "0.0.0.0:7093")]
+        api_listen: std::net::SocketAddr,
+        /// ca.pem, controller.pem, controller-key.pem for the API (default: --tls-dir).
+        #[arg(long)]
+        api_tls_dir: Option<PathBuf>,
+        /// Submitted runs beyond this many running at once are refused (ResourceExhausted).
+        #[arg(long, default_value_t = 4)]
+        max_concurrent_runs: usize,
+        /// Finished runs remembered for `chaosctl runs` and GetRun.
+        #[arg(long, default_value_t = 100)]
+        keep_finished_runs: usize,
+        /// Let submitted experiments use exec probes (commands on this host).
+        #[arg(long)]
+        allow_exec_probes: bool,
     },
+    /// Submit an experiment file to `chaosctl serve`; prints the run id. With --wait,
+    /// follows the run and ends like `run` (report, exit status by verdict).
+    Submit {
+        experiment: PathBuf,
+        #[command(flatten)]
+        controller: ControllerArg,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// The runs `chaosctl serve` knows: running and recently finished.
+    Runs {
+        #[command(flatten)]
+        controller: ControllerArg,
+    },
+    /// Cancel a run on `chaosctl serve`: every fault it injected is reverted at once.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        controller: ControllerArg,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ControllerArg {
+    /// The controller's API (HOST:PORT of `chaosctl serve --api-listen`).
+    #[arg(long, env = "CHAOS_CONTROLLER", default_value = "127.0.0.1:7093")]
+    controller: String,
 }
 
 #[derive(Debug, Args)]
@@ -259,7 +302,45 @@ async fn run(cli: Cli) -> Result<()> {
     };
     let now_ms = || chrono_now_ms();
     match cli.command {
-        Command::Serve { config } => chaosctl::serve::serve(&config).await?,
+        Command::Serve {
+            config,
+            api_listen,
+            api_tls_dir,
+            max_concurrent_runs,
+            keep_finished_runs,
+            allow_exec_probes,
+        } => {
+            chaosctl::serve::serve(chaosctl::serve::ServeOptions {
+                config,
+                api_listen,
+                api_tls_dir: api_tls_dir.or(cli.tls_dir.clone()),
+                api_insecure_plaintext: cli.insecure_plaintext,
+                max_concurrent_runs,
+                keep_finished_runs,
+                allow_exec_probes,
+            })
+            .await?
+        }
+        Command::Submit {
+            experiment,
+            controller,
+            wait,
+        } => {
+            let target = controller_address(&address, controller);
+            let json = cli.output == Output::Json;
+            let code = remote_runs::submit(&target, &experiment, wait, json).await?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+        }
+        Command::Runs { controller } => {
+            let target = controller_address(&address, controller);
+            remote_runs::list(&target, cli.output == Output::Json, now_ms()).await?;
+        }
+        Command::Cancel { id, controller } => {
+            let target = controller_address(&address, controller);
+            remote_runs::cancel(&target, &id, cli.output == Output::Json).await?;
+        }
         Command::Run {
             experiment,
             report,
@@ -538,6 +619,14 @@ async fn inject_and_print(
         }
     }
     Ok(())
+}
+
+/// The controller's API, authenticated like the agents (--tls-dir, --insecure-plaintext).
+fn controller_address(agent: &AgentAddress, controller: ControllerArg) -> AgentAddress {
+    AgentAddress {
+        address: controller.controller,
+        ..agent.clone()
+    }
 }
 
 fn chrono_now_ms() -> i64 {

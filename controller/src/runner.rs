@@ -89,6 +89,9 @@ pub struct FaultRecord {
     /// Done through the Kubernetes API (delete_pod): nothing for an agent to revert.
     #[serde(skip)]
     via_api: bool,
+    /// The step's index in method.faults (names need not be unique).
+    #[serde(skip)]
+    step_index: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -421,9 +424,16 @@ impl Run<'_> {
     }
 
     /// Injects every target of a step; on the first failure the caller rolls back.
-    async fn inject(&mut self, step: &FaultStep, plan: &StepPlan) -> Result<(), String> {
+    async fn inject(
+        &mut self,
+        step_index: usize,
+        step: &FaultStep,
+        plan: &StepPlan,
+    ) -> Result<(), String> {
         if let Some(delete) = &step.delete_pod {
-            return self.delete_pods(step, plan, delete.grace_period).await;
+            return self
+                .delete_pods(step_index, step, plan, delete.grace_period)
+                .await;
         }
         let lease = api::Lease {
             holder: self.options.run_id.clone(),
@@ -456,6 +466,7 @@ impl Run<'_> {
                 error: String::new(),
                 agent_index: t.chosen.agent,
                 via_api: false,
+                step_index,
             };
             match answer {
                 Ok(fault) => {
@@ -492,6 +503,7 @@ impl Run<'_> {
     /// kill (one record per pod); a pod already gone counts as deleted.
     async fn delete_pods(
         &mut self,
+        step_index: usize,
         step: &FaultStep,
         plan: &StepPlan,
         grace_period: Duration,
@@ -526,6 +538,7 @@ impl Run<'_> {
                 error: String::new(),
                 agent_index: 0,
                 via_api: true,
+                step_index,
             };
             match answer {
                 Ok(Deletion::Deleted) => self.say(&format!("deleted pod {pod} ({})", step.name)),
@@ -550,10 +563,10 @@ impl Run<'_> {
 
     /// Reverts every fault not yet ended (all of them, or one step's). A deleted pod is
     /// not reverted (its controller recreates it); its record just ends.
-    async fn revert(&mut self, step: Option<&str>) {
+    async fn revert(&mut self, step: Option<usize>) {
         let at = self.now_ms();
         for f in self.faults.iter_mut() {
-            if f.via_api && f.ended_at_ms.is_none() && step.is_none_or(|s| s == f.step) {
+            if f.via_api && f.ended_at_ms.is_none() && step.is_none_or(|s| s == f.step_index) {
                 f.ended_at_ms = Some(at);
             }
         }
@@ -562,7 +575,7 @@ impl Run<'_> {
                 let f = &self.faults[i];
                 f.ended_at_ms.is_none()
                     && !f.fault_id.is_empty()
-                    && step.is_none_or(|s| s == f.step)
+                    && step.is_none_or(|s| s == f.step_index)
             })
             .collect();
         if open.is_empty() {
@@ -582,10 +595,11 @@ impl Run<'_> {
                     .push(format!("{}: {e}", self.faults[i].agent));
             }
         }
-        self.say(&format!(
-            "reverted {}",
-            step.map_or("every fault".to_string(), |s| format!("fault {s}"))
-        ));
+        let what = match step.and_then(|s| self.experiment.method.faults.get(s)) {
+            Some(step) => format!("fault {}", step.name),
+            None => "every fault".to_string(),
+        };
+        self.say(&format!("reverted {what}"));
     }
 
     /// The method: every step as the mode says. Returns how it ended.
@@ -594,7 +608,7 @@ impl Run<'_> {
         match self.experiment.method.mode {
             MethodMode::Sequential => {
                 for (index, (step, plan)) in steps.iter().zip(plans).enumerate() {
-                    if let Err(e) = self.inject(step, plan).await {
+                    if let Err(e) = self.inject(index, step, plan).await {
                         self.reasons.push(e);
                         return Outcome::Abort("an injection failed".into());
                     }
@@ -602,7 +616,7 @@ impl Run<'_> {
                     if !matches!(outcome, Outcome::Elapsed) {
                         return outcome;
                     }
-                    self.revert(Some(&step.name)).await;
+                    self.revert(Some(index)).await;
                     let pause = self.experiment.method.pause;
                     if index + 1 < steps.len() && !pause.is_zero() {
                         let outcome = self.watch(pause, true, None).await;
@@ -614,14 +628,27 @@ impl Run<'_> {
                 Outcome::Elapsed
             }
             MethodMode::Parallel => {
-                for (step, plan) in steps.iter().zip(plans) {
-                    if let Err(e) = self.inject(step, plan).await {
+                let mut ends = Vec::new();
+                for (index, (step, plan)) in steps.iter().zip(plans).enumerate() {
+                    let injected_at = self.now_ms();
+                    if let Err(e) = self.inject(index, step, plan).await {
                         self.reasons.push(e);
                         return Outcome::Abort("an injection failed".into());
                     }
+                    ends.push((injected_at + step.duration.as_millis() as u64, index));
                 }
-                let longest = steps.iter().map(|s| s.duration).max().unwrap_or_default();
-                self.watch(longest, true, None).await
+                // Each step is reverted when its own duration ends, not all at the
+                // longest one: the report's windows are then the faults' real ones.
+                ends.sort_unstable();
+                for (end_ms, index) in ends {
+                    let left = Duration::from_millis(end_ms.saturating_sub(self.now_ms()));
+                    let outcome = self.watch(left, true, None).await;
+                    if !matches!(outcome, Outcome::Elapsed) {
+                        return outcome;
+                    }
+                    self.revert(Some(index)).await;
+                }
+                Outcome::Elapsed
             }
         }
     }
@@ -786,6 +813,10 @@ pub async fn run(experiment: &Experiment, fleet: &Fleet, options: RunOptions) ->
         phases.method_end_ms = Some(run.now_ms());
 
         if !cancelled {
+            // Recovery is judged on samples taken after the faults are gone: a steady
+            // state that held through the method must still hold for `hold` after it.
+            let now = run.now_ms();
+            run.monitor.healthy_since = run.monitor.healthy_since.map(|s| s.max(now));
             let recovery = experiment.recovery.clone();
             run.say(&format!(
                 "recovery: waiting up to {:?} for the steady state to hold for {:?}",
@@ -928,7 +959,11 @@ async fn probe_loop(
             return;
         }
         let at_ms = started.elapsed().as_millis() as u64;
-        let (latency, outcome) = observe(&probe).await;
+        // A stop (end of run, cancel) does not wait for a probe in flight.
+        let (latency, outcome) = tokio::select! {
+            observed = observe(&probe) => observed,
+            _ = stop.changed() => return,
+        };
         let latency_ms = latency.as_secs_f64() * 1000.0;
         let success = outcome.is_ok();
         let within_limit = probe

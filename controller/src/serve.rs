@@ -1,8 +1,10 @@
-//! `chaosctl serve --config controller.yaml`: the long-running controller. It checks
-//! its agents periodically (Capabilities for `chaosctl_agent_up`, List for
-//! `chaosctl_active_faults`), runs the configured experiments on their schedule one at
-//! a time, and serves `/metrics` and `/healthz` over plain HTTP. SIGTERM or Ctrl-C
-//! stops the running experiment (everything it injected is reverted) and then exits.
+//! `chaosctl serve [--config controller.yaml]`: the long-running controller. It serves
+//! the Controller gRPC API (runs submitted as YAML, over mTLS with client certificates),
+//! runs the configured experiments on their schedule, checks its agents periodically
+//! (Capabilities for `chaosctl_agent_up`, List for `chaosctl_active_faults`), and serves
+//! `/metrics` and `/healthz` over plain HTTP. Submitted and scheduled runs share one
+//! [`RunRegistry`]. SIGTERM or Ctrl-C cancels every running run (everything they injected
+//! is reverted) and then exits.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,6 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use chaos_proto::api;
 use chaos_proto::api::agent_client::AgentClient;
+use chaos_proto::api::controller_server::ControllerServer;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
@@ -20,15 +23,16 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Deserializer};
 use tokio::sync::{Mutex, Semaphore, watch};
 use tokio::time::Instant;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Server};
 
 use crate::client::{AgentAddress, connect};
+use crate::controller_api::{ControllerService, SubmitPolicy, server_tls, start_run};
 use crate::controller_metrics::{ActiveFaultCounts, ControllerMetrics};
 use crate::duration::parse_duration;
 use crate::experiment::{self, AgentsSpec, Experiment};
-use crate::fleet::{Fleet, FleetConfig, fan_out};
+use crate::fleet::{FleetConfig, fan_out};
 use crate::output::kind_name;
-use crate::runner::{self, RunOptions};
+use crate::run_registry::{RunRegistry, Source};
 
 /// The configuration file of `chaosctl serve`.
 #[derive(Debug, Clone, Deserialize)]
@@ -75,12 +79,38 @@ const MIN_SCHEDULE: Duration = Duration::from_secs(1);
 /// How long an agent may take to answer a check.
 const AGENT_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How `chaosctl serve` is started (its command-line flags).
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The configuration file; without one: no schedule, no agents watched.
+    pub config: Option<PathBuf>,
+    /// Where the Controller gRPC API listens.
+    pub api_listen: SocketAddr,
+    /// ca.pem, controller.pem and controller-key.pem for the API's mTLS.
+    pub api_tls_dir: Option<PathBuf>,
+    /// Serve the API without TLS (local experiments only).
+    pub api_insecure_plaintext: bool,
+    /// Runs submitted through the API beyond this many running at once are refused.
+    pub max_concurrent_runs: usize,
+    /// Finished runs remembered for GetRun and ListRuns.
+    pub keep_finished_runs: usize,
+    /// Let submitted experiments use exec probes (commands on the controller's host).
+    pub allow_exec_probes: bool,
+}
+
+/// How long the shutdown waits for cancelled runs to revert and finish.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(60);
+
 /// Reads and checks the configuration, loading every experiment file it names.
 pub fn load_config(path: &Path) -> Result<(ServeConfig, Vec<(Experiment, Duration)>)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_config(&text, path)
+}
+
+fn parse_config(text: &str, path: &Path) -> Result<(ServeConfig, Vec<(Experiment, Duration)>)> {
     let config: ServeConfig =
-        serde_norway::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        serde_norway::from_str(text).with_context(|| format!("parsing {}", path.display()))?;
     if config.agent_check_interval < MIN_SCHEDULE {
         anyhow::bail!("agent_check_interval: must be at least 1s");
     }
@@ -102,16 +132,61 @@ pub fn load_config(path: &Path) -> Result<(ServeConfig, Vec<(Experiment, Duratio
 }
 
 /// Runs until SIGTERM or Ctrl-C.
-pub async fn serve(config_path: &Path) -> Result<()> {
-    let (config, experiments) = load_config(config_path)?;
+pub async fn serve(options: ServeOptions) -> Result<()> {
+    let (config, experiments) = match &options.config {
+        Some(path) => load_config(path)?,
+        None => parse_config("{}", Path::new("(no --config)"))?,
+    };
+    if options.max_concurrent_runs == 0 {
+        anyhow::bail!("--max-concurrent-runs: must be at least 1");
+    }
+    if options.keep_finished_runs == 0 {
+        // `submit --wait` and CancelRun read the finished run back.
+        anyhow::bail!("--keep-finished-runs: must be at least 1");
+    }
     let metrics = ControllerMetrics::new();
+    let registry = RunRegistry::new(
+        options.max_concurrent_runs,
+        options.keep_finished_runs,
+        metrics.clone(),
+        true,
+    );
     let listener = tokio::net::TcpListener::bind(config.metrics_listen)
         .await
         .with_context(|| format!("listening on {}", config.metrics_listen))?;
-    tracing::info!(address = %config.metrics_listen, experiments = experiments.len(), "serving");
+    let api_listener = tokio::net::TcpListener::bind(options.api_listen)
+        .await
+        .with_context(|| format!("listening on {} (--api-listen)", options.api_listen))?;
+    let mut api_server = Server::builder().timeout(Duration::from_secs(60));
+    let api_scheme = match (&options.api_tls_dir, options.api_insecure_plaintext) {
+        (_, true) => {
+            tracing::warn!(
+                "!!! controller API WITHOUT TLS (--insecure-plaintext): anyone who reaches {} can run experiments !!!",
+                options.api_listen
+            );
+            "http"
+        }
+        (Some(dir), false) => {
+            api_server = api_server
+                .tls_config(server_tls(dir)?)
+                .context("configuring the API's mTLS")?;
+            "https"
+        }
+        (None, false) => anyhow::bail!(
+            "the controller API needs --tls-dir (or --api-tls-dir) with ca.pem, controller.pem and \
+             controller-key.pem, or --insecure-plaintext"
+        ),
+    };
+    tracing::info!(
+        metrics = %config.metrics_listen,
+        api = %options.api_listen,
+        experiments = experiments.len(),
+        "serving"
+    );
     eprintln!(
-        "chaosctl serve: metrics on http://{}",
-        listener.local_addr()?
+        "chaosctl serve: metrics on http://{}, API on {api_scheme}://{}",
+        listener.local_addr()?,
+        api_listener.local_addr()?
     );
 
     let (stop_sender, stop) = watch::channel(false);
@@ -122,27 +197,69 @@ pub async fn serve(config_path: &Path) -> Result<()> {
         metrics.clone(),
         stop.clone(),
     ));
-    let scheduler = tokio::spawn(run_schedule(experiments, metrics, stop));
-    wait_for_stop_signal().await;
-    eprintln!("chaosctl serve: stopping; reverting the running experiment's faults");
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(chaos_proto::CONTROLLER_FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let service = ControllerService {
+        registry: Arc::clone(&registry),
+        policy: SubmitPolicy {
+            allow_exec_probes: options.allow_exec_probes,
+            default_agents: config.agents.clone(),
+        },
+    };
+    let mut api_stop = stop.clone();
+    let api = tokio::spawn(
+        api_server
+            .add_service(reflection)
+            .add_service(ControllerServer::new(service))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(api_listener),
+                async move {
+                    let _ = api_stop.wait_for(|s| *s).await;
+                },
+            ),
+    );
+    let scheduler = tokio::spawn(run_schedule(experiments, Arc::clone(&registry), stop));
+    tokio::select! {
+        _ = wait_for_stop_signal() => {}
+        served = api => {
+            // The API stopped by itself: report why, after reverting what runs.
+            registry.cancel_all();
+            registry.wait_all(SHUTDOWN_WAIT).await;
+            return match served {
+                Ok(Ok(())) => Err(anyhow::anyhow!("the controller API stopped")),
+                Ok(Err(e)) => Err(e).context("serving the controller API"),
+                Err(e) => Err(e).context("the controller API panicked"),
+            };
+        }
+    }
+    eprintln!("chaosctl serve: stopping; reverting the running experiments' faults");
     let _ = stop_sender.send(true);
+    registry.cancel_all();
     scheduler
         .await
         .context("the experiment scheduler panicked")?;
+    let left = registry.wait_all(SHUTDOWN_WAIT).await;
+    if left > 0 {
+        anyhow::bail!(
+            "{left} runs did not finish within {SHUTDOWN_WAIT:?}; their leases lapse on the agents"
+        );
+    }
     Ok(())
 }
 
-/// Runs each experiment whenever it is due, one at a time, until `stop`.
+/// Starts each experiment whenever it is due, one at a time, until `stop`.
 async fn run_schedule(
     experiments: Vec<(Experiment, Duration)>,
-    metrics: ControllerMetrics,
+    registry: Arc<RunRegistry>,
     mut stop: watch::Receiver<bool>,
 ) {
     let start = Instant::now();
     let mut due: Vec<Instant> = vec![start; experiments.len()];
     while !*stop.borrow() {
         let Some((index, at)) = due.iter().copied().enumerate().min_by_key(|(_, at)| *at) else {
-            // Nothing scheduled: only the agent checks and /metrics run.
+            // Nothing scheduled: only the API, the agent checks and /metrics run.
             let _ = stop.changed().await;
             return;
         };
@@ -151,46 +268,25 @@ async fn run_schedule(
             _ = stop.changed() => return,
         }
         let (experiment, every) = &experiments[index];
-        run_one(experiment, &metrics, stop.clone()).await;
+        match start_run(&registry, experiment.clone(), Source::Schedule) {
+            // Scheduled runs are never refused at the limit; wait for this one to end
+            // (a stop that came while it started cancels it too).
+            Ok(id) => {
+                tokio::select! {
+                    _ = registry.wait(&id, Duration::MAX) => {}
+                    _ = stop.changed() => {
+                        let _ = registry.cancel(&id);
+                        let _ = registry.wait(&id, SHUTDOWN_WAIT).await;
+                        return;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(experiment = %experiment.name, error = %e, "not started"),
+        }
         // The next run is a schedule interval after this one was due; a run that took
         // longer than its interval starts the next one right away, not in a burst.
         due[index] = (at + *every).max(Instant::now());
     }
-}
-
-async fn run_one(
-    experiment: &Experiment,
-    metrics: &ControllerMetrics,
-    cancel: watch::Receiver<bool>,
-) {
-    let fleet = match connect_fleet(&experiment.agents).await {
-        Ok(fleet) => fleet,
-        Err(e) => {
-            tracing::warn!(experiment = %experiment.name, error = %e, "cannot reach the agents");
-            eprintln!("experiment {}: failed: {e:#}", experiment.name);
-            metrics.record_verdict(&experiment.name, "failed");
-            return;
-        }
-    };
-    let name = experiment.name.clone();
-    let options = RunOptions {
-        run_id: runner::new_run_id(&experiment.name),
-        progress: Arc::new(move |line: &str| eprintln!("[{name}] {line}")),
-        cancel,
-    };
-    let result = runner::run(experiment, &fleet, options).await;
-    eprintln!(
-        "experiment {}: {} {}",
-        result.experiment,
-        result.verdict.name(),
-        result.reasons.join("; ")
-    );
-    metrics.record_run(&result);
-}
-
-async fn connect_fleet(agents: &AgentsSpec) -> Result<Fleet> {
-    let config = FleetConfig::resolve(agents).await?;
-    Ok(Fleet::connect(&config).await?)
 }
 
 /// Asks every agent for Capabilities and its active faults every `interval`.

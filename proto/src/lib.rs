@@ -1,6 +1,6 @@
-//! Generated code for the chaos-agent API and for the slice of containerd's API the
-//! agent calls. The module tree mirrors the protobuf packages, because generated code
-//! refers across packages with `super::` paths.
+//! Generated code for the chaos-agent API, the controller API (`chaosctl serve`) and
+//! the slice of containerd's API the agent calls. The module tree mirrors the protobuf
+//! packages, because generated code refers across packages with `super::` paths.
 
 #![allow(clippy::all, clippy::pedantic)]
 
@@ -41,3 +41,10 @@ pub use chaoscontrol::v1 as api;
 /// reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/chaoscontrol_descriptor.bin"));
+
+/// The encoded `FileDescriptorSet` of the controller API (`chaoscontrol.v1.Controller`),
+/// for the reflection service of `chaosctl serve`.
+pub const CONTROLLER_FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(
+    env!("OUT_DIR"),
+    "/chaoscontrol_controller_descriptor.bin"
+));

@@ -1,7 +1,8 @@
-//! `chaosctl serve` end to end: the real chaosctl binary runs a scheduled experiment
-//! against a real agent (mTLS) and a containerd container, and a real Prometheus
-//! (Debian's binary, on loopback, scraping every second) stores its metrics; the test
-//! asks Prometheus' HTTP API for them.
+//! `chaosctl serve` end to end: the real chaosctl binary runs scheduled experiments and
+//! experiments submitted through its Controller gRPC API (mTLS) against a real agent
+//! (mTLS) and containerd containers, and a real Prometheus (Debian's binary, on
+//! loopback, scraping every second) stores its metrics; the tests ask Prometheus' HTTP
+//! API for them with PromQL.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,8 +10,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use chaos_proto::api;
+use chaos_proto::api::controller_client::ControllerClient;
 use chaos_tests::agent::{TestAgent, binary, free_port, http_get, make_certs};
 use chaos_tests::containerd::{ContainerSpec, TestContainer};
+use chaosctl::client::AgentAddress;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 
@@ -88,12 +93,146 @@ fn query(prometheus: SocketAddr, promql: &str) -> Result<Vec<serde_json::Value>>
         .unwrap_or_default())
 }
 
-#[test]
-fn prometheus_scrapes_the_verdict_of_a_scheduled_experiment() -> Result<()> {
+/// A free loopback address.
+fn loopback() -> Result<SocketAddr> {
+    Ok(format!("127.0.0.1:{}", free_port()?).parse()?)
+}
+
+/// Debian's Prometheus on loopback, scraping `target` every second.
+fn start_prometheus(work: &Path, target: SocketAddr) -> Result<(ChildGuard, SocketAddr)> {
     if !Path::new(PROMETHEUS).is_file() {
         bail!("{PROMETHEUS} is missing: install Debian's `prometheus` package");
     }
-    let chaosctl = binary("chaosctl")?;
+    let address = loopback()?;
+    let config = write(
+        work,
+        "prometheus.yml",
+        &format!(
+            "\
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: chaosctl
+    static_configs:
+      - targets: [\"{target}\"]
+"
+        ),
+    )?;
+    let prometheus = spawn(
+        "prometheus",
+        Path::new(PROMETHEUS),
+        &[
+            format!("--config.file={}", config.display()),
+            format!("--storage.tsdb.path={}", work.join("tsdb").display()),
+            format!("--web.listen-address={address}"),
+        ],
+        &work.join("prometheus.log"),
+    )?;
+    let ready = wait_for(Duration::from_secs(30), || {
+        http_get(address, "/-/ready")
+            .ok()
+            .filter(|(code, _)| *code == 200)
+    });
+    if ready.is_none() {
+        bail!(
+            "Prometheus never became ready: {}",
+            std::fs::read_to_string(work.join("prometheus.log"))?
+        );
+    }
+    Ok((prometheus, address))
+}
+
+/// `chaosctl serve` with the API on `api` (mTLS with the certificates of `tls`),
+/// waiting until /healthz answers.
+fn start_serve(
+    work: &Path,
+    config: &Path,
+    metrics: SocketAddr,
+    api: SocketAddr,
+    tls: &Path,
+    extra: &[&str],
+) -> Result<ChildGuard> {
+    let log = work.join("serve.log");
+    let mut args = vec![
+        "serve".to_string(),
+        format!("--config={}", config.display()),
+        format!("--api-listen={api}"),
+        format!("--tls-dir={}", tls.display()),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let serve = spawn("chaosctl serve", &binary("chaosctl")?, &args, &log)?;
+    let healthy = wait_for(Duration::from_secs(10), || {
+        http_get(metrics, "/healthz")
+            .ok()
+            .filter(|(code, _)| *code == 200)
+    });
+    if healthy.is_none() {
+        bail!(
+            "chaosctl serve never answered /healthz: {}",
+            std::fs::read_to_string(&log)?
+        );
+    }
+    Ok(serve)
+}
+
+fn serve_config(
+    work: &Path,
+    metrics: SocketAddr,
+    agent: &TestAgent,
+    tls: &Path,
+) -> Result<PathBuf> {
+    write(
+        work,
+        "controller.yaml",
+        &format!(
+            "metrics_listen: {metrics}\nagent_check_interval: 1s\nagents:\n  static: [\"{}\"]\n  tls_dir: {}\n",
+            agent.grpc,
+            tls.display()
+        ),
+    )
+}
+
+/// The API's client with the client certificate of `tls`, as `chaosctl submit` connects.
+async fn controller(api: SocketAddr, tls: &Path) -> Result<ControllerClient<Channel>> {
+    Ok(chaosctl::controller_api::connect(&AgentAddress {
+        address: api.to_string(),
+        tls_dir: Some(tls.to_path_buf()),
+        plaintext: false,
+    })
+    .await?)
+}
+
+/// Polls GetRun until the run has finished, for at most `within`.
+async fn wait_finished(
+    client: &mut ControllerClient<Channel>,
+    run_id: &str,
+    within: Duration,
+) -> Result<api::Run> {
+    let started = Instant::now();
+    loop {
+        let run = client
+            .get_run(api::GetRunRequest {
+                run_id: run_id.to_string(),
+                progress_offset: 0,
+            })
+            .await?
+            .into_inner();
+        if run.state == api::RunState::Finished as i32 {
+            return Ok(run);
+        }
+        if started.elapsed() > within {
+            bail!(
+                "run {run_id} still running after {within:?}: {:?}",
+                run.progress
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[test]
+fn prometheus_scrapes_the_verdict_of_a_scheduled_experiment() -> Result<()> {
     let tls = make_certs()?;
     let state = tempfile::Builder::new()
         .prefix("chaos-test-state-")
@@ -103,9 +242,8 @@ fn prometheus_scrapes_the_verdict_of_a_scheduled_experiment() -> Result<()> {
         .tempdir()?;
     let container = TestContainer::start(ContainerSpec::pod("chaos-test-serve", "web-0", "web"))?;
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
-
-    let prometheus_address: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let metrics_address: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let metrics_address = loopback()?;
+    let (mut prometheus, prometheus_address) = start_prometheus(work.path(), metrics_address)?;
 
     // The probe watches Prometheus' own health endpoint: a real HTTP service on loopback.
     let experiment = format!(
@@ -128,80 +266,19 @@ recovery: {{ timeout: 10s, hold: 1s }}
 "
     );
     write(work.path(), "kill.yaml", &experiment)?;
-    let config = write(
-        work.path(),
-        "controller.yaml",
-        &format!(
-            "\
-metrics_listen: {metrics_address}
-agent_check_interval: 1s
-agents:
-  static: [\"{}\"]
-  tls_dir: {}
-experiments:
-  - file: kill.yaml
-    schedule: 1h
-",
-            agent.grpc,
-            tls.path().display()
-        ),
-    )?;
-    let prometheus_config = write(
-        work.path(),
-        "prometheus.yml",
-        &format!(
-            "\
-global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-scrape_configs:
-  - job_name: chaosctl
-    static_configs:
-      - targets: [\"{metrics_address}\"]
-"
-        ),
-    )?;
-
-    let mut prometheus = spawn(
-        "prometheus",
-        Path::new(PROMETHEUS),
-        &[
-            format!("--config.file={}", prometheus_config.display()),
-            format!("--storage.tsdb.path={}", work.path().join("tsdb").display()),
-            format!("--web.listen-address={prometheus_address}"),
-        ],
-        &work.path().join("prometheus.log"),
-    )?;
-    let prometheus_ready = wait_for(Duration::from_secs(30), || {
-        http_get(prometheus_address, "/-/ready")
-            .ok()
-            .filter(|(code, _)| *code == 200)
-    });
-    if prometheus_ready.is_none() {
-        bail!(
-            "Prometheus never became ready: {}",
-            std::fs::read_to_string(work.path().join("prometheus.log"))?
-        );
-    }
-
+    let config = serve_config(work.path(), metrics_address, &agent, tls.path())?;
+    let mut config_text = std::fs::read_to_string(&config)?;
+    config_text.push_str("experiments:\n  - file: kill.yaml\n    schedule: 1h\n");
+    std::fs::write(&config, config_text)?;
     let serve_log = work.path().join("serve.log");
-    let mut serve = spawn(
-        "chaosctl serve",
-        &chaosctl,
-        &["serve".into(), format!("--config={}", config.display())],
-        &serve_log,
+    let mut serve = start_serve(
+        work.path(),
+        &config,
+        metrics_address,
+        loopback()?,
+        tls.path(),
+        &[],
     )?;
-    let healthy = wait_for(Duration::from_secs(10), || {
-        http_get(metrics_address, "/healthz")
-            .ok()
-            .filter(|(code, _)| *code == 200)
-    });
-    if healthy.is_none() {
-        bail!(
-            "chaosctl serve never answered /healthz: {}",
-            std::fs::read_to_string(&serve_log)?
-        );
-    }
 
     // The run takes about baseline + 1 s fault + recovery hold; then one scrape.
     let verdicts = wait_for(Duration::from_secs(60), || {
@@ -242,5 +319,577 @@ scrape_configs:
     assert!(status.success(), "chaosctl serve exited with {status}");
     prometheus.terminate(Duration::from_secs(10))?;
     drop(agent);
+    Ok(())
+}
+
+/// `?query=` with the PromQL percent-encoded (enough for selectors and function calls).
+fn encode_query(promql: &str) -> String {
+    promql
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_submitted_over_mtls_is_judged_and_prometheus_sees_it() -> Result<()> {
+    let tls = make_certs()?;
+    let state = tempfile::Builder::new()
+        .prefix("chaos-test-state-")
+        .tempdir()?;
+    let work = tempfile::Builder::new()
+        .prefix("chaos-test-serve-")
+        .tempdir()?;
+    let mut spec = ContainerSpec::pod("chaos-test-submit", "db-0", "db");
+    spec.memory_limit_bytes = Some(256 << 20);
+    let _container = TestContainer::start(spec)?;
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let (metrics_address, api_address) = (loopback()?, loopback()?);
+    let (mut prometheus, prometheus_address) = start_prometheus(work.path(), metrics_address)?;
+    let config = serve_config(work.path(), metrics_address, &agent, tls.path())?;
+    let mut serve = start_serve(
+        work.path(),
+        &config,
+        metrics_address,
+        api_address,
+        tls.path(),
+        &[],
+    )?;
+
+    // No agents in the file: the controller's configuration supplies them.
+    let experiment = format!(
+        "\
+name: chaos-test-serve-submitted
+baseline: 1s
+steady_state:
+  probes:
+    - name: prometheus
+      interval: 200ms
+      timeout: 1s
+      http: {{ url: \"http://{prometheus_address}/-/healthy\" }}
+method:
+  faults:
+    - name: hold-memory
+      target: {{ namespace: chaos-test-submit, pod: db-0, container: db }}
+      duration: 2s
+      memory: {{ size: 32MiB }}
+recovery: {{ timeout: 10s, hold: 1s }}
+"
+    );
+    let mut client = controller(api_address, tls.path()).await?;
+    let run_id = client
+        .submit_run(api::SubmitRunRequest {
+            experiment_yaml: experiment,
+        })
+        .await?
+        .into_inner()
+        .run_id;
+    assert!(
+        run_id.starts_with("chaosctl-chaos-test-serve-submitted-"),
+        "{run_id}"
+    );
+    let run = wait_finished(&mut client, &run_id, Duration::from_secs(60)).await?;
+    let log = std::fs::read_to_string(work.path().join("serve.log"))?;
+    assert_eq!(run.verdict, "passed", "{:?}\n{log}", run.reasons);
+    assert_eq!(run.source, api::RunSource::Api as i32);
+    assert!(
+        run.finished_unix_ms >= run.started_unix_ms + 3_000,
+        "{run:?}"
+    );
+    assert!(
+        run.progress
+            .iter()
+            .any(|l| l.contains("injected hold-memory")),
+        "{:?}",
+        run.progress
+    );
+    assert!(
+        run.report_table.contains("hold-memory"),
+        "{}",
+        run.report_table
+    );
+    let report: serde_json::Value = serde_json::from_str(&run.report_json)?;
+    assert_eq!(report["run_id"], run_id.as_str());
+    assert_eq!(report["faults"][0]["kind"], "memory");
+    let fault_id = report["faults"][0]["fault_id"]
+        .as_str()
+        .context("no fault id in the report")?
+        .to_string();
+    // The agent injected it under the run's lease, and it is over.
+    let fault = agent
+        .client()
+        .await?
+        .get(api::GetRequest { id: fault_id })
+        .await?
+        .into_inner();
+    assert_eq!(fault.lease_holder, run_id);
+    assert_ne!(fault.state, api::FaultState::Active as i32);
+
+    let listed = client
+        .list_runs(api::ListRunsRequest {})
+        .await?
+        .into_inner()
+        .runs;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].run_id, run_id);
+    assert!(
+        listed[0].report_json.is_empty(),
+        "ListRuns carries no reports"
+    );
+
+    // Prometheus sees the verdict and the probe's samples of this experiment.
+    let promql =
+        "sum by (verdict) (chaosctl_experiments_total{experiment=\"chaos-test-serve-submitted\"})";
+    let verdicts = wait_for(Duration::from_secs(15), || {
+        query(prometheus_address, &encode_query(promql))
+            .ok()
+            .filter(|r| !r.is_empty())
+    })
+    .with_context(|| format!("Prometheus never answered {promql}"))?;
+    assert_eq!(verdicts.len(), 1, "{verdicts:?}");
+    assert_eq!(verdicts[0]["metric"]["verdict"], "passed");
+    assert_eq!(verdicts[0]["value"][1], "1");
+    let samples = query(
+        prometheus_address,
+        &encode_query(
+            "chaosctl_probe_latency_seconds_count{experiment=\"chaos-test-serve-submitted\"}",
+        ),
+    )?;
+    assert_eq!(samples.len(), 1, "{samples:?}");
+    let count: f64 = samples[0]["value"][1]
+        .as_str()
+        .context("no sample count")?
+        .parse()?;
+    assert!(count >= 10.0, "only {count} probe samples");
+
+    // The command line sees the same run.
+    let output = Command::new(binary("chaosctl")?)
+        .args([
+            "-o",
+            "json",
+            "runs",
+            "--controller",
+            &api_address.to_string(),
+        ])
+        .arg("--tls-dir")
+        .arg(tls.path())
+        .output()?;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let runs: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(runs[0]["run_id"], run_id.as_str());
+    assert_eq!(runs[0]["verdict"], "passed");
+    assert_eq!(runs[0]["source"], "api");
+
+    let status = serve.terminate(Duration::from_secs(10))?;
+    assert!(status.success(), "chaosctl serve exited with {status}");
+    prometheus.terminate(Duration::from_secs(10))?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_files_unknown_runs_and_clients_without_a_certificate_are_refused() -> Result<()> {
+    let (tls, other) = (make_certs()?, make_certs()?);
+    let state = tempfile::Builder::new()
+        .prefix("chaos-test-state-")
+        .tempdir()?;
+    let work = tempfile::Builder::new()
+        .prefix("chaos-test-serve-")
+        .tempdir()?;
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let (metrics_address, api_address) = (loopback()?, loopback()?);
+    let config = serve_config(work.path(), metrics_address, &agent, tls.path())?;
+    let mut serve = start_serve(
+        work.path(),
+        &config,
+        metrics_address,
+        api_address,
+        tls.path(),
+        &[],
+    )?;
+    let mut client = controller(api_address, tls.path()).await?;
+
+    // The control case: the right certificate is served.
+    client.list_runs(api::ListRunsRequest {}).await?;
+
+    // Reflection lists the Controller service only, so grpcurl works without protos.
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let channel = chaosctl::client::endpoint_for(
+        &AgentAddress {
+            address: api_address.to_string(),
+            tls_dir: Some(tls.path().to_path_buf()),
+            plaintext: false,
+        },
+        chaosctl::certs::CONTROLLER_SERVER_NAME,
+    )?
+    .connect()
+    .await?;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await?
+        .into_inner();
+    let listed = match answers.message().await?.and_then(|r| r.message_response) {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+        }
+        other => bail!("unexpected reflection answer: {other:?}"),
+    };
+    assert!(
+        listed.contains(&"chaoscontrol.v1.Controller".to_string()),
+        "{listed:?}"
+    );
+    assert!(
+        !listed.contains(&"chaoscontrol.v1.Agent".to_string()),
+        "{listed:?}"
+    );
+
+    // A misspelt key on line 7.
+    let bad = "name: chaos-test-bad\nmethod:\n  faults:\n    - name: k\n      \
+               target: { targets: [\"pid:1\"] }\n      kill: {}\n      durration: 5s\n";
+    let status = client
+        .submit_run(api::SubmitRunRequest {
+            experiment_yaml: bad.to_string(),
+        })
+        .await
+        .expect_err("a misspelt key was accepted");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    assert!(
+        status.message().contains("durration") && status.message().contains("line 7"),
+        "{}",
+        status.message()
+    );
+    // Through the command line, with the code and the line on stderr.
+    let file = write(work.path(), "bad.yaml", bad)?;
+    let output = Command::new(binary("chaosctl")?)
+        .args(["submit", "--wait", "--controller", &api_address.to_string()])
+        .arg(&file)
+        .arg("--tls-dir")
+        .arg(tls.path())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("InvalidArgument") && stderr.contains("line 7"),
+        "{stderr}"
+    );
+    // Exec probes would run commands on the controller: refused unless allowed.
+    let exec = "name: chaos-test-exec\nsteady_state:\n  probes:\n    - name: sh\n      \
+                exec: { command: [\"true\"] }\nmethod:\n  faults:\n    - name: k\n      \
+                target: { targets: [\"pid:1\"] }\n      kill: {}\n";
+    let status = client
+        .submit_run(api::SubmitRunRequest {
+            experiment_yaml: exec.to_string(),
+        })
+        .await
+        .expect_err("an exec probe was accepted");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
+    // Nothing was started by the refusals.
+    let runs = client
+        .list_runs(api::ListRunsRequest {})
+        .await?
+        .into_inner()
+        .runs;
+    assert!(runs.is_empty(), "{runs:?}");
+
+    // A valid file whose selector matches nothing: `submit --wait` follows the run to its
+    // verdict, prints the report and exits like `chaosctl run` (1 = failed).
+    let nothing = write(
+        work.path(),
+        "nothing.yaml",
+        "name: chaos-test-nothing\nmethod:\n  faults:\n    - name: k\n      \
+         target: { namespace: chaos-test-no-such-namespace }\n      kill: {}\n",
+    )?;
+    let output = Command::new(binary("chaosctl")?)
+        .args(["submit", "--wait", "--controller", &api_address.to_string()])
+        .arg(&nothing)
+        .arg("--tls-dir")
+        .arg(tls.path())
+        .output()?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("FAILED"), "{stdout}");
+    assert!(stderr.contains("submitted"), "{stderr}");
+    let runs = client
+        .list_runs(api::ListRunsRequest {})
+        .await?
+        .into_inner()
+        .runs;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].verdict, "failed");
+
+    for call in ["get", "cancel"] {
+        let status = match call {
+            "get" => client
+                .get_run(api::GetRunRequest {
+                    run_id: "chaosctl-nope-12345678".into(),
+                    progress_offset: 0,
+                })
+                .await
+                .map(drop),
+            _ => client
+                .cancel_run(api::CancelRunRequest {
+                    run_id: "chaosctl-nope-12345678".into(),
+                })
+                .await
+                .map(drop),
+        }
+        .expect_err("an unknown run was found");
+        assert_eq!(status.code(), tonic::Code::NotFound, "{call}: {status}");
+        assert!(status.message().contains("run_id"), "{status}");
+    }
+
+    // Without a client certificate, with one from another CA, and in plain text: refused.
+    let ca = std::fs::read(tls.path().join("ca.pem"))?;
+    let no_cert = Endpoint::from_shared(format!("https://{api_address}"))?.tls_config(
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&ca))
+            .domain_name(chaosctl::certs::CONTROLLER_SERVER_NAME),
+    )?;
+    let plaintext = Endpoint::from_shared(format!("http://{api_address}"))?;
+    for (what, endpoint) in [("no certificate", no_cert), ("plain text", plaintext)] {
+        let refused = match endpoint
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(5))
+            .connect()
+            .await
+        {
+            Err(_) => true,
+            Ok(channel) => ControllerClient::new(channel)
+                .list_runs(api::ListRunsRequest {})
+                .await
+                .is_err(),
+        };
+        assert!(refused, "a client with {what} was served");
+    }
+    let foreign = chaosctl::controller_api::connect(&AgentAddress {
+        address: api_address.to_string(),
+        tls_dir: Some(other.path().to_path_buf()),
+        plaintext: false,
+    })
+    .await;
+    let foreign_refused = match foreign {
+        Err(_) => true,
+        Ok(mut client) => client.list_runs(api::ListRunsRequest {}).await.is_err(),
+    };
+    assert!(foreign_refused, "a certificate from another CA was served");
+
+    let status = serve.terminate(Duration::from_secs(10))?;
+    assert!(status.success(), "chaosctl serve exited with {status}");
+    Ok(())
+}
+
+#[test]
+fn serve_refuses_to_start_the_api_without_certificates_unless_told() -> Result<()> {
+    let work = tempfile::Builder::new()
+        .prefix("chaos-test-serve-")
+        .tempdir()?;
+    let config = write(
+        work.path(),
+        "controller.yaml",
+        &format!("metrics_listen: {}\n", loopback()?),
+    )?;
+    let output = Command::new(binary("chaosctl")?)
+        .args(["serve", "--api-listen", &loopback()?.to_string()])
+        .arg(format!("--config={}", config.display()))
+        .env_remove("CHAOS_TLS_DIR")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--tls-dir") && stderr.contains("controller.pem"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_mid_fault_reverts_every_fault_within_a_second() -> Result<()> {
+    let tls = make_certs()?;
+    let state = tempfile::Builder::new()
+        .prefix("chaos-test-state-")
+        .tempdir()?;
+    let work = tempfile::Builder::new()
+        .prefix("chaos-test-serve-")
+        .tempdir()?;
+    let mut spec = ContainerSpec::pod("chaos-test-cancel", "app-0", "app");
+    spec.command = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "while :; do sleep 3600; done".into(),
+    ];
+    spec.memory_limit_bytes = Some(256 << 20);
+    let container = TestContainer::start(spec)?;
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let (metrics_address, api_address) = (loopback()?, loopback()?);
+    let config = serve_config(work.path(), metrics_address, &agent, tls.path())?;
+    let mut serve = start_serve(
+        work.path(),
+        &config,
+        metrics_address,
+        api_address,
+        tls.path(),
+        &["--max-concurrent-runs=1"],
+    )?;
+    let experiment = format!(
+        "\
+name: chaos-test-serve-cancel
+method:
+  mode: parallel
+  faults:
+    - name: hold-memory
+      target: {{ targets: [\"{target}\"] }}
+      duration: 60s
+      memory: {{ size: 32MiB }}
+    - name: keep-killing
+      target: {{ targets: [\"{target}\"] }}
+      duration: 60s
+      kill: {{ process: sleep, interval: 500ms }}
+",
+        target = container.target()
+    );
+    let mut client = controller(api_address, tls.path()).await?;
+    let run_id = client
+        .submit_run(api::SubmitRunRequest {
+            experiment_yaml: experiment.clone(),
+        })
+        .await?
+        .into_inner()
+        .run_id;
+
+    // Both faults active on the agent under the run's lease.
+    let mut agent_client = agent.client().await?;
+    let mut faults = Vec::new();
+    let started = Instant::now();
+    while faults.len() < 2 {
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!(
+                "the run injected {} of 2 faults in 20 s:\n{}",
+                faults.len(),
+                std::fs::read_to_string(work.path().join("serve.log"))?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        faults = agent_client
+            .list(api::ListRequest::default())
+            .await?
+            .into_inner()
+            .faults
+            .into_iter()
+            .filter(|f| f.lease_holder == run_id && f.state == api::FaultState::Active as i32)
+            .collect();
+    }
+
+    // The limit is one run at a time: a second submission is refused, not queued.
+    let status = client
+        .submit_run(api::SubmitRunRequest {
+            experiment_yaml: experiment.clone(),
+        })
+        .await
+        .expect_err("a run beyond --max-concurrent-runs was accepted");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+
+    let cancel_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let cancel_started = Instant::now();
+    let run = client
+        .cancel_run(api::CancelRunRequest {
+            run_id: run_id.clone(),
+        })
+        .await?
+        .into_inner();
+    let cancel_took = cancel_started.elapsed();
+    eprintln!("CancelRun answered after {cancel_took:?}");
+    assert_eq!(run.state, api::RunState::Finished as i32, "{run:?}");
+    assert_eq!(run.verdict, "aborted", "{:?}", run.reasons);
+
+    // The agent's own records: both reverted on request, within 1 s of the cancel.
+    for fault in &faults {
+        let now = agent_client
+            .get(api::GetRequest {
+                id: fault.id.clone(),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(
+            now.state,
+            api::FaultState::Reverted as i32,
+            "{}: {}",
+            now.id,
+            now.message
+        );
+        let after = now.ended_unix_ms - cancel_unix_ms;
+        eprintln!("fault {} reverted {after} ms after CancelRun", now.id);
+        assert!(
+            after < 1_000,
+            "fault {} reverted {after} ms after the cancel",
+            now.id
+        );
+    }
+    let active = agent_client
+        .list(api::ListRequest::default())
+        .await?
+        .into_inner()
+        .faults;
+    assert!(active.is_empty(), "{active:?}");
+    let report: serde_json::Value = serde_json::from_str(&run.report_json)?;
+    assert_eq!(report["verdict"], "aborted");
+    assert_eq!(report["abort"]["reason"], "interrupted");
+    // A finished run cannot be cancelled again.
+    let status = client
+        .cancel_run(api::CancelRunRequest { run_id })
+        .await
+        .expect_err("a finished run was cancelled");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status}");
+
+    // SIGTERM to serve while a run holds faults: it reverts them before it exits.
+    let run_id = client
+        .submit_run(api::SubmitRunRequest {
+            experiment_yaml: experiment.clone(),
+        })
+        .await?
+        .into_inner()
+        .run_id;
+    let started = Instant::now();
+    loop {
+        let held = agent_client
+            .list(api::ListRequest::default())
+            .await?
+            .into_inner()
+            .faults
+            .iter()
+            .filter(|f| f.lease_holder == run_id)
+            .count();
+        if held == 2 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!("the second run injected {held} of 2 faults in 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = serve.terminate(Duration::from_secs(10))?;
+    assert!(status.success(), "chaosctl serve exited with {status}");
+    let left = agent_client
+        .list(api::ListRequest::default())
+        .await?
+        .into_inner()
+        .faults;
+    assert!(left.is_empty(), "serve exited leaving {left:?}");
     Ok(())
 }

@@ -1,0 +1,269 @@
+//! The Controller gRPC service of `chaosctl serve` (proto/chaoscontrol/v1/controller.proto):
+//! submitted experiments are checked in full before anything starts, then run in the
+//! background through the [`RunRegistry`] with the same runner as `chaosctl run`.
+//! Also the server's mTLS configuration and the client's connection (`chaosctl submit`).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chaos_proto::api;
+use chaos_proto::api::controller_client::ControllerClient;
+use tonic::transport::{Certificate, Channel, Identity, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+
+use crate::certs::{CA_FILE, CONTROLLER_CERT_FILE, CONTROLLER_KEY_FILE, CONTROLLER_SERVER_NAME};
+use crate::client::{AgentAddress, ConnectError, endpoint_for, error_chain};
+use crate::experiment::{self, AgentsSpec, Experiment, ExperimentError};
+use crate::fleet::{Fleet, FleetConfig};
+use crate::run_registry::{RunError, RunRegistry, Source};
+use crate::runner;
+
+/// The largest experiment file accepted.
+const MAX_EXPERIMENT_BYTES: usize = 1 << 20;
+/// How long CancelRun waits for the run to revert everything and finish.
+const CANCEL_WAIT: Duration = Duration::from_secs(30);
+
+/// What submitted experiments may do.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitPolicy {
+    /// Exec probes run commands on the controller's host: refused unless allowed.
+    pub allow_exec_probes: bool,
+    /// The agents of experiments that list none (the controller's configuration).
+    pub default_agents: AgentsSpec,
+}
+
+pub struct ControllerService {
+    pub registry: Arc<RunRegistry>,
+    pub policy: SubmitPolicy,
+}
+
+/// Parses the submitted text and applies the policy; the error is the gRPC status.
+pub fn check_submission(text: &str, policy: &SubmitPolicy) -> Result<Experiment, Status> {
+    if text.trim().is_empty() {
+        return Err(Status::invalid_argument(
+            "experiment_yaml: must not be empty",
+        ));
+    }
+    if text.len() > MAX_EXPERIMENT_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "experiment_yaml: {} bytes, more than the {MAX_EXPERIMENT_BYTES} accepted",
+            text.len()
+        )));
+    }
+    let mut experiment = experiment::parse(text).map_err(|e| match e {
+        // serde_norway's message names the field and says `at line L column C`.
+        ExperimentError::Parse(message) => {
+            Status::invalid_argument(format!("experiment_yaml: {message}"))
+        }
+        other => Status::invalid_argument(format!("experiment_yaml: {other}")),
+    })?;
+    if !policy.allow_exec_probes
+        && let Some(index) = experiment
+            .steady_state
+            .probes
+            .iter()
+            .position(|p| p.exec.is_some())
+    {
+        return Err(Status::permission_denied(format!(
+            "experiment_yaml: steady_state.probes[{index}].exec: exec probes run commands on the \
+             controller and are refused for submitted runs (start serve with --allow-exec-probes)"
+        )));
+    }
+    if experiment.agents.static_agents.is_empty() && experiment.agents.dns.is_none() {
+        experiment.agents = policy.default_agents.clone();
+    }
+    if experiment.agents.static_agents.is_empty() && experiment.agents.dns.is_none() {
+        return Err(Status::failed_precondition(
+            "experiment_yaml: agents: the experiment lists no agents and the controller's \
+             configuration has none either",
+        ));
+    }
+    Ok(experiment)
+}
+
+/// Starts a run of `experiment` in the background: connect to its agents, run, record.
+pub fn start_run(
+    registry: &Arc<RunRegistry>,
+    experiment: Experiment,
+    source: Source,
+) -> Result<String, RunError> {
+    let name = experiment.name.clone();
+    registry.start(&name, source, move |options| async move {
+        let fleet = connect_fleet(&experiment.agents)
+            .await
+            .map_err(|e| format!("cannot reach the agents: {e:#}"))?;
+        Ok(runner::run(&experiment, &fleet, options).await)
+    })
+}
+
+async fn connect_fleet(agents: &AgentsSpec) -> anyhow::Result<Fleet> {
+    let config = FleetConfig::resolve(agents).await?;
+    Ok(Fleet::connect(&config).await?)
+}
+
+fn run_status(error: RunError) -> Status {
+    match error {
+        RunError::TooManyRuns { .. } => Status::resource_exhausted(error.to_string()),
+        RunError::NotFound(_) => Status::not_found(error.to_string()),
+        RunError::Finished { .. } => Status::failed_precondition(error.to_string()),
+    }
+}
+
+fn check_run_id(id: &str) -> Result<(), Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument("run_id: must not be empty"));
+    }
+    if id.len() > 200 {
+        return Err(Status::invalid_argument("run_id: longer than 200 bytes"));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl api::controller_server::Controller for ControllerService {
+    async fn submit_run(
+        &self,
+        request: Request<api::SubmitRunRequest>,
+    ) -> Result<Response<api::SubmitRunResponse>, Status> {
+        let experiment = check_submission(&request.get_ref().experiment_yaml, &self.policy)?;
+        let name = experiment.name.clone();
+        let run_id = start_run(&self.registry, experiment, Source::Api).map_err(run_status)?;
+        tracing::info!(experiment = %name, run = %run_id, "run submitted");
+        Ok(Response::new(api::SubmitRunResponse { run_id }))
+    }
+
+    async fn get_run(
+        &self,
+        request: Request<api::GetRunRequest>,
+    ) -> Result<Response<api::Run>, Status> {
+        let request = request.get_ref();
+        check_run_id(&request.run_id)?;
+        let run = self
+            .registry
+            .get(&request.run_id, request.progress_offset as usize)
+            .map_err(run_status)?;
+        Ok(Response::new(run))
+    }
+
+    async fn list_runs(
+        &self,
+        _request: Request<api::ListRunsRequest>,
+    ) -> Result<Response<api::ListRunsResponse>, Status> {
+        Ok(Response::new(api::ListRunsResponse {
+            runs: self.registry.list(),
+        }))
+    }
+
+    async fn cancel_run(
+        &self,
+        request: Request<api::CancelRunRequest>,
+    ) -> Result<Response<api::Run>, Status> {
+        let id = &request.get_ref().run_id;
+        check_run_id(id)?;
+        self.registry.cancel(id).map_err(run_status)?;
+        tracing::info!(run = %id, "run cancelled");
+        self.registry
+            .wait(id, CANCEL_WAIT)
+            .await
+            .map_err(run_status)?;
+        let mut run = self.registry.get(id, 0).map_err(run_status)?;
+        // The caller follows progress with GetRun; the cancel answer carries the outcome.
+        run.progress.clear();
+        Ok(Response::new(run))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot read {path}: {source} (the API's certificate: `chaosctl certs --out DIR` writes it)"
+)]
+pub struct ServerTlsError {
+    path: std::path::PathBuf,
+    source: std::io::Error,
+}
+
+/// The API's mTLS: its certificate, and the CA client certificates must chain to.
+/// `client_ca_root` makes a client certificate mandatory.
+pub fn server_tls(dir: &Path) -> Result<ServerTlsConfig, ServerTlsError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|source| ServerTlsError { path, source })
+    };
+    let identity = Identity::from_pem(read(CONTROLLER_CERT_FILE)?, read(CONTROLLER_KEY_FILE)?);
+    Ok(ServerTlsConfig::new()
+        .identity(identity)
+        .client_ca_root(Certificate::from_pem(read(CA_FILE)?)))
+}
+
+/// Connects to `chaosctl serve`'s API with the client certificate of the TLS dir.
+pub async fn connect(target: &AgentAddress) -> Result<ControllerClient<Channel>, ConnectError> {
+    let channel = endpoint_for(target, CONTROLLER_SERVER_NAME)?
+        .connect()
+        .await
+        .map_err(|e| ConnectError::Transport(target.address.clone(), error_chain(&e)))?;
+    Ok(ControllerClient::new(channel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "name: x\nmethod:\n  faults:\n    - name: k\n      target: { targets: [\"pid:1\"] }\n      kill: {}\n";
+
+    fn policy() -> SubmitPolicy {
+        SubmitPolicy {
+            allow_exec_probes: false,
+            default_agents: AgentsSpec {
+                static_agents: vec!["127.0.0.1:7090".into()],
+                ..AgentsSpec::default()
+            },
+        }
+    }
+
+    #[test]
+    fn an_unknown_field_is_invalid_argument_with_its_line() {
+        let bad = format!("{GOOD}      durration: 5s\n");
+        let status = check_submission(&bad, &policy()).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().contains("durration"),
+            "{}",
+            status.message()
+        );
+        assert!(status.message().contains("line 7"), "{}", status.message());
+    }
+
+    #[test]
+    fn empty_and_oversized_files_are_refused() {
+        let status = check_submission("  \n", &policy()).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        let huge = format!("{GOOD}#{}\n", "x".repeat(MAX_EXPERIMENT_BYTES));
+        let status = check_submission(&huge, &policy()).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().starts_with("experiment_yaml:"));
+    }
+
+    #[test]
+    fn exec_probes_need_the_controller_to_allow_them() {
+        let with_exec = format!(
+            "{GOOD}steady_state:\n  probes:\n    - name: sh\n      exec: {{ command: [\"true\"] }}\n"
+        );
+        let status = check_submission(&with_exec, &policy()).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(status.message().contains("steady_state.probes[0].exec"));
+        let allowed = SubmitPolicy {
+            allow_exec_probes: true,
+            ..policy()
+        };
+        assert!(check_submission(&with_exec, &allowed).is_ok());
+    }
+
+    #[test]
+    fn experiments_without_agents_get_the_controllers() {
+        let experiment = check_submission(GOOD, &policy()).unwrap();
+        assert_eq!(experiment.agents.static_agents, vec!["127.0.0.1:7090"]);
+        let status = check_submission(GOOD, &SubmitPolicy::default()).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    }
+}
