@@ -117,13 +117,7 @@ impl ControllerMetrics {
     /// Counts the run's verdict, sets its time to recover, observes its probe samples.
     pub fn record_run(&self, result: &RunResult) {
         self.record_verdict(&result.experiment, result.verdict.name());
-        if let Some(ms) = result.timing.time_to_recover_ms {
-            self.time_to_recover
-                .get_or_create(&ExperimentLabels {
-                    experiment: result.experiment.clone(),
-                })
-                .set(ms as f64 / 1000.0);
-        }
+        self.set_time_to_recover(&result.experiment, result.timing.time_to_recover_ms);
         for probe in &result.probes {
             let histogram = self.probe_latency.get_or_create(&ProbeLabels {
                 experiment: result.experiment.clone(),
@@ -168,6 +162,18 @@ impl ControllerMetrics {
     }
 
     /// The OpenMetrics text of every series.
+    /// The last measured time to recover; a run that never broke or never recovered
+    /// leaves the previous value.
+    fn set_time_to_recover(&self, experiment: &str, time_to_recover_ms: Option<u64>) {
+        if let Some(ms) = time_to_recover_ms {
+            self.time_to_recover
+                .get_or_create(&ExperimentLabels {
+                    experiment: experiment.to_string(),
+                })
+                .set(ms as f64 / 1000.0);
+        }
+    }
+
     pub fn encode(&self) -> String {
         let mut text = String::new();
         if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
@@ -201,6 +207,14 @@ mod tests {
         );
         assert!(
             text.contains("chaosctl_active_faults{kind=\"cpu\",namespace=\"shop\"} 2"),
+            "{text}"
+        );
+        // scripts/validate-manifests exempts this name from its live-scrape check (the
+        // test controller's runs never break their steady state): it is checked here.
+        metrics.set_time_to_recover("shop", Some(1500));
+        let text = metrics.encode();
+        assert!(
+            text.contains("chaosctl_time_to_recover_seconds{experiment=\"shop\"} 1.5"),
             "{text}"
         );
         // Families without series yet are left out of the scrape.

@@ -13,7 +13,7 @@ HOST_MOUNTS = {
     "/lib/modules": ("/lib/modules", "Directory", True),
 }
 TLS_ITEMS = {"ca.crt": "ca.pem", "tls.crt": "agent.pem", "tls.key": "agent-key.pem"}
-CONTROLLER_RULES = {("", "pods"): {"get", "list", "watch", "delete"}, ("", "nodes"): {"get", "list", "watch"}}
+CONTROLLER_RULES = {("", "pods"): {"list", "delete"}, ("", "nodes"): {"list"}}
 
 
 def find(docs, kind, name=None):
@@ -98,6 +98,8 @@ def agent_problems(daemonset, secrets):
 
 CONTROLLER_METRICS_PORT = 7092
 CONTROLLER_TLS_ITEMS = {"ca.crt": "ca.pem", "tls.crt": "client.pem", "tls.key": "client-key.pem"}
+CONTROLLER_API_PORT = 7093
+CONTROLLER_API_TLS_ITEMS = {"ca.crt": "ca.pem", "tls.crt": "controller.pem", "tls.key": "controller-key.pem"}
 
 
 def controller_problems(deployment, secrets):
@@ -128,15 +130,24 @@ def controller_problems(deployment, secrets):
         if set(resources.get(part, {})) != {"cpu", "memory"}:
             problems.append(f"resources.{part} must set cpu and memory")
 
+    if port_number(controller, "api") != CONTROLLER_API_PORT:
+        problems.append(f"container port api is not {CONTROLLER_API_PORT}")
+    args = controller.get("args", [])
+    for arg in (f"--api-listen=0.0.0.0:{CONTROLLER_API_PORT}", "--api-tls-dir=/etc/chaos-control/api-tls"):
+        if arg not in args:
+            problems.append(f"argument {arg} missing")
+
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     mounts = {m["mountPath"]: m for m in controller.get("volumeMounts", [])}
-    tls_mount = mounts.get("/etc/chaos-control/tls")
-    secret = volumes.get(tls_mount["name"], {}).get("secret", {}) if tls_mount else {}
-    items = {i["key"]: i["path"] for i in secret.get("items", [])}
-    if items != CONTROLLER_TLS_ITEMS:
-        problems.append(f"client TLS Secret items {items} are not {CONTROLLER_TLS_ITEMS}")
-    if secret.get("secretName") not in secrets:
-        problems.append(f"client TLS Secret {secret.get('secretName')} is neither generated nor issued by a Certificate")
+    for path, what, expected in (("/etc/chaos-control/tls", "client", CONTROLLER_TLS_ITEMS),
+                                 ("/etc/chaos-control/api-tls", "API server", CONTROLLER_API_TLS_ITEMS)):
+        mount = mounts.get(path)
+        secret = volumes.get(mount["name"], {}).get("secret", {}) if mount else {}
+        items = {i["key"]: i["path"] for i in secret.get("items", [])}
+        if items != expected:
+            problems.append(f"{what} TLS Secret items {items} are not {expected}")
+        if secret.get("secretName") not in secrets:
+            problems.append(f"{what} TLS Secret {secret.get('secretName')} is neither generated nor issued by a Certificate")
     return problems
 
 
@@ -178,8 +189,8 @@ def check_overlay(overlay, docs, report):
     if overlay == "chaosctl-certs":
         report.add(f"{overlay}: no cert-manager objects", not cert_manager, ", ".join(cert_manager))
     else:
-        report.add(f"{overlay}: cert-manager self-signed -> CA -> agent and client Certificates",
-                   len(cert_manager) == 5, ", ".join(cert_manager))
+        report.add(f"{overlay}: cert-manager self-signed -> CA -> agent, client and controller Certificates",
+                   len(cert_manager) == 6, ", ".join(cert_manager))
 
     controllers = find(docs, "Deployment", "chaosctl")
     report.add(f"{overlay}: one controller Deployment", len(controllers) == 1)

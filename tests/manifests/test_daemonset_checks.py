@@ -80,7 +80,7 @@ if __name__ == "__main__":
 
 
 class ControllerProblemsTest(unittest.TestCase):
-    SECRETS = {"chaosctl-client-tls"}
+    SECRETS = {"chaosctl-client-tls", "chaos-controller-tls"}
 
     def assert_caught(self, change, expected):
         deployment = copy.deepcopy(yaml.safe_load(CONTROLLER.read_text()))
@@ -111,3 +111,8 @@ class ControllerProblemsTest(unittest.TestCase):
         deployment = copy.deepcopy(yaml.safe_load(CONTROLLER.read_text()))
         problems = controller_problems(deployment, set())
         self.assertTrue(any("neither generated" in p for p in problems), problems)
+
+    def test_api_without_its_certificate(self):
+        def change(d):
+            pod(d)["volumes"] = [v for v in pod(d)["volumes"] if v["name"] != "api-tls"]
+        self.assert_caught(change, "API server TLS Secret")

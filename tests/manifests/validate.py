@@ -26,7 +26,7 @@ REPO = HERE.parent.parent
 KUBERNETES_VERSIONS = ["1.30", "1.31", "1.32", "1.33", "1.34"]
 # Every overlay as shipped.
 OVERLAYS = ["default", "selected-nodes", "chaosctl-certs"]
-TLS_FILES = ["ca", "agent", "agent-key", "client", "client-key"]
+TLS_FILES = ["ca", "agent", "agent-key", "client", "client-key", "controller", "controller-key"]
 # Kinds kubernetes-validate has no schema for, checked against our own schemas.
 CRD_SCHEMAS = {
     ("cert-manager.io/v1", "Issuer"): "issuer.cert-manager.io.json",
@@ -200,6 +200,16 @@ def promtool_check(overlay, groups, dashboard_exprs, work, report):
                "" if result.returncode == 0 else (result.stdout + result.stderr).strip()[-500:])
 
 
+# Families the test controller's scrape cannot hold: prometheus-client exports a
+# family only once it has a series. Each is named here with why and where else
+# its name is checked.
+SCRAPE_EXEMPT = {
+    "chaosctl_time_to_recover_seconds":
+        "set only by a run whose steady state broke and recovered; the name is asserted by "
+        "controller_metrics::tests::families_are_named_as_documented",
+}
+
+
 def check_names_against_scrape(expressions, scrape_path, report):
     name = "every metric in the alerts and dashboard exists in the scrape"
     if scrape_path is None:
@@ -215,9 +225,11 @@ def check_names_against_scrape(expressions, scrape_path, report):
             return
         for metric in names:
             used.setdefault(metric, []).append(where)
-    missing = missing_names(set(used), scrape)
+    missing = missing_names(set(used) - set(SCRAPE_EXEMPT), scrape)
     detail = "; ".join(f"{m} (used by {', '.join(sorted(set(used[m])))})" for m in missing)
-    report.add(f"{name} ({len(used)} names in {scrape_path})", bool(used) and not missing, detail)
+    exempt = sorted(set(used) & set(SCRAPE_EXEMPT))
+    label = f"{name} ({len(used)} names in {scrape_path}" + (f"; exempt: {', '.join(exempt)}" if exempt else "") + ")"
+    report.add(label, bool(used) and not missing, detail)
 
 
 def check_image(image_bin, report):

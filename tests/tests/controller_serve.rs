@@ -386,6 +386,14 @@ recovery: {{ timeout: 10s, hold: 1s }}
         .await?
         .into_inner()
         .run_id;
+    // While the fault holds, the controller's agent check (every 1 s) counts it.
+    let scrape_during_fault = wait_for(Duration::from_secs(5), || {
+        http_get(metrics_address, "/metrics")
+            .ok()
+            .map(|(_, text)| text)
+            .filter(|text| text.contains("chaosctl_active_faults{kind=\"memory\""))
+    })
+    .context("the controller never counted the active memory fault")?;
     assert!(
         run_id.starts_with("chaosctl-chaos-test-serve-submitted-"),
         "{run_id}"
@@ -463,6 +471,16 @@ recovery: {{ timeout: 10s, hold: 1s }}
         .context("no sample count")?
         .parse()?;
     assert!(count >= 10.0, "only {count} probe samples");
+
+    // scripts/test checks the dashboard's and alerts' metric names against these scrapes
+    // of a controller holding a fault and then having judged the run (an idle one
+    // exports no experiment series).
+    if let Some(out) = std::env::var_os("CHAOS_CONTROLLER_SCRAPE_OUT") {
+        let (status, text) = http_get(metrics_address, "/metrics")?;
+        assert_eq!(status, 200, "{text}");
+        std::fs::write(&out, format!("{scrape_during_fault}{text}"))
+            .with_context(|| format!("writing the scrape to {}", PathBuf::from(&out).display()))?;
+    }
 
     // The command line sees the same run.
     let output = Command::new(binary("chaosctl")?)
