@@ -67,6 +67,11 @@ pub enum TreeError {
 }
 
 impl Classifier {
+    /// Nothing to classify: plain netem on every packet.
+    pub fn is_empty(&self) -> bool {
+        self.matches.is_empty() && self.exclusions.is_empty()
+    }
+
     /// The filters, exclusions first. Pure.
     pub fn rules(&self) -> Result<Vec<FilterRule>, TreeError> {
         let too_many = self.exclusions.len().max(self.matches.len());
@@ -168,7 +173,7 @@ pub async fn install(
     spec: &NetemSpec,
     classifier: &Classifier,
 ) -> Result<QdiscSnapshot, TreeError> {
-    if classifier.matches.is_empty() && classifier.exclusions.is_empty() {
+    if classifier.is_empty() {
         Ok(qdisc::install_netem(handle, ifindex, spec).await?)
     } else {
         install_targeted(handle, ifindex, spec, classifier).await
