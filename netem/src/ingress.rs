@@ -283,9 +283,12 @@ pub async fn remove(
     Ok(())
 }
 
-/// A name for the ifb of one fault: `chaos-ifb-` and 5 hex digits of `seed`.
+/// What every ifb made for a fault is called first.
+pub const IFB_PREFIX: &str = "chaos-ifb-";
+
+/// A name for the ifb of one fault: [`IFB_PREFIX`] and 5 hex digits of `seed`.
 pub fn ifb_name(seed: u32) -> String {
-    format!("chaos-ifb-{:05x}", seed & 0xf_ffff)
+    format!("{IFB_PREFIX}{:05x}", seed & 0xf_ffff)
 }
 
 /// The snapshot's ingress qdisc as it would be put back (for reports).

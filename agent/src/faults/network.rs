@@ -428,6 +428,39 @@ struct Inspected {
     ingress: Option<IngressRedirect>,
 }
 
+/// Whether every filter on the snapshot's ingress qdisc redirects to an ifb of ours.
+async fn ingress_is_ours(
+    handle: &chaos_netem::Handle,
+    snapshot: &QdiscSnapshot,
+) -> Result<bool, String> {
+    let Some(record) = &snapshot.ingress else {
+        return Ok(false);
+    };
+    let parent = if record.kind == "clsact" {
+        chaos_netem::ingress::CLSACT_INGRESS_PARENT
+    } else {
+        record.handle
+    };
+    let filters = chaos_netem::filter::dump(handle, snapshot.ifindex, parent)
+        .await
+        .map_err(|e| e.to_string())?;
+    if filters.is_empty() || record.kind == "clsact" {
+        return Ok(false);
+    }
+    let links = chaos_netem::ingress::links(handle)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(filters.iter().all(|filter| {
+        filter.redirect_to.is_some_and(|target| {
+            links.iter().any(|l| {
+                l.index == target
+                    && l.is_ifb
+                    && l.name.starts_with(chaos_netem::ingress::IFB_PREFIX)
+            })
+        })
+    }))
+}
+
 /// Seeds ifb names: distinct across the faults of one agent, and across agents' runs.
 fn ifb_seed() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -476,9 +509,18 @@ async fn inspect(
             .find(|(index, _)| *index == ifindex)
             .map(|(_, n)| n.clone())
             .unwrap_or_else(|| format!("ifindex {ifindex}"));
-        let snapshot = chaos_netem::qdisc::snapshot(&handle, ifindex)
+        let mut snapshot = chaos_netem::qdisc::snapshot(&handle, ifindex)
             .await
             .map_err(|e| qdisc_error(&ifname, e))?;
+        // An ingress qdisc that only carries our own redirects belongs to an ingress fault,
+        // which removes it itself: an egress fault must not re-create it on restore.
+        if snapshot.ingress.is_some()
+            && ingress_is_ours(&handle, &snapshot)
+                .await
+                .map_err(|e| AgentError::Internal(format!("interface {ifname}: {e}")))?
+        {
+            snapshot.ingress = None;
+        }
         let ingress = match direction {
             Direction::Egress => None,
             Direction::Ingress => {
