@@ -735,9 +735,15 @@ impl NetworkFault {
             return Ok(());
         }
         let before = in_netns_blocking(target.path.clone(), move |handle| async move {
-            chaos_netem::tree::install(&handle, ifindex, &spec, &classifier)
+            let mut before = chaos_netem::tree::install(&handle, ifindex, &spec, &classifier)
                 .await
-                .map_err(|e| tree_error(&name, e))
+                .map_err(|e| tree_error(&name, e))?;
+            // Same rule as in prepare: an ingress fault's own qdisc is not ours to restore.
+            // Asked after the change, which did not touch the ingress side.
+            if ingress_is_ours(&handle, &before).await.unwrap_or(false) {
+                before.ingress = None;
+            }
+            Ok::<_, AgentError>(before)
         })
         .await
         .map_err(|e| AgentError::FailedPrecondition(format!("interface {ifname}: {e}")))??;
