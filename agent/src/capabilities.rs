@@ -14,6 +14,7 @@ pub const QDISC_MODULES: &[(&str, &str)] = &[
     ("u32", "cls_u32"),
     ("ingress", "sch_ingress"),
     ("ifb", "ifb"),
+    ("mirred", "act_mirred"),
     ("htb", "sch_htb"),
     ("tbf", "sch_tbf"),
 ];

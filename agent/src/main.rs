@@ -241,6 +241,7 @@ async fn run(args: Args) -> Result<()> {
     let limits = Limits {
         max_duration: Duration::from_secs(args.max_duration_secs),
         allow_node_scope: args.allow_node_scope,
+        agent_port: args.listen.port(),
     };
     let registry = Registry::new(journal, metrics.clone(), resolver, policy, limits);
 

@@ -17,6 +17,8 @@ use crate::target::TargetSpec;
 pub struct Limits {
     pub max_duration: Duration,
     pub allow_node_scope: bool,
+    /// The agent's own gRPC port: a node-scope blackhole always leaves it reachable.
+    pub agent_port: u16,
 }
 
 impl Default for Limits {
@@ -24,6 +26,7 @@ impl Default for Limits {
         Limits {
             max_duration: Duration::from_secs(3600),
             allow_node_scope: false,
+            agent_port: 7090,
         }
     }
 }
@@ -101,6 +104,8 @@ pub struct BlackholePlan {
     pub destinations: Vec<Cidr>,
     pub ports: Vec<u16>,
     pub node_scope: bool,
+    /// Node scope only: the agent's gRPC port, excluded as source and destination port.
+    pub keep_port: Option<u16>,
 }
 
 /// What a valid request asks for, per fault kind.
@@ -363,6 +368,34 @@ fn parse_cidrs(field: &'static str, items: &[String]) -> Result<Vec<Cidr>, Agent
         .collect()
 }
 
+/// Targeting filters are u32 matches on the IPv4 header; IPv6 networks are refused
+/// rather than silently not matched.
+fn parse_ipv4_cidrs(field: &'static str, items: &[String]) -> Result<Vec<Cidr>, AgentError> {
+    let cidrs = parse_cidrs(field, items)?;
+    if let Some(v6) = cidrs.iter().find(|c| c.addr.is_ipv6()) {
+        return Err(AgentError::Unimplemented(format!(
+            "{field}: {}/{} is IPv6; targeting by destination is implemented for IPv4 only",
+            v6.addr, v6.prefix
+        )));
+    }
+    Ok(cidrs)
+}
+
+/// Each combination of destination, port and protocol is one kernel filter.
+const MAX_FILTERS: usize = 256;
+
+fn check_filter_count(field: &'static str, count: usize) -> Result<(), AgentError> {
+    if count > MAX_FILTERS {
+        return Err(AgentError::invalid(
+            field,
+            format!(
+                "needs {count} filters (destinations x ports x protocols); at most {MAX_FILTERS}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_ports(field: &'static str, ports: &[u32]) -> Result<Vec<u16>, AgentError> {
     ports
         .iter()
@@ -468,11 +501,30 @@ fn validate_network(n: &api::NetworkFault) -> Result<NetworkPlan, AgentError> {
             "sets no impairment; give at least one of delay_us, loss_percent, duplicate_percent, corrupt_percent, rate_bytes_per_second",
         ));
     }
-    let destinations = parse_cidrs("network.destinations", &n.destinations)?;
+    let destinations = parse_ipv4_cidrs("network.destinations", &n.destinations)?;
     let exclude_destinations =
-        parse_cidrs("network.exclude_destinations", &n.exclude_destinations)?;
+        parse_ipv4_cidrs("network.exclude_destinations", &n.exclude_destinations)?;
     check_ports("network.ports", &n.ports)?;
     check_ports("network.exclude_ports", &n.exclude_ports)?;
+    if n.protocol == api::Protocol::Icmp as i32 && !n.ports.is_empty() {
+        return Err(AgentError::invalid(
+            "network.ports",
+            "ICMP has no ports; use protocol tcp, udp or any with ports",
+        ));
+    }
+    let protocols = if n.protocol == api::Protocol::Any as i32 && !n.ports.is_empty() {
+        2 // tcp and udp
+    } else {
+        1
+    };
+    check_filter_count(
+        "network.destinations",
+        n.destinations.len().max(1) * n.ports.len().max(1) * protocols,
+    )?;
+    check_filter_count(
+        "network.exclude_destinations",
+        n.exclude_destinations.len() + 2 * n.exclude_ports.len(),
+    )?;
     Ok(NetworkPlan {
         request: n.clone(),
         destinations,
@@ -490,11 +542,17 @@ fn validate_blackhole(
                 .into(),
         ));
     }
-    Ok(BlackholePlan {
-        destinations: parse_cidrs("blackhole.destinations", &b.destinations)?,
+    let plan = BlackholePlan {
+        destinations: parse_ipv4_cidrs("blackhole.destinations", &b.destinations)?,
         ports: check_ports("blackhole.ports", &b.ports)?,
         node_scope: b.node_scope,
-    })
+        keep_port: b.node_scope.then_some(limits.agent_port),
+    };
+    check_filter_count(
+        "blackhole.destinations",
+        b.destinations.len().max(1) * b.ports.len().max(1) * 2,
+    )?;
+    Ok(plan)
 }
 
 /// Lease holders name the controller instance; keep them printable and short.
@@ -822,6 +880,20 @@ mod tests {
                 "network.exclude_destinations",
             ),
             (|n| n.ports = vec![0], "network.ports"),
+            (
+                |n| {
+                    n.protocol = api::Protocol::Icmp as i32;
+                    n.ports = vec![80]
+                },
+                "network.ports",
+            ),
+            (
+                |n| {
+                    n.destinations = (0..20).map(|i| format!("10.0.{i}.0/24")).collect();
+                    n.ports = (1..=20).collect()
+                },
+                "network.destinations",
+            ),
             (|n| n.exclude_ports = vec![70000], "network.exclude_ports"),
         ];
         for (mutate, field) in cases {
@@ -884,6 +956,53 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_targets_are_refused_by_name_not_ignored() {
+        let r = req(
+            "pid:2",
+            1000,
+            Fault::Network(api::NetworkFault {
+                delay_us: 1000,
+                exclude_destinations: vec!["fd00::/8".into()],
+                ..Default::default()
+            }),
+        );
+        match validate_inject(&r, &Limits::default()) {
+            Err(AgentError::Unimplemented(message)) => {
+                assert!(
+                    message.contains("network.exclude_destinations"),
+                    "{message}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn node_scope_keeps_the_agent_port() {
+        let r = req(
+            "pid:2",
+            1000,
+            Fault::Blackhole(api::BlackholeFault {
+                node_scope: true,
+                ports: vec![80],
+                ..Default::default()
+            }),
+        );
+        let limits = Limits {
+            allow_node_scope: true,
+            agent_port: 7443,
+            ..Limits::default()
+        };
+        match validate_inject(&r, &limits).unwrap().plan {
+            FaultPlan::Blackhole(plan) => {
+                assert_eq!(plan.keep_port, Some(7443));
+                assert_eq!(plan.ports, vec![80]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn io_is_reserved_but_unimplemented() {
         let r = req("pid:2", 1000, Fault::Io(api::IoFault {}));
         assert!(matches!(
@@ -923,7 +1042,7 @@ mod tests {
             jitter_us: 10_000,
             distribution: api::Distribution::Normal as i32,
             loss_percent: 5.0,
-            destinations: vec!["10.0.0.0/8".into(), "fd00::1".into()],
+            destinations: vec!["10.0.0.0/8".into(), "192.168.1.7".into()],
             ports: vec![5432],
             ..Default::default()
         }));
@@ -931,8 +1050,8 @@ mod tests {
             FaultPlan::Network(p) => assert_eq!(
                 p.destinations[1],
                 Cidr {
-                    addr: "fd00::1".parse().unwrap(),
-                    prefix: 128
+                    addr: "192.168.1.7".parse().unwrap(),
+                    prefix: 32
                 }
             ),
             other => panic!("{other:?}"),

@@ -266,6 +266,8 @@ pub struct FaultStep {
     pub network: Option<NetworkSpec>,
     #[serde(default)]
     pub delete_pod: Option<DeletePodSpec>,
+    #[serde(default)]
+    pub blackhole: Option<BlackholeSpec>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -402,11 +404,53 @@ pub struct NetworkSpec {
     pub duplicate: f64,
     #[serde(default)]
     pub corrupt: f64,
-    /// Only traffic to these CIDRs.
+    /// Only traffic to these CIDRs (IPv4; on ingress: from these peers).
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// Only traffic to these ports (on ingress: from these peer ports).
+    #[serde(default)]
+    pub ports: Vec<u32>,
+    #[serde(default)]
+    pub protocol: TrafficProtocol,
+    #[serde(default)]
+    pub direction: TrafficDirection,
+    /// Traffic to these CIDRs stays untouched (e.g. the DNS server).
+    #[serde(default)]
+    pub exclude_to: Vec<String>,
+    /// Traffic to these ports stays untouched (e.g. 53).
+    #[serde(default)]
+    pub exclude_ports: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrafficProtocol {
+    #[default]
+    Any,
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrafficDirection {
+    #[default]
+    Egress,
+    Ingress,
+}
+
+/// Drop traffic for the duration: all of it, or to the given CIDRs / ports.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlackholeSpec {
     #[serde(default)]
     pub to: Vec<String>,
     #[serde(default)]
     pub ports: Vec<u32>,
+    /// The node's own default-route interface (the agent needs --allow-node-scope).
+    #[serde(default)]
+    pub node_scope: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -467,6 +511,8 @@ pub fn step_kind(step: &FaultStep) -> &'static str {
         "network"
     } else if step.delete_pod.is_some() {
         "delete_pod"
+    } else if step.blackhole.is_some() {
+        "blackhole"
     } else {
         "unspecified"
     }
@@ -610,11 +656,12 @@ fn validate_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
         step.memory.is_some(),
         step.network.is_some(),
         step.delete_pod.is_some(),
+        step.blackhole.is_some(),
     ];
     if kinds.iter().filter(|k| **k).count() != 1 {
         return Err(invalid(
             field,
-            "needs exactly one of kill, cpu, memory, network, delete_pod",
+            "needs exactly one of kill, cpu, memory, network, blackhole, delete_pod",
         ));
     }
     let one_shot =

@@ -50,6 +50,8 @@ enum Output {
     Json,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Write a development CA and agent + client certificates for mTLS.
@@ -218,7 +220,7 @@ enum Inject {
         #[arg(long, value_parser = parse_duration)]
         duration: Duration,
     },
-    /// Impair the target's egress traffic with netem (delay, loss, ...), in its netns.
+    /// Impair the target's traffic with netem (delay, loss, ...), in its netns.
     Network {
         #[command(flatten)]
         common: Common,
@@ -249,15 +251,58 @@ enum Inject {
         /// Interface inside the target's namespace (default: the default route's).
         #[arg(long)]
         interface: Option<String>,
-        /// Only traffic to this CIDR (repeatable).
+        /// Only traffic to this IPv4 CIDR (repeatable; with --direction ingress: from it).
+        #[arg(long)]
+        to: Vec<String>,
+        /// Only traffic to this port (repeatable; with --direction ingress: from it).
+        #[arg(long)]
+        port: Vec<u32>,
+        /// Only this protocol (ports without a protocol mean tcp and udp).
+        #[arg(long, value_enum, default_value = "any")]
+        protocol: ProtocolArg,
+        /// Keep traffic to this CIDR untouched (repeatable).
+        #[arg(long)]
+        exclude_to: Vec<String>,
+        /// Keep traffic to this port untouched (repeatable), e.g. 53.
+        #[arg(long)]
+        exclude_port: Vec<u32>,
+        /// egress, or ingress (through an ifb device made for the fault).
+        #[arg(long, value_enum, default_value = "egress")]
+        direction: DirectionArg,
+        #[arg(long, value_parser = parse_duration)]
+        duration: Duration,
+    },
+    /// Drop the target's outgoing traffic (all, or to CIDRs / ports) for the duration.
+    Blackhole {
+        #[command(flatten)]
+        common: Common,
+        /// Only traffic to this IPv4 CIDR (repeatable).
         #[arg(long)]
         to: Vec<String>,
         /// Only traffic to this port (repeatable).
         #[arg(long)]
         port: Vec<u32>,
+        /// The node's own default-route interface instead of the target's (the agent
+        /// needs --allow-node-scope; its gRPC port stays reachable).
+        #[arg(long)]
+        node_scope: bool,
         #[arg(long, value_parser = parse_duration)]
         duration: Duration,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ProtocolArg {
+    Any,
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DirectionArg {
+    Egress,
+    Ingress,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -476,8 +521,23 @@ async fn run(cli: Cli) -> Result<()> {
             interface,
             to,
             port,
+            protocol,
+            exclude_to,
+            exclude_port,
+            direction,
             duration,
         }) => {
+            use chaosctl::experiment::{TrafficDirection, TrafficProtocol};
+            let protocol = chaosctl::request::protocol(match protocol {
+                ProtocolArg::Any => TrafficProtocol::Any,
+                ProtocolArg::Tcp => TrafficProtocol::Tcp,
+                ProtocolArg::Udp => TrafficProtocol::Udp,
+                ProtocolArg::Icmp => TrafficProtocol::Icmp,
+            });
+            let direction = chaosctl::request::direction(match direction {
+                DirectionArg::Egress => TrafficDirection::Egress,
+                DirectionArg::Ingress => TrafficDirection::Ingress,
+            });
             let distribution = match distribution.as_deref() {
                 None => api::Distribution::Unspecified,
                 Some(name) => api::Distribution::from_str_name(&format!(
@@ -503,7 +563,31 @@ async fn run(cli: Cli) -> Result<()> {
                     rate_bytes_per_second: rate.unwrap_or(0),
                     destinations: to,
                     ports: port,
+                    protocol: protocol as i32,
+                    direction: direction as i32,
+                    exclude_destinations: exclude_to,
+                    exclude_ports: exclude_port,
                     ..Default::default()
+                })),
+                dry_run: common.dry_run,
+                ..Default::default()
+            };
+            inject_and_print(&address, cli.output, request).await?;
+        }
+        Command::Inject(Inject::Blackhole {
+            common,
+            to,
+            port,
+            node_scope,
+            duration,
+        }) => {
+            let request = api::InjectRequest {
+                target: common.target,
+                duration_ms: duration.as_millis() as u64,
+                fault: Some(api::inject_request::Fault::Blackhole(api::BlackholeFault {
+                    destinations: to,
+                    ports: port,
+                    node_scope,
                 })),
                 dry_run: common.dry_run,
                 ..Default::default()

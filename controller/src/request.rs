@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chaos_proto::api;
 
-use crate::experiment::FaultStep;
+use crate::experiment::{FaultStep, TrafficDirection, TrafficProtocol};
 
 /// The request for one chosen target of `step`, carrying the run's lease and labels.
 pub fn inject_request(
@@ -31,6 +31,22 @@ fn millis(d: Duration) -> u64 {
 
 fn micros(d: Option<Duration>) -> u64 {
     d.map_or(0, |d| d.as_micros() as u64)
+}
+
+pub fn protocol(protocol: TrafficProtocol) -> api::Protocol {
+    match protocol {
+        TrafficProtocol::Any => api::Protocol::Any,
+        TrafficProtocol::Tcp => api::Protocol::Tcp,
+        TrafficProtocol::Udp => api::Protocol::Udp,
+        TrafficProtocol::Icmp => api::Protocol::Icmp,
+    }
+}
+
+pub fn direction(direction: TrafficDirection) -> api::Direction {
+    match direction {
+        TrafficDirection::Egress => api::Direction::Egress,
+        TrafficDirection::Ingress => api::Direction::Ingress,
+    }
 }
 
 fn fault(step: &FaultStep) -> api::inject_request::Fault {
@@ -59,7 +75,18 @@ fn fault(step: &FaultStep) -> api::inject_request::Fault {
             corrupt_percent: network.corrupt,
             destinations: network.to.clone(),
             ports: network.ports.clone(),
+            protocol: protocol(network.protocol) as i32,
+            direction: direction(network.direction) as i32,
+            exclude_destinations: network.exclude_to.clone(),
+            exclude_ports: network.exclude_ports.clone(),
             ..Default::default()
+        });
+    }
+    if let Some(blackhole) = &step.blackhole {
+        return Fault::Blackhole(api::BlackholeFault {
+            destinations: blackhole.to.clone(),
+            ports: blackhole.ports.clone(),
+            node_scope: blackhole.node_scope,
         });
     }
     // validate() guarantees exactly one kind; kill is what remains.
@@ -73,4 +100,44 @@ fn fault(step: &FaultStep) -> api::inject_request::Fault {
         process: kill.process.unwrap_or_default(),
         interval_ms: kill.interval.map_or(0, millis),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(yaml: &str) -> FaultStep {
+        serde_norway::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn network_targeting_and_blackhole_steps_become_requests() {
+        let network = step(
+            "name: slow-db\ntarget: {targets: ['pid:1']}\nduration: 30s\nnetwork:\n  delay: 100ms\n  to: [10.0.0.0/8]\n  ports: [5432]\n  protocol: tcp\n  direction: ingress\n  exclude_to: [10.0.0.2]\n  exclude_ports: [53]\n",
+        );
+        let request = inject_request(&network, "pid:1", None, &HashMap::new(), false);
+        match request.fault {
+            Some(api::inject_request::Fault::Network(n)) => {
+                assert_eq!(n.delay_us, 100_000);
+                assert_eq!(n.destinations, vec!["10.0.0.0/8"]);
+                assert_eq!(n.ports, vec![5432]);
+                assert_eq!(n.protocol, api::Protocol::Tcp as i32);
+                assert_eq!(n.direction, api::Direction::Ingress as i32);
+                assert_eq!(n.exclude_destinations, vec!["10.0.0.2"]);
+                assert_eq!(n.exclude_ports, vec![53]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let blackhole = step(
+            "name: cut\ntarget: {targets: ['pid:1']}\nduration: 30s\nblackhole:\n  ports: [5432]\n  node_scope: true\n",
+        );
+        match inject_request(&blackhole, "pid:1", None, &HashMap::new(), false).fault {
+            Some(api::inject_request::Fault::Blackhole(b)) => {
+                assert_eq!(b.ports, vec![5432]);
+                assert!(b.node_scope);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(crate::experiment::step_kind(&blackhole), "blackhole");
+    }
 }

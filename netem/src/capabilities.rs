@@ -22,13 +22,14 @@ use nix::kmod::{ModuleInitFlags, finit_module};
 use serde::{Deserialize, Serialize};
 
 /// Modules the network faults use: netem itself, prio + u32 to target only some traffic,
-/// ingress + ifb to delay incoming traffic, htb/tbf for bandwidth limits.
-pub const NETWORK_FAULT_MODULES: [&str; 7] = [
+/// ingress + ifb + mirred to delay incoming traffic, htb/tbf for bandwidth limits.
+pub const NETWORK_FAULT_MODULES: [&str; 8] = [
     "sch_netem",
     "sch_prio",
     "cls_u32",
     "sch_ingress",
     "ifb",
+    "act_mirred",
     "sch_htb",
     "sch_tbf",
 ];

@@ -5,6 +5,10 @@
 //! - [`netns`]: run rtnetlink operations on a thread inside another network namespace;
 //! - [`route`]: the interface carrying the default route;
 //! - [`qdisc`]: snapshot, install netem (or another root), restore, dump;
+//! - [`u32`]: pure encoder of u32 selectors, classify and mirred-redirect filter options;
+//! - [`filter`]: add, delete and dump u32 filters;
+//! - [`tree`]: targeted netem (prio root, netem band, exclusion and match filters);
+//! - [`ingress`]: ingress impairment through an ifb device and a mirred redirect;
 //! - [`capabilities`]: which qdisc/filter modules the kernel has, and loading them.
 //!
 //! Typical use (blocking; from async code wrap it in `spawn_blocking`):
@@ -14,10 +18,14 @@
 pub mod capabilities;
 pub mod codec;
 pub mod distribution;
+pub mod filter;
+pub mod ingress;
 pub mod netns;
 pub mod qdisc;
 mod replay;
 pub mod route;
+pub mod tree;
+pub mod u32;
 mod wire;
 
 pub use codec::{CodecError, DecodedNetem, NetemSpec};

@@ -164,7 +164,7 @@ fn raw_options(options: &[TcOption]) -> Vec<u8> {
     bytes
 }
 
-fn record_of(message: &TcMessage) -> QdiscRecord {
+pub(crate) fn record_of(message: &TcMessage) -> QdiscRecord {
     let mut kind = String::new();
     let mut options = None;
     for attribute in &message.attributes {
@@ -187,7 +187,7 @@ fn record_of(message: &TcMessage) -> QdiscRecord {
     }
 }
 
-fn tc_message(ifindex: u32, record: &QdiscRecord) -> TcMessage {
+pub(crate) fn tc_message(ifindex: u32, record: &QdiscRecord) -> TcMessage {
     let mut message = TcMessage::with_index(ifindex as i32);
     message.header.handle = TcHandle::from(record.handle);
     message.header.parent = TcHandle::from(record.parent);
@@ -206,7 +206,10 @@ fn tc_message(ifindex: u32, record: &QdiscRecord) -> TcMessage {
 }
 
 /// Every qdisc of one interface, as recorded.
-async fn qdisc_records(handle: &Handle, ifindex: u32) -> Result<Vec<QdiscRecord>, QdiscError> {
+pub(crate) async fn qdisc_records(
+    handle: &Handle,
+    ifindex: u32,
+) -> Result<Vec<QdiscRecord>, QdiscError> {
     let answers = wire::dump(
         handle,
         RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()),
@@ -306,7 +309,11 @@ pub async fn dump(handle: &Handle, ifindex: u32) -> Result<Vec<QdiscView>, Qdisc
 
 /// Replace-or-create a qdisc; ENOENT here means the kernel has no such qdisc kind (for a
 /// root parent, the kind lookup is the only thing that can be missing).
-async fn replace(handle: &Handle, ifindex: u32, record: &QdiscRecord) -> Result<(), QdiscError> {
+pub(crate) async fn replace(
+    handle: &Handle,
+    ifindex: u32,
+    record: &QdiscRecord,
+) -> Result<(), QdiscError> {
     wire::change(
         handle,
         RouteNetlinkMessage::NewQueueDiscipline(tc_message(ifindex, record)),
@@ -326,14 +333,10 @@ async fn replace(handle: &Handle, ifindex: u32, record: &QdiscRecord) -> Result<
     })
 }
 
-/// Installs a root qdisc of `kind` with raw `options` under our handle, after checking
-/// that the current root can be restored exactly afterwards. Returns the snapshot taken
-/// before the change: journal it, it is what [`restore`] needs.
-pub async fn install_root(
+/// The snapshot of `ifindex`, if its root can be replaced and later put back exactly.
+pub(crate) async fn replaceable_snapshot(
     handle: &Handle,
     ifindex: u32,
-    kind: &str,
-    options: Option<Vec<u8>>,
 ) -> Result<QdiscSnapshot, QdiscError> {
     let before = snapshot(handle, ifindex).await?;
     // Replacing our own earlier root (a changed spec) is fine; otherwise the current root
@@ -343,6 +346,19 @@ pub async fn install_root(
     {
         return Err(QdiscError::NotRestorable { ifindex, reason });
     }
+    Ok(before)
+}
+
+/// Installs a root qdisc of `kind` with raw `options` under our handle, after checking
+/// that the current root can be restored exactly afterwards. Returns the snapshot taken
+/// before the change: journal it, it is what [`restore`] needs.
+pub async fn install_root(
+    handle: &Handle,
+    ifindex: u32,
+    kind: &str,
+    options: Option<Vec<u8>>,
+) -> Result<QdiscSnapshot, QdiscError> {
+    let before = replaceable_snapshot(handle, ifindex).await?;
     let ours = QdiscRecord {
         kind: kind.to_string(),
         handle: CHAOS_ROOT_HANDLE,
@@ -363,7 +379,11 @@ pub async fn install_netem(
     install_root(handle, ifindex, "netem", Some(options)).await
 }
 
-async fn delete(handle: &Handle, ifindex: u32, record: &QdiscRecord) -> Result<(), QdiscError> {
+pub(crate) async fn delete(
+    handle: &Handle,
+    ifindex: u32,
+    record: &QdiscRecord,
+) -> Result<(), QdiscError> {
     wire::change(
         handle,
         RouteNetlinkMessage::DelQueueDiscipline(tc_message(ifindex, record)),

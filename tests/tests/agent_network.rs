@@ -174,29 +174,229 @@ async fn host_network_fault_without_netem_is_refused_and_changes_nothing() -> Re
     Ok(())
 }
 
+/// Everything a fault could leave on the namespace's eth0: qdiscs (with options), root
+/// and ingress filters, and the links (an ifb would show here).
+fn interface_state(netns: &TestNetns) -> Result<String> {
+    // htb prints a packet counter among its options: not state, so left out.
+    let mut text = qdiscs(netns)?
+        .lines()
+        .map(|line| {
+            let mut words: Vec<&str> = line.split(' ').collect();
+            if let Some(at) = words.iter().position(|w| *w == "direct_packets_stat") {
+                words.drain(at..(at + 2).min(words.len()));
+            }
+            words.join(" ") + "\n"
+        })
+        .collect::<String>();
+    for args in [
+        &["tc", "filter", "show", "dev", "eth0"][..],
+        &["tc", "filter", "show", "dev", "eth0", "ingress"][..],
+        &["ip", "-o", "link", "show"][..],
+    ] {
+        text += &netns.exec(args)?.check()?.stdout;
+    }
+    Ok(text)
+}
+
+fn blackhole(target: &str, duration: Duration, fault: api::BlackholeFault) -> api::InjectRequest {
+    api::InjectRequest {
+        target: target.into(),
+        duration_ms: duration.as_millis() as u64,
+        fault: Some(api::inject_request::Fault::Blackhole(fault)),
+        ..Default::default()
+    }
+}
+
+/// On this host (no sch_netem, no sch_prio) targeted, ingress and blackhole requests fail
+/// with FailedPrecondition naming the missing module, and leave the interface exactly as
+/// it was (with an ingress qdisc and filter already there) and no ifb behind.
 #[tokio::test(flavor = "multi_thread")]
-async fn host_targeting_options_are_refused_until_implemented() -> Result<()> {
+async fn host_targeted_ingress_and_blackhole_requests_fail_and_change_nothing() -> Result<()> {
     let (tls, state) = (make_certs()?, state_dir()?);
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
     let netns = TestNetns::create()?;
     let sleeper = Sleeper::start(&netns)?;
-    let before = qdiscs(&netns)?;
-    let status = agent
-        .client()
+    let mut client = agent.client().await?;
+    let caps = client
+        .capabilities(api::CapabilitiesRequest {})
         .await?
+        .into_inner();
+    for name in ["prio", "u32", "ifb", "mirred"] {
+        ensure!(
+            caps.qdiscs.iter().any(|q| q.name == name),
+            "capabilities lack {name}: {:?}",
+            caps.qdiscs
+        );
+    }
+    netns
+        .exec(&["tc", "qdisc", "add", "dev", "eth0", "ingress"])?
+        .check()?;
+    netns
+        .exec(&[
+            "tc",
+            "filter",
+            "add",
+            "dev",
+            "eth0",
+            "parent",
+            "ffff:",
+            "protocol",
+            "ip",
+            "prio",
+            "10",
+            "u32",
+            "match",
+            "ip",
+            "dst",
+            "10.9.0.0/16",
+            "classid",
+            "1:1",
+        ])?
+        .check()?;
+    let before = interface_state(&netns)?;
+    let target = sleeper.target();
+    let ttl = Duration::from_secs(30);
+    let cases: Vec<(&str, api::InjectRequest, &str)> = vec![
+        (
+            "port filter",
+            network(
+                &target,
+                ttl,
+                api::NetworkFault {
+                    ports: vec![5432],
+                    ..delay(50)
+                },
+            ),
+            "sch_prio",
+        ),
+        (
+            "destination + exclusion",
+            network(
+                &target,
+                ttl,
+                api::NetworkFault {
+                    destinations: vec!["10.0.0.0/8".into()],
+                    exclude_ports: vec![53],
+                    protocol: api::Protocol::Tcp as i32,
+                    ..delay(50)
+                },
+            ),
+            "sch_prio",
+        ),
+        (
+            "ingress",
+            network(
+                &target,
+                ttl,
+                api::NetworkFault {
+                    direction: api::Direction::Ingress as i32,
+                    ..delay(50)
+                },
+            ),
+            "sch_netem",
+        ),
+        (
+            "blackhole",
+            blackhole(&target, ttl, api::BlackholeFault::default()),
+            "sch_netem",
+        ),
+        (
+            "blackhole of a port",
+            blackhole(
+                &target,
+                ttl,
+                api::BlackholeFault {
+                    ports: vec![80],
+                    ..Default::default()
+                },
+            ),
+            "sch_prio",
+        ),
+    ];
+    for (label, request, module) in cases {
+        let status = client
+            .inject(request)
+            .await
+            .expect_err("this host cannot serve the request");
+        assert_eq!(
+            status.code(),
+            tonic::Code::FailedPrecondition,
+            "{label}: {status:?}"
+        );
+        assert!(
+            status.message().contains(module),
+            "{label}: expected {module} in {status:?}"
+        );
+        assert_eq!(
+            interface_state(&netns)?,
+            before,
+            "{label} changed the interface"
+        );
+        assert_eq!(
+            journal_len(state.path()),
+            0,
+            "{label} left a journal record"
+        );
+    }
+    assert!(!before.contains("chaos-ifb"), "{before}");
+    let list = client
+        .list(api::ListRequest {
+            include_ended: false,
+        })
+        .await?
+        .into_inner();
+    assert!(list.faults.is_empty(), "{:?}", list.faults);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_node_scope_needs_the_flag_and_ipv6_targets_are_refused_by_name() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let netns = TestNetns::create()?;
+    let sleeper = Sleeper::start(&netns)?;
+    let mut client = agent.client().await?;
+    let caps = client
+        .capabilities(api::CapabilitiesRequest {})
+        .await?
+        .into_inner();
+    assert!(!caps.node_scope_allowed);
+    let status = client
+        .inject(blackhole(
+            &sleeper.target(),
+            Duration::from_secs(10),
+            api::BlackholeFault {
+                node_scope: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("node scope without --allow-node-scope");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("--allow-node-scope"),
+        "{status:?}"
+    );
+
+    let before = interface_state(&netns)?;
+    let status = client
         .inject(network(
             &sleeper.target(),
-            Duration::from_secs(30),
+            Duration::from_secs(10),
             api::NetworkFault {
-                destinations: vec!["10.0.0.0/8".into()],
+                destinations: vec!["fd00::/8".into()],
                 ..delay(50)
             },
         ))
         .await
-        .expect_err("destinations are not implemented yet");
+        .expect_err("IPv6 destinations are not implemented");
     assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
-    assert!(status.message().contains("network.destinations"));
-    assert_eq!(qdiscs(&netns)?, before);
+    assert!(
+        status.message().contains("network.destinations"),
+        "{status:?}"
+    );
+    assert_eq!(interface_state(&netns)?, before);
+    assert_eq!(journal_len(state.path()), 0);
     Ok(())
 }
 
@@ -545,6 +745,369 @@ async fn vm_sigterm_reverts_and_a_vanished_namespace_counts_as_reverted() -> Res
     let exit = agent.terminate()?;
     assert!(exit.success(), "{exit:?}\n{}", agent.log());
     assert_eq!(qdiscs(&kept)?, before);
+    assert_eq!(journal_len(state.path()), 0);
+    Ok(())
+}
+
+/// A second TCP listener on the host side, on another port.
+fn two_host_listeners(netns: &TestNetns) -> Result<(SocketAddr, SocketAddr)> {
+    Ok((host_listener(netns)?, host_listener(netns)?))
+}
+
+/// Whether a TCP connect from inside the namespace succeeds within `timeout`.
+fn connects(netns: &TestNetns, addr: SocketAddr, timeout: Duration) -> Result<bool> {
+    inside(netns, move || {
+        Ok(TcpStream::connect_timeout(&addr, timeout).is_ok())
+    })
+}
+
+async fn inject(agent: &TestAgent, request: api::InjectRequest) -> Result<api::Fault> {
+    agent
+        .client()
+        .await?
+        .inject(request)
+        .await?
+        .into_inner()
+        .fault
+        .context("no fault")
+}
+
+async fn revert(agent: &TestAgent, id: &str) -> Result<api::Fault> {
+    let reverted = agent
+        .client()
+        .await?
+        .revert(api::RevertRequest {
+            id: id.into(),
+            all: false,
+        })
+        .await?
+        .into_inner();
+    reverted
+        .reverted
+        .into_iter()
+        .next()
+        .context("nothing reverted")
+}
+
+/// Raised connect time of `during` over `before`, bounded around one `delay_ms` delay.
+fn assert_delayed(label: &str, before: Duration, during: Duration, delay_ms: u64) {
+    let raised = during.saturating_sub(before);
+    assert!(
+        raised >= Duration::from_millis(delay_ms * 9 / 10)
+            && raised <= Duration::from_millis(delay_ms * 2 + 20),
+        "{label}: connect {before:?} -> {during:?}, raised by {raised:?}"
+    );
+}
+
+fn assert_not_delayed(label: &str, before: Duration, during: Duration) {
+    assert!(
+        during < before + Duration::from_millis(20),
+        "{label}: connect {before:?} -> {during:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs netem: run in the VM"]
+async fn vm_port_filter_delays_only_that_port_and_restores_exactly() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    require_netem(&agent).await?;
+    let netns = TestNetns::create()?;
+    let sleeper = Sleeper::start(&netns)?;
+    let (delayed, spared) = two_host_listeners(&netns)?;
+    let before_state = interface_state(&netns)?;
+    let (delayed_before, spared_before) = (
+        connect_median(&netns, delayed, 15)?,
+        connect_median(&netns, spared, 15)?,
+    );
+    let fault = inject(
+        &agent,
+        network(
+            &sleeper.target(),
+            Duration::from_secs(120),
+            api::NetworkFault {
+                ports: vec![u32::from(delayed.port())],
+                protocol: api::Protocol::Tcp as i32,
+                ..delay(50)
+            },
+        ),
+    )
+    .await?;
+    let status = installed(&fault);
+    assert!(status.starts_with("prio ca05:"), "{status}");
+    assert!(
+        status.contains("netem ca06: limit 1000 delay 50ms"),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("proto 6 dport {} -> ca05:2", delayed.port())),
+        "{status}"
+    );
+    let (delayed_during, spared_during) = (
+        connect_median(&netns, delayed, 15)?,
+        connect_median(&netns, spared, 15)?,
+    );
+    eprintln!(
+        "port filter: delayed port {delayed_before:?} -> {delayed_during:?}, other port {spared_before:?} -> {spared_during:?}"
+    );
+    assert_delayed("filtered port", delayed_before, delayed_during, 50);
+    assert_not_delayed("other port", spared_before, spared_during);
+    revert(&agent, &fault.id).await?;
+    assert_eq!(interface_state(&netns)?, before_state);
+    assert_eq!(journal_len(state.path()), 0);
+    Ok(())
+}
+
+/// Destination filter with a port exclusion, over a pre-installed tbf root: only the
+/// excluded port is spared, and expiry puts the tbf back byte for byte.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs netem: run in the VM"]
+async fn vm_destination_filter_with_exclusion_over_tbf_restores_at_expiry() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    require_netem(&agent).await?;
+    let netns = TestNetns::create()?;
+    let sleeper = Sleeper::start(&netns)?;
+    netns
+        .exec(&[
+            "tc", "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "tbf", "rate", "100mbit",
+            "burst", "32kb", "latency", "50ms",
+        ])?
+        .check()?;
+    let (delayed, excluded) = two_host_listeners(&netns)?;
+    let before_state = interface_state(&netns)?;
+    assert!(before_state.contains("tbf 1:"), "{before_state}");
+    let (delayed_before, excluded_before) = (
+        connect_median(&netns, delayed, 15)?,
+        connect_median(&netns, excluded, 15)?,
+    );
+    let fault = inject(
+        &agent,
+        network(
+            &sleeper.target(),
+            Duration::from_secs(20),
+            api::NetworkFault {
+                destinations: vec![format!("{}/{}", netns.host_ip(), netns.prefix_len())],
+                exclude_ports: vec![u32::from(excluded.port())],
+                ..delay(50)
+            },
+        ),
+    )
+    .await?;
+    let status = installed(&fault);
+    assert!(
+        status.contains(&format!(
+            "pref 1 u32 proto 6 dport {} -> ca05:1",
+            excluded.port()
+        )),
+        "{status}"
+    );
+    let (delayed_during, excluded_during) = (
+        connect_median(&netns, delayed, 15)?,
+        connect_median(&netns, excluded, 15)?,
+    );
+    eprintln!(
+        "destination + exclusion: matched {delayed_before:?} -> {delayed_during:?}, excluded {excluded_before:?} -> {excluded_during:?}"
+    );
+    assert_delayed("destination", delayed_before, delayed_during, 50);
+    assert_not_delayed("excluded port", excluded_before, excluded_during);
+    let ended = wait_ended(&agent, &fault.id, Duration::from_secs(90)).await?;
+    assert_eq!(ended.state, api::FaultState::Expired as i32, "{ended:?}");
+    assert_eq!(interface_state(&netns)?, before_state);
+    assert_eq!(journal_len(state.path()), 0);
+    Ok(())
+}
+
+/// Ingress delay through an ifb, with an htb root and an ingress qdisc + filter already
+/// on the interface: the SYN-ACK is delayed, and revert leaves exactly the old state and
+/// no ifb.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs netem: run in the VM"]
+async fn vm_ingress_delay_works_restores_htb_and_ingress_and_leaves_no_ifb() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    require_netem(&agent).await?;
+    let netns = TestNetns::create()?;
+    let sleeper = Sleeper::start(&netns)?;
+    let addr = host_listener(&netns)?;
+    netns
+        .exec(&[
+            "tc", "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "htb",
+        ])?
+        .check()?;
+    netns
+        .exec(&["tc", "qdisc", "add", "dev", "eth0", "ingress"])?
+        .check()?;
+    netns
+        .exec(&[
+            "tc",
+            "filter",
+            "add",
+            "dev",
+            "eth0",
+            "parent",
+            "ffff:",
+            "protocol",
+            "ip",
+            "prio",
+            "10",
+            "u32",
+            "match",
+            "ip",
+            "dst",
+            "10.9.0.0/16",
+            "classid",
+            "1:1",
+        ])?
+        .check()?;
+    let before_state = interface_state(&netns)?;
+    let before = connect_median(&netns, addr, 15)?;
+    let fault = inject(
+        &agent,
+        network(
+            &sleeper.target(),
+            Duration::from_secs(120),
+            api::NetworkFault {
+                direction: api::Direction::Ingress as i32,
+                ..delay(50)
+            },
+        ),
+    )
+    .await?;
+    let status = installed(&fault);
+    assert!(
+        status.starts_with("ingress: pref 9 u32 all -> redirect ifindex"),
+        "{status}"
+    );
+    assert!(status.contains("chaos-ifb-"), "{status}");
+    assert!(
+        status.contains("netem ca05: limit 1000 delay 50ms"),
+        "{status}"
+    );
+    assert!(interface_state(&netns)?.contains("chaos-ifb-"));
+    let during = connect_median(&netns, addr, 15)?;
+    eprintln!("ingress delay: connect {before:?} -> {during:?}");
+    assert_delayed("ingress", before, during, 50);
+    revert(&agent, &fault.id).await?;
+    let after_state = interface_state(&netns)?;
+    assert_eq!(after_state, before_state);
+    assert!(!after_state.contains("chaos-ifb"), "{after_state}");
+    assert_eq!(journal_len(state.path()), 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs netem: run in the VM"]
+async fn vm_blackhole_drops_a_port_and_traffic_flows_after_revert() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    require_netem(&agent).await?;
+    let netns = TestNetns::create()?;
+    let sleeper = Sleeper::start(&netns)?;
+    let (dropped, spared) = two_host_listeners(&netns)?;
+    let before_state = interface_state(&netns)?;
+    let short = Duration::from_secs(2);
+    assert!(connects(&netns, dropped, short)?);
+    let fault = inject(
+        &agent,
+        blackhole(
+            &sleeper.target(),
+            Duration::from_secs(120),
+            api::BlackholeFault {
+                ports: vec![u32::from(dropped.port())],
+                ..Default::default()
+            },
+        ),
+    )
+    .await?;
+    assert_eq!(fault.kind, api::FaultKind::Blackhole as i32);
+    let status = installed(&fault);
+    assert!(status.contains("loss 100.0000%"), "{status}");
+    assert!(
+        !connects(&netns, dropped, short)?,
+        "the blackholed port answered"
+    );
+    assert!(
+        connects(&netns, spared, Duration::from_secs(5))?,
+        "the other port was dropped too"
+    );
+    revert(&agent, &fault.id).await?;
+    assert!(
+        connects(&netns, dropped, Duration::from_secs(5))?,
+        "no traffic after revert"
+    );
+    assert_eq!(interface_state(&netns)?, before_state);
+    assert_eq!(journal_len(state.path()), 0);
+
+    // Everything: no connection at all, then back.
+    let fault = inject(
+        &agent,
+        blackhole(
+            &sleeper.target(),
+            Duration::from_secs(120),
+            api::BlackholeFault::default(),
+        ),
+    )
+    .await?;
+    assert!(
+        !connects(&netns, spared, short)?,
+        "a full blackhole let a connect through"
+    );
+    revert(&agent, &fault.id).await?;
+    assert!(connects(&netns, spared, Duration::from_secs(5))?);
+    assert_eq!(interface_state(&netns)?, before_state);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs netem: run in the VM"]
+async fn vm_agent_sigkill_during_a_filtered_ingress_fault_then_restart_restores_all() -> Result<()>
+{
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let mut agent = TestAgent::start_tls(tls.path(), state.path())?;
+    require_netem(&agent).await?;
+    let netns = TestNetns::create()?;
+    let sleeper = Sleeper::start(&netns)?;
+    let before_state = interface_state(&netns)?;
+    inject(
+        &agent,
+        network(
+            &sleeper.target(),
+            Duration::from_secs(300),
+            api::NetworkFault {
+                direction: api::Direction::Ingress as i32,
+                ports: vec![5432],
+                ..delay(30)
+            },
+        ),
+    )
+    .await?;
+    inject(
+        &agent,
+        network(
+            &sleeper.target(),
+            Duration::from_secs(300),
+            api::NetworkFault {
+                destinations: vec!["10.0.0.0/8".into()],
+                ..delay(30)
+            },
+        ),
+    )
+    .await?;
+    let during = interface_state(&netns)?;
+    assert!(
+        during.contains("chaos-ifb-") && during.contains("prio ca05:"),
+        "{during}"
+    );
+    agent.kill_hard()?;
+    assert_eq!(
+        interface_state(&netns)?,
+        during,
+        "nothing may revert without the agent"
+    );
+    assert_eq!(journal_len(state.path()), 2);
+    let _restarted = TestAgent::start_tls(tls.path(), state.path())?;
+    assert_eq!(interface_state(&netns)?, before_state);
     assert_eq!(journal_len(state.path()), 0);
     Ok(())
 }

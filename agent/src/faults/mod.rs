@@ -29,6 +29,8 @@ use crate::validate::FaultPlan;
 pub enum ActiveFault {
     Process(process::ProcessFault),
     Network(network::NetworkFault),
+    /// A blackhole is a network fault with 100 % loss; its own kind for lists and metrics.
+    Blackhole(network::NetworkFault),
     Cpu(cpu::CpuFault),
     Memory(memory::MemoryFault),
 }
@@ -91,16 +93,33 @@ impl ActiveFault {
                 // before apply changes anything.
                 let modules = chaos_netem::capabilities::ModuleTree::host();
                 let (fault, acts_on) = network::NetworkFault::prepare(
-                    plan,
+                    network::network_request(plan),
                     targets,
                     &context.resolver.procfs,
                     &modules,
                 )
                 .await?;
                 Ok(Prepared {
-                    plan_summary: format!("would install netem on {} interface(s)", acts_on.len()),
+                    plan_summary: fault.summary(),
                     acts_on,
                     fault: ActiveFault::Network(fault),
+                })
+            }
+            FaultPlan::Blackhole(plan) => {
+                let modules = chaos_netem::capabilities::ModuleTree::host();
+                let (fault, acts_on) = network::NetworkFault::prepare(
+                    network::blackhole_request(plan),
+                    targets,
+                    &context.resolver.procfs,
+                    &modules,
+                )
+                .await?;
+                Ok(Prepared {
+                    plan_summary: fault
+                        .summary()
+                        .replacen("would install netem", "would drop", 1),
+                    acts_on,
+                    fault: ActiveFault::Blackhole(fault),
                 })
             }
             FaultPlan::Process(plan) => {
@@ -112,10 +131,6 @@ impl ActiveFault {
                     fault: ActiveFault::Process(fault),
                 })
             }
-            other => Err(AgentError::Unimplemented(format!(
-                "{} faults are not implemented by this agent yet",
-                kind_label(other.kind())
-            ))),
         }
     }
 
@@ -123,6 +138,7 @@ impl ActiveFault {
         match self {
             ActiveFault::Process(_) => api::FaultKind::Process,
             ActiveFault::Network(_) => api::FaultKind::Network,
+            ActiveFault::Blackhole(_) => api::FaultKind::Blackhole,
             ActiveFault::Cpu(_) => api::FaultKind::Cpu,
             ActiveFault::Memory(_) => api::FaultKind::Memory,
         }
@@ -140,7 +156,7 @@ impl ActiveFault {
                 p.signal_round(procfs, acts_on);
                 Ok(())
             }
-            ActiveFault::Network(n) => n.apply().await,
+            ActiveFault::Network(n) | ActiveFault::Blackhole(n) => n.apply().await,
             ActiveFault::Cpu(c) => c.apply().await,
             ActiveFault::Memory(m) => m.apply().await,
         }
@@ -151,7 +167,7 @@ impl ActiveFault {
     pub fn is_one_shot(&self) -> bool {
         match self {
             ActiveFault::Process(p) => p.plan.interval.is_none(),
-            ActiveFault::Network(_) => false,
+            ActiveFault::Network(_) | ActiveFault::Blackhole(_) => false,
             ActiveFault::Cpu(_) | ActiveFault::Memory(_) => false,
         }
     }
@@ -160,7 +176,7 @@ impl ActiveFault {
     pub fn tick_interval(&self) -> Option<Duration> {
         match self {
             ActiveFault::Process(p) => p.plan.interval,
-            ActiveFault::Network(_) => None,
+            ActiveFault::Network(_) | ActiveFault::Blackhole(_) => None,
             ActiveFault::Cpu(_) => Some(cpu::STATUS_INTERVAL),
             ActiveFault::Memory(_) => Some(memory::STATUS_INTERVAL),
         }
@@ -187,7 +203,7 @@ impl ActiveFault {
                 }
                 fault.signal_round(&resolver.procfs, &chosen);
             }
-            ActiveFault::Network(_) => {}
+            ActiveFault::Network(_) | ActiveFault::Blackhole(_) => {}
             ActiveFault::Cpu(c) => c.measure(),
             ActiveFault::Memory(m) => m.measure(),
         }
@@ -197,7 +213,7 @@ impl ActiveFault {
     pub async fn revert(&mut self) -> Result<(), String> {
         match self {
             ActiveFault::Process(_) => Ok(()),
-            ActiveFault::Network(n) => n.revert().await,
+            ActiveFault::Network(n) | ActiveFault::Blackhole(n) => n.revert().await,
             ActiveFault::Cpu(c) => c.revert().await,
             ActiveFault::Memory(m) => m.revert().await,
         }
@@ -207,7 +223,7 @@ impl ActiveFault {
     pub fn undo(&self) -> Undo {
         match self {
             ActiveFault::Process(_) => Undo::Nothing,
-            ActiveFault::Network(n) => Undo::RestoreQdisc {
+            ActiveFault::Network(n) | ActiveFault::Blackhole(n) => Undo::RestoreQdisc {
                 interfaces: n.restores(),
             },
             ActiveFault::Cpu(c) => c.undo(),
@@ -218,7 +234,10 @@ impl ActiveFault {
     pub fn status(&self) -> api::fault::Status {
         match self {
             ActiveFault::Process(p) => api::fault::Status::Process(p.status.clone()),
-            ActiveFault::Network(n) => api::fault::Status::Network(n.status()),
+            // The API has no blackhole status of its own: what is installed is the same.
+            ActiveFault::Network(n) | ActiveFault::Blackhole(n) => {
+                api::fault::Status::Network(n.status())
+            }
             ActiveFault::Cpu(c) => api::fault::Status::Cpu(c.status),
             ActiveFault::Memory(m) => api::fault::Status::Memory(m.status),
         }

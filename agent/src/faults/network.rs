@@ -1,5 +1,13 @@
-//! The network fault: netem as the root qdisc of a target's interface, inside the
-//! target's network namespace, over rtnetlink (chaos-netem; no `tc` binary).
+//! The network fault: netem on a target's interface, inside the target's network
+//! namespace, over rtnetlink (chaos-netem; no `tc` binary). Also the blackhole fault,
+//! which is the same machinery with 100 % loss (see `blackhole_request`).
+//!
+//! - egress, all traffic: netem as the root qdisc;
+//! - egress, targeted (destinations / ports / protocol / exclusions): a prio root with
+//!   an untouched band, netem under a second band, u32 filters (exclusions first);
+//! - ingress: an ifb device made for the fault with the above on its root, and a
+//!   match-all u32 filter with a mirred redirect on the interface's ingress hook; the
+//!   targeting filters then look at the remote end (source address and port).
 //!
 //! - `prepare` finds each distinct namespace of the targets, the interface (named, or
 //!   the one carrying the default route) and snapshots its qdiscs; it refuses an
@@ -19,6 +27,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use chaos_netem::capabilities::{ModuleState, ModuleTree};
+use chaos_netem::filter::{FilterError, FilterView};
+use chaos_netem::ingress::{IngressError, IngressRedirect};
+use chaos_netem::tree::{Classifier, TreeError};
+use chaos_netem::u32::{End, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Cidr, TrafficMatch};
 use chaos_netem::{Distribution, NetemSpec, NetnsId, QdiscError, QdiscSnapshot, QdiscView};
 use chaos_proto::api;
 use serde::{Deserialize, Serialize};
@@ -26,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::AgentError;
 use crate::procfs::{ProcessInfo, Procfs};
 use crate::resolve::Resolved;
-use crate::validate::NetworkPlan;
+use crate::validate::{BlackholePlan, Cidr, NetworkPlan};
 
 /// What to tell an operator whose kernel lacks netem.
 pub const NETEM_MISSING_HINT: &str = "the kernel module sch_netem is not available on this node; \
@@ -50,21 +62,220 @@ pub struct QdiscRestore {
     pub netns: NetnsRef,
     pub ifindex: u32,
     pub snapshot: QdiscSnapshot,
+    /// Ingress faults: the redirect and ifb to remove (the root is not touched then).
+    /// Absent in records of agents before ingress existed, which were all egress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressRedirect>,
+}
+
+/// Which way the impaired packets travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Egress,
+    Ingress,
+}
+
+/// Whose interface: the targets' namespaces, or the node's own (host namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Targets,
+    Node,
+}
+
+/// What a network or blackhole request asks of the kernel, decided from the plan. Pure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkRequest {
+    pub spec: NetemSpec,
+    pub classifier: Classifier,
+    pub direction: Direction,
+    pub interface: Option<String>,
+    pub scope: Scope,
+}
+
+impl NetworkRequest {
+    /// Kernel modules this request needs, each with what it is for.
+    pub fn required_modules(&self) -> Vec<&'static str> {
+        let mut modules = vec!["sch_netem"];
+        if !self.classifier.is_empty() {
+            modules.extend(["sch_prio", "cls_u32"]);
+        }
+        if self.direction == Direction::Ingress {
+            for module in ["sch_ingress", "ifb", "act_mirred", "cls_u32"] {
+                if !modules.contains(&module) {
+                    modules.push(module);
+                }
+            }
+        }
+        modules
+    }
+}
+
+fn ipv4(cidr: &Cidr) -> Option<Ipv4Cidr> {
+    match cidr.addr {
+        std::net::IpAddr::V4(addr) => Some(Ipv4Cidr {
+            addr,
+            prefix: cidr.prefix,
+        }),
+        // Validation refuses IPv6 targeting; never reached with a validated plan.
+        std::net::IpAddr::V6(_) => None,
+    }
+}
+
+/// The u32 classification of a request: every combination of destination, port and
+/// protocol is one match (any of them sends a packet to netem); exclusions win. `end`
+/// is the remote side of the packets: their destination on egress, their source on
+/// ingress. Ports without a protocol mean TCP and UDP. No targeting and no exclusions
+/// is the empty classifier (plain netem on everything).
+pub fn classifier(
+    end: End,
+    destinations: &[Cidr],
+    ports: &[u16],
+    protocol: api::Protocol,
+    exclude_destinations: &[Cidr],
+    exclude_ports: &[u16],
+) -> Classifier {
+    let port_protocols: Vec<Option<u8>> = match protocol {
+        api::Protocol::Any if ports.is_empty() => vec![None],
+        api::Protocol::Any => vec![Some(IPPROTO_TCP), Some(IPPROTO_UDP)],
+        api::Protocol::Tcp => vec![Some(IPPROTO_TCP)],
+        api::Protocol::Udp => vec![Some(IPPROTO_UDP)],
+        api::Protocol::Icmp => vec![Some(IPPROTO_ICMP)],
+    };
+    let addresses: Vec<Option<Ipv4Cidr>> = if destinations.is_empty() {
+        vec![None]
+    } else {
+        destinations.iter().filter_map(ipv4).map(Some).collect()
+    };
+    let port_list: Vec<Option<u16>> = if ports.is_empty() {
+        vec![None]
+    } else {
+        ports.iter().copied().map(Some).collect()
+    };
+    let mut matches = Vec::new();
+    for address in &addresses {
+        for port in &port_list {
+            for protocol in &port_protocols {
+                matches.push(TrafficMatch {
+                    protocol: *protocol,
+                    address: address.map(|a| (end, a)),
+                    port: port.map(|p| (end, p)),
+                });
+            }
+        }
+    }
+    let mut exclusions: Vec<TrafficMatch> = exclude_destinations
+        .iter()
+        .filter_map(ipv4)
+        .map(|a| TrafficMatch {
+            address: Some((end, a)),
+            ..Default::default()
+        })
+        .collect();
+    for port in exclude_ports {
+        for protocol in [IPPROTO_TCP, IPPROTO_UDP] {
+            exclusions.push(TrafficMatch {
+                protocol: Some(protocol),
+                port: Some((end, *port)),
+                ..Default::default()
+            });
+        }
+    }
+    let targeted = !destinations.is_empty() || !ports.is_empty() || protocol != api::Protocol::Any;
+    if !targeted && exclusions.is_empty() {
+        return Classifier::default();
+    }
+    Classifier {
+        exclusions,
+        matches,
+    }
+}
+
+/// A network request as the kernel should see it.
+pub fn network_request(plan: &NetworkPlan) -> NetworkRequest {
+    let request = &plan.request;
+    let direction = if request.direction == api::Direction::Ingress as i32 {
+        Direction::Ingress
+    } else {
+        Direction::Egress
+    };
+    let end = match direction {
+        Direction::Egress => End::Destination,
+        Direction::Ingress => End::Source,
+    };
+    let ports: Vec<u16> = request.ports.iter().map(|p| *p as u16).collect();
+    let exclude_ports: Vec<u16> = request.exclude_ports.iter().map(|p| *p as u16).collect();
+    NetworkRequest {
+        spec: netem_spec(request),
+        classifier: classifier(
+            end,
+            &plan.destinations,
+            &ports,
+            api::Protocol::try_from(request.protocol).unwrap_or(api::Protocol::Any),
+            &plan.exclude_destinations,
+            &exclude_ports,
+        ),
+        direction,
+        interface: (!request.interface.is_empty()).then(|| request.interface.clone()),
+        scope: Scope::Targets,
+    }
+}
+
+/// A blackhole: every matching packet dropped (netem loss 100 %, the same tree and
+/// restore path as a network fault, so no extra kernel module is involved). Node scope
+/// keeps the agent's port reachable, as source and destination port.
+pub fn blackhole_request(plan: &BlackholePlan) -> NetworkRequest {
+    let mut classifier = classifier(
+        End::Destination,
+        &plan.destinations,
+        &plan.ports,
+        api::Protocol::Any,
+        &[],
+        &[],
+    );
+    if let Some(port) = plan.keep_port {
+        if classifier.matches.is_empty() {
+            classifier.matches.push(TrafficMatch::default());
+        }
+        for end in [End::Source, End::Destination] {
+            classifier.exclusions.push(TrafficMatch {
+                protocol: Some(IPPROTO_TCP),
+                port: Some((end, port)),
+                ..Default::default()
+            });
+        }
+    }
+    NetworkRequest {
+        spec: NetemSpec {
+            loss_pct: 100.0,
+            ..NetemSpec::default()
+        },
+        classifier,
+        direction: Direction::Egress,
+        interface: None,
+        scope: if plan.node_scope {
+            Scope::Node
+        } else {
+            Scope::Targets
+        },
+    }
 }
 
 /// Interfaces (namespace, ifindex) that a fault of this agent holds, so that two
 /// requests cannot stack netem on the same interface (the second would replace the
 /// first's qdisc and the first's revert would remove the second's).
-static CLAIMED: Mutex<Option<HashSet<(NetnsId, u32)>>> = Mutex::new(None);
+static CLAIMED: Mutex<Option<HashSet<ClaimKey>>> = Mutex::new(None);
+
+/// (namespace, ifindex, ingress?): egress and ingress use different qdiscs.
+type ClaimKey = (NetnsId, u32, bool);
 
 /// Holds an interface for one fault; released when the fault is dropped.
 #[derive(Debug)]
 struct Claim {
-    key: (NetnsId, u32),
+    key: ClaimKey,
 }
 
 impl Claim {
-    fn take(key: (NetnsId, u32)) -> Option<Claim> {
+    fn take(key: ClaimKey) -> Option<Claim> {
         let inserted = CLAIMED
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -114,30 +325,6 @@ pub fn netem_spec(request: &api::NetworkFault) -> NetemSpec {
     }
 }
 
-/// Request options this agent does not implement yet; refused rather than ignored, so
-/// a fault never does less than it says.
-fn unimplemented_option(request: &api::NetworkFault) -> Option<&'static str> {
-    if request.direction == api::Direction::Ingress as i32 {
-        return Some("network.direction (ingress)");
-    }
-    if !request.destinations.is_empty() {
-        return Some("network.destinations");
-    }
-    if !request.ports.is_empty() {
-        return Some("network.ports");
-    }
-    if request.protocol != api::Protocol::Any as i32 {
-        return Some("network.protocol");
-    }
-    if !request.exclude_destinations.is_empty() {
-        return Some("network.exclude_destinations");
-    }
-    if !request.exclude_ports.is_empty() {
-        return Some("network.exclude_ports");
-    }
-    None
-}
-
 /// Fails with what is missing when this kernel cannot run netem now.
 pub fn require_netem(modules: &ModuleTree) -> Result<(), AgentError> {
     match modules.state("sch_netem") {
@@ -152,12 +339,68 @@ pub fn require_netem(modules: &ModuleTree) -> Result<(), AgentError> {
     }
 }
 
+/// Fails naming the first module this request needs that the kernel does not have.
+/// Modules the index cannot tell about (or that are loadable) pass: the kernel's answer
+/// decides, and a refusal there undoes every step.
+pub fn require_modules(modules: &ModuleTree, request: &NetworkRequest) -> Result<(), AgentError> {
+    require_netem(modules)?;
+    for module in request.required_modules() {
+        if let Ok(ModuleState::Missing) = modules.state(module) {
+            return Err(AgentError::FailedPrecondition(format!(
+                "the kernel module {module} is not available on this node, and this request needs it ({}); \
+                 install the kernel's extra modules and run `modprobe {module}`",
+                module_purpose(module)
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn module_purpose(module: &str) -> &'static str {
+    match module {
+        "sch_prio" | "cls_u32" => "targeting by destination, port or protocol",
+        "sch_ingress" | "ifb" | "act_mirred" => "the ingress direction",
+        _ => "netem",
+    }
+}
+
 fn qdisc_error(ifname: &str, err: QdiscError) -> AgentError {
     match err {
-        QdiscError::KindNotSupported { .. } => AgentError::FailedPrecondition(format!(
-            "interface {ifname}: the kernel refused netem: {NETEM_MISSING_HINT}"
+        QdiscError::KindNotSupported { kind } if kind == "netem" => AgentError::FailedPrecondition(
+            format!("interface {ifname}: the kernel refused netem: {NETEM_MISSING_HINT}"),
+        ),
+        QdiscError::KindNotSupported { kind } => AgentError::FailedPrecondition(format!(
+            "interface {ifname}: the kernel refused the {kind} qdisc: module sch_{kind} is missing on this node; \
+             nothing was changed (run `modprobe sch_{kind}` or install the kernel's extra modules)"
         )),
         QdiscError::NotRestorable { .. } | QdiscError::ChangedByOthers { .. } => {
+            AgentError::FailedPrecondition(format!("interface {ifname}: {err}"))
+        }
+        other => AgentError::Internal(format!("interface {ifname}: {other}")),
+    }
+}
+
+fn tree_error(ifname: &str, err: TreeError) -> AgentError {
+    match err {
+        TreeError::Qdisc(e) => qdisc_error(ifname, e),
+        TreeError::Filter(FilterError::NotSupported) => AgentError::FailedPrecondition(format!(
+            "interface {ifname}: the kernel refused the u32 filter: module cls_u32 (or act_mirred) \
+             is missing on this node; nothing was changed"
+        )),
+        other => AgentError::Internal(format!("interface {ifname}: {other}")),
+    }
+}
+
+fn ingress_error(ifname: &str, err: IngressError) -> AgentError {
+    match err {
+        IngressError::Tree(e) => tree_error(ifname, e),
+        IngressError::Qdisc(e) => qdisc_error(ifname, e),
+        IngressError::Filter(e) => tree_error(ifname, TreeError::Filter(e)),
+        IngressError::IfbNotSupported(e) => AgentError::FailedPrecondition(format!(
+            "interface {ifname}: the kernel cannot create ifb devices ({e}): module ifb is missing \
+             on this node, and the ingress direction needs it; nothing was changed"
+        )),
+        IngressError::NoFreePriority { .. } | IngressError::NameTaken(_) => {
             AgentError::FailedPrecondition(format!("interface {ifname}: {err}"))
         }
         other => AgentError::Internal(format!("interface {ifname}: {other}")),
@@ -182,9 +425,58 @@ struct Inspected {
     ifindex: u32,
     ifname: String,
     snapshot: QdiscSnapshot,
+    ingress: Option<IngressRedirect>,
 }
 
-async fn inspect(path: PathBuf, wanted: Option<String>) -> Result<Inspected, AgentError> {
+/// Whether every filter on the snapshot's ingress qdisc redirects to an ifb of ours.
+async fn ingress_is_ours(
+    handle: &chaos_netem::Handle,
+    snapshot: &QdiscSnapshot,
+) -> Result<bool, String> {
+    let Some(record) = &snapshot.ingress else {
+        return Ok(false);
+    };
+    let parent = if record.kind == "clsact" {
+        chaos_netem::ingress::CLSACT_INGRESS_PARENT
+    } else {
+        record.handle
+    };
+    let filters = chaos_netem::filter::dump(handle, snapshot.ifindex, parent)
+        .await
+        .map_err(|e| e.to_string())?;
+    if filters.is_empty() || record.kind == "clsact" {
+        return Ok(false);
+    }
+    let links = chaos_netem::ingress::links(handle)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(filters.iter().all(|filter| {
+        filter.redirect_to.is_some_and(|target| {
+            links.iter().any(|l| {
+                l.index == target
+                    && l.is_ifb
+                    && l.name.starts_with(chaos_netem::ingress::IFB_PREFIX)
+            })
+        })
+    }))
+}
+
+/// Seeds ifb names: distinct across the faults of one agent, and across agents' runs.
+fn ifb_seed() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    nanos ^ std::process::id().rotate_left(12) ^ COUNTER.fetch_add(0x9e37, Ordering::Relaxed)
+}
+
+async fn inspect(
+    path: PathBuf,
+    wanted: Option<String>,
+    direction: Direction,
+) -> Result<Inspected, AgentError> {
     let result = in_netns_blocking(path.clone(), move |handle| async move {
         let links = chaos_netem::interfaces(&handle)
             .await
@@ -217,13 +509,37 @@ async fn inspect(path: PathBuf, wanted: Option<String>) -> Result<Inspected, Age
             .find(|(index, _)| *index == ifindex)
             .map(|(_, n)| n.clone())
             .unwrap_or_else(|| format!("ifindex {ifindex}"));
-        let snapshot = chaos_netem::qdisc::snapshot(&handle, ifindex)
+        let mut snapshot = chaos_netem::qdisc::snapshot(&handle, ifindex)
             .await
             .map_err(|e| qdisc_error(&ifname, e))?;
+        // An ingress qdisc that only carries our own redirects belongs to an ingress fault,
+        // which removes it itself: an egress fault must not re-create it on restore.
+        if snapshot.ingress.is_some()
+            && ingress_is_ours(&handle, &snapshot)
+                .await
+                .map_err(|e| AgentError::Internal(format!("interface {ifname}: {e}")))?
+        {
+            snapshot.ingress = None;
+        }
+        let ingress = match direction {
+            Direction::Egress => None,
+            Direction::Ingress => {
+                let mut attempt = 0;
+                loop {
+                    let name = chaos_netem::ingress::ifb_name(ifb_seed());
+                    match chaos_netem::ingress::plan(&handle, &snapshot, &name).await {
+                        Ok(redirect) => break Some(redirect),
+                        Err(IngressError::NameTaken(_)) if attempt < 3 => attempt += 1,
+                        Err(e) => return Err(ingress_error(&ifname, e)),
+                    }
+                }
+            }
+        };
         Ok(Inspected {
             ifindex,
             ifname,
             snapshot,
+            ingress,
         })
     })
     .await;
@@ -243,7 +559,7 @@ struct InterfaceTarget {
 
 #[derive(Debug)]
 pub struct NetworkFault {
-    pub spec: NetemSpec,
+    pub request: NetworkRequest,
     interfaces: Vec<InterfaceTarget>,
     status: api::NetworkStatus,
 }
@@ -251,72 +567,98 @@ pub struct NetworkFault {
 impl NetworkFault {
     /// Decides which interfaces, snapshots them, claims them. Changes nothing.
     pub async fn prepare(
-        plan: &NetworkPlan,
+        request: NetworkRequest,
         targets: &[Resolved],
         procfs: &Procfs,
         modules: &ModuleTree,
     ) -> Result<(NetworkFault, Vec<ProcessInfo>), AgentError> {
-        let request = &plan.request;
-        if let Some(field) = unimplemented_option(request) {
-            return Err(AgentError::Unimplemented(format!(
-                "{field} is not implemented by this agent yet: network faults apply to all egress traffic of the interface"
-            )));
-        }
-        let spec = netem_spec(request);
-        spec.validate()
+        request
+            .spec
+            .validate()
             .map_err(|e| AgentError::invalid("network", e.to_string()))?;
-        require_netem(modules)?;
-        let wanted = (!request.interface.is_empty()).then(|| request.interface.clone());
+        request
+            .classifier
+            .rules()
+            .map_err(|e| AgentError::invalid("network.destinations", e.to_string()))?;
+        require_modules(modules, &request)?;
+
+        // (namespace path, the process it was found through, whether it is a target)
+        let mut namespaces = Vec::new();
+        match request.scope {
+            Scope::Targets => {
+                for target in targets {
+                    namespaces.push((
+                        procfs.netns_path(target.init.pid),
+                        target.init.clone(),
+                        target.spec.to_string(),
+                    ));
+                }
+            }
+            Scope::Node => {
+                // The host's namespace, found through PID 1 (the agent runs with hostPID);
+                // PID 1 is not acted on, so it is not a process the fault touches.
+                let init = procfs.process(1).map_err(|e| {
+                    AgentError::FailedPrecondition(format!(
+                        "cannot read PID 1 to find the node's network namespace: {e}"
+                    ))
+                })?;
+                namespaces.push((procfs.netns_path(1), init, "the node".to_string()));
+            }
+        }
 
         let mut seen = HashSet::new();
         let mut interfaces = Vec::new();
         let mut acts_on = Vec::new();
-        for target in targets {
-            let path = procfs.netns_path(target.init.pid);
+        for (path, process, label) in namespaces {
             let id = chaos_netem::netns_id(&path).map_err(|e| {
                 AgentError::FailedPrecondition(format!(
                     "cannot reach the network namespace of pid {}: {e}",
-                    target.init.pid
+                    process.pid
                 ))
             })?;
             if !seen.insert(id) {
                 continue; // containers of one pod share the pod's namespace
             }
-            let inspected = inspect(path.clone(), wanted.clone()).await?;
+            let inspected =
+                inspect(path.clone(), request.interface.clone(), request.direction).await?;
             let ifname = inspected.ifname;
-            if inspected.snapshot.root.is_ours() {
-                return Err(AgentError::FailedPrecondition(format!(
-                    "interface {ifname} of {} already carries a network fault; combine the impairments in one request",
-                    target.spec
-                )));
+            if request.direction == Direction::Egress {
+                if inspected.snapshot.root.is_ours() {
+                    return Err(AgentError::FailedPrecondition(format!(
+                        "interface {ifname} of {label} already carries a network fault; combine the impairments in one request"
+                    )));
+                }
+                if let Some(reason) = inspected.snapshot.not_restorable_reason() {
+                    return Err(AgentError::FailedPrecondition(format!(
+                        "interface {ifname}: {reason}, which the agent could not restore exactly; refusing to replace it"
+                    )));
+                }
             }
-            if let Some(reason) = inspected.snapshot.not_restorable_reason() {
-                return Err(AgentError::FailedPrecondition(format!(
-                    "interface {ifname}: {reason}, which the agent could not restore exactly; refusing to replace it"
-                )));
-            }
-            let claim = Claim::take((id, inspected.ifindex)).ok_or_else(|| {
+            let ingress = request.direction == Direction::Ingress;
+            let claim = Claim::take((id, inspected.ifindex, ingress)).ok_or_else(|| {
                 AgentError::FailedPrecondition(format!(
-                    "interface {ifname} of {} is already being faulted by another request; combine the impairments in one request",
-                    target.spec
+                    "interface {ifname} of {label} is already being faulted by another request; combine the impairments in one request"
                 ))
             })?;
             interfaces.push(InterfaceTarget {
                 restore: QdiscRestore {
                     netns: NetnsRef {
-                        pid: target.init.pid,
-                        start_time: target.init.start_time,
+                        pid: process.pid,
+                        start_time: process.start_time,
                         id,
                     },
                     ifindex: inspected.ifindex,
                     snapshot: inspected.snapshot,
+                    ingress: inspected.ingress,
                 },
                 path,
                 ifname,
                 installed: false,
                 _claim: claim,
             });
-            acts_on.push(target.init.clone());
+            if request.scope == Scope::Targets {
+                acts_on.push(process);
+            }
         }
         if interfaces.is_empty() {
             return Err(AgentError::FailedPrecondition(
@@ -329,12 +671,34 @@ impl NetworkFault {
         };
         Ok((
             NetworkFault {
-                spec,
+                request,
                 interfaces,
                 status,
             },
             acts_on,
         ))
+    }
+
+    /// For dry runs and logs.
+    pub fn summary(&self) -> String {
+        let what = if self.request.classifier.is_empty() {
+            "netem on all traffic".to_string()
+        } else {
+            format!(
+                "netem behind {} match and {} exclusion filter(s)",
+                self.request.classifier.matches.len(),
+                self.request.classifier.exclusions.len()
+            )
+        };
+        let direction = match self.request.direction {
+            Direction::Egress => "egress",
+            Direction::Ingress => "ingress (through an ifb)",
+        };
+        format!(
+            "would install {what}, {direction}, on {} interface(s): {}",
+            self.interfaces.len(),
+            interface_names(&self.interfaces)
+        )
     }
 
     /// Installs netem on every interface or on none.
@@ -356,16 +720,30 @@ impl NetworkFault {
 
     async fn install(&mut self, index: usize) -> Result<(), AgentError> {
         let target = &mut self.interfaces[index];
-        let (ifindex, ifname, spec) = (
-            target.restore.ifindex,
-            target.ifname.clone(),
-            self.spec.clone(),
-        );
+        let (ifindex, ifname) = (target.restore.ifindex, target.ifname.clone());
+        let (spec, classifier) = (self.request.spec.clone(), self.request.classifier.clone());
         let name = ifname.clone();
+        if let Some(redirect) = target.restore.ingress.clone() {
+            in_netns_blocking(target.path.clone(), move |handle| async move {
+                chaos_netem::ingress::install(&handle, ifindex, &redirect, &spec, &classifier)
+                    .await
+                    .map_err(|e| ingress_error(&name, e))
+            })
+            .await
+            .map_err(|e| AgentError::FailedPrecondition(format!("interface {ifname}: {e}")))??;
+            target.installed = true;
+            return Ok(());
+        }
         let before = in_netns_blocking(target.path.clone(), move |handle| async move {
-            chaos_netem::qdisc::install_netem(&handle, ifindex, &spec)
+            let mut before = chaos_netem::tree::install(&handle, ifindex, &spec, &classifier)
                 .await
-                .map_err(|e| qdisc_error(&name, e))
+                .map_err(|e| tree_error(&name, e))?;
+            // Same rule as in prepare: an ingress fault's own qdisc is not ours to restore.
+            // Asked after the change, which did not touch the ingress side.
+            if ingress_is_ours(&handle, &before).await.unwrap_or(false) {
+                before.ingress = None;
+            }
+            Ok::<_, AgentError>(before)
         })
         .await
         .map_err(|e| AgentError::FailedPrecondition(format!("interface {ifname}: {e}")))??;
@@ -381,12 +759,13 @@ impl NetworkFault {
         let mut described = Vec::new();
         for target in &self.interfaces {
             let ifindex = target.restore.ifindex;
+            let redirect = target.restore.ingress.clone();
             let dump = in_netns_blocking(target.path.clone(), move |handle| async move {
-                chaos_netem::qdisc::dump(&handle, ifindex).await
+                read_installed(&handle, ifindex, redirect.as_ref()).await
             })
             .await;
             let text = match dump {
-                Ok(Ok(views)) => describe_root(&views),
+                Ok(Ok(text)) => text,
                 Ok(Err(e)) => format!("dump failed: {e}"),
                 Err(e) => format!("dump failed: {e}"),
             };
@@ -442,6 +821,81 @@ fn interface_names(interfaces: &[InterfaceTarget]) -> String {
         .join(",")
 }
 
+/// What the kernel has installed for a fault on `ifindex`, decoded from dumps: the root
+/// qdisc tree and its filters (egress), or the redirect filter and the ifb's tree (ingress).
+async fn read_installed(
+    handle: &chaos_netem::Handle,
+    ifindex: u32,
+    redirect: Option<&IngressRedirect>,
+) -> Result<String, String> {
+    let Some(redirect) = redirect else {
+        return describe_tree(handle, ifindex).await;
+    };
+    let filters = chaos_netem::filter::dump(handle, ifindex, redirect.parent)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ours: Vec<String> = filters
+        .iter()
+        .filter(|f| f.pref == redirect.pref)
+        .map(FilterView::describe)
+        .collect();
+    let links = chaos_netem::ingress::links(handle)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ifb = links
+        .iter()
+        .find(|l| l.name == redirect.ifb_name && l.is_ifb)
+        .ok_or_else(|| format!("ifb {} is missing", redirect.ifb_name))?;
+    Ok(format!(
+        "{}: {}; {} (ifindex {}): {}",
+        chaos_netem::ingress::describe_parent(redirect.parent),
+        if ours.is_empty() {
+            "redirect filter missing".to_string()
+        } else {
+            ours.join(", ")
+        },
+        ifb.name,
+        ifb.index,
+        describe_tree(handle, ifb.index).await?
+    ))
+}
+
+/// The root qdisc, a netem below it, and the root's filters, in words.
+async fn describe_tree(handle: &chaos_netem::Handle, ifindex: u32) -> Result<String, String> {
+    let views = chaos_netem::qdisc::dump(handle, ifindex)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut text = describe_root(&views);
+    let Some(root) = views
+        .iter()
+        .find(|v| v.record.parent == chaos_netem::qdisc::TC_H_ROOT)
+    else {
+        return Ok(text);
+    };
+    if root.record.kind != "prio" {
+        return Ok(text);
+    }
+    if let Some(child) = views.iter().find(|v| v.netem.is_some()) {
+        text += &format!(
+            "; {}: {}",
+            describe_handle(child.record.parent),
+            describe_qdisc(child)
+        );
+    }
+    let filters = chaos_netem::filter::dump(handle, ifindex, root.record.handle)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !filters.is_empty() {
+        let described: Vec<String> = filters.iter().map(FilterView::describe).collect();
+        text += &format!("; filters: {}", described.join(", "));
+    }
+    Ok(text)
+}
+
+fn describe_handle(handle: u32) -> String {
+    format!("{:x}:{:x}", handle >> 16, handle & 0xffff)
+}
+
 /// The namespace of `netns` if it still exists: the path used before when it still
 /// names the same namespace, else any process or bind mount holding it.
 fn locate(netns: &NetnsRef, known: Option<&Path>, proc_root: &Path) -> Option<PathBuf> {
@@ -474,6 +928,15 @@ pub fn restore_interface(
         return Ok(());
     };
     let snapshot = restore.snapshot.clone();
+    if let Some(redirect) = restore.ingress.clone() {
+        // The root was never touched: remove the redirect and the ifb only.
+        let ifindex = restore.ifindex;
+        return chaos_netem::in_netns(&path, move |handle| async move {
+            chaos_netem::ingress::remove(&handle, ifindex, &redirect).await
+        })
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string());
+    }
     chaos_netem::in_netns(&path, move |handle| async move {
         chaos_netem::qdisc::restore(&handle, &snapshot).await
     })
@@ -489,10 +952,14 @@ pub fn describe_root(views: &[QdiscView]) -> String {
     else {
         return "no root qdisc".into();
     };
-    let handle = format!("{:x}:", root.record.handle >> 16);
-    match &root.netem {
+    describe_qdisc(root)
+}
+
+fn describe_qdisc(view: &QdiscView) -> String {
+    let handle = format!("{:x}:", view.record.handle >> 16);
+    match &view.netem {
         Some(netem) => format!("netem {handle} {}", describe_netem(&netem.spec)),
-        None => format!("{} {handle}", root.record.kind),
+        None => format!("{} {handle}", view.record.kind),
     }
 }
 
@@ -585,21 +1052,153 @@ mod tests {
         assert_eq!(netem_spec(&uniform).distribution, None);
     }
 
+    fn cidr(text: &str) -> Cidr {
+        text.parse().unwrap()
+    }
+
     #[test]
-    fn targeting_options_are_refused_by_name_until_implemented() {
-        assert_eq!(unimplemented_option(&request()), None);
-        let to = api::NetworkFault {
-            destinations: vec!["10.0.0.0/8".into()],
-            ..request()
+    fn no_targeting_is_plain_netem() {
+        let plan = NetworkPlan {
+            request: request(),
+            destinations: vec![],
+            exclude_destinations: vec![],
         };
-        assert_eq!(unimplemented_option(&to), Some("network.destinations"));
-        let ingress = api::NetworkFault {
-            direction: api::Direction::Ingress as i32,
-            ..request()
-        };
+        let wanted = network_request(&plan);
+        assert!(wanted.classifier.is_empty());
+        assert_eq!(wanted.direction, Direction::Egress);
+        assert_eq!(wanted.required_modules(), vec!["sch_netem"]);
+    }
+
+    #[test]
+    fn targeting_is_a_product_of_destinations_ports_and_protocols() {
+        let targeted = classifier(
+            End::Destination,
+            &[cidr("10.0.0.0/8"), cidr("192.168.1.1")],
+            &[5432],
+            api::Protocol::Any,
+            &[cidr("10.9.0.0/16")],
+            &[53],
+        );
+        // 2 destinations x 1 port x (tcp, udp)
+        assert_eq!(targeted.matches.len(), 4);
+        assert!(
+            targeted
+                .matches
+                .iter()
+                .all(|m| m.port == Some((End::Destination, 5432)))
+        );
+        // one network + port 53 over tcp and udp
+        assert_eq!(targeted.exclusions.len(), 3);
+        let rules = targeted.rules().unwrap();
+        assert_eq!(rules[0].selector.describe(), "dst 10.9.0.0/16");
+        assert_eq!(rules[1].selector.describe(), "proto 6 dport 53");
         assert_eq!(
-            unimplemented_option(&ingress),
-            Some("network.direction (ingress)")
+            rules[3].selector.describe(),
+            "proto 6 dst 10.0.0.0/8 dport 5432"
+        );
+        // A protocol alone, no ports: one match on the protocol.
+        let icmp = classifier_for_protocol(api::Protocol::Icmp);
+        assert_eq!(icmp.matches.len(), 1);
+        assert_eq!(icmp.matches[0].protocol, Some(IPPROTO_ICMP));
+        // Exclusions alone: everything else is impaired (one match-all).
+        let only_exclusions =
+            classifier(End::Destination, &[], &[], api::Protocol::Any, &[], &[7090]);
+        assert_eq!(only_exclusions.matches, vec![TrafficMatch::default()]);
+    }
+
+    fn classifier_for_protocol(protocol: api::Protocol) -> Classifier {
+        classifier(End::Destination, &[], &[], protocol, &[], &[])
+    }
+
+    #[test]
+    fn ingress_matches_the_remote_end_and_needs_ifb_and_mirred() {
+        let plan = NetworkPlan {
+            request: api::NetworkFault {
+                direction: api::Direction::Ingress as i32,
+                ports: vec![5432],
+                protocol: api::Protocol::Tcp as i32,
+                destinations: vec!["10.1.2.3".into()],
+                ..request()
+            },
+            destinations: vec![cidr("10.1.2.3")],
+            exclude_destinations: vec![],
+        };
+        let wanted = network_request(&plan);
+        assert_eq!(wanted.direction, Direction::Ingress);
+        assert_eq!(wanted.classifier.matches[0].port, Some((End::Source, 5432)));
+        assert_eq!(
+            wanted.required_modules(),
+            vec![
+                "sch_netem",
+                "sch_prio",
+                "cls_u32",
+                "sch_ingress",
+                "ifb",
+                "act_mirred"
+            ]
+        );
+    }
+
+    #[test]
+    fn blackholes_drop_everything_and_node_scope_keeps_the_agent_port() {
+        let plain = blackhole_request(&BlackholePlan {
+            destinations: vec![],
+            ports: vec![],
+            node_scope: false,
+            keep_port: None,
+        });
+        assert_eq!(plain.spec.loss_pct, 100.0);
+        assert!(plain.classifier.is_empty());
+        assert_eq!(plain.scope, Scope::Targets);
+        let node = blackhole_request(&BlackholePlan {
+            destinations: vec![],
+            ports: vec![],
+            node_scope: true,
+            keep_port: Some(7090),
+        });
+        assert_eq!(node.scope, Scope::Node);
+        assert_eq!(node.classifier.matches, vec![TrafficMatch::default()]);
+        let kept: Vec<String> = node
+            .classifier
+            .rules()
+            .unwrap()
+            .iter()
+            .filter(|r| r.classid == chaos_netem::tree::UNTOUCHED_CLASS)
+            .map(|r| r.selector.describe())
+            .collect();
+        assert_eq!(kept, vec!["proto 6 sport 7090", "proto 6 dport 7090"]);
+    }
+
+    #[test]
+    fn a_missing_prio_is_named_before_anything_changes() {
+        let (_dir, tree) = module_tree(
+            "",
+            "kernel/net/sched/sch_netem.ko:\nkernel/net/sched/cls_u32.ko:\n",
+        );
+        let plan = NetworkPlan {
+            request: api::NetworkFault {
+                ports: vec![80],
+                ..request()
+            },
+            destinations: vec![],
+            exclude_destinations: vec![],
+        };
+        match require_modules(&tree, &network_request(&plan)) {
+            Err(AgentError::FailedPrecondition(message)) => {
+                assert!(message.contains("sch_prio"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            require_modules(
+                &tree,
+                &network_request(&NetworkPlan {
+                    request: request(),
+                    destinations: vec![],
+                    exclude_destinations: vec![],
+                })
+            ),
+            Ok(())
         );
     }
 
@@ -632,7 +1231,7 @@ mod tests {
 
     #[test]
     fn claims_are_exclusive_and_released_on_drop() {
-        let key = (NetnsId { dev: 7, ino: 99 }, 3);
+        let key = (NetnsId { dev: 7, ino: 99 }, 3, false);
         let first = Claim::take(key).unwrap();
         assert!(Claim::take(key).is_none());
         drop(first);
@@ -661,6 +1260,7 @@ mod tests {
                 user_classes: 0,
                 root_filters: 0,
             },
+            ingress: None,
         };
         assert_eq!(
             restore_interface(&restore, None, Path::new("/proc")),

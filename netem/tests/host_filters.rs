@@ -1,0 +1,368 @@
+//! u32 filters, the targeted tree and the ingress redirect against the build host's kernel
+//! (cls_u32, act_mirred, ifb, ingress and htb present; sch_netem and sch_prio absent).
+//! Root only; every namespace is removed on drop, taking its links and qdiscs with it.
+
+mod common;
+
+use anyhow::{Context, Result};
+use chaos_netem::filter::{self, FilterView};
+use chaos_netem::ingress::{self, INGRESS_HANDLE, IngressError};
+use chaos_netem::qdisc::{self, QdiscError};
+use chaos_netem::tree::{self, Classifier, TreeError};
+use chaos_netem::u32::{
+    self as cls, End, IPPROTO_TCP, IPPROTO_UDP, Ipv4Cidr, Selector, TC_U32_TERMINAL, TrafficMatch,
+};
+use chaos_netem::{NetemSpec, in_netns};
+use common::{LINK, TestNetns};
+
+const HTB_PARENT: u32 = 0x0001_0000;
+
+fn filters(netns: &TestNetns, ifindex: u32, parent: u32) -> Result<Vec<FilterView>> {
+    Ok(in_netns(&netns.path(), move |handle| async move {
+        filter::dump(&handle, ifindex, parent).await
+    })??)
+}
+
+/// `tc filter show` text without the hash-table ids (`fh 801:`, `ht 801`), which the
+/// kernel numbers per filter instance.
+fn without_table_ids(text: &str) -> String {
+    text.lines()
+        .map(|line| {
+            let mut words = Vec::new();
+            let mut skip = false;
+            for word in line.split_whitespace() {
+                if skip {
+                    skip = false;
+                    continue;
+                }
+                skip = word == "fh" || word == "ht";
+                words.push(word);
+            }
+            words.join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn cidr(addr: &str, prefix: u8) -> Ipv4Cidr {
+    Ipv4Cidr {
+        addr: addr.parse().expect("address"),
+        prefix,
+    }
+}
+
+/// Filters built by `tc` under an htb root, dumped over netlink: their selectors must be
+/// byte-identical to ours for the same matches; then ours, installed through netlink,
+/// must print exactly like tc's in `tc filter show`.
+#[test]
+fn host_u32_selectors_match_tc() -> Result<()> {
+    let netns = TestNetns::new("u32")?;
+    let ifindex = netns.ifindex(LINK)?;
+    netns.tc(&["qdisc", "add", "dev", LINK, "root", "handle", "1:", "htb"])?;
+    let cases: Vec<(Vec<&str>, TrafficMatch)> = vec![
+        (
+            vec![
+                "match",
+                "u8",
+                "5",
+                "0x0f",
+                "at",
+                "0",
+                "match",
+                "ip",
+                "protocol",
+                "6",
+                "0xff",
+                "match",
+                "ip",
+                "dst",
+                "10.1.0.0/16",
+                "match",
+                "ip",
+                "dport",
+                "5432",
+                "0xffff",
+            ],
+            TrafficMatch {
+                protocol: Some(IPPROTO_TCP),
+                address: Some((End::Destination, cidr("10.1.0.0", 16))),
+                port: Some((End::Destination, 5432)),
+            },
+        ),
+        (
+            vec![
+                "match",
+                "u8",
+                "5",
+                "0x0f",
+                "at",
+                "0",
+                "match",
+                "ip",
+                "protocol",
+                "17",
+                "0xff",
+                "match",
+                "ip",
+                "src",
+                "192.168.7.9/32",
+                "match",
+                "ip",
+                "sport",
+                "53",
+                "0xffff",
+            ],
+            TrafficMatch {
+                protocol: Some(IPPROTO_UDP),
+                address: Some((End::Source, cidr("192.168.7.9", 32))),
+                port: Some((End::Source, 53)),
+            },
+        ),
+        (
+            vec!["match", "ip", "dst", "172.16.0.0/12"],
+            TrafficMatch {
+                address: Some((End::Destination, cidr("172.16.0.0", 12))),
+                ..Default::default()
+            },
+        ),
+        (
+            vec!["match", "ip", "protocol", "1", "0xff"],
+            TrafficMatch {
+                protocol: Some(1),
+                ..Default::default()
+            },
+        ),
+        (vec!["match", "u32", "0", "0"], TrafficMatch::default()),
+    ];
+    for (index, (tc_matches, ours)) in cases.iter().enumerate() {
+        let pref = (index + 1).to_string();
+        let mut args = vec![
+            "filter", "add", "dev", LINK, "parent", "1:", "protocol", "ip", "prio", &pref, "u32",
+        ];
+        args.extend_from_slice(tc_matches);
+        args.extend_from_slice(&["classid", "1:2"]);
+        netns.tc(&args)?;
+        let dumped = filters(&netns, ifindex, HTB_PARENT)?;
+        let by_tc = dumped
+            .iter()
+            .find(|f| f.pref == index as u16 + 1)
+            .with_context(|| format!("no filter at pref {pref}: {dumped:?}"))?;
+        let selector = Selector::for_match(ours)?;
+        let tc_selector = by_tc
+            .selector
+            .clone()
+            .context("tc's filter has no selector")?;
+        eprintln!(
+            "pref {pref}: tc {} ours {}",
+            hex(&tc_selector.encode(TC_U32_TERMINAL)),
+            hex(&selector.encode(TC_U32_TERMINAL))
+        );
+        assert_eq!(
+            hex(&tc_selector.encode(TC_U32_TERMINAL)),
+            hex(&selector.encode(TC_U32_TERMINAL)),
+            "case {tc_matches:?}"
+        );
+        assert_eq!(by_tc.classid, Some(0x0001_0002));
+        assert_eq!(by_tc.protocol, cls::ETH_P_IP);
+
+        // The same filter through our encoder, one priority further up.
+        let tc_text = netns.tc(&["filter", "show", "dev", LINK, "parent", "1:", "prio", &pref])?;
+        netns.tc(&["filter", "del", "dev", LINK, "parent", "1:", "prio", &pref])?;
+        let options = cls::classify_options(&selector, 0x0001_0002);
+        let pref_number = index as u16 + 1;
+        in_netns(&netns.path(), move |handle| async move {
+            filter::add_u32(
+                &handle,
+                ifindex,
+                HTB_PARENT,
+                pref_number,
+                cls::ETH_P_IP,
+                options,
+            )
+            .await
+        })??;
+        let our_text = netns.tc(&["filter", "show", "dev", LINK, "parent", "1:", "prio", &pref])?;
+        assert_eq!(
+            without_table_ids(&our_text),
+            without_table_ids(&tc_text),
+            "case {tc_matches:?}"
+        );
+    }
+    Ok(())
+}
+
+/// tc's ingress redirect (match-all u32 + mirred egress redirect) and ours decode alike
+/// and print alike; `ingress::remove` takes ours away with its ingress qdisc and ifb.
+#[test]
+fn host_ingress_redirect_matches_tc_and_is_removed_with_its_ifb() -> Result<()> {
+    let netns = TestNetns::new("redir")?;
+    let ifindex = netns.ifindex(LINK)?;
+    let before = (
+        netns.tc(&["qdisc", "show", "dev", LINK])?,
+        netns.ip(&["-o", "link", "show"])?,
+    );
+    let ifb_name = ingress::ifb_name(0x7);
+    netns.ip(&["link", "add", &ifb_name, "type", "ifb"])?;
+    let ifb = netns.ifindex(&ifb_name)?;
+    netns.tc(&["qdisc", "add", "dev", LINK, "ingress"])?;
+    netns.tc(&[
+        "filter", "add", "dev", LINK, "parent", "ffff:", "protocol", "all", "prio", "1", "u32",
+        "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", &ifb_name,
+    ])?;
+    let dumped = filters(&netns, ifindex, INGRESS_HANDLE)?;
+    let by_tc = dumped
+        .iter()
+        .find(|f| f.pref == 1)
+        .context("no tc filter")?;
+    assert_eq!(by_tc.redirect_to, Some(ifb));
+    assert_eq!(by_tc.protocol, cls::ETH_P_ALL);
+    let everything = Selector::for_match(&TrafficMatch::default())?;
+    assert_eq!(by_tc.selector.as_ref(), Some(&everything));
+    let tc_text = netns.tc(&["filter", "show", "dev", LINK, "parent", "ffff:"])?;
+    netns.tc(&["filter", "del", "dev", LINK, "parent", "ffff:", "prio", "1"])?;
+
+    let options = cls::redirect_options(&everything, ifb);
+    in_netns(&netns.path(), move |handle| async move {
+        filter::add_u32(&handle, ifindex, INGRESS_HANDLE, 1, cls::ETH_P_ALL, options).await
+    })??;
+    let our_text = netns.tc(&["filter", "show", "dev", LINK, "parent", "ffff:"])?;
+    // The action index is a counter of the namespace: tc's was 1, ours is the next free.
+    let without_index = |text: &str| {
+        text.lines()
+            .filter(|line| !line.trim_start().starts_with("index "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(without_index(&our_text), without_index(&tc_text));
+
+    let redirect = ingress::IngressRedirect {
+        ifb_name: ifb_name.clone(),
+        parent: INGRESS_HANDLE,
+        pref: 1,
+        creates_qdisc: true,
+    };
+    for _ in 0..2 {
+        // Twice: removal is idempotent (a journal replay after a crash repeats it).
+        let redirect = redirect.clone();
+        in_netns(&netns.path(), move |handle| async move {
+            ingress::remove(&handle, ifindex, &redirect).await
+        })??;
+    }
+    let after = (
+        netns.tc(&["qdisc", "show", "dev", LINK])?,
+        netns.ip(&["-o", "link", "show"])?,
+    );
+    assert_eq!(after, before);
+    Ok(())
+}
+
+/// On this kernel prio is missing: the targeted tree fails on its first step, naming prio,
+/// and the interface is exactly as before.
+#[test]
+fn host_targeted_tree_without_prio_changes_nothing() -> Result<()> {
+    let netns = TestNetns::new("noprio")?;
+    let ifindex = netns.ifindex(LINK)?;
+    netns.tc(&[
+        "qdisc", "add", "dev", LINK, "root", "handle", "1:", "tbf", "rate", "100mbit", "burst",
+        "32kb", "latency", "50ms",
+    ])?;
+    let before = (
+        netns.tc(&["-d", "qdisc", "show", "dev", LINK])?,
+        netns.tc(&["filter", "show", "dev", LINK])?,
+    );
+    let classifier = Classifier {
+        matches: vec![TrafficMatch {
+            protocol: Some(IPPROTO_TCP),
+            port: Some((End::Destination, 80)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let spec = NetemSpec {
+        delay_us: 10_000,
+        ..NetemSpec::default()
+    };
+    let result = in_netns(&netns.path(), move |handle| async move {
+        tree::install_targeted(&handle, ifindex, &spec, &classifier).await
+    })?;
+    match result {
+        Err(TreeError::Qdisc(QdiscError::KindNotSupported { kind })) => assert_eq!(kind, "prio"),
+        other => panic!("expected prio to be missing on this host, got {other:?}"),
+    }
+    let after = (
+        netns.tc(&["-d", "qdisc", "show", "dev", LINK])?,
+        netns.tc(&["filter", "show", "dev", LINK])?,
+    );
+    assert_eq!(after, before);
+    Ok(())
+}
+
+/// The ifb is made first and netem on it fails here: everything is undone, no ifb is
+/// left, and the interface (with a pre-existing ingress qdisc and filter) is unchanged.
+#[test]
+fn host_ingress_without_netem_leaves_no_ifb_and_changes_nothing() -> Result<()> {
+    let netns = TestNetns::new("noifb")?;
+    let ifindex = netns.ifindex(LINK)?;
+    for with_ingress in [false, true] {
+        if with_ingress {
+            netns.tc(&["qdisc", "add", "dev", LINK, "ingress"])?;
+            netns.tc(&[
+                "filter",
+                "add",
+                "dev",
+                LINK,
+                "parent",
+                "ffff:",
+                "protocol",
+                "ip",
+                "prio",
+                "10",
+                "u32",
+                "match",
+                "ip",
+                "dst",
+                "10.9.0.0/16",
+                "classid",
+                "1:1",
+            ])?;
+        }
+        let before = (
+            netns.tc(&["-d", "qdisc", "show", "dev", LINK])?,
+            netns.tc(&["filter", "show", "dev", LINK, "ingress"])?,
+            netns.ip(&["-o", "link", "show"])?,
+        );
+        let spec = NetemSpec {
+            delay_us: 10_000,
+            ..NetemSpec::default()
+        };
+        let outcome = in_netns(&netns.path(), move |handle| async move {
+            let snapshot = qdisc::snapshot(&handle, ifindex).await?;
+            let redirect = ingress::plan(&handle, &snapshot, &ingress::ifb_name(0xabc)).await?;
+            let planned = redirect.clone();
+            let installed =
+                ingress::install(&handle, ifindex, &redirect, &spec, &Classifier::default()).await;
+            Ok::<_, IngressError>((planned, installed))
+        })??;
+        let (planned, installed) = outcome;
+        assert_eq!(planned.creates_qdisc, !with_ingress);
+        assert_eq!(planned.pref, if with_ingress { 9 } else { 1 });
+        match installed {
+            Err(IngressError::Tree(TreeError::Qdisc(QdiscError::KindNotSupported { kind }))) => {
+                assert_eq!(kind, "netem")
+            }
+            other => panic!("expected netem to be missing on this host, got {other:?}"),
+        }
+        let after = (
+            netns.tc(&["-d", "qdisc", "show", "dev", LINK])?,
+            netns.tc(&["filter", "show", "dev", LINK, "ingress"])?,
+            netns.ip(&["-o", "link", "show"])?,
+        );
+        assert_eq!(after, before);
+        assert!(!after.2.contains("chaos-ifb"), "{}", after.2);
+    }
+    Ok(())
+}
