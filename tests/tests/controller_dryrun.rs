@@ -524,7 +524,10 @@ fn expectations() -> BTreeMap<&'static str, Vec<StepExpectation>> {
     BTreeMap::from([
         (
             "demo-kill.yaml",
-            vec![step("kill-httpd", "process", &["demo/web-0/web"][..], 1)],
+            vec![
+                step("cpu-exhaustion", "cpu", &["demo/web-0/web"][..], 1),
+                step("kill-httpd", "process", &["demo/web-0/web"][..], 1),
+            ],
         ),
         (
             "kill-postgres-primary.yaml",
