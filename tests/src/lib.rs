@@ -1,3 +1,4 @@
+pub mod accounting;
 pub mod agent;
 pub mod command;
 pub mod containerd;

@@ -228,31 +228,7 @@ async fn host_targeted_ingress_and_blackhole_requests_fail_and_change_nothing() 
             caps.qdiscs
         );
     }
-    netns
-        .exec(&["tc", "qdisc", "add", "dev", "eth0", "ingress"])?
-        .check()?;
-    netns
-        .exec(&[
-            "tc",
-            "filter",
-            "add",
-            "dev",
-            "eth0",
-            "parent",
-            "ffff:",
-            "protocol",
-            "ip",
-            "prio",
-            "10",
-            "u32",
-            "match",
-            "ip",
-            "dst",
-            "10.9.0.0/16",
-            "classid",
-            "1:1",
-        ])?
-        .check()?;
+    install_user_ingress(&netns)?;
     let before = interface_state(&netns)?;
     let target = sleeper.target();
     let ttl = Duration::from_secs(30);
@@ -935,31 +911,7 @@ async fn vm_ingress_delay_works_restores_htb_and_ingress_and_leaves_no_ifb() -> 
             "tc", "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "htb",
         ])?
         .check()?;
-    netns
-        .exec(&["tc", "qdisc", "add", "dev", "eth0", "ingress"])?
-        .check()?;
-    netns
-        .exec(&[
-            "tc",
-            "filter",
-            "add",
-            "dev",
-            "eth0",
-            "parent",
-            "ffff:",
-            "protocol",
-            "ip",
-            "prio",
-            "10",
-            "u32",
-            "match",
-            "ip",
-            "dst",
-            "10.9.0.0/16",
-            "classid",
-            "1:1",
-        ])?
-        .check()?;
+    install_user_ingress(&netns)?;
     let before_state = interface_state(&netns)?;
     let before = connect_median(&netns, addr, 15)?;
     let fault = inject(
@@ -1247,5 +1199,18 @@ async fn vm_bench_inject_and_revert_latency_vs_nsenter_tc() -> Result<()> {
     report("100 targets: nsenter tc del", dels);
     println!("BENCH 100 targets: nsenter tc replace+del wall {peer_wall:?}");
     assert_eq!(journal_len(state.path()), 0);
+    Ok(())
+}
+
+/// What a user may already have on an interface: an ingress qdisc with one u32 filter,
+/// which every fault must leave exactly as it was.
+fn install_user_ingress(netns: &TestNetns) -> Result<()> {
+    netns
+        .exec(&["tc", "qdisc", "add", "dev", "eth0", "ingress"])?
+        .check()?;
+    let filter = "filter add dev eth0 parent ffff: protocol ip prio 10 u32 match ip dst 10.9.0.0/16 classid 1:1";
+    let mut command = vec!["tc"];
+    command.extend(filter.split(' '));
+    netns.exec(&command)?.check()?;
     Ok(())
 }

@@ -6,9 +6,9 @@
 //! The CPU measurements share the machine with whatever else runs: the tests that measure CPU
 //! hold an exclusive file lock so that they do not load the two cores against each other.
 
+use chaos_tests::accounting::{Accounting, CpuLock};
 use chaos_tests::agent::state_dir;
-use std::fs::File;
-use std::path::{Path, PathBuf};
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -17,103 +17,6 @@ use chaos_tests::agent::{TestAgent, make_certs};
 use chaos_tests::containerd::{ContainerSpec, TestContainer};
 
 const MIB: u64 = 1 << 20;
-
-/// Serialises the CPU-measuring tests across test processes (nextest runs one per test).
-struct CpuLock(#[allow(dead_code)] nix::fcntl::Flock<File>);
-
-impl CpuLock {
-    fn take() -> Result<CpuLock> {
-        let file = File::create("/tmp/chaos-test-resources-cpu.lock")?;
-        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| anyhow::anyhow!("flock: {e}"))?;
-        Ok(CpuLock(lock))
-    }
-}
-
-/// The container's cgroup files, found from its init's /proc/PID/cgroup.
-struct Accounting {
-    v2: bool,
-    cpu_dir: PathBuf,
-    memory_dir: PathBuf,
-}
-
-impl Accounting {
-    fn of(container: &TestContainer) -> Result<Accounting> {
-        let pid = container.pid()?;
-        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-        let root = Path::new("/sys/fs/cgroup");
-        let v2 = !text.lines().any(|l| l.contains(":memory:"));
-        if v2 {
-            let path = text
-                .lines()
-                .find_map(|l| l.strip_prefix("0::"))
-                .context("no 0:: line")?;
-            let dir = root.join(path.trim_start_matches('/'));
-            return Ok(Accounting {
-                v2,
-                cpu_dir: dir.clone(),
-                memory_dir: dir,
-            });
-        }
-        let path_of = |controller: &str| -> Result<String> {
-            text.lines()
-                .find_map(|l| {
-                    let mut f = l.splitn(3, ':');
-                    let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
-                    controllers
-                        .split(',')
-                        .any(|c| c == controller)
-                        .then(|| path.to_string())
-                })
-                .with_context(|| format!("no {controller} line in {text}"))
-        };
-        Ok(Accounting {
-            v2,
-            cpu_dir: root
-                .join("cpuacct")
-                .join(path_of("cpuacct")?.trim_start_matches('/')),
-            memory_dir: root
-                .join("memory")
-                .join(path_of("memory")?.trim_start_matches('/')),
-        })
-    }
-
-    fn cpu_ns(&self) -> Result<u64> {
-        if self.v2 {
-            let text = std::fs::read_to_string(self.cpu_dir.join("cpu.stat"))?;
-            let usec: u64 = text
-                .lines()
-                .find_map(|l| l.strip_prefix("usage_usec "))
-                .context("no usage_usec")?
-                .trim()
-                .parse()?;
-            Ok(usec * 1000)
-        } else {
-            Ok(std::fs::read_to_string(self.cpu_dir.join("cpuacct.usage"))?
-                .trim()
-                .parse()?)
-        }
-    }
-
-    fn memory_bytes(&self) -> Result<u64> {
-        let file = if self.v2 {
-            "memory.current"
-        } else {
-            "memory.usage_in_bytes"
-        };
-        Ok(std::fs::read_to_string(self.memory_dir.join(file))?
-            .trim()
-            .parse()?)
-    }
-
-    /// Percent of one core used over `window`.
-    fn cpu_percent_over(&self, window: Duration) -> Result<f64> {
-        let (start, at) = (self.cpu_ns()?, Instant::now());
-        std::thread::sleep(window);
-        let used = self.cpu_ns()? - start;
-        Ok(used as f64 / at.elapsed().as_nanos() as f64 * 100.0)
-    }
-}
 
 fn cpu_request(
     target: &str,
@@ -230,7 +133,7 @@ async fn cpu_fill_holds_an_idle_one_cpu_container_at_half_and_stops_at_the_deadl
     let (tls, state) = (make_certs()?, state_dir()?);
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
     let container = one_cpu_container(None)?;
-    let accounting = Accounting::of(&container)?;
+    let accounting = Accounting::of(container.pid()?)?;
 
     let fault = inject(
         &agent,
@@ -284,7 +187,7 @@ async fn cpu_fill_tops_a_busy_container_up_to_seventy_percent() -> Result<()> {
     let (tls, state) = (make_certs()?, state_dir()?);
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
     let container = one_cpu_container(None)?;
-    let accounting = Accounting::of(&container)?;
+    let accounting = Accounting::of(container.pid()?)?;
 
     let workload = inject(
         &agent,
@@ -350,7 +253,7 @@ async fn memory_raises_usage_by_256_mib_holds_it_idle_and_releases_it() -> Resul
     let (tls, state) = (make_certs()?, state_dir()?);
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
     let container = one_cpu_container(Some(1024 * MIB))?;
-    let accounting = Accounting::of(&container)?;
+    let accounting = Accounting::of(container.pid()?)?;
     let before = accounting.memory_bytes()?;
 
     let fault = inject(
@@ -421,7 +324,7 @@ async fn memory_percent_is_of_the_containers_limit_and_released_at_the_deadline(
     let (tls, state) = (make_certs()?, state_dir()?);
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
     let container = one_cpu_container(Some(512 * MIB))?;
-    let accounting = Accounting::of(&container)?;
+    let accounting = Accounting::of(container.pid()?)?;
     let before = accounting.memory_bytes()?;
 
     let fault = inject(

@@ -1,0 +1,109 @@
+//! A container's CPU time and memory use read back from its cgroup files (v1 on the host,
+//! v2 in the VM), and a lock that keeps CPU-measuring tests from overlapping.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+/// Serialises the CPU-measuring tests across test processes (nextest runs one per test).
+pub struct CpuLock(#[allow(dead_code)] nix::fcntl::Flock<File>);
+
+impl CpuLock {
+    pub fn take() -> Result<CpuLock> {
+        let file = File::create("/tmp/chaos-test-resources-cpu.lock")?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| anyhow::anyhow!("flock: {e}"))?;
+        Ok(CpuLock(lock))
+    }
+}
+
+/// The container's CPU time and memory use, from its cgroup (v1 here; v2 in the VM).
+pub struct Accounting {
+    v2: bool,
+    cpu_dir: PathBuf,
+    memory_dir: PathBuf,
+}
+
+impl Accounting {
+    pub fn of(pid: u32) -> Result<Accounting> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+        let root = Path::new("/sys/fs/cgroup");
+        let path_of = |controller: &str| -> Option<String> {
+            text.lines().find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+                controllers
+                    .split(',')
+                    .any(|c| c == controller)
+                    .then(|| path.trim_start_matches('/').to_string())
+            })
+        };
+        match (path_of("cpuacct"), path_of("memory")) {
+            (Some(cpu), Some(memory)) => Ok(Accounting {
+                v2: false,
+                cpu_dir: root.join("cpuacct").join(cpu),
+                memory_dir: root.join("memory").join(memory),
+            }),
+            _ => {
+                let path = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("0::"))
+                    .context("neither v1 controllers nor a 0:: line")?;
+                let dir = root.join(path.trim_start_matches('/'));
+                Ok(Accounting {
+                    v2: true,
+                    cpu_dir: dir.clone(),
+                    memory_dir: dir,
+                })
+            }
+        }
+    }
+
+    pub fn cpu_ns(&self) -> Result<u64> {
+        if self.v2 {
+            let text = std::fs::read_to_string(self.cpu_dir.join("cpu.stat"))?;
+            let usec: u64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .context("no usage_usec")?
+                .trim()
+                .parse()?;
+            return Ok(usec * 1000);
+        }
+        Ok(std::fs::read_to_string(self.cpu_dir.join("cpuacct.usage"))?
+            .trim()
+            .parse()?)
+    }
+
+    pub fn memory_bytes(&self) -> Result<u64> {
+        let file = if self.v2 {
+            "memory.current"
+        } else {
+            "memory.usage_in_bytes"
+        };
+        Ok(std::fs::read_to_string(self.memory_dir.join(file))?
+            .trim()
+            .parse()?)
+    }
+
+    /// Percent of one core the container used over `window`.
+    pub fn cpu_percent_over(&self, window: Duration) -> Result<f64> {
+        let (start, at) = (self.cpu_ns()?, Instant::now());
+        std::thread::sleep(window);
+        let used = self.cpu_ns()?.saturating_sub(start);
+        Ok(used as f64 / at.elapsed().as_nanos() as f64 * 100.0)
+    }
+
+    /// The processes in the container's cgroup (the stressors run there too).
+    pub fn pids(&self) -> Result<BTreeSet<u32>> {
+        Ok(
+            std::fs::read_to_string(self.memory_dir.join("cgroup.procs"))?
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect(),
+        )
+    }
+}
