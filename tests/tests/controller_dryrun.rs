@@ -85,13 +85,35 @@ impl Drop for Pods {
         let mut last = None;
         for _ in 0..20 {
             match ctr(&ns, &["namespaces", "rm", &ns]).and_then(|o| o.check()) {
-                Ok(_) => return,
+                Ok(_) => {
+                    remove_namespace_cgroups(&ns);
+                    return;
+                }
                 Err(e) => last = Some(e),
             }
             std::thread::sleep(Duration::from_millis(250));
         }
         if let Some(e) = last {
             eprintln!("removing containerd namespace {ns}: {e}");
+        }
+    }
+}
+
+/// containerd makes a parent cgroup per namespace (`/<ns>` under every v1 controller, or
+/// in the v2 tree) and leaves it when the namespace goes: remove the empty directories.
+fn remove_namespace_cgroups(ns: &str) {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let mut dirs = vec![root.join(ns)];
+    if let Ok(controllers) = std::fs::read_dir(root) {
+        dirs.extend(controllers.flatten().map(|c| c.path().join(ns)));
+    }
+    for dir in dirs {
+        // Fails harmlessly where there is no such directory (or a symlinked controller
+        // already removed it); a non-empty one is left and reported.
+        if let Err(e) = std::fs::remove_dir(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("removing {}: {e}", dir.display());
         }
     }
 }
