@@ -88,36 +88,22 @@ impl ActiveFault {
                     fault: ActiveFault::Memory(fault),
                 })
             }
+            // Both read (snapshot) the interfaces: their state goes into the journal
+            // before apply changes anything.
             FaultPlan::Network(plan) => {
-                // Reads (snapshots) the interfaces: their state goes into the journal
-                // before apply changes anything.
-                let modules = chaos_netem::capabilities::ModuleTree::host();
-                let (fault, acts_on) = network::NetworkFault::prepare(
-                    network::network_request(plan),
-                    targets,
-                    &context.resolver.procfs,
-                    &modules,
-                )
-                .await?;
+                let (fault, acts_on) =
+                    prepare_network(network::network_request(plan), targets, context).await?;
                 Ok(Prepared {
-                    plan_summary: fault.summary(),
+                    plan_summary: fault.summary("install netem"),
                     acts_on,
                     fault: ActiveFault::Network(fault),
                 })
             }
             FaultPlan::Blackhole(plan) => {
-                let modules = chaos_netem::capabilities::ModuleTree::host();
-                let (fault, acts_on) = network::NetworkFault::prepare(
-                    network::blackhole_request(plan),
-                    targets,
-                    &context.resolver.procfs,
-                    &modules,
-                )
-                .await?;
+                let (fault, acts_on) =
+                    prepare_network(network::blackhole_request(plan), targets, context).await?;
                 Ok(Prepared {
-                    plan_summary: fault
-                        .summary()
-                        .replacen("would install netem", "would drop", 1),
+                    plan_summary: fault.summary("drop"),
                     acts_on,
                     fault: ActiveFault::Blackhole(fault),
                 })
@@ -242,6 +228,16 @@ impl ActiveFault {
             ActiveFault::Memory(m) => api::fault::Status::Memory(m.status),
         }
     }
+}
+
+/// The network and blackhole faults: the same netlink machinery on the host's modules.
+async fn prepare_network(
+    request: network::NetworkRequest,
+    targets: &[Resolved],
+    context: &PrepareContext<'_>,
+) -> Result<(network::NetworkFault, Vec<ProcessInfo>), AgentError> {
+    let modules = chaos_netem::capabilities::ModuleTree::host();
+    network::NetworkFault::prepare(request, targets, &context.resolver.procfs, &modules).await
 }
 
 pub fn kind_label(kind: api::FaultKind) -> &'static str {

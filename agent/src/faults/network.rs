@@ -680,12 +680,14 @@ impl NetworkFault {
     }
 
     /// For dry runs and logs.
-    pub fn summary(&self) -> String {
+    /// What prepare found, e.g. "would install netem on all traffic, egress, on 1
+    /// interface(s): eth0" for `action` "install netem".
+    pub fn summary(&self, action: &str) -> String {
         let what = if self.request.classifier.is_empty() {
-            "netem on all traffic".to_string()
+            "on all traffic".to_string()
         } else {
             format!(
-                "netem behind {} match and {} exclusion filter(s)",
+                "behind {} match and {} exclusion filter(s)",
                 self.request.classifier.matches.len(),
                 self.request.classifier.exclusions.len()
             )
@@ -695,7 +697,7 @@ impl NetworkFault {
             Direction::Ingress => "ingress (through an ifb)",
         };
         format!(
-            "would install {what}, {direction}, on {} interface(s): {}",
+            "would {action} {what}, {direction}, on {} interface(s): {}",
             self.interfaces.len(),
             interface_names(&self.interfaces)
         )
