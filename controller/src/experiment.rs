@@ -422,7 +422,8 @@ pub struct NetworkSpec {
     pub exclude_ports: Vec<u32>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+/// Also a `chaosctl inject network` option, so the file and the flag take the same words.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum TrafficProtocol {
     #[default]
@@ -432,7 +433,8 @@ pub enum TrafficProtocol {
     Icmp,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+/// Also a `chaosctl inject network` option, so the file and the flag take the same words.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum TrafficDirection {
     #[default]

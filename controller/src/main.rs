@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use chaos_proto::api;
 use chaosctl::client::{AgentAddress, connect};
 use chaosctl::duration::parse_duration;
+use chaosctl::experiment::{TrafficDirection, TrafficProtocol};
 use chaosctl::{certs, output, remote_runs};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -259,7 +260,7 @@ enum Inject {
         port: Vec<u32>,
         /// Only this protocol (ports without a protocol mean tcp and udp).
         #[arg(long, value_enum, default_value = "any")]
-        protocol: ProtocolArg,
+        protocol: TrafficProtocol,
         /// Keep traffic to this CIDR untouched (repeatable).
         #[arg(long)]
         exclude_to: Vec<String>,
@@ -268,7 +269,7 @@ enum Inject {
         exclude_port: Vec<u32>,
         /// egress, or ingress (through an ifb device made for the fault).
         #[arg(long, value_enum, default_value = "egress")]
-        direction: DirectionArg,
+        direction: TrafficDirection,
         #[arg(long, value_parser = parse_duration)]
         duration: Duration,
     },
@@ -289,20 +290,6 @@ enum Inject {
         #[arg(long, value_parser = parse_duration)]
         duration: Duration,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum ProtocolArg {
-    Any,
-    Tcp,
-    Udp,
-    Icmp,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum DirectionArg {
-    Egress,
-    Ingress,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -428,17 +415,15 @@ async fn run(cli: Cli) -> Result<()> {
             interval,
             duration,
         }) => {
-            let request = api::InjectRequest {
-                target: common.target,
-                duration_ms: duration.map(|d| d.as_millis() as u64).unwrap_or(0),
-                fault: Some(api::inject_request::Fault::Process(api::ProcessFault {
+            let request = inject_request(
+                common,
+                duration.unwrap_or_default(),
+                api::inject_request::Fault::Process(api::ProcessFault {
                     signal,
                     process: process.unwrap_or_default(),
                     interval_ms: interval.map(|d| d.as_millis() as u64).unwrap_or(0),
-                })),
-                dry_run: common.dry_run,
-                ..Default::default()
-            };
+                }),
+            );
             let mut client = connect(&address).await?;
             let fault = client
                 .inject(request)
@@ -475,17 +460,15 @@ async fn run(cli: Cli) -> Result<()> {
             mode,
             duration,
         }) => {
-            let request = api::InjectRequest {
-                target: common.target,
-                duration_ms: duration.as_millis() as u64,
-                fault: Some(api::inject_request::Fault::Cpu(api::CpuFault {
+            let request = inject_request(
+                common,
+                duration,
+                api::inject_request::Fault::Cpu(api::CpuFault {
                     load_percent: load,
                     cores: cores.unwrap_or(0),
                     mode: mode.to_api() as i32,
-                })),
-                dry_run: common.dry_run,
-                ..Default::default()
-            };
+                }),
+            );
             inject_and_print(&address, cli.output, request).await?;
         }
         Command::Inject(Inject::Memory {
@@ -495,17 +478,15 @@ async fn run(cli: Cli) -> Result<()> {
             ramp,
             duration,
         }) => {
-            let request = api::InjectRequest {
-                target: common.target,
-                duration_ms: duration.as_millis() as u64,
-                fault: Some(api::inject_request::Fault::Memory(api::MemoryFault {
+            let request = inject_request(
+                common,
+                duration,
+                api::inject_request::Fault::Memory(api::MemoryFault {
                     size_bytes: size.unwrap_or(0),
                     percent: percent.unwrap_or(0),
                     ramp_ms: ramp.map_or(0, |r| r.as_millis() as u64),
-                })),
-                dry_run: common.dry_run,
-                ..Default::default()
-            };
+                }),
+            );
             inject_and_print(&address, cli.output, request).await?;
         }
         Command::Inject(Inject::Network {
@@ -527,17 +508,8 @@ async fn run(cli: Cli) -> Result<()> {
             direction,
             duration,
         }) => {
-            use chaosctl::experiment::{TrafficDirection, TrafficProtocol};
-            let protocol = chaosctl::request::protocol(match protocol {
-                ProtocolArg::Any => TrafficProtocol::Any,
-                ProtocolArg::Tcp => TrafficProtocol::Tcp,
-                ProtocolArg::Udp => TrafficProtocol::Udp,
-                ProtocolArg::Icmp => TrafficProtocol::Icmp,
-            });
-            let direction = chaosctl::request::direction(match direction {
-                DirectionArg::Egress => TrafficDirection::Egress,
-                DirectionArg::Ingress => TrafficDirection::Ingress,
-            });
+            let protocol = chaosctl::request::protocol(protocol);
+            let direction = chaosctl::request::direction(direction);
             let distribution = match distribution.as_deref() {
                 None => api::Distribution::Unspecified,
                 Some(name) => api::Distribution::from_str_name(&format!(
@@ -548,10 +520,10 @@ async fn run(cli: Cli) -> Result<()> {
                     format!("--distribution {name}: use uniform, normal, pareto or paretonormal")
                 })?,
             };
-            let request = api::InjectRequest {
-                target: common.target,
-                duration_ms: duration.as_millis() as u64,
-                fault: Some(api::inject_request::Fault::Network(api::NetworkFault {
+            let request = inject_request(
+                common,
+                duration,
+                api::inject_request::Fault::Network(api::NetworkFault {
                     interface: interface.unwrap_or_default(),
                     delay_us: delay.map_or(0, |d| d.as_micros() as u64),
                     jitter_us: jitter.map_or(0, |d| d.as_micros() as u64),
@@ -568,10 +540,8 @@ async fn run(cli: Cli) -> Result<()> {
                     exclude_destinations: exclude_to,
                     exclude_ports: exclude_port,
                     ..Default::default()
-                })),
-                dry_run: common.dry_run,
-                ..Default::default()
-            };
+                }),
+            );
             inject_and_print(&address, cli.output, request).await?;
         }
         Command::Inject(Inject::Blackhole {
@@ -581,17 +551,15 @@ async fn run(cli: Cli) -> Result<()> {
             node_scope,
             duration,
         }) => {
-            let request = api::InjectRequest {
-                target: common.target,
-                duration_ms: duration.as_millis() as u64,
-                fault: Some(api::inject_request::Fault::Blackhole(api::BlackholeFault {
+            let request = inject_request(
+                common,
+                duration,
+                api::inject_request::Fault::Blackhole(api::BlackholeFault {
                     destinations: to,
                     ports: port,
                     node_scope,
-                })),
-                dry_run: common.dry_run,
-                ..Default::default()
-            };
+                }),
+            );
             inject_and_print(&address, cli.output, request).await?;
         }
         Command::List { all } => {
@@ -677,6 +645,21 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 /// Sends one Inject and prints the fault it created.
+/// The request every `chaosctl inject` subcommand sends: its fault on its target.
+fn inject_request(
+    common: Common,
+    duration: Duration,
+    fault: api::inject_request::Fault,
+) -> api::InjectRequest {
+    api::InjectRequest {
+        target: common.target,
+        duration_ms: duration.as_millis() as u64,
+        fault: Some(fault),
+        dry_run: common.dry_run,
+        ..Default::default()
+    }
+}
+
 async fn inject_and_print(
     address: &AgentAddress,
     format: Output,
