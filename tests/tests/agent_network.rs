@@ -446,11 +446,7 @@ async fn wait_ended(agent: &TestAgent, id: &str, within: Duration) -> Result<api
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs netem: run in the VM"]
 async fn vm_delay_raises_connect_time_and_falls_back_after_the_deadline() -> Result<()> {
-    let (tls, state) = (make_certs()?, state_dir()?);
-    let agent = TestAgent::start_tls(tls.path(), state.path())?;
-    require_netem(&agent).await?;
-    let netns = TestNetns::create()?;
-    let sleeper = Sleeper::start(&netns)?;
+    let (_tls, state, agent, netns, sleeper) = netem_rig().await?;
     let addr = host_listener(&netns)?;
     let before_dump = qdiscs(&netns)?;
 
@@ -497,11 +493,7 @@ async fn vm_delay_raises_connect_time_and_falls_back_after_the_deadline() -> Res
 #[ignore = "needs netem: run in the VM"]
 async fn vm_loss_20_percent_stays_within_binomial_bounds() -> Result<()> {
     const SENT: u32 = 2000;
-    let (tls, state) = (make_certs()?, state_dir()?);
-    let agent = TestAgent::start_tls(tls.path(), state.path())?;
-    require_netem(&agent).await?;
-    let netns = TestNetns::create()?;
-    let sleeper = Sleeper::start(&netns)?;
+    let (_tls, _state, agent, netns, sleeper) = netem_rig().await?;
     let receiver = UdpSocket::bind((netns.host_ip(), 0))?;
     receiver.set_read_timeout(Some(Duration::from_millis(500)))?;
     let addr = receiver.local_addr()?;
@@ -572,17 +564,8 @@ async fn vm_loss_20_percent_stays_within_binomial_bounds() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs netem: run in the VM"]
 async fn vm_revert_restores_a_preexisting_tbf_exactly_and_refuses_a_second_fault() -> Result<()> {
-    let (tls, state) = (make_certs()?, state_dir()?);
-    let agent = TestAgent::start_tls(tls.path(), state.path())?;
-    require_netem(&agent).await?;
-    let netns = TestNetns::create()?;
-    let sleeper = Sleeper::start(&netns)?;
-    netns
-        .exec(&[
-            "tc", "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "tbf", "rate", "100mbit",
-            "burst", "32kb", "latency", "50ms",
-        ])?
-        .check()?;
+    let (_tls, state, agent, netns, sleeper) = netem_rig().await?;
+    install_user_tbf(&netns)?;
     let before = qdiscs(&netns)?;
     assert!(before.contains("tbf 1:"), "{before}");
 
@@ -648,11 +631,7 @@ async fn vm_revert_restores_a_preexisting_tbf_exactly_and_refuses_a_second_fault
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs netem: run in the VM"]
 async fn vm_agent_sigkill_then_restart_restores_the_interface() -> Result<()> {
-    let (tls, state) = (make_certs()?, state_dir()?);
-    let mut agent = TestAgent::start_tls(tls.path(), state.path())?;
-    require_netem(&agent).await?;
-    let netns = TestNetns::create()?;
-    let sleeper = Sleeper::start(&netns)?;
+    let (tls, state, mut agent, netns, sleeper) = netem_rig().await?;
     let before = qdiscs(&netns)?;
     agent
         .client()
@@ -785,11 +764,7 @@ fn assert_not_delayed(label: &str, before: Duration, during: Duration) {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs netem: run in the VM"]
 async fn vm_port_filter_delays_only_that_port_and_restores_exactly() -> Result<()> {
-    let (tls, state) = (make_certs()?, state_dir()?);
-    let agent = TestAgent::start_tls(tls.path(), state.path())?;
-    require_netem(&agent).await?;
-    let netns = TestNetns::create()?;
-    let sleeper = Sleeper::start(&netns)?;
+    let (_tls, state, agent, netns, sleeper) = netem_rig().await?;
     let (delayed, spared) = two_host_listeners(&netns)?;
     let before_state = interface_state(&netns)?;
     let (delayed_before, spared_before) = (
@@ -839,17 +814,8 @@ async fn vm_port_filter_delays_only_that_port_and_restores_exactly() -> Result<(
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs netem: run in the VM"]
 async fn vm_destination_filter_with_exclusion_over_tbf_restores_at_expiry() -> Result<()> {
-    let (tls, state) = (make_certs()?, state_dir()?);
-    let agent = TestAgent::start_tls(tls.path(), state.path())?;
-    require_netem(&agent).await?;
-    let netns = TestNetns::create()?;
-    let sleeper = Sleeper::start(&netns)?;
-    netns
-        .exec(&[
-            "tc", "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "tbf", "rate", "100mbit",
-            "burst", "32kb", "latency", "50ms",
-        ])?
-        .check()?;
+    let (_tls, state, agent, netns, sleeper) = netem_rig().await?;
+    install_user_tbf(&netns)?;
     let (delayed, excluded) = two_host_listeners(&netns)?;
     let before_state = interface_state(&netns)?;
     assert!(before_state.contains("tbf 1:"), "{before_state}");
@@ -900,11 +866,7 @@ async fn vm_destination_filter_with_exclusion_over_tbf_restores_at_expiry() -> R
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs netem: run in the VM"]
 async fn vm_ingress_delay_works_restores_htb_and_ingress_and_leaves_no_ifb() -> Result<()> {
-    let (tls, state) = (make_certs()?, state_dir()?);
-    let agent = TestAgent::start_tls(tls.path(), state.path())?;
-    require_netem(&agent).await?;
-    let netns = TestNetns::create()?;
-    let sleeper = Sleeper::start(&netns)?;
+    let (_tls, state, agent, netns, sleeper) = netem_rig().await?;
     let addr = host_listener(&netns)?;
     netns
         .exec(&[
@@ -951,11 +913,7 @@ async fn vm_ingress_delay_works_restores_htb_and_ingress_and_leaves_no_ifb() -> 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs netem: run in the VM"]
 async fn vm_blackhole_drops_a_port_and_traffic_flows_after_revert() -> Result<()> {
-    let (tls, state) = (make_certs()?, state_dir()?);
-    let agent = TestAgent::start_tls(tls.path(), state.path())?;
-    require_netem(&agent).await?;
-    let netns = TestNetns::create()?;
-    let sleeper = Sleeper::start(&netns)?;
+    let (_tls, state, agent, netns, sleeper) = netem_rig().await?;
     let (dropped, spared) = two_host_listeners(&netns)?;
     let before_state = interface_state(&netns)?;
     let short = Duration::from_secs(2);
@@ -1015,11 +973,7 @@ async fn vm_blackhole_drops_a_port_and_traffic_flows_after_revert() -> Result<()
 #[ignore = "needs netem: run in the VM"]
 async fn vm_agent_sigkill_during_a_filtered_ingress_fault_then_restart_restores_all() -> Result<()>
 {
-    let (tls, state) = (make_certs()?, state_dir()?);
-    let mut agent = TestAgent::start_tls(tls.path(), state.path())?;
-    require_netem(&agent).await?;
-    let netns = TestNetns::create()?;
-    let sleeper = Sleeper::start(&netns)?;
+    let (tls, state, mut agent, netns, sleeper) = netem_rig().await?;
     let before_state = interface_state(&netns)?;
     inject(
         &agent,
@@ -1199,6 +1153,34 @@ async fn vm_bench_inject_and_revert_latency_vs_nsenter_tc() -> Result<()> {
     report("100 targets: nsenter tc del", dels);
     println!("BENCH 100 targets: nsenter tc replace+del wall {peer_wall:?}");
     assert_eq!(journal_len(state.path()), 0);
+    Ok(())
+}
+
+/// An agent with mTLS on a kernel with netem, and a veth netns with a sleeper inside as
+/// the target. Bound in this order, they drop in reverse: target first, agent, then files.
+async fn netem_rig() -> Result<(
+    tempfile::TempDir,
+    tempfile::TempDir,
+    TestAgent,
+    TestNetns,
+    Sleeper,
+)> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    require_netem(&agent).await?;
+    let netns = TestNetns::create()?;
+    let sleeper = Sleeper::start(&netns)?;
+    Ok((tls, state, agent, netns, sleeper))
+}
+
+/// A root qdisc a user may have installed (tbf), which every fault must put back.
+fn install_user_tbf(netns: &TestNetns) -> Result<()> {
+    netns
+        .exec(&[
+            "tc", "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "tbf", "rate", "100mbit",
+            "burst", "32kb", "latency", "50ms",
+        ])?
+        .check()?;
     Ok(())
 }
 
