@@ -63,30 +63,10 @@ fn host_u32_selectors_match_tc() -> Result<()> {
     let netns = TestNetns::new("u32")?;
     let ifindex = netns.ifindex(LINK)?;
     netns.tc(&["qdisc", "add", "dev", LINK, "root", "handle", "1:", "htb"])?;
-    let cases: Vec<(Vec<&str>, TrafficMatch)> = vec![
+    // tc's match arguments, and the same match as ours.
+    let cases: Vec<(&str, TrafficMatch)> = vec![
         (
-            vec![
-                "match",
-                "u8",
-                "5",
-                "0x0f",
-                "at",
-                "0",
-                "match",
-                "ip",
-                "protocol",
-                "6",
-                "0xff",
-                "match",
-                "ip",
-                "dst",
-                "10.1.0.0/16",
-                "match",
-                "ip",
-                "dport",
-                "5432",
-                "0xffff",
-            ],
+            "match u8 5 0x0f at 0 match ip protocol 6 0xff match ip dst 10.1.0.0/16 match ip dport 5432 0xffff",
             TrafficMatch {
                 protocol: Some(IPPROTO_TCP),
                 address: Some((End::Destination, cidr("10.1.0.0", 16))),
@@ -94,28 +74,7 @@ fn host_u32_selectors_match_tc() -> Result<()> {
             },
         ),
         (
-            vec![
-                "match",
-                "u8",
-                "5",
-                "0x0f",
-                "at",
-                "0",
-                "match",
-                "ip",
-                "protocol",
-                "17",
-                "0xff",
-                "match",
-                "ip",
-                "src",
-                "192.168.7.9/32",
-                "match",
-                "ip",
-                "sport",
-                "53",
-                "0xffff",
-            ],
+            "match u8 5 0x0f at 0 match ip protocol 17 0xff match ip src 192.168.7.9/32 match ip sport 53 0xffff",
             TrafficMatch {
                 protocol: Some(IPPROTO_UDP),
                 address: Some((End::Source, cidr("192.168.7.9", 32))),
@@ -123,27 +82,27 @@ fn host_u32_selectors_match_tc() -> Result<()> {
             },
         ),
         (
-            vec!["match", "ip", "dst", "172.16.0.0/12"],
+            "match ip dst 172.16.0.0/12",
             TrafficMatch {
                 address: Some((End::Destination, cidr("172.16.0.0", 12))),
                 ..Default::default()
             },
         ),
         (
-            vec!["match", "ip", "protocol", "1", "0xff"],
+            "match ip protocol 1 0xff",
             TrafficMatch {
                 protocol: Some(1),
                 ..Default::default()
             },
         ),
-        (vec!["match", "u32", "0", "0"], TrafficMatch::default()),
+        ("match u32 0 0", TrafficMatch::default()),
     ];
     for (index, (tc_matches, ours)) in cases.iter().enumerate() {
         let pref = (index + 1).to_string();
         let mut args = vec![
             "filter", "add", "dev", LINK, "parent", "1:", "protocol", "ip", "prio", &pref, "u32",
         ];
-        args.extend_from_slice(tc_matches);
+        args.extend(tc_matches.split(' '));
         args.extend_from_slice(&["classid", "1:2"]);
         netns.tc(&args)?;
         let dumped = filters(&netns, ifindex, HTB_PARENT)?;
