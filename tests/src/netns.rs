@@ -119,6 +119,31 @@ impl TestNetns {
         INNER_IFNAME
     }
 
+    /// Pins the host end's MAC as a permanent neighbour inside the namespace, so no ARP request
+    /// or probe has to cross `eth0`. A test that counts packets through a lossy qdisc needs this:
+    /// a dropped ARP request parks the first packets in the neighbour queue, which drops what
+    /// overflows it, and that loss is not the qdisc's.
+    pub fn pin_host_neighbour(&self) -> Result<()> {
+        let mac_path = format!("/sys/class/net/{}/address", self.host_ifname);
+        let mac =
+            std::fs::read_to_string(&mac_path).with_context(|| format!("reading {mac_path}"))?;
+        let host_ip = self.host_ip.to_string();
+        ip(&[
+            "-n",
+            &self.name,
+            "neigh",
+            "replace",
+            &host_ip,
+            "lladdr",
+            mac.trim(),
+            "dev",
+            INNER_IFNAME,
+            "nud",
+            "permanent",
+        ])?;
+        Ok(())
+    }
+
     /// Runs `argv` inside the namespace (`ip netns exec`), bounded in time; the result carries
     /// the exit status (call `.check()` to require success). For long-running servers spawn
     /// `ip netns exec NAME ...` yourself and kill it in a guard.

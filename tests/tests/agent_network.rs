@@ -494,8 +494,13 @@ async fn vm_delay_raises_connect_time_and_falls_back_after_the_deadline() -> Res
 async fn vm_loss_20_percent_stays_within_binomial_bounds() -> Result<()> {
     const SENT: u32 = 2000;
     let (_tls, _state, agent, netns, sleeper) = netem_rig().await?;
+    // Only netem may lose packets here: no ARP crosses the lossy eth0, and the receive buffer
+    // holds every packet sent even if the emulated VM starves the receiving thread.
+    netns.pin_host_neighbour()?;
     let receiver = UdpSocket::bind((netns.host_ip(), 0))?;
+    force_receive_buffer(&receiver, 16 << 20)?;
     receiver.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let buffer_errors_before = udp_receive_buffer_errors()?;
     let addr = receiver.local_addr()?;
 
     let mut client = agent.client().await?;
@@ -546,6 +551,11 @@ async fn vm_loss_20_percent_stays_within_binomial_bounds() -> Result<()> {
     let received = counter
         .join()
         .map_err(|_| anyhow::anyhow!("receiver panicked"))?;
+    let netem_stats = netns
+        .exec(&["tc", "-s", "qdisc", "show", "dev", "eth0"])?
+        .check()?
+        .stdout;
+    let buffer_errors = udp_receive_buffer_errors()? - buffer_errors_before;
     client
         .revert(api::RevertRequest {
             id: fault.id.clone(),
@@ -553,12 +563,52 @@ async fn vm_loss_20_percent_stays_within_binomial_bounds() -> Result<()> {
         })
         .await?;
     // Binomial(2000, 0.8): mean 1600, sd 17.9; 99.9 % two-sided is ±3.29 sd = ±59.
-    eprintln!("received {received} of {SENT} with 20 % loss");
+    eprintln!("received {received} of {SENT} with 20 % loss; netem: {netem_stats}");
     assert!(
         (1541..=1659).contains(&received),
-        "received {received} of {SENT}"
+        "received {received} of {SENT}; UDP receive buffer errors {buffer_errors}; {netem_stats}"
     );
     Ok(())
+}
+
+/// Sets `socket`'s receive buffer to `bytes` past `net.core.rmem_max` (SO_RCVBUFFORCE, root).
+fn force_receive_buffer(socket: &UdpSocket, bytes: libc::c_int) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor, and an int option passed with its own size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    ensure!(
+        rc == 0,
+        "SO_RCVBUFFORCE: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// `RcvbufErrors` of the root namespace's UDP counters (/proc/net/snmp): datagrams dropped
+/// because a socket's receive buffer was full.
+fn udp_receive_buffer_errors() -> Result<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp")?;
+    let mut udp = snmp.lines().filter(|line| line.starts_with("Udp:"));
+    let (names, values) = (udp.next(), udp.next());
+    let (Some(names), Some(values)) = (names, values) else {
+        bail!("no Udp lines in /proc/net/snmp");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "RcvbufErrors")
+        .context("no RcvbufErrors in /proc/net/snmp")?
+        .1
+        .parse()
+        .context("RcvbufErrors is not a number")
 }
 
 #[tokio::test(flavor = "multi_thread")]
