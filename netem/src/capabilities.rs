@@ -149,6 +149,12 @@ impl ModuleTree {
         Ok(None)
     }
 
+    /// Whether `/sys/module/NAME` exists: the module is loaded (or built in with
+    /// parameters). One stat, for request paths; `state` tells the rest.
+    pub fn is_loaded(&self, name: &str) -> bool {
+        self.sys_module_dir.join(normalise(name)).exists()
+    }
+
     pub fn state(&self, name: &str) -> Result<ModuleState, CapabilityError> {
         let wanted = normalise(name);
         let builtin = self.index_lines("modules.builtin")?;
@@ -306,6 +312,8 @@ mod tests {
             }
         );
         assert_eq!(tree.state("ifb").unwrap(), ModuleState::Missing);
+        assert!(tree.is_loaded("sch_prio") && tree.is_loaded("sch-htb"));
+        assert!(!tree.is_loaded("sch_netem") && !tree.is_loaded("sch_tbf"));
         let all = tree.network_fault_modules().unwrap();
         assert_eq!(all.len(), NETWORK_FAULT_MODULES.len());
     }

@@ -30,7 +30,9 @@ mod wire;
 
 pub use codec::{CodecError, DecodedNetem, NetemSpec};
 pub use distribution::Distribution;
-pub use netns::{NetnsError, NetnsId, find_netns, in_netns, named_netns, netns_id, netns_of_pid};
+pub use netns::{
+    NetnsError, NetnsHandle, NetnsId, find_netns, in_netns, named_netns, netns_id, netns_of_pid,
+};
 pub use qdisc::{QdiscError, QdiscRecord, QdiscSnapshot, QdiscView};
 pub use route::{RouteError, default_route_interface, interfaces};
 pub use rtnetlink::Handle;

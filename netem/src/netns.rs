@@ -1,16 +1,23 @@
 //! Run rtnetlink operations inside another network namespace.
 //!
-//! A netlink socket belongs to the namespace of the thread that opened it, and `setns`
-//! changes only the calling thread. So every call gets a fresh OS thread that enters the
-//! namespace first, then opens the socket and drives it on its own current-thread tokio
-//! runtime; the thread ends with the call, so no thread of the caller (and never a tokio
-//! worker) ever changes namespace. From async code, call [`in_netns`] inside
-//! `tokio::task::spawn_blocking`.
+//! A netlink socket belongs to the namespace of the thread that opened it, for its whole
+//! life, and `setns` changes only the calling thread. So a fresh OS thread enters the
+//! namespace and opens the socket, then ends; no thread of the caller (and never a tokio
+//! worker) ever changes namespace. Two ways to use that:
+//!
+//! - [`NetnsHandle::open`] (async): only the socket is made on that thread; it comes back
+//!   and is driven on the caller's runtime, so one request can run many operations in the
+//!   namespace at the cost of one thread start.
+//! - [`in_netns`] (blocking): the thread also runs the operation on its own current-thread
+//!   runtime. For code without a runtime (journal replay at start, tests).
 
 use std::fs::File;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
+use std::os::fd::{FromRawFd, IntoRawFd};
+
+use netlink_sys::{TokioSocket, protocols::NETLINK_ROUTE};
 use nix::sched::{CloneFlags, setns};
 use rtnetlink::Handle;
 
@@ -29,6 +36,10 @@ pub enum NetnsError {
     Socket(std::io::Error),
     #[error("the netlink thread panicked")]
     ThreadPanicked,
+    #[error("cannot start a thread to enter the network namespace: {0}")]
+    Thread(std::io::Error),
+    #[error("a netlink connection needs a tokio runtime with I/O enabled")]
+    NoRuntime,
 }
 
 /// The network namespace of a process.
@@ -79,6 +90,74 @@ pub fn find_netns(id: NetnsId, proc_root: &Path) -> Option<PathBuf> {
     named
         .chain(processes)
         .find(|path| netns_id(path).is_ok_and(|found| found == id))
+}
+
+/// An rtnetlink handle whose socket was opened inside another network namespace and is
+/// driven on the caller's tokio runtime. Dropping it stops the driver and closes the socket.
+///
+/// A socket holds a reference on its namespace: while this handle lives, the namespace
+/// (and its interfaces) cannot be destroyed even when every process in it has exited. Hold
+/// one for the operations of one request, never for a fault's whole duration.
+pub struct NetnsHandle {
+    handle: Handle,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl NetnsHandle {
+    /// Opens a NETLINK_ROUTE socket inside the namespace at `netns_path` (a short-lived
+    /// thread enters it, creates the socket and ends) and starts its driver on the current
+    /// runtime.
+    pub async fn open(netns_path: &Path) -> Result<NetnsHandle, NetnsError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetnsError::NoRuntime)?;
+        let namespace = File::open(netns_path).map_err(|source| NetnsError::Open {
+            path: netns_path.to_path_buf(),
+            source,
+        })?;
+        let path = netns_path.to_path_buf();
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("chaos-netns".into())
+            .spawn(move || {
+                let socket = setns(&namespace, CloneFlags::CLONE_NEWNET)
+                    .map_err(|source| NetnsError::Enter { path, source })
+                    .and_then(|()| {
+                        let socket =
+                            netlink_sys::Socket::new(NETLINK_ROUTE).map_err(NetnsError::Socket)?;
+                        socket.set_non_blocking(true).map_err(NetnsError::Socket)?;
+                        Ok(socket)
+                    });
+                // The receiver only goes away when the caller was cancelled; the socket
+                // is then closed by the drop.
+                let _ = sender.send(socket);
+            })
+            .map_err(NetnsError::Thread)?;
+        let socket = receiver.await.map_err(|_| NetnsError::ThreadPanicked)??;
+        let _entered = runtime.enter();
+        // SAFETY: the descriptor is the netlink socket just made, owned by nobody else.
+        // `TokioSocket::from_raw_fd` registers it with the current runtime's reactor (it
+        // panics on a runtime built without I/O; the agent's and the tests' enable it) and
+        // sets non-blocking mode, which is already set.
+        let socket = unsafe { TokioSocket::from_raw_fd(socket.into_raw_fd()) };
+        let (connection, handle, _) = rtnetlink::from_socket(socket);
+        let driver = runtime.spawn(connection);
+        Ok(NetnsHandle { handle, driver })
+    }
+
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+impl Drop for NetnsHandle {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl std::fmt::Debug for NetnsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NetnsHandle")
+    }
 }
 
 /// Runs `operation` with an rtnetlink handle opened inside the network namespace at

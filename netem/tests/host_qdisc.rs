@@ -47,6 +47,33 @@ fn default_route_interface_is_the_veth() -> Result<()> {
     Ok(())
 }
 
+/// The async handle's socket lives in the target namespace although it is driven on the
+/// caller's runtime, and no runtime thread changed namespace for it.
+#[tokio::test(flavor = "current_thread")]
+async fn netns_handle_works_in_the_namespace_from_the_callers_runtime() -> Result<()> {
+    let netns = TestNetns::new("handle")?;
+    let expected = netns.ifindex(LINK)?;
+    let own_before = chaos_netem::netns_id(std::path::Path::new("/proc/thread-self/ns/net"))?;
+    let netlink = chaos_netem::NetnsHandle::open(&netns.path()).await?;
+    // Several operations over the one socket.
+    assert_eq!(default_route_interface(netlink.handle()).await?, expected);
+    let names: Vec<String> = chaos_netem::interfaces(netlink.handle())
+        .await?
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect();
+    assert!(names.contains(&LINK.to_string()), "{names:?}");
+    assert!(names.contains(&PEER.to_string()), "{names:?}");
+    let own_after = chaos_netem::netns_id(std::path::Path::new("/proc/thread-self/ns/net"))?;
+    assert_eq!(own_before, own_after, "the runtime thread changed namespace");
+    let missing = chaos_netem::NetnsHandle::open(std::path::Path::new("/nonexistent/netns")).await;
+    assert!(
+        matches!(missing, Err(chaos_netem::NetnsError::Open { .. })),
+        "{missing:?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn netem_is_reported_unsupported_and_nothing_changes() -> Result<()> {
     let netns = TestNetns::new("nonetem")?;

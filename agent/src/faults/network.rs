@@ -19,8 +19,10 @@
 //! - `revert` (and `undo` after a crash) restores the snapshot. A namespace that no
 //!   longer exists took its qdiscs with it: nothing is left to restore.
 //!
-//! Netlink work runs on a dedicated thread per call (`in_netns`), reached through
-//! `spawn_blocking` so no tokio worker ever changes namespace or blocks.
+//! Netlink work uses one socket per namespace and request (`NetnsHandle`): a short-lived
+//! thread opens it inside the namespace, and it is driven on the agent's runtime, so no
+//! tokio worker ever changes namespace. The socket is closed when the request is done,
+//! because an open socket keeps its namespace alive after the pod is gone.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -31,7 +33,9 @@ use chaos_netem::filter::{FilterError, FilterView};
 use chaos_netem::ingress::{IngressError, IngressRedirect};
 use chaos_netem::tree::{Classifier, TreeError};
 use chaos_netem::u32::{End, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Cidr, TrafficMatch};
-use chaos_netem::{Distribution, NetemSpec, NetnsId, QdiscError, QdiscSnapshot, QdiscView};
+use chaos_netem::{
+    Distribution, NetemSpec, NetnsHandle, NetnsId, QdiscError, QdiscSnapshot, QdiscView,
+};
 use chaos_proto::api;
 use serde::{Deserialize, Serialize};
 
@@ -327,6 +331,10 @@ pub fn netem_spec(request: &api::NetworkFault) -> NetemSpec {
 
 /// Fails with what is missing when this kernel cannot run netem now.
 pub fn require_netem(modules: &ModuleTree) -> Result<(), AgentError> {
+    // The common case, answered without reading the module index on every request.
+    if modules.is_loaded("sch_netem") {
+        return Ok(());
+    }
     match modules.state("sch_netem") {
         Ok(ModuleState::BuiltIn | ModuleState::Loaded) => Ok(()),
         // Loadable: the kernel auto-loads qdisc modules on first use (request_module).
@@ -345,6 +353,9 @@ pub fn require_netem(modules: &ModuleTree) -> Result<(), AgentError> {
 pub fn require_modules(modules: &ModuleTree, request: &NetworkRequest) -> Result<(), AgentError> {
     require_netem(modules)?;
     for module in request.required_modules() {
+        if modules.is_loaded(module) {
+            continue;
+        }
         if let Ok(ModuleState::Missing) = modules.state(module) {
             return Err(AgentError::FailedPrecondition(format!(
                 "the kernel module {module} is not available on this node, and this request needs it ({}); \
@@ -407,17 +418,9 @@ fn ingress_error(ifname: &str, err: IngressError) -> AgentError {
     }
 }
 
-/// Runs a netlink operation in the namespace at `path` on its own thread, from async code.
-async fn in_netns_blocking<T, F, Fut>(path: PathBuf, operation: F) -> Result<T, String>
-where
-    T: Send + 'static,
-    F: FnOnce(chaos_netem::Handle) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = T>,
-{
-    tokio::task::spawn_blocking(move || chaos_netem::in_netns(&path, operation))
-        .await
-        .map_err(|e| format!("netlink task failed: {e}"))?
-        .map_err(|e| e.to_string())
+/// A netlink socket inside the namespace at `path`, for one request.
+async fn open_netlink(path: &Path) -> Result<NetnsHandle, String> {
+    NetnsHandle::open(path).await.map_err(|e| e.to_string())
 }
 
 /// What `prepare` learns about one interface, inside its namespace.
@@ -473,77 +476,73 @@ fn ifb_seed() -> u32 {
 }
 
 async fn inspect(
-    path: PathBuf,
-    wanted: Option<String>,
+    handle: &chaos_netem::Handle,
+    wanted: Option<&str>,
     direction: Direction,
 ) -> Result<Inspected, AgentError> {
-    let result = in_netns_blocking(path.clone(), move |handle| async move {
-        let links = chaos_netem::interfaces(&handle)
-            .await
-            .map_err(|e| AgentError::Internal(e.to_string()))?;
-        let ifindex = match &wanted {
-            Some(name) => links
-                .iter()
-                .find(|(_, n)| n == name)
-                .map(|(index, _)| *index)
-                .ok_or_else(|| {
-                    AgentError::FailedPrecondition(format!(
-                        "the target's network namespace has no interface {name:?} (it has {})",
-                        links
-                            .iter()
-                            .map(|(_, n)| n.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                })?,
-            None => chaos_netem::default_route_interface(&handle)
-                .await
-                .map_err(|e| {
-                    AgentError::FailedPrecondition(format!(
-                        "{e}: name the interface (network.interface)"
-                    ))
-                })?,
-        };
-        let ifname = links
+    let links = chaos_netem::interfaces(handle)
+        .await
+        .map_err(|e| AgentError::Internal(e.to_string()))?;
+    let ifindex = match wanted {
+        Some(name) => links
             .iter()
-            .find(|(index, _)| *index == ifindex)
-            .map(|(_, n)| n.clone())
-            .unwrap_or_else(|| format!("ifindex {ifindex}"));
-        let mut snapshot = chaos_netem::qdisc::snapshot(&handle, ifindex)
+            .find(|(_, n)| n == name)
+            .map(|(index, _)| *index)
+            .ok_or_else(|| {
+                AgentError::FailedPrecondition(format!(
+                    "the target's network namespace has no interface {name:?} (it has {})",
+                    links
+                        .iter()
+                        .map(|(_, n)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?,
+        None => chaos_netem::default_route_interface(handle)
             .await
-            .map_err(|e| qdisc_error(&ifname, e))?;
-        // An ingress qdisc that only carries our own redirects belongs to an ingress fault,
-        // which removes it itself: an egress fault must not re-create it on restore.
-        if snapshot.ingress.is_some()
-            && ingress_is_ours(&handle, &snapshot)
-                .await
-                .map_err(|e| AgentError::Internal(format!("interface {ifname}: {e}")))?
-        {
-            snapshot.ingress = None;
-        }
-        let ingress = match direction {
-            Direction::Egress => None,
-            Direction::Ingress => {
-                let mut attempt = 0;
-                loop {
-                    let name = chaos_netem::ingress::ifb_name(ifb_seed());
-                    match chaos_netem::ingress::plan(&handle, &snapshot, &name).await {
-                        Ok(redirect) => break Some(redirect),
-                        Err(IngressError::NameTaken(_)) if attempt < 3 => attempt += 1,
-                        Err(e) => return Err(ingress_error(&ifname, e)),
-                    }
+            .map_err(|e| {
+                AgentError::FailedPrecondition(format!(
+                    "{e}: name the interface (network.interface)"
+                ))
+            })?,
+    };
+    let ifname = links
+        .iter()
+        .find(|(index, _)| *index == ifindex)
+        .map(|(_, n)| n.clone())
+        .unwrap_or_else(|| format!("ifindex {ifindex}"));
+    let mut snapshot = chaos_netem::qdisc::snapshot(handle, ifindex)
+        .await
+        .map_err(|e| qdisc_error(&ifname, e))?;
+    // An ingress qdisc that only carries our own redirects belongs to an ingress fault,
+    // which removes it itself: an egress fault must not re-create it on restore.
+    if snapshot.ingress.is_some()
+        && ingress_is_ours(handle, &snapshot)
+            .await
+            .map_err(|e| AgentError::Internal(format!("interface {ifname}: {e}")))?
+    {
+        snapshot.ingress = None;
+    }
+    let ingress = match direction {
+        Direction::Egress => None,
+        Direction::Ingress => {
+            let mut attempt = 0;
+            loop {
+                let name = chaos_netem::ingress::ifb_name(ifb_seed());
+                match chaos_netem::ingress::plan(handle, &snapshot, &name).await {
+                    Ok(redirect) => break Some(redirect),
+                    Err(IngressError::NameTaken(_)) if attempt < 3 => attempt += 1,
+                    Err(e) => return Err(ingress_error(&ifname, e)),
                 }
             }
-        };
-        Ok(Inspected {
-            ifindex,
-            ifname,
-            snapshot,
-            ingress,
-        })
+        }
+    };
+    Ok(Inspected {
+        ifindex,
+        ifname,
+        snapshot,
+        ingress,
     })
-    .await;
-    result.map_err(|e| AgentError::FailedPrecondition(format!("{}: {e}", path.display())))?
 }
 
 /// One interface the fault acts on.
@@ -552,9 +551,29 @@ struct InterfaceTarget {
     restore: QdiscRestore,
     /// Where the namespace was found at prepare time.
     path: PathBuf,
+    /// The socket prepare opened in the namespace, reused by apply and closed after it.
+    netlink: Option<NetnsHandle>,
     ifname: String,
     installed: bool,
     _claim: Claim,
+}
+
+impl InterfaceTarget {
+    /// Keeps the socket from prepare, or opens one in the namespace found at prepare.
+    async fn connect(&mut self) -> Result<(), String> {
+        if self.netlink.is_none() {
+            self.netlink = Some(open_netlink(&self.path).await?);
+        }
+        Ok(())
+    }
+
+    /// The socket `connect` made sure of.
+    fn handle(&self) -> Result<&chaos_netem::Handle, String> {
+        self.netlink
+            .as_ref()
+            .map(NetnsHandle::handle)
+            .ok_or_else(|| "no netlink socket".to_string())
+    }
 }
 
 #[derive(Debug)]
@@ -619,8 +638,15 @@ impl NetworkFault {
             if !seen.insert(id) {
                 continue; // containers of one pod share the pod's namespace
             }
-            let inspected =
-                inspect(path.clone(), request.interface.clone(), request.direction).await?;
+            let netlink = open_netlink(&path)
+                .await
+                .map_err(|e| AgentError::FailedPrecondition(format!("{}: {e}", path.display())))?;
+            let inspected = inspect(
+                netlink.handle(),
+                request.interface.as_deref(),
+                request.direction,
+            )
+            .await?;
             let ifname = inspected.ifname;
             if request.direction == Direction::Egress {
                 if inspected.snapshot.root.is_ours() {
@@ -652,6 +678,7 @@ impl NetworkFault {
                     ingress: inspected.ingress,
                 },
                 path,
+                netlink: Some(netlink),
                 ifname,
                 installed: false,
                 _claim: claim,
@@ -705,6 +732,15 @@ impl NetworkFault {
 
     /// Installs netem on every interface or on none.
     pub async fn apply(&mut self) -> Result<(), AgentError> {
+        let applied = self.install_all().await;
+        // Done with the namespaces until revert: let them go if their pods go.
+        for target in &mut self.interfaces {
+            target.netlink = None;
+        }
+        applied
+    }
+
+    async fn install_all(&mut self) -> Result<(), AgentError> {
         for index in 0..self.interfaces.len() {
             if let Err(err) = self.install(index).await {
                 if let Err(rollback) = self.revert().await {
@@ -722,33 +758,29 @@ impl NetworkFault {
 
     async fn install(&mut self, index: usize) -> Result<(), AgentError> {
         let target = &mut self.interfaces[index];
-        let (ifindex, ifname) = (target.restore.ifindex, target.ifname.clone());
-        let (spec, classifier) = (self.request.spec.clone(), self.request.classifier.clone());
-        let name = ifname.clone();
-        if let Some(redirect) = target.restore.ingress.clone() {
-            in_netns_blocking(target.path.clone(), move |handle| async move {
-                chaos_netem::ingress::install(&handle, ifindex, &redirect, &spec, &classifier)
-                    .await
-                    .map_err(|e| ingress_error(&name, e))
-            })
+        let ifindex = target.restore.ifindex;
+        let ifname = target.ifname.clone();
+        let (spec, classifier) = (&self.request.spec, &self.request.classifier);
+        let handle = target
+            .connect()
             .await
-            .map_err(|e| AgentError::FailedPrecondition(format!("interface {ifname}: {e}")))??;
+            .and_then(|()| target.handle())
+            .map_err(|e| AgentError::FailedPrecondition(format!("interface {ifname}: {e}")))?;
+        if let Some(redirect) = &target.restore.ingress {
+            chaos_netem::ingress::install(handle, ifindex, redirect, spec, classifier)
+                .await
+                .map_err(|e| ingress_error(&ifname, e))?;
             target.installed = true;
             return Ok(());
         }
-        let before = in_netns_blocking(target.path.clone(), move |handle| async move {
-            let mut before = chaos_netem::tree::install(&handle, ifindex, &spec, &classifier)
-                .await
-                .map_err(|e| tree_error(&name, e))?;
-            // Same rule as in prepare: an ingress fault's own qdisc is not ours to restore.
-            // Asked after the change, which did not touch the ingress side.
-            if ingress_is_ours(&handle, &before).await.unwrap_or(false) {
-                before.ingress = None;
-            }
-            Ok::<_, AgentError>(before)
-        })
-        .await
-        .map_err(|e| AgentError::FailedPrecondition(format!("interface {ifname}: {e}")))??;
+        let mut before = chaos_netem::tree::install(handle, ifindex, spec, classifier)
+            .await
+            .map_err(|e| tree_error(&ifname, e))?;
+        // Same rule as in prepare: an ingress fault's own qdisc is not ours to restore.
+        // Asked after the change, which did not touch the ingress side.
+        if ingress_is_ours(handle, &before).await.unwrap_or(false) {
+            before.ingress = None;
+        }
         target.installed = true;
         // The state right before our change is what must come back; if someone changed
         // the interface since prepare, the journal is rewritten with this (see registry).
@@ -759,19 +791,16 @@ impl NetworkFault {
     /// Reads what the kernel has now into the status (`installed`).
     pub async fn read_back(&mut self) {
         let mut described = Vec::new();
-        for target in &self.interfaces {
+        let single = self.interfaces.len() == 1;
+        for target in &mut self.interfaces {
             let ifindex = target.restore.ifindex;
             let redirect = target.restore.ingress.clone();
-            let dump = in_netns_blocking(target.path.clone(), move |handle| async move {
-                read_installed(&handle, ifindex, redirect.as_ref()).await
-            })
-            .await;
-            let text = match dump {
-                Ok(Ok(text)) => text,
-                Ok(Err(e)) => format!("dump failed: {e}"),
-                Err(e) => format!("dump failed: {e}"),
+            let dump = match target.connect().await.and_then(|()| target.handle()) {
+                Ok(handle) => read_installed(handle, ifindex, redirect.as_ref()).await,
+                Err(e) => Err(e),
             };
-            described.push(if self.interfaces.len() == 1 {
+            let text = dump.unwrap_or_else(|e| format!("dump failed: {e}"));
+            described.push(if single {
                 text
             } else {
                 format!("{}: {text}", target.ifname)
@@ -785,14 +814,12 @@ impl NetworkFault {
     pub async fn revert(&mut self) -> Result<(), String> {
         let mut errors = Vec::new();
         for target in self.interfaces.iter_mut().filter(|t| t.installed) {
-            let restore = target.restore.clone();
-            let prepared_path = target.path.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                restore_interface(&restore, Some(&prepared_path), Path::new("/proc"))
-            })
-            .await
-            .map_err(|e| format!("restore task failed: {e}"))
-            .and_then(|r| r);
+            // A socket still open from this request (a rollback inside apply) is reused;
+            // else the namespace is looked up again, as the journal replay does.
+            let result = match &target.netlink {
+                Some(netlink) => restore_with(netlink.handle(), &target.restore).await,
+                None => restore_interface_async(&target.restore, Some(&target.path)).await,
+            };
             match result {
                 Ok(()) => target.installed = false,
                 Err(e) => errors.push(format!("{}: {e}", target.ifname)),
@@ -915,8 +942,34 @@ fn locate(netns: &NetnsRef, known: Option<&Path>, proc_root: &Path) -> Option<Pa
     chaos_netem::find_netns(netns.id, proc_root)
 }
 
-/// Puts one interface back (blocking: runs netlink on its own thread). Used by revert
-/// and by the journal replay at start.
+/// Puts one interface back through `handle`, a socket in its namespace: removes the
+/// redirect and the ifb of an ingress fault (whose root was never touched), or restores
+/// the root and ingress qdiscs from the snapshot.
+async fn restore_with(handle: &chaos_netem::Handle, restore: &QdiscRestore) -> Result<(), String> {
+    match &restore.ingress {
+        Some(redirect) => chaos_netem::ingress::remove(handle, restore.ifindex, redirect)
+            .await
+            .map_err(|e| e.to_string()),
+        None => chaos_netem::qdisc::restore(handle, &restore.snapshot)
+            .await
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// Revert: finds the namespace again and puts the interface back from the agent's runtime.
+async fn restore_interface_async(restore: &QdiscRestore, known: Option<&Path>) -> Result<(), String> {
+    let Some(path) = locate(&restore.netns, known, Path::new("/proc")) else {
+        tracing::info!(
+            pid = restore.netns.pid,
+            "network namespace is gone: nothing to restore"
+        );
+        return Ok(());
+    };
+    let netlink = open_netlink(&path).await?;
+    restore_with(netlink.handle(), restore).await
+}
+
+/// The journal replay at start (blocking: runs netlink on its own thread and runtime).
 pub fn restore_interface(
     restore: &QdiscRestore,
     known: Option<&Path>,
@@ -929,21 +982,11 @@ pub fn restore_interface(
         );
         return Ok(());
     };
-    let snapshot = restore.snapshot.clone();
-    if let Some(redirect) = restore.ingress.clone() {
-        // The root was never touched: remove the redirect and the ifb only.
-        let ifindex = restore.ifindex;
-        return chaos_netem::in_netns(&path, move |handle| async move {
-            chaos_netem::ingress::remove(&handle, ifindex, &redirect).await
-        })
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string());
-    }
+    let restore = restore.clone();
     chaos_netem::in_netns(&path, move |handle| async move {
-        chaos_netem::qdisc::restore(&handle, &snapshot).await
+        restore_with(&handle, &restore).await
     })
     .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())
 }
 
 /// The root qdisc in words, like `tc qdisc show` prints it.
@@ -1202,6 +1245,32 @@ mod tests {
             ),
             Ok(())
         );
+    }
+
+    #[test]
+    fn loaded_modules_pass_without_reading_the_module_index() {
+        let (_dir, tree) = module_tree("", "");
+        for module in ["sch_netem", "sch_prio", "cls_u32"] {
+            std::fs::create_dir(tree.sys_module_dir.join(module)).unwrap();
+        }
+        // An index that cannot be read: require_netem fails if it has to consult it.
+        std::fs::remove_file(tree.lib_modules_dir.join("modules.builtin")).unwrap();
+        std::fs::create_dir(tree.lib_modules_dir.join("modules.builtin")).unwrap();
+        let targeted = NetworkPlan {
+            request: api::NetworkFault {
+                ports: vec![80],
+                ..request()
+            },
+            destinations: vec![],
+            exclude_destinations: vec![],
+        };
+        assert_eq!(require_modules(&tree, &network_request(&targeted)), Ok(()));
+        // The same tree with netem not loaded consults the index, which fails.
+        std::fs::remove_dir(tree.sys_module_dir.join("sch_netem")).unwrap();
+        assert!(matches!(
+            require_netem(&tree),
+            Err(AgentError::FailedPrecondition(message)) if message.contains("cannot tell")
+        ));
     }
 
     fn module_tree(builtin: &str, dep: &str) -> (tempfile::TempDir, ModuleTree) {
