@@ -106,6 +106,8 @@ pub struct BlackholePlan {
     pub node_scope: bool,
     /// Node scope only: the agent's gRPC port, excluded as source and destination port.
     pub keep_port: Option<u16>,
+    /// Empty: the interface carrying the default route.
+    pub interface: String,
 }
 
 /// What a valid request asks for, per fault kind.
@@ -409,7 +411,7 @@ fn check_ports(field: &'static str, ports: &[u32]) -> Result<Vec<u16>, AgentErro
 }
 
 /// Linux interface names: at most 15 bytes, no `/`, no whitespace.
-fn check_interface_name(name: &str) -> Result<(), AgentError> {
+fn check_interface_name(field: &'static str, name: &str) -> Result<(), AgentError> {
     if name.is_empty() {
         return Ok(());
     }
@@ -420,7 +422,7 @@ fn check_interface_name(name: &str) -> Result<(), AgentError> {
         || name == ".."
     {
         return Err(AgentError::invalid(
-            "network.interface",
+            field,
             format!("`{name}` is not a valid interface name"),
         ));
     }
@@ -429,7 +431,7 @@ fn check_interface_name(name: &str) -> Result<(), AgentError> {
 
 fn validate_network(n: &api::NetworkFault) -> Result<NetworkPlan, AgentError> {
     const MAX_DELAY_US: u64 = 60_000_000;
-    check_interface_name(&n.interface)?;
+    check_interface_name("network.interface", &n.interface)?;
     api::Direction::try_from(n.direction).map_err(|_| {
         AgentError::invalid(
             "network.direction",
@@ -542,11 +544,13 @@ fn validate_blackhole(
                 .into(),
         ));
     }
+    check_interface_name("blackhole.interface", &b.interface)?;
     let plan = BlackholePlan {
         destinations: parse_ipv4_cidrs("blackhole.destinations", &b.destinations)?,
         ports: check_ports("blackhole.ports", &b.ports)?,
         node_scope: b.node_scope,
         keep_port: b.node_scope.then_some(limits.agent_port),
+        interface: b.interface.clone(),
     };
     check_filter_count(
         "blackhole.destinations",

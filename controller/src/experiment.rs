@@ -453,6 +453,9 @@ pub struct BlackholeSpec {
     /// The node's own default-route interface (the agent needs --allow-node-scope).
     #[serde(default)]
     pub node_scope: bool,
+    /// The interface to drop on instead of the default-route one.
+    #[serde(default)]
+    pub interface: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -287,6 +287,9 @@ enum Inject {
         /// needs --allow-node-scope; its gRPC port stays reachable).
         #[arg(long)]
         node_scope: bool,
+        /// The interface to drop on instead of the default-route one.
+        #[arg(long)]
+        interface: Option<String>,
         #[arg(long, value_parser = parse_duration)]
         duration: Duration,
     },
@@ -549,6 +552,7 @@ async fn run(cli: Cli) -> Result<()> {
             to,
             port,
             node_scope,
+            interface,
             duration,
         }) => {
             let request = inject_request(
@@ -558,6 +562,7 @@ async fn run(cli: Cli) -> Result<()> {
                     destinations: to,
                     ports: port,
                     node_scope,
+                    interface: interface.unwrap_or_default(),
                 }),
             );
             inject_and_print(&address, cli.output, request).await?;

@@ -87,6 +87,7 @@ fn fault(step: &FaultStep) -> api::inject_request::Fault {
             destinations: blackhole.to.clone(),
             ports: blackhole.ports.clone(),
             node_scope: blackhole.node_scope,
+            interface: blackhole.interface.clone().unwrap_or_default(),
         });
     }
     // validate() guarantees exactly one kind; kill is what remains.

@@ -143,8 +143,11 @@ pub async fn plan(experiment: &Experiment, fleet: &Fleet) -> Result<Vec<StepPlan
         let facts = api_facts(&step.target, fleet.kube_api())
             .await
             .map_err(|e| format!("fault `{}`: {e}", step.name))?;
-        let chosen = select(&step.target, &fleet.addresses, &candidates, &facts, seed)
+        let mut chosen = select(&step.target, &fleet.addresses, &candidates, &facts, seed)
             .map_err(|e| format!("fault `{}`: {e}", step.name))?;
+        if step.blackhole.as_ref().is_some_and(|b| b.node_scope) {
+            chosen = crate::selection::one_per_node(chosen);
+        }
         let delete_pods = match step.delete_pod {
             Some(_) => distinct_pods(&chosen)
                 .map_err(|e| format!("fault `{}`: {e}", step.name))?

@@ -271,6 +271,17 @@ fn shuffle<T>(items: &mut [T], seed: u64) {
     }
 }
 
+/// The first chosen target of each agent (node), in order. A fault that acts on the node
+/// rather than on the pod it is resolved through (a node-scope blackhole) must be injected
+/// once per node: a second one would find the node's interface taken and be refused.
+pub fn one_per_node(chosen: Vec<Chosen>) -> Vec<Chosen> {
+    let mut nodes = BTreeSet::new();
+    chosen
+        .into_iter()
+        .filter(|c| nodes.insert(c.agent))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +325,30 @@ mod tests {
             mode,
             ..TargetSpec::default()
         }
+    }
+
+    #[test]
+    fn one_per_node_keeps_the_first_target_of_each_agent() {
+        let (agents, candidates) = fleet();
+        let chosen = select(
+            &spec(SelectMode::All),
+            &agents,
+            &candidates,
+            &ApiFacts::default(),
+            7,
+        )
+        .unwrap();
+        assert_eq!(chosen.len(), 3);
+        let per_node = one_per_node(chosen.clone());
+        let agents_kept: Vec<usize> = per_node.iter().map(|c| c.agent).collect();
+        let mut expected: Vec<usize> = Vec::new();
+        for c in &chosen {
+            if !expected.contains(&c.agent) {
+                expected.push(c.agent);
+            }
+        }
+        assert_eq!(agents_kept, expected);
+        assert_eq!(per_node[0], chosen[0]);
     }
 
     #[test]

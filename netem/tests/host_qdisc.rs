@@ -65,7 +65,10 @@ async fn netns_handle_works_in_the_namespace_from_the_callers_runtime() -> Resul
     assert!(names.contains(&LINK.to_string()), "{names:?}");
     assert!(names.contains(&PEER.to_string()), "{names:?}");
     let own_after = chaos_netem::netns_id(std::path::Path::new("/proc/thread-self/ns/net"))?;
-    assert_eq!(own_before, own_after, "the runtime thread changed namespace");
+    assert_eq!(
+        own_before, own_after,
+        "the runtime thread changed namespace"
+    );
     let missing = chaos_netem::NetnsHandle::open(std::path::Path::new("/nonexistent/netns")).await;
     assert!(
         matches!(missing, Err(chaos_netem::NetnsError::Open { .. })),

@@ -83,7 +83,13 @@ impl TestAgent {
     }
 
     pub fn start(options: AgentOptions) -> Result<TestAgent> {
-        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        TestAgent::start_on(options, std::net::Ipv4Addr::LOCALHOST)
+    }
+
+    /// An agent whose gRPC port listens on `ip` (`0.0.0.0`: reachable from other network
+    /// namespaces through their routes to this one). Metrics stay on loopback.
+    pub fn start_on(options: AgentOptions, ip: std::net::Ipv4Addr) -> Result<TestAgent> {
+        let grpc = SocketAddr::from((ip, free_port()?));
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let log_path = options.state_dir.join(format!("agent-{}.log", grpc.port()));
         let log = std::fs::File::create(&log_path)?;

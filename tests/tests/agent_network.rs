@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use chaos_proto::api;
-use chaos_tests::agent::{TestAgent, make_certs};
+use chaos_tests::agent::{AgentOptions, TestAgent, make_certs};
+use chaos_tests::command::run_checked;
 use chaos_tests::netns::TestNetns;
+use chaosctl::client::AgentAddress;
 
 /// A `sleep` inside the namespace: the fault's `pid:` target. Killed on drop.
 struct Sleeper {
@@ -1017,6 +1019,223 @@ async fn vm_blackhole_drops_a_port_and_traffic_flows_after_revert() -> Result<()
     assert!(connects(&netns, spared, Duration::from_secs(5))?);
     assert_eq!(interface_state(&netns)?, before_state);
     Ok(())
+}
+
+/// `chaosctl inject network` with the targeting flags, against a live agent: only the named
+/// port to the named destination is delayed, and `chaosctl revert` puts the interface back.
+/// Then `--direction ingress` through an ifb, reverted the same way.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs netem: run in the VM"]
+async fn vm_chaosctl_inject_network_with_targeting_flags_then_revert() -> Result<()> {
+    let (tls, state, agent, netns, sleeper) = netem_rig().await?;
+    let (delayed, spared) = two_host_listeners(&netns)?;
+    let before_state = interface_state(&netns)?;
+    let (delayed_before, spared_before) = (
+        connect_median(&netns, delayed, 15)?,
+        connect_median(&netns, spared, 15)?,
+    );
+    let agent_address = agent.address().address;
+    let chaosctl = |args: &[&str]| -> Result<serde_json::Value> {
+        let mut all = vec!["--agent", agent_address.as_str(), "-o", "json"];
+        all.extend_from_slice(args);
+        let output = std::process::Command::new(chaos_tests::agent::binary("chaosctl")?)
+            .arg("--tls-dir")
+            .arg(tls.path())
+            .args(&all)
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "chaosctl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(serde_json::from_slice(&output.stdout)?)
+    };
+    let (to, port) = (
+        format!("{}/32", netns.host_ip()),
+        delayed.port().to_string(),
+    );
+    let target = sleeper.target();
+    let fault = chaosctl(&[
+        "inject",
+        "network",
+        "--target",
+        &target,
+        "--delay",
+        "50ms",
+        "--to",
+        &to,
+        "--port",
+        &port,
+        "--protocol",
+        "tcp",
+        "--exclude-port",
+        "53",
+        "--direction",
+        "egress",
+        "--duration",
+        "120s",
+    ])?;
+    let installed = fault["status"]["installed"].as_str().unwrap_or_default();
+    assert!(
+        installed.contains("netem ca06: limit 1000 delay 50ms"),
+        "{fault}"
+    );
+    assert!(
+        installed.contains(&format!("dport {port}")) && installed.contains("dport 53"),
+        "{fault}"
+    );
+    let (delayed_during, spared_during) = (
+        connect_median(&netns, delayed, 15)?,
+        connect_median(&netns, spared, 15)?,
+    );
+    assert_delayed("chaosctl's port", delayed_before, delayed_during, 50);
+    assert_not_delayed("other port", spared_before, spared_during);
+    let id = fault["id"].as_str().context("no id")?.to_string();
+    chaosctl(&["revert", &id])?;
+    assert_eq!(interface_state(&netns)?, before_state);
+
+    let fault = chaosctl(&[
+        "inject",
+        "network",
+        "--target",
+        &target,
+        "--delay",
+        "50ms",
+        "--direction",
+        "ingress",
+        "--duration",
+        "120s",
+    ])?;
+    let installed = fault["status"]["installed"].as_str().unwrap_or_default();
+    assert!(
+        installed.contains("chaos-ifb-") && installed.contains("delay 50ms"),
+        "{fault}"
+    );
+    let id = fault["id"].as_str().context("no id")?.to_string();
+    chaosctl(&["revert", &id])?;
+    assert_eq!(interface_state(&netns)?, before_state);
+    assert_eq!(journal_len(state.path()), 0);
+    Ok(())
+}
+
+/// A node-scope blackhole, on the node's interface toward a "remote" client (the veth to a
+/// second namespace, from the root namespace standing in for the node): the client's
+/// connections to anything else die, but it still reaches the agent's gRPC port through the
+/// blackhole and reverts the fault early from there.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs netem: run in the VM"]
+async fn vm_node_blackhole_keeps_the_agent_reachable_and_is_reverted_through_it() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let agent = TestAgent::start_on(
+        AgentOptions {
+            tls_dir: Some(tls.path().to_path_buf()),
+            state_dir: state.path().to_path_buf(),
+            extra_args: vec!["--allow-node-scope".into()],
+            containerd_socket: chaos_tests::containerd::CONTAINERD_SOCKET.into(),
+        },
+        Ipv4Addr::UNSPECIFIED,
+    )?;
+    require_netem(&agent).await?;
+    let remote = TestNetns::create()?;
+    let sleeper = Sleeper::start(&remote)?;
+    let other_service = host_listener(&remote)?;
+    // The agent as the remote client sees it: the node's address on their link.
+    let agent_seen_remotely = AgentAddress {
+        address: SocketAddr::from((remote.host_ip(), agent.grpc.port())).to_string(),
+        tls_dir: Some(tls.path().to_path_buf()),
+        plaintext: false,
+    };
+    let node_interface = remote.host_ifname().to_string();
+    let node_qdiscs = || -> Result<String> {
+        Ok(run_checked(
+            "tc",
+            &["-d", "qdisc", "show", "dev", &node_interface],
+            Duration::from_secs(10),
+        )?
+        .stdout)
+    };
+    let before = node_qdiscs()?;
+    let short = Duration::from_secs(2);
+    assert!(connects(&remote, other_service, Duration::from_secs(5))?);
+    assert_eq!(remote_active_faults(&remote, &agent_seen_remotely)?, 0);
+
+    let fault = inject(
+        &agent,
+        blackhole(
+            &sleeper.target(),
+            Duration::from_secs(120),
+            api::BlackholeFault {
+                node_scope: true,
+                interface: remote.host_ifname().into(),
+                ..Default::default()
+            },
+        ),
+    )
+    .await?;
+    let status = installed(&fault);
+    assert!(status.contains("loss 100.0000%"), "{status}");
+    assert!(
+        status.contains(&format!("sport {}", agent.grpc.port())),
+        "the agent's port is not excluded: {status}"
+    );
+    assert!(node_qdiscs()?.contains("qdisc netem"), "{}", node_qdiscs()?);
+    // Replies from the node's other service are dropped on the node's interface ...
+    assert!(
+        !connects(&remote, other_service, short)?,
+        "a node blackhole let a connection through"
+    );
+    // ... the agent's are not: the remote client lists the fault and reverts it.
+    assert_eq!(remote_active_faults(&remote, &agent_seen_remotely)?, 1);
+    let id = fault.id.clone();
+    let address = agent_seen_remotely.clone();
+    let reverted = inside_runtime(&remote, move || async move {
+        let mut client = chaosctl::client::connect(&address).await?;
+        let reply = client
+            .revert(api::RevertRequest { id, all: false })
+            .await?
+            .into_inner();
+        anyhow::Ok(reply.reverted)
+    })?;
+    assert_eq!(reverted.len(), 1, "{reverted:?}");
+    assert_eq!(reverted[0].state, api::FaultState::Reverted as i32);
+    assert!(connects(&remote, other_service, Duration::from_secs(5))?);
+    assert_eq!(node_qdiscs()?, before);
+    assert_eq!(journal_len(state.path()), 0);
+    Ok(())
+}
+
+/// Runs async `work` on a runtime whose thread sits in the namespace: every socket it opens
+/// (a gRPC channel here) belongs to that namespace.
+fn inside_runtime<T, Fut>(
+    netns: &TestNetns,
+    work: impl FnOnce() -> Fut + Send + 'static,
+) -> Result<T>
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    inside(netns, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(work())
+    })
+}
+
+/// How many active faults the agent lists to a client inside `netns`.
+fn remote_active_faults(netns: &TestNetns, agent: &AgentAddress) -> Result<usize> {
+    let address = agent.clone();
+    inside_runtime(netns, move || async move {
+        let mut client = chaosctl::client::connect(&address).await?;
+        let faults = client
+            .list(api::ListRequest {
+                include_ended: false,
+            })
+            .await?
+            .into_inner()
+            .faults;
+        anyhow::Ok(faults.len())
+    })
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -580,19 +580,20 @@ fn expectations() -> BTreeMap<&'static str, Vec<StepExpectation>> {
         (
             "zone-loss.yaml",
             vec![
+                // One node-scope blackhole per node: the rig's pods share one node.
                 step(
-                    "partition",
-                    "network",
+                    "node-partition",
+                    "blackhole",
                     &[
                         "shop/flask-0/flask",
                         "shop/flask-1/flask",
                         "shop/cart-0/cart",
                     ][..],
-                    3,
+                    1,
                 ),
                 step(
-                    "kill",
-                    "process",
+                    "pod-partition",
+                    "blackhole",
                     &[
                         "shop/flask-0/flask",
                         "shop/flask-1/flask",
@@ -826,7 +827,7 @@ fn a_selector_that_needs_the_api_fails_clearly_without_it() -> Result<()> {
     assert!(
         outcome
             .stderr
-            .contains("fault `partition`: permission denied")
+            .contains("fault `node-partition`: permission denied")
             && outcome.stderr.contains("needs `list` on `nodes`"),
         "{}",
         outcome.stderr

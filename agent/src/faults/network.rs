@@ -255,7 +255,7 @@ pub fn blackhole_request(plan: &BlackholePlan) -> NetworkRequest {
         },
         classifier,
         direction: Direction::Egress,
-        interface: None,
+        interface: (!plan.interface.is_empty()).then(|| plan.interface.clone()),
         scope: if plan.node_scope {
             Scope::Node
         } else {
@@ -957,7 +957,10 @@ async fn restore_with(handle: &chaos_netem::Handle, restore: &QdiscRestore) -> R
 }
 
 /// Revert: finds the namespace again and puts the interface back from the agent's runtime.
-async fn restore_interface_async(restore: &QdiscRestore, known: Option<&Path>) -> Result<(), String> {
+async fn restore_interface_async(
+    restore: &QdiscRestore,
+    known: Option<&Path>,
+) -> Result<(), String> {
     let Some(path) = locate(&restore.netns, known, Path::new("/proc")) else {
         tracing::info!(
             pid = restore.netns.pid,
@@ -1191,7 +1194,9 @@ mod tests {
             ports: vec![],
             node_scope: false,
             keep_port: None,
+            interface: String::new(),
         });
+        assert_eq!(plain.interface, None);
         assert_eq!(plain.spec.loss_pct, 100.0);
         assert!(plain.classifier.is_empty());
         assert_eq!(plain.scope, Scope::Targets);
@@ -1200,8 +1205,10 @@ mod tests {
             ports: vec![],
             node_scope: true,
             keep_port: Some(7090),
+            interface: "ens6".into(),
         });
         assert_eq!(node.scope, Scope::Node);
+        assert_eq!(node.interface.as_deref(), Some("ens6"));
         assert_eq!(node.classifier.matches, vec![TrafficMatch::default()]);
         let kept: Vec<String> = node
             .classifier
