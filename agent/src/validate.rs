@@ -909,7 +909,7 @@ mod tests {
             Fault::Blackhole(api::BlackholeFault {
                 destinations,
                 ports,
-                node_scope: false,
+                ..Default::default()
             })
         };
         assert_eq!(
@@ -919,6 +919,14 @@ mod tests {
         assert_eq!(
             refused_field(&req("pid:2", 1000, blackhole(vec![], vec![0]))),
             "blackhole.ports"
+        );
+        let bad_interface = Fault::Blackhole(api::BlackholeFault {
+            interface: "eth0/../x".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            refused_field(&req("pid:2", 1000, bad_interface)),
+            "blackhole.interface"
         );
 
         let mut with_lease = req("pid:2", 1000, kill());
