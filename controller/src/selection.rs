@@ -329,26 +329,18 @@ mod tests {
 
     #[test]
     fn one_per_node_keeps_the_first_target_of_each_agent() {
-        let (agents, candidates) = fleet();
-        let chosen = select(
-            &spec(SelectMode::All),
-            &agents,
-            &candidates,
-            &ApiFacts::default(),
-            7,
-        )
-        .unwrap();
-        assert_eq!(chosen.len(), 3);
+        // web-0 and web-1 on agent 0, web-2 on agent 1, in the chosen (shuffled) order.
+        let chosen: Vec<Chosen> = ["web-1", "web-2", "web-0"]
+            .iter()
+            .map(|pod| Chosen {
+                agent: usize::from(*pod == "web-2"),
+                target: format!("container:id-{pod}"),
+                pod: format!("shop/{pod}/web"),
+                node: String::new(),
+            })
+            .collect();
         let per_node = one_per_node(chosen.clone());
-        let agents_kept: Vec<usize> = per_node.iter().map(|c| c.agent).collect();
-        let mut expected: Vec<usize> = Vec::new();
-        for c in &chosen {
-            if !expected.contains(&c.agent) {
-                expected.push(c.agent);
-            }
-        }
-        assert_eq!(agents_kept, expected);
-        assert_eq!(per_node[0], chosen[0]);
+        assert_eq!(per_node, vec![chosen[0].clone(), chosen[1].clone()]);
     }
 
     #[test]

@@ -1090,9 +1090,16 @@ async fn vm_chaosctl_inject_network_with_targeting_flags_then_revert() -> Result
     );
     assert_delayed("chaosctl's port", delayed_before, delayed_during, 50);
     assert_not_delayed("other port", spared_before, spared_during);
-    let id = fault["id"].as_str().context("no id")?.to_string();
-    chaosctl(&["revert", &id])?;
-    assert_eq!(interface_state(&netns)?, before_state);
+    let revert_with_chaosctl = |fault: &serde_json::Value| -> Result<()> {
+        chaosctl(&["revert", fault["id"].as_str().context("no id")?])?;
+        let now = interface_state(&netns)?;
+        ensure!(
+            now == before_state,
+            "not restored:\n{now}\nbefore:\n{before_state}"
+        );
+        Ok(())
+    };
+    revert_with_chaosctl(&fault)?;
 
     let fault = chaosctl(&[
         "inject",
@@ -1111,9 +1118,7 @@ async fn vm_chaosctl_inject_network_with_targeting_flags_then_revert() -> Result
         installed.contains("chaos-ifb-") && installed.contains("delay 50ms"),
         "{fault}"
     );
-    let id = fault["id"].as_str().context("no id")?.to_string();
-    chaosctl(&["revert", &id])?;
-    assert_eq!(interface_state(&netns)?, before_state);
+    revert_with_chaosctl(&fault)?;
     assert_eq!(journal_len(state.path()), 0);
     Ok(())
 }
