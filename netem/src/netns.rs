@@ -13,9 +13,8 @@
 
 use std::fs::File;
 use std::future::Future;
-use std::path::{Path, PathBuf};
-
 use std::os::fd::{FromRawFd, IntoRawFd};
+use std::path::{Path, PathBuf};
 
 use netlink_sys::{TokioSocket, protocols::NETLINK_ROUTE};
 use nix::sched::{CloneFlags, setns};
