@@ -114,10 +114,7 @@ async fn require_netem(agent: &TestAgent) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn host_network_fault_without_netem_is_refused_and_changes_nothing() -> Result<()> {
-    let (tls, state) = (make_certs()?, state_dir()?);
-    let agent = TestAgent::start_tls(tls.path(), state.path())?;
-    let netns = TestNetns::create()?;
-    let sleeper = Sleeper::start(&netns)?;
+    let (_tls, state, agent, netns, sleeper) = rig()?;
     let mut client = agent.client().await?;
 
     let caps = client
@@ -214,10 +211,7 @@ fn blackhole(target: &str, duration: Duration, fault: api::BlackholeFault) -> ap
 /// it was (with an ingress qdisc and filter already there) and no ifb behind.
 #[tokio::test(flavor = "multi_thread")]
 async fn host_targeted_ingress_and_blackhole_requests_fail_and_change_nothing() -> Result<()> {
-    let (tls, state) = (make_certs()?, state_dir()?);
-    let agent = TestAgent::start_tls(tls.path(), state.path())?;
-    let netns = TestNetns::create()?;
-    let sleeper = Sleeper::start(&netns)?;
+    let (_tls, state, agent, netns, sleeper) = rig()?;
     let mut client = agent.client().await?;
     let caps = client
         .capabilities(api::CapabilitiesRequest {})
@@ -329,10 +323,7 @@ async fn host_targeted_ingress_and_blackhole_requests_fail_and_change_nothing() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn host_node_scope_needs_the_flag_and_ipv6_targets_are_refused_by_name() -> Result<()> {
-    let (tls, state) = (make_certs()?, state_dir()?);
-    let agent = TestAgent::start_tls(tls.path(), state.path())?;
-    let netns = TestNetns::create()?;
-    let sleeper = Sleeper::start(&netns)?;
+    let (_tls, state, agent, netns, sleeper) = rig()?;
     let mut client = agent.client().await?;
     let caps = client
         .capabilities(api::CapabilitiesRequest {})
@@ -1437,16 +1428,25 @@ async fn vm_bench_inject_and_revert_latency_vs_nsenter_tc() -> Result<()> {
 
 /// An agent with mTLS on a kernel with netem, and a veth netns with a sleeper inside as
 /// the target. Bound in this order, they drop in reverse: target first, agent, then files.
-async fn netem_rig() -> Result<(
+async fn netem_rig() -> Result<Rig> {
+    let rig = rig()?;
+    require_netem(&rig.2).await?;
+    Ok(rig)
+}
+
+/// Certificates, state directory, agent (mTLS), a veth netns and a sleeper in it as the target.
+type Rig = (
     tempfile::TempDir,
     tempfile::TempDir,
     TestAgent,
     TestNetns,
     Sleeper,
-)> {
+);
+
+/// The same rig on any kernel (the host tests check what happens without netem).
+fn rig() -> Result<Rig> {
     let (tls, state) = (make_certs()?, state_dir()?);
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
-    require_netem(&agent).await?;
     let netns = TestNetns::create()?;
     let sleeper = Sleeper::start(&netns)?;
     Ok((tls, state, agent, netns, sleeper))
