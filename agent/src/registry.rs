@@ -196,7 +196,19 @@ impl Registry {
             duration: valid.duration,
         };
         let prepared = ActiveFault::prepare(&valid.plan, &valid.target, &targets, &context).await?;
-        self.check_processes(&prepared.acts_on)?;
+        // The targets' own processes were checked above (a walk up /proc each): only the
+        // rest of what the fault acts on, e.g. a container's other processes.
+        let unchecked: Vec<ProcessInfo> = prepared
+            .acts_on
+            .iter()
+            .filter(|p| {
+                !targets
+                    .iter()
+                    .any(|t| t.init.pid == p.pid && t.init.start_time == p.start_time)
+            })
+            .cloned()
+            .collect();
+        self.check_processes(&unchecked)?;
         let prepared_at = started.elapsed();
         let Prepared {
             mut fault,
@@ -357,9 +369,17 @@ impl Registry {
             }
         };
         let kind = driver.fault.kind();
+        let started = Instant::now();
         let revert_error = driver.fault.revert().await.err();
+        let reverted_at = started.elapsed();
         if revert_error.is_none() {
             self.forget_journal(&driver.id, kind);
+            tracing::debug!(
+                fault = %driver.id,
+                revert_us = reverted_at.as_micros() as u64,
+                journal_us = (started.elapsed() - reverted_at).as_micros() as u64,
+                "revert phases"
+            );
             self.metrics
                 .reverted(kind_label(kind), reason.metric_reason());
         } else {

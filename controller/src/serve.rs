@@ -214,7 +214,8 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
             .add_service(reflection)
             .add_service(ControllerServer::new(service))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(api_listener),
+                // TCP_NODELAY, as tonic's own `serve` sets it (see the agent's main).
+                tonic::transport::server::TcpIncoming::from(api_listener).with_nodelay(Some(true)),
                 async move {
                     let _ = api_stop.wait_for(|s| *s).await;
                 },

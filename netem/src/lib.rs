@@ -34,6 +34,6 @@ pub use netns::{
     NetnsError, NetnsHandle, NetnsId, find_netns, in_netns, named_netns, netns_id, netns_of_pid,
 };
 pub use qdisc::{QdiscError, QdiscRecord, QdiscSnapshot, QdiscView};
-pub use route::{RouteError, default_route_interface, interfaces};
+pub use route::{LinkKey, RouteError, default_route_interface, interface, interfaces};
 pub use rtnetlink::Handle;
 pub use wire::WireError;

@@ -1,20 +1,24 @@
 //! Run rtnetlink operations inside another network namespace.
 //!
 //! A netlink socket belongs to the namespace of the thread that opened it, for its whole
-//! life, and `setns` changes only the calling thread. So a fresh OS thread enters the
-//! namespace and opens the socket, then ends; no thread of the caller (and never a tokio
-//! worker) ever changes namespace. Two ways to use that:
+//! life, and `setns` changes only the calling thread. So no thread of the caller (and
+//! never a tokio worker) changes namespace; two ways to get a socket in another one:
 //!
-//! - [`NetnsHandle::open`] (async): only the socket is made on that thread; it comes back
-//!   and is driven on the caller's runtime, so one request can run many operations in the
-//!   namespace at the cost of one thread start.
-//! - [`in_netns`] (blocking): the thread also runs the operation on its own current-thread
-//!   runtime. For code without a runtime (journal replay at start, tests).
+//! - [`NetnsHandle::open`] (async): one long-lived thread of this crate, the socket maker,
+//!   enters the namespace, makes the socket and goes back to its own namespace. The
+//!   socket is then driven in the caller's own task ([`NetnsHandle::run`]), so one request
+//!   runs many operations in the namespace for the cost of two `setns` calls (a thread
+//!   start per socket cost about 0.9 ms more under TCG: 2.2 ms to open, now 1.3 ms).
+//! - [`in_netns`] (blocking): a fresh thread enters the namespace and runs the operation
+//!   on its own current-thread runtime. For code without a runtime (journal replay at
+//!   start, tests).
 
 use std::fs::File;
 use std::future::Future;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::Poll;
 
 use netlink_sys::{TokioSocket, protocols::NETLINK_ROUTE};
 use nix::sched::{CloneFlags, setns};
@@ -91,45 +95,38 @@ pub fn find_netns(id: NetnsId, proc_root: &Path) -> Option<PathBuf> {
         .find(|path| netns_id(path).is_ok_and(|found| found == id))
 }
 
-/// An rtnetlink handle whose socket was opened inside another network namespace and is
-/// driven on the caller's tokio runtime. Dropping it stops the driver and closes the socket.
+/// A netlink socket opened inside another network namespace, used from the caller's
+/// task through [`NetnsHandle::run`]. Dropping it closes the socket.
 ///
 /// A socket holds a reference on its namespace: while this handle lives, the namespace
 /// (and its interfaces) cannot be destroyed even when every process in it has exited. Hold
 /// one for the operations of one request, never for a fault's whole duration.
 pub struct NetnsHandle {
     handle: Handle,
-    driver: tokio::task::JoinHandle<()>,
+    /// Sends requests and routes answers; polled only inside `run`. `None` once it ended
+    /// (socket error), which also fails every request still waiting on it.
+    connection: Option<Pin<Box<RouteConnection>>>,
 }
 
+type RouteConnection =
+    rtnetlink::proto::Connection<netlink_packet_route::RouteNetlinkMessage, TokioSocket>;
+
 impl NetnsHandle {
-    /// Opens a NETLINK_ROUTE socket inside the namespace at `netns_path` (a short-lived
-    /// thread enters it, creates the socket and ends) and starts its driver on the current
-    /// runtime.
+    /// Opens a NETLINK_ROUTE socket inside the namespace at `netns_path` (the socket
+    /// maker thread enters it, makes the socket and leaves) and registers it with the
+    /// current runtime.
     pub async fn open(netns_path: &Path) -> Result<NetnsHandle, NetnsError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetnsError::NoRuntime)?;
         let namespace = File::open(netns_path).map_err(|source| NetnsError::Open {
             path: netns_path.to_path_buf(),
             source,
         })?;
-        let path = netns_path.to_path_buf();
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("chaos-netns".into())
-            .spawn(move || {
-                let socket = setns(&namespace, CloneFlags::CLONE_NEWNET)
-                    .map_err(|source| NetnsError::Enter { path, source })
-                    .and_then(|()| {
-                        let socket =
-                            netlink_sys::Socket::new(NETLINK_ROUTE).map_err(NetnsError::Socket)?;
-                        socket.set_non_blocking(true).map_err(NetnsError::Socket)?;
-                        Ok(socket)
-                    });
-                // The receiver only goes away when the caller was cancelled; the socket
-                // is then closed by the drop.
-                let _ = sender.send(socket);
-            })
-            .map_err(NetnsError::Thread)?;
+        let (reply, receiver) = tokio::sync::oneshot::channel();
+        socket_maker::request(SocketRequest {
+            namespace,
+            path: netns_path.to_path_buf(),
+            reply,
+        })?;
         let socket = receiver.await.map_err(|_| NetnsError::ThreadPanicked)??;
         let _entered = runtime.enter();
         // SAFETY: the descriptor is the netlink socket just made, owned by nobody else.
@@ -138,24 +135,120 @@ impl NetnsHandle {
         // sets non-blocking mode, which is already set.
         let socket = unsafe { TokioSocket::from_raw_fd(socket.into_raw_fd()) };
         let (connection, handle, _) = rtnetlink::from_socket(socket);
-        let driver = runtime.spawn(connection);
-        Ok(NetnsHandle { handle, driver })
+        Ok(NetnsHandle {
+            handle,
+            connection: Some(Box::pin(connection)),
+        })
     }
 
-    pub fn handle(&self) -> &Handle {
-        &self.handle
-    }
-}
-
-impl Drop for NetnsHandle {
-    fn drop(&mut self) {
-        self.driver.abort();
+    /// Runs `operation` with the socket, driving the socket in this same task while it
+    /// runs: no driver task to spawn and abort, and a request and its answer never pass
+    /// between tasks. (Measured under TCG, this was no faster than a spawned driver; it
+    /// is simpler, and the socket is only ever polled while a request uses it.)
+    pub async fn run<T>(&mut self, operation: impl AsyncFnOnce(&Handle) -> T) -> T {
+        let NetnsHandle { handle, connection } = self;
+        let mut work = std::pin::pin!(operation(handle));
+        std::future::poll_fn(move |cx| {
+            if let Poll::Ready(output) = work.as_mut().poll(cx) {
+                return Poll::Ready(output);
+            }
+            // After the work, so a request it just queued goes out in this same poll; an
+            // answer read here wakes this task for the work to take it.
+            if let Some(driver) = connection.as_mut()
+                && driver.as_mut().poll(cx).is_ready()
+            {
+                // Dropping the ended connection fails the requests still waiting,
+                // which wakes the work with an error.
+                *connection = None;
+                return work.as_mut().poll(cx);
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
 
 impl std::fmt::Debug for NetnsHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("NetnsHandle")
+    }
+}
+
+/// A socket to make in the namespace open as `namespace`.
+struct SocketRequest {
+    namespace: File,
+    path: PathBuf,
+    /// Dropped by the caller when it was cancelled; the socket is then closed.
+    reply: tokio::sync::oneshot::Sender<Result<netlink_sys::Socket, NetnsError>>,
+}
+
+/// A NETLINK_ROUTE socket, non-blocking, in the current thread's namespace.
+fn route_socket() -> Result<netlink_sys::Socket, NetnsError> {
+    let socket = netlink_sys::Socket::new(NETLINK_ROUTE).map_err(NetnsError::Socket)?;
+    socket.set_non_blocking(true).map_err(NetnsError::Socket)?;
+    Ok(socket)
+}
+
+mod socket_maker {
+    //! The one thread that enters other namespaces to make sockets. It returns to its
+    //! home namespace (the process's) after each socket; if that ever fails it ends, so it
+    //! never makes a socket in the wrong namespace, and the next request starts a new one.
+
+    use std::fs::File;
+    use std::sync::mpsc::{self, SendError, Sender};
+    use std::sync::{Mutex, PoisonError};
+
+    use nix::sched::{CloneFlags, setns};
+
+    use super::{NetnsError, SocketRequest, route_socket};
+
+    static MAKER: Mutex<Option<Sender<SocketRequest>>> = Mutex::new(None);
+
+    /// Hands `request` to the maker, starting one if there is none (or it ended).
+    pub(super) fn request(request: SocketRequest) -> Result<(), NetnsError> {
+        let mut maker = MAKER.lock().unwrap_or_else(PoisonError::into_inner);
+        let request = match maker.as_ref() {
+            Some(sender) => match sender.send(request) {
+                Ok(()) => return Ok(()),
+                Err(SendError(request)) => request,
+            },
+            None => request,
+        };
+        let sender = start()?;
+        sender
+            .send(request)
+            .map_err(|_| NetnsError::ThreadPanicked)?;
+        *maker = Some(sender);
+        Ok(())
+    }
+
+    fn start() -> Result<Sender<SocketRequest>, NetnsError> {
+        // The process's namespace (the main thread's; no thread but the makers moves).
+        let home = File::open("/proc/self/ns/net").map_err(|source| NetnsError::Open {
+            path: "/proc/self/ns/net".into(),
+            source,
+        })?;
+        let (sender, requests) = mpsc::channel::<SocketRequest>();
+        std::thread::Builder::new()
+            .name("chaos-netns".into())
+            .spawn(move || {
+                for request in requests {
+                    let socket = setns(&request.namespace, CloneFlags::CLONE_NEWNET)
+                        .map_err(|source| NetnsError::Enter {
+                            path: request.path,
+                            source,
+                        })
+                        .and_then(|()| route_socket());
+                    let returned = setns(&home, CloneFlags::CLONE_NEWNET);
+                    // The socket was made where asked, whether or not the way back works.
+                    let _ = request.reply.send(socket);
+                    if returned.is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(NetnsError::Thread)?;
+        Ok(sender)
     }
 }
 

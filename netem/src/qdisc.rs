@@ -257,20 +257,39 @@ async fn count_root_filters(handle: &Handle, ifindex: u32) -> Result<usize, Qdis
         .count())
 }
 
-/// Records the root and ingress/clsact qdiscs of `ifindex`, and what hangs below the root.
-pub async fn snapshot(handle: &Handle, ifindex: u32) -> Result<QdiscSnapshot, QdiscError> {
-    let records = qdisc_records(handle, ifindex).await?;
+/// The root and ingress/clsact qdiscs of an interface, from one dump.
+struct Roots {
+    root: QdiscRecord,
+    ingress: Option<QdiscRecord>,
+}
+
+/// What restore compares: only the root and ingress qdiscs (one dump, where a snapshot
+/// also counts classes and filters).
+async fn roots(handle: &Handle, ifindex: u32) -> Result<Roots, QdiscError> {
+    let (roots, _children) = split(qdisc_records(handle, ifindex).await?, ifindex)?;
+    Ok(roots)
+}
+
+/// The root, ingress and every other qdisc of one interface's records.
+fn split(records: Vec<QdiscRecord>, ifindex: u32) -> Result<(Roots, Vec<QdiscRecord>), QdiscError> {
     let mut root = None;
     let mut ingress = None;
-    let mut child_qdiscs = Vec::new();
+    let mut others = Vec::new();
     for record in records {
         match record.parent {
             TC_H_ROOT => root = Some(record),
             TC_H_INGRESS => ingress = Some(record),
-            _ => child_qdiscs.push(record),
+            _ => others.push(record),
         }
     }
     let root = root.ok_or(QdiscError::NoRootQdisc { ifindex })?;
+    Ok((Roots { root, ingress }, others))
+}
+
+/// Records the root and ingress/clsact qdiscs of `ifindex`, and what hangs below the root.
+pub async fn snapshot(handle: &Handle, ifindex: u32) -> Result<QdiscSnapshot, QdiscError> {
+    let (Roots { root, ingress }, mut child_qdiscs) =
+        split(qdisc_records(handle, ifindex).await?, ifindex)?;
     // Children of a kernel default root (mq's per-queue qdiscs) come back with it; only
     // children of a user-made root need an explicit restore.
     if root.is_kernel_default() {
@@ -281,7 +300,14 @@ pub async fn snapshot(handle: &Handle, ifindex: u32) -> Result<QdiscSnapshot, Qd
     } else {
         0
     };
-    let root_filters = count_root_filters(handle, ifindex).await?;
+    // A kernel default root comes back whole when ours is deleted, whatever hangs on
+    // it, so its filters do not decide anything (see `not_restorable_reason`): one dump
+    // fewer on a fresh pod's interface, whose root is always a default.
+    let root_filters = if root.is_kernel_default() {
+        0
+    } else {
+        count_root_filters(handle, ifindex).await?
+    };
     Ok(QdiscSnapshot {
         ifindex,
         root,
@@ -409,7 +435,7 @@ fn same_qdisc(a: &QdiscRecord, b: &QdiscRecord) -> bool {
 /// unexpected root is reported as [`QdiscError::ChangedByOthers`] and left alone.
 pub async fn restore(handle: &Handle, snapshot: &QdiscSnapshot) -> Result<(), QdiscError> {
     let ifindex = snapshot.ifindex;
-    let current = self::snapshot(handle, ifindex).await?;
+    let current = roots(handle, ifindex).await?;
     if !same_qdisc(&current.root, &snapshot.root) {
         if !current.root.is_ours() {
             return Err(QdiscError::ChangedByOthers {
@@ -429,7 +455,7 @@ pub async fn restore(handle: &Handle, snapshot: &QdiscSnapshot) -> Result<(), Qd
     {
         replace(handle, ifindex, ingress).await?;
     }
-    let after = self::snapshot(handle, ifindex).await?;
+    let after = roots(handle, ifindex).await?;
     if !same_qdisc(&after.root, &snapshot.root) {
         return Err(QdiscError::RestoreMismatch {
             ifindex,

@@ -85,6 +85,49 @@ pub async fn default_route_interface(handle: &Handle) -> Result<u32, RouteError>
     Err(RouteError::NoDefaultRoute)
 }
 
+/// Which one link to look up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKey<'a> {
+    Index(u32),
+    Name(&'a str),
+}
+
+/// One link of this namespace, (ifindex, name), or `None` when there is no such link.
+/// One RTM_GETLINK get: a pod's namespace answers with one link message where a dump
+/// sends all of them, and link messages are large (statistics, per-family settings), so
+/// this is the cheaper way to the one interface a fault needs.
+pub async fn interface(
+    handle: &Handle,
+    key: LinkKey<'_>,
+) -> Result<Option<(u32, String)>, RouteError> {
+    use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+    let mut request = LinkMessage::default();
+    match key {
+        LinkKey::Index(index) => request.header.index = index,
+        LinkKey::Name(name) => request
+            .attributes
+            .push(LinkAttribute::IfName(name.to_string())),
+    }
+    let answers = match wire::get(handle, RouteNetlinkMessage::GetLink(request)).await {
+        Ok(answers) => answers,
+        Err(WireError {
+            errno: Some(errno), ..
+        }) if errno == nix::errno::Errno::ENODEV as i32 => return Ok(None),
+        Err(e) => return Err(RouteError::Netlink(e)),
+    };
+    Ok(answers.iter().find_map(|answer| match answer {
+        RouteNetlinkMessage::NewLink(link) => link
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::IfName(name) => Some(name.clone()),
+                _ => None,
+            })
+            .map(|name| (link.header.index, name)),
+        _ => None,
+    }))
+}
+
 /// Every link of this namespace: (ifindex, name).
 pub async fn interfaces(handle: &Handle) -> Result<Vec<(u32, String)>, RouteError> {
     use netlink_packet_route::link::{LinkAttribute, LinkMessage};

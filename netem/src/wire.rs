@@ -68,6 +68,14 @@ pub async fn dump(
     send(handle, message, NLM_F_REQUEST | NLM_F_DUMP).await
 }
 
+/// A get request (no dump): the kernel answers with the one object asked for, or an error.
+pub async fn get(
+    handle: &Handle,
+    message: RouteNetlinkMessage,
+) -> Result<Vec<RouteNetlinkMessage>, WireError> {
+    send(handle, message, NLM_F_REQUEST).await
+}
+
 /// A change request with an ACK; `flags` are e.g. `NLM_F_CREATE | NLM_F_REPLACE`.
 pub async fn change(
     handle: &Handle,

@@ -54,14 +54,22 @@ async fn netns_handle_works_in_the_namespace_from_the_callers_runtime() -> Resul
     let netns = TestNetns::new("handle")?;
     let expected = netns.ifindex(LINK)?;
     let own_before = chaos_netem::netns_id(std::path::Path::new("/proc/thread-self/ns/net"))?;
-    let netlink = chaos_netem::NetnsHandle::open(&netns.path()).await?;
-    // Several operations over the one socket.
-    assert_eq!(default_route_interface(netlink.handle()).await?, expected);
-    let names: Vec<String> = chaos_netem::interfaces(netlink.handle())
-        .await?
-        .into_iter()
-        .map(|(_, name)| name)
-        .collect();
+    let mut netlink = chaos_netem::NetnsHandle::open(&netns.path()).await?;
+    // Several operations over the one socket, in one run and in a second one.
+    let (route_interface, links) = netlink
+        .run(async |handle| {
+            let route_interface = default_route_interface(handle).await?;
+            anyhow::Ok((route_interface, chaos_netem::interfaces(handle).await?))
+        })
+        .await?;
+    assert_eq!(route_interface, expected);
+    assert_eq!(
+        netlink
+            .run(async |handle| default_route_interface(handle).await)
+            .await?,
+        expected
+    );
+    let names: Vec<String> = links.into_iter().map(|(_, name)| name).collect();
     assert!(names.contains(&LINK.to_string()), "{names:?}");
     assert!(names.contains(&PEER.to_string()), "{names:?}");
     let own_after = chaos_netem::netns_id(std::path::Path::new("/proc/thread-self/ns/net"))?;
@@ -74,6 +82,75 @@ async fn netns_handle_works_in_the_namespace_from_the_callers_runtime() -> Resul
         matches!(missing, Err(chaos_netem::NetnsError::Open { .. })),
         "{missing:?}"
     );
+    Ok(())
+}
+
+/// One link looked up by index or by name (a get, not a dump); a missing one is `None`.
+#[tokio::test(flavor = "current_thread")]
+async fn one_interface_is_found_by_index_and_by_name() -> Result<()> {
+    use chaos_netem::LinkKey;
+    let netns = TestNetns::new("lookup")?;
+    let index = netns.ifindex(LINK)?;
+    let mut netlink = chaos_netem::NetnsHandle::open(&netns.path()).await?;
+    let (by_index, by_name, no_name, no_index) = netlink
+        .run(async |handle| {
+            anyhow::Ok((
+                chaos_netem::interface(handle, LinkKey::Index(index)).await?,
+                chaos_netem::interface(handle, LinkKey::Name(PEER)).await?,
+                chaos_netem::interface(handle, LinkKey::Name("chaos-none")).await?,
+                chaos_netem::interface(handle, LinkKey::Index(99_999)).await?,
+            ))
+        })
+        .await?;
+    assert_eq!(by_index, Some((index, LINK.to_string())));
+    assert_eq!(by_name, Some((netns.ifindex(PEER)?, PEER.to_string())));
+    assert_eq!(no_name, None);
+    assert_eq!(no_index, None);
+    Ok(())
+}
+
+/// One socket-making thread serves every namespace in turn: it must come back to its own
+/// namespace after each socket, or the next socket would land in the wrong one.
+#[tokio::test(flavor = "current_thread")]
+async fn netns_handles_in_turn_each_see_their_own_namespace() -> Result<()> {
+    let first = TestNetns::new("turn-a")?;
+    let second = TestNetns::new("turn-b")?;
+    second.ip(&[
+        "link",
+        "add",
+        "chaos-only-b",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "chaos-only-c",
+    ])?;
+    async fn names(path: &std::path::Path) -> Result<Vec<String>> {
+        let mut netlink = chaos_netem::NetnsHandle::open(path).await?;
+        Ok(netlink
+            .run(async |handle| chaos_netem::interfaces(handle).await)
+            .await?
+            .into_iter()
+            .map(|(_, name)| name)
+            .collect())
+    }
+    let own = std::path::Path::new("/proc/self/ns/net");
+    for _ in 0..3 {
+        let in_first = names(&first.path()).await?;
+        assert!(in_first.contains(&LINK.to_string()), "{in_first:?}");
+        assert!(
+            !in_first.contains(&"chaos-only-b".to_string()),
+            "{in_first:?}"
+        );
+        let in_second = names(&second.path()).await?;
+        assert!(
+            in_second.contains(&"chaos-only-b".to_string()),
+            "{in_second:?}"
+        );
+        let in_own = names(own).await?;
+        assert!(!in_own.contains(&LINK.to_string()), "{in_own:?}");
+        assert!(!in_own.contains(&"chaos-only-b".to_string()), "{in_own:?}");
+    }
     Ok(())
 }
 

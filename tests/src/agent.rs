@@ -108,7 +108,11 @@ impl TestAgent {
             .arg("--containerd-namespace")
             .arg("k8s.io,default")
             .args(&options.extra_args)
-            .env("RUST_LOG", "info")
+            // The registry's phase times (debug) help read a failure and feed the bench.
+            .env(
+                "RUST_LOG",
+                "info,chaos_agent::registry=debug,chaos_agent::faults::network=debug",
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -1309,6 +1309,44 @@ const PEER_ADD: [&str; 9] = [
 ];
 const PEER_DEL: [&str; 5] = ["qdisc", "del", "dev", "eth0", "root"];
 
+/// The median of every `NAME_us=N` field over the last `rounds` log lines carrying
+/// `message`, e.g. "resolve 120us, prepare 3400us".
+fn phase_medians(log: &str, message: &str, rounds: usize) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        // "TARGET: MESSAGE FIELDS": the colon keeps "revert phases" from matching
+        // "network revert phases".
+        .filter(|line| line.contains(&format!(": {message} ")))
+        .collect();
+    let lines = &lines[lines.len().saturating_sub(rounds)..];
+    let mut fields: Vec<(String, Vec<u64>)> = Vec::new();
+    for line in lines {
+        for (name, value) in line
+            .split_whitespace()
+            .filter_map(|token| token.split_once("_us="))
+        {
+            let Ok(value) = value.parse::<u64>() else {
+                continue;
+            };
+            match fields.iter_mut().find(|(n, _)| n == name) {
+                Some((_, values)) => values.push(value),
+                None => fields.push((name.to_string(), vec![value])),
+            }
+        }
+    }
+    if fields.is_empty() {
+        return format!("no {message:?} lines in the agent's log");
+    }
+    fields
+        .into_iter()
+        .map(|(name, mut values)| {
+            values.sort_unstable();
+            format!("{name} {}us", values[values.len() / 2])
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn report(label: &str, samples: Vec<Duration>) {
     let count = samples.len();
     let (p50, p99) = percentiles(samples);
@@ -1378,6 +1416,29 @@ async fn vm_bench_inject_and_revert_latency_vs_nsenter_tc() -> Result<()> {
     report("1 target: agent revert", reverts);
     report("1 target: nsenter tc replace netem", adds);
     report("1 target: nsenter tc del", dels);
+    // Where the agent's time goes: its own phase log for those rounds, and the cost of a
+    // request that does no work (List, nothing active) as the gRPC + mTLS floor.
+    let log = agent.log();
+    for message in [
+        "injection phases",
+        "network prepare phases",
+        "network inspect phases",
+        "network apply phases",
+        "revert phases",
+        "network revert phases",
+    ] {
+        println!(
+            "BENCH 1 target: agent {message} p50: {}",
+            phase_medians(&log, message, ROUNDS)
+        );
+    }
+    let mut floor = vec![];
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        client.clone().list(api::ListRequest::default()).await?;
+        floor.push(started.elapsed());
+    }
+    report("1 target: agent List (gRPC floor)", floor);
     drop(sleeper);
     drop(netns);
 

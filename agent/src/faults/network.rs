@@ -19,10 +19,10 @@
 //! - `revert` (and `undo` after a crash) restores the snapshot. A namespace that no
 //!   longer exists took its qdiscs with it: nothing is left to restore.
 //!
-//! Netlink work uses one socket per namespace and request (`NetnsHandle`): a short-lived
-//! thread opens it inside the namespace, and it is driven on the agent's runtime, so no
-//! tokio worker ever changes namespace. The socket is closed when the request is done,
-//! because an open socket keeps its namespace alive after the pod is gone.
+//! Netlink work uses one socket per namespace and request (`NetnsHandle`): chaos-netem's
+//! socket-maker thread opens it inside the namespace, and the request's own task drives
+//! it, so no tokio worker ever changes namespace. The socket is closed when the request
+//! is done, because an open socket keeps its namespace alive after the pod is gone.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -34,7 +34,7 @@ use chaos_netem::ingress::{IngressError, IngressRedirect};
 use chaos_netem::tree::{Classifier, TreeError};
 use chaos_netem::u32::{End, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Cidr, TrafficMatch};
 use chaos_netem::{
-    Distribution, NetemSpec, NetnsHandle, NetnsId, QdiscError, QdiscSnapshot, QdiscView,
+    Distribution, LinkKey, NetemSpec, NetnsHandle, NetnsId, QdiscError, QdiscSnapshot, QdiscView,
 };
 use chaos_proto::api;
 use serde::{Deserialize, Serialize};
@@ -480,40 +480,51 @@ async fn inspect(
     wanted: Option<&str>,
     direction: Direction,
 ) -> Result<Inspected, AgentError> {
-    let links = chaos_netem::interfaces(handle)
-        .await
-        .map_err(|e| AgentError::Internal(e.to_string()))?;
-    let ifindex = match wanted {
-        Some(name) => links
-            .iter()
-            .find(|(_, n)| n == name)
-            .map(|(index, _)| *index)
-            .ok_or_else(|| {
-                AgentError::FailedPrecondition(format!(
+    let started = std::time::Instant::now();
+    let internal = |e: chaos_netem::RouteError| AgentError::Internal(e.to_string());
+    let (ifindex, ifname) = match wanted {
+        Some(name) => match chaos_netem::interface(handle, LinkKey::Name(name))
+            .await
+            .map_err(internal)?
+        {
+            Some(found) => found,
+            None => {
+                let links = chaos_netem::interfaces(handle).await.map_err(internal)?;
+                return Err(AgentError::FailedPrecondition(format!(
                     "the target's network namespace has no interface {name:?} (it has {})",
                     links
                         .iter()
                         .map(|(_, n)| n.as_str())
                         .collect::<Vec<_>>()
                         .join(", ")
-                ))
-            })?,
-        None => chaos_netem::default_route_interface(handle)
-            .await
-            .map_err(|e| {
-                AgentError::FailedPrecondition(format!(
-                    "{e}: name the interface (network.interface)"
-                ))
-            })?,
+                )));
+            }
+        },
+        None => {
+            let ifindex = chaos_netem::default_route_interface(handle)
+                .await
+                .map_err(|e| {
+                    AgentError::FailedPrecondition(format!(
+                        "{e}: name the interface (network.interface)"
+                    ))
+                })?;
+            let ifname = chaos_netem::interface(handle, LinkKey::Index(ifindex))
+                .await
+                .map_err(internal)?
+                .map(|(_, name)| name)
+                .unwrap_or_else(|| format!("ifindex {ifindex}"));
+            (ifindex, ifname)
+        }
     };
-    let ifname = links
-        .iter()
-        .find(|(index, _)| *index == ifindex)
-        .map(|(_, n)| n.clone())
-        .unwrap_or_else(|| format!("ifindex {ifindex}"));
+    let located_at = started.elapsed();
     let mut snapshot = chaos_netem::qdisc::snapshot(handle, ifindex)
         .await
         .map_err(|e| qdisc_error(&ifname, e))?;
+    tracing::debug!(
+        locate_us = located_at.as_micros() as u64,
+        snapshot_us = (started.elapsed() - located_at).as_micros() as u64,
+        "network inspect phases"
+    );
     // An ingress qdisc that only carries our own redirects belongs to an ingress fault,
     // which removes it itself: an egress fault must not re-create it on restore.
     if snapshot.ingress.is_some()
@@ -558,22 +569,17 @@ struct InterfaceTarget {
     _claim: Claim,
 }
 
-impl InterfaceTarget {
-    /// Keeps the socket from prepare, or opens one in the namespace found at prepare.
-    async fn connect(&mut self) -> Result<(), String> {
-        if self.netlink.is_none() {
-            self.netlink = Some(open_netlink(&self.path).await?);
-        }
-        Ok(())
+/// The socket from prepare, or a new one in the namespace found at prepare.
+async fn connect<'a>(
+    netlink: &'a mut Option<NetnsHandle>,
+    path: &Path,
+) -> Result<&'a mut NetnsHandle, String> {
+    if netlink.is_none() {
+        *netlink = Some(open_netlink(path).await?);
     }
-
-    /// The socket `connect` made sure of.
-    fn handle(&self) -> Result<&chaos_netem::Handle, String> {
-        self.netlink
-            .as_ref()
-            .map(NetnsHandle::handle)
-            .ok_or_else(|| "no netlink socket".to_string())
-    }
+    netlink
+        .as_mut()
+        .ok_or_else(|| "no netlink socket".to_string())
 }
 
 #[derive(Debug)]
@@ -638,15 +644,21 @@ impl NetworkFault {
             if !seen.insert(id) {
                 continue; // containers of one pod share the pod's namespace
             }
-            let netlink = open_netlink(&path)
+            let started = std::time::Instant::now();
+            let mut netlink = open_netlink(&path)
                 .await
                 .map_err(|e| AgentError::FailedPrecondition(format!("{}: {e}", path.display())))?;
-            let inspected = inspect(
-                netlink.handle(),
-                request.interface.as_deref(),
-                request.direction,
-            )
-            .await?;
+            let opened_at = started.elapsed();
+            let inspected = netlink
+                .run(async |handle| {
+                    inspect(handle, request.interface.as_deref(), request.direction).await
+                })
+                .await?;
+            tracing::debug!(
+                open_us = opened_at.as_micros() as u64,
+                inspect_us = (started.elapsed() - opened_at).as_micros() as u64,
+                "network prepare phases"
+            );
             let ifname = inspected.ifname;
             if request.direction == Direction::Egress {
                 if inspected.snapshot.root.is_ours() {
@@ -741,6 +753,7 @@ impl NetworkFault {
     }
 
     async fn install_all(&mut self) -> Result<(), AgentError> {
+        let started = std::time::Instant::now();
         for index in 0..self.interfaces.len() {
             if let Err(err) = self.install(index).await {
                 if let Err(rollback) = self.revert().await {
@@ -752,7 +765,13 @@ impl NetworkFault {
                 return Err(err);
             }
         }
+        let installed_at = started.elapsed();
         self.read_back().await;
+        tracing::debug!(
+            install_us = installed_at.as_micros() as u64,
+            read_back_us = (started.elapsed() - installed_at).as_micros() as u64,
+            "network apply phases"
+        );
         Ok(())
     }
 
@@ -761,26 +780,32 @@ impl NetworkFault {
         let ifindex = target.restore.ifindex;
         let ifname = target.ifname.clone();
         let (spec, classifier) = (&self.request.spec, &self.request.classifier);
-        let handle = target
-            .connect()
+        let netlink = connect(&mut target.netlink, &target.path)
             .await
-            .and_then(|()| target.handle())
             .map_err(|e| AgentError::FailedPrecondition(format!("interface {ifname}: {e}")))?;
         if let Some(redirect) = &target.restore.ingress {
-            chaos_netem::ingress::install(handle, ifindex, redirect, spec, classifier)
+            netlink
+                .run(async |handle| {
+                    chaos_netem::ingress::install(handle, ifindex, redirect, spec, classifier).await
+                })
                 .await
                 .map_err(|e| ingress_error(&ifname, e))?;
             target.installed = true;
             return Ok(());
         }
-        let mut before = chaos_netem::tree::install(handle, ifindex, spec, classifier)
+        let before = netlink
+            .run(async |handle| {
+                let mut before =
+                    chaos_netem::tree::install(handle, ifindex, spec, classifier).await?;
+                // Same rule as in prepare: an ingress fault's own qdisc is not ours to
+                // restore. Asked after the change, which did not touch the ingress side.
+                if ingress_is_ours(handle, &before).await.unwrap_or(false) {
+                    before.ingress = None;
+                }
+                Ok(before)
+            })
             .await
             .map_err(|e| tree_error(&ifname, e))?;
-        // Same rule as in prepare: an ingress fault's own qdisc is not ours to restore.
-        // Asked after the change, which did not touch the ingress side.
-        if ingress_is_ours(handle, &before).await.unwrap_or(false) {
-            before.ingress = None;
-        }
         target.installed = true;
         // The state right before our change is what must come back; if someone changed
         // the interface since prepare, the journal is rewritten with this (see registry).
@@ -795,8 +820,14 @@ impl NetworkFault {
         for target in &mut self.interfaces {
             let ifindex = target.restore.ifindex;
             let redirect = target.restore.ingress.clone();
-            let dump = match target.connect().await.and_then(|()| target.handle()) {
-                Ok(handle) => read_installed(handle, ifindex, redirect.as_ref()).await,
+            let dump = match connect(&mut target.netlink, &target.path).await {
+                Ok(netlink) => {
+                    netlink
+                        .run(async |handle| {
+                            read_installed(handle, ifindex, redirect.as_ref()).await
+                        })
+                        .await
+                }
                 Err(e) => Err(e),
             };
             let text = dump.unwrap_or_else(|e| format!("dump failed: {e}"));
@@ -816,8 +847,13 @@ impl NetworkFault {
         for target in self.interfaces.iter_mut().filter(|t| t.installed) {
             // A socket still open from this request (a rollback inside apply) is reused;
             // else the namespace is looked up again, as the journal replay does.
-            let result = match &target.netlink {
-                Some(netlink) => restore_with(netlink.handle(), &target.restore).await,
+            let result = match target.netlink.as_mut() {
+                Some(netlink) => {
+                    let restore = &target.restore;
+                    netlink
+                        .run(async |handle| restore_with(handle, restore).await)
+                        .await
+                }
                 None => restore_interface_async(&target.restore, Some(&target.path)).await,
             };
             match result {
@@ -968,8 +1004,18 @@ async fn restore_interface_async(
         );
         return Ok(());
     };
-    let netlink = open_netlink(&path).await?;
-    restore_with(netlink.handle(), restore).await
+    let started = std::time::Instant::now();
+    let mut netlink = open_netlink(&path).await?;
+    let opened_at = started.elapsed();
+    netlink
+        .run(async |handle| restore_with(handle, restore).await)
+        .await?;
+    tracing::debug!(
+        open_us = opened_at.as_micros() as u64,
+        restore_us = (started.elapsed() - opened_at).as_micros() as u64,
+        "network revert phases"
+    );
+    Ok(())
 }
 
 /// The journal replay at start (blocking: runs netlink on its own thread and runtime).
