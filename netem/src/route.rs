@@ -115,36 +115,26 @@ pub async fn interface(
         }) if errno == nix::errno::Errno::ENODEV as i32 => return Ok(None),
         Err(e) => return Err(RouteError::Netlink(e)),
     };
-    Ok(answers.iter().find_map(|answer| match answer {
-        RouteNetlinkMessage::NewLink(link) => link
-            .attributes
-            .iter()
-            .find_map(|a| match a {
-                LinkAttribute::IfName(name) => Some(name.clone()),
-                _ => None,
-            })
-            .map(|name| (link.header.index, name)),
+    Ok(answers.iter().find_map(index_and_name))
+}
+
+/// (ifindex, name) of a link answer.
+fn index_and_name(answer: &RouteNetlinkMessage) -> Option<(u32, String)> {
+    use netlink_packet_route::link::LinkAttribute;
+    let RouteNetlinkMessage::NewLink(link) = answer else {
+        return None;
+    };
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(name) => Some((link.header.index, name.clone())),
         _ => None,
-    }))
+    })
 }
 
 /// Every link of this namespace: (ifindex, name).
 pub async fn interfaces(handle: &Handle) -> Result<Vec<(u32, String)>, RouteError> {
-    use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+    use netlink_packet_route::link::LinkMessage;
     let answers = wire::dump(handle, RouteNetlinkMessage::GetLink(LinkMessage::default()))
         .await
         .map_err(RouteError::Netlink)?;
-    Ok(answers
-        .iter()
-        .filter_map(|answer| match answer {
-            RouteNetlinkMessage::NewLink(link) => {
-                let name = link.attributes.iter().find_map(|a| match a {
-                    LinkAttribute::IfName(name) => Some(name.clone()),
-                    _ => None,
-                })?;
-                Some((link.header.index, name))
-            }
-            _ => None,
-        })
-        .collect())
+    Ok(answers.iter().filter_map(index_and_name).collect())
 }
