@@ -1,11 +1,20 @@
-//! The on-host journal: one file per fault, written (and fsynced) before the fault
-//! touches the node, removed after it is reverted. A restarted agent reverts what
-//! the journal still lists, so a crash or SIGKILL leaves nothing behind.
+//! The on-host journal: one file per fault, written before the fault touches the node,
+//! removed after it is reverted. A restarted agent reverts what the journal still lists,
+//! so a crash or SIGKILL leaves nothing behind.
+//!
+//! Records are not fsynced. Everything a fault changes is kernel state that a reboot
+//! wipes (qdiscs, stressor processes, a cgroup's load), so the journal has to outlive
+//! the agent's process, which the page cache does, but not the node. A power loss may
+//! leave a record empty or torn; it describes nothing that survived, and
+//! [`Journal::drop_unreadable_before`] removes such records at the next start. An fsync
+//! of the file and of the directory would cost milliseconds on a node's network disk
+//! for every inject and revert, and buy nothing.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -85,15 +94,9 @@ impl Journal {
         self.dir.join(format!("{id}{SUFFIX}"))
     }
 
-    /// Makes a rename or unlink durable: fsync the directory that holds the entry.
-    fn sync_dir(&self) -> Result<(), JournalError> {
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir))
-    }
-
-    /// Writes the record atomically (temporary file, fsync, rename, fsync of the dir),
-    /// so a crash leaves either the old record or the new one, never half of one.
+    /// Writes the record atomically (temporary file, then rename), so an agent that dies
+    /// at any point leaves the old record or the new one, never half of one. Not
+    /// fsynced: see the module's comment.
     pub fn write(&self, record: &JournalRecord) -> Result<(), JournalError> {
         let path = self.path(&record.id);
         let tmp = self.dir.join(format!(".{}.tmp", record.id));
@@ -109,15 +112,14 @@ impl Journal {
             .open(&tmp)
             .map_err(io(&tmp))?;
         file.write_all(&bytes).map_err(io(&tmp))?;
-        file.sync_all().map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        self.sync_dir()
+        drop(file);
+        fs::rename(&tmp, &path).map_err(io(&path))
     }
 
     pub fn remove(&self, id: &str) -> Result<(), JournalError> {
         let path = self.path(id);
         match fs::remove_file(&path) {
-            Ok(()) => self.sync_dir(),
+            Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io(&path)(e)),
         }
@@ -148,6 +150,27 @@ impl Journal {
             .collect();
         records.sort_by_key(|r| r.as_ref().map(|r| r.created_unix_ms).unwrap_or(i64::MIN));
         Ok(records)
+    }
+
+    /// Removes the unreadable records last written before `boot` (this boot's start)
+    /// and returns their paths. Such a record was cut short by a power loss or a crash
+    /// of the node, and what it described did not survive the reboot. An unreadable
+    /// record of this boot stays, for an operator to look at.
+    pub fn drop_unreadable_before(&self, boot: SystemTime) -> Result<Vec<PathBuf>, JournalError> {
+        let mut dropped = Vec::new();
+        for record in self.records()? {
+            let Err(JournalError::Corrupt { path, .. }) = record else {
+                continue;
+            };
+            let written = fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .map_err(io(&path))?;
+            if written < boot {
+                fs::remove_file(&path).map_err(io(&path))?;
+                dropped.push(path);
+            }
+        }
+        Ok(dropped)
     }
 
     pub fn len(&self) -> usize {
@@ -227,6 +250,44 @@ mod tests {
                 .iter()
                 .any(|r| r.as_ref().is_ok_and(|r| r.id == "f-1"))
         );
+    }
+
+    #[test]
+    fn unreadable_records_from_before_the_boot_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let boot = SystemTime::now() - std::time::Duration::from_secs(600);
+        // Cut short by a power loss an hour before this boot.
+        let torn = journal.dir().join("f-torn.json");
+        std::fs::write(&torn, b"").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&torn)
+            .unwrap()
+            .set_modified(boot - std::time::Duration::from_secs(3600))
+            .unwrap();
+        // Unreadable, but written in this boot: kept for an operator.
+        std::fs::write(journal.dir().join("f-bad.json"), b"{not json").unwrap();
+        // Readable records are never dropped here, however old.
+        journal.write(&record("f-old", 10)).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(journal.dir().join("f-old.json"))
+            .unwrap()
+            .set_modified(boot - std::time::Duration::from_secs(3600))
+            .unwrap();
+
+        let dropped = journal.drop_unreadable_before(boot).unwrap();
+        assert_eq!(dropped, vec![torn.clone()]);
+        assert!(!torn.exists());
+        let left: Vec<bool> = journal
+            .records()
+            .unwrap()
+            .iter()
+            .map(|r| r.is_ok())
+            .collect();
+        assert_eq!(left.len(), 2);
+        assert_eq!(left.iter().filter(|ok| **ok).count(), 1);
     }
 
     #[test]

@@ -22,6 +22,11 @@ use chaos_proto::api::agent_server::AgentServer;
 use clap::Parser;
 use tonic::transport::Server;
 
+// musl's allocator (the image's binaries are static musl) is slow under the many small,
+// short-lived allocations of TLS, HTTP/2 and protobuf on every request.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 #[derive(Debug, Parser)]
@@ -209,18 +214,36 @@ fn main() -> Result<()> {
         );
     }
     join_host_cgroup_namespace()?;
-    // Two workers are plenty for an agent whose work is a few syscalls per request,
-    // and keep its idle footprint small.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // Two single-threaded runtimes. Requests run on this thread. The faults' lifetimes
+    // (deadlines, periodic work, lease expiries, reverts) run on a thread of their own,
+    // so no request, however long a /proc read or a disk write blocks it, can hold back
+    // a revert. One thread each because a request is a few syscalls: a pool of workers
+    // only added wake-ups between threads on every request (BENCHMARKS.md, session 5).
+    let lifetimes = start_lifetimes_runtime()?;
+    let requests = tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(8)
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(run(args))
+        .context("starting the request runtime")?;
+    requests.block_on(run(args, lifetimes))
 }
 
-async fn run(args: Args) -> Result<()> {
+/// Starts the runtime that drives the faults, on a thread that runs until the process
+/// exits, and returns its handle.
+fn start_lifetimes_runtime() -> Result<tokio::runtime::Handle> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the fault runtime")?;
+    let handle = runtime.handle().clone();
+    std::thread::Builder::new()
+        .name("chaos-faults".into())
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))
+        .context("starting the fault thread")?;
+    Ok(handle)
+}
+
+async fn run(args: Args, lifetimes: tokio::runtime::Handle) -> Result<()> {
     let node_name = args.node_name.clone().unwrap_or_else(|| {
         nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
@@ -245,7 +268,14 @@ async fn run(args: Args) -> Result<()> {
         allow_node_scope: args.allow_node_scope,
         agent_port: args.listen.port(),
     };
-    let registry = Registry::new(journal, metrics.clone(), resolver, policy, limits);
+    let registry = Registry::new(
+        journal,
+        metrics.clone(),
+        resolver,
+        policy,
+        limits,
+        lifetimes.clone(),
+    );
 
     let ready = Arc::new(AtomicBool::new(false));
     let metrics_listener = metrics::bind(args.metrics_listen)
@@ -261,7 +291,7 @@ async fn run(args: Args) -> Result<()> {
     // Whatever a previous run left behind is reverted before anything new is accepted.
     let (reverted, failed) = registry.recover();
     tracing::info!(reverted, failed, "journal replayed");
-    tokio::spawn(Arc::clone(&registry).reap());
+    lifetimes.spawn(Arc::clone(&registry).reap());
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter

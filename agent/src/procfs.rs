@@ -77,6 +77,13 @@ pub struct Procfs {
     root: PathBuf,
 }
 
+/// `btime` of `/proc/stat`: when this boot began, in seconds since the Unix epoch.
+pub fn parse_boot_time(stat: &str) -> Option<u64> {
+    stat.lines()
+        .find_map(|line| line.strip_prefix("btime "))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 impl Default for Procfs {
     fn default() -> Self {
         Procfs::at("/proc")
@@ -102,6 +109,20 @@ impl Procfs {
                 _ if source.raw_os_error() == Some(libc::ESRCH) => ProcError::Gone(pid),
                 _ => ProcError::Io { path, source },
             })
+    }
+
+    /// When this boot began (`btime` of `/proc/stat`).
+    pub fn boot_time(&self) -> Result<std::time::SystemTime, ProcError> {
+        let path = self.root.join("stat");
+        let text = std::fs::read_to_string(&path).map_err(|source| ProcError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let seconds = parse_boot_time(&text).ok_or_else(|| ProcError::Parse {
+            path,
+            reason: "no btime line".into(),
+        })?;
+        Ok(std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
     }
 
     pub fn stat(&self, pid: u32) -> Result<Stat, ProcError> {
@@ -172,6 +193,19 @@ impl Procfs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_boot_time_is_btime_of_proc_stat() {
+        let stat = "cpu  1 2 3\nintr 5\nctxt 99\nbtime 1763700000\nprocesses 7\n";
+        assert_eq!(parse_boot_time(stat), Some(1_763_700_000));
+        assert_eq!(parse_boot_time("cpu 1 2 3\n"), None);
+    }
+
+    #[test]
+    fn the_boot_time_of_this_machine_is_in_the_past() {
+        let boot = Procfs::default().boot_time().unwrap();
+        assert!(boot < std::time::SystemTime::now());
+    }
 
     const STAT: &str = "4242 (my) proc) S 17 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 200 18446744073709551615";
 

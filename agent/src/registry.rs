@@ -85,6 +85,9 @@ pub struct Registry {
     /// Wakes the reaper when a lease or a fault appears or a fault ends, so it sleeps
     /// until the next moment that matters instead of polling.
     reaper_wake: Notify,
+    /// The runtime that owns the faults' lifetimes: each fault's driver (deadline,
+    /// periodic work, revert) and the lease reverts run there, apart from the requests.
+    lifetimes: tokio::runtime::Handle,
 }
 
 fn new_fault_id() -> String {
@@ -103,6 +106,7 @@ impl Registry {
         resolver: Resolver,
         policy: ProtectionPolicy,
         limits: Limits,
+        lifetimes: tokio::runtime::Handle,
     ) -> Arc<Registry> {
         Arc::new(Registry {
             state: Mutex::new(State::default()),
@@ -112,6 +116,7 @@ impl Registry {
             policy,
             limits,
             reaper_wake: Notify::new(),
+            lifetimes,
         })
     }
 
@@ -330,7 +335,8 @@ impl Registry {
             fault,
             deadline,
         };
-        tokio::spawn(async move { registry.drive(driver, stop_rx, done_tx).await });
+        self.lifetimes
+            .spawn(async move { registry.drive(driver, stop_rx, done_tx).await });
         Ok(view)
     }
 
@@ -521,7 +527,7 @@ impl Registry {
             for id in pass.lapsed {
                 tracing::warn!(fault = %id, "lease lapsed, reverting");
                 let registry = Arc::clone(&self);
-                tokio::spawn(async move {
+                self.lifetimes.spawn(async move {
                     let _ = registry.end(&id, EndReason::LeaseExpired).await;
                 });
             }
@@ -540,6 +546,23 @@ impl Registry {
     /// Reverts what the journal of a previous run lists. Called before serving.
     /// Returns how many records were reverted and how many could not be.
     pub fn recover(&self) -> (usize, usize) {
+        // The journal is not fsynced (see journal.rs): a node that lost power may have
+        // left records cut short, describing state the reboot already wiped.
+        match self.resolver.procfs.boot_time() {
+            Ok(boot) => match self.journal.drop_unreadable_before(boot) {
+                Ok(dropped) => {
+                    for path in dropped {
+                        tracing::warn!(path = %path.display(), "dropped an unreadable journal record written before this boot: the kernel state it described did not survive the reboot");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot check the journal for records cut short by a reboot")
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the boot time; unreadable journal records are kept")
+            }
+        }
         let records = match self.journal.records() {
             Ok(records) => records,
             Err(e) => {

@@ -205,29 +205,50 @@ pub(crate) fn tc_message(ifindex: u32, record: &QdiscRecord) -> TcMessage {
     message
 }
 
-/// Every qdisc of one interface, as recorded.
-pub(crate) async fn qdisc_records(
-    handle: &Handle,
-    ifindex: u32,
-) -> Result<Vec<QdiscRecord>, QdiscError> {
+/// Every qdisc of every interface in the namespace, from one dump: a caller can send it
+/// before it knows the interface, alongside the link lookup, and pick the interface's
+/// qdiscs with [`QdiscTable::of`] afterwards.
+#[derive(Debug, Clone)]
+pub struct QdiscTable(Vec<(u32, QdiscRecord)>);
+
+impl QdiscTable {
+    /// The qdiscs of `ifindex`, in the kernel's order.
+    pub fn of(&self, ifindex: u32) -> Vec<QdiscRecord> {
+        self.0
+            .iter()
+            .filter(|(index, _)| *index == ifindex)
+            .map(|(_, record)| record.clone())
+            .collect()
+    }
+}
+
+pub async fn table(handle: &Handle) -> Result<QdiscTable, QdiscError> {
+    // Without strict checking the kernel dumps every interface.
     let answers = wire::dump(
         handle,
         RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()),
     )
     .await
     .map_err(netlink("qdisc dump"))?;
-    // Without strict checking the kernel dumps every interface: filter here.
-    Ok(answers
-        .iter()
-        .filter_map(|answer| match answer {
-            RouteNetlinkMessage::NewQueueDiscipline(message)
-                if message.header.index == ifindex as i32 =>
-            {
-                Some(record_of(message))
-            }
-            _ => None,
-        })
-        .collect())
+    Ok(QdiscTable(
+        answers
+            .iter()
+            .filter_map(|answer| match answer {
+                RouteNetlinkMessage::NewQueueDiscipline(message) => {
+                    Some((message.header.index as u32, record_of(message)))
+                }
+                _ => None,
+            })
+            .collect(),
+    ))
+}
+
+/// Every qdisc of one interface, as recorded.
+pub(crate) async fn qdisc_records(
+    handle: &Handle,
+    ifindex: u32,
+) -> Result<Vec<QdiscRecord>, QdiscError> {
+    Ok(table(handle).await?.of(ifindex))
 }
 
 async fn count_classes(handle: &Handle, ifindex: u32) -> Result<usize, QdiscError> {
@@ -288,8 +309,17 @@ fn split(records: Vec<QdiscRecord>, ifindex: u32) -> Result<(Roots, Vec<QdiscRec
 
 /// Records the root and ingress/clsact qdiscs of `ifindex`, and what hangs below the root.
 pub async fn snapshot(handle: &Handle, ifindex: u32) -> Result<QdiscSnapshot, QdiscError> {
-    let (Roots { root, ingress }, mut child_qdiscs) =
-        split(qdisc_records(handle, ifindex).await?, ifindex)?;
+    snapshot_of(handle, ifindex, qdisc_records(handle, ifindex).await?).await
+}
+
+/// [`snapshot`] from `records`, the interface's qdiscs as dumped a moment ago (see
+/// [`QdiscTable`]). Dumps classes and filters only for a root that may carry them.
+pub async fn snapshot_of(
+    handle: &Handle,
+    ifindex: u32,
+    records: Vec<QdiscRecord>,
+) -> Result<QdiscSnapshot, QdiscError> {
+    let (Roots { root, ingress }, mut child_qdiscs) = split(records, ifindex)?;
     // Children of a kernel default root (mq's per-queue qdiscs) come back with it; only
     // children of a user-made root need an explicit restore.
     if root.is_kernel_default() {

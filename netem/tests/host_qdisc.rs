@@ -109,6 +109,44 @@ async fn one_interface_is_found_by_index_and_by_name() -> Result<()> {
     Ok(())
 }
 
+/// The agent sends the qdisc dump together with the link get (a get may go while a dump
+/// runs on the same socket; a second dump may not). The table must hold each interface's
+/// own qdiscs, and a snapshot made from it must equal one made with a dump of its own.
+#[tokio::test(flavor = "current_thread")]
+async fn a_qdisc_dump_sent_with_the_link_get_gives_each_interface_its_own_snapshot() -> Result<()> {
+    use chaos_netem::LinkKey;
+    let netns = TestNetns::new("table")?;
+    netns.tc(&[
+        "qdisc", "replace", "dev", PEER, "root", "tbf", "rate", "1mbit", "burst", "32kbit",
+        "latency", "400ms",
+    ])?;
+    let (link, peer) = (netns.ifindex(LINK)?, netns.ifindex(PEER)?);
+    let mut netlink = chaos_netem::NetnsHandle::open(&netns.path()).await?;
+    let (found, from_table, on_its_own) = netlink
+        .run(async |handle| {
+            let (found, table) = futures::join!(
+                chaos_netem::interface(handle, LinkKey::Name(PEER)),
+                qdisc::table(handle)
+            );
+            let table = table?;
+            let from_table = (
+                qdisc::snapshot_of(handle, link, table.of(link)).await?,
+                qdisc::snapshot_of(handle, peer, table.of(peer)).await?,
+            );
+            let on_its_own = (
+                qdisc::snapshot(handle, link).await?,
+                qdisc::snapshot(handle, peer).await?,
+            );
+            anyhow::Ok((found?, from_table, on_its_own))
+        })
+        .await?;
+    assert_eq!(found, Some((peer, PEER.to_string())));
+    assert!(from_table.0.root.is_kernel_default(), "{:?}", from_table.0);
+    assert_eq!(from_table.1.root.kind, "tbf");
+    assert_eq!(from_table, on_its_own);
+    Ok(())
+}
+
 /// One socket-making thread serves every namespace in turn: it must come back to its own
 /// namespace after each socket, or the next socket would land in the wrong one.
 #[tokio::test(flavor = "current_thread")]

@@ -1361,7 +1361,14 @@ fn report(label: &str, samples: Vec<Duration>) {
 async fn vm_bench_inject_and_revert_latency_vs_nsenter_tc() -> Result<()> {
     const ROUNDS: usize = 30;
     const CONCURRENT: usize = 100;
-    let (tls, state) = (make_certs()?, state_dir()?);
+    // The journal on the VM's tmpfs: the VM's /tmp is an overlay over the host's /tmp
+    // through 9p, where creating a file costs a round trip to the host. A node's state
+    // directory is on its local disk, and the journal is not fsynced (journal.rs), so
+    // its writes end in the page cache, as on a tmpfs.
+    let state = tempfile::Builder::new()
+        .prefix("chaos-test-state-")
+        .tempdir_in("/dev/shm")?;
+    let tls = make_certs()?;
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
     require_netem(&agent).await?;
     let client = agent.client().await?;

@@ -482,42 +482,40 @@ async fn inspect(
 ) -> Result<Inspected, AgentError> {
     let started = std::time::Instant::now();
     let internal = |e: chaos_netem::RouteError| AgentError::Internal(e.to_string());
-    let (ifindex, ifname) = match wanted {
-        Some(name) => match chaos_netem::interface(handle, LinkKey::Name(name))
-            .await
-            .map_err(internal)?
-        {
-            Some(found) => found,
-            None => {
-                let links = chaos_netem::interfaces(handle).await.map_err(internal)?;
-                return Err(AgentError::FailedPrecondition(format!(
-                    "the target's network namespace has no interface {name:?} (it has {})",
-                    links
-                        .iter()
-                        .map(|(_, n)| n.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
-        },
-        None => {
-            let ifindex = chaos_netem::default_route_interface(handle)
-                .await
-                .map_err(|e| {
-                    AgentError::FailedPrecondition(format!(
-                        "{e}: name the interface (network.interface)"
-                    ))
-                })?;
-            let ifname = chaos_netem::interface(handle, LinkKey::Index(ifindex))
-                .await
-                .map_err(internal)?
-                .map(|(_, name)| name)
-                .unwrap_or_else(|| format!("ifindex {ifindex}"));
-            (ifindex, ifname)
+    let key = match wanted {
+        Some(name) => LinkKey::Name(name),
+        None => LinkKey::Index(chaos_netem::default_route_interface(handle).await.map_err(
+            |e| {
+                AgentError::FailedPrecondition(format!(
+                    "{e}: name the interface (network.interface)"
+                ))
+            },
+        )?),
+    };
+    // The qdisc dump goes out together with the link get (a socket runs one dump at a
+    // time, but a get may go alongside it): both answers come back in one pass.
+    let (link, table) = futures::join!(
+        chaos_netem::interface(handle, key),
+        chaos_netem::qdisc::table(handle)
+    );
+    let (ifindex, ifname) = match (link.map_err(internal)?, key) {
+        (Some(found), _) => found,
+        (None, LinkKey::Index(ifindex)) => (ifindex, format!("ifindex {ifindex}")),
+        (None, LinkKey::Name(name)) => {
+            let links = chaos_netem::interfaces(handle).await.map_err(internal)?;
+            return Err(AgentError::FailedPrecondition(format!(
+                "the target's network namespace has no interface {name:?} (it has {})",
+                links
+                    .iter()
+                    .map(|(_, n)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
         }
     };
+    let records = table.map_err(|e| qdisc_error(&ifname, e))?.of(ifindex);
     let located_at = started.elapsed();
-    let mut snapshot = chaos_netem::qdisc::snapshot(handle, ifindex)
+    let mut snapshot = chaos_netem::qdisc::snapshot_of(handle, ifindex, records)
         .await
         .map_err(|e| qdisc_error(&ifname, e))?;
     tracing::debug!(
