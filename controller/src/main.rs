@@ -246,7 +246,8 @@ enum Inject {
         /// Percent of packets sent without the delay (needs --delay).
         #[arg(long, default_value_t = 0.0)]
         reorder: f64,
-        /// Bandwidth limit in bytes per second.
+        /// Bandwidth limit in bytes per second. Alone it is a tbf (needs no netem module);
+        /// with other impairments it is netem's rate.
         #[arg(long)]
         rate: Option<u64>,
         /// Interface inside the target's namespace (default: the default route's).

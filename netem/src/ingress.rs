@@ -14,8 +14,8 @@ use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, L
 use rtnetlink::Handle;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::NetemSpec;
 use crate::filter::{self, FilterError};
+use crate::impairment::Impairment;
 use crate::qdisc::{self, QdiscError, QdiscRecord, QdiscSnapshot, TC_H_INGRESS};
 use crate::tree::{self, Classifier, TreeError};
 use crate::u32::{self as cls, Selector, TrafficMatch};
@@ -194,10 +194,10 @@ pub async fn install(
     handle: &Handle,
     ifindex: u32,
     redirect: &IngressRedirect,
-    spec: &NetemSpec,
+    impairment: &Impairment,
     classifier: &Classifier,
 ) -> Result<(), IngressError> {
-    match install_steps(handle, ifindex, redirect, spec, classifier).await {
+    match install_steps(handle, ifindex, redirect, impairment, classifier).await {
         Ok(()) => Ok(()),
         Err(error) => match remove(handle, ifindex, redirect).await {
             Ok(()) => Err(error),
@@ -213,12 +213,12 @@ async fn install_steps(
     handle: &Handle,
     ifindex: u32,
     redirect: &IngressRedirect,
-    spec: &NetemSpec,
+    impairment: &Impairment,
     classifier: &Classifier,
 ) -> Result<(), IngressError> {
     let ifb = create_ifb(handle, &redirect.ifb_name).await?;
     // The ifb is ours: its snapshot needs no keeping, deleting the ifb removes it all.
-    tree::install(handle, ifb, spec, classifier).await?;
+    tree::install(handle, ifb, impairment, classifier).await?;
     if redirect.creates_qdisc {
         let ingress = QdiscRecord {
             kind: "ingress".into(),

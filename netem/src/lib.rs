@@ -1,6 +1,8 @@
 //! netem and qdisc handling over rtnetlink, inside a target's network namespace.
 //!
 //! - [`codec`]: pure encoder/decoder of netem's `TCA_OPTIONS` ([`NetemSpec`]);
+//! - [`tbf`]: pure encoder/decoder of tbf's `TCA_OPTIONS` ([`TbfSpec`], bandwidth limits);
+//! - [`impairment`]: netem or tbf, what an installed fault does to packets;
 //! - [`distribution`]: netem delay distribution tables computed from their definitions;
 //! - [`netns`]: run rtnetlink operations on a thread inside another network namespace;
 //! - [`route`]: the interface carrying the default route;
@@ -19,21 +21,25 @@ pub mod capabilities;
 pub mod codec;
 pub mod distribution;
 pub mod filter;
+pub mod impairment;
 pub mod ingress;
 pub mod netns;
 pub mod qdisc;
 mod replay;
 pub mod route;
+pub mod tbf;
 pub mod tree;
 pub mod u32;
 mod wire;
 
 pub use codec::{CodecError, DecodedNetem, NetemSpec};
 pub use distribution::Distribution;
+pub use impairment::Impairment;
 pub use netns::{
     NetnsError, NetnsHandle, NetnsId, find_netns, in_netns, named_netns, netns_id, netns_of_pid,
 };
 pub use qdisc::{QdiscError, QdiscRecord, QdiscSnapshot, QdiscView};
 pub use route::{LinkKey, RouteError, default_route_interface, interface, interfaces};
 pub use rtnetlink::Handle;
+pub use tbf::{TbfError, TbfSpec};
 pub use wire::WireError;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError, DecodedNetem, NetemSpec};
 use crate::replay;
+use crate::tbf::{self, TbfError, TbfSpec};
 use crate::wire::{self, WireError};
 
 /// `TCA_OPTIONS` in `linux/rtnetlink.h`.
@@ -98,11 +99,13 @@ impl QdiscSnapshot {
     }
 }
 
-/// A qdisc in a dump, with netem options decoded.
+/// A qdisc in a dump, with netem and tbf options decoded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QdiscView {
     pub record: QdiscRecord,
     pub netem: Option<DecodedNetem>,
+    #[serde(default)]
+    pub tbf: Option<TbfSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +122,8 @@ pub enum QdiscError {
     },
     #[error(transparent)]
     Codec(#[from] CodecError),
+    #[error(transparent)]
+    Tbf(#[from] TbfError),
     #[error("interface {ifindex} has no root qdisc (is the ifindex right?)")]
     NoRootQdisc { ifindex: u32 },
     #[error(
@@ -358,7 +363,11 @@ pub async fn dump(handle: &Handle, ifindex: u32) -> Result<Vec<QdiscView>, Qdisc
                 ("netem", Some(options)) => Some(codec::decode(options)?),
                 _ => None,
             };
-            Ok(QdiscView { record, netem })
+            let tbf = match (&record.kind[..], &record.options) {
+                ("tbf", Some(options)) => Some(tbf::decode(options)?),
+                _ => None,
+            };
+            Ok(QdiscView { record, netem, tbf })
         })
         .collect()
 }

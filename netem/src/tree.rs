@@ -1,5 +1,6 @@
-//! Targeted netem: a prio root whose priomap sends everything to an untouched band,
-//! netem under a second band, and u32 filters deciding which packets go there.
+//! Targeted impairment: a prio root whose priomap sends everything to an untouched band,
+//! the impairing qdisc (netem, or tbf for a bandwidth limit alone) under a second band,
+//! and u32 filters deciding which packets go there.
 //!
 //! ```text
 //! ca05: prio bands 2 priomap 0 0 ... 0     (everything unclassified -> ca05:1, untouched)
@@ -16,16 +17,16 @@
 use rtnetlink::Handle;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{self, NetemSpec};
 use crate::filter::{self, FilterError};
+use crate::impairment::Impairment;
 use crate::qdisc::{self, CHAOS_ROOT_HANDLE, QdiscError, QdiscRecord, QdiscSnapshot, TC_H_ROOT};
 use crate::u32::{self as cls, KeyConflict, Selector, TrafficMatch};
 
 /// Band (class) of packets left alone: where the priomap sends everything.
 pub const UNTOUCHED_CLASS: u32 = CHAOS_ROOT_HANDLE | 1;
-/// Band (class) whose qdisc is netem.
+/// Band (class) whose qdisc impairs (netem or tbf).
 pub const NETEM_CLASS: u32 = CHAOS_ROOT_HANDLE | 2;
-/// Handle of our netem below the prio root.
+/// Handle of our impairing qdisc below the prio root.
 pub const NETEM_CHILD_HANDLE: u32 = 0xca06_0000;
 /// First priority of exclusion filters and of match filters: exclusions are evaluated
 /// first, whatever their number (at most [`MAX_FILTERS`] each).
@@ -34,7 +35,7 @@ pub const MATCH_PREF: u16 = 1000;
 pub const MAX_FILTERS: usize = 900;
 
 /// Which packets a targeted fault acts on: a packet matching any exclusion is left
-/// alone; otherwise one matching any match goes to netem.
+/// alone; otherwise one matching any match goes to the impairing qdisc.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Classifier {
     pub exclusions: Vec<TrafficMatch>,
@@ -67,7 +68,7 @@ pub enum TreeError {
 }
 
 impl Classifier {
-    /// Nothing to classify: plain netem on every packet.
+    /// Nothing to classify: the impairing qdisc as root, on every packet.
     pub fn is_empty(&self) -> bool {
         self.matches.is_empty() && self.exclusions.is_empty()
     }
@@ -107,16 +108,21 @@ pub fn prio_options() -> Vec<u8> {
     bytes
 }
 
-/// Installs the prio + netem + filters tree as the root of `ifindex`; returns the snapshot
-/// taken before (journal it). Completely or not at all.
+/// Installs the prio + impairment + filters tree as the root of `ifindex`; returns the
+/// snapshot taken before (journal it). Completely or not at all.
 pub async fn install_targeted(
     handle: &Handle,
     ifindex: u32,
-    spec: &NetemSpec,
+    impairment: &Impairment,
     classifier: &Classifier,
 ) -> Result<QdiscSnapshot, TreeError> {
     let rules = classifier.rules()?;
-    let netem_options = codec::encode(spec).map_err(QdiscError::from)?;
+    let leaf = QdiscRecord {
+        kind: impairment.kind().into(),
+        handle: NETEM_CHILD_HANDLE,
+        parent: NETEM_CLASS,
+        options: Some(impairment.options()?),
+    };
     let before = qdisc::replaceable_snapshot(handle, ifindex).await?;
     let root = QdiscRecord {
         kind: "prio".into(),
@@ -126,7 +132,7 @@ pub async fn install_targeted(
     };
     // The root first: if prio is missing, nothing has changed yet.
     qdisc::replace(handle, ifindex, &root).await?;
-    if let Err(error) = build_below_root(handle, ifindex, netem_options, &rules).await {
+    if let Err(error) = build_below_root(handle, ifindex, &leaf, &rules).await {
         return Err(match qdisc::restore(handle, &before).await {
             Ok(()) => error,
             Err(restore) => TreeError::RollbackFailed {
@@ -141,16 +147,10 @@ pub async fn install_targeted(
 async fn build_below_root(
     handle: &Handle,
     ifindex: u32,
-    netem_options: Vec<u8>,
+    leaf: &QdiscRecord,
     rules: &[FilterRule],
 ) -> Result<(), TreeError> {
-    let netem = QdiscRecord {
-        kind: "netem".into(),
-        handle: NETEM_CHILD_HANDLE,
-        parent: NETEM_CLASS,
-        options: Some(netem_options),
-    };
-    qdisc::replace(handle, ifindex, &netem).await?;
+    qdisc::replace(handle, ifindex, leaf).await?;
     for rule in rules {
         filter::add_u32(
             handle,
@@ -165,18 +165,19 @@ async fn build_below_root(
     Ok(())
 }
 
-/// Installs plain netem (no classifier) or the targeted tree, by whether there is
-/// anything to classify.
+/// Installs the impairing qdisc as root (no classifier) or the targeted tree, by whether
+/// there is anything to classify.
 pub async fn install(
     handle: &Handle,
     ifindex: u32,
-    spec: &NetemSpec,
+    impairment: &Impairment,
     classifier: &Classifier,
 ) -> Result<QdiscSnapshot, TreeError> {
     if classifier.is_empty() {
-        Ok(qdisc::install_netem(handle, ifindex, spec).await?)
+        let options = impairment.options()?;
+        Ok(qdisc::install_root(handle, ifindex, impairment.kind(), Some(options)).await?)
     } else {
-        install_targeted(handle, ifindex, spec, classifier).await
+        install_targeted(handle, ifindex, impairment, classifier).await
     }
 }
 

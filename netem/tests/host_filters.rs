@@ -12,7 +12,7 @@ use chaos_netem::tree::{self, Classifier, TreeError};
 use chaos_netem::u32::{
     self as cls, End, IPPROTO_TCP, IPPROTO_UDP, Ipv4Cidr, Selector, TC_U32_TERMINAL, TrafficMatch,
 };
-use chaos_netem::{NetemSpec, in_netns};
+use chaos_netem::{Impairment, NetemSpec, in_netns};
 use common::{LINK, TestNetns};
 
 const HTB_PARENT: u32 = 0x0001_0000;
@@ -241,10 +241,10 @@ fn host_targeted_tree_without_prio_changes_nothing() -> Result<()> {
         }],
         ..Default::default()
     };
-    let spec = NetemSpec {
+    let spec = Impairment::Netem(NetemSpec {
         delay_us: 10_000,
         ..NetemSpec::default()
-    };
+    });
     let result = in_netns(&netns.path(), move |handle| async move {
         tree::install_targeted(&handle, ifindex, &spec, &classifier).await
     })?;
@@ -294,10 +294,10 @@ fn host_ingress_without_netem_leaves_no_ifb_and_changes_nothing() -> Result<()> 
             netns.tc(&["filter", "show", "dev", LINK, "ingress"])?,
             netns.ip(&["-o", "link", "show"])?,
         );
-        let spec = NetemSpec {
+        let spec = Impairment::Netem(NetemSpec {
             delay_us: 10_000,
             ..NetemSpec::default()
-        };
+        });
         let outcome = in_netns(&netns.path(), move |handle| async move {
             let snapshot = qdisc::snapshot(&handle, ifindex).await?;
             let redirect = ingress::plan(&handle, &snapshot, &ingress::ifb_name(0xabc)).await?;

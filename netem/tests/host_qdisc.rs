@@ -4,7 +4,8 @@ mod common;
 
 use anyhow::{Result, bail};
 use chaos_netem::qdisc::{self, CHAOS_ROOT_HANDLE, QdiscRecord};
-use chaos_netem::{NetemSpec, QdiscError, default_route_interface, in_netns};
+use chaos_netem::tree::{self, Classifier};
+use chaos_netem::{Impairment, NetemSpec, QdiscError, TbfSpec, default_route_interface, in_netns};
 use common::{LINK, PEER, TestNetns};
 
 /// The raw options of the root qdisc on `link`, as the kernel dumps them.
@@ -210,6 +211,52 @@ fn netem_is_reported_unsupported_and_nothing_changes() -> Result<()> {
         Ok(_) => bail!("netem installed: this test expects a kernel without sch_netem (the host)"),
     }
     assert_eq!(records(&netns, ifindex)?, before);
+    Ok(())
+}
+
+/// A bandwidth limit alone is a tbf, which this kernel has: installed from a spec, tc
+/// reads back the rate and bucket asked for, and our decoder reads tc's own tbf as tc
+/// was told.
+#[test]
+fn a_tbf_from_a_spec_reads_back_as_asked_in_tc_and_in_our_dump() -> Result<()> {
+    let netns = TestNetns::new("tbfspec")?;
+    let ifindex = netns.ifindex(LINK)?;
+    let before = records(&netns, ifindex)?;
+    let spec = TbfSpec::for_rate(125_000); // 1 Mbit/s
+    let impairment = Impairment::Tbf(spec);
+    let snapshot = in_netns(&netns.path(), |handle| async move {
+        tree::install(&handle, ifindex, &impairment, &Classifier::default()).await
+    })??;
+    let shown = netns.tc(&["qdisc", "show", "dev", LINK])?;
+    assert!(
+        shown.contains("tbf ca05: root") && shown.contains("rate 1Mbit burst 16Kb"),
+        "{shown}"
+    );
+    let views = in_netns(&netns.path(), |handle| async move {
+        qdisc::dump(&handle, ifindex).await
+    })??;
+    assert_eq!(views[0].tbf, Some(spec), "{views:?}");
+    in_netns(&netns.path(), |handle| async move {
+        qdisc::restore(&handle, &snapshot).await
+    })??;
+    assert_eq!(records(&netns, ifindex)?, before);
+
+    netns.tc(&[
+        "qdisc", "replace", "dev", LINK, "root", "tbf", "rate", "8mbit", "burst", "10000", "limit",
+        "20000",
+    ])?;
+    let views = in_netns(&netns.path(), |handle| async move {
+        qdisc::dump(&handle, ifindex).await
+    })??;
+    assert_eq!(
+        views[0].tbf,
+        Some(TbfSpec {
+            rate_bytes_per_sec: 1_000_000,
+            burst_bytes: 10_000,
+            limit_bytes: 20_000,
+        })
+    );
+    netns.tc(&["qdisc", "del", "dev", LINK, "root"])?;
     Ok(())
 }
 

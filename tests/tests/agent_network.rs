@@ -197,6 +197,126 @@ fn interface_state(netns: &TestNetns) -> Result<String> {
     Ok(text)
 }
 
+/// Bytes the bandwidth test sends, and the limit it sets: about 2 s of traffic.
+const TRANSFER_BYTES: usize = 500_000;
+const LIMIT_BYTES_PER_SECOND: u64 = 250_000;
+
+/// A TCP sink: each connection is read to its end, then answered with one byte, so the
+/// sender's clock stops only when everything arrived (not when it sat in a send buffer).
+fn sink(listener: TcpListener) {
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming().take(4) {
+            let Ok(mut stream) = stream else { return };
+            let mut received = Vec::new();
+            if stream.read_to_end(&mut received).is_ok() {
+                let _ = stream.write_all(b"k");
+            }
+        }
+    });
+}
+
+/// How long [`TRANSFER_BYTES`] take from this thread's namespace to `addr`, received.
+fn transfer_time(addr: SocketAddr) -> Result<Duration> {
+    use std::io::{Read, Write};
+    let started = Instant::now();
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(&vec![0x5a; TRANSFER_BYTES])?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer)?;
+    Ok(started.elapsed())
+}
+
+/// The rate a transfer of `took` shows, counting out the bytes the tbf's bucket lets
+/// through at once.
+fn shown_rate(took: Duration, burst_bytes: u64) -> f64 {
+    (TRANSFER_BYTES as u64 - burst_bytes) as f64 / took.as_secs_f64()
+}
+
+/// A bandwidth limit alone is a tbf, which this host's kernel has (it has no netem):
+/// egress and ingress (through an ifb) slow a real transfer to the limit, the status
+/// reads back what the kernel installed, and revert leaves the interface as it was,
+/// with no ifb behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_a_bandwidth_limit_is_a_tbf_that_slows_a_transfer_both_ways_and_restores_exactly()
+-> Result<()> {
+    let (_tls, state, agent, netns, sleeper) = rig()?;
+    let before = interface_state(&netns)?;
+    // The agent's bucket: 10 ms of traffic but at least 16 KiB; its queue: 100 ms more.
+    let burst_bytes = 16_384;
+    let expected_status = format!(
+        "tbf ca05: rate {}bit burst {burst_bytes}b limit {}b",
+        LIMIT_BYTES_PER_SECOND * 8,
+        burst_bytes + LIMIT_BYTES_PER_SECOND / 10
+    );
+    let limit = |direction: api::Direction| {
+        network(
+            &sleeper.target(),
+            Duration::from_secs(120),
+            api::NetworkFault {
+                rate_bytes_per_second: LIMIT_BYTES_PER_SECOND,
+                direction: direction as i32,
+                ..Default::default()
+            },
+        )
+    };
+
+    // Egress: from inside the namespace to a sink on the host side.
+    let outside = TcpListener::bind((netns.host_ip(), 0))?;
+    let outside_addr = outside.local_addr()?;
+    sink(outside);
+    let free = inside(&netns, move || transfer_time(outside_addr))?;
+    let fault = inject(&agent, limit(api::Direction::Egress)).await?;
+    assert_eq!(installed(&fault), expected_status);
+    assert!(
+        qdiscs(&netns)?.contains("tbf ca05: root"),
+        "{}",
+        qdiscs(&netns)?
+    );
+    assert_eq!(journal_len(state.path()), 1);
+    let limited = inside(&netns, move || transfer_time(outside_addr))?;
+    revert(&agent, &fault.id).await?;
+    assert_eq!(interface_state(&netns)?, before, "egress revert");
+    let rate = shown_rate(limited, burst_bytes);
+    println!("egress: {free:?} free, {limited:?} limited ({rate:.0} B/s)");
+    let wanted = LIMIT_BYTES_PER_SECOND as f64;
+    assert!(
+        free < limited / 4 && (0.7 * wanted..=1.05 * wanted).contains(&rate),
+        "egress: {free:?} free, {limited:?} limited: {rate:.0} B/s against a limit of {wanted}"
+    );
+
+    // Ingress: from the host side to a sink inside the namespace.
+    let inside_addr = inside(&netns, {
+        let ip = netns.inner_ip();
+        move || {
+            let listener = TcpListener::bind((ip, 0))?;
+            let addr = listener.local_addr()?;
+            sink(listener);
+            Ok(addr)
+        }
+    })?;
+    let free = transfer_time(inside_addr)?;
+    let fault = inject(&agent, limit(api::Direction::Ingress)).await?;
+    assert!(
+        installed(&fault).ends_with(&expected_status),
+        "{}",
+        installed(&fault)
+    );
+    let limited = transfer_time(inside_addr)?;
+    revert(&agent, &fault.id).await?;
+    assert_eq!(interface_state(&netns)?, before, "ingress revert");
+    assert_eq!(journal_len(state.path()), 0);
+    let rate = shown_rate(limited, burst_bytes);
+    println!("ingress: {free:?} free, {limited:?} limited ({rate:.0} B/s)");
+    assert!(
+        free < limited / 4 && (0.7 * wanted..=1.05 * wanted).contains(&rate),
+        "ingress: {free:?} free, {limited:?} limited: {rate:.0} B/s against a limit of {wanted}"
+    );
+    Ok(())
+}
+
 fn blackhole(target: &str, duration: Duration, fault: api::BlackholeFault) -> api::InjectRequest {
     api::InjectRequest {
         target: target.into(),
@@ -1307,6 +1427,12 @@ fn nsenter_tc(pid: u32, args: &[&str]) -> Result<Duration> {
 const PEER_ADD: [&str; 9] = [
     "qdisc", "replace", "dev", "eth0", "root", "netem", "delay", "50ms", "10ms",
 ];
+/// tc's words for the agent's tbf at [`LIMIT_BYTES_PER_SECOND`] (2 Mbit/s, a 16 KiB
+/// bucket and 100 ms of queue).
+const PEER_ADD_TBF: [&str; 12] = [
+    "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "2mbit", "burst", "16384", "limit",
+    "41384",
+];
 const PEER_DEL: [&str; 5] = ["qdisc", "del", "dev", "eth0", "root"];
 
 /// The median of every `NAME_us=N` field over the last `rounds` log lines carrying
@@ -1353,46 +1479,73 @@ fn report(label: &str, samples: Vec<Duration>) {
     println!("BENCH {label}: n={count} p50={p50:.1}ms p99={p99:.1}ms");
 }
 
-/// Inject + revert latency through the agent (one reused mTLS channel on loopback) vs
-/// `nsenter -t PID -n tc qdisc replace/del`, for 1 target in a row and 100 at once.
-/// Run by bench/network/run in the VM; prints `BENCH ...` lines.
+/// Inject + revert latency of a netem fault through the agent (one reused mTLS channel
+/// on loopback) vs `nsenter -t PID -n tc qdisc replace/del`, for 1 target in a row and
+/// 100 at once. Run by bench/network/run in the VM; prints `BENCH ...` lines.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs netem: run in the VM (bench/network/run)"]
 async fn vm_bench_inject_and_revert_latency_vs_nsenter_tc() -> Result<()> {
+    let fault = api::NetworkFault {
+        jitter_us: 10_000,
+        ..delay(50)
+    };
+    bench_inject_and_revert(fault, "netem", &PEER_ADD).await
+}
+
+/// The same bench for a bandwidth limit (a tbf), which this host's kernel has: the one
+/// network fault measurable here natively, without the VM's emulation. Run by
+/// bench/bandwidth/run on the host.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a benchmark: run by bench/bandwidth/run"]
+async fn bench_bandwidth_inject_and_revert_latency_vs_nsenter_tc() -> Result<()> {
+    let fault = api::NetworkFault {
+        rate_bytes_per_second: LIMIT_BYTES_PER_SECOND,
+        ..Default::default()
+    };
+    bench_inject_and_revert(fault, "tbf", &PEER_ADD_TBF).await
+}
+
+/// What `peer_add` installs must be what the agent installs for `fault` (`kind`).
+async fn bench_inject_and_revert(
+    fault: api::NetworkFault,
+    kind: &'static str,
+    peer_add: &'static [&'static str],
+) -> Result<()> {
     const ROUNDS: usize = 30;
     const CONCURRENT: usize = 100;
-    // The journal on the VM's tmpfs: the VM's /tmp is an overlay over the host's /tmp
-    // through 9p, where creating a file costs a round trip to the host. A node's state
-    // directory is on its local disk, and the journal is not fsynced (journal.rs), so
-    // its writes end in the page cache, as on a tmpfs.
+    // The journal on a tmpfs: the VM's /tmp is an overlay over the host's /tmp through
+    // 9p, where creating a file costs a round trip to the host. A node's state directory
+    // is on its local disk, and the journal is not fsynced (journal.rs), so its writes
+    // end in the page cache, as on a tmpfs.
     let state = tempfile::Builder::new()
         .prefix("chaos-test-state-")
         .tempdir_in("/dev/shm")?;
     let tls = make_certs()?;
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
-    require_netem(&agent).await?;
+    if kind == "netem" {
+        require_netem(&agent).await?;
+    }
     let client = agent.client().await?;
-    let request = |target: &str| {
-        network(
-            target,
-            Duration::from_secs(600),
-            api::NetworkFault {
-                jitter_us: 10_000,
-                ..delay(50)
-            },
-        )
-    };
-    let inject_revert =
-        |mut client: chaos_proto::api::agent_client::AgentClient<tonic::transport::Channel>,
-         target: String| async move {
+    let fault = std::sync::Arc::new(fault);
+    let inject_revert = move |mut client: chaos_proto::api::agent_client::AgentClient<
+        tonic::transport::Channel,
+    >,
+                              target: String| {
+        let request = network(&target, Duration::from_secs(600), (*fault).clone());
+        async move {
             let started = Instant::now();
             let fault = client
-                .inject(request(&target))
+                .inject(request)
                 .await?
                 .into_inner()
                 .fault
                 .context("no fault")?;
             let inject = started.elapsed();
+            ensure!(
+                installed(&fault).starts_with(kind),
+                "the agent installed {:?}, not {kind}",
+                installed(&fault)
+            );
             let started = Instant::now();
             client
                 .revert(api::RevertRequest {
@@ -1401,7 +1554,8 @@ async fn vm_bench_inject_and_revert_latency_vs_nsenter_tc() -> Result<()> {
                 })
                 .await?;
             anyhow::Ok((inject, started.elapsed()))
-        };
+        }
+    };
 
     // One target, sequential rounds.
     let netns = TestNetns::create()?;
@@ -1409,19 +1563,19 @@ async fn vm_bench_inject_and_revert_latency_vs_nsenter_tc() -> Result<()> {
     // One unrecorded round each: the first request pays for the agent's TLS session and
     // thread start, the first tc for loading its binary and libraries from the 9p disk.
     inject_revert(client.clone(), sleeper.target()).await?;
-    nsenter_tc(sleeper.pid(), &PEER_ADD)?;
+    nsenter_tc(sleeper.pid(), peer_add)?;
     nsenter_tc(sleeper.pid(), &PEER_DEL)?;
     let (mut injects, mut reverts, mut adds, mut dels) = (vec![], vec![], vec![], vec![]);
     for _ in 0..ROUNDS {
         let (inject, revert) = inject_revert(client.clone(), sleeper.target()).await?;
         injects.push(inject);
         reverts.push(revert);
-        adds.push(nsenter_tc(sleeper.pid(), &PEER_ADD)?);
+        adds.push(nsenter_tc(sleeper.pid(), peer_add)?);
         dels.push(nsenter_tc(sleeper.pid(), &PEER_DEL)?);
     }
     report("1 target: agent inject", injects);
     report("1 target: agent revert", reverts);
-    report("1 target: nsenter tc replace netem", adds);
+    report(&format!("1 target: nsenter tc replace {kind}"), adds);
     report("1 target: nsenter tc del", dels);
     // Where the agent's time goes: its own phase log for those rounds, and the cost of a
     // request that does no work (List, nothing active) as the gRPC + mTLS floor.
@@ -1484,10 +1638,10 @@ async fn vm_bench_inject_and_revert_latency_vs_nsenter_tc() -> Result<()> {
             .map(|t| t.join().map_err(|_| anyhow::anyhow!("panicked"))?)
             .collect::<Result<Vec<Duration>>>()
     };
-    let adds = run_all(&PEER_ADD)?;
+    let adds = run_all(peer_add)?;
     let dels = run_all(&PEER_DEL)?;
     let peer_wall = started.elapsed();
-    report("100 targets: nsenter tc replace netem", adds);
+    report(&format!("100 targets: nsenter tc replace {kind}"), adds);
     report("100 targets: nsenter tc del", dels);
     println!("BENCH 100 targets: nsenter tc replace+del wall {peer_wall:?}");
     assert_eq!(journal_len(state.path()), 0);

@@ -94,7 +94,8 @@ impl ActiveFault {
                 let (fault, acts_on) =
                     prepare_network(network::network_request(plan), targets, context).await?;
                 Ok(Prepared {
-                    plan_summary: fault.summary("install netem"),
+                    plan_summary: fault
+                        .summary(&format!("install {}", fault.request.impairment.kind())),
                     acts_on,
                     fault: ActiveFault::Network(fault),
                 })

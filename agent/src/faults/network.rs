@@ -1,10 +1,11 @@
 //! The network fault: netem on a target's interface, inside the target's network
-//! namespace, over rtnetlink (chaos-netem; no `tc` binary). Also the blackhole fault,
-//! which is the same machinery with 100 % loss (see `blackhole_request`).
+//! namespace, over rtnetlink (chaos-netem; no `tc` binary). A bandwidth limit alone is
+//! a tbf instead (see `impairment`). Also the blackhole fault, which is the same
+//! machinery with 100 % loss (see `blackhole_request`).
 //!
-//! - egress, all traffic: netem as the root qdisc;
+//! - egress, all traffic: netem (or tbf) as the root qdisc;
 //! - egress, targeted (destinations / ports / protocol / exclusions): a prio root with
-//!   an untouched band, netem under a second band, u32 filters (exclusions first);
+//!   an untouched band, netem (or tbf) under a second band, u32 filters (exclusions first);
 //! - ingress: an ifb device made for the fault with the above on its root, and a
 //!   match-all u32 filter with a mirred redirect on the interface's ingress hook; the
 //!   targeting filters then look at the remote end (source address and port).
@@ -34,7 +35,8 @@ use chaos_netem::ingress::{IngressError, IngressRedirect};
 use chaos_netem::tree::{Classifier, TreeError};
 use chaos_netem::u32::{End, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Cidr, TrafficMatch};
 use chaos_netem::{
-    Distribution, LinkKey, NetemSpec, NetnsHandle, NetnsId, QdiscError, QdiscSnapshot, QdiscView,
+    Distribution, Impairment, LinkKey, NetemSpec, NetnsHandle, NetnsId, QdiscError, QdiscSnapshot,
+    QdiscView, TbfSpec,
 };
 use chaos_proto::api;
 use serde::{Deserialize, Serialize};
@@ -89,7 +91,7 @@ pub enum Scope {
 /// What a network or blackhole request asks of the kernel, decided from the plan. Pure.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkRequest {
-    pub spec: NetemSpec,
+    pub impairment: Impairment,
     pub classifier: Classifier,
     pub direction: Direction,
     pub interface: Option<String>,
@@ -99,7 +101,7 @@ pub struct NetworkRequest {
 impl NetworkRequest {
     /// Kernel modules this request needs, each with what it is for.
     pub fn required_modules(&self) -> Vec<&'static str> {
-        let mut modules = vec!["sch_netem"];
+        let mut modules = vec![self.impairment.module()];
         if !self.classifier.is_empty() {
             modules.extend(["sch_prio", "cls_u32"]);
         }
@@ -209,7 +211,7 @@ pub fn network_request(plan: &NetworkPlan) -> NetworkRequest {
     let ports: Vec<u16> = request.ports.iter().map(|p| *p as u16).collect();
     let exclude_ports: Vec<u16> = request.exclude_ports.iter().map(|p| *p as u16).collect();
     NetworkRequest {
-        spec: netem_spec(request),
+        impairment: impairment(request),
         classifier: classifier(
             end,
             &plan.destinations,
@@ -249,10 +251,10 @@ pub fn blackhole_request(plan: &BlackholePlan) -> NetworkRequest {
         }
     }
     NetworkRequest {
-        spec: NetemSpec {
+        impairment: Impairment::Netem(NetemSpec {
             loss_pct: 100.0,
             ..NetemSpec::default()
-        },
+        }),
         classifier,
         direction: Direction::Egress,
         interface: (!plan.interface.is_empty()).then(|| plan.interface.clone()),
@@ -296,6 +298,22 @@ impl Drop for Claim {
         if let Some(set) = claimed.as_mut() {
             set.remove(&self.key);
         }
+    }
+}
+
+/// What the request's qdisc does: a bandwidth limit alone is a tbf (a limit as a slow
+/// link imposes it, and a module every kernel ships); anything else is netem, with the
+/// rate (if any) among its impairments.
+pub fn impairment(request: &api::NetworkFault) -> Impairment {
+    let spec = netem_spec(request);
+    let rate_only = NetemSpec {
+        rate_bytes_per_sec: spec.rate_bytes_per_sec,
+        ..NetemSpec::default()
+    };
+    if spec.rate_bytes_per_sec > 0 && spec == rate_only {
+        Impairment::Tbf(TbfSpec::for_rate(spec.rate_bytes_per_sec))
+    } else {
+        Impairment::Netem(spec)
     }
 }
 
@@ -351,7 +369,9 @@ pub fn require_netem(modules: &ModuleTree) -> Result<(), AgentError> {
 /// Modules the index cannot tell about (or that are loadable) pass: the kernel's answer
 /// decides, and a refusal there undoes every step.
 pub fn require_modules(modules: &ModuleTree, request: &NetworkRequest) -> Result<(), AgentError> {
-    require_netem(modules)?;
+    if let Impairment::Netem(_) = request.impairment {
+        require_netem(modules)?;
+    }
     for module in request.required_modules() {
         if modules.is_loaded(module) {
             continue;
@@ -371,6 +391,7 @@ fn module_purpose(module: &str) -> &'static str {
     match module {
         "sch_prio" | "cls_u32" => "targeting by destination, port or protocol",
         "sch_ingress" | "ifb" | "act_mirred" => "the ingress direction",
+        "sch_tbf" => "a bandwidth limit",
         _ => "netem",
     }
 }
@@ -596,7 +617,7 @@ impl NetworkFault {
         modules: &ModuleTree,
     ) -> Result<(NetworkFault, Vec<ProcessInfo>), AgentError> {
         request
-            .spec
+            .impairment
             .validate()
             .map_err(|e| AgentError::invalid("network", e.to_string()))?;
         request
@@ -777,14 +798,15 @@ impl NetworkFault {
         let target = &mut self.interfaces[index];
         let ifindex = target.restore.ifindex;
         let ifname = target.ifname.clone();
-        let (spec, classifier) = (&self.request.spec, &self.request.classifier);
+        let (impairment, classifier) = (&self.request.impairment, &self.request.classifier);
         let netlink = connect(&mut target.netlink, &target.path)
             .await
             .map_err(|e| AgentError::FailedPrecondition(format!("interface {ifname}: {e}")))?;
         if let Some(redirect) = &target.restore.ingress {
             netlink
                 .run(async |handle| {
-                    chaos_netem::ingress::install(handle, ifindex, redirect, spec, classifier).await
+                    chaos_netem::ingress::install(handle, ifindex, redirect, impairment, classifier)
+                        .await
                 })
                 .await
                 .map_err(|e| ingress_error(&ifname, e))?;
@@ -794,7 +816,7 @@ impl NetworkFault {
         let before = netlink
             .run(async |handle| {
                 let mut before =
-                    chaos_netem::tree::install(handle, ifindex, spec, classifier).await?;
+                    chaos_netem::tree::install(handle, ifindex, impairment, classifier).await?;
                 // Same rule as in prepare: an ingress fault's own qdisc is not ours to
                 // restore. Asked after the change, which did not touch the ingress side.
                 if ingress_is_ours(handle, &before).await.unwrap_or(false) {
@@ -923,7 +945,7 @@ async fn read_installed(
     ))
 }
 
-/// The root qdisc, a netem below it, and the root's filters, in words.
+/// The root qdisc, the impairing qdisc below it, and the root's filters, in words.
 async fn describe_tree(handle: &chaos_netem::Handle, ifindex: u32) -> Result<String, String> {
     let views = chaos_netem::qdisc::dump(handle, ifindex)
         .await
@@ -938,7 +960,10 @@ async fn describe_tree(handle: &chaos_netem::Handle, ifindex: u32) -> Result<Str
     if root.record.kind != "prio" {
         return Ok(text);
     }
-    if let Some(child) = views.iter().find(|v| v.netem.is_some()) {
+    if let Some(child) = views
+        .iter()
+        .find(|v| v.record.parent == chaos_netem::tree::NETEM_CLASS)
+    {
         text += &format!(
             "; {}: {}",
             describe_handle(child.record.parent),
@@ -1049,9 +1074,15 @@ pub fn describe_root(views: &[QdiscView]) -> String {
 
 fn describe_qdisc(view: &QdiscView) -> String {
     let handle = format!("{:x}:", view.record.handle >> 16);
-    match &view.netem {
-        Some(netem) => format!("netem {handle} {}", describe_netem(&netem.spec)),
-        None => format!("{} {handle}", view.record.kind),
+    match (&view.netem, &view.tbf) {
+        (Some(netem), _) => format!("netem {handle} {}", describe_netem(&netem.spec)),
+        (None, Some(tbf)) => format!(
+            "tbf {handle} rate {}bit burst {}b limit {}b",
+            tbf.rate_bytes_per_sec * 8,
+            tbf.burst_bytes,
+            tbf.limit_bytes
+        ),
+        (None, None) => format!("{} {handle}", view.record.kind),
     }
 }
 
@@ -1241,7 +1272,10 @@ mod tests {
             interface: String::new(),
         });
         assert_eq!(plain.interface, None);
-        assert_eq!(plain.spec.loss_pct, 100.0);
+        match &plain.impairment {
+            Impairment::Netem(spec) => assert_eq!(spec.loss_pct, 100.0),
+            other => panic!("a blackhole is netem loss, got {other:?}"),
+        }
         assert!(plain.classifier.is_empty());
         assert_eq!(plain.scope, Scope::Targets);
         let node = blackhole_request(&BlackholePlan {
@@ -1263,6 +1297,66 @@ mod tests {
             .map(|r| r.selector.describe())
             .collect();
         assert_eq!(kept, vec!["proto 6 sport 7090", "proto 6 dport 7090"]);
+    }
+
+    #[test]
+    fn a_rate_alone_is_a_tbf_and_a_rate_among_other_impairments_is_netem() {
+        let rate_only = api::NetworkFault {
+            rate_bytes_per_second: 1_000_000,
+            ..Default::default()
+        };
+        assert_eq!(
+            impairment(&rate_only),
+            Impairment::Tbf(TbfSpec::for_rate(1_000_000))
+        );
+        let with_delay = api::NetworkFault {
+            delay_us: 1_000,
+            ..rate_only.clone()
+        };
+        match impairment(&with_delay) {
+            Impairment::Netem(spec) => {
+                assert_eq!((spec.delay_us, spec.rate_bytes_per_sec), (1_000, 1_000_000))
+            }
+            other => panic!("expected netem, got {other:?}"),
+        }
+        assert!(matches!(impairment(&request()), Impairment::Netem(_)));
+    }
+
+    #[test]
+    fn a_bandwidth_limit_needs_tbf_and_not_netem() {
+        // A kernel like the build host's: tbf built in, no netem anywhere.
+        let (_dir, tree) = module_tree("kernel/net/sched/sch_tbf.ko\n", "");
+        let plan = |request: api::NetworkFault| NetworkPlan {
+            request,
+            destinations: vec![],
+            exclude_destinations: vec![],
+        };
+        let rate_only = network_request(&plan(api::NetworkFault {
+            rate_bytes_per_second: 125_000,
+            ..Default::default()
+        }));
+        assert_eq!(rate_only.required_modules(), vec!["sch_tbf"]);
+        assert_eq!(require_modules(&tree, &rate_only), Ok(()));
+        let delayed = network_request(&plan(api::NetworkFault {
+            delay_us: 1_000,
+            rate_bytes_per_second: 125_000,
+            ..Default::default()
+        }));
+        assert!(matches!(
+            require_modules(&tree, &delayed),
+            Err(AgentError::FailedPrecondition(message)) if message.contains("sch_netem")
+        ));
+        // Without tbf either, the limit names what it misses.
+        let (_dir, bare) = module_tree("", "");
+        match require_modules(&bare, &rate_only) {
+            Err(AgentError::FailedPrecondition(message)) => {
+                assert!(
+                    message.contains("sch_tbf") && message.contains("bandwidth"),
+                    "{message}"
+                )
+            }
+            other => panic!("expected FailedPrecondition, got {other:?}"),
+        }
     }
 
     #[test]
