@@ -84,6 +84,17 @@ pub fn parse_boot_time(stat: &str) -> Option<u64> {
         .and_then(|value| value.trim().parse().ok())
 }
 
+/// Reads a whole `/proc` file. They report size 0, so `fs::read` starts with a 32-byte
+/// probe and doubles from there: six `read`s and an `fstat` for one `stat` line, and the
+/// protection check reads one per ancestor of every target. A page-sized buffer takes
+/// the file in one `read` and sees the end with a second.
+fn read_proc_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::with_capacity(4096);
+    std::fs::File::open(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 impl Default for Procfs {
     fn default() -> Self {
         Procfs::at("/proc")
@@ -101,7 +112,7 @@ impl Procfs {
 
     fn read(&self, pid: u32, file: &str) -> Result<String, ProcError> {
         let path = self.root.join(pid.to_string()).join(file);
-        std::fs::read(&path)
+        read_proc_file(&path)
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
             .map_err(|source| match source.kind() {
                 std::io::ErrorKind::NotFound => ProcError::Gone(pid),

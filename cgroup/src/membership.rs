@@ -68,7 +68,12 @@ impl ProcessCgroup {
     /// Reads and parses `<proc_root>/<pid>/cgroup` (`proc_root` is normally `/proc`).
     pub fn of_pid(proc_root: &Path, pid: u32) -> Result<ProcessCgroup, CgroupError> {
         let file = proc_root.join(pid.to_string()).join("cgroup");
-        let text = std::fs::read_to_string(&file).map_err(|e| CgroupError::io(&file, e))?;
+        // A page up front: /proc reports size 0, and `fs::read_to_string` would grow a
+        // 32-byte probe read by read.
+        let mut text = String::with_capacity(4096);
+        std::fs::File::open(&file)
+            .and_then(|mut f| std::io::Read::read_to_string(&mut f, &mut text))
+            .map_err(|e| CgroupError::io(&file, e))?;
         ProcessCgroup::parse(&text)
     }
 
