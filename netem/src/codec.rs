@@ -186,7 +186,7 @@ fn push_u32s(out: &mut Vec<u8>, values: &[u32]) {
     }
 }
 
-fn push_attribute(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
+pub(crate) fn push_attribute(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
     // Attribute values here are all multiples of 4 bytes except a distribution table with
     // an odd entry count; pad to 4 as netlink requires.
     let len = NLA_HEADER_LEN + value.len();
@@ -302,16 +302,23 @@ fn read_i64(value: &[u8]) -> i64 {
 }
 
 /// One netlink attribute inside the payload.
-struct RawAttribute<'a> {
-    offset: usize,
-    kind: u16,
-    value: &'a [u8],
+pub(crate) struct RawAttribute<'a> {
+    pub(crate) offset: usize,
+    pub(crate) kind: u16,
+    pub(crate) value: &'a [u8],
 }
 
 /// Splits the attribute area after the qopt struct into attributes.
 fn attributes(bytes: &[u8]) -> Result<Vec<RawAttribute<'_>>, CodecError> {
+    attributes_from(bytes, QOPT_LEN)
+}
+
+/// Splits `bytes` from `offset` on into netlink attributes (tbf's options are nothing else).
+pub(crate) fn attributes_from(
+    bytes: &[u8],
+    mut offset: usize,
+) -> Result<Vec<RawAttribute<'_>>, CodecError> {
     let mut found = Vec::new();
-    let mut offset = QOPT_LEN;
     while offset + NLA_HEADER_LEN <= bytes.len() {
         let len = usize::from(u16::from_ne_bytes([bytes[offset], bytes[offset + 1]]));
         let kind = u16::from_ne_bytes([bytes[offset + 2], bytes[offset + 3]]) & NLA_TYPE_MASK;

@@ -363,8 +363,10 @@ pub async fn dump(handle: &Handle, ifindex: u32) -> Result<Vec<QdiscView>, Qdisc
                 ("netem", Some(options)) => Some(codec::decode(options)?),
                 _ => None,
             };
+            // Descriptive only (nothing is restored from it): a tbf whose options do
+            // not decode is shown by kind, not an error for the whole dump.
             let tbf = match (&record.kind[..], &record.options) {
-                ("tbf", Some(options)) => Some(tbf::decode(options)?),
+                ("tbf", Some(options)) => tbf::decode(options).ok(),
                 _ => None,
             };
             Ok(QdiscView { record, netem, tbf })

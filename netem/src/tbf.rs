@@ -1,10 +1,10 @@
 //! Pure encoder/decoder for the tbf (token bucket filter) qdisc's `TCA_OPTIONS`. No I/O.
 //!
-//! A bandwidth limit on its own is a tbf, not a netem: tbf is in every distribution's
-//! base kernel modules (netem often is not: Amazon Linux 2023 ships it in
-//! `kernel-modules-extra`), and it limits the way a slow link does, queueing up to a
-//! bound and dropping beyond it, where netem's rate queues up to 1000 packets whatever
-//! their size.
+//! A bandwidth limit on its own is a tbf, not a netem: it needs no sch_netem, which
+//! kernels often lack (Amazon Linux 2023 ships it in `kernel-modules-extra`; this build
+//! host's kernel has tbf and no netem), and it limits the way a slow link does, queueing
+//! up to a bound and dropping beyond it, where netem's rate queues up to 1000 packets
+//! whatever their size.
 //!
 //! Layout (facts from `linux/pkt_sched.h` and `net/sched/sch_tbf.c`):
 //! - `TCA_TBF_PARMS` carries `struct tc_tbf_qopt`: two `struct tc_ratespec` (rate and
@@ -23,6 +23,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec::{attributes_from, push_attribute};
+
 /// `TCA_TBF_*` attribute numbers (enum order in `linux/pkt_sched.h`).
 mod attr {
     pub const PARMS: u16 = 1;
@@ -37,8 +39,6 @@ const QOPT_LEN: usize = 2 * RATESPEC_LEN + 12;
 const LINKLAYER_ETHERNET: u8 = 1;
 /// psched ticks are 2^6 ns (`PSCHED_SHIFT`).
 const PSCHED_SHIFT: u32 = 6;
-const NLA_HEADER_LEN: usize = 4;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// The smallest bucket: a few full-size Ethernet frames, so an MTU-sized packet always
 /// fits (tbf drops a packet larger than its bucket that it cannot segment).
@@ -109,14 +109,6 @@ fn bytes_to_ticks(bytes: u32, rate_bytes_per_sec: u64) -> u32 {
     u32::try_from(ns >> PSCHED_SHIFT).unwrap_or(u32::MAX)
 }
 
-fn push_attribute(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    let len = NLA_HEADER_LEN + value.len();
-    out.extend_from_slice(&(len as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(value);
-    // Every value here is a multiple of 4 bytes: no padding.
-}
-
 /// Encodes a spec into the tbf `TCA_OPTIONS` payload (nested attributes).
 pub fn encode(spec: &TbfSpec) -> Result<Vec<u8>, TbfError> {
     spec.validate()?;
@@ -156,17 +148,10 @@ fn u32_at(bytes: &[u8], offset: usize) -> Option<u32> {
 /// `TCA_TBF_BURST` when present (a request), else from `buffer` at the rate (a dump).
 pub fn decode(bytes: &[u8]) -> Result<TbfSpec, TbfError> {
     let (mut qopt, mut rate64, mut burst) = (None, None, None);
-    let mut offset = 0;
-    while offset + NLA_HEADER_LEN <= bytes.len() {
-        let len = usize::from(u16::from_ne_bytes([bytes[offset], bytes[offset + 1]]));
-        let kind = u16::from_ne_bytes([bytes[offset + 2], bytes[offset + 3]]) & NLA_TYPE_MASK;
-        if len < NLA_HEADER_LEN || offset + len > bytes.len() {
-            return Err(TbfError::Malformed(format!(
-                "attribute at offset {offset} has length {len}"
-            )));
-        }
-        let value = &bytes[offset + NLA_HEADER_LEN..offset + len];
-        match kind {
+    let attributes = attributes_from(bytes, 0).map_err(|e| TbfError::Malformed(e.to_string()))?;
+    for attribute in attributes {
+        let value = attribute.value;
+        match attribute.kind {
             attr::PARMS if value.len() >= QOPT_LEN => qopt = Some(value),
             attr::RATE64 if value.len() >= 8 => {
                 let mut word = [0u8; 8];
@@ -176,7 +161,6 @@ pub fn decode(bytes: &[u8]) -> Result<TbfSpec, TbfError> {
             attr::BURST => burst = u32_at(value, 0),
             _ => {}
         }
-        offset += (len + 3) & !3;
     }
     let qopt = qopt.ok_or_else(|| TbfError::Malformed("no TCA_TBF_PARMS".into()))?;
     let field = |at: usize| u32_at(qopt, at).unwrap_or_default();

@@ -302,8 +302,8 @@ impl Drop for Claim {
 }
 
 /// What the request's qdisc does: a bandwidth limit alone is a tbf (a limit as a slow
-/// link imposes it, and a module every kernel ships); anything else is netem, with the
-/// rate (if any) among its impairments.
+/// link imposes it, and no need for sch_netem); anything else is netem, with the rate
+/// (if any) among its impairments.
 pub fn impairment(request: &api::NetworkFault) -> Impairment {
     let spec = netem_spec(request);
     let rate_only = NetemSpec {
