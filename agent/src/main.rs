@@ -19,6 +19,7 @@ use chaos_agent::service::AgentService;
 use chaos_agent::validate::Limits;
 use chaos_cgroup::CgroupFs;
 use chaos_proto::api::agent_server::AgentServer;
+use chaos_tls::ReloadingTls;
 use clap::Parser;
 use tonic::transport::Server;
 
@@ -45,6 +46,10 @@ struct Args {
     /// on this node: for local experiments only.
     #[arg(long)]
     insecure_plaintext: bool,
+    /// How often the TLS files are read again, in seconds: a renewed certificate (from
+    /// cert-manager, through the kubelet's secret volume) is served from then on.
+    #[arg(long, env = "CHAOS_TLS_RELOAD_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    tls_reload_secs: u64,
     /// Where the journal lives; must survive agent restarts (a hostPath in Kubernetes).
     #[arg(
         long,
@@ -318,28 +323,31 @@ async fn run(args: Args, lifetimes: tokio::runtime::Handle) -> Result<()> {
         qdiscs: capabilities::qdiscs(),
     };
 
-    let mut server = Server::builder().timeout(Duration::from_secs(60));
-    match (&args.tls_dir, args.insecure_plaintext) {
+    let tls = match (&args.tls_dir, args.insecure_plaintext) {
         (Some(dir), _) => {
-            let tls = chaos_agent::tls::server_config(dir)?;
-            server = server.tls_config(tls).context("configuring mTLS")?;
-            tracing::info!(tls_dir = %dir.display(), "gRPC with mTLS (client certificates required)");
+            let tls = ReloadingTls::load(chaos_agent::tls::files(dir)).context(
+                "loading the agent's TLS files (create them with `chaosctl certs --out DIR`)",
+            )?;
+            tracing::info!(
+                tls_dir = %dir.display(),
+                reload_secs = args.tls_reload_secs,
+                "gRPC with mTLS (client certificates required)"
+            );
+            Some(Arc::new(tls))
         }
         (None, true) => {
             tracing::warn!(
                 "!!! gRPC WITHOUT TLS (--insecure-plaintext): anyone who reaches {} can inject faults on this node !!!",
                 args.listen
             );
+            None
         }
         (None, false) => unreachable!("checked in main"),
-    }
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, node = %node_name, version = VERSION, "chaos-agent serving");
-    // TCP_NODELAY, as tonic's own `serve` sets it (an incoming stream of our own gets
-    // none): a response's last frames must not wait for the ACK of its first (Nagle).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     ready.store(true, Ordering::Release);
 
     let shutdown_registry = Arc::clone(&registry);
@@ -352,13 +360,35 @@ async fn run(args: Args, lifetimes: tokio::runtime::Handle) -> Result<()> {
             "shutting down: reverted every active fault"
         );
     };
-    server
+    let router = Server::builder()
+        .timeout(Duration::from_secs(60))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(AgentServer::new(service))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .context("serving gRPC")?;
+        .add_service(AgentServer::new(service));
+    let served = match tls {
+        Some(tls) => {
+            tokio::spawn(chaos_tls::keep_reloading(
+                Arc::clone(&tls),
+                Duration::from_secs(args.tls_reload_secs),
+                move |result| metrics.tls_reloaded(result),
+            ));
+            let incoming = chaos_tls::incoming(listener, tls, chaos_tls::HANDSHAKE_TIMEOUT);
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        None => {
+            // TCP_NODELAY, as tonic's own `serve` sets it (an incoming stream of our own
+            // gets none): a response's last frames must not wait for the ACK of its
+            // first (Nagle).
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    };
+    served.context("serving gRPC")?;
     Ok(())
 }
 

@@ -59,6 +59,7 @@ pub struct Metrics {
     inject_duration: HistogramFamily,
     overdue: Gauge,
     oom_kills: Family<KindLabels, Counter>,
+    tls_reloads: chaos_tls::ReloadCounter,
 }
 
 pub const KINDS: &[&str] = &["cpu", "memory", "network", "process", "io", "blackhole"];
@@ -125,6 +126,8 @@ impl Metrics {
             "OOM kills seen in target cgroups while a fault was active",
             oom_kills.clone(),
         );
+        let tls_reloads =
+            chaos_tls::ReloadCounter::register(&mut registry, "chaos_agent_tls_reloads");
         registry.register(
             "chaos_agent_build_info",
             "Agent version",
@@ -172,7 +175,12 @@ impl Metrics {
             inject_duration,
             overdue,
             oom_kills,
+            tls_reloads,
         }
+    }
+
+    pub fn tls_reloaded(&self, result: &Result<chaos_tls::Reload, chaos_tls::TlsError>) {
+        self.tls_reloads.record(result);
     }
 
     fn kind(kind: &str) -> KindLabels {
@@ -316,6 +324,8 @@ mod tests {
         metrics.rejected("process", "invalid_argument");
         metrics.reverted("process", "expired");
         metrics.active_changed("process", 1);
+        metrics.tls_reloaded(&Ok(chaos_tls::Reload::Replaced));
+        metrics.tls_reloaded(&Ok(chaos_tls::Reload::Unchanged));
         let text = metrics.encode();
         for needle in [
             "chaos_agent_active_faults{kind=\"cpu\"} 0",
@@ -327,6 +337,8 @@ mod tests {
             "chaos_agent_inject_duration_seconds_count{kind=\"process\"} 1",
             "chaos_agent_overdue_faults 0",
             "chaos_agent_build_info{version=\"0.0.0-test\"} 1",
+            "chaos_agent_tls_reloads_total{outcome=\"replaced\"} 1",
+            "chaos_agent_tls_reloads_total{outcome=\"failed\"} 0",
         ] {
             assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
         }

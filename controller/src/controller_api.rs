@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chaos_proto::api;
 use chaos_proto::api::controller_client::ControllerClient;
-use tonic::transport::{Certificate, Channel, Identity, ServerTlsConfig};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::certs::{CA_FILE, CONTROLLER_CERT_FILE, CONTROLLER_KEY_FILE, CONTROLLER_SERVER_NAME};
@@ -174,26 +174,15 @@ impl api::controller_server::Controller for ControllerService {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "cannot read {path}: {source} (the API's certificate: `chaosctl certs --out DIR` writes it)"
-)]
-pub struct ServerTlsError {
-    path: std::path::PathBuf,
-    source: std::io::Error,
-}
-
-/// The API's mTLS: its certificate, and the CA client certificates must chain to.
-/// `client_ca_root` makes a client certificate mandatory.
-pub fn server_tls(dir: &Path) -> Result<ServerTlsConfig, ServerTlsError> {
-    let read = |name: &str| {
-        let path = dir.join(name);
-        std::fs::read(&path).map_err(|source| ServerTlsError { path, source })
-    };
-    let identity = Identity::from_pem(read(CONTROLLER_CERT_FILE)?, read(CONTROLLER_KEY_FILE)?);
-    Ok(ServerTlsConfig::new()
-        .identity(identity)
-        .client_ca_root(Certificate::from_pem(read(CA_FILE)?)))
+/// The API's mTLS files: its certificate, and the CA client certificates must chain
+/// to (a client certificate is mandatory). `chaosctl certs --out DIR` writes them.
+pub fn server_tls_files(dir: &Path) -> chaos_tls::TlsFiles {
+    chaos_tls::TlsFiles {
+        dir: dir.to_path_buf(),
+        cert: CONTROLLER_CERT_FILE,
+        key: CONTROLLER_KEY_FILE,
+        ca: CA_FILE,
+    }
 }
 
 /// Connects to `chaosctl serve`'s API with the client certificate of the TLS dir.

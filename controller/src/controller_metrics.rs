@@ -63,6 +63,7 @@ pub struct ControllerMetrics {
     time_to_recover: Family<ExperimentLabels, Gauge<f64, AtomicU64>>,
     probe_latency: ProbeHistograms,
     agent_up: Family<AgentLabels, Gauge>,
+    tls_reloads: chaos_tls::ReloadCounter,
 }
 
 impl Default for ControllerMetrics {
@@ -104,6 +105,7 @@ impl ControllerMetrics {
             "1 when the agent answered the last Capabilities call, else 0",
             agent_up.clone(),
         );
+        let tls_reloads = chaos_tls::ReloadCounter::register(&mut registry, "tls_reloads");
         ControllerMetrics {
             registry: Arc::new(registry),
             experiments,
@@ -111,7 +113,12 @@ impl ControllerMetrics {
             time_to_recover,
             probe_latency,
             agent_up,
+            tls_reloads,
         }
+    }
+
+    pub fn tls_reloaded(&self, result: &Result<chaos_tls::Reload, chaos_tls::TlsError>) {
+        self.tls_reloads.record(result);
     }
 
     /// Counts the run's verdict, sets its time to recover, observes its probe samples.
@@ -193,6 +200,7 @@ mod tests {
         let metrics = ControllerMetrics::new();
         metrics.record_verdict("shop", "passed");
         metrics.set_agent_up("10.0.0.1:7090", true);
+        metrics.tls_reloaded(&Ok(chaos_tls::Reload::Replaced));
         let mut counts = ActiveFaultCounts::new();
         counts.insert(("cpu".into(), "shop".into()), 2);
         metrics.set_active_faults(&counts);
@@ -203,6 +211,14 @@ mod tests {
         );
         assert!(
             text.contains("chaosctl_agent_up{agent=\"10.0.0.1:7090\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chaosctl_tls_reloads_total{outcome=\"replaced\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chaosctl_tls_reloads_total{outcome=\"failed\"} 0"),
             "{text}"
         );
         assert!(

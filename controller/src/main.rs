@@ -123,6 +123,10 @@ enum Command {
         /// ca.pem, controller.pem, controller-key.pem for the API (default: --tls-dir).
         #[arg(long)]
         api_tls_dir: Option<PathBuf>,
+        /// How often the API's TLS files are read again, in seconds: a renewed
+        /// certificate is served from then on.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+        tls_reload_secs: u64,
         /// Submitted runs beyond this many running at once are refused (ResourceExhausted).
         #[arg(long, default_value_t = 4)]
         max_concurrent_runs: usize,
@@ -342,6 +346,7 @@ async fn run(cli: Cli) -> Result<()> {
             config,
             api_listen,
             api_tls_dir,
+            tls_reload_secs,
             max_concurrent_runs,
             keep_finished_runs,
             allow_exec_probes,
@@ -351,6 +356,7 @@ async fn run(cli: Cli) -> Result<()> {
                 api_listen,
                 api_tls_dir: api_tls_dir.or(cli.tls_dir.clone()),
                 api_insecure_plaintext: cli.insecure_plaintext,
+                api_tls_reload: std::time::Duration::from_secs(tls_reload_secs),
                 max_concurrent_runs,
                 keep_finished_runs,
                 allow_exec_probes,

@@ -16,6 +16,7 @@ use anyhow::{Context, Result};
 use chaos_proto::api;
 use chaos_proto::api::agent_client::AgentClient;
 use chaos_proto::api::controller_server::ControllerServer;
+use chaos_tls::ReloadingTls;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
@@ -26,7 +27,7 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Server};
 
 use crate::client::{AgentAddress, connect};
-use crate::controller_api::{ControllerService, SubmitPolicy, server_tls, start_run};
+use crate::controller_api::{ControllerService, SubmitPolicy, server_tls_files, start_run};
 use crate::controller_metrics::{ActiveFaultCounts, ControllerMetrics};
 use crate::duration::parse_duration;
 use crate::experiment::{self, AgentsSpec, Experiment};
@@ -90,6 +91,8 @@ pub struct ServeOptions {
     pub api_tls_dir: Option<PathBuf>,
     /// Serve the API without TLS (local experiments only).
     pub api_insecure_plaintext: bool,
+    /// How often the API's TLS files are read again.
+    pub api_tls_reload: Duration,
     /// Runs submitted through the API beyond this many running at once are refused.
     pub max_concurrent_runs: usize,
     /// Finished runs remembered for GetRun and ListRuns.
@@ -157,21 +160,18 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     let api_listener = tokio::net::TcpListener::bind(options.api_listen)
         .await
         .with_context(|| format!("listening on {} (--api-listen)", options.api_listen))?;
-    let mut api_server = Server::builder().timeout(Duration::from_secs(60));
-    let api_scheme = match (&options.api_tls_dir, options.api_insecure_plaintext) {
+    let api_tls = match (&options.api_tls_dir, options.api_insecure_plaintext) {
         (_, true) => {
             tracing::warn!(
                 "!!! controller API WITHOUT TLS (--insecure-plaintext): anyone who reaches {} can run experiments !!!",
                 options.api_listen
             );
-            "http"
+            None
         }
-        (Some(dir), false) => {
-            api_server = api_server
-                .tls_config(server_tls(dir)?)
-                .context("configuring the API's mTLS")?;
-            "https"
-        }
+        (Some(dir), false) => Some(Arc::new(
+            ReloadingTls::load(server_tls_files(dir))
+                .context("loading the API's TLS files (`chaosctl certs --out DIR` writes them)")?,
+        )),
         (None, false) => anyhow::bail!(
             "the controller API needs --tls-dir (or --api-tls-dir) with ca.pem, controller.pem and \
              controller-key.pem, or --insecure-plaintext"
@@ -183,6 +183,7 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         experiments = experiments.len(),
         "serving"
     );
+    let api_scheme = if api_tls.is_some() { "https" } else { "http" };
     eprintln!(
         "chaosctl serve: metrics on http://{}, API on {api_scheme}://{}",
         listener.local_addr()?,
@@ -209,18 +210,31 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         },
     };
     let mut api_stop = stop.clone();
-    let api = tokio::spawn(
-        api_server
-            .add_service(reflection)
-            .add_service(ControllerServer::new(service))
-            .serve_with_incoming_shutdown(
-                // TCP_NODELAY, as tonic's own `serve` sets it (see the agent's main).
-                tonic::transport::server::TcpIncoming::from(api_listener).with_nodelay(Some(true)),
-                async move {
-                    let _ = api_stop.wait_for(|s| *s).await;
-                },
-            ),
-    );
+    let api_stopped = async move {
+        let _ = api_stop.wait_for(|s| *s).await;
+    };
+    let router = Server::builder()
+        .timeout(Duration::from_secs(60))
+        .add_service(reflection)
+        .add_service(ControllerServer::new(service));
+    let api = match api_tls {
+        Some(tls) => {
+            let reload_metrics = metrics.clone();
+            tokio::spawn(chaos_tls::keep_reloading(
+                Arc::clone(&tls),
+                options.api_tls_reload,
+                move |result| reload_metrics.tls_reloaded(result),
+            ));
+            let incoming = chaos_tls::incoming(api_listener, tls, chaos_tls::HANDSHAKE_TIMEOUT);
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, api_stopped))
+        }
+        None => {
+            // TCP_NODELAY, as tonic's own `serve` sets it (see the agent's main).
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(api_listener).with_nodelay(Some(true));
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, api_stopped))
+        }
+    };
     let scheduler = tokio::spawn(run_schedule(experiments, Arc::clone(&registry), stop));
     tokio::select! {
         _ = wait_for_stop_signal() => {}
@@ -384,10 +398,20 @@ async fn check_agent(
         }
         Ok(Err(status)) => {
             tracing::debug!(agent = %address, code = ?status.code(), "agent check failed");
+            forget_client(&clients, &address).await;
             (address, None)
         }
-        Err(_) => (address, None),
+        Err(_) => {
+            forget_client(&clients, &address).await;
+            (address, None)
+        }
     }
+}
+
+/// After a failed check the next one connects afresh: a cached channel reconnects with
+/// the TLS files read when it was made, which stop working once they are rotated.
+async fn forget_client(clients: &Mutex<HashMap<String, AgentClient<Channel>>>, address: &str) {
+    clients.lock().await.remove(address);
 }
 
 /// Serves `/metrics` and `/healthz`. Plain HTTP: Prometheus and the kubelet scrape it.

@@ -3,6 +3,7 @@ pub mod agent;
 pub mod command;
 pub mod containerd;
 pub mod netns;
+pub mod tls;
 
 /// A test's time bound, multiplied by `CHAOS_TEST_SLOWDOWN` (default 1). The VM suite sets it:
 /// under software emulation page faults and process starts are 5-20x slower, so a bound that

@@ -1,13 +1,15 @@
 //! mTLS, protected targets, and bad input, against a real agent.
 
 use chaos_tests::agent::state_dir;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use chaos_proto::api::{self, agent_client::AgentClient};
 use chaos_tests::agent::{AgentOptions, TestAgent, binary, free_port, make_certs};
 use chaos_tests::containerd::{ContainerSpec, TestContainer};
+use chaos_tests::tls::{AGENT_TLS_FILES, SecretVolume, eventually};
 use tonic::Code;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
@@ -51,24 +53,26 @@ async fn mtls_refuses_clients_without_a_valid_certificate() -> Result<()> {
     let (tls, other, state) = (make_certs()?, make_certs()?, state_dir()?);
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
     let ca = std::fs::read(tls.path().join("ca.pem"))?;
-    let identity = |dir: &std::path::Path| -> Result<Identity> {
-        Ok(Identity::from_pem(
-            std::fs::read(dir.join("client.pem"))?,
-            std::fs::read(dir.join("client-key.pem"))?,
-        ))
-    };
 
     // The right client certificate works: the control case that makes the refusals mean something.
-    capabilities_over(tls_endpoint(&agent, &ca, Some(identity(tls.path())?))?)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    capabilities_over(tls_endpoint(
+        &agent,
+        &ca,
+        Some(client_identity(tls.path())?),
+    )?)
+    .await
+    .map_err(anyhow::Error::msg)?;
     let no_cert = capabilities_over(tls_endpoint(&agent, &ca, None)?).await;
     assert!(
         no_cert.is_err(),
         "a client without a certificate was served"
     );
-    let other_ca =
-        capabilities_over(tls_endpoint(&agent, &ca, Some(identity(other.path())?))?).await;
+    let other_ca = capabilities_over(tls_endpoint(
+        &agent,
+        &ca,
+        Some(client_identity(other.path())?),
+    )?)
+    .await;
     assert!(
         other_ca.is_err(),
         "a client certificate from another CA was accepted"
@@ -78,6 +82,85 @@ async fn mtls_refuses_clients_without_a_valid_certificate() -> Result<()> {
     assert!(
         plaintext.is_err(),
         "a plain-text client was served by a TLS agent"
+    );
+    Ok(())
+}
+
+/// Client credentials from a directory `chaosctl certs` wrote.
+fn client_identity(dir: &Path) -> Result<Identity> {
+    Ok(Identity::from_pem(
+        std::fs::read(dir.join("client.pem"))?,
+        std::fs::read(dir.join("client-key.pem"))?,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_certificate_is_served_without_a_restart_and_a_broken_one_is_not() -> Result<()> {
+    let (old, new, state) = (make_certs()?, make_certs()?, state_dir()?);
+    let mut volume = SecretVolume::new(old.path(), &AGENT_TLS_FILES)?;
+    let agent = TestAgent::start(AgentOptions {
+        tls_dir: Some(volume.root.path().to_path_buf()),
+        state_dir: state.path().to_path_buf(),
+        extra_args: vec!["--tls-reload-secs".into(), "1".into()],
+        containerd_socket: chaos_tests::containerd::CONTAINERD_SOCKET.to_string(),
+    })?;
+    let old_ca = std::fs::read(old.path().join("ca.pem"))?;
+    let new_ca = std::fs::read(new.path().join("ca.pem"))?;
+    let old_client = || -> Result<Endpoint> {
+        tls_endpoint(&agent, &old_ca, Some(client_identity(old.path())?))
+    };
+    let new_client = || -> Result<Endpoint> {
+        tls_endpoint(&agent, &new_ca, Some(client_identity(new.path())?))
+    };
+
+    // A connection opened before the rotation, kept across it.
+    let open_channel = old_client()?.connect().await?;
+    let mut open = AgentClient::new(open_channel);
+    open.capabilities(api::CapabilitiesRequest {}).await?;
+    assert!(
+        capabilities_over(new_client()?).await.is_err(),
+        "a client of the next CA was served before the rotation"
+    );
+
+    volume.update(new.path(), None)?;
+    eventually("a client of the new CA is served", || async {
+        match new_client() {
+            Ok(endpoint) => capabilities_over(endpoint).await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await?;
+    let refused = capabilities_over(old_client()?).await;
+    assert!(
+        refused.is_err(),
+        "a new connection with the old CA and client certificate was served after the rotation"
+    );
+    open.capabilities(api::CapabilitiesRequest {})
+        .await
+        .context("the connection opened before the rotation")?;
+    let scrape = agent.scrape()?;
+    assert!(
+        scrape.contains("chaos_agent_tls_reloads_total{outcome=\"replaced\"} 1"),
+        "{scrape}"
+    );
+
+    // Caught mid-rotation: a certificate with another set's key. Refused; the last good
+    // set stays in use.
+    volume.update(old.path(), Some(new.path()))?;
+    eventually("the failed reload is counted", || async {
+        agent
+            .scrape()
+            .is_ok_and(|s| !s.contains("chaos_agent_tls_reloads_total{outcome=\"failed\"} 0"))
+    })
+    .await?;
+    capabilities_over(new_client()?)
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("the last good set after a broken one")?;
+    assert!(
+        agent.log().contains("TLS files cannot be loaded"),
+        "{}",
+        agent.log()
     );
     Ok(())
 }

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use chaos_proto::api;
 use chaos_proto::api::controller_client::ControllerClient;
-use chaos_tests::agent::{TestAgent, binary, free_port, http_get, make_certs};
+use chaos_tests::agent::{TestAgent, binary, free_port, http_get, make_certs, state_dir};
 use chaos_tests::containerd::{ContainerSpec, TestContainer};
+use chaos_tests::tls::{CONTROLLER_TLS_FILES, SecretVolume, eventually};
 use chaosctl::client::AgentAddress;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
@@ -60,6 +61,13 @@ fn spawn(name: &'static str, program: &Path, args: &[String], log: &Path) -> Res
         .spawn()
         .with_context(|| format!("starting {}", program.display()))?;
     Ok(ChildGuard { name, child })
+}
+
+/// A directory for one test's configuration, experiments and logs.
+fn work_dir() -> Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix("chaos-test-serve-")
+        .tempdir()?)
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
@@ -234,12 +242,8 @@ async fn wait_finished(
 #[test]
 fn prometheus_scrapes_the_verdict_of_a_scheduled_experiment() -> Result<()> {
     let tls = make_certs()?;
-    let state = tempfile::Builder::new()
-        .prefix("chaos-test-state-")
-        .tempdir()?;
-    let work = tempfile::Builder::new()
-        .prefix("chaos-test-serve-")
-        .tempdir()?;
+    let state = state_dir()?;
+    let work = work_dir()?;
     let container = TestContainer::start(ContainerSpec::pod("chaos-test-serve", "web-0", "web"))?;
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
     let metrics_address = loopback()?;
@@ -336,12 +340,8 @@ fn encode_query(promql: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_submitted_over_mtls_is_judged_and_prometheus_sees_it() -> Result<()> {
     let tls = make_certs()?;
-    let state = tempfile::Builder::new()
-        .prefix("chaos-test-state-")
-        .tempdir()?;
-    let work = tempfile::Builder::new()
-        .prefix("chaos-test-serve-")
-        .tempdir()?;
+    let state = state_dir()?;
+    let work = work_dir()?;
     let mut spec = ContainerSpec::pod("chaos-test-submit", "db-0", "db");
     spec.memory_limit_bytes = Some(256 << 20);
     let _container = TestContainer::start(spec)?;
@@ -513,12 +513,8 @@ recovery: {{ timeout: 10s, hold: 1s }}
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_files_unknown_runs_and_clients_without_a_certificate_are_refused() -> Result<()> {
     let (tls, other) = (make_certs()?, make_certs()?);
-    let state = tempfile::Builder::new()
-        .prefix("chaos-test-state-")
-        .tempdir()?;
-    let work = tempfile::Builder::new()
-        .prefix("chaos-test-serve-")
-        .tempdir()?;
+    let state = state_dir()?;
+    let work = work_dir()?;
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
     let (metrics_address, api_address) = (loopback()?, loopback()?);
     let config = serve_config(work.path(), metrics_address, &agent, tls.path())?;
@@ -713,9 +709,7 @@ async fn bad_files_unknown_runs_and_clients_without_a_certificate_are_refused() 
 
 #[test]
 fn serve_refuses_to_start_the_api_without_certificates_unless_told() -> Result<()> {
-    let work = tempfile::Builder::new()
-        .prefix("chaos-test-serve-")
-        .tempdir()?;
+    let work = work_dir()?;
     let config = write(
         work.path(),
         "controller.yaml",
@@ -738,12 +732,8 @@ fn serve_refuses_to_start_the_api_without_certificates_unless_told() -> Result<(
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_mid_fault_reverts_every_fault_within_a_second() -> Result<()> {
     let tls = make_certs()?;
-    let state = tempfile::Builder::new()
-        .prefix("chaos-test-state-")
-        .tempdir()?;
-    let work = tempfile::Builder::new()
-        .prefix("chaos-test-serve-")
-        .tempdir()?;
+    let state = state_dir()?;
+    let work = work_dir()?;
     let mut spec = ContainerSpec::pod("chaos-test-cancel", "app-0", "app");
     spec.command = vec![
         "/bin/sh".into(),
@@ -909,5 +899,54 @@ method:
         .into_inner()
         .faults;
     assert!(left.is_empty(), "serve exited leaving {left:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_serves_a_rotated_certificate_without_a_restart() -> Result<()> {
+    let (old, new) = (make_certs()?, make_certs()?);
+    let state = state_dir()?;
+    let work = work_dir()?;
+    let agent = TestAgent::start_tls(old.path(), state.path())?;
+    let mut volume = SecretVolume::new(old.path(), &CONTROLLER_TLS_FILES)?;
+    let (metrics_address, api_address) = (loopback()?, loopback()?);
+    let config = serve_config(work.path(), metrics_address, &agent, old.path())?;
+    let api_tls = format!("--api-tls-dir={}", volume.root.path().display());
+    let _serve = start_serve(
+        work.path(),
+        &config,
+        metrics_address,
+        api_address,
+        old.path(),
+        &[&api_tls, "--tls-reload-secs=1"],
+    )?;
+    let served = |client_tls: PathBuf| async move {
+        match controller(api_address, &client_tls).await {
+            Ok(mut client) => client.list_runs(api::ListRunsRequest {}).await.is_ok(),
+            Err(_) => false,
+        }
+    };
+
+    // The control case, and the next set not yet accepted.
+    assert!(served(old.path().to_path_buf()).await, "the first set");
+    assert!(
+        !served(new.path().to_path_buf()).await,
+        "the next set, early"
+    );
+
+    volume.update(new.path(), None)?;
+    eventually("a client of the new CA is served", || {
+        served(new.path().to_path_buf())
+    })
+    .await?;
+    assert!(
+        !served(old.path().to_path_buf()).await,
+        "a client of the old CA was served after the rotation"
+    );
+    let (_, metrics) = http_get(metrics_address, "/metrics")?;
+    assert!(
+        metrics.contains("chaosctl_tls_reloads_total{outcome=\"replaced\"} 1"),
+        "{metrics}"
+    );
     Ok(())
 }
