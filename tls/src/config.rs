@@ -177,6 +177,13 @@ pub(crate) mod tests {
         }
     }
 
+    /// Writes the server's three files of `pki` into `dir`, under the names of `files`.
+    pub fn write(dir: &Path, pki: &TestPki) {
+        std::fs::write(dir.join("server.pem"), &pki.server).expect("write cert");
+        std::fs::write(dir.join("server-key.pem"), &pki.server_key).expect("write key");
+        std::fs::write(dir.join("ca.pem"), &pki.ca).expect("write CA");
+    }
+
     pub fn pems(pki: &TestPki) -> Pems {
         Pems {
             cert: pki.server.clone().into_bytes(),

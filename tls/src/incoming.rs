@@ -89,7 +89,7 @@ async fn handshake(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::tests::{TestPki, files, test_pki};
+    use crate::config::tests::{TestPki, files, test_pki, write};
     use crate::reload::Reload;
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -98,12 +98,6 @@ mod tests {
     use tokio_stream::StreamExt;
 
     type Connection = tokio_rustls::client::TlsStream<TcpStream>;
-
-    fn write(dir: &std::path::Path, pki: &TestPki) {
-        std::fs::write(dir.join("server.pem"), &pki.server).expect("write cert");
-        std::fs::write(dir.join("server-key.pem"), &pki.server_key).expect("write key");
-        std::fs::write(dir.join("ca.pem"), &pki.ca).expect("write CA");
-    }
 
     /// A TLS server on loopback that echoes what each accepted connection sends.
     async fn echo_server(

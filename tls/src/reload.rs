@@ -100,13 +100,7 @@ pub async fn keep_reloading(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::tests::{TestPki, files, test_pki};
-
-    fn write(dir: &std::path::Path, pki: &TestPki) {
-        std::fs::write(dir.join("server.pem"), &pki.server).expect("write cert");
-        std::fs::write(dir.join("server-key.pem"), &pki.server_key).expect("write key");
-        std::fs::write(dir.join("ca.pem"), &pki.ca).expect("write CA");
-    }
+    use crate::config::tests::{files, test_pki, write};
 
     #[test]
     fn unchanged_files_keep_the_same_config() {
