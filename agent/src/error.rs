@@ -18,6 +18,9 @@ pub enum AgentError {
     Unimplemented(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The agent is draining (SIGTERM): it takes no new faults.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -38,6 +41,7 @@ impl AgentError {
             AgentError::PermissionDenied(_) => Code::PermissionDenied,
             AgentError::Unimplemented(_) => Code::Unimplemented,
             AgentError::ResourceExhausted(_) => Code::ResourceExhausted,
+            AgentError::Unavailable(_) => Code::Unavailable,
             AgentError::Internal(_) => Code::Internal,
         }
     }
@@ -51,6 +55,7 @@ impl AgentError {
             Code::PermissionDenied => "permission_denied",
             Code::Unimplemented => "unimplemented",
             Code::ResourceExhausted => "resource_exhausted",
+            Code::Unavailable => "unavailable",
             _ => "internal",
         }
     }

@@ -71,6 +71,7 @@ const ERROR_CODES: &[&str] = &[
     "permission_denied",
     "unimplemented",
     "resource_exhausted",
+    "unavailable",
     "internal",
 ];
 

@@ -314,6 +314,14 @@ impl Resolver {
         Ok(resolved)
     }
 
+    /// Whether `pid` is in the node's network namespace (PID 1's, seen with hostPID): a
+    /// hostNetwork pod's container, or a process of the node itself.
+    pub fn shares_node_netns(&self, pid: u32) -> bool {
+        let node = chaos_netem::netns_id(&self.procfs.netns_path(1));
+        let own = chaos_netem::netns_id(&self.procfs.netns_path(pid));
+        matches!((node, own), (Ok(node), Ok(own)) if node == own)
+    }
+
     /// The containers on this node, for controllers to select from.
     pub async fn list_targets(
         &self,
@@ -357,6 +365,7 @@ impl Resolver {
                 }
                 _ => (String::new(), Vec::new()),
             };
+            let host_network = state == "running" && self.shares_node_netns(init_pid);
             targets.push(api::TargetInfo {
                 container: Some(container_ref(&c)),
                 init_pid,
@@ -364,6 +373,7 @@ impl Resolver {
                 state: state.to_string(),
                 cgroup,
                 target: format!("container:{}", c.id),
+                host_network,
             });
         }
         targets.sort_by(|a, b| a.target.cmp(&b.target));

@@ -24,6 +24,7 @@ pub fn state_name(state: i32) -> &'static str {
         Ok(api::FaultState::LeaseExpired) => "lease-expired",
         Ok(api::FaultState::Recovered) => "recovered",
         Ok(api::FaultState::Failed) => "failed",
+        Ok(api::FaultState::RevertPending) => "revert-pending",
         _ => "planned",
     }
 }
