@@ -11,7 +11,7 @@ use chaos_agent::capabilities;
 use chaos_agent::journal::Journal;
 use chaos_agent::metrics::{self, Metrics};
 use chaos_agent::procfs::Procfs;
-use chaos_agent::protect::ProtectionPolicy;
+use chaos_agent::protect::{PolicyOptions, ProtectionPolicy};
 use chaos_agent::registry::{EndReason, Registry};
 use chaos_agent::resolve::Resolver;
 use chaos_agent::runtime::Containerd;
@@ -76,6 +76,17 @@ struct Args {
     /// Permit targets in kube-system.
     #[arg(long)]
     allow_kube_system: bool,
+    /// Permit targets that belong to no container (processes and cgroups of the node
+    /// itself: host daemons, login shells). Refused by default, whatever the target form.
+    #[arg(long)]
+    allow_host_processes: bool,
+    /// Also protect processes with this name (the start of the kernel's 15-byte process
+    /// name, or of the executable's name); repeat or comma-separate.
+    #[arg(long, value_delimiter = ',')]
+    protect_process: Vec<String>,
+    /// Also protect pods in this namespace; repeat or comma-separate.
+    #[arg(long, value_delimiter = ',')]
+    protect_namespace: Vec<String>,
     /// Permit faults on the node's own interfaces (blackhole with node scope).
     #[arg(long)]
     allow_node_scope: bool,
@@ -267,7 +278,18 @@ async fn run(args: Args, lifetimes: tokio::runtime::Handle) -> Result<()> {
             args.containerd_namespace.clone(),
         )),
     };
-    let policy = ProtectionPolicy::new(std::process::id(), args.allow_kube_system);
+    let agent_pid = std::process::id();
+    let policy = ProtectionPolicy::new(PolicyOptions {
+        agent_pid,
+        agent_cgroup: Some(
+            chaos_cgroup::ProcessCgroup::of_pid(std::path::Path::new("/proc"), agent_pid)
+                .context("reading the agent's own cgroup")?,
+        ),
+        allow_kube_system: args.allow_kube_system,
+        allow_host_processes: args.allow_host_processes,
+        extra_processes: args.protect_process.clone(),
+        extra_namespaces: args.protect_namespace.clone(),
+    });
     let limits = Limits {
         max_duration: Duration::from_secs(args.max_duration_secs),
         allow_node_scope: args.allow_node_scope,

@@ -77,6 +77,14 @@ pub struct Procfs {
     root: PathBuf,
 }
 
+/// `Tgid` of a `/proc/PID/status` text.
+pub fn parse_status_tgid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Tgid:"))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 /// `btime` of `/proc/stat`: when this boot began, in seconds since the Unix epoch.
 pub fn parse_boot_time(stat: &str) -> Option<u64> {
     stat.lines()
@@ -141,6 +149,16 @@ impl Procfs {
         parse_stat(&text).map_err(|reason| ProcError::Parse {
             path: self.root.join(pid.to_string()).join("stat"),
             reason,
+        })
+    }
+
+    /// The thread group (process) that `pid` belongs to: `pid` itself for a process, its
+    /// process's pid for a thread (`/proc/TID` exists for threads too).
+    pub fn tgid(&self, pid: u32) -> Result<u32, ProcError> {
+        let text = self.read(pid, "status")?;
+        parse_status_tgid(&text).ok_or_else(|| ProcError::Parse {
+            path: self.root.join(pid.to_string()).join("status"),
+            reason: "no Tgid line".into(),
         })
     }
 
@@ -255,6 +273,32 @@ mod tests {
         assert_eq!(info.ppid, 17);
         assert!(matches!(procfs.process(7), Err(ProcError::Gone(7))));
         assert_eq!(procfs.pids().unwrap(), vec![4242]);
+    }
+
+    #[test]
+    fn a_thread_names_its_process_as_tgid() {
+        assert_eq!(
+            parse_status_tgid("Name:\tx\nTgid:\t42\nPid:\t43\n"),
+            Some(42)
+        );
+        assert_eq!(parse_status_tgid("Name:\tx\n"), None);
+        let procfs = Procfs::default();
+        let me = std::process::id();
+        assert_eq!(procfs.tgid(me).unwrap(), me);
+        let (tid_sender, tid) = std::sync::mpsc::channel();
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            tid_sender
+                .send(nix::unistd::gettid().as_raw() as u32)
+                .unwrap();
+            // Alive until the test has read /proc/TID.
+            let _ = wait.recv();
+        });
+        let tid = tid.recv().unwrap();
+        assert_ne!(tid, me);
+        assert_eq!(procfs.tgid(tid).unwrap(), me);
+        done.send(()).unwrap();
+        thread.join().unwrap();
     }
 
     #[test]

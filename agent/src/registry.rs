@@ -18,7 +18,7 @@ use crate::procfs::ProcessInfo;
 use crate::protect::ProtectionPolicy;
 use crate::resolve::{Resolved, Resolver};
 use crate::target::TargetSpec;
-use crate::validate::{LeaseSpec, Limits, validate_inject, validate_lease};
+use crate::validate::{FaultPlan, LeaseSpec, Limits, validate_inject, validate_lease};
 
 /// Ended faults kept for `List --include-ended` and `Get`.
 const ENDED_KEPT: usize = 256;
@@ -157,12 +157,18 @@ impl Registry {
         Ok(())
     }
 
-    fn check_targets(&self, targets: &[Resolved]) -> Result<(), AgentError> {
+    /// The one policy, for every target form: whose it is (a protected pod, a sandbox,
+    /// the node's own), the agent's own cgroup, then the target's main process.
+    fn check_targets(&self, targets: &[Resolved], plan: &FaultPlan) -> Result<(), AgentError> {
         for t in targets {
-            if let Some(c) = &t.container {
-                self.policy.check_pod_namespace(&c.pod_namespace)?;
-            }
+            // The process first: "PID 1" and "the agent's own" say more than "no container".
             self.check_processes(std::slice::from_ref(&t.init))?;
+            self.policy.check_owner(t)?;
+            self.policy.check_cgroup(t)?;
+            if plan.is_resource_stress() {
+                self.policy
+                    .check_resource_cgroup(t, self.limits.allow_node_scope)?;
+            }
         }
         Ok(())
     }
@@ -192,7 +198,7 @@ impl Registry {
         let started = Instant::now();
         let valid = validate_inject(&request, &self.limits)?;
         let targets = self.resolver.resolve(&valid.target).await?;
-        self.check_targets(&targets)?;
+        self.check_targets(&targets, &valid.plan)?;
         let resolved_at = started.elapsed();
 
         let context = PrepareContext {

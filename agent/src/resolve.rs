@@ -1,6 +1,10 @@
 //! From a target spec to what is on this node: the container, its processes, its
-//! cgroup and its network namespace. Asks containerd first and falls back to
-//! scanning /proc when the runtime socket is unavailable.
+//! cgroup and its network namespace, as containerd and /proc report them.
+//!
+//! Every target form ends at the same answer to "whose is it?" ([`Owner`]): a `pod:` or
+//! `container:` target names its container, and a `pid:` or `cgroup:` target is traced
+//! from its cgroup path to the container the runtime made that cgroup for. So one
+//! protection policy applies however the target was named.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -15,11 +19,33 @@ use crate::runtime::{
 };
 use crate::target::TargetSpec;
 
+/// Whose a target is, found the same way for every target form.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Owner {
+    /// A container the runtime reports, with its pod's labels (empty outside Kubernetes).
+    Container(api::ContainerRef),
+    /// A pod's sandbox (the pause container): plumbing that holds the pod's namespaces.
+    Sandbox(api::ContainerRef),
+    /// No container: a process or cgroup of the node itself (a host daemon, a shell).
+    Node,
+    /// The runtime could not be asked, so whose it is is unknown; the reason says why.
+    Unknown(String),
+}
+
+impl Owner {
+    pub fn container(&self) -> Option<&api::ContainerRef> {
+        match self {
+            Owner::Container(c) | Owner::Sandbox(c) => Some(c),
+            Owner::Node | Owner::Unknown(_) => None,
+        }
+    }
+}
+
 /// One resolved target: a container (or a bare process or cgroup) and its processes.
 #[derive(Debug, Clone)]
 pub struct Resolved {
     pub spec: TargetSpec,
-    pub container: Option<api::ContainerRef>,
+    pub owner: Owner,
     /// The container's init, the pid itself, or the oldest process of a cgroup.
     pub init: ProcessInfo,
     /// Every process of the target (for a pid target, just that process).
@@ -28,19 +54,38 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    /// The canonical target string for this container or process.
+    /// The canonical target string: the container for container and pod targets, the
+    /// process or cgroup itself for the others (a pid names one process, even in a
+    /// container).
     pub fn canonical(&self) -> String {
-        match (&self.spec, &self.container) {
+        match (&self.spec, self.owner.container()) {
+            (TargetSpec::Pid(_), _) => format!("pid:{}", self.init.pid),
+            (TargetSpec::Cgroup(path), _) => format!("cgroup:{path}"),
             (_, Some(c)) => format!("container:{}", c.id),
-            (TargetSpec::Cgroup(path), None) => format!("cgroup:{path}"),
-            _ => format!("pid:{}", self.init.pid),
+            (_, None) => format!("pid:{}", self.init.pid),
         }
+    }
+
+    /// What the target is, for messages: "pid 42 (container abc of pod shop/web-0)".
+    pub fn describe(&self) -> String {
+        let whose = match &self.owner {
+            Owner::Container(c) | Owner::Sandbox(c) if !c.pod_name.is_empty() => {
+                format!(
+                    "container {} of pod {}/{}",
+                    c.id, c.pod_namespace, c.pod_name
+                )
+            }
+            Owner::Container(c) | Owner::Sandbox(c) => format!("container {}", c.id),
+            Owner::Node => "no container: the node's own".to_string(),
+            Owner::Unknown(_) => "owner unknown".to_string(),
+        };
+        format!("{} ({whose})", self.canonical())
     }
 
     pub fn to_api(&self, procfs: &Procfs) -> api::ResolvedTarget {
         api::ResolvedTarget {
             target: self.canonical(),
-            container: self.container.clone(),
+            container: self.owner.container().cloned(),
             init_pid: self.init.pid,
             pids: self.processes.iter().map(|p| p.pid).collect(),
             cgroup: self.cgroup.display_path(),
@@ -76,8 +121,8 @@ fn proc_error(err: ProcError) -> AgentError {
 impl Resolver {
     pub async fn resolve(&self, spec: &TargetSpec) -> Result<Vec<Resolved>, AgentError> {
         match spec {
-            TargetSpec::Pid(pid) => self.resolve_pid(spec, *pid).map(|r| vec![r]),
-            TargetSpec::Cgroup(path) => self.resolve_cgroup(spec, path).map(|r| vec![r]),
+            TargetSpec::Pid(pid) => self.resolve_pid(spec, *pid).await.map(|r| vec![r]),
+            TargetSpec::Cgroup(path) => self.resolve_cgroup(spec, path).await.map(|r| vec![r]),
             TargetSpec::Container(id) => self.resolve_container(spec, id).await.map(|r| vec![r]),
             TargetSpec::Pod {
                 namespace,
@@ -90,17 +135,42 @@ impl Resolver {
         }
     }
 
-    fn resolve_pid(&self, spec: &TargetSpec, pid: u32) -> Result<Resolved, AgentError> {
+    async fn resolve_pid(&self, spec: &TargetSpec, pid: u32) -> Result<Resolved, AgentError> {
+        // /proc/TID exists for every thread, but a thread is not a process: a signal to a
+        // TID reaches its whole process, and a stressor "in its cgroup" would land in the
+        // cgroup of whatever process the thread belongs to (the agent's own, for one).
+        let tgid = self.procfs.tgid(pid).map_err(proc_error)?;
+        if tgid != pid {
+            return Err(AgentError::invalid(
+                "target",
+                format!(
+                    "pid {pid} is a thread of process {tgid}, not a process; name the process (pid:{tgid})"
+                ),
+            ));
+        }
         let init = self.procfs.process(pid).map_err(proc_error)?;
         let cgroup = ProcessCgroup::of_pid(self.procfs.root(), pid)
             .map_err(|e| cgroup_error(&format!("cgroup of pid {pid}"), e))?;
         Ok(Resolved {
             spec: spec.clone(),
-            container: None,
+            owner: self.owner_of(&cgroup).await,
             processes: vec![init.clone()],
             init,
             cgroup,
         })
+    }
+
+    /// Whose `cgroup` is: the container whose runtime-made cgroup is it or one of its
+    /// ancestors (a container may make sub-cgroups of its own), else the node's. Asks the
+    /// runtime every time: a cached list would miss a container started a moment ago.
+    async fn owner_of(&self, cgroup: &ProcessCgroup) -> Owner {
+        let Some(runtime) = &self.runtime else {
+            return Owner::Unknown("no container runtime is configured".into());
+        };
+        match runtime.containers().await {
+            Ok(containers) => owner_from_path(&cgroup.display_path(), &containers),
+            Err(e) => Owner::Unknown(e.to_string()),
+        }
     }
 
     /// The processes of a cgroup, and its init: the one whose parent is outside the
@@ -133,7 +203,7 @@ impl Resolver {
         Ok((init, processes))
     }
 
-    fn resolve_cgroup(&self, spec: &TargetSpec, path: &str) -> Result<Resolved, AgentError> {
+    async fn resolve_cgroup(&self, spec: &TargetSpec, path: &str) -> Result<Resolved, AgentError> {
         let cgroup = ProcessCgroup::from_path(&self.layout, path)
             .map_err(|e| AgentError::invalid("target", e.to_string()))?;
         if !self.cgroups.exists(&cgroup) {
@@ -144,7 +214,7 @@ impl Resolver {
         let (init, processes) = self.cgroup_members(&cgroup, &format!("cgroup {path}"))?;
         Ok(Resolved {
             spec: spec.clone(),
-            container: None,
+            owner: self.owner_of(&cgroup).await,
             init,
             processes,
             cgroup,
@@ -170,9 +240,14 @@ impl Resolver {
         let init = self.procfs.process(pid).map_err(|_| {
             AgentError::FailedPrecondition(format!("{what}: its process {pid} just exited"))
         })?;
+        let reference = container_ref(container);
         Ok(Resolved {
             spec: spec.clone(),
-            container: Some(container_ref(container)),
+            owner: if container.is_sandbox() {
+                Owner::Sandbox(reference)
+            } else {
+                Owner::Container(reference)
+            },
             init,
             processes,
             cgroup,
@@ -180,20 +255,19 @@ impl Resolver {
     }
 
     async fn resolve_container(&self, spec: &TargetSpec, id: &str) -> Result<Resolved, AgentError> {
-        let Some(runtime) = &self.runtime else {
-            return self.scan_for_container(spec, id, "no container runtime configured");
-        };
-        let containers = match runtime.containers().await {
-            Ok(containers) => containers,
-            Err(RuntimeError::Unreachable { reason, .. }) => {
-                return self.scan_for_container(
-                    spec,
-                    id,
-                    &format!("containerd unreachable: {reason}"),
-                );
-            }
-            Err(err) => return Err(AgentError::Internal(err.to_string())),
-        };
+        // Without the runtime a container could still be found by its cgroup's name, but
+        // not its pod, and so not whether it is protected: such targets are refused.
+        let runtime = self.runtime.as_ref().ok_or_else(|| {
+            AgentError::FailedPrecondition(format!(
+                "container {id}: no container runtime is configured, so its pod (and whether it is protected) cannot be read"
+            ))
+        })?;
+        let containers = runtime.containers().await.map_err(|e| match e {
+            RuntimeError::Unreachable { .. } => AgentError::FailedPrecondition(format!(
+                "container {id}: {e}; without the runtime the agent cannot tell the container's pod, nor whether it is protected"
+            )),
+            other => AgentError::Internal(other.to_string()),
+        })?;
         let Some(container) = containers.into_iter().find(|c| c.id == id) else {
             return Err(AgentError::NotFound(format!(
                 "container {id} is not on this node (containerd namespaces searched: {})",
@@ -216,38 +290,6 @@ impl Resolver {
                 "container {id} has no running process (no task; is it crash-looping?)"
             ))),
         }
-    }
-
-    /// Without the runtime: a container's processes are those whose cgroup path names
-    /// its id (`/<ns>/<id>`, `.../cri-containerd-<id>.scope`, `.../<id>`).
-    fn scan_for_container(
-        &self,
-        spec: &TargetSpec,
-        id: &str,
-        why: &str,
-    ) -> Result<Resolved, AgentError> {
-        let pids = self.procfs.pids().map_err(proc_error)?;
-        let found = pids.into_iter().find_map(|pid| {
-            let cgroup = ProcessCgroup::of_pid(self.procfs.root(), pid).ok()?;
-            cgroup_names_container(&cgroup.display_path(), id).then_some(cgroup)
-        });
-        let Some(cgroup) = found else {
-            return Err(AgentError::NotFound(format!(
-                "container {id} not found ({why}; no process on this node is in a cgroup named after it)"
-            )));
-        };
-        let what = format!("container {id}");
-        let (init, processes) = self.cgroup_members(&cgroup, &what)?;
-        Ok(Resolved {
-            spec: spec.clone(),
-            container: Some(api::ContainerRef {
-                id: id.to_string(),
-                ..Default::default()
-            }),
-            init,
-            processes,
-            cgroup,
-        })
     }
 
     async fn resolve_pod(
@@ -402,9 +444,87 @@ pub fn cgroup_names_container(path: &str, id: &str) -> bool {
         || (last.ends_with(".scope") && last.contains(id) && id.len() >= 12)
 }
 
+/// Whose the cgroup at `path` is among `containers`: the container that names the
+/// cgroup or its nearest ancestor that names one, else the node.
+pub fn owner_from_path(path: &str, containers: &[RuntimeContainer]) -> Owner {
+    let mut prefix = path.trim_end_matches('/');
+    while !prefix.is_empty() {
+        if let Some(c) = containers
+            .iter()
+            .find(|c| cgroup_names_container(prefix, &c.id))
+        {
+            let reference = container_ref(c);
+            return if c.is_sandbox() {
+                Owner::Sandbox(reference)
+            } else {
+                Owner::Container(reference)
+            };
+        }
+        prefix = match prefix.rfind('/') {
+            Some(at) => &prefix[..at],
+            None => "",
+        };
+    }
+    Owner::Node
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn runtime_container(id: &str, pod: Option<(&str, &str)>, sandbox: bool) -> RuntimeContainer {
+        let mut labels = std::collections::HashMap::new();
+        if let Some((namespace, name)) = pod {
+            labels.insert(LABEL_POD_NAMESPACE.to_string(), namespace.to_string());
+            labels.insert(LABEL_POD_NAME.to_string(), name.to_string());
+        }
+        if sandbox {
+            labels.insert(crate::runtime::LABEL_CRI_KIND.to_string(), "sandbox".into());
+        }
+        RuntimeContainer {
+            id: id.to_string(),
+            runtime_namespace: "k8s.io".into(),
+            labels,
+        }
+    }
+
+    #[test]
+    fn a_cgroup_belongs_to_the_container_that_names_it_or_an_ancestor() {
+        let id = "4f1c0d9e8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f10";
+        let containers = vec![
+            runtime_container(id, Some(("kube-system", "coredns-0")), false),
+            runtime_container("pause1", Some(("shop", "web-0")), true),
+        ];
+        let systemd = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-{id}.scope"
+        );
+        for path in [
+            systemd.clone(),
+            format!("{systemd}/nested"),
+            format!("/default/{id}"),
+        ] {
+            match owner_from_path(&path, &containers) {
+                Owner::Container(c) => assert_eq!(c.pod_namespace, "kube-system", "{path}"),
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            owner_from_path("/kubepods/besteffort/pod2/pause1", &containers),
+            Owner::Sandbox(_)
+        ));
+        for host in [
+            "/system.slice/sshd.service",
+            "/",
+            "/user.slice/user-0.slice/session-1.scope",
+        ] {
+            assert_eq!(owner_from_path(host, &containers), Owner::Node, "{host}");
+        }
+        // A path that merely contains an id-like word is not a container's.
+        assert_eq!(
+            owner_from_path("/default/pause10", &containers),
+            Owner::Node
+        );
+    }
 
     #[test]
     fn recognises_runtime_cgroup_names() {

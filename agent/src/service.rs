@@ -95,10 +95,8 @@ impl Agent for AgentService {
             ),
             protection: Some(api::ProtectionPolicy {
                 allow_kube_system: policy.allow_kube_system,
-                protected_process_names: crate::protect::PROTECTED_PROCESS_PREFIXES
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
+                allow_host_processes: policy.allow_host_processes,
+                protected_process_names: policy.protected_processes.clone(),
                 protected_namespaces: policy.protected_namespaces.clone(),
             }),
             supported_kinds: vec![

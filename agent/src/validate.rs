@@ -121,6 +121,11 @@ pub enum FaultPlan {
 }
 
 impl FaultPlan {
+    /// A stressor in the target's cgroup: its load is bounded by that cgroup's limits.
+    pub fn is_resource_stress(&self) -> bool {
+        matches!(self, FaultPlan::Cpu(_) | FaultPlan::Memory(_))
+    }
+
     pub fn kind(&self) -> api::FaultKind {
         match self {
             FaultPlan::Process(_) => api::FaultKind::Process,

@@ -184,6 +184,7 @@ pub fn capabilities_json(c: &api::CapabilitiesResponse) -> Value {
         "runtime": {"endpoint": runtime.endpoint, "reachable": runtime.reachable, "version": runtime.version,
                     "error": runtime.error, "namespaces": runtime.namespaces},
         "protection": {"allow_kube_system": protection.allow_kube_system,
+                       "allow_host_processes": protection.allow_host_processes,
                        "protected_process_names": protection.protected_process_names,
                        "protected_namespaces": protection.protected_namespaces},
         "supported_kinds": c.supported_kinds.iter().map(|k| kind_name(*k)).collect::<Vec<_>>(),
@@ -212,7 +213,7 @@ pub fn capabilities_text(c: &api::CapabilitiesResponse) -> String {
         format!("UNREACHABLE at {}: {}", runtime.endpoint, runtime.error)
     };
     format!(
-        "node:          {}\nagent:         {}\nkernel:        {}\ncgroups:       {} ({})\nqdiscs:        {}\nruntime:       {}\nfault kinds:   {}\nmax duration:  {}s\nprotected:     namespaces {}; processes {}\nnode scope:    {}\n",
+        "node:          {}\nagent:         {}\nkernel:        {}\ncgroups:       {} ({})\nqdiscs:        {}\nruntime:       {}\nfault kinds:   {}\nmax duration:  {}s\nprotected:     namespaces {}; processes {}\nhost processes: {}\nnode scope:    {}\n",
         c.node_name,
         c.agent_version,
         c.kernel_release,
@@ -224,6 +225,11 @@ pub fn capabilities_text(c: &api::CapabilitiesResponse) -> String {
         c.max_duration_ms / 1000,
         protection.protected_namespaces.join(","),
         protection.protected_process_names.join(","),
+        if protection.allow_host_processes {
+            "allowed"
+        } else {
+            "refused"
+        },
         if c.node_scope_allowed {
             "allowed"
         } else {

@@ -89,6 +89,20 @@ impl TestAgent {
     /// An agent whose gRPC port listens on `ip` (`0.0.0.0`: reachable from other network
     /// namespaces through their routes to this one). Metrics stay on loopback.
     pub fn start_on(options: AgentOptions, ip: std::net::Ipv4Addr) -> Result<TestAgent> {
+        TestAgent::launch(options, ip, &[])
+    }
+
+    /// An agent that starts inside the cgroups whose `cgroup.procs` files are given (it
+    /// joins them between fork and exec), as a DaemonSet's agent runs in its pod's cgroup.
+    pub fn start_in_cgroups(options: AgentOptions, cgroup_procs: &[PathBuf]) -> Result<TestAgent> {
+        TestAgent::launch(options, std::net::Ipv4Addr::LOCALHOST, cgroup_procs)
+    }
+
+    fn launch(
+        options: AgentOptions,
+        ip: std::net::Ipv4Addr,
+        cgroup_procs: &[PathBuf],
+    ) -> Result<TestAgent> {
         let grpc = SocketAddr::from((ip, free_port()?));
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let log_path = options.state_dir.join(format!("agent-{}.log", grpc.port()));
@@ -120,6 +134,20 @@ impl TestAgent {
             Some(dir) => command.arg("--tls-dir").arg(dir),
             None => command.arg("--insecure-plaintext"),
         };
+        if !cgroup_procs.is_empty() {
+            let files = cgroup_procs.to_vec();
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec only async-signal-safe calls belong: this is
+            // open, write and close (std puts a short path's C string on the stack).
+            unsafe {
+                command.pre_exec(move || {
+                    for file in &files {
+                        std::fs::write(file, b"0")?;
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = command.spawn().context("spawning chaos-agent")?;
         let mut agent = TestAgent {
             child: Some(child),

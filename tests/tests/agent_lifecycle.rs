@@ -320,7 +320,7 @@ async fn a_record_cut_short_before_this_boot_is_dropped_at_start() -> Result<()>
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn without_the_runtime_containers_are_found_by_scanning_proc() -> Result<()> {
+async fn without_the_runtime_container_targets_are_refused_not_guessed() -> Result<()> {
     let (tls, state) = (make_certs()?, state_dir()?);
     let container = TestContainer::start(ContainerSpec::pod("dev", "scan-0", "app"))?;
     let agent = TestAgent::start(AgentOptions {
@@ -335,28 +335,38 @@ async fn without_the_runtime_containers_are_found_by_scanning_proc() -> Result<(
         .await?
         .into_inner();
     assert!(!caps.runtime.clone().unwrap_or_default().reachable);
-    let mut request = api::InjectRequest {
-        target: format!("container:{}", container.id),
-        fault: Some(api::inject_request::Fault::Process(
-            api::ProcessFault::default(),
-        )),
-        dry_run: true,
-        ..Default::default()
-    };
-    let fault = client
-        .inject(request.clone())
-        .await?
-        .into_inner()
-        .fault
-        .expect("fault");
-    assert_eq!(fault.targets[0].init_pid, container.pid()?);
-    request.target = "pod:dev/scan-0/app".into();
-    let pod = client
-        .inject(request)
-        .await
-        .expect_err("pod target without runtime");
-    assert_eq!(pod.code(), Code::FailedPrecondition, "{pod}");
-    assert!(pod.message().contains("container runtime"), "{pod}");
+    // Without containerd the container's pod (and whether it is protected) is unknown:
+    // every form is refused, with what is missing.
+    for (target, missing) in [
+        (
+            format!("container:{}", container.id),
+            "cannot tell the container's pod",
+        ),
+        ("pod:dev/scan-0/app".to_string(), "container runtime"),
+        (
+            format!("pid:{}", container.pid()?),
+            "cannot tell which container",
+        ),
+    ] {
+        let status = client
+            .inject(api::InjectRequest {
+                target: target.clone(),
+                fault: Some(api::inject_request::Fault::Process(
+                    api::ProcessFault::default(),
+                )),
+                dry_run: true,
+                ..Default::default()
+            })
+            .await
+            .expect_err("a target without the runtime");
+        assert_eq!(
+            status.code(),
+            Code::FailedPrecondition,
+            "{target}: {status}"
+        );
+        assert!(status.message().contains(missing), "{target}: {status}");
+    }
+    assert_eq!(container.task_status()?, "RUNNING");
     Ok(())
 }
 

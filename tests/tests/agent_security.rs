@@ -384,3 +384,309 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() -> Result<()> {
     );
     Ok(())
 }
+
+fn dry_kill(target: &str) -> api::InjectRequest {
+    api::InjectRequest {
+        dry_run: true,
+        ..kill(target)
+    }
+}
+
+fn dry_cpu(target: &str) -> api::InjectRequest {
+    api::InjectRequest {
+        target: target.into(),
+        duration_ms: 5_000,
+        dry_run: true,
+        fault: Some(api::inject_request::Fault::Cpu(api::CpuFault {
+            load_percent: 50,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// The policy is one for every target form: a kube-system container named by its pod,
+/// its id, its init's pid, another of its processes' pid, or its cgroup is refused alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_protected_pod_is_refused_by_every_target_form() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let mut client = agent.client().await?;
+    let system = TestContainer::start(ContainerSpec {
+        command: ["sh", "-c", "sleep 100000 & exec sleep 100000"]
+            .map(String::from)
+            .to_vec(),
+        ..ContainerSpec::pod("kube-system", "coredns-1", "coredns")
+    })?;
+    let init = system.pid()?;
+    let child = eventually_child_of(init)?;
+    let forms = [
+        system.pod_target(),
+        system.target(),
+        format!("pid:{init}"),
+        format!("pid:{child}"),
+        format!("cgroup:{}", system.cgroup_path()?),
+    ];
+    for form in &forms {
+        for request in [dry_kill(form), dry_cpu(form)] {
+            let status = refused(&mut client, request).await;
+            assert_eq!(status.code(), Code::PermissionDenied, "{form}: {status}");
+            assert!(status.message().contains("kube-system"), "{form}: {status}");
+        }
+    }
+    // The control case: the same forms of an ordinary pod pass.
+    let app = TestContainer::start(ContainerSpec {
+        command: ["sh", "-c", "sleep 100000 & exec sleep 100000"]
+            .map(String::from)
+            .to_vec(),
+        ..ContainerSpec::pod("shop", "web-1", "web")
+    })?;
+    let app_init = app.pid()?;
+    let app_child = eventually_child_of(app_init)?;
+    for form in [
+        app.pod_target(),
+        app.target(),
+        format!("pid:{app_init}"),
+        format!("pid:{app_child}"),
+        format!("cgroup:{}", app.cgroup_path()?),
+    ] {
+        let fault = client
+            .inject(dry_kill(&form))
+            .await
+            .map_err(|s| anyhow::anyhow!("{form}: {s}"))?
+            .into_inner()
+            .fault
+            .context("fault")?;
+        let container = fault.targets[0].container.clone().context("container")?;
+        assert_eq!(container.pod_namespace, "shop", "{form}");
+        assert_eq!(container.id, app.id, "{form}");
+    }
+    assert_eq!(system.task_status()?, "RUNNING");
+    Ok(())
+}
+
+/// A process's first child (busybox `sleep &` under the container's shell), waited for.
+fn eventually_child_of(parent: u32) -> Result<u32> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+            .unwrap_or_default();
+        if let Some(first) = children.split_whitespace().next() {
+            return Ok(first.parse()?);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    anyhow::bail!("process {parent} has no child after 20 s")
+}
+
+/// Without containerd the agent cannot tell a pod's container from anything else: the
+/// `/proc` fallback for `container:` and every `pid:` target are refused, not guessed.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_runtime_whose_a_target_is_is_unknown_and_refused() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let agent = TestAgent::start(AgentOptions {
+        tls_dir: Some(tls.path().to_path_buf()),
+        state_dir: state.path().to_path_buf(),
+        extra_args: vec!["--allow-host-processes".into()],
+        containerd_socket: state
+            .path()
+            .join("no-containerd.sock")
+            .display()
+            .to_string(),
+    })?;
+    let mut client = agent.client().await?;
+    let system = TestContainer::start(ContainerSpec::pod("kube-system", "coredns-2", "coredns"))?;
+    for form in [system.target(), format!("pid:{}", system.pid()?)] {
+        let status = refused(&mut client, dry_kill(&form)).await;
+        assert_eq!(status.code(), Code::FailedPrecondition, "{form}: {status}");
+        assert!(
+            status.message().contains("cannot tell which container"),
+            "{form}: {status}"
+        );
+    }
+    Ok(())
+}
+
+/// Processes of the node itself (no container) are refused unless the agent allows them;
+/// a thread id is never a process; the agent's own cgroup is never a target.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_processes_threads_and_the_agents_own_cgroup_are_refused() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let host = KilledOnDrop(Command::new("sleep").arg("1000").spawn()?);
+    let host_target = format!("pid:{}", host.0.id());
+    {
+        let agent = TestAgent::start_tls(tls.path(), state.path())?;
+        let mut client = agent.client().await?;
+        let status = refused(&mut client, dry_kill(&host_target)).await;
+        assert_eq!(status.code(), Code::PermissionDenied, "{status}");
+        assert!(
+            status.message().contains("--allow-host-processes"),
+            "{status}"
+        );
+
+        // A thread of the agent: /proc/TID exists, but it is not a process.
+        let tid = std::fs::read_dir(format!("/proc/{}/task", agent.pid()))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .find(|tid| *tid != agent.pid())
+            .context("the agent has threads")?;
+        for request in [
+            dry_kill(&format!("pid:{tid}")),
+            dry_cpu(&format!("pid:{tid}")),
+        ] {
+            let status = refused(&mut client, request).await;
+            assert_eq!(status.code(), Code::InvalidArgument, "{status}");
+            assert!(
+                status
+                    .message()
+                    .contains(&format!("thread of process {}", agent.pid())),
+                "{status}"
+            );
+        }
+        drop(client);
+        drop(agent);
+
+        // With the flag, the host process is a target; the agent's own cgroup still is not.
+        let cgroup = AgentCgroup::create()?;
+        let allowing = TestAgent::start_in_cgroups(
+            AgentOptions {
+                tls_dir: Some(tls.path().to_path_buf()),
+                state_dir: state.path().to_path_buf(),
+                extra_args: vec!["--allow-host-processes".into()],
+                containerd_socket: chaos_tests::containerd::CONTAINERD_SOCKET.into(),
+            },
+            &cgroup.procs_files(),
+        )?;
+        let mut client = allowing.client().await?;
+        client.inject(dry_kill(&host_target)).await?;
+        let own = format!("cgroup:{}", cgroup.path);
+        let status = refused(&mut client, dry_cpu(&own)).await;
+        assert_eq!(status.code(), Code::PermissionDenied, "{status}");
+        assert!(status.message().contains("agent's own"), "{status}");
+        // A process of the node in the root cgroup: stress there is not bounded by anything.
+        let status = refused(&mut client, dry_cpu(&host_target)).await;
+        assert_eq!(status.code(), Code::PermissionDenied, "{status}");
+        assert!(status.message().contains("root cgroup"), "{status}");
+    }
+    Ok(())
+}
+
+/// A child process that is killed and reaped however the test ends.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A cgroup of this test in every v1 hierarchy the host mounts (or the v2 tree), removed
+/// on drop once empty.
+struct AgentCgroup {
+    path: String,
+    dirs: Vec<std::path::PathBuf>,
+}
+
+impl AgentCgroup {
+    fn create() -> Result<AgentCgroup> {
+        let path = format!(
+            "/chaos-test-agent-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let root = Path::new("/sys/fs/cgroup");
+        let mut dirs = Vec::new();
+        let unified = root.join("cgroup.controllers").exists();
+        let hierarchies: Vec<std::path::PathBuf> = if unified {
+            vec![root.to_path_buf()]
+        } else {
+            ["cpu", "cpuacct", "memory", "pids"]
+                .iter()
+                .map(|c| root.join(c))
+                .filter(|d| d.join("cgroup.procs").exists())
+                .collect()
+        };
+        for hierarchy in hierarchies {
+            let dir = hierarchy.join(path.trim_start_matches('/'));
+            if !dirs.contains(&dir) {
+                std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                dirs.push(dir);
+            }
+        }
+        Ok(AgentCgroup { path, dirs })
+    }
+
+    fn procs_files(&self) -> Vec<std::path::PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+}
+
+impl Drop for AgentCgroup {
+    fn drop(&mut self) {
+        for dir in &self.dirs {
+            // Bounded: the agent has exited (dropped first), its pid leaves the cgroup.
+            for _ in 0..100 {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Names and namespaces an operator adds are protected like the built-in ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_protects_more_names_and_namespaces() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let agent = TestAgent::start(AgentOptions {
+        tls_dir: Some(tls.path().to_path_buf()),
+        state_dir: state.path().to_path_buf(),
+        extra_args: vec![
+            "--protect-process".into(),
+            "sleep".into(),
+            "--protect-namespace".into(),
+            "payments".into(),
+        ],
+        containerd_socket: chaos_tests::containerd::CONTAINERD_SOCKET.into(),
+    })?;
+    let mut client = agent.client().await?;
+    // The container's init is busybox `sleep`.
+    let sleeper = TestContainer::start(ContainerSpec::pod("shop", "batch-0", "batch"))?;
+    let status = refused(&mut client, dry_kill(&sleeper.target())).await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status}");
+    assert!(
+        status.message().contains("`sleep` is a protected process"),
+        "{status}"
+    );
+    let payments = TestContainer::start(ContainerSpec {
+        command: ["sh", "-c", "exec tail -f /dev/null"]
+            .map(String::from)
+            .to_vec(),
+        ..ContainerSpec::pod("payments", "ledger-0", "ledger")
+    })?;
+    let status = refused(&mut client, dry_kill(&format!("pid:{}", payments.pid()?))).await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status}");
+    assert!(
+        status.message().contains("`payments` are protected"),
+        "{status}"
+    );
+    let caps = client
+        .capabilities(api::CapabilitiesRequest {})
+        .await?
+        .into_inner();
+    let protection = caps.protection.context("protection")?;
+    assert!(
+        protection
+            .protected_process_names
+            .iter()
+            .any(|n| n == "sleep")
+    );
+    assert!(
+        protection
+            .protected_namespaces
+            .iter()
+            .any(|n| n == "payments")
+    );
+    assert!(!protection.allow_host_processes);
+    Ok(())
+}

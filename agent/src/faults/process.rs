@@ -145,7 +145,7 @@ mod tests {
     fn container() -> Resolved {
         Resolved {
             spec: TargetSpec::Container("c1".into()),
-            container: None,
+            owner: crate::resolve::Owner::Node,
             init: p(10, 1, "sh", "/bin/sh -c run postgres; sleep 1"),
             processes: vec![
                 p(10, 1, "sh", "/bin/sh -c run postgres; sleep 1"),
