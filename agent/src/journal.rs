@@ -44,6 +44,8 @@ pub enum Undo {
     Nothing,
     /// Stressor processes the agent started: kill them.
     KillProcesses { processes: Vec<ProcessIdentity> },
+    /// Processes a stop signal stopped: continue them (SIGCONT), if still the same.
+    ContinueProcesses { processes: Vec<ProcessIdentity> },
     /// Qdiscs replaced on interfaces in network namespaces: put the snapshots back.
     RestoreQdisc {
         interfaces: Vec<crate::faults::network::QdiscRestore>,

@@ -12,7 +12,7 @@ use chaos_agent::journal::Journal;
 use chaos_agent::metrics::{self, Metrics};
 use chaos_agent::procfs::Procfs;
 use chaos_agent::protect::{PolicyOptions, ProtectionPolicy};
-use chaos_agent::registry::{EndReason, Registry};
+use chaos_agent::registry::{Registry, Runtimes};
 use chaos_agent::resolve::Resolver;
 use chaos_agent::runtime::Containerd;
 use chaos_agent::service::AgentService;
@@ -29,6 +29,19 @@ use tonic::transport::Server;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How long SIGTERM's drain may revert before the agent exits anyway: below the
+/// DaemonSet's 30 s terminationGracePeriodSeconds, so the kubelet never has to SIGKILL.
+const DRAIN_BOUND: Duration = Duration::from_secs(20);
+
+/// Stressor threads allowed by default: four per online CPU of the node.
+fn default_stressor_threads() -> u32 {
+    let online = nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+        .ok()
+        .flatten()
+        .unwrap_or(1);
+    u32::try_from(online.max(1)).unwrap_or(1).saturating_mul(4)
+}
 
 #[derive(Debug, Parser)]
 #[command(name = "chaos-agent", version, about = "Chaos Control node agent")]
@@ -90,6 +103,10 @@ struct Args {
     /// Permit faults on the node's own interfaces (blackhole with node scope).
     #[arg(long)]
     allow_node_scope: bool,
+    /// Stressor threads (CPU workers, one per memory stressor) all faults together may
+    /// run on this node; default: four per online CPU.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_stressor_threads: Option<u32>,
     /// Longest fault this agent accepts, in seconds.
     #[arg(long, default_value_t = 3600)]
     max_duration_secs: u64,
@@ -230,36 +247,46 @@ fn main() -> Result<()> {
         );
     }
     join_host_cgroup_namespace()?;
-    // Two single-threaded runtimes. Requests run on this thread. The faults' lifetimes
-    // (deadlines, periodic work, lease expiries, reverts) run on a thread of their own,
-    // so no request, however long a /proc read or a disk write blocks it, can hold back
-    // a revert. One thread each because a request is a few syscalls: a pool of workers
-    // only added wake-ups between threads on every request (BENCHMARKS.md, session 5).
-    let lifetimes = start_lifetimes_runtime()?;
+    // Three single-threaded runtimes. Requests run on this thread. The faults' lifetimes
+    // (deadlines, lease expiries, reverts) run on a thread of their own, so no request,
+    // however long a /proc read or a disk write blocks it, can hold back a revert; and
+    // periodic work that may block (finding a container again through containerd and
+    // /proc for a repeating kill) runs on a third, so it cannot either. One thread each
+    // because a request is a few syscalls: a pool of workers only added wake-ups between
+    // threads on every request (BENCHMARKS.md, session 5).
+    let lifetimes = start_runtime_thread("chaos-faults")?;
+    let periodic = start_runtime_thread("chaos-periodic")?;
     let requests = tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(8)
         .enable_all()
         .build()
         .context("starting the request runtime")?;
-    requests.block_on(run(args, lifetimes))
+    requests.block_on(run(
+        args,
+        Runtimes {
+            lifetimes,
+            periodic,
+        },
+    ))
 }
 
-/// Starts the runtime that drives the faults, on a thread that runs until the process
+/// Starts a single-threaded runtime on a thread of its own that runs until the process
 /// exits, and returns its handle.
-fn start_lifetimes_runtime() -> Result<tokio::runtime::Handle> {
+fn start_runtime_thread(name: &str) -> Result<tokio::runtime::Handle> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the fault runtime")?;
+        .with_context(|| format!("starting the {name} runtime"))?;
     let handle = runtime.handle().clone();
     std::thread::Builder::new()
-        .name("chaos-faults".into())
+        .name(name.into())
         .spawn(move || runtime.block_on(std::future::pending::<()>()))
-        .context("starting the fault thread")?;
+        .with_context(|| format!("starting the {name} thread"))?;
     Ok(handle)
 }
 
-async fn run(args: Args, lifetimes: tokio::runtime::Handle) -> Result<()> {
+async fn run(args: Args, runtimes: Runtimes) -> Result<()> {
+    let lifetimes = runtimes.lifetimes.clone();
     let node_name = args.node_name.clone().unwrap_or_else(|| {
         nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
@@ -294,15 +321,11 @@ async fn run(args: Args, lifetimes: tokio::runtime::Handle) -> Result<()> {
         max_duration: Duration::from_secs(args.max_duration_secs),
         allow_node_scope: args.allow_node_scope,
         agent_port: args.listen.port(),
+        max_stressor_threads: args
+            .max_stressor_threads
+            .unwrap_or_else(default_stressor_threads),
     };
-    let registry = Registry::new(
-        journal,
-        metrics.clone(),
-        resolver,
-        policy,
-        limits,
-        lifetimes.clone(),
-    );
+    let registry = Registry::new(journal, metrics.clone(), resolver, policy, limits, runtimes);
 
     let ready = Arc::new(AtomicBool::new(false));
     let metrics_listener = metrics::bind(args.metrics_listen)
@@ -376,11 +399,19 @@ async fn run(args: Args, lifetimes: tokio::runtime::Handle) -> Result<()> {
     let shutdown = async move {
         wait_for_termination().await;
         ready.store(false, Ordering::Release);
-        let reverted = shutdown_registry.revert_all(EndReason::Shutdown).await;
-        tracing::info!(
-            count = reverted.len(),
-            "shutting down: reverted every active fault"
-        );
+        // No new inject from here on (Unavailable); the ones under way finish and are
+        // reverted with the rest. Bounded below the pod's grace period, so the agent
+        // exits itself; what could not be reverted stays in the journal.
+        let (reverted, left) = shutdown_registry.drain(DRAIN_BOUND).await;
+        if left == 0 {
+            tracing::info!(reverted, "shutting down: reverted every fault");
+        } else {
+            tracing::error!(
+                reverted,
+                left,
+                "shutting down with faults whose revert keeps failing: their journal records stay for the next start"
+            );
+        }
     };
     let router = Server::builder()
         .timeout(Duration::from_secs(60))

@@ -58,12 +58,20 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     inject_duration: HistogramFamily,
     overdue: Gauge,
+    revert_pending: Gauge,
     oom_kills: Family<KindLabels, Counter>,
     tls_reloads: chaos_tls::ReloadCounter,
 }
 
 pub const KINDS: &[&str] = &["cpu", "memory", "network", "process", "io", "blackhole"];
-const REVERT_REASONS: &[&str] = &["requested", "expired", "lease", "recovered"];
+const REVERT_REASONS: &[&str] = &[
+    "requested",
+    "expired",
+    "lease",
+    "shutdown",
+    "target_gone",
+    "recovered",
+];
 const ERROR_CODES: &[&str] = &[
     "invalid_argument",
     "not_found",
@@ -85,6 +93,7 @@ impl Metrics {
         let errors = Family::<ErrorLabels, Counter>::default();
         let inject_duration: HistogramFamily = Family::new_with_constructor(inject_histogram);
         let overdue = Gauge::default();
+        let revert_pending = Gauge::default();
         let oom_kills = Family::<KindLabels, Counter>::default();
         let build_info = Family::<VersionLabels, Gauge>::default();
         registry.register(
@@ -121,6 +130,11 @@ impl Metrics {
             "chaos_agent_overdue_faults",
             "Faults still active past their deadline (should be 0)",
             overdue.clone(),
+        );
+        registry.register(
+            "chaos_agent_revert_pending_faults",
+            "Faults whose revert failed: still listed, retried with backoff until it succeeds (should be 0)",
+            revert_pending.clone(),
         );
         registry.register(
             "chaos_agent_oom_kills",
@@ -175,6 +189,7 @@ impl Metrics {
             errors,
             inject_duration,
             overdue,
+            revert_pending,
             oom_kills,
             tls_reloads,
         }
@@ -232,6 +247,10 @@ impl Metrics {
 
     pub fn set_overdue(&self, count: i64) {
         self.overdue.set(count);
+    }
+
+    pub fn set_revert_pending(&self, count: i64) {
+        self.revert_pending.set(count);
     }
 
     pub fn encode(&self) -> String {

@@ -19,6 +19,8 @@ pub struct Limits {
     pub allow_node_scope: bool,
     /// The agent's own gRPC port: a node-scope blackhole always leaves it reachable.
     pub agent_port: u16,
+    /// Stressor threads (CPU workers, memory stressors) all faults together may run.
+    pub max_stressor_threads: u32,
 }
 
 impl Default for Limits {
@@ -27,6 +29,7 @@ impl Default for Limits {
             max_duration: Duration::from_secs(3600),
             allow_node_scope: false,
             agent_port: 7090,
+            max_stressor_threads: 64,
         }
     }
 }
@@ -259,6 +262,25 @@ fn validate_process(p: &api::ProcessFault, duration: Duration) -> Result<Process
             "process.process",
             "must be at most 256 characters without NUL",
         ));
+    }
+    if crate::faults::process::is_stop_signal(signal) {
+        // A stopped process stays stopped: the fault holds the stop and continues the
+        // processes at its end, so it needs an end and has nothing to repeat.
+        if duration.is_zero() {
+            return Err(AgentError::invalid(
+                "duration_ms",
+                format!(
+                    "is required with {}: the processes stay stopped until the fault ends, when the agent continues them (SIGCONT)",
+                    crate::faults::process::signal_name(signal)
+                ),
+            ));
+        }
+        if p.interval_ms > 0 {
+            return Err(AgentError::invalid(
+                "process.interval_ms",
+                "must be 0 with a stop signal: the stop holds until the fault ends, and repeating it stops nothing more",
+            ));
+        }
     }
     let interval = match p.interval_ms {
         0 => None,
@@ -730,6 +752,44 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_stop_signal_needs_a_duration_and_no_interval() {
+        let stop = |signal: &str, duration_ms, interval_ms| {
+            validate_inject(
+                &req(
+                    "pod:dev/db-0/db",
+                    duration_ms,
+                    Fault::Process(api::ProcessFault {
+                        signal: signal.into(),
+                        interval_ms,
+                        ..Default::default()
+                    }),
+                ),
+                &Limits::default(),
+            )
+        };
+        for signal in ["STOP", "TSTP", "TTIN", "TTOU", "19"] {
+            match stop(signal, 0, 0) {
+                Err(AgentError::InvalidArgument { field, reason }) => {
+                    assert_eq!(field, "duration_ms", "{signal}");
+                    assert!(reason.contains("SIGCONT"), "{reason}");
+                }
+                other => panic!("{signal}: {other:?}"),
+            }
+            assert!(matches!(
+                stop(signal, 10_000, 1_000),
+                Err(AgentError::InvalidArgument {
+                    field: "process.interval_ms",
+                    ..
+                })
+            ));
+            assert!(stop(signal, 10_000, 0).is_ok(), "{signal}");
+        }
+        // Other signals stay one-shot without a duration.
+        assert!(stop("TERM", 0, 0).is_ok());
+        assert!(stop("CONT", 0, 0).is_ok());
     }
 
     #[test]

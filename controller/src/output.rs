@@ -46,6 +46,7 @@ fn status_json(status: &Option<api::fault::Status>) -> Value {
     match status {
         Some(api::fault::Status::Process(p)) => json!({
             "rounds": p.rounds,
+            "stopped": p.stopped,
             "signalled": p.signalled.iter().map(|s| json!({
                 "pid": s.pid, "name": s.name, "signal": s.signal,
                 "delivered": s.delivered, "error": s.error, "at_unix_ms": s.at_unix_ms,
@@ -133,7 +134,12 @@ fn summary(f: &api::Fault) -> String {
                 .find(|s| s.delivered)
                 .map(|s| format!(" (last: {} {} pid {})", s.signal, s.name, s.pid))
                 .unwrap_or_default();
-            format!("{delivered} signalled in {} round(s){last}", p.rounds)
+            let held = if p.stopped > 0 {
+                format!(", {} stopped now", p.stopped)
+            } else {
+                String::new()
+            };
+            format!("{delivered} signalled in {} round(s){last}{held}", p.rounds)
         }
         Some(api::fault::Status::Cpu(c)) => format!(
             "cpu {:.1} % of {:.2} cores (asked {:.0} %, stressors {:.1} %)",
@@ -301,6 +307,7 @@ mod tests {
                     delivered: true,
                     ..Default::default()
                 }],
+                ..Default::default()
             })),
             ..Default::default()
         };

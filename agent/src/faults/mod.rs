@@ -6,6 +6,11 @@
 //!
 //! To add a kind: a module with those functions, a variant of `ActiveFault`, its
 //! arms below, and an `Undo` variant in `journal` if it holds state on the node.
+//!
+//! `tick` and `revert` run on the agent's fault thread, which every fault's deadline
+//! shares: they do quick reads and syscalls only. Work that may block (finding a
+//! container again through the runtime and /proc) is asked for by `tick_needs` and done
+//! by the registry elsewhere.
 
 pub mod cpu;
 pub mod memory;
@@ -41,6 +46,22 @@ pub struct PrepareContext<'a> {
     pub metrics: &'a Metrics,
     /// The fault's duration: stressors stop by themselves when it has passed.
     pub duration: Duration,
+}
+
+/// What a fault's periodic work needs found before it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TickNeeds {
+    Nothing,
+    /// The processes a repeating signal goes to this round.
+    ChosenProcesses,
+}
+
+/// How a round of periodic work ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TickOutcome {
+    Continue,
+    /// The fault has nothing left to act on; the message says why.
+    Ended(String),
 }
 
 /// What `prepare` decided.
@@ -110,10 +131,14 @@ impl ActiveFault {
                 })
             }
             FaultPlan::Process(plan) => {
-                let fault = process::ProcessFault::new(plan.clone());
-                let chosen = fault.choose(spec, targets)?;
+                let (fault, chosen) = process::ProcessFault::prepare(plan.clone(), spec, targets)?;
+                let verb = if fault.holds_stop() {
+                    "stop (until the fault ends)"
+                } else {
+                    "signal"
+                };
                 Ok(Prepared {
-                    plan_summary: format!("would signal {} process(es)", chosen.len()),
+                    plan_summary: format!("would {verb} {} process(es)", chosen.len()),
                     acts_on: chosen,
                     fault: ActiveFault::Process(fault),
                 })
@@ -139,13 +164,22 @@ impl ActiveFault {
         acts_on: &[ProcessInfo],
     ) -> Result<(), AgentError> {
         match self {
-            ActiveFault::Process(p) => {
-                p.signal_round(procfs, acts_on);
-                Ok(())
-            }
+            ActiveFault::Process(p) => p.apply(procfs, acts_on).await,
             ActiveFault::Network(n) | ActiveFault::Blackhole(n) => n.apply().await,
             ActiveFault::Cpu(c) => c.apply().await,
             ActiveFault::Memory(m) => m.apply().await,
+        }
+    }
+
+    /// After a failed apply: whether the node still carries part of it, because the
+    /// rollback failed too. Such a fault is kept and its revert retried. Stressors are
+    /// not counted: one that could not be killed ends by itself at the fault's duration,
+    /// and with the agent (parent-death signal).
+    pub fn holds_changes(&self) -> bool {
+        match self {
+            ActiveFault::Process(p) => p.holds_stopped(),
+            ActiveFault::Network(n) | ActiveFault::Blackhole(n) => n.holds_changes(),
+            ActiveFault::Cpu(_) | ActiveFault::Memory(_) => false,
         }
     }
 
@@ -153,7 +187,7 @@ impl ActiveFault {
     /// at once.
     pub fn is_one_shot(&self) -> bool {
         match self {
-            ActiveFault::Process(p) => p.plan.interval.is_none(),
+            ActiveFault::Process(p) => p.is_one_shot(),
             ActiveFault::Network(_) | ActiveFault::Blackhole(_) => false,
             ActiveFault::Cpu(_) | ActiveFault::Memory(_) => false,
         }
@@ -162,6 +196,7 @@ impl ActiveFault {
     /// How often `tick` runs while the fault is active; None: never.
     pub fn tick_interval(&self) -> Option<Duration> {
         match self {
+            ActiveFault::Process(p) if p.holds_stop() => Some(process::STOP_STATUS_INTERVAL),
             ActiveFault::Process(p) => p.plan.interval,
             ActiveFault::Network(_) | ActiveFault::Blackhole(_) => None,
             ActiveFault::Cpu(_) => Some(cpu::STATUS_INTERVAL),
@@ -169,37 +204,61 @@ impl ActiveFault {
         }
     }
 
-    pub async fn tick(
-        &mut self,
-        resolver: &Resolver,
-        spec: &TargetSpec,
-        check: &(dyn Fn(&[ProcessInfo]) -> Result<(), AgentError> + Sync),
-    ) {
+    /// What a round needs found first. Finding a container's processes again reads
+    /// /proc and asks the runtime, which can take long: the registry does it away from
+    /// the thread that runs every fault's deadline.
+    pub fn tick_needs(&self) -> TickNeeds {
         match self {
-            ActiveFault::Process(fault) => {
-                // A restarted container has a new init: resolve again every round.
-                let chosen = match resolver.resolve(spec).await {
-                    Ok(targets) => match fault.choose(spec, &targets) {
-                        Ok(chosen) => chosen,
-                        Err(e) => return fault.record_empty_round(&e.to_string()),
-                    },
-                    Err(e) => return fault.record_empty_round(&e.to_string()),
-                };
-                if let Err(e) = check(&chosen) {
-                    return fault.record_empty_round(&e.to_string());
-                }
-                fault.signal_round(&resolver.procfs, &chosen);
+            ActiveFault::Process(p) if p.plan.interval.is_some() && p.pinned().is_none() => {
+                TickNeeds::ChosenProcesses
             }
+            _ => TickNeeds::Nothing,
+        }
+    }
+
+    /// The fault's periodic work. `chosen` is what [`TickNeeds::ChosenProcesses`] asked
+    /// for: the processes of the targets resolved again (a restarted container has a new
+    /// init), checked against the protection policy, or why there are none.
+    pub fn tick(
+        &mut self,
+        procfs: &Procfs,
+        chosen: Option<Result<Vec<ProcessInfo>, String>>,
+    ) -> TickOutcome {
+        match self {
+            ActiveFault::Process(fault) if fault.holds_stop() => fault.measure_stopped(procfs),
+            ActiveFault::Process(fault) => match (fault.pinned(), chosen) {
+                (Some(pinned), _) => {
+                    // The process seen at inject, and no other that has its pid now.
+                    match procfs.process(pinned.pid) {
+                        Ok(info) if info.start_time == pinned.start_time => {
+                            fault.signal_round(procfs, &[info]);
+                        }
+                        _ => {
+                            return TickOutcome::Ended(format!(
+                                "the target process {} has exited: nothing is left to signal",
+                                pinned.pid
+                            ));
+                        }
+                    }
+                }
+                (None, Some(Ok(processes))) => {
+                    fault.signal_round(procfs, &processes);
+                }
+                (None, Some(Err(reason))) => fault.record_empty_round(&reason),
+                (None, None) => {}
+            },
             ActiveFault::Network(_) | ActiveFault::Blackhole(_) => {}
             ActiveFault::Cpu(c) => c.measure(),
             ActiveFault::Memory(m) => m.measure(),
         }
+        TickOutcome::Continue
     }
 
-    /// Puts the node back. Process faults hold nothing: ending the loop is their revert.
-    pub async fn revert(&mut self) -> Result<(), String> {
+    /// Puts the node back: continues stopped processes, restores qdiscs, kills
+    /// stressors. A signal that was sent (a kill) holds nothing: ending it is its revert.
+    pub async fn revert(&mut self, procfs: &Procfs) -> Result<(), String> {
         match self {
-            ActiveFault::Process(_) => Ok(()),
+            ActiveFault::Process(p) => p.continue_stopped(procfs),
             ActiveFault::Network(n) | ActiveFault::Blackhole(n) => n.revert().await,
             ActiveFault::Cpu(c) => c.revert().await,
             ActiveFault::Memory(m) => m.revert().await,
@@ -209,7 +268,7 @@ impl ActiveFault {
     /// What the journal must hold to revert this fault after a crash.
     pub fn undo(&self) -> Undo {
         match self {
-            ActiveFault::Process(_) => Undo::Nothing,
+            ActiveFault::Process(p) => p.undo(),
             ActiveFault::Network(n) | ActiveFault::Blackhole(n) => Undo::RestoreQdisc {
                 interfaces: n.restores(),
             },
@@ -289,6 +348,7 @@ pub fn undo(procfs: &Procfs, undo: &Undo) -> Result<(), String> {
                 Err(errors.join("; "))
             }
         }
+        Undo::ContinueProcesses { processes } => process::continue_processes(procfs, processes),
         Undo::RestoreQdisc { interfaces } => {
             let errors: Vec<String> = interfaces
                 .iter()

@@ -889,6 +889,12 @@ impl NetworkFault {
         }
     }
 
+    /// Whether an interface still carries what apply installed: after a failed apply,
+    /// when its rollback failed too.
+    pub fn holds_changes(&self) -> bool {
+        self.interfaces.iter().any(|t| t.installed)
+    }
+
     pub fn restores(&self) -> Vec<QdiscRestore> {
         self.interfaces.iter().map(|t| t.restore.clone()).collect()
     }

@@ -1,15 +1,25 @@
-//! The process fault: send a signal to a target's processes, once or every interval.
-//! Selecting the processes is a pure decision; delivering goes through a pidfd.
+//! The process fault: send a signal to a target's processes, once or every interval,
+//! or stop them (SIGSTOP and the other stop signals) until the fault ends. Selecting the
+//! processes is a pure decision; delivering goes through a pidfd, checked against the
+//! process's start time so a reused pid is never hit.
 
 use chaos_proto::api;
 use nix::sys::signal::Signal;
 
 use crate::error::AgentError;
+use crate::journal::{ProcessIdentity, Undo};
 use crate::procfs::{ProcessInfo, Procfs};
 use crate::resolve::Resolved;
 use crate::sys::{SignalError, signal_process};
 use crate::target::TargetSpec;
 use crate::validate::ProcessPlan;
+
+/// How long an inject waits for a stopped process to show as stopped (it stops when it
+/// next runs, which a loaded node or a slow VM can delay).
+const STOP_READ_BACK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How often a stop fault reads back whether its processes are still stopped.
+pub const STOP_STATUS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How many signalled processes a fault's status keeps (a long repeating fault
 /// would otherwise grow without bound).
@@ -51,14 +61,45 @@ pub fn signal_name(signal: Signal) -> String {
 pub struct ProcessFault {
     pub plan: ProcessPlan,
     pub status: api::ProcessStatus,
+    /// For a `pid:` target, the process seen at inject (pid and start time). Its pid may
+    /// name another process once it has exited, so it is never resolved again: a
+    /// repeating fault signals only this process and ends when it is gone.
+    pinned: Option<ProcessIdentity>,
+    /// A stop signal holds its processes stopped until the fault ends, when each one that
+    /// is still the same process is continued (SIGCONT). Known before apply, so the
+    /// journal lists them before any is stopped.
+    stopped: Vec<ProcessIdentity>,
+}
+
+fn identity(p: &ProcessInfo) -> ProcessIdentity {
+    ProcessIdentity {
+        pid: p.pid,
+        start_time: p.start_time,
+    }
 }
 
 impl ProcessFault {
-    pub fn new(plan: ProcessPlan) -> ProcessFault {
-        ProcessFault {
+    /// Chooses the processes of the first round. `spec` decides whether the target is
+    /// pinned (a pid names one process, never its successor).
+    pub fn prepare(
+        plan: ProcessPlan,
+        spec: &TargetSpec,
+        targets: &[Resolved],
+    ) -> Result<(ProcessFault, Vec<ProcessInfo>), AgentError> {
+        let mut fault = ProcessFault {
             plan,
             status: api::ProcessStatus::default(),
+            pinned: None,
+            stopped: Vec::new(),
+        };
+        let chosen = fault.choose(spec, targets)?;
+        if let (TargetSpec::Pid(_), Some(target)) = (spec, targets.first()) {
+            fault.pinned = Some(identity(&target.init));
         }
+        if is_stop_signal(fault.plan.signal) {
+            fault.stopped = chosen.iter().map(identity).collect();
+        }
+        Ok((fault, chosen))
     }
 
     /// The processes a round would hit, or why there are none.
@@ -77,19 +118,105 @@ impl ProcessFault {
         Ok(chosen)
     }
 
-    /// Signals each chosen process and records what happened. A process that exited
-    /// in the meantime is reported, not an error of the fault.
-    pub fn signal_round(&mut self, procfs: &Procfs, chosen: &[ProcessInfo]) -> usize {
+    /// True while the fault holds processes stopped (a stop signal).
+    pub fn holds_stop(&self) -> bool {
+        is_stop_signal(self.plan.signal)
+    }
+
+    /// A single signal that leaves nothing to hold: done once sent.
+    pub fn is_one_shot(&self) -> bool {
+        self.plan.interval.is_none() && !self.holds_stop()
+    }
+
+    pub fn pinned(&self) -> Option<ProcessIdentity> {
+        self.pinned
+    }
+
+    /// The first round. A stop is read back: every chosen process must show as stopped
+    /// (the kernel discards TSTP, TTIN and TTOU for an orphaned process group, and a
+    /// process may handle them), else the ones stopped are continued and the inject
+    /// fails: stopped completely or not at all.
+    pub async fn apply(
+        &mut self,
+        procfs: &Procfs,
+        chosen: &[ProcessInfo],
+    ) -> Result<(), AgentError> {
+        let mut failures = self.signal_round(procfs, chosen);
+        if !self.holds_stop() {
+            return Ok(());
+        }
+        if failures.is_empty() {
+            let not_stopped = self.wait_until_stopped(procfs).await;
+            if !not_stopped.is_empty() {
+                failures.push(format!(
+                    "{} did not stop on {} (a process may handle it, and the kernel discards TSTP, TTIN and TTOU for an orphaned process group; SIGSTOP always stops)",
+                    not_stopped
+                        .iter()
+                        .map(|p| format!("pid {p}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    signal_name(self.plan.signal)
+                ));
+            }
+        }
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let undone = self.continue_stopped(procfs);
+        let mut message = format!("cannot stop every chosen process: {}", failures.join("; "));
+        if let Err(e) = undone {
+            message += &format!("; continuing the ones already stopped failed too: {e}");
+        }
+        Err(AgentError::FailedPrecondition(message))
+    }
+
+    /// Waits (bounded) until every process the stop reached shows as stopped; returns
+    /// the pids that did not.
+    async fn wait_until_stopped(&mut self, procfs: &Procfs) -> Vec<u32> {
+        let give_up = tokio::time::Instant::now() + STOP_READ_BACK;
+        loop {
+            let not_stopped: Vec<u32> = self
+                .stopped
+                .iter()
+                .filter(|p| !is_stopped(procfs, p))
+                .map(|p| p.pid)
+                .collect();
+            if not_stopped.is_empty() || tokio::time::Instant::now() >= give_up {
+                self.measure_stopped(procfs);
+                return not_stopped;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Whether the pinned process is still the one seen at inject.
+    pub fn pinned_is_alive(&self, procfs: &Procfs) -> bool {
+        self.pinned.is_none_or(|p| {
+            procfs
+                .stat(p.pid)
+                .is_ok_and(|stat| stat.start_time == p.start_time)
+        })
+    }
+
+    /// Signals each chosen process and records what happened; returns the deliveries
+    /// that failed for another reason than the process having exited meanwhile.
+    pub fn signal_round(&mut self, procfs: &Procfs, chosen: &[ProcessInfo]) -> Vec<String> {
         let now = crate::clock::unix_ms_now();
-        let mut delivered = 0;
+        let mut failures = Vec::new();
         for p in chosen {
             let result = signal_process(procfs, p.pid, p.start_time, self.plan.signal);
             let error = match &result {
                 Ok(()) => String::new(),
-                Err(SignalError::Gone(_)) => "already exited".into(),
-                Err(e) => e.to_string(),
+                Err(SignalError::Gone(_) | SignalError::Reused(_)) => {
+                    // Nothing to continue later: that process is not there any more.
+                    self.stopped.retain(|s| *s != identity(p));
+                    "already exited".into()
+                }
+                Err(e) => {
+                    failures.push(e.to_string());
+                    e.to_string()
+                }
             };
-            delivered += usize::from(result.is_ok());
             self.record(api::SignalledProcess {
                 pid: p.pid,
                 name: p.comm.clone(),
@@ -100,7 +227,7 @@ impl ProcessFault {
             });
         }
         self.status.rounds += 1;
-        delivered
+        failures
     }
 
     /// Records a round that found nothing to signal (e.g. a container restarting).
@@ -116,11 +243,81 @@ impl ProcessFault {
         });
     }
 
+    /// Reads back how many of the stopped processes the kernel shows stopped now.
+    pub fn measure_stopped(&mut self, procfs: &Procfs) {
+        self.status.stopped = self
+            .stopped
+            .iter()
+            .filter(|p| is_stopped(procfs, p))
+            .count() as u32;
+    }
+
+    /// SIGCONT to every process this fault stopped that is still the same process.
+    pub fn continue_stopped(&mut self, procfs: &Procfs) -> Result<(), String> {
+        let result = continue_processes(procfs, &self.stopped);
+        if result.is_ok() {
+            self.stopped.clear();
+            self.status.stopped = 0;
+        }
+        result
+    }
+
+    /// Whether processes this fault stopped may still be stopped (a failed rollback).
+    pub fn holds_stopped(&self) -> bool {
+        self.holds_stop() && !self.stopped.is_empty()
+    }
+
+    /// What the journal must hold to undo this fault after a crash.
+    pub fn undo(&self) -> Undo {
+        if self.holds_stop() {
+            Undo::ContinueProcesses {
+                processes: self.stopped.clone(),
+            }
+        } else {
+            Undo::Nothing
+        }
+    }
+
     fn record(&mut self, entry: api::SignalledProcess) {
         if self.status.signalled.len() >= MAX_REPORTED {
             self.status.signalled.remove(0);
         }
         self.status.signalled.push(entry);
+    }
+}
+
+/// Whether the process is still the one identified and the kernel shows it stopped.
+fn is_stopped(procfs: &Procfs, process: &ProcessIdentity) -> bool {
+    procfs
+        .stat(process.pid)
+        .is_ok_and(|stat| stat.start_time == process.start_time && matches!(stat.state, 'T' | 't'))
+}
+
+/// Signals whose default action stops a process. A stop is a state, not an event: the
+/// fault holds it and every end of the fault continues the processes.
+pub fn is_stop_signal(signal: Signal) -> bool {
+    matches!(
+        signal,
+        Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
+    )
+}
+
+/// SIGCONT to each process that is still the one identified (a pid reused by another
+/// process is left alone); those that exited are done.
+pub fn continue_processes(procfs: &Procfs, processes: &[ProcessIdentity]) -> Result<(), String> {
+    let errors: Vec<String> = processes
+        .iter()
+        .filter_map(
+            |p| match signal_process(procfs, p.pid, p.start_time, Signal::SIGCONT) {
+                Ok(()) | Err(SignalError::Gone(_)) | Err(SignalError::Reused(_)) => None,
+                Err(e) => Some(e.to_string()),
+            },
+        )
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
     }
 }
 
@@ -199,27 +396,154 @@ mod tests {
         );
     }
 
+    fn plan(signal: Signal, filter: Option<&str>) -> ProcessPlan {
+        ProcessPlan {
+            signal,
+            process_filter: filter.map(str::to_string),
+            interval: None,
+        }
+    }
+
     #[test]
     fn no_match_is_a_failed_precondition() {
-        let fault = ProcessFault::new(ProcessPlan {
-            signal: Signal::SIGKILL,
-            process_filter: Some("redis".into()),
-            interval: None,
-        });
         let spec = TargetSpec::Container("c1".into());
         assert!(matches!(
-            fault.choose(&spec, &[container()]),
+            ProcessFault::prepare(plan(Signal::SIGKILL, Some("redis")), &spec, &[container()]),
             Err(AgentError::FailedPrecondition(_))
         ));
     }
 
     #[test]
+    fn a_pid_target_is_pinned_and_a_container_target_is_not() {
+        let pid = TargetSpec::Pid(10);
+        let (fault, _) =
+            ProcessFault::prepare(plan(Signal::SIGTERM, None), &pid, &[container()]).unwrap();
+        assert_eq!(
+            fault.pinned(),
+            Some(ProcessIdentity {
+                pid: 10,
+                start_time: 10
+            })
+        );
+        let (fault, _) = ProcessFault::prepare(
+            plan(Signal::SIGTERM, None),
+            &TargetSpec::Container("c1".into()),
+            &[container()],
+        )
+        .unwrap();
+        assert_eq!(fault.pinned(), None);
+        assert!(fault.is_one_shot());
+    }
+
+    #[test]
+    fn a_stop_holds_its_processes_and_the_journal_lists_them_before_apply() {
+        for signal in [
+            Signal::SIGSTOP,
+            Signal::SIGTSTP,
+            Signal::SIGTTIN,
+            Signal::SIGTTOU,
+        ] {
+            let (fault, chosen) = ProcessFault::prepare(
+                plan(signal, Some("postgres")),
+                &TargetSpec::Container("c1".into()),
+                &[container()],
+            )
+            .unwrap();
+            assert!(fault.holds_stop() && !fault.is_one_shot(), "{signal}");
+            assert_eq!(pids(chosen), [11, 12]);
+            assert_eq!(
+                fault.undo(),
+                Undo::ContinueProcesses {
+                    processes: vec![
+                        ProcessIdentity {
+                            pid: 11,
+                            start_time: 11
+                        },
+                        ProcessIdentity {
+                            pid: 12,
+                            start_time: 12
+                        }
+                    ]
+                }
+            );
+        }
+        let (kill, _) = ProcessFault::prepare(
+            plan(Signal::SIGKILL, None),
+            &TargetSpec::Container("c1".into()),
+            &[container()],
+        )
+        .unwrap();
+        assert_eq!(kill.undo(), Undo::Nothing);
+    }
+
+    #[test]
+    fn a_stopped_process_is_continued_and_a_reused_pid_is_left_alone() {
+        use std::process::Command;
+        let procfs = Procfs::default();
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let start_time = procfs.stat(pid).unwrap().start_time;
+        let me = ProcessInfo {
+            pid,
+            ppid: std::process::id(),
+            comm: "sleep".into(),
+            cmdline: "sleep 30".into(),
+            argv0_name: "sleep".into(),
+            start_time,
+        };
+        let target = Resolved {
+            spec: TargetSpec::Pid(pid),
+            owner: crate::resolve::Owner::Node,
+            init: me.clone(),
+            processes: vec![me],
+            cgroup: container().cgroup,
+        };
+        let (mut fault, chosen) = ProcessFault::prepare(
+            plan(Signal::SIGSTOP, None),
+            &TargetSpec::Pid(pid),
+            &[target],
+        )
+        .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(fault.apply(&procfs, &chosen)).unwrap();
+        let state = |procfs: &Procfs| procfs.stat(pid).unwrap().state;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while state(&procfs) != 'T' && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        fault.measure_stopped(&procfs);
+        assert_eq!(fault.status.stopped, 1);
+        fault.continue_stopped(&procfs).unwrap();
+        while state(&procfs) == 'T' && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_ne!(state(&procfs), 'T');
+        // An identity whose start time does not match is another process: untouched.
+        assert_eq!(
+            continue_processes(
+                &procfs,
+                &[ProcessIdentity {
+                    pid,
+                    start_time: start_time + 1
+                }]
+            ),
+            Ok(())
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
     fn status_keeps_a_bounded_history() {
-        let mut fault = ProcessFault::new(ProcessPlan {
-            signal: Signal::SIGTERM,
-            process_filter: None,
-            interval: None,
-        });
+        let (mut fault, _) = ProcessFault::prepare(
+            plan(Signal::SIGTERM, None),
+            &TargetSpec::Container("c1".into()),
+            &[container()],
+        )
+        .unwrap();
         for _ in 0..(MAX_REPORTED + 10) {
             fault.record_empty_round("restarting");
         }

@@ -1,6 +1,18 @@
-//! The faults this agent holds. Every fault gets a driver task that ends it at its
-//! deadline, on request, when its lease lapses or when the agent shuts down, and
-//! that always runs the revert and removes the journal record.
+//! The faults this agent holds. Every fault gets a driver task (`driver`) that ends it
+//! at its deadline, on request, when its lease lapses, when its target is gone or when
+//! the agent drains, and that reverts it, retrying a failed revert until it succeeds;
+//! `recovery` reverts what the journal of a previous run lists.
+//!
+//! Invariants the registry keeps:
+//! - a fault is journaled before it touches the node, and its record goes only once
+//!   the node is put back (a failed revert keeps it, for the retries and the next start);
+//! - one CPU and one memory fault per target cgroup, and a node-wide budget of stressor
+//!   threads, checked and claimed atomically with the registration;
+//! - once draining (SIGTERM) no inject starts, and the drain waits for the injects under
+//!   way before it reverts, so no fault outlives the agent.
+
+mod driver;
+mod recovery;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,14 +23,15 @@ use tokio::sync::{Notify, oneshot, watch};
 
 use crate::clock::{unix_ms_after, unix_ms_now};
 use crate::error::AgentError;
-use crate::faults::{self, ActiveFault, PrepareContext, Prepared, kind_label};
+use crate::faults::{ActiveFault, PrepareContext, Prepared, kind_label};
 use crate::journal::{Journal, JournalRecord};
 use crate::metrics::Metrics;
 use crate::procfs::ProcessInfo;
 use crate::protect::ProtectionPolicy;
 use crate::resolve::{Resolved, Resolver};
-use crate::target::TargetSpec;
 use crate::validate::{FaultPlan, LeaseSpec, Limits, validate_inject, validate_lease};
+
+pub use driver::{EndReason, retry_delay};
 
 /// Ended faults kept for `List --include-ended` and `Get`.
 const ENDED_KEPT: usize = 256;
@@ -26,46 +39,26 @@ const MAX_ACTIVE: usize = 1024;
 /// A fault still active this long after its deadline counts as overdue.
 const OVERDUE_GRACE: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    Requested,
-    Expired,
-    LeaseExpired,
-    Shutdown,
-}
-
-impl EndReason {
-    fn state(self) -> api::FaultState {
-        match self {
-            EndReason::Requested | EndReason::Shutdown => api::FaultState::Reverted,
-            EndReason::Expired => api::FaultState::Expired,
-            EndReason::LeaseExpired => api::FaultState::LeaseExpired,
-        }
-    }
-
-    fn message(self) -> &'static str {
-        match self {
-            EndReason::Requested => "reverted on request",
-            EndReason::Expired => "reverted at its deadline",
-            EndReason::LeaseExpired => "reverted: its lease was not renewed",
-            EndReason::Shutdown => "reverted: the agent is shutting down",
-        }
-    }
-
-    fn metric_reason(self) -> &'static str {
-        match self {
-            EndReason::Requested | EndReason::Shutdown => "requested",
-            EndReason::Expired => "expired",
-            EndReason::LeaseExpired => "lease",
-        }
-    }
-}
+/// One resource a stressing fault holds alone: (kind, the target cgroup's path).
+type ClaimKey = (api::FaultKind, String);
 
 struct Entry {
     view: api::Fault,
     deadline: Instant,
+    /// Taken by the first request to end the fault.
     stop: Option<oneshot::Sender<EndReason>>,
+    /// Every outcome of the fault's end: the final view, or a pending one after each
+    /// failed revert attempt.
     done: watch::Receiver<Option<api::Fault>>,
+    /// Wakes a pending revert for its next attempt now.
+    retry_now: Arc<Notify>,
+    claims: Vec<ClaimKey>,
+}
+
+impl Entry {
+    fn is_revert_pending(&self) -> bool {
+        self.view.state == api::FaultState::RevertPending as i32
+    }
 }
 
 #[derive(Default)]
@@ -73,6 +66,20 @@ struct State {
     active: HashMap<String, Entry>,
     ended: VecDeque<api::Fault>,
     leases: HashMap<String, Instant>,
+    /// The cgroups a CPU or memory fault holds, and by which fault.
+    claims: HashMap<ClaimKey, String>,
+    /// Stressor threads per fault, from its claim (before it is registered) to its end.
+    threads: HashMap<String, u32>,
+    /// Set by `drain`: no inject starts after it.
+    draining: bool,
+    /// Injects between their start and their registration (or refusal).
+    injects_under_way: usize,
+}
+
+impl State {
+    fn stressor_threads(&self) -> u32 {
+        self.threads.values().sum()
+    }
 }
 
 pub struct Registry {
@@ -85,9 +92,20 @@ pub struct Registry {
     /// Wakes the reaper when a lease or a fault appears or a fault ends, so it sleeps
     /// until the next moment that matters instead of polling.
     reaper_wake: Notify,
+    /// Notified when the last inject under way settles (for the drain).
+    injects_settled: Notify,
     /// The runtime that owns the faults' lifetimes: each fault's driver (deadline,
     /// periodic work, revert) and the lease reverts run there, apart from the requests.
     lifetimes: tokio::runtime::Handle,
+    /// Where periodic work that may block runs (finding a container again through the
+    /// runtime and /proc), so it never holds up another fault's deadline or revert.
+    periodic: tokio::runtime::Handle,
+}
+
+/// The runtimes a registry runs its work on.
+pub struct Runtimes {
+    pub lifetimes: tokio::runtime::Handle,
+    pub periodic: tokio::runtime::Handle,
 }
 
 fn new_fault_id() -> String {
@@ -99,6 +117,25 @@ fn new_fault_id() -> String {
     format!("f-{hex}")
 }
 
+/// Counts an inject as under way from before its draining check to its end, so the
+/// drain cannot miss one that started before it.
+struct InjectUnderWay<'a> {
+    registry: &'a Registry,
+}
+
+impl Drop for InjectUnderWay<'_> {
+    fn drop(&mut self) {
+        let settled = {
+            let mut state = self.registry.lock();
+            state.injects_under_way -= 1;
+            state.injects_under_way == 0
+        };
+        if settled {
+            self.registry.injects_settled.notify_waiters();
+        }
+    }
+}
+
 impl Registry {
     pub fn new(
         journal: Journal,
@@ -106,7 +143,7 @@ impl Registry {
         resolver: Resolver,
         policy: ProtectionPolicy,
         limits: Limits,
-        lifetimes: tokio::runtime::Handle,
+        runtimes: Runtimes,
     ) -> Arc<Registry> {
         Arc::new(Registry {
             state: Mutex::new(State::default()),
@@ -116,7 +153,9 @@ impl Registry {
             policy,
             limits,
             reaper_wake: Notify::new(),
-            lifetimes,
+            injects_settled: Notify::new(),
+            lifetimes: runtimes.lifetimes,
+            periodic: runtimes.periodic,
         })
     }
 
@@ -157,8 +196,9 @@ impl Registry {
         Ok(())
     }
 
-    /// The one policy, for every target form: whose it is (a protected pod, a sandbox,
-    /// the node's own), the agent's own cgroup, then the target's main process.
+    /// The one policy, for every target form: the target's main process, whose it is (a
+    /// protected pod, a sandbox, the node's own), the agent's own cgroup, and for a
+    /// stressor a cgroup that bounds it.
     fn check_targets(&self, targets: &[Resolved], plan: &FaultPlan) -> Result<(), AgentError> {
         for t in targets {
             // The process first: "PID 1" and "the agent's own" say more than "no container".
@@ -190,10 +230,24 @@ impl Registry {
         result
     }
 
+    /// Marks an inject as under way, unless the agent is draining.
+    fn start_inject(&self) -> Result<InjectUnderWay<'_>, AgentError> {
+        let mut state = self.lock();
+        if state.draining {
+            return Err(AgentError::Unavailable(
+                "the agent is shutting down: it is reverting its faults and takes no new ones"
+                    .into(),
+            ));
+        }
+        state.injects_under_way += 1;
+        Ok(InjectUnderWay { registry: self })
+    }
+
     async fn inject_inner(
         self: &Arc<Self>,
         request: api::InjectRequest,
     ) -> Result<api::Fault, AgentError> {
+        let _under_way = self.start_inject()?;
         // Phase times go to the debug log: where an injection spends its time on a node.
         let started = Instant::now();
         let valid = validate_inject(&request, &self.limits)?;
@@ -227,9 +281,11 @@ impl Registry {
             plan_summary,
         } = prepared;
 
+        let claims = claim_keys(&valid.plan, &targets);
+        let stressor_threads = stressor_threads(&fault, targets.len());
         let created = unix_ms_now();
         let mut view = api::Fault {
-            id: String::new(),
+            id: new_fault_id(),
             kind: fault.kind() as i32,
             target: valid.target.to_string(),
             targets: targets
@@ -250,19 +306,21 @@ impl Registry {
             status: Some(fault.status()),
         };
         if valid.dry_run {
+            // What a real inject would be refused for, without holding anything.
+            self.check_room(&self.lock(), &claims, stressor_threads)?;
+            view.id.clear();
             view.message = format!("dry run: {plan_summary}; nothing changed");
             return Ok(view);
         }
-        {
-            let state = self.lock();
-            if state.active.len() >= MAX_ACTIVE {
-                return Err(AgentError::ResourceExhausted(format!(
-                    "this agent already holds {MAX_ACTIVE} faults"
-                )));
-            }
-        }
+        self.claim(&view.id, &claims, stressor_threads)?;
+        let fault_id = view.id.clone();
+        let mut claimed = ClaimGuard {
+            registry: self,
+            id: &fault_id,
+            keys: &claims,
+            kept: false,
+        };
 
-        view.id = new_fault_id();
         let record = JournalRecord {
             id: view.id.clone(),
             kind: kind_label(fault.kind()).to_string(),
@@ -280,7 +338,19 @@ impl Registry {
         let journaled_at = started.elapsed();
 
         if let Err(err) = fault.apply(&self.resolver.procfs, &acts_on).await {
-            // apply leaves nothing behind on error; the record can go.
+            if fault.holds_changes() {
+                // Apply could not undo all it did: the fault stays, as a revert that is
+                // retried until it succeeds, with its journal record and its claims.
+                claimed.kept = true;
+                drop(claimed);
+                let message = format!(
+                    "{err}; what was already changed could not be undone, so fault {} stays listed as revert-pending and the agent keeps retrying",
+                    view.id
+                );
+                self.hold_failed_apply(view, fault, claims);
+                return Err(AgentError::Internal(message));
+            }
+            // apply left nothing behind: the record can go.
             self.forget_journal(&view.id, fault.kind());
             return Err(err);
         }
@@ -314,9 +384,26 @@ impl Registry {
         }
 
         view.state = api::FaultState::Active as i32;
+        claimed.kept = true;
+        drop(claimed);
         let deadline = Instant::now() + valid.duration;
+        self.register(view.clone(), deadline, fault, valid, claims);
+        Ok(view)
+    }
+
+    /// Enters a fault that holds state, and starts its driver.
+    fn register(
+        self: &Arc<Self>,
+        view: api::Fault,
+        deadline: Instant,
+        fault: ActiveFault,
+        valid: crate::validate::ValidInject,
+        claims: Vec<ClaimKey>,
+    ) {
         let (stop_tx, stop_rx) = oneshot::channel();
         let (done_tx, done_rx) = watch::channel(None);
+        let retry_now = Arc::new(Notify::new());
+        let kind = fault.kind();
         {
             let mut state = self.lock();
             if let Some(lease) = &valid.lease {
@@ -329,21 +416,126 @@ impl Registry {
                     deadline,
                     stop: Some(stop_tx),
                     done: done_rx,
+                    retry_now: Arc::clone(&retry_now),
+                    claims,
                 },
             );
         }
         self.reaper_wake.notify_one();
-        self.metrics.active_changed(kind_label(fault.kind()), 1);
+        self.metrics.active_changed(kind_label(kind), 1);
         let registry = Arc::clone(self);
-        let driver = Driver {
-            id: view.id.clone(),
-            spec: valid.target.clone(),
+        let driver = driver::Driver {
+            id: view.id,
+            spec: valid.target,
+            plan: valid.plan,
             fault,
             deadline,
         };
         self.lifetimes
-            .spawn(async move { registry.drive(driver, stop_rx, done_tx).await });
-        Ok(view)
+            .spawn(async move { registry.drive(driver, stop_rx, done_tx, retry_now).await });
+    }
+
+    /// A fault whose apply failed and could not be rolled back: listed as revert-pending
+    /// and reverted by a driver that retries until it succeeds.
+    fn hold_failed_apply(
+        self: &Arc<Self>,
+        mut view: api::Fault,
+        fault: ActiveFault,
+        claims: Vec<ClaimKey>,
+    ) {
+        view.state = api::FaultState::RevertPending as i32;
+        view.status = Some(fault.status());
+        view.message = "apply failed part way and its rollback failed: retrying".into();
+        let kind = fault.kind();
+        let (done_tx, done_rx) = watch::channel(None);
+        let retry_now = Arc::new(Notify::new());
+        self.lock().active.insert(
+            view.id.clone(),
+            Entry {
+                view: view.clone(),
+                deadline: Instant::now(),
+                stop: None,
+                done: done_rx,
+                retry_now: Arc::clone(&retry_now),
+                claims,
+            },
+        );
+        self.metrics.active_changed(kind_label(kind), 1);
+        self.refresh_pending_gauge();
+        let registry = Arc::clone(self);
+        let id = view.id.clone();
+        self.lifetimes.spawn(async move {
+            registry
+                .finish(
+                    &id,
+                    driver::Reverter::Live(Box::new(fault)),
+                    EndReason::ApplyFailed,
+                    done_tx,
+                    retry_now,
+                )
+                .await
+        });
+    }
+
+    /// Refuses a fault that would stress a cgroup another fault of its kind stresses,
+    /// or exceed the node's stressor-thread budget.
+    fn check_room(
+        &self,
+        state: &State,
+        claims: &[ClaimKey],
+        stressor_threads: u32,
+    ) -> Result<(), AgentError> {
+        for key in claims {
+            if let Some(holder) = state.claims.get(key) {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "cgroup {} already has {} fault {holder}: one {} fault per container at a time (revert it, or change it in one request)",
+                    key.1,
+                    kind_label(key.0),
+                    kind_label(key.0)
+                )));
+            }
+        }
+        let in_use = state.stressor_threads();
+        let budget = self.limits.max_stressor_threads;
+        if stressor_threads > 0 && in_use + stressor_threads > budget {
+            return Err(AgentError::ResourceExhausted(format!(
+                "this fault needs {stressor_threads} stressor thread(s) and {in_use} of this node's {budget} are in use (--max-stressor-threads)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks and takes the claims in one step under the lock.
+    fn claim(
+        &self,
+        id: &str,
+        claims: &[ClaimKey],
+        stressor_threads: u32,
+    ) -> Result<(), AgentError> {
+        let mut state = self.lock();
+        if state.active.len() >= MAX_ACTIVE {
+            return Err(AgentError::ResourceExhausted(format!(
+                "this agent already holds {MAX_ACTIVE} faults"
+            )));
+        }
+        self.check_room(&state, claims, stressor_threads)?;
+        for key in claims {
+            state.claims.insert(key.clone(), id.to_string());
+        }
+        if stressor_threads > 0 {
+            state.threads.insert(id.to_string(), stressor_threads);
+        }
+        Ok(())
+    }
+
+    fn release_claims(&self, id: &str, claims: &[ClaimKey]) {
+        let mut state = self.lock();
+        for key in claims {
+            if state.claims.get(key).is_some_and(|holder| holder == id) {
+                state.claims.remove(key);
+            }
+        }
+        state.threads.remove(id);
     }
 
     fn forget_journal(&self, id: &str, kind: api::FaultKind) {
@@ -360,86 +552,18 @@ impl Registry {
         }
     }
 
-    async fn drive(
-        self: Arc<Self>,
-        mut driver: Driver,
-        mut stop: oneshot::Receiver<EndReason>,
-        done: watch::Sender<Option<api::Fault>>,
-    ) {
-        let interval = driver.fault.tick_interval();
-        // Without periodic work the tick never fires.
-        let mut next_tick =
-            tokio::time::Instant::now() + interval.unwrap_or(Duration::from_secs(86_400 * 365));
-        let reason = loop {
-            tokio::select! {
-                reason = &mut stop => break reason.unwrap_or(EndReason::Requested),
-                _ = tokio::time::sleep_until(driver.deadline.into()) => break EndReason::Expired,
-                _ = tokio::time::sleep_until(next_tick), if interval.is_some() => {
-                    self.tick(&mut driver).await;
-                    next_tick += interval.unwrap_or_default();
-                }
-            }
-        };
-        let kind = driver.fault.kind();
-        let started = Instant::now();
-        let revert_error = driver.fault.revert().await.err();
-        let reverted_at = started.elapsed();
-        if revert_error.is_none() {
-            self.forget_journal(&driver.id, kind);
-            tracing::debug!(
-                fault = %driver.id,
-                revert_us = reverted_at.as_micros() as u64,
-                journal_us = (started.elapsed() - reverted_at).as_micros() as u64,
-                "revert phases"
-            );
-            self.metrics
-                .reverted(kind_label(kind), reason.metric_reason());
-        } else {
-            self.metrics.revert_failed(kind_label(kind));
-        }
-        let final_view = {
-            let mut state = self.lock();
-            let Some(entry) = state.active.remove(&driver.id) else {
-                return;
-            };
-            let mut view = entry.view;
-            view.status = Some(driver.fault.status());
-            view.ended_unix_ms = unix_ms_now();
-            match &revert_error {
-                None => {
-                    view.state = reason.state() as i32;
-                    view.message = reason.message().to_string();
-                }
-                Some(e) => {
-                    view.state = api::FaultState::Failed as i32;
-                    view.message = format!("revert failed (journal kept for the next start): {e}");
-                }
-            }
-            state.ended.push_back(view.clone());
-            view
-        };
-        self.trim_ended();
-        // The overdue gauge may have to drop now.
-        self.reaper_wake.notify_one();
-        self.metrics.active_changed(kind_label(kind), -1);
-        tracing::info!(fault = %driver.id, state = ?api::FaultState::try_from(final_view.state).ok(), "fault ended");
-        let _ = done.send(Some(final_view));
+    fn refresh_pending_gauge(&self) {
+        let pending = self
+            .lock()
+            .active
+            .values()
+            .filter(|e| e.is_revert_pending())
+            .count();
+        self.metrics.set_revert_pending(pending as i64);
     }
 
-    /// The fault's periodic work, then its status into the view.
-    async fn tick(&self, driver: &mut Driver) {
-        let check = |processes: &[ProcessInfo]| self.check_processes(processes);
-        driver
-            .fault
-            .tick(&self.resolver, &driver.spec, &check)
-            .await;
-        let status = driver.fault.status();
-        if let Some(entry) = self.lock().active.get_mut(&driver.id) {
-            entry.view.status = Some(status);
-        }
-    }
-
-    /// Ends a fault and waits until its revert is done.
+    /// Ends a fault and waits until its revert is done, or has failed once (the view
+    /// then says revert-pending, and the agent keeps retrying).
     pub async fn revert(&self, id: &str) -> Result<api::Fault, AgentError> {
         self.end(id, EndReason::Requested).await
     }
@@ -448,6 +572,11 @@ impl Registry {
         let mut done = {
             let mut state = self.lock();
             match state.active.get_mut(id) {
+                Some(entry) if entry.is_revert_pending() => {
+                    // Already ended and being retried: try again now, answer at once.
+                    entry.retry_now.notify_one();
+                    return Ok(entry.view.clone());
+                }
                 Some(entry) => {
                     if let Some(stop) = entry.stop.take() {
                         let _ = stop.send(reason);
@@ -481,6 +610,44 @@ impl Registry {
             .into_iter()
             .filter_map(Result::ok)
             .collect()
+    }
+
+    /// For SIGTERM: takes no new inject, waits for the ones under way, and reverts
+    /// until nothing is active or `bound` has passed. Faults whose revert keeps failing
+    /// are left with their journal records for the next start. Returns how many faults
+    /// were reverted and how many are left.
+    pub async fn drain(&self, bound: Duration) -> (usize, usize) {
+        let give_up = tokio::time::Instant::now() + bound;
+        self.lock().draining = true;
+        let mut reverted = 0;
+        loop {
+            // Injects that passed their draining check finish (registered or refused)
+            // before the faults are counted: none can register after the last pass.
+            loop {
+                let settled = self.injects_settled.notified();
+                if self.lock().injects_under_way == 0 {
+                    break;
+                }
+                if tokio::time::timeout_at(give_up, settled).await.is_err() {
+                    break;
+                }
+            }
+            let ended = self.revert_all(EndReason::Shutdown).await;
+            reverted += ended
+                .iter()
+                .filter(|f| f.state != api::FaultState::RevertPending as i32)
+                .count();
+            let left = self.lock().active.len();
+            let under_way = self.lock().injects_under_way;
+            if left == 0 && under_way == 0 {
+                return (reverted, 0);
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return (reverted, left);
+            }
+            // Pending reverts retry on their own; look again shortly.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub fn list(&self, include_ended: bool) -> Vec<api::Fault> {
@@ -548,79 +715,47 @@ impl Registry {
             }
         }
     }
+}
 
-    /// Reverts what the journal of a previous run lists. Called before serving.
-    /// Returns how many records were reverted and how many could not be.
-    pub fn recover(&self) -> (usize, usize) {
-        // The journal is not fsynced (see journal.rs): a node that lost power may have
-        // left records cut short, describing state the reboot already wiped.
-        match self.resolver.procfs.boot_time() {
-            Ok(boot) => match self.journal.drop_unreadable_before(boot) {
-                Ok(dropped) => {
-                    for path in dropped {
-                        tracing::warn!(path = %path.display(), "dropped an unreadable journal record written before this boot: the kernel state it described did not survive the reboot");
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot check the journal for records cut short by a reboot")
-                }
-            },
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the boot time; unreadable journal records are kept")
-            }
+/// Releases a fault's claims when its inject fails before it is registered.
+struct ClaimGuard<'a> {
+    registry: &'a Registry,
+    id: &'a str,
+    keys: &'a [ClaimKey],
+    /// Set once the fault is registered (or held as revert-pending): its end releases.
+    kept: bool,
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.registry.release_claims(self.id, self.keys);
         }
-        let records = match self.journal.records() {
-            Ok(records) => records,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the journal");
-                return (0, 1);
-            }
-        };
-        let (mut reverted, mut failed) = (0, 0);
-        for record in records {
-            let record = match record {
-                Ok(record) => record,
-                Err(e) => {
-                    tracing::error!(error = %e, "skipping an unreadable journal record");
-                    failed += 1;
-                    continue;
-                }
-            };
-            match faults::undo(&self.resolver.procfs, &record.undo) {
-                Ok(()) => {
-                    self.forget_journal(&record.id, faults::kind_from_label(&record.kind));
-                    self.metrics.reverted(&record.kind, "recovered");
-                    tracing::info!(fault = %record.id, kind = %record.kind, target = %record.target, "reverted a fault left by a previous run");
-                    reverted += 1;
-                    self.lock().ended.push_back(api::Fault {
-                        id: record.id,
-                        kind: faults::kind_from_label(&record.kind) as i32,
-                        target: record.target,
-                        state: api::FaultState::Recovered as i32,
-                        created_unix_ms: record.created_unix_ms,
-                        deadline_unix_ms: record.deadline_unix_ms,
-                        ended_unix_ms: unix_ms_now(),
-                        message: "reverted at agent start from the journal".into(),
-                        ..Default::default()
-                    });
-                }
-                Err(e) => {
-                    tracing::error!(fault = %record.id, error = %e, "cannot revert a journaled fault; record kept");
-                    self.metrics.revert_failed(&record.kind);
-                    failed += 1;
-                }
-            }
-        }
-        self.trim_ended();
-        (reverted, failed)
     }
 }
 
-struct Driver {
-    id: String,
-    spec: TargetSpec,
-    fault: ActiveFault,
-    deadline: Instant,
+/// The cgroups a fault stresses alone: CPU and memory faults, one claim per target.
+fn claim_keys(plan: &FaultPlan, targets: &[Resolved]) -> Vec<ClaimKey> {
+    if !plan.is_resource_stress() {
+        return Vec::new();
+    }
+    let mut keys: Vec<ClaimKey> = targets
+        .iter()
+        .map(|t| (plan.kind(), t.cgroup.display_path()))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// The threads a fault's stressors run: a CPU stressor's workers, one per memory stressor.
+fn stressor_threads(fault: &ActiveFault, targets: usize) -> u32 {
+    let targets = targets as u32;
+    match fault.status() {
+        api::fault::Status::Cpu(cpu) => cpu.workers.saturating_mul(targets),
+        api::fault::Status::Memory(_) => targets,
+        _ => 0,
+    }
 }
 
 /// What one reaper pass found: faults whose lease lapsed, how many faults are overdue,
@@ -632,7 +767,8 @@ struct ReaperPass {
     next_wake: Option<Instant>,
 }
 
-/// Drops the leases that expired by `now` and reports what the reaper must do.
+/// Drops the leases that expired by `now` and reports what the reaper must do. A fault
+/// whose revert is pending has already ended: it is neither lapsed nor overdue.
 fn reaper_pass(state: &mut State, now: Instant) -> ReaperPass {
     let expired: Vec<String> = state
         .leases
@@ -643,28 +779,21 @@ fn reaper_pass(state: &mut State, now: Instant) -> ReaperPass {
     for holder in &expired {
         state.leases.remove(holder);
     }
-    let mut lapsed: Vec<String> = state
-        .active
-        .iter()
+    let running = || state.active.iter().filter(|(_, e)| !e.is_revert_pending());
+    let mut lapsed: Vec<String> = running()
         .filter(|(_, e)| expired.contains(&e.view.lease_holder))
         .map(|(id, _)| id.clone())
         .collect();
     lapsed.sort();
     let overdue_at = |e: &Entry| e.deadline + OVERDUE_GRACE;
-    let overdue = state
-        .active
-        .values()
-        .filter(|e| now > overdue_at(e))
-        .count();
+    let overdue = running().filter(|(_, e)| now > overdue_at(e)).count();
     let next_wake = state
         .leases
         .values()
         .copied()
         .chain(
-            state
-                .active
-                .values()
-                .map(overdue_at)
+            running()
+                .map(|(_, e)| overdue_at(e))
                 .filter(|at| *at >= now),
         )
         .min();
@@ -715,6 +844,8 @@ mod tests {
             deadline,
             stop: Some(stop),
             done,
+            retry_now: Arc::new(Notify::new()),
+            claims: Vec::new(),
         }
     }
 
@@ -786,5 +917,28 @@ mod tests {
             pass.next_wake,
             Some(now + Duration::from_secs(10) + OVERDUE_GRACE)
         );
+    }
+
+    #[test]
+    fn a_pending_revert_is_neither_lapsed_nor_overdue() {
+        let now = Instant::now();
+        let mut state = State::default();
+        state
+            .leases
+            .insert("gone".into(), now - Duration::from_millis(1));
+        let mut pending = entry("gone", now - OVERDUE_GRACE - Duration::from_secs(1));
+        pending.view.state = api::FaultState::RevertPending as i32;
+        state.active.insert("f-1".into(), pending);
+        let pass = reaper_pass(&mut state, now);
+        assert!(pass.lapsed.is_empty());
+        assert_eq!(pass.overdue, 0);
+    }
+
+    #[test]
+    fn the_stressor_threads_of_claimed_faults_add_up() {
+        let mut state = State::default();
+        state.threads.insert("f-1".into(), 3);
+        state.threads.insert("f-2".into(), 2);
+        assert_eq!(state.stressor_threads(), 5);
     }
 }
