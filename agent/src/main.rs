@@ -339,11 +339,14 @@ async fn run(args: Args, lifetimes: tokio::runtime::Handle, open_file_limit: u64
     health_reporter
         .set_serving::<AgentServer<AgentService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(chaos_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: grpcurl and current clients ask for v1; Python's
+    // grpcio-reflection and older grpcurl builds ask for v1alpha only.
+    let reflection = reflection_builder()
         .build_v1()
         .context("building the reflection service")?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .context("building the v1alpha reflection service")?;
     // Network faults need sch_netem & co.: load what is loadable now, so Capabilities
     // reports what a request will find (and a missing module is logged at start).
     for (module, error) in
@@ -398,6 +401,7 @@ async fn run(args: Args, lifetimes: tokio::runtime::Handle, open_file_limit: u64
         .timeout(Duration::from_secs(60))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(AgentServer::new(service));
     let grpc_limit = metrics.connection_limit("grpc", cap(args.max_connections));
     let served = match tls {
@@ -422,6 +426,13 @@ async fn run(args: Args, lifetimes: tokio::runtime::Handle, open_file_limit: u64
     };
     served.context("serving gRPC")?;
     Ok(())
+}
+
+/// The agent's API, tonic-health's and reflection's own, for a reflection service.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(chaos_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// A cap from a flag (checked against the descriptor limit, so it fits in memory).

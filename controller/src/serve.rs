@@ -203,10 +203,17 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         metrics.clone(),
         stop.clone(),
     ));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(chaos_proto::CONTROLLER_FILE_DESCRIPTOR_SET)
+    // Both versions: Python's grpcio-reflection and older grpcurl builds ask for v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(chaos_proto::CONTROLLER_FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
         .context("building the reflection service")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("building the v1alpha reflection service")?;
     let service = ControllerService {
         registry: Arc::clone(&registry),
         policy: SubmitPolicy {
@@ -220,7 +227,8 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     };
     let router = Server::builder()
         .timeout(Duration::from_secs(60))
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(ControllerServer::new(service));
     let api_limit = metrics.connection_limit("api", options.max_api_connections);
     let api = match api_tls {
