@@ -4,6 +4,8 @@
 //! (Python's grpcio-reflection), against real processes.
 //!
 //! Every connection the tests open goes to loopback and is closed when the test ends.
+//! The reflection and `chaosctl serve` tests touch no kernel feature, so they are `host_`
+//! tests: the VM suite (software emulation, where a Python start takes 30 s) skips them.
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -323,7 +325,7 @@ fn python_reflection(target: SocketAddr, tls: &Path, server_name: &str) -> Resul
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn python_grpcio_lists_the_agent_services_through_reflection_v1alpha() -> Result<()> {
+async fn host_python_grpcio_lists_the_agent_services_through_reflection_v1alpha() -> Result<()> {
     let (tls, state) = (make_certs()?, state_dir()?);
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
     let lines = python_reflection(agent.grpc, tls.path(), "chaos-agent")?;
@@ -399,7 +401,8 @@ impl Drop for Serve {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn chaosctl_serve_caps_its_api_connections_and_answers_reflection_v1alpha() -> Result<()> {
+async fn host_chaosctl_serve_caps_its_api_connections_and_answers_reflection_v1alpha() -> Result<()>
+{
     let tls = make_certs()?;
     let work = tempfile::Builder::new()
         .prefix("chaos-test-serve-")
