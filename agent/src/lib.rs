@@ -4,6 +4,7 @@
 
 pub mod capabilities;
 pub mod clock;
+pub mod descriptors;
 pub mod error;
 pub mod faults;
 pub mod journal;

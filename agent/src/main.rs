@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chaos_agent::capabilities;
+use chaos_agent::descriptors::{self, DescriptorBudget};
 use chaos_agent::journal::Journal;
 use chaos_agent::metrics::{self, Metrics};
 use chaos_agent::procfs::Procfs;
@@ -110,6 +111,18 @@ struct Args {
     /// Longest fault this agent accepts, in seconds.
     #[arg(long, default_value_t = 3600)]
     max_duration_secs: u64,
+    /// Most gRPC connections held at once, counted from accept (TLS handshakes in
+    /// progress count); one more is closed at once.
+    #[arg(long, env = "CHAOS_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Most connections to the metrics port (/metrics, /healthz, /readyz) at once.
+    #[arg(long, env = "CHAOS_MAX_METRICS_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    max_metrics_connections: u64,
+    /// File descriptors that connections can never take: kept for injecting and
+    /// reverting faults. The agent does not start unless RLIMIT_NOFILE holds the
+    /// descriptors open at start, both caps and this reserve.
+    #[arg(long, env = "CHAOS_FD_RESERVE", default_value_t = descriptors::DEFAULT_RESERVE)]
+    fd_reserve: u64,
     #[arg(long, env = "CHAOS_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
     #[arg(
@@ -247,6 +260,8 @@ fn main() -> Result<()> {
         );
     }
     join_host_cgroup_namespace()?;
+    let open_file_limit =
+        descriptors::raise_soft_limit_to_hard().context("raising the descriptor limit")?;
     // Three single-threaded runtimes. Requests run on this thread. The faults' lifetimes
     // (deadlines, lease expiries, reverts) run on a thread of their own, so no request,
     // however long a /proc read or a disk write blocks it, can hold back a revert; and
@@ -267,6 +282,7 @@ fn main() -> Result<()> {
             lifetimes,
             periodic,
         },
+        open_file_limit,
     ))
 }
 
@@ -285,7 +301,7 @@ fn start_runtime_thread(name: &str) -> Result<tokio::runtime::Handle> {
     Ok(handle)
 }
 
-async fn run(args: Args, runtimes: Runtimes) -> Result<()> {
+async fn run(args: Args, runtimes: Runtimes, open_file_limit: u64) -> Result<()> {
     let lifetimes = runtimes.lifetimes.clone();
     let node_name = args.node_name.clone().unwrap_or_else(|| {
         nix::unistd::gethostname()
@@ -331,11 +347,33 @@ async fn run(args: Args, runtimes: Runtimes) -> Result<()> {
     let metrics_listener = metrics::bind(args.metrics_listen)
         .await
         .with_context(|| format!("binding {}", args.metrics_listen))?;
+    // Bound now, served once the journal is replayed: the descriptor budget is counted
+    // with both listeners open.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let budget = DescriptorBudget {
+        limit: open_file_limit,
+        in_use: descriptors::open_descriptors(std::path::Path::new("/proc/self/fd"))?,
+        grpc_connections: args.max_connections,
+        metrics_connections: args.max_metrics_connections,
+        reserve: args.fd_reserve,
+    };
+    budget.check()?;
+    tracing::info!(
+        limit = budget.limit,
+        in_use = budget.in_use,
+        max_connections = budget.grpc_connections,
+        max_metrics_connections = budget.metrics_connections,
+        reserve = budget.reserve,
+        "file descriptors"
+    );
     tracing::info!(addr = %metrics_listener.local_addr()?, "serving /metrics, /healthz, /readyz");
     tokio::spawn(metrics::serve_http(
         metrics_listener,
         metrics.clone(),
         Arc::clone(&ready),
+        metrics.connection_limit("metrics", cap(args.max_metrics_connections)),
     ));
 
     // Whatever a previous run left behind is reverted before anything new is accepted.
@@ -347,11 +385,14 @@ async fn run(args: Args, runtimes: Runtimes) -> Result<()> {
     health_reporter
         .set_serving::<AgentServer<AgentService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(chaos_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: grpcurl and current clients ask for v1; Python's
+    // grpcio-reflection and older grpcurl builds ask for v1alpha only.
+    let reflection = reflection_builder()
         .build_v1()
         .context("building the reflection service")?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .context("building the v1alpha reflection service")?;
     // Network faults need sch_netem & co.: load what is loadable now, so Capabilities
     // reports what a request will find (and a missing module is logged at start).
     for (module, error) in
@@ -389,9 +430,6 @@ async fn run(args: Args, runtimes: Runtimes) -> Result<()> {
         }
         (None, false) => unreachable!("checked in main"),
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, node = %node_name, version = VERSION, "chaos-agent serving");
     ready.store(true, Ordering::Release);
 
@@ -417,7 +455,9 @@ async fn run(args: Args, runtimes: Runtimes) -> Result<()> {
         .timeout(Duration::from_secs(60))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(AgentServer::new(service));
+    let grpc_limit = metrics.connection_limit("grpc", cap(args.max_connections));
     let served = match tls {
         Some(tls) => {
             tokio::spawn(chaos_tls::keep_reloading(
@@ -425,17 +465,14 @@ async fn run(args: Args, runtimes: Runtimes) -> Result<()> {
                 Duration::from_secs(args.tls_reload_secs),
                 move |result| metrics.tls_reloaded(result),
             ));
-            let incoming = chaos_tls::incoming(listener, tls, chaos_tls::HANDSHAKE_TIMEOUT);
+            let incoming =
+                chaos_tls::incoming(listener, tls, chaos_tls::HANDSHAKE_TIMEOUT, grpc_limit);
             router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
         }
         None => {
-            // TCP_NODELAY, as tonic's own `serve` sets it (an incoming stream of our own
-            // gets none): a response's last frames must not wait for the ACK of its
-            // first (Nagle).
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming = chaos_tls::plain_incoming(listener, grpc_limit);
             router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
@@ -443,6 +480,18 @@ async fn run(args: Args, runtimes: Runtimes) -> Result<()> {
     };
     served.context("serving gRPC")?;
     Ok(())
+}
+
+/// The agent's API, tonic-health's and reflection's own, for a reflection service.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(chaos_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// A cap from a flag (checked against the descriptor limit, so it fits in memory).
+fn cap(flag: u64) -> usize {
+    usize::try_from(flag).unwrap_or(usize::MAX)
 }
 
 async fn wait_for_termination() {

@@ -61,6 +61,7 @@ pub struct Metrics {
     revert_pending: Gauge,
     oom_kills: Family<KindLabels, Counter>,
     tls_reloads: chaos_tls::ReloadCounter,
+    connections: chaos_tls::ConnectionMetrics,
 }
 
 pub const KINDS: &[&str] = &["cpu", "memory", "network", "process", "io", "blackhole"];
@@ -143,6 +144,9 @@ impl Metrics {
         );
         let tls_reloads =
             chaos_tls::ReloadCounter::register(&mut registry, "chaos_agent_tls_reloads");
+        let connections = chaos_tls::ConnectionMetrics::register(
+            registry.sub_registry_with_prefix("chaos_agent"),
+        );
         registry.register(
             "chaos_agent_build_info",
             "Agent version",
@@ -192,7 +196,18 @@ impl Metrics {
             revert_pending,
             oom_kills,
             tls_reloads,
+            connections,
         }
+    }
+
+    /// The cap of the listener named `listener` ("grpc" or "metrics"), counted in
+    /// `chaos_agent_open_connections` and `chaos_agent_refused_connections_total`.
+    pub fn connection_limit(
+        &self,
+        listener: &'static str,
+        max: usize,
+    ) -> Arc<chaos_tls::ConnectionLimit> {
+        self.connections.limit(listener, max)
     }
 
     pub fn tls_reloaded(&self, result: &Result<chaos_tls::Reload, chaos_tls::TlsError>) {
@@ -264,24 +279,21 @@ impl Metrics {
 
 /// Serves `/metrics`, `/healthz` (the process answers) and `/readyz` (the journal of
 /// a previous run has been replayed and gRPC is serving). Plain HTTP: the kubelet's
-/// probes cannot present a client certificate.
+/// probes cannot present a client certificate. At most `limit` connections at once:
+/// one more is closed at once.
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     metrics: Metrics,
     ready: Arc<AtomicBool>,
+    limit: Arc<chaos_tls::ConnectionLimit>,
 ) {
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics listener accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (stream, _, permit) = chaos_tls::accept(&listener, &limit).await;
         let metrics = metrics.clone();
         let ready = Arc::clone(&ready);
         tokio::spawn(async move {
+            // The slot is freed when the connection ends.
+            let _permit = permit;
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let response = route(req.uri().path(), &metrics, &ready);
                 async move { Ok::<_, std::convert::Infallible>(response) }
@@ -346,6 +358,11 @@ mod tests {
         metrics.active_changed("process", 1);
         metrics.tls_reloaded(&Ok(chaos_tls::Reload::Replaced));
         metrics.tls_reloaded(&Ok(chaos_tls::Reload::Unchanged));
+        let grpc = metrics.connection_limit("grpc", 1);
+        drop(metrics.connection_limit("metrics", 1));
+        let peer = "127.0.0.1:9".parse().expect("address");
+        let _held = grpc.admit(peer).expect("a slot");
+        assert!(grpc.admit(peer).is_none(), "over the cap");
         let text = metrics.encode();
         for needle in [
             "chaos_agent_active_faults{kind=\"cpu\"} 0",
@@ -359,6 +376,10 @@ mod tests {
             "chaos_agent_build_info{version=\"0.0.0-test\"} 1",
             "chaos_agent_tls_reloads_total{outcome=\"replaced\"} 1",
             "chaos_agent_tls_reloads_total{outcome=\"failed\"} 0",
+            "chaos_agent_open_connections{listener=\"grpc\"} 1",
+            "chaos_agent_refused_connections_total{listener=\"grpc\"} 1",
+            "chaos_agent_open_connections{listener=\"metrics\"} 0",
+            "chaos_agent_refused_connections_total{listener=\"metrics\"} 0",
         ] {
             assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
         }

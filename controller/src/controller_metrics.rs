@@ -64,6 +64,7 @@ pub struct ControllerMetrics {
     probe_latency: ProbeHistograms,
     agent_up: Family<AgentLabels, Gauge>,
     tls_reloads: chaos_tls::ReloadCounter,
+    connections: chaos_tls::ConnectionMetrics,
 }
 
 impl Default for ControllerMetrics {
@@ -106,6 +107,7 @@ impl ControllerMetrics {
             agent_up.clone(),
         );
         let tls_reloads = chaos_tls::ReloadCounter::register(&mut registry, "tls_reloads");
+        let connections = chaos_tls::ConnectionMetrics::register(&mut registry);
         ControllerMetrics {
             registry: Arc::new(registry),
             experiments,
@@ -114,7 +116,18 @@ impl ControllerMetrics {
             probe_latency,
             agent_up,
             tls_reloads,
+            connections,
         }
+    }
+
+    /// The API listener's cap, counted in `chaosctl_open_connections` and
+    /// `chaosctl_refused_connections_total`.
+    pub fn connection_limit(
+        &self,
+        listener: &'static str,
+        max: usize,
+    ) -> Arc<chaos_tls::ConnectionLimit> {
+        self.connections.limit(listener, max)
     }
 
     pub fn tls_reloaded(&self, result: &Result<chaos_tls::Reload, chaos_tls::TlsError>) {

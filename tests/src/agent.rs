@@ -89,25 +89,42 @@ impl TestAgent {
     /// An agent whose gRPC port listens on `ip` (`0.0.0.0`: reachable from other network
     /// namespaces through their routes to this one). Metrics stay on loopback.
     pub fn start_on(options: AgentOptions, ip: std::net::Ipv4Addr) -> Result<TestAgent> {
-        TestAgent::launch(options, ip, &[])
+        TestAgent::launch(options, ip, &[], None)
     }
 
     /// An agent that starts inside the cgroups whose `cgroup.procs` files are given (it
     /// joins them between fork and exec), as a DaemonSet's agent runs in its pod's cgroup.
     pub fn start_in_cgroups(options: AgentOptions, cgroup_procs: &[PathBuf]) -> Result<TestAgent> {
-        TestAgent::launch(options, std::net::Ipv4Addr::LOCALHOST, cgroup_procs)
+        TestAgent::launch(options, std::net::Ipv4Addr::LOCALHOST, cgroup_procs, None)
+    }
+
+    /// An agent whose RLIMIT_NOFILE (soft and hard) is `limit`: started through
+    /// util-linux's `prlimit`, which sets it and execs the agent (same pid).
+    pub fn start_with_open_file_limit(options: AgentOptions, limit: u64) -> Result<TestAgent> {
+        TestAgent::launch(options, std::net::Ipv4Addr::LOCALHOST, &[], Some(limit))
     }
 
     fn launch(
         options: AgentOptions,
         ip: std::net::Ipv4Addr,
         cgroup_procs: &[PathBuf],
+        open_file_limit: Option<u64>,
     ) -> Result<TestAgent> {
         let grpc = SocketAddr::from((ip, free_port()?));
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let log_path = options.state_dir.join(format!("agent-{}.log", grpc.port()));
         let log = std::fs::File::create(&log_path)?;
-        let mut command = Command::new(binary("chaos-agent")?);
+        let mut command = match open_file_limit {
+            None => Command::new(binary("chaos-agent")?),
+            Some(limit) => {
+                let mut prlimit = Command::new("prlimit");
+                prlimit
+                    .arg(format!("--nofile={limit}:{limit}"))
+                    .arg("--")
+                    .arg(binary("chaos-agent")?);
+                prlimit
+            }
+        };
         command
             .arg("--listen")
             .arg(grpc.to_string())

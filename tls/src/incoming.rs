@@ -1,5 +1,6 @@
-//! Accepted TCP connections, after their TLS handshake, as the stream of connections a
-//! tonic server serves (`serve_with_incoming`).
+//! Accepted TCP connections, after their TLS handshake (or, for plain text, as they
+//! are), as the stream of connections a tonic server serves (`serve_with_incoming`).
+//! Each holds a slot of its listener's [`ConnectionLimit`] from accept to close.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,75 +12,113 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::limit::{ConnectionLimit, ConnectionPermit, Limited, accept};
 use crate::reload::ReloadingTls;
 
 /// Longest a client may take to finish its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A connection a tonic server gets from [`incoming`].
+pub type TlsConnection = Limited<TlsStream<TcpStream>>;
+/// A connection a tonic server gets from [`plain_incoming`].
+pub type PlainConnection = Limited<TcpStream>;
+
 /// Connections that completed a handshake with the configuration in use when they
 /// arrived. Each handshake runs in its own task with `handshake_timeout`, so a client
-/// that connects and says nothing holds up no one. A failed handshake (no client
-/// certificate, one from another CA, plain text) is logged and the connection closed;
-/// it never reaches the server as an error, since that would stop its serve loop.
-/// Accepting stops when the stream is dropped (the server stopped).
+/// that connects and says nothing holds up no one (but holds its slot until then). A
+/// failed handshake (no client certificate, one from another CA, plain text) is logged
+/// and the connection closed; it never reaches the server as an error, since that would
+/// stop its serve loop. A connection over `limit` is closed at once. Accepting stops
+/// when the stream is dropped (the server stopped).
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
     handshake_timeout: Duration,
-) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+    limit: Arc<ConnectionLimit>,
+) -> ReceiverStream<std::io::Result<TlsConnection>> {
     let (sender, receiver) = mpsc::channel(64);
-    tokio::spawn(accept_loop(listener, tls, handshake_timeout, sender));
+    tokio::spawn(accept_loop(listener, tls, handshake_timeout, limit, sender));
     ReceiverStream::new(receiver)
+}
+
+/// Accepted connections without TLS (`--insecure-plaintext`), within `limit`.
+pub fn plain_incoming(
+    listener: TcpListener,
+    limit: Arc<ConnectionLimit>,
+) -> ReceiverStream<std::io::Result<PlainConnection>> {
+    let (sender, receiver) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer, permit) = tokio::select! {
+                accepted = accept(&listener, &limit) => accepted,
+                () = sender.closed() => return,
+            };
+            set_nodelay(&stream, peer);
+            if sender.send(Ok(Limited::new(stream, permit))).await.is_err() {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(receiver)
+}
+
+/// As tonic's own listener does: a response's last frames must not wait for the ACK of
+/// its first (Nagle).
+fn set_nodelay(stream: &TcpStream, peer: SocketAddr) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+    }
 }
 
 async fn accept_loop(
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
     handshake_timeout: Duration,
-    sender: mpsc::Sender<std::io::Result<TlsStream<TcpStream>>>,
+    limit: Arc<ConnectionLimit>,
+    sender: mpsc::Sender<std::io::Result<TlsConnection>>,
 ) {
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let (stream, peer, permit) = tokio::select! {
+            accepted = accept(&listener, &limit) => accepted,
             () = sender.closed() => return,
         };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of descriptors, or a connection reset before accept: try again
-                // shortly rather than spin.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        // As tonic's own listener does: a response's last frames must not wait for the
-        // ACK of its first (Nagle).
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
-        }
+        set_nodelay(&stream, peer);
         let acceptor = TlsAcceptor::from(tls.config());
         tokio::spawn(handshake(
             acceptor,
-            stream,
-            peer,
+            Admitted {
+                stream,
+                peer,
+                permit,
+            },
             handshake_timeout,
             sender.clone(),
         ));
     }
 }
 
-async fn handshake(
-    acceptor: TlsAcceptor,
+/// An accepted connection and its slot, before its handshake.
+struct Admitted {
     stream: TcpStream,
     peer: SocketAddr,
+    permit: ConnectionPermit,
+}
+
+async fn handshake(
+    acceptor: TlsAcceptor,
+    admitted: Admitted,
     limit: Duration,
-    sender: mpsc::Sender<std::io::Result<TlsStream<TcpStream>>>,
+    sender: mpsc::Sender<std::io::Result<TlsConnection>>,
 ) {
+    let Admitted {
+        stream,
+        peer,
+        permit,
+    } = admitted;
     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
         Ok(Ok(connection)) => {
             // Fails only if the server stopped meanwhile; the connection is then dropped.
-            let _ = sender.send(Ok(connection)).await;
+            let _ = sender.send(Ok(Limited::new(connection, permit))).await;
         }
         Ok(Err(error)) => tracing::info!(%peer, %error, "TLS handshake refused"),
         Err(_) => tracing::info!(%peer, ?limit, "TLS handshake not finished in time"),
@@ -104,12 +143,22 @@ mod tests {
         pki: &TestPki,
         timeout: Duration,
     ) -> (SocketAddr, Arc<ReloadingTls>, tempfile::TempDir) {
+        echo_server_holding(pki, timeout, 64).await
+    }
+
+    /// As [`echo_server`], holding at most `max` connections at once.
+    async fn echo_server_holding(
+        pki: &TestPki,
+        timeout: Duration,
+        max: usize,
+    ) -> (SocketAddr, Arc<ReloadingTls>, tempfile::TempDir) {
+        let limit = crate::limit::ConnectionLimit::unregistered("test", max);
         let dir = tempfile::tempdir().expect("tempdir");
         write(dir.path(), pki);
         let tls = Arc::new(ReloadingTls::load(files(dir.path())).expect("load"));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
-        let mut connections = incoming(listener, Arc::clone(&tls), timeout);
+        let mut connections = incoming(listener, Arc::clone(&tls), timeout, limit);
         tokio::spawn(async move {
             while let Some(Ok(mut connection)) = connections.next().await {
                 tokio::spawn(async move {
@@ -225,5 +274,87 @@ mod tests {
             "a client of the old CA"
         );
         assert_eq!(echo(&mut open, "after").await.expect("echo"), "after");
+    }
+
+    /// True if the server closed `stream` within 5 s (end of stream or a reset).
+    async fn closed_by_server(stream: &mut TcpStream) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    /// Tries `served` every 50 ms for at most 5 s: the server frees a slot once it has
+    /// seen the connection close, a moment after the client closed it.
+    async fn served_within_5s(address: SocketAddr, pki: &TestPki) -> bool {
+        for _ in 0..100 {
+            if served(address, pki, Some(pki)).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn handshakes_in_progress_hold_slots_until_their_time_runs_out() {
+        let pki = test_pki();
+        let handshake_limit = Duration::from_millis(500);
+        let (address, _tls, _dir) = echo_server_holding(&pki, handshake_limit, 2).await;
+        let mut silent = Vec::new();
+        for _ in 0..2 {
+            silent.push(TcpStream::connect(address).await.expect("connect"));
+        }
+        assert!(
+            !served(address, &pki, Some(&pki)).await,
+            "a client was served while two silent connections held both slots"
+        );
+        for stream in &mut silent {
+            assert!(closed_by_server(stream).await, "silent connection kept");
+        }
+        assert!(served_within_5s(address, &pki).await, "slots not freed");
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_frees_its_slot_for_the_next_client() {
+        let pki = test_pki();
+        let (address, _tls, _dir) = echo_server_holding(&pki, HANDSHAKE_TIMEOUT, 1).await;
+        let mut first = connect(address, &pki, Some(&pki)).await.expect("first");
+        assert_eq!(echo(&mut first, "one").await.expect("echo"), "one");
+        let mut over = TcpStream::connect(address).await.expect("connect");
+        assert!(
+            closed_by_server(&mut over).await,
+            "over the cap: not closed"
+        );
+        assert_eq!(echo(&mut first, "two").await.expect("echo"), "two");
+        drop(first);
+        assert!(served_within_5s(address, &pki).await, "slot not freed");
+    }
+
+    #[tokio::test]
+    async fn plain_text_connections_are_capped_the_same_way() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let mut connections = plain_incoming(
+            listener,
+            crate::limit::ConnectionLimit::unregistered("test", 1),
+        );
+        let mut held = TcpStream::connect(address).await.expect("connect");
+        let mut admitted = tokio::time::timeout(Duration::from_secs(5), connections.next())
+            .await
+            .expect("admitted in 5 s")
+            .expect("stream open")
+            .expect("connection");
+        let mut over = TcpStream::connect(address).await.expect("connect");
+        assert!(
+            closed_by_server(&mut over).await,
+            "over the cap: not closed"
+        );
+        // The admitted one is the held one, open both ways.
+        held.write_all(b"x").await.expect("send");
+        let mut byte = [0u8; 1];
+        admitted.read_exact(&mut byte).await.expect("read");
+        assert_eq!(&byte, b"x");
     }
 }

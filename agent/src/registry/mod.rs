@@ -35,7 +35,8 @@ pub use driver::{EndReason, retry_delay};
 
 /// Ended faults kept for `List --include-ended` and `Get`.
 const ENDED_KEPT: usize = 256;
-const MAX_ACTIVE: usize = 1024;
+/// The most faults an agent holds at once (the descriptor reserve is sized by it).
+pub const MAX_ACTIVE: usize = 1024;
 /// A fault still active this long after its deadline counts as overdue.
 const OVERDUE_GRACE: Duration = Duration::from_secs(2);
 
