@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod kube_api;
 pub mod output;
 pub mod probe;
+pub mod probe_url;
 pub mod remote_runs;
 pub mod report;
 pub mod request;
