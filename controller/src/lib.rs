@@ -10,6 +10,8 @@ pub mod fleet;
 pub mod kube_api;
 pub mod output;
 pub mod probe;
+pub mod probe_http;
+pub mod probe_policy;
 pub mod probe_url;
 pub mod remote_runs;
 pub mod report;
