@@ -194,7 +194,8 @@ fn serve_config(
         work,
         "controller.yaml",
         &format!(
-            "metrics_listen: {metrics}\nagent_check_interval: 1s\nagents:\n  static: [\"{}\"]\n  tls_dir: {}\n",
+            "metrics_listen: {metrics}\nagent_check_interval: 1s\nagents:\n  static: [\"{}\"]\n  tls_dir: {}\n\
+             probe_destinations: [\"127.0.0.1\"]\n",
             agent.grpc,
             tls.display()
         ),
