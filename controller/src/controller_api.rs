@@ -16,6 +16,7 @@ use crate::certs::{CA_FILE, CONTROLLER_CERT_FILE, CONTROLLER_KEY_FILE, CONTROLLE
 use crate::client::{AgentAddress, ConnectError, endpoint_for, error_chain};
 use crate::experiment::{self, AgentsSpec, Experiment, ExperimentError};
 use crate::fleet::{Fleet, FleetConfig};
+use crate::probe_policy::ProbePolicy;
 use crate::run_registry::{RunError, RunRegistry, Source};
 use crate::runner;
 
@@ -31,6 +32,8 @@ pub struct SubmitPolicy {
     pub allow_exec_probes: bool,
     /// The agents of experiments that list none (the controller's configuration).
     pub default_agents: AgentsSpec,
+    /// What submitted probes may connect to and read (nothing by default).
+    pub probes: ProbePolicy,
 }
 
 pub struct ControllerService {
@@ -126,7 +129,8 @@ impl api::controller_server::Controller for ControllerService {
         &self,
         request: Request<api::SubmitRunRequest>,
     ) -> Result<Response<api::SubmitRunResponse>, Status> {
-        let experiment = check_submission(&request.get_ref().experiment_yaml, &self.policy)?;
+        let mut experiment = check_submission(&request.get_ref().experiment_yaml, &self.policy)?;
+        self.policy.probes.admit(&mut experiment).await?;
         let name = experiment.name.clone();
         let run_id = start_run(&self.registry, experiment, Source::Api).map_err(run_status)?;
         tracing::info!(experiment = %name, run = %run_id, "run submitted");
@@ -207,6 +211,7 @@ mod tests {
                 static_agents: vec!["127.0.0.1:7090".into()],
                 ..AgentsSpec::default()
             },
+            probes: ProbePolicy::default(),
         }
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::duration::parse_duration;
+use crate::probe_url::{parse_address, parse_url};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExperimentError {
@@ -134,6 +135,10 @@ pub struct Probe {
     pub tolerance: Tolerance,
     #[serde(default)]
     pub abort: Option<AbortCondition>,
+    /// Set by `chaosctl serve` for submitted runs, never read from the file: the
+    /// destinations this probe may connect to, checked on every connection it makes.
+    #[serde(skip)]
+    pub connect_policy: Option<std::sync::Arc<crate::probe_policy::ProbeDestinations>>,
 }
 
 fn default_probe_interval() -> Duration {
@@ -147,14 +152,88 @@ fn default_probe_timeout() -> Duration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpProbe {
-    /// `http://HOST[:PORT]/PATH` (plain HTTP/1.1).
+    /// `http(s)://HOST[:PORT][/PATH][?QUERY]`, parsed strictly (see `probe_url`).
     pub url: String,
+    #[serde(default)]
+    pub method: HttpMethod,
+    /// Extra request headers; the framing ones (Host, Content-Length…) are refused.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Sent as `Authorization: Bearer …`, read again at every probe (rotated tokens).
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// The CA of the server's certificate (https); without it, the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     #[serde(default = "default_expect_status")]
     pub expect_status: Vec<u16>,
+    /// A regular expression the body (its first MiB) must match.
+    #[serde(default)]
+    pub body_matches: Option<BodyPattern>,
 }
 
 fn default_expect_status() -> Vec<u16> {
     vec![200]
+}
+
+/// The methods a probe may use. GET and HEAD observe; POST (with an empty body) is for
+/// health endpoints that answer nothing else. Methods that name a change (PUT, DELETE,
+/// PATCH…) are refused: a probe must not become a way to act on a service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum HttpMethod {
+    #[default]
+    #[serde(rename = "GET")]
+    Get,
+    #[serde(rename = "HEAD")]
+    Head,
+    /// For health endpoints that only answer POST; the body is empty.
+    #[serde(rename = "POST")]
+    Post,
+}
+
+impl HttpMethod {
+    pub fn as_http(self) -> hyper::Method {
+        match self {
+            HttpMethod::Get => hyper::Method::GET,
+            HttpMethod::Head => hyper::Method::HEAD,
+            HttpMethod::Post => hyper::Method::POST,
+        }
+    }
+}
+
+/// A regular expression over a response body, compiled when the file is read (so a bad
+/// one is refused with its line). The regex crate matches in linear time; the size limit
+/// bounds what a submitted pattern may cost in memory.
+#[derive(Debug, Clone)]
+pub struct BodyPattern(regex::Regex);
+
+const MAX_BODY_PATTERN_BYTES: usize = 1024;
+
+impl BodyPattern {
+    pub fn is_match(&self, text: &str) -> bool {
+        self.0.is_match(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl<'de> Deserialize<'de> for BodyPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<BodyPattern, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.len() > MAX_BODY_PATTERN_BYTES {
+            return Err(serde::de::Error::custom(format!(
+                "a body pattern of {} bytes, more than the {MAX_BODY_PATTERN_BYTES} accepted",
+                text.len()
+            )));
+        }
+        regex::RegexBuilder::new(&text)
+            .size_limit(1 << 20)
+            .build()
+            .map(BodyPattern)
+            .map_err(|e| serde::de::Error::custom(format!("not a regular expression: {e}")))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -174,9 +253,17 @@ pub struct ExecProbe {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PromqlProbe {
-    /// Prometheus base URL, `http://HOST:PORT`.
+    /// Prometheus' base URL, `http(s)://HOST:PORT[/PREFIX]`.
     pub url: String,
     pub query: String,
+    /// The same transport options as an http probe's (e.g. a token for Prometheus
+    /// behind an authenticating proxy, `X-Scope-OrgID` for a multi-tenant one).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// The first sample of the result must lie within [min, max].
     #[serde(default)]
     pub min: Option<f64>,
@@ -599,33 +686,7 @@ pub fn validate(e: &Experiment) -> Result<(), ExperimentError> {
         if p.timeout.is_zero() {
             return Err(invalid(format!("{field}.timeout"), "must be above 0"));
         }
-        if let Some(http) = &p.http
-            && !http.url.starts_with("http://")
-        {
-            return Err(invalid(
-                format!("{field}.http.url"),
-                "must start with http:// (plain HTTP only)",
-            ));
-        }
-        if let Some(exec) = &p.exec
-            && exec.command.is_empty()
-        {
-            return Err(invalid(
-                format!("{field}.exec.command"),
-                "must not be empty",
-            ));
-        }
-        if let Some(q) = &p.promql {
-            if !q.url.starts_with("http://") {
-                return Err(invalid(
-                    format!("{field}.promql.url"),
-                    "must start with http://",
-                ));
-            }
-            if q.min.is_none() && q.max.is_none() {
-                return Err(invalid(format!("{field}.promql"), "needs min and/or max"));
-            }
-        }
+        validate_probe_kind(p, &field)?;
         if !(0.0..=1.0).contains(&p.tolerance.success_ratio) {
             return Err(invalid(
                 format!("{field}.tolerance.success_ratio"),
@@ -650,6 +711,178 @@ pub fn validate(e: &Experiment) -> Result<(), ExperimentError> {
     }
     if e.recovery.hold > e.recovery.timeout {
         return Err(invalid("recovery.hold", "must not exceed recovery.timeout"));
+    }
+    Ok(())
+}
+
+/// The kind-specific fields of a probe. URLs, addresses and headers become a request
+/// line and header lines: anything that could split or bend them is refused here.
+fn validate_probe_kind(p: &Probe, field: &str) -> Result<(), ExperimentError> {
+    if let Some(http) = &p.http {
+        let field = format!("{field}.http");
+        parse_url(&http.url).map_err(|e| invalid(format!("{field}.url"), e))?;
+        validate_transport(
+            &http.headers,
+            http.bearer_token_file.as_deref(),
+            http.ca_file.as_deref(),
+            &field,
+        )?;
+        if http.expect_status.is_empty() {
+            return Err(invalid(
+                format!("{field}.expect_status"),
+                "needs at least one status",
+            ));
+        }
+        if let Some(status) = http
+            .expect_status
+            .iter()
+            .find(|s| !(100..=599).contains(*s))
+        {
+            return Err(invalid(
+                format!("{field}.expect_status"),
+                format!("{status} is not an HTTP status (100 to 599)"),
+            ));
+        }
+        if http.method == HttpMethod::Head && http.body_matches.is_some() {
+            return Err(invalid(
+                format!("{field}.body_matches"),
+                "a HEAD answer has no body to match",
+            ));
+        }
+    }
+    if let Some(tcp) = &p.tcp {
+        parse_address(&tcp.address).map_err(|e| invalid(format!("{field}.tcp.address"), e))?;
+    }
+    if let Some(exec) = &p.exec
+        && exec.command.is_empty()
+    {
+        return Err(invalid(
+            format!("{field}.exec.command"),
+            "must not be empty",
+        ));
+    }
+    if let Some(q) = &p.promql {
+        let field = format!("{field}.promql");
+        let url = parse_url(&q.url).map_err(|e| invalid(format!("{field}.url"), e))?;
+        if url.query.is_some() {
+            return Err(invalid(
+                format!("{field}.url"),
+                "must be Prometheus' base URL, without a query (the query goes in `query`)",
+            ));
+        }
+        validate_transport(
+            &q.headers,
+            q.bearer_token_file.as_deref(),
+            q.ca_file.as_deref(),
+            &field,
+        )?;
+        if q.query.trim().is_empty() {
+            return Err(invalid(format!("{field}.query"), "must not be empty"));
+        }
+        if q.min.is_none() && q.max.is_none() {
+            return Err(invalid(field, "needs min and/or max"));
+        }
+    }
+    Ok(())
+}
+
+/// Headers the client writes itself (framing, the connection, the host) and that a
+/// probe must not override.
+const RESERVED_HEADERS: [&str; 10] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+];
+const MAX_HEADERS: usize = 32;
+const MAX_HEADER_VALUE_BYTES: usize = 8 << 10;
+
+/// Header names are tokens; values are visible ASCII and spaces (never quoted back in an
+/// error: a value may be a secret). Files are named, not opened: they are read at each
+/// probe.
+fn validate_transport(
+    headers: &BTreeMap<String, String>,
+    bearer_token_file: Option<&Path>,
+    ca_file: Option<&Path>,
+    field: &str,
+) -> Result<(), ExperimentError> {
+    if headers.len() > MAX_HEADERS {
+        return Err(invalid(
+            format!("{field}.headers"),
+            format!(
+                "{} headers, more than the {MAX_HEADERS} accepted",
+                headers.len()
+            ),
+        ));
+    }
+    for (name, value) in headers {
+        if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            let shown = if name.bytes().all(|b| b.is_ascii_graphic()) {
+                format!("`{name}`")
+            } else {
+                "a name with spaces, control or non-ASCII characters".to_string()
+            };
+            return Err(invalid(
+                format!("{field}.headers"),
+                format!("{shown} is not a header name (letters, digits and !#$%&'*+-.^_`|~)"),
+            ));
+        }
+        let lower = name.to_ascii_lowercase();
+        if RESERVED_HEADERS.contains(&lower.as_str()) {
+            return Err(invalid(
+                format!("{field}.headers.{name}"),
+                "is set by the probe's client itself",
+            ));
+        }
+        if lower == "authorization" && bearer_token_file.is_some() {
+            return Err(invalid(
+                format!("{field}.headers.{name}"),
+                "conflicts with bearer_token_file",
+            ));
+        }
+        if let Some((index, _)) = value
+            .bytes()
+            .enumerate()
+            .find(|(_, b)| !(b.is_ascii_graphic() || *b == b' '))
+        {
+            return Err(invalid(
+                format!("{field}.headers.{name}"),
+                format!(
+                    "the value has a control or non-ASCII character at byte {index} (CR, LF, \
+                     tab and the like could split the request)"
+                ),
+            ));
+        }
+        if value.len() > MAX_HEADER_VALUE_BYTES {
+            return Err(invalid(
+                format!("{field}.headers.{name}"),
+                format!("longer than {MAX_HEADER_VALUE_BYTES} bytes"),
+            ));
+        }
+    }
+    for (name, path) in [
+        ("bearer_token_file", bearer_token_file),
+        ("ca_file", ca_file),
+    ] {
+        if let Some(path) = path
+            && (path.as_os_str().is_empty()
+                || path
+                    .as_os_str()
+                    .as_encoded_bytes()
+                    .iter()
+                    .any(u8::is_ascii_control))
+        {
+            return Err(invalid(
+                format!("{field}.{name}"),
+                "must be a path without control characters",
+            ));
+        }
     }
     Ok(())
 }
@@ -1025,6 +1258,180 @@ method:
             error.starts_with("method.faults[0].delete_pod.grace_period"),
             "{error}"
         );
+    }
+
+    fn with_probe(probe: &str) -> String {
+        MINIMAL.replace("http: { url: \"http://10.0.0.2/\" }", probe)
+    }
+
+    #[test]
+    fn probe_transport_fields_parse() {
+        let e = parse(&with_probe(
+            "http: { url: \"https://web.shop.svc:8443/health?deep=1\", method: HEAD, \
+             headers: { X-Probe: chaos, Accept: \"text/plain; q=0.9\" }, \
+             bearer_token_file: /run/token, ca_file: /run/ca.pem, expect_status: [200, 204] }",
+        ))
+        .unwrap();
+        let http = e.steady_state.probes[0].http.as_ref().unwrap();
+        assert_eq!(http.method, HttpMethod::Head);
+        assert_eq!(http.headers["Accept"], "text/plain; q=0.9");
+        assert_eq!(http.ca_file.as_deref(), Some(Path::new("/run/ca.pem")));
+        assert!(e.steady_state.probes[0].connect_policy.is_none());
+
+        let e = parse(&with_probe(
+            "http: { url: \"http://web/\", body_matches: \"^ok( v[0-9]+)?$\" }",
+        ))
+        .unwrap();
+        let pattern = e.steady_state.probes[0]
+            .http
+            .as_ref()
+            .unwrap()
+            .body_matches
+            .clone();
+        assert!(pattern.as_ref().unwrap().is_match("ok v2"));
+        assert!(!pattern.unwrap().is_match("not ok"));
+
+        let e = parse(&with_probe(
+            "promql: { url: \"https://prometheus:9090/prom\", query: up, min: 1, \
+             bearer_token_file: /run/token, headers: { X-Scope-OrgID: shop } }",
+        ))
+        .unwrap();
+        let promql = e.steady_state.probes[0].promql.as_ref().unwrap();
+        assert_eq!(promql.headers["X-Scope-OrgID"], "shop");
+    }
+
+    #[test]
+    fn bad_probe_urls_headers_and_fields_name_the_field() {
+        let cases = [
+            (
+                "http: { url: \"http://web/\\r\\nX-Injected: 1\" }",
+                "steady_state.probes[0].http.url: contains a carriage return",
+            ),
+            (
+                "http: { url: \"http://web/a b\" }",
+                "steady_state.probes[0].http.url: contains a space",
+            ),
+            (
+                "http: { url: \"http://web/\\u0000\" }",
+                "steady_state.probes[0].http.url: contains a control character",
+            ),
+            (
+                "http: { url: \"http://user:pw@web/\" }",
+                "steady_state.probes[0].http.url: must not carry a user name",
+            ),
+            (
+                "http: { url: \"gopher://web/\" }",
+                "steady_state.probes[0].http.url: the scheme",
+            ),
+            (
+                "tcp: { address: \"db:5432\\n\" }",
+                "steady_state.probes[0].tcp.address: contains a line feed",
+            ),
+            (
+                "tcp: { address: db }",
+                "steady_state.probes[0].tcp.address: needs a port",
+            ),
+            (
+                "promql: { url: \"http://p:9090/api/v1/query?query=up\", query: up, min: 1 }",
+                "steady_state.probes[0].promql.url: must be Prometheus' base URL",
+            ),
+            (
+                "promql: { url: \"http://p:9090\\t\", query: up, min: 1 }",
+                "steady_state.probes[0].promql.url: contains a tab",
+            ),
+            (
+                "promql: { url: \"http://p:9090\", query: \" \", min: 1 }",
+                "steady_state.probes[0].promql.query",
+            ),
+            (
+                "http: { url: \"http://web/\", headers: { \"X-A\": \"v\\r\\nX-B: 1\" } }",
+                "steady_state.probes[0].http.headers.X-A: the value has a control",
+            ),
+            (
+                "http: { url: \"http://web/\", headers: { \"X A\": v } }",
+                "steady_state.probes[0].http.headers: a name with spaces",
+            ),
+            (
+                "http: { url: \"http://web/\", headers: { \"X:A\": v } }",
+                "steady_state.probes[0].http.headers: `X:A` is not a header name",
+            ),
+            (
+                "http: { url: \"http://web/\", headers: { Host: evil } }",
+                "steady_state.probes[0].http.headers.Host: is set by the probe's client",
+            ),
+            (
+                "http: { url: \"http://web/\", headers: { Transfer-Encoding: chunked } }",
+                "steady_state.probes[0].http.headers.Transfer-Encoding",
+            ),
+            (
+                "http: { url: \"http://web/\", headers: { Authorization: x }, bearer_token_file: /t }",
+                "steady_state.probes[0].http.headers.Authorization: conflicts",
+            ),
+            (
+                "http: { url: \"http://web/\", bearer_token_file: \"/t\\n\" }",
+                "steady_state.probes[0].http.bearer_token_file",
+            ),
+            (
+                "promql: { url: \"http://p\", query: up, min: 1, headers: { \"X-A\": \"\\u0001\" } }",
+                "steady_state.probes[0].promql.headers.X-A",
+            ),
+            (
+                "http: { url: \"http://web/\", expect_status: [] }",
+                "steady_state.probes[0].http.expect_status: needs",
+            ),
+            (
+                "http: { url: \"http://web/\", expect_status: [2000] }",
+                "steady_state.probes[0].http.expect_status: 2000",
+            ),
+            (
+                "http: { url: \"http://web/\", method: HEAD, body_matches: ok }",
+                "steady_state.probes[0].http.body_matches",
+            ),
+        ];
+        for (probe, expected) in cases {
+            let error = parse(&with_probe(probe)).unwrap_err().to_string();
+            assert!(error.starts_with(expected), "{probe}: {error}");
+            assert!(!error.contains(['\r', '\n', '\0']), "{error:?}");
+        }
+        // A header value is never quoted back: it may be a secret.
+        let error = parse(&with_probe(
+            "http: { url: \"http://web/\", headers: { X-Key: \"s3cret\\n\" } }",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(!error.contains("s3cret"), "{error}");
+    }
+
+    #[test]
+    fn methods_and_body_patterns_are_refused_with_their_line() {
+        let error = parse(&with_probe(
+            "http: { url: \"http://web/\", method: DELETE }",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("unknown variant `DELETE`") && error.contains("line 9"),
+            "{error}"
+        );
+        let error = parse(&with_probe("http: { url: \"http://web/\", method: get }"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown variant `get`"), "{error}");
+        let error = parse(&with_probe(
+            "http: { url: \"http://web/\", body_matches: \"(ok\" }",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("not a regular expression") && error.contains("line 9"),
+            "{error}"
+        );
+        let long = format!(
+            "http: {{ url: \"http://web/\", body_matches: \"{}\" }}",
+            "a".repeat(2000)
+        );
+        let error = parse(&with_probe(&long)).unwrap_err().to_string();
+        assert!(error.contains("more than the 1024 accepted"), "{error}");
     }
 
     #[test]

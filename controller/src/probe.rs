@@ -1,14 +1,16 @@
 //! Steady-state probes: one observation of the system under test per call, as a
-//! [`Sample`]. HTTP (plain HTTP/1.1 GET), TCP connect, a command on the controller's
-//! host, and a PromQL instant query. Every call is bounded by the probe's timeout.
+//! [`Sample`]. HTTP(S) (a request, its status and optionally its body), TCP connect, a
+//! command on the controller's host, and a PromQL instant query (over the same HTTP
+//! client). Every call is bounded by the probe's timeout.
 
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::experiment::{ExecProbe, HttpProbe, Probe, PromqlProbe, TcpProbe};
+use crate::probe_http::{self, Answer, Exchange};
+use crate::probe_policy::ProbeDestinations;
+use crate::probe_url::{ProbeUrl, parse_address, parse_url};
 
 /// One observation. `at_ms` counts from the start of the run.
 #[derive(Debug, Clone, Serialize)]
@@ -22,8 +24,8 @@ pub struct Sample {
     pub error: String,
 }
 
-/// Bodies beyond this are not read: a probe needs the status line, not the page.
-const MAX_RESPONSE_BYTES: usize = 1 << 20;
+/// Bodies beyond this are not read: a probe needs the status and a match, not the page.
+pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
 /// Runs the probe once; `Err` carries why it failed.
 pub async fn observe(probe: &Probe) -> (Duration, Result<(), String>) {
@@ -36,33 +38,59 @@ pub async fn observe(probe: &Probe) -> (Duration, Result<(), String>) {
 }
 
 async fn observe_unbounded(probe: &Probe) -> Result<(), String> {
+    let destinations = probe.connect_policy.as_deref();
     if let Some(http) = &probe.http {
-        http_probe(http).await
+        http_probe(http, destinations).await
     } else if let Some(tcp) = &probe.tcp {
-        tcp_probe(tcp).await
+        tcp_probe(tcp, destinations).await
     } else if let Some(exec) = &probe.exec {
         exec_probe(exec).await
     } else if let Some(promql) = &probe.promql {
-        promql_probe(promql).await
+        promql_probe(promql, destinations).await
     } else {
         Err("the probe has no kind".into())
     }
 }
 
-async fn tcp_probe(p: &TcpProbe) -> Result<(), String> {
-    TcpStream::connect(&p.address)
+async fn tcp_probe(p: &TcpProbe, destinations: Option<&ProbeDestinations>) -> Result<(), String> {
+    let (host, port) = parse_address(&p.address)?;
+    probe_http::connect(&host, port, destinations)
         .await
         .map(drop)
-        .map_err(|e| format!("connect {}: {e}", p.address))
 }
 
-async fn http_probe(p: &HttpProbe) -> Result<(), String> {
-    let (status, _) = http_get(&p.url).await?;
-    if p.expect_status.contains(&status) {
-        Ok(())
-    } else {
-        Err(format!("status {status}"))
+async fn http_probe(p: &HttpProbe, destinations: Option<&ProbeDestinations>) -> Result<(), String> {
+    let url = parse_url(&p.url)?;
+    let answer = probe_http::send(&Exchange {
+        url: &url,
+        method: p.method.as_http(),
+        headers: &p.headers,
+        bearer_token_file: p.bearer_token_file.as_deref(),
+        ca_file: p.ca_file.as_deref(),
+        destinations,
+        body_limit: MAX_RESPONSE_BYTES,
+    })
+    .await?;
+    if !p.expect_status.contains(&answer.status) {
+        return Err(format!(
+            "status {} (expected {:?})",
+            answer.status, p.expect_status
+        ));
     }
+    if let Some(pattern) = &p.body_matches {
+        let body = answer.body.ok_or_else(|| {
+            format!("the body is larger than {MAX_RESPONSE_BYTES} bytes: not matched")
+        })?;
+        // The body is not quoted: it may hold what the submitter of the run should not see.
+        if !pattern.is_match(&String::from_utf8_lossy(&body)) {
+            return Err(format!(
+                "the body ({} bytes) does not match /{}/",
+                body.len(),
+                pattern.as_str()
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn exec_probe(p: &ExecProbe) -> Result<(), String> {
@@ -82,21 +110,58 @@ async fn exec_probe(p: &ExecProbe) -> Result<(), String> {
     }
 }
 
-async fn promql_probe(p: &PromqlProbe) -> Result<(), String> {
-    let url = format!(
-        "{}/api/v1/query?query={}",
-        p.url.trim_end_matches('/'),
-        percent_encode(&p.query)
-    );
-    let (status, body) = http_get(&url).await?;
-    if status != 200 {
-        return Err(format!("prometheus answered {status}"));
-    }
-    let value = first_sample_value(&body)?;
+async fn promql_probe(
+    p: &PromqlProbe,
+    destinations: Option<&ProbeDestinations>,
+) -> Result<(), String> {
+    let url = query_url(&parse_url(&p.url)?, &p.query);
+    let answer = probe_http::send(&Exchange {
+        url: &url,
+        method: hyper::Method::GET,
+        headers: &p.headers,
+        bearer_token_file: p.bearer_token_file.as_deref(),
+        ca_file: p.ca_file.as_deref(),
+        destinations,
+        body_limit: MAX_RESPONSE_BYTES,
+    })
+    .await?;
+    let value = sample_of_answer(&answer)?;
     if p.min.is_some_and(|min| value < min) || p.max.is_some_and(|max| value > max) {
         return Err(format!("value {value} outside [{:?}, {:?}]", p.min, p.max));
     }
     Ok(())
+}
+
+/// `BASE/api/v1/query?query=…` (a base URL may have a path prefix, e.g. `/prometheus`).
+fn query_url(base: &ProbeUrl, query: &str) -> ProbeUrl {
+    ProbeUrl {
+        path: format!("{}/api/v1/query", base.path.trim_end_matches('/')),
+        query: Some(format!("query={}", percent_encode(query))),
+        ..base.clone()
+    }
+}
+
+/// The sample of a 200 answer; otherwise Prometheus' own error (`bad_data: parse error…`).
+fn sample_of_answer(answer: &Answer) -> Result<f64, String> {
+    let body = answer
+        .body
+        .as_ref()
+        .ok_or_else(|| format!("prometheus' answer is larger than {MAX_RESPONSE_BYTES} bytes"))?;
+    let text = String::from_utf8_lossy(body);
+    if answer.status != 200 {
+        let json: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+        return Err(match json.as_ref().and_then(|j| j["error"].as_str()) {
+            Some(error) => format!(
+                "prometheus answered {} ({}): {error}",
+                answer.status,
+                json.as_ref()
+                    .and_then(|j| j["errorType"].as_str())
+                    .unwrap_or("error")
+            ),
+            None => format!("prometheus answered {}", answer.status),
+        });
+    }
+    first_sample_value(&text)
 }
 
 /// The value of the first vector sample (or the scalar) of an instant query answer.
@@ -126,78 +191,9 @@ fn percent_encode(text: &str) -> String {
         .collect()
 }
 
-/// Splits `http://host[:port]/path` into (host:port, path).
-fn split_url(url: &str) -> Result<(String, String), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("`{url}`: only http:// is supported"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let address = if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        && !authority.ends_with(']')
-    {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    Ok((address, path.to_string()))
-}
-
-/// A GET with `Connection: close`; returns the status and the body.
-pub async fn http_get(url: &str) -> Result<(u16, String), String> {
-    let (address, path) = split_url(url)?;
-    let host = address
-        .rsplit_once(':')
-        .map_or(address.as_str(), |(h, _)| h);
-    let mut stream = TcpStream::connect(&address)
-        .await
-        .map_err(|e| format!("connect {address}: {e}"))?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: chaosctl\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("send: {e}"))?;
-    let mut response = Vec::new();
-    (&mut stream)
-        .take(MAX_RESPONSE_BYTES as u64)
-        .read_to_end(&mut response)
-        .await
-        .map_err(|e| format!("read: {e}"))?;
-    let text = String::from_utf8_lossy(&response);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| "no HTTP status line".to_string())?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splits_urls() {
-        assert_eq!(
-            split_url("http://10.0.0.2/health").unwrap(),
-            ("10.0.0.2:80".into(), "/health".into())
-        );
-        assert_eq!(
-            split_url("http://web:8080").unwrap(),
-            ("web:8080".into(), "/".into())
-        );
-        assert!(split_url("https://x/").is_err());
-    }
 
     #[test]
     fn reads_prometheus_answers() {
@@ -208,23 +204,5 @@ mod tests {
         let empty = r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
         assert!(first_sample_value(empty).is_err());
         assert_eq!(percent_encode("up{job=\"a\"}"), "up%7Bjob%3D%22a%22%7D");
-    }
-
-    #[tokio::test]
-    async fn probes_a_real_loopback_listener() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut buf = [0u8; 1024];
-            let _ = socket.read(&mut buf).await.unwrap();
-            socket
-                .write_all(b"HTTP/1.1 503 Unavailable\r\nContent-Length: 2\r\n\r\nno")
-                .await
-                .unwrap();
-        });
-        let (status, body) = http_get(&format!("http://{address}/x")).await.unwrap();
-        assert_eq!((status, body.as_str()), (503, "no"));
-        server.await.unwrap();
     }
 }

@@ -33,6 +33,7 @@ use crate::duration::parse_duration;
 use crate::experiment::{self, AgentsSpec, Experiment};
 use crate::fleet::{FleetConfig, fan_out};
 use crate::output::kind_name;
+use crate::probe_policy::{ProbeDestinations, ProbePolicy};
 use crate::run_registry::{RunRegistry, Source};
 
 /// The configuration file of `chaosctl serve`.
@@ -50,6 +51,15 @@ pub struct ServeConfig {
     pub agent_check_interval: Duration,
     #[serde(default)]
     pub experiments: Vec<ScheduledExperiment>,
+    /// Where the probes of submitted experiments may connect: host names (exact) and
+    /// networks (CIDR, or one address). Empty (the default): nowhere. Scheduled
+    /// experiments are the operator's own and are not limited.
+    #[serde(default)]
+    pub probe_destinations: Vec<String>,
+    /// Files the probes of submitted experiments may name as bearer_token_file or
+    /// ca_file, exactly as they name them. Empty (the default): none.
+    #[serde(default)]
+    pub probe_files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,6 +129,7 @@ fn parse_config(text: &str, path: &Path) -> Result<(ServeConfig, Vec<(Experiment
     if config.agent_check_interval < MIN_SCHEDULE {
         anyhow::bail!("agent_check_interval: must be at least 1s");
     }
+    probe_policy(&config)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut experiments = Vec::new();
     for (index, scheduled) in config.experiments.iter().enumerate() {
@@ -134,6 +145,16 @@ fn parse_config(text: &str, path: &Path) -> Result<(ServeConfig, Vec<(Experiment
         experiments.push((loaded, scheduled.schedule));
     }
     Ok((config, experiments))
+}
+
+/// The configuration's limits on submitted probes.
+fn probe_policy(config: &ServeConfig) -> Result<ProbePolicy> {
+    let destinations =
+        ProbeDestinations::parse(&config.probe_destinations).map_err(anyhow::Error::msg)?;
+    Ok(ProbePolicy {
+        destinations: Arc::new(destinations),
+        files: config.probe_files.iter().cloned().collect(),
+    })
 }
 
 /// Runs until SIGTERM or Ctrl-C.
@@ -219,6 +240,7 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         policy: SubmitPolicy {
             allow_exec_probes: options.allow_exec_probes,
             default_agents: config.agents.clone(),
+            probes: probe_policy(&config)?,
         },
     };
     let mut api_stop = stop.clone();
@@ -522,6 +544,82 @@ mod tests {
             experiments[0].0.agents.static_agents,
             vec!["127.0.0.1:7090"]
         );
+    }
+
+    #[test]
+    fn probe_destinations_and_files_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write(
+            dir.path(),
+            "c.yaml",
+            "probe_destinations: [prometheus.monitoring.svc, 10.96.0.0/12, \"fd00::/8\"]\nprobe_files: [/run/token]\n",
+        );
+        let (config, _) = load_config(&config).unwrap();
+        let policy = probe_policy(&config).unwrap();
+        assert!(policy.destinations.lists_name("prometheus.monitoring.svc"));
+        assert!(
+            policy
+                .destinations
+                .contains_address("10.100.0.1".parse().unwrap())
+        );
+        assert!(
+            policy
+                .destinations
+                .contains_address("fd12::1".parse().unwrap())
+        );
+        assert!(policy.files.contains(Path::new("/run/token")));
+        // None configured: nothing is allowed.
+        let (empty, _) = parse_config("{}", Path::new("x")).unwrap();
+        assert!(probe_policy(&empty).unwrap().destinations.is_empty());
+
+        let bad = write(
+            dir.path(),
+            "d.yaml",
+            "probe_destinations: [web, 10.0.0.0/40]\n",
+        );
+        let error = format!("{:#}", load_config(&bad).unwrap_err());
+        assert!(error.contains("probe_destinations[1]"), "{error}");
+    }
+
+    #[test]
+    fn the_shipped_configmap_is_a_valid_configuration() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../manifests/components/controller/configmap.yaml");
+        let map: serde_norway::Value =
+            serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let text = map["data"]["controller.yaml"].as_str().unwrap();
+        let (config, _) = parse_config(text, &path).unwrap();
+        let policy = probe_policy(&config).unwrap();
+        // Every service the shipped experiments probe is listed (demo-kill is local).
+        let experiments = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&experiments).unwrap() {
+            let file = entry.unwrap().path();
+            if file.file_name().is_some_and(|n| n == "demo-kill.yaml") {
+                continue;
+            }
+            let experiment = crate::experiment::load(&file).unwrap();
+            for probe in &experiment.steady_state.probes {
+                use crate::probe_url::{Host, parse_address, parse_url};
+                let host = match (&probe.http, &probe.promql, &probe.tcp) {
+                    (Some(http), _, _) => parse_url(&http.url).unwrap().host,
+                    (_, Some(promql), _) => parse_url(&promql.url).unwrap().host,
+                    (_, _, Some(tcp)) => parse_address(&tcp.address).unwrap().0,
+                    // An exec probe connects nowhere itself.
+                    _ => continue,
+                };
+                let Host::Name(name) = host else {
+                    panic!("{}: {host}", file.display());
+                };
+                assert!(
+                    policy.destinations.lists_name(&name),
+                    "{}: {name}",
+                    file.display()
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 6, "{checked}");
     }
 
     #[test]

@@ -2,7 +2,9 @@ pub mod accounting;
 pub mod agent;
 pub mod command;
 pub mod containerd;
+pub mod https_server;
 pub mod netns;
+pub mod prometheus;
 pub mod tls;
 
 /// A test's time bound, multiplied by `CHAOS_TEST_SLOWDOWN` (default 1). The VM suite sets it:

@@ -194,7 +194,8 @@ fn serve_config(
         work,
         "controller.yaml",
         &format!(
-            "metrics_listen: {metrics}\nagent_check_interval: 1s\nagents:\n  static: [\"{}\"]\n  tls_dir: {}\n",
+            "metrics_listen: {metrics}\nagent_check_interval: 1s\nagents:\n  static: [\"{}\"]\n  tls_dir: {}\n\
+             probe_destinations: [\"127.0.0.1\"]\n",
             agent.grpc,
             tls.display()
         ),
@@ -948,5 +949,122 @@ async fn the_api_serves_a_rotated_certificate_without_a_restart() -> Result<()> 
         metrics.contains("chaosctl_tls_reloads_total{outcome=\"replaced\"} 1"),
         "{metrics}"
     );
+    Ok(())
+}
+
+/// Submitted probes are checked before anything runs: a URL that could split the request
+/// is InvalidArgument naming the field; a destination or a file the controller does not
+/// list is PermissionDenied naming the field, the probe and the destination.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_refuses_probes_that_split_requests_or_leave_its_destinations() -> Result<()> {
+    let tls = make_certs()?;
+    let work = work_dir()?;
+    let (metrics_address, api_address) = (loopback()?, loopback()?);
+    // Nothing listens at the agent's address: an accepted run fails to reach it.
+    let config = write(
+        work.path(),
+        "controller.yaml",
+        &format!(
+            "metrics_listen: {metrics_address}\nagents:\n  static: [\"{}\"]\n  tls_dir: {}\n\
+             probe_destinations: [\"127.0.0.1\"]\nprobe_files: [/run/chaos-test-token]\n",
+            loopback()?,
+            tls.path().display()
+        ),
+    )?;
+    let mut serve = start_serve(
+        work.path(),
+        &config,
+        metrics_address,
+        api_address,
+        tls.path(),
+        &[],
+    )?;
+    let mut client = controller(api_address, tls.path()).await?;
+    let experiment = |probe: &str| {
+        format!(
+            "name: chaos-test-probe-policy\nsteady_state:\n  probes:\n    - name: web\n      \
+             {probe}\nmethod:\n  faults:\n    - name: k\n      \
+             target: {{ targets: [\"pid:1\"] }}\n      kill: {{}}\n"
+        )
+    };
+    // Only loopback addresses, and none of them is ever connected to.
+    let cases = [
+        (
+            "http: { url: \"http://127.0.0.1:9/\\r\\nX-Injected: 1\" }",
+            tonic::Code::InvalidArgument,
+            "steady_state.probes[0].http.url: contains a carriage return (CR) at byte 19",
+        ),
+        (
+            "http: { url: \"http://127.0.0.1:9/a\\nb\" }",
+            tonic::Code::InvalidArgument,
+            "steady_state.probes[0].http.url: contains a line feed (LF) at byte 20",
+        ),
+        (
+            "http: { url: \"http://127.0.0.2:9/health\" }",
+            tonic::Code::PermissionDenied,
+            "steady_state.probes[0].http.url: probe `web` connects to 127.0.0.2:9, which is not in \
+             the controller's probe_destinations",
+        ),
+        (
+            "tcp: { address: \"127.0.0.3:5432\" }",
+            tonic::Code::PermissionDenied,
+            "steady_state.probes[0].tcp.address: probe `web` connects to 127.0.0.3:5432, which is \
+             not in the controller's probe_destinations",
+        ),
+        (
+            "promql: { url: \"https://127.0.0.4:9090\", query: up, min: 1 }",
+            tonic::Code::PermissionDenied,
+            "steady_state.probes[0].promql.url: probe `web` connects to 127.0.0.4:9090, which is \
+             not in the controller's probe_destinations",
+        ),
+        (
+            "http: { url: \"http://127.0.0.1:9/\", bearer_token_file: /var/run/secrets/kubernetes.io/serviceaccount/token }",
+            tonic::Code::PermissionDenied,
+            "steady_state.probes[0].http.bearer_token_file: probe `web` reads \
+             /var/run/secrets/kubernetes.io/serviceaccount/token, which is not in the \
+             controller's probe_files",
+        ),
+    ];
+    for (probe, code, expected) in cases {
+        let status = client
+            .submit_run(api::SubmitRunRequest {
+                experiment_yaml: experiment(probe),
+            })
+            .await
+            .expect_err(probe);
+        eprintln!("{probe}: {:?} {}", status.code(), status.message());
+        assert_eq!(status.code(), code, "{probe}: {status}");
+        assert_eq!(
+            status.message(),
+            format!("experiment_yaml: {expected}"),
+            "{probe}"
+        );
+    }
+    let runs = client
+        .list_runs(api::ListRunsRequest {})
+        .await?
+        .into_inner()
+        .runs;
+    assert!(runs.is_empty(), "a refused submission started {runs:?}");
+
+    // The control case: a listed destination and a listed file are accepted.
+    let accepted = client
+        .submit_run(api::SubmitRunRequest {
+            experiment_yaml: experiment(
+                "http: { url: \"http://127.0.0.1:9/health\", bearer_token_file: /run/chaos-test-token }",
+            ),
+        })
+        .await?
+        .into_inner()
+        .run_id;
+    let run = wait_finished(&mut client, &accepted, Duration::from_secs(30)).await?;
+    assert!(
+        run.reasons
+            .iter()
+            .any(|r| r.contains("cannot reach the agents")),
+        "{run:?}"
+    );
+    let status = serve.terminate(Duration::from_secs(10))?;
+    assert!(status.success(), "chaosctl serve exited with {status}");
     Ok(())
 }
