@@ -878,6 +878,7 @@ fn delete_pod_deletes_through_the_api_and_is_reported_like_a_kill() -> Result<()
             run_id: chaosctl::runner::new_run_id(&experiment.name),
             progress: Arc::new(|line: &str| eprintln!("{line}")),
             cancel,
+            policy: Default::default(),
         };
         anyhow::Ok(chaosctl::runner::run(&experiment, &fleet, options).await)
     })?;

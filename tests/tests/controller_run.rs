@@ -66,6 +66,7 @@ async fn run(yaml: &str) -> Result<RunResult> {
         run_id: runner::new_run_id(&experiment.name),
         progress: Arc::new(|line: &str| eprintln!("{line}")),
         cancel,
+        policy: Default::default(),
     };
     Ok(runner::run(&experiment, &fleet, options).await)
 }
