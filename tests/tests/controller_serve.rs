@@ -1148,5 +1148,18 @@ async fn submissions_that_would_turn_the_controller_against_the_cluster_are_refu
         "{:?}",
         run.reasons
     );
+    // A run that failed gives its slot back.
+    let again = client
+        .submit_run(api::SubmitRunRequest {
+            experiment_yaml:
+                "name: chaos-test-fits-again\nmethod:\n  faults:\n    - name: k\n      \
+                              target: { namespace: chaos-test-no-such-namespace }\n      kill: {}\n"
+                    .to_string(),
+        })
+        .await
+        .context("the slot of a failed run was not freed")?
+        .into_inner()
+        .run_id;
+    wait_finished(&mut client, &again, Duration::from_secs(30)).await?;
     Ok(())
 }
