@@ -74,6 +74,11 @@ pub enum SelectionError {
     )]
     Protected { what: String, namespace: String },
     #[error(
+        "target.namespace: {0} is a protected namespace (allowed only when chaosctl run or \
+         chaosctl serve is started with --include-protected)"
+    )]
+    ProtectedSelector(String),
+    #[error(
         "target `{0}` shares its node's network namespace (a hostNetwork pod), so a network \
          fault on it acts on the node: set target.include_host_network: true to target it"
     )]
@@ -108,10 +113,7 @@ pub fn refuse_named_protected(experiment: &Experiment, policy: TargetPolicy) -> 
         if let Some(namespace) = &step.target.namespace
             && is_protected(namespace)
         {
-            return Err(at(SelectionError::Protected {
-                what: "target.namespace".to_string(),
-                namespace: namespace.clone(),
-            }));
+            return Err(at(SelectionError::ProtectedSelector(namespace.clone())));
         }
     }
     Ok(())
