@@ -19,9 +19,11 @@ use crate::fleet::{Fleet, FleetConfig};
 use crate::probe_policy::ProbePolicy;
 use crate::run_registry::{RunError, RunRegistry, Source};
 use crate::runner;
+use crate::selection::{TargetPolicy, refuse_named_protected};
+use crate::yaml_scan::MAX_EXPERIMENT_BYTES;
 
-/// The largest experiment file accepted.
-const MAX_EXPERIMENT_BYTES: usize = 1 << 20;
+/// The largest SubmitRun message decoded: the experiment text and a little framing.
+pub const MAX_REQUEST_BYTES: usize = MAX_EXPERIMENT_BYTES + 4096;
 /// How long CancelRun waits for the run to revert everything and finish.
 const CANCEL_WAIT: Duration = Duration::from_secs(30);
 
@@ -30,10 +32,13 @@ const CANCEL_WAIT: Duration = Duration::from_secs(30);
 pub struct SubmitPolicy {
     /// Exec probes run commands on the controller's host: refused unless allowed.
     pub allow_exec_probes: bool,
-    /// The agents of experiments that list none (the controller's configuration).
+    /// The agents, and how to reach them, of every submitted run (the controller's
+    /// configuration): a submitter cannot choose other agents, TLS files or plain text.
     pub default_agents: AgentsSpec,
     /// What submitted probes may connect to and read (nothing by default).
     pub probes: ProbePolicy,
+    /// serve's `--include-protected`.
+    pub targets: TargetPolicy,
 }
 
 pub struct ControllerService {
@@ -47,12 +52,6 @@ pub fn check_submission(text: &str, policy: &SubmitPolicy) -> Result<Experiment,
         return Err(Status::invalid_argument(
             "experiment_yaml: must not be empty",
         ));
-    }
-    if text.len() > MAX_EXPERIMENT_BYTES {
-        return Err(Status::invalid_argument(format!(
-            "experiment_yaml: {} bytes, more than the {MAX_EXPERIMENT_BYTES} accepted",
-            text.len()
-        )));
     }
     let mut experiment = experiment::parse(text).map_err(|e| match e {
         // serde_norway's message names the field and says `at line L column C`.
@@ -73,16 +72,38 @@ pub fn check_submission(text: &str, policy: &SubmitPolicy) -> Result<Experiment,
              controller and are refused for submitted runs (start serve with --allow-exec-probes)"
         )));
     }
-    if experiment.agents.static_agents.is_empty() && experiment.agents.dns.is_none() {
-        experiment.agents = policy.default_agents.clone();
-    }
+    refuse_chosen_agents(&experiment.agents)?;
+    refuse_named_protected(&experiment, policy.targets)
+        .map_err(|e| Status::permission_denied(format!("experiment_yaml: {e}")))?;
+    let parallelism = experiment.agents.parallelism;
+    experiment.agents = policy.default_agents.clone();
+    experiment.agents.parallelism = parallelism.min(policy.default_agents.parallelism.max(1));
     if experiment.agents.static_agents.is_empty() && experiment.agents.dns.is_none() {
         return Err(Status::failed_precondition(
-            "experiment_yaml: agents: the experiment lists no agents and the controller's \
-             configuration has none either",
+            "experiment_yaml: agents: the controller's configuration lists no agents \
+             (agents.static or agents.dns in serve's --config)",
         ));
     }
     Ok(experiment)
+}
+
+/// A submitted run uses serve's agents and serve's way to reach them: agents of its own
+/// would let a submitter point the controller's client certificate at any address, and
+/// tls_dir / insecure_plaintext would pick files on, or security off, on serve's host.
+fn refuse_chosen_agents(agents: &AgentsSpec) -> Result<(), Status> {
+    let chosen = [
+        ("agents.static", !agents.static_agents.is_empty()),
+        ("agents.dns", agents.dns.is_some()),
+        ("agents.tls_dir", agents.tls_dir.is_some()),
+        ("agents.insecure_plaintext", agents.insecure_plaintext),
+    ];
+    match chosen.iter().find(|(_, set)| *set) {
+        Some((field, _)) => Err(Status::permission_denied(format!(
+            "experiment_yaml: {field}: a submitted experiment runs on the controller's agents \
+             with the controller's TLS settings; leave agents out (agents.parallelism may stay)"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Starts a run of `experiment` in the background: connect to its agents, run, record.
@@ -90,9 +111,11 @@ pub fn start_run(
     registry: &Arc<RunRegistry>,
     experiment: Experiment,
     source: Source,
+    policy: TargetPolicy,
 ) -> Result<String, RunError> {
     let name = experiment.name.clone();
-    registry.start(&name, source, move |options| async move {
+    registry.start(&name, source, move |mut options| async move {
+        options.policy = policy;
         let fleet = connect_fleet(&experiment.agents)
             .await
             .map_err(|e| format!("cannot reach the agents: {e:#}"))?;
@@ -132,7 +155,8 @@ impl api::controller_server::Controller for ControllerService {
         let mut experiment = check_submission(&request.get_ref().experiment_yaml, &self.policy)?;
         self.policy.probes.admit(&mut experiment).await?;
         let name = experiment.name.clone();
-        let run_id = start_run(&self.registry, experiment, Source::Api).map_err(run_status)?;
+        let run_id = start_run(&self.registry, experiment, Source::Api, self.policy.targets)
+            .map_err(run_status)?;
         tracing::info!(experiment = %name, run = %run_id, "run submitted");
         Ok(Response::new(api::SubmitRunResponse { run_id }))
     }
@@ -209,9 +233,11 @@ mod tests {
             allow_exec_probes: false,
             default_agents: AgentsSpec {
                 static_agents: vec!["127.0.0.1:7090".into()],
+                tls_dir: Some("/etc/chaos-control/tls".into()),
                 ..AgentsSpec::default()
             },
             probes: ProbePolicy::default(),
+            targets: TargetPolicy::default(),
         }
     }
 
@@ -254,10 +280,95 @@ mod tests {
     }
 
     #[test]
-    fn experiments_without_agents_get_the_controllers() {
+    fn submitted_runs_use_the_controllers_agents_and_tls_only() {
         let experiment = check_submission(GOOD, &policy()).unwrap();
         assert_eq!(experiment.agents.static_agents, vec!["127.0.0.1:7090"]);
+        assert_eq!(
+            experiment.agents.tls_dir.as_deref(),
+            Some(Path::new("/etc/chaos-control/tls"))
+        );
+        let choices = [
+            ("agents: { static: [\"10.0.0.9:7090\"] }", "agents.static"),
+            ("agents: { dns: { name: evil.example } }", "agents.dns"),
+            ("agents: { tls_dir: /root/.ssh }", "agents.tls_dir"),
+            (
+                "agents: { insecure_plaintext: true }",
+                "agents.insecure_plaintext",
+            ),
+        ];
+        for (agents, field) in choices {
+            let status = check_submission(&format!("{agents}\n{GOOD}"), &policy()).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::PermissionDenied, "{agents}");
+            assert!(
+                status
+                    .message()
+                    .starts_with(&format!("experiment_yaml: {field}: ")),
+                "{}",
+                status.message()
+            );
+        }
+        // Parallelism is no choice of agents; it stays, within the controller's.
+        let gentle =
+            check_submission(&format!("agents: {{ parallelism: 2 }}\n{GOOD}"), &policy()).unwrap();
+        assert_eq!(gentle.agents.parallelism, 2);
         let status = check_submission(GOOD, &SubmitPolicy::default()).unwrap_err();
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    }
+
+    #[test]
+    fn protected_namespaces_are_refused_unless_serve_allows_them() {
+        let delete = "name: x\nmethod:\n  faults:\n    - name: evict-dns\n      target: { targets: [\"pod:kube-system/coredns-0\"] }\n      delete_pod: {}\n";
+        let status = check_submission(delete, &policy()).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(
+            status.message().contains("fault `evict-dns`")
+                && status.message().contains("kube-system"),
+            "{}",
+            status.message()
+        );
+        let allowed = SubmitPolicy {
+            targets: TargetPolicy {
+                include_protected: true,
+            },
+            ..policy()
+        };
+        assert!(check_submission(delete, &allowed).is_ok());
+        // The field is never the submitter's to set, whatever serve allows.
+        let field = delete.replace(
+            "targets: [\"pod:kube-system/coredns-0\"]",
+            "namespace: shop, include_protected: true",
+        );
+        let status = check_submission(&field, &allowed).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status
+                .message()
+                .contains("method.faults[0].target.include_protected"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[test]
+    fn an_alias_bomb_and_an_out_of_range_duration_are_invalid_arguments() {
+        let mut bomb = String::from(
+            "name: bomb\nmethod:\n  faults:\n    - &s\n      name: k\n      target: { targets: [\"pid:1\"] }\n      kill: {}\n",
+        );
+        bomb.push_str(&"    - *s\n".repeat(50_000));
+        let status = check_submission(&bomb, &policy()).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().contains("aliases") && status.message().contains("line 8"),
+            "{}",
+            status.message()
+        );
+        let long = format!("baseline: 9223372036854775808s\n{GOOD}");
+        let status = check_submission(&long, &policy()).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().starts_with("experiment_yaml: baseline: "),
+            "{}",
+            status.message()
+        );
     }
 }

@@ -2,9 +2,10 @@
 //! agents, time to recover, probe latency and whether each agent answers. Scrape cost
 //! depends only on these few families, never on the agents' containers.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::hash::Hash;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -50,6 +51,45 @@ fn probe_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
+/// Experiment names become label values as they come; after this many distinct ones, the
+/// runs of any other experiment are counted under [`OTHER`]. Names come from submitted
+/// files, so without a bound every submission could add series until scrapes get slow.
+pub const MAX_EXPERIMENT_LABELS: usize = 100;
+/// Distinct (experiment, probe) pairs of `probe_latency_seconds`; later probes go under
+/// probe=[`OTHER`].
+pub const MAX_PROBE_LABELS: usize = 200;
+/// The label value of everything beyond a bound.
+pub const OTHER: &str = "other";
+
+/// The first `max` distinct values pass as they are; later ones become [`OTHER`].
+struct LabelBudget<T> {
+    seen: Mutex<HashSet<T>>,
+    max: usize,
+}
+
+impl<T: Eq + Hash + Clone> LabelBudget<T> {
+    fn new(max: usize) -> LabelBudget<T> {
+        LabelBudget {
+            seen: Mutex::new(HashSet::new()),
+            max,
+        }
+    }
+
+    /// Whether `value` has (or now gets) a series of its own.
+    fn admits(&self, value: &T) -> bool {
+        // A panic while holding the lock leaves a plain set behind; keep using it.
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(value) {
+            return true;
+        }
+        if seen.len() < self.max {
+            seen.insert(value.clone());
+            return true;
+        }
+        false
+    }
+}
+
 /// Active faults counted by (kind, pod namespace); the namespace is empty for targets
 /// outside Kubernetes.
 pub type ActiveFaultCounts = BTreeMap<(String, String), i64>;
@@ -65,6 +105,8 @@ pub struct ControllerMetrics {
     agent_up: Family<AgentLabels, Gauge>,
     tls_reloads: chaos_tls::ReloadCounter,
     connections: chaos_tls::ConnectionMetrics,
+    experiment_names: Arc<LabelBudget<String>>,
+    probe_names: Arc<LabelBudget<(String, String)>>,
 }
 
 impl Default for ControllerMetrics {
@@ -117,6 +159,17 @@ impl ControllerMetrics {
             agent_up,
             tls_reloads,
             connections,
+            experiment_names: Arc::new(LabelBudget::new(MAX_EXPERIMENT_LABELS)),
+            probe_names: Arc::new(LabelBudget::new(MAX_PROBE_LABELS)),
+        }
+    }
+
+    /// The experiment label value of `name`: itself, or [`OTHER`] beyond the bound.
+    fn experiment_label(&self, name: &str) -> String {
+        if self.experiment_names.admits(&name.to_string()) {
+            name.to_string()
+        } else {
+            OTHER.to_string()
         }
     }
 
@@ -138,10 +191,17 @@ impl ControllerMetrics {
     pub fn record_run(&self, result: &RunResult) {
         self.record_verdict(&result.experiment, result.verdict.name());
         self.set_time_to_recover(&result.experiment, result.timing.time_to_recover_ms);
+        let experiment = self.experiment_label(&result.experiment);
         for probe in &result.probes {
+            let pair = (experiment.clone(), probe.name.clone());
+            let probe_label = if self.probe_names.admits(&pair) {
+                probe.name.clone()
+            } else {
+                OTHER.to_string()
+            };
             let histogram = self.probe_latency.get_or_create(&ProbeLabels {
-                experiment: result.experiment.clone(),
-                probe: probe.name.clone(),
+                experiment: experiment.clone(),
+                probe: probe_label,
             });
             for sample in &probe.samples {
                 histogram.observe(sample.latency_ms / 1000.0);
@@ -153,7 +213,7 @@ impl ControllerMetrics {
     pub fn record_verdict(&self, experiment: &str, verdict: &str) {
         self.experiments
             .get_or_create(&VerdictLabels {
-                experiment: experiment.to_string(),
+                experiment: self.experiment_label(experiment),
                 verdict: verdict.to_string(),
             })
             .inc();
@@ -188,7 +248,7 @@ impl ControllerMetrics {
         if let Some(ms) = time_to_recover_ms {
             self.time_to_recover
                 .get_or_create(&ExperimentLabels {
-                    experiment: experiment.to_string(),
+                    experiment: self.experiment_label(experiment),
                 })
                 .set(ms as f64 / 1000.0);
         }
@@ -251,6 +311,46 @@ mod tests {
             !text.contains("chaosctl_probe_latency_seconds_bucket"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn experiment_and_probe_labels_are_bounded_in_number() {
+        let metrics = ControllerMetrics::new();
+        for i in 0..MAX_EXPERIMENT_LABELS + 50 {
+            metrics.record_verdict(&format!("submitted-{i}"), "failed");
+        }
+        // An experiment seen before the bound keeps its own series.
+        metrics.record_verdict("submitted-0", "passed");
+        let text = metrics.encode();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("chaosctl_experiments_total{"))
+            .count();
+        // MAX distinct names with `failed`, one with `passed`, and `other`.
+        assert_eq!(series, MAX_EXPERIMENT_LABELS + 2, "{text}");
+        assert!(
+            text.contains("chaosctl_experiments_total{experiment=\"other\",verdict=\"failed\"} 50"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "chaosctl_experiments_total{experiment=\"submitted-0\",verdict=\"passed\"} 1"
+            ),
+            "{text}"
+        );
+        // Experiments past the bound share `other` in every family.
+        metrics.set_time_to_recover("submitted-120", Some(500));
+        assert!(
+            metrics
+                .encode()
+                .contains("chaosctl_time_to_recover_seconds{experiment=\"other\"} 0.5")
+        );
+
+        let probes = LabelBudget::new(2);
+        assert!(probes.admits(&("a".to_string(), "p1".to_string())));
+        assert!(probes.admits(&("a".to_string(), "p2".to_string())));
+        assert!(!probes.admits(&("a".to_string(), "p3".to_string())));
+        assert!(probes.admits(&("a".to_string(), "p1".to_string())));
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub enum ExperimentError {
     Parse(String),
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+    /// Too large, too many nodes, an alias: refused before serde reads the text.
+    #[error("{0}")]
+    Yaml(#[from] crate::yaml_scan::YamlScanError),
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ExperimentError {
@@ -390,9 +393,15 @@ pub struct TargetSpec {
     pub count: Option<u32>,
     #[serde(default)]
     pub percent: Option<f64>,
-    /// Allows kube-system and chaos-control (excluded by default).
+    /// Refused: protected namespaces are allowed by the command that runs the experiment
+    /// (`--include-protected`), never by the file. Kept to say so instead of "unknown field".
     #[serde(default)]
     pub include_protected: bool,
+    /// Lets the selector pick containers that share their node's network namespace
+    /// (hostNetwork pods), which it leaves out by default: a network fault on one acts on
+    /// the whole node.
+    #[serde(default)]
+    pub include_host_network: bool,
 }
 
 impl TargetSpec {
@@ -636,8 +645,10 @@ pub fn load(path: &Path) -> Result<Experiment, ExperimentError> {
 }
 
 pub fn parse(text: &str) -> Result<Experiment, ExperimentError> {
+    crate::yaml_scan::check(text)?;
     let experiment: Experiment =
         serde_norway::from_str(text).map_err(|e| ExperimentError::Parse(e.to_string()))?;
+    crate::limits::check(&experiment)?;
     validate(&experiment)?;
     Ok(experiment)
 }
@@ -933,6 +944,14 @@ fn validate_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
     }
     let t = &step.target;
     let field = format!("{field}.target");
+    if t.include_protected {
+        return Err(invalid(
+            format!("{field}.include_protected"),
+            "is not a field of the experiment: kube-system and chaos-control are allowed by the \
+             command that runs it (`chaosctl run --include-protected`, `chaosctl serve \
+             --include-protected`)",
+        ));
+    }
     if t.targets.is_empty() && !t.has_selector() {
         return Err(invalid(
             &field,

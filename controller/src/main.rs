@@ -110,6 +110,10 @@ enum Command {
         /// KUBECONFIG, ~/.kube/config, then the in-cluster service account).
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
+        /// Let the experiment target kube-system and chaos-control (explicit targets,
+        /// selectors and delete_pod); refused by default.
+        #[arg(long)]
+        include_protected: bool,
     },
     /// Long-running controller: serves the Controller gRPC API (mTLS with the
     /// controller certificate of --tls-dir), runs the configured experiments on their
@@ -140,6 +144,10 @@ enum Command {
         /// Let submitted experiments use exec probes (commands on this host).
         #[arg(long)]
         allow_exec_probes: bool,
+        /// Let scheduled and submitted runs target kube-system and chaos-control
+        /// (explicit targets, selectors and delete_pod); refused by default.
+        #[arg(long)]
+        include_protected: bool,
     },
     /// Submit an experiment file to `chaosctl serve`; prints the run id. With --wait,
     /// follows the run and ends like `run` (report, exit status by verdict).
@@ -355,6 +363,7 @@ async fn run(cli: Cli) -> Result<()> {
             keep_finished_runs,
             max_api_connections,
             allow_exec_probes,
+            include_protected,
         } => {
             chaosctl::serve::serve(chaosctl::serve::ServeOptions {
                 config,
@@ -366,6 +375,7 @@ async fn run(cli: Cli) -> Result<()> {
                 keep_finished_runs,
                 max_api_connections: usize::try_from(max_api_connections).unwrap_or(usize::MAX),
                 allow_exec_probes,
+                include_protected,
             })
             .await?
         }
@@ -395,6 +405,7 @@ async fn run(cli: Cli) -> Result<()> {
             dry_run,
             agents,
             kubeconfig,
+            include_protected,
         } => {
             let code = chaosctl::run_command::run(chaosctl::run_command::RunArgs {
                 experiment,
@@ -406,6 +417,7 @@ async fn run(cli: Cli) -> Result<()> {
                 default_plaintext: cli.insecure_plaintext,
                 agents_override: agents,
                 kubeconfig,
+                include_protected,
             })
             .await?;
             if code != 0 {

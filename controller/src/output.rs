@@ -264,12 +264,22 @@ pub fn targets_table(targets: &[api::TargetInfo]) -> String {
                 t.state.clone(),
                 t.init_pid.to_string(),
                 t.pids.len().to_string(),
+                // The node's network namespace: a network fault on it is a node fault.
+                if t.host_network { "host" } else { "-" }.to_string(),
                 t.target.clone(),
             ]
         })
         .collect();
     table(
-        &["POD", "CONTAINER", "STATE", "PID", "PROCS", "TARGET"],
+        &[
+            "POD",
+            "CONTAINER",
+            "STATE",
+            "PID",
+            "PROCS",
+            "NETNS",
+            "TARGET",
+        ],
         &rows,
     )
 }
@@ -278,6 +288,7 @@ pub fn target_json(t: &api::TargetInfo) -> Value {
     json!({
         "target": t.target, "container": container_json(&t.container), "state": t.state,
         "init_pid": t.init_pid, "pids": t.pids, "cgroup": t.cgroup,
+        "host_network": t.host_network,
     })
 }
 
@@ -289,6 +300,29 @@ mod tests {
     fn table_aligns_columns() {
         let text = table(&["A", "LONGER"], &[vec!["xxxx".into(), "y".into()]]);
         assert_eq!(text, "A     LONGER\nxxxx  y\n");
+    }
+
+    #[test]
+    fn targets_show_which_containers_share_the_nodes_network() {
+        let target = |name: &str, host_network: bool| api::TargetInfo {
+            container: Some(api::ContainerRef {
+                pod_namespace: "shop".into(),
+                pod_name: name.into(),
+                container_name: "c".into(),
+                ..Default::default()
+            }),
+            state: "running".into(),
+            target: format!("container:{name}"),
+            host_network,
+            ..Default::default()
+        };
+        let text = targets_table(&[target("web-0", false), target("proxy-0", true)]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("NETNS"), "{text}");
+        let column = lines[0].find("NETNS").unwrap();
+        assert_eq!(&lines[1][column..column + 1], "-", "{text}");
+        assert_eq!(&lines[2][column..column + 4], "host", "{text}");
+        assert_eq!(target_json(&target("proxy-0", true))["host_network"], true);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::fleet::{Fleet, FleetConfig};
 use crate::kube_api::KubeApi;
 use crate::report;
 use crate::runner::{self, RunOptions, StepPlan};
+use crate::selection::{TargetPolicy, refuse_named_protected};
 
 pub struct RunArgs {
     pub experiment: PathBuf,
@@ -30,14 +31,21 @@ pub struct RunArgs {
     /// `--kubeconfig`; without it KUBECONFIG, ~/.kube/config or the in-cluster account.
     /// Only read when the experiment needs the Kubernetes API.
     pub kubeconfig: Option<PathBuf>,
+    /// `--include-protected`: kube-system and chaos-control may be targeted.
+    pub include_protected: bool,
 }
 
 /// Returns the process exit status: 0 passed, 1 failed, 2 deviated, 3 aborted.
 pub async fn run(args: RunArgs) -> Result<i32> {
     let experiment = experiment::load(&args.experiment)?;
+    let policy = TargetPolicy {
+        include_protected: args.include_protected,
+    };
+    // Before connecting anywhere: the file alone says it would touch a protected namespace.
+    refuse_named_protected(&experiment, policy).map_err(anyhow::Error::msg)?;
     let fleet = connect(&experiment, &args).await?;
     if args.dry_run {
-        let plans = runner::plan(&experiment, &fleet)
+        let plans = runner::plan(&experiment, &fleet, policy)
             .await
             .map_err(anyhow::Error::msg)?;
         if args.json {
@@ -69,6 +77,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         run_id: runner::new_run_id(&experiment.name),
         progress: Arc::new(|line: &str| eprintln!("{line}")),
         cancel,
+        policy,
     };
     let result = runner::run(&experiment, &fleet, options).await;
     if let Some(path) = &args.report {

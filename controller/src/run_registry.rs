@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::controller_metrics::ControllerMetrics;
 use crate::report;
 use crate::runner::{self, RunOptions, RunResult};
+use crate::selection::TargetPolicy;
 
 /// Progress lines kept per run; later lines are counted, not kept.
 const MAX_PROGRESS_LINES: usize = 5_000;
@@ -190,12 +191,19 @@ impl RunRegistry {
             run_id: id.clone(),
             progress: Arc::new(move |line: &str| registry.add_progress(&progress_id, line)),
             cancel,
+            policy: TargetPolicy::default(),
         };
-        let run = execute(options);
+        // The run is a task of its own so that a panic in it ends up here as a JoinError
+        // instead of taking the bookkeeping down with it: the run then ends `failed`, its
+        // slot is free, and its future (with its lease renewal) has been dropped.
+        let run = tokio::spawn(execute(options));
         let registry = Arc::clone(self);
         let finished_id = id.clone();
         tokio::spawn(async move {
-            let outcome = run.await;
+            let outcome = match run.await {
+                Ok(outcome) => outcome,
+                Err(error) => Err(failure(error)),
+            };
             registry.finish(&finished_id, outcome);
         });
         Ok(id)
@@ -355,6 +363,23 @@ impl RunRegistry {
     }
 }
 
+/// Why a run's task ended without an outcome.
+fn failure(error: tokio::task::JoinError) -> String {
+    if !error.is_panic() {
+        return "the run's task was cancelled; its leases lapse on the agents".to_string();
+    }
+    let payload = error.into_panic();
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string());
+    format!(
+        "the run failed: it panicked ({message}); its lease renewals stopped, so the agents \
+         revert its faults when the lease lapses"
+    )
+}
+
 fn unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -452,6 +477,56 @@ mod tests {
         }
         let kept: Vec<String> = runs.list().into_iter().map(|r| r.run_id).collect();
         assert_eq!(kept, ids[1..].to_vec());
+    }
+
+    /// Sets its flag when dropped: shows that a run's future, and what it holds, is gone.
+    struct DropFlag(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Stands for any bug a run may hit.
+    fn bug_on_the_runs_path() -> RunResult {
+        panic!("a bug in the run")
+    }
+
+    #[tokio::test]
+    async fn a_run_that_panics_ends_failed_frees_its_slot_and_drops_what_it_held() {
+        let metrics = ControllerMetrics::new();
+        let runs = RunRegistry::new(1, 10, metrics.clone(), false);
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let held = DropFlag(Arc::clone(&dropped));
+        let id = runs
+            .start("panics", Source::Api, move |options| async move {
+                let _held = held;
+                (options.progress)("about to fail");
+                tokio::task::yield_now().await;
+                Ok(bug_on_the_runs_path())
+            })
+            .unwrap();
+        assert!(runs.wait(&id, Duration::from_secs(5)).await.unwrap());
+        let run = runs.get(&id, 0).unwrap();
+        assert_eq!(run.state, api::RunState::Finished as i32);
+        assert_eq!(run.verdict, "failed");
+        assert!(
+            run.reasons[0].contains("panicked") && run.reasons[0].contains("a bug in the run"),
+            "{:?}",
+            run.reasons
+        );
+        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(runs.running(), 0);
+        // The only slot is free again.
+        let next = runs.start("next", Source::Api, until_cancelled).unwrap();
+        assert!(
+            metrics
+                .encode()
+                .contains("chaosctl_experiments_total{experiment=\"panics\",verdict=\"failed\"} 1")
+        );
+        runs.cancel(&next).unwrap();
+        runs.wait_all(Duration::from_secs(5)).await;
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 //! revert by themselves.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,7 +20,9 @@ use crate::fleet::Fleet;
 use crate::kube_api::{Deletion, KubeApi, KubeApiError};
 use crate::probe::{Sample, observe};
 use crate::request::inject_request;
-use crate::selection::{ApiFacts, Chosen, distinct_pods, select};
+use crate::selection::{
+    ApiFacts, Chosen, TargetPolicy, distinct_pods, refuse_named_protected, select,
+};
 use crate::stats::{PhaseStats, phase_stats, violations};
 use crate::verdict::{Timing, Verdict, timing};
 
@@ -36,6 +39,8 @@ pub struct RunOptions {
     pub progress: Progress,
     /// Set to true to stop the run (Ctrl-C): everything is reverted, verdict aborted.
     pub cancel: watch::Receiver<bool>,
+    /// What the command allows beyond the file (`--include-protected`).
+    pub policy: TargetPolicy,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -127,8 +132,13 @@ pub struct PlannedTarget {
 }
 
 /// Selects the targets of every step from the agents' ListTargets and, for labels and
-/// zones, the Kubernetes API. Changes nothing anywhere.
-pub async fn plan(experiment: &Experiment, fleet: &Fleet) -> Result<Vec<StepPlan>, String> {
+/// zones, the Kubernetes API, under the command's `policy`. Changes nothing anywhere.
+pub async fn plan(
+    experiment: &Experiment,
+    fleet: &Fleet,
+    policy: TargetPolicy,
+) -> Result<Vec<StepPlan>, String> {
+    refuse_named_protected(experiment, policy)?;
     if let Some(need) = experiment.kube_api_need()
         && fleet.kube_api().is_none()
     {
@@ -143,13 +153,20 @@ pub async fn plan(experiment: &Experiment, fleet: &Fleet) -> Result<Vec<StepPlan
         let facts = api_facts(&step.target, fleet.kube_api())
             .await
             .map_err(|e| format!("fault `{}`: {e}", step.name))?;
-        let mut chosen = select(&step.target, &fleet.addresses, &candidates, &facts, seed)
-            .map_err(|e| format!("fault `{}`: {e}", step.name))?;
+        let mut chosen = select(
+            &step.target,
+            &fleet.addresses,
+            &candidates,
+            &facts,
+            seed,
+            policy,
+        )
+        .map_err(|e| format!("fault `{}`: {e}", step.name))?;
         if step.blackhole.as_ref().is_some_and(|b| b.node_scope) {
             chosen = crate::selection::one_per_node(chosen);
         }
         let delete_pods = match step.delete_pod {
-            Some(_) => distinct_pods(&chosen)
+            Some(_) => distinct_pods(&chosen, policy)
                 .map_err(|e| format!("fault `{}`: {e}", step.name))?
                 .into_iter()
                 .map(|(ns, name)| format!("{ns}/{name}"))
@@ -702,11 +719,16 @@ pub async fn run(experiment: &Experiment, fleet: &Fleet, options: RunOptions) ->
     let mut phases = Phases::default();
     let mut abort = None;
 
+    // Refused by what the file names, before the Kubernetes API is even asked.
+    if let Err(problem) = refuse_named_protected(experiment, run.options.policy) {
+        run.reasons.push(problem);
+        return finish(run, phases, Verdict::Failed, None, started_unix_ms).await;
+    }
     if let Some(problem) = api_problem {
         run.reasons.push(problem);
         return finish(run, phases, Verdict::Failed, None, started_unix_ms).await;
     }
-    let plans = match plan(experiment, fleet).await {
+    let plans = match plan(experiment, fleet, run.options.policy).await {
         Ok(plans) => plans,
         Err(e) => {
             run.reasons.push(e);
@@ -727,7 +749,7 @@ pub async fn run(experiment: &Experiment, fleet: &Fleet, options: RunOptions) ->
         .iter()
         .enumerate()
         .map(|(index, probe)| {
-            tokio::spawn(probe_loop(
+            AbortOnDrop::spawn(probe_loop(
                 index,
                 probe.clone(),
                 started,
@@ -764,7 +786,9 @@ pub async fn run(experiment: &Experiment, fleet: &Fleet, options: RunOptions) ->
             .filter(|p| p.delete_pods.is_empty())
             .flat_map(|p| p.targets.iter().map(|t| t.chosen.agent))
             .collect();
-        let renewer = tokio::spawn(renew_loop(
+        // Held by this future: a run that stops in any way, also a panic or a dropped
+        // future, stops renewing, and the agents revert at lease expiry.
+        let renewer = AbortOnDrop::spawn(renew_loop(
             fleet.clone(),
             agents.into_iter().collect(),
             run.options.run_id.clone(),
@@ -812,7 +836,7 @@ pub async fn run(experiment: &Experiment, fleet: &Fleet, options: RunOptions) ->
             }
         }
         run.revert(None).await;
-        renewer.abort();
+        drop(renewer);
         phases.method_end_ms = Some(run.now_ms());
 
         if !cancelled {
@@ -838,7 +862,7 @@ pub async fn run(experiment: &Experiment, fleet: &Fleet, options: RunOptions) ->
 
     let _ = stop_probes.send(true);
     for task in probe_tasks {
-        let _ = task.await;
+        task.join().await;
     }
     finish(
         run,
@@ -991,7 +1015,32 @@ async fn probe_loop(
     }
 }
 
-/// Renews the lease every second until aborted by the run.
+/// A background task of a run, aborted when dropped, so that nothing a run started
+/// outlives it, however it ends.
+pub struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl AbortOnDrop {
+    pub fn spawn(task: impl Future<Output = ()> + Send + 'static) -> AbortOnDrop {
+        AbortOnDrop(Some(tokio::spawn(task)))
+    }
+
+    /// Waits for the task to end by itself.
+    pub async fn join(mut self) {
+        if let Some(handle) = self.0.take() {
+            let _ = handle.await;
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// Renews the lease every second until the run drops it.
 async fn renew_loop(
     fleet: Fleet,
     agents: Vec<usize>,
@@ -1019,6 +1068,26 @@ mod tests {
         crate::experiment::parse(&text)
             .map(|e| e.method.faults[0].clone())
             .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn a_dropped_task_guard_stops_its_task() {
+        let ticks = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = Arc::clone(&ticks);
+        let guard = AbortOnDrop::spawn(async move {
+            loop {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(guard);
+        // Let an abort in flight land, then the count must stay where it is.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let after_drop = ticks.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(after_drop > 0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(ticks.load(std::sync::atomic::Ordering::SeqCst), after_drop);
     }
 
     #[test]

@@ -7,10 +7,23 @@ use std::collections::BTreeSet;
 use chaos_proto::api;
 use serde::Serialize;
 
-use crate::experiment::{SelectMode, TargetSpec};
+use crate::experiment::{Experiment, SelectMode, TargetSpec};
 
-/// Namespaces no selector reaches unless the step says `include_protected: true`.
+/// Namespaces no target reaches, however it is named, unless the command that runs the
+/// experiment allows them ([`TargetPolicy::include_protected`]).
 pub const PROTECTED_NAMESPACES: &[&str] = &["kube-system", "chaos-control"];
+
+fn is_protected(namespace: &str) -> bool {
+    PROTECTED_NAMESPACES.contains(&namespace)
+}
+
+/// What the command running the experiment allows beyond the file: its flags, so that
+/// whoever writes (or submits) the file cannot widen them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TargetPolicy {
+    /// kube-system and chaos-control may be targeted (`--include-protected`).
+    pub include_protected: bool,
+}
 
 /// A container some agent reported.
 #[derive(Debug, Clone)]
@@ -55,6 +68,60 @@ pub enum SelectionError {
     NothingMatches,
     #[error("target `{0}` is not a pod's container, so it has no pod to delete")]
     NotAPod(String),
+    #[error(
+        "{what} is in the protected namespace {namespace} (allowed only when chaosctl run or \
+         chaosctl serve is started with --include-protected)"
+    )]
+    Protected { what: String, namespace: String },
+    #[error(
+        "target.namespace: {0} is a protected namespace (allowed only when chaosctl run or \
+         chaosctl serve is started with --include-protected)"
+    )]
+    ProtectedSelector(String),
+    #[error(
+        "target `{0}` shares its node's network namespace (a hostNetwork pod), so a network \
+         fault on it acts on the node: set target.include_host_network: true to target it"
+    )]
+    HostNetwork(String),
+}
+
+/// The protected namespaces an experiment names in its text: explicit `pod:NS/...`
+/// targets and `namespace:` selectors. Refused before anything is connected to; what only
+/// the agents can tell (a `container:ID` in a protected pod, a label selector's pods) is
+/// refused by [`select`] and [`distinct_pods`] when the run is planned.
+pub fn refuse_named_protected(experiment: &Experiment, policy: TargetPolicy) -> Result<(), String> {
+    if policy.include_protected {
+        return Ok(());
+    }
+    for (i, step) in experiment.method.faults.iter().enumerate() {
+        let at = |e: SelectionError| format!("method.faults[{i}] (fault `{}`): {e}", step.name);
+        let verb = if step.delete_pod.is_some() {
+            "delete_pod of"
+        } else {
+            "target"
+        };
+        for target in &step.target.targets {
+            if let Some(namespace) = spelled_namespace(target)
+                && is_protected(namespace)
+            {
+                return Err(at(SelectionError::Protected {
+                    what: format!("{verb} `{target}`"),
+                    namespace: namespace.to_string(),
+                }));
+            }
+        }
+        if let Some(namespace) = &step.target.namespace
+            && is_protected(namespace)
+        {
+            return Err(at(SelectionError::ProtectedSelector(namespace.clone())));
+        }
+    }
+    Ok(())
+}
+
+/// The namespace a `pod:NS/NAME[/CONTAINER]` target spells.
+fn spelled_namespace(target: &str) -> Option<&str> {
+    target.strip_prefix("pod:")?.split('/').next()
 }
 
 /// `agents[i]` is agent i's address; `candidates` every container every agent listed;
@@ -65,15 +132,18 @@ pub fn select(
     candidates: &[Candidate],
     facts: &ApiFacts,
     seed: u64,
+    policy: TargetPolicy,
 ) -> Result<Vec<Chosen>, SelectionError> {
     let mut chosen = Vec::new();
     for target in &spec.targets {
-        chosen.push(place_explicit(target, spec, agents, candidates)?);
+        let placed = place_explicit(target, spec, agents, candidates)?;
+        check_explicit(&placed, spec, candidates, policy)?;
+        chosen.push(placed);
     }
     if spec.has_selector() {
         let mut matching: Vec<Chosen> = candidates
             .iter()
-            .filter(|c| matches(spec, facts, c))
+            .filter(|c| matches(spec, facts, c, policy))
             .map(|c| Chosen {
                 agent: c.agent,
                 target: c.info.target.clone(),
@@ -143,6 +213,52 @@ fn place_explicit(
     Err(SelectionError::Unplaced(target.to_string()))
 }
 
+/// An explicit target is held to the same rules as a selected one, by what its agent
+/// lists for it: `pod:` and `container:` by name, `pid:` by the container holding the
+/// process, `cgroup:` by the container's cgroup.
+fn check_explicit(
+    placed: &Chosen,
+    spec: &TargetSpec,
+    candidates: &[Candidate],
+    policy: TargetPolicy,
+) -> Result<(), SelectionError> {
+    let target = placed.target.as_str();
+    let listed = candidates.iter().find(|c| {
+        c.agent == placed.agent && (refers_to(target, &c.info) || holds(target, &c.info))
+    });
+    let namespace = listed
+        .and_then(|c| c.info.container.as_ref())
+        .map(|c| c.pod_namespace.as_str())
+        .filter(|ns| !ns.is_empty())
+        .or_else(|| spelled_namespace(target));
+    if let Some(namespace) = namespace
+        && is_protected(namespace)
+        && !policy.include_protected
+    {
+        return Err(SelectionError::Protected {
+            what: format!("target `{target}`"),
+            namespace: namespace.to_string(),
+        });
+    }
+    if listed.is_some_and(|c| c.info.host_network) && !spec.include_host_network {
+        return Err(SelectionError::HostNetwork(target.to_string()));
+    }
+    Ok(())
+}
+
+/// Whether a `pid:` or `cgroup:` target is inside this listed container.
+fn holds(target: &str, info: &api::TargetInfo) -> bool {
+    if let Some(pid) = target
+        .strip_prefix("pid:")
+        .and_then(|p| p.parse::<u32>().ok())
+    {
+        return pid == info.init_pid || info.pids.contains(&pid);
+    }
+    target
+        .strip_prefix("cgroup:")
+        .is_some_and(|path| !info.cgroup.is_empty() && path == info.cgroup)
+}
+
 /// Whether an explicit target string names this listed container.
 fn refers_to(target: &str, info: &api::TargetInfo) -> bool {
     if target == info.target {
@@ -170,7 +286,12 @@ fn refers_to(target: &str, info: &api::TargetInfo) -> bool {
     false
 }
 
-fn matches(spec: &TargetSpec, facts: &ApiFacts, candidate: &Candidate) -> bool {
+fn matches(
+    spec: &TargetSpec,
+    facts: &ApiFacts,
+    candidate: &Candidate,
+    policy: TargetPolicy,
+) -> bool {
     let info = &candidate.info;
     let Some(c) = &info.container else {
         return false;
@@ -178,7 +299,10 @@ fn matches(spec: &TargetSpec, facts: &ApiFacts, candidate: &Candidate) -> bool {
     if info.state != "running" {
         return false;
     }
-    if !spec.include_protected && PROTECTED_NAMESPACES.contains(&c.pod_namespace.as_str()) {
+    if !policy.include_protected && is_protected(&c.pod_namespace) {
+        return false;
+    }
+    if info.host_network && !spec.include_host_network {
         return false;
     }
     let pod_key = (c.pod_namespace.clone(), c.pod_name.clone());
@@ -212,8 +336,13 @@ fn pod_name(info: &api::TargetInfo) -> String {
 }
 
 /// The distinct pods of a step's targets, in order, for `delete_pod`: the pod comes from
-/// what the agent listed, or from an explicit `pod:NS/NAME[/CONTAINER]` target.
-pub fn distinct_pods(chosen: &[Chosen]) -> Result<Vec<PodKey>, SelectionError> {
+/// what the agent listed, or from an explicit `pod:NS/NAME[/CONTAINER]` target. The
+/// deletion goes through the Kubernetes API, past every agent's protection, so the
+/// protected namespaces are checked here once more.
+pub fn distinct_pods(
+    chosen: &[Chosen],
+    policy: TargetPolicy,
+) -> Result<Vec<PodKey>, SelectionError> {
     let mut pods: Vec<PodKey> = Vec::new();
     for c in chosen {
         let spelled = if c.pod.is_empty() {
@@ -228,6 +357,12 @@ pub fn distinct_pods(chosen: &[Chosen]) -> Result<Vec<PodKey>, SelectionError> {
             }
             _ => return Err(SelectionError::NotAPod(c.target.clone())),
         };
+        if is_protected(&key.0) && !policy.include_protected {
+            return Err(SelectionError::Protected {
+                what: format!("delete_pod of pod {}/{}", key.0, key.1),
+                namespace: key.0,
+            });
+        }
         if !pods.contains(&key) {
             pods.push(key);
         }
@@ -285,6 +420,24 @@ pub fn one_per_node(chosen: Vec<Chosen>) -> Vec<Chosen> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`select`] under the default policy (no protected namespaces).
+    fn pick(
+        spec: &TargetSpec,
+        agents: &[String],
+        candidates: &[Candidate],
+        facts: &ApiFacts,
+        seed: u64,
+    ) -> Result<Vec<Chosen>, SelectionError> {
+        select(
+            spec,
+            agents,
+            candidates,
+            facts,
+            seed,
+            TargetPolicy::default(),
+        )
+    }
 
     fn candidate(agent: usize, ns: &str, pod: &str, container: &str) -> Candidate {
         Candidate {
@@ -356,7 +509,7 @@ mod tests {
     #[test]
     fn all_excludes_protected_namespaces_and_other_containers() {
         let (agents, candidates) = fleet();
-        let chosen = select(
+        let chosen = pick(
             &spec(SelectMode::All),
             &agents,
             &candidates,
@@ -367,15 +520,17 @@ mod tests {
         let mut pods: Vec<&str> = chosen.iter().map(|c| c.pod.as_str()).collect();
         pods.sort();
         assert_eq!(pods, ["shop/web-0/web", "shop/web-1/web", "shop/web-2/web"]);
-        let mut with_protected = spec(SelectMode::All);
-        with_protected.include_protected = true;
+        let allowed = TargetPolicy {
+            include_protected: true,
+        };
         assert_eq!(
             select(
-                &with_protected,
+                &spec(SelectMode::All),
                 &agents,
                 &candidates,
                 &ApiFacts::default(),
-                1
+                1,
+                allowed
             )
             .unwrap()
             .len(),
@@ -387,7 +542,7 @@ mod tests {
     fn one_fixed_and_percent_take_a_seeded_subset() {
         let (agents, candidates) = fleet();
         assert_eq!(
-            select(
+            pick(
                 &spec(SelectMode::One),
                 &agents,
                 &candidates,
@@ -400,17 +555,17 @@ mod tests {
         );
         let mut fixed = spec(SelectMode::Fixed);
         fixed.count = Some(2);
-        let a = select(&fixed, &agents, &candidates, &ApiFacts::default(), 7).unwrap();
+        let a = pick(&fixed, &agents, &candidates, &ApiFacts::default(), 7).unwrap();
         assert_eq!(a.len(), 2);
         assert_eq!(
             a,
-            select(&fixed, &agents, &candidates, &ApiFacts::default(), 7).unwrap()
+            pick(&fixed, &agents, &candidates, &ApiFacts::default(), 7).unwrap()
         );
         let mut percent = spec(SelectMode::Percent);
         percent.percent = Some(50.0);
         // ceil(3 × 0.5) = 2
         assert_eq!(
-            select(&percent, &agents, &candidates, &ApiFacts::default(), 7)
+            pick(&percent, &agents, &candidates, &ApiFacts::default(), 7)
                 .unwrap()
                 .len(),
             2
@@ -424,7 +579,7 @@ mod tests {
             targets: vec!["pod:shop/db-0/db".into(), "container:id-web-0-web".into()],
             ..TargetSpec::default()
         };
-        let chosen = select(&spec, &agents, &candidates, &ApiFacts::default(), 1).unwrap();
+        let chosen = pick(&spec, &agents, &candidates, &ApiFacts::default(), 1).unwrap();
         assert_eq!(
             (chosen[0].agent, chosen[0].pod.as_str()),
             (1, "shop/db-0/db")
@@ -435,7 +590,7 @@ mod tests {
             ..TargetSpec::default()
         };
         assert_eq!(
-            select(&unplaced, &agents, &candidates, &ApiFacts::default(), 1),
+            pick(&unplaced, &agents, &candidates, &ApiFacts::default(), 1),
             Err(SelectionError::Unplaced("pid:42".into()))
         );
         let placed = TargetSpec {
@@ -443,7 +598,7 @@ mod tests {
             ..unplaced
         };
         assert_eq!(
-            select(&placed, &agents, &candidates, &ApiFacts::default(), 1).unwrap()[0].agent,
+            pick(&placed, &agents, &candidates, &ApiFacts::default(), 1).unwrap()[0].agent,
             1
         );
     }
@@ -459,12 +614,12 @@ mod tests {
         let (agents, candidates) = fleet();
         let mut on_node = spec(SelectMode::All);
         on_node.node = Some("node-1".into());
-        let chosen = select(&on_node, &agents, &candidates, &ApiFacts::default(), 1).unwrap();
+        let chosen = pick(&on_node, &agents, &candidates, &ApiFacts::default(), 1).unwrap();
         assert_eq!(pods(&chosen), ["shop/web-2/web"]);
         assert!(chosen.iter().all(|c| c.agent == 1 && c.node == "node-1"));
         on_node.node = Some("node-9".into());
         assert_eq!(
-            select(&on_node, &agents, &candidates, &ApiFacts::default(), 1),
+            pick(&on_node, &agents, &candidates, &ApiFacts::default(), 1),
             Err(SelectionError::NothingMatches)
         );
     }
@@ -476,14 +631,14 @@ mod tests {
             zone_nodes: Some(["node-0".to_string()].into()),
             ..ApiFacts::default()
         };
-        let chosen = select(&spec(SelectMode::All), &agents, &candidates, &facts, 1).unwrap();
+        let chosen = pick(&spec(SelectMode::All), &agents, &candidates, &facts, 1).unwrap();
         assert_eq!(pods(&chosen), ["shop/web-0/web", "shop/web-1/web"]);
         let empty_zone = ApiFacts {
             zone_nodes: Some(BTreeSet::new()),
             ..ApiFacts::default()
         };
         assert_eq!(
-            select(&spec(SelectMode::All), &agents, &candidates, &empty_zone, 1),
+            pick(&spec(SelectMode::All), &agents, &candidates, &empty_zone, 1),
             Err(SelectionError::NothingMatches)
         );
     }
@@ -509,7 +664,7 @@ mod tests {
             ),
             ..ApiFacts::default()
         };
-        let chosen = select(&by_labels, &agents, &candidates, &facts, 1).unwrap();
+        let chosen = pick(&by_labels, &agents, &candidates, &facts, 1).unwrap();
         assert_eq!(pods(&chosen), ["shop/web-1/web", "shop/web-3/sidecar"]);
         // The protected namespaces stay excluded even when the API lists their pods.
         let system = ApiFacts {
@@ -522,7 +677,7 @@ mod tests {
             ..TargetSpec::default()
         };
         assert_eq!(
-            select(&anywhere, &agents, &candidates, &system, 1),
+            pick(&anywhere, &agents, &candidates, &system, 1),
             Err(SelectionError::NothingMatches)
         );
     }
@@ -535,18 +690,199 @@ mod tests {
             pod: pod.into(),
             node: String::new(),
         };
-        let pods = distinct_pods(&[
-            chosen("container:a", "shop/web-0/web"),
-            chosen("container:b", "shop/web-0/sidecar"),
-            chosen("pod:shop/db-0", ""),
-            chosen("container:c", "shop/web-1/web"),
-        ])
+        let pods = distinct_pods(
+            &[
+                chosen("container:a", "shop/web-0/web"),
+                chosen("container:b", "shop/web-0/sidecar"),
+                chosen("pod:shop/db-0", ""),
+                chosen("container:c", "shop/web-1/web"),
+            ],
+            TargetPolicy::default(),
+        )
         .unwrap();
         let names: Vec<String> = pods.iter().map(|(ns, n)| format!("{ns}/{n}")).collect();
         assert_eq!(names, ["shop/web-0", "shop/db-0", "shop/web-1"]);
         assert_eq!(
-            distinct_pods(&[chosen("pid:42", "")]),
+            distinct_pods(&[chosen("pid:42", "")], TargetPolicy::default()),
             Err(SelectionError::NotAPod("pid:42".into()))
+        );
+    }
+
+    #[test]
+    fn explicit_targets_in_protected_namespaces_are_refused_in_every_form() {
+        let (agents, mut candidates) = fleet();
+        // The kube-system container of the fleet, with a process and a cgroup.
+        candidates[5].info.init_pid = 900;
+        candidates[5].info.pids = vec![900, 901];
+        candidates[5].info.cgroup = "/kubepods/pod9/web-9".into();
+        let forms = [
+            "pod:kube-system/web-9",
+            "pod:kube-system/web-9/web",
+            "container:id-web-9-web",
+            "container:containerd://id-web-9-web",
+            "pid:901",
+            "cgroup:/kubepods/pod9/web-9",
+            // Not listed by any agent: the namespace it spells is enough.
+            "pod:chaos-control/absent-0",
+        ];
+        for target in forms {
+            let spec = TargetSpec {
+                targets: vec![target.into()],
+                agent: Some("b:7090".into()),
+                ..TargetSpec::default()
+            };
+            let refused = pick(&spec, &agents, &candidates, &ApiFacts::default(), 1);
+            assert!(
+                matches!(&refused, Err(SelectionError::Protected { namespace, .. })
+                    if namespace == "kube-system" || namespace == "chaos-control"),
+                "{target}: {refused:?}"
+            );
+            let allowed = TargetPolicy {
+                include_protected: true,
+            };
+            assert!(
+                select(
+                    &spec,
+                    &agents,
+                    &candidates,
+                    &ApiFacts::default(),
+                    1,
+                    allowed
+                )
+                .is_ok(),
+                "{target}"
+            );
+        }
+        // The same pid on the other node is another process: not protected there.
+        let elsewhere = TargetSpec {
+            targets: vec!["pid:901".into()],
+            agent: Some("a:7090".into()),
+            ..TargetSpec::default()
+        };
+        assert!(pick(&elsewhere, &agents, &candidates, &ApiFacts::default(), 1).is_ok());
+        let message = pick(
+            &TargetSpec {
+                targets: vec!["container:id-web-9-web".into()],
+                ..TargetSpec::default()
+            },
+            &agents,
+            &candidates,
+            &ApiFacts::default(),
+            1,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            message.contains("container:id-web-9-web")
+                && message.contains("protected namespace kube-system")
+                && message.contains("--include-protected"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn delete_pod_never_reaches_a_protected_pod_without_the_flag() {
+        let chosen = |target: &str, pod: &str| Chosen {
+            agent: 0,
+            target: target.into(),
+            pod: pod.into(),
+            node: String::new(),
+        };
+        let targets = [
+            chosen("container:a", "shop/web-0/web"),
+            chosen("container:b", "kube-system/coredns-0/coredns"),
+        ];
+        let refused = distinct_pods(&targets, TargetPolicy::default()).unwrap_err();
+        assert_eq!(
+            refused,
+            SelectionError::Protected {
+                what: "delete_pod of pod kube-system/coredns-0".into(),
+                namespace: "kube-system".into(),
+            }
+        );
+        let allowed = TargetPolicy {
+            include_protected: true,
+        };
+        assert_eq!(distinct_pods(&targets, allowed).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_experiment_text_naming_a_protected_namespace_is_refused_before_planning() {
+        let experiment = |target: &str, fault: &str| {
+            crate::experiment::parse(&format!(
+                "name: x\nmethod:\n  faults:\n    - name: s\n      target: {target}\n      {fault}\n"
+            ))
+            .unwrap()
+        };
+        let cases = [
+            (
+                "{ targets: [\"pod:kube-system/coredns-0\"] }",
+                "delete_pod: {}",
+                "delete_pod of `pod:kube-system/coredns-0`",
+            ),
+            (
+                "{ targets: [\"pod:chaos-control/chaos-agent-x/agent\"] }",
+                "kill: {}",
+                "target `pod:chaos-control/chaos-agent-x/agent`",
+            ),
+            (
+                "{ namespace: kube-system }",
+                "delete_pod: {}",
+                "target.namespace",
+            ),
+        ];
+        for (target, fault, what) in cases {
+            let e = experiment(target, fault);
+            let message = refuse_named_protected(&e, TargetPolicy::default()).unwrap_err();
+            assert!(
+                message.starts_with("method.faults[0] (fault `s`): ") && message.contains(what),
+                "{message}"
+            );
+            assert!(
+                refuse_named_protected(
+                    &e,
+                    TargetPolicy {
+                        include_protected: true
+                    }
+                )
+                .is_ok()
+            );
+        }
+        let ordinary = experiment("{ targets: [\"pod:shop/web-0\"] }", "delete_pod: {}");
+        assert!(refuse_named_protected(&ordinary, TargetPolicy::default()).is_ok());
+    }
+
+    #[test]
+    fn host_network_containers_need_the_step_to_ask_for_them() {
+        let (agents, mut candidates) = fleet();
+        // web-1 on agent 0 shares its node's network namespace.
+        candidates[1].info.host_network = true;
+        let all = spec(SelectMode::All);
+        assert_eq!(
+            pods(&pick(&all, &agents, &candidates, &ApiFacts::default(), 1).unwrap()),
+            ["shop/web-0/web", "shop/web-2/web"]
+        );
+        let mut with_host = spec(SelectMode::All);
+        with_host.include_host_network = true;
+        assert_eq!(
+            pick(&with_host, &agents, &candidates, &ApiFacts::default(), 1)
+                .unwrap()
+                .len(),
+            3
+        );
+        // Named explicitly, it is refused with the reason and the field that allows it.
+        let mut explicit = TargetSpec {
+            targets: vec!["pod:shop/web-1/web".into()],
+            ..TargetSpec::default()
+        };
+        assert_eq!(
+            pick(&explicit, &agents, &candidates, &ApiFacts::default(), 1),
+            Err(SelectionError::HostNetwork("pod:shop/web-1/web".into()))
+        );
+        explicit.include_host_network = true;
+        assert_eq!(
+            pick(&explicit, &agents, &candidates, &ApiFacts::default(), 1).unwrap()[0].agent,
+            0
         );
     }
 
@@ -556,7 +892,7 @@ mod tests {
         let mut nothing = spec(SelectMode::All);
         nothing.namespace = Some("absent".into());
         assert_eq!(
-            select(&nothing, &agents, &candidates, &ApiFacts::default(), 1),
+            pick(&nothing, &agents, &candidates, &ApiFacts::default(), 1),
             Err(SelectionError::NothingMatches)
         );
     }

@@ -27,7 +27,9 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Server};
 
 use crate::client::{AgentAddress, connect};
-use crate::controller_api::{ControllerService, SubmitPolicy, server_tls_files, start_run};
+use crate::controller_api::{
+    ControllerService, MAX_REQUEST_BYTES, SubmitPolicy, server_tls_files, start_run,
+};
 use crate::controller_metrics::{ActiveFaultCounts, ControllerMetrics};
 use crate::duration::parse_duration;
 use crate::experiment::{self, AgentsSpec, Experiment};
@@ -35,6 +37,7 @@ use crate::fleet::{FleetConfig, fan_out};
 use crate::output::kind_name;
 use crate::probe_policy::{ProbeDestinations, ProbePolicy};
 use crate::run_registry::{RunRegistry, Source};
+use crate::selection::TargetPolicy;
 
 /// The configuration file of `chaosctl serve`.
 #[derive(Debug, Clone, Deserialize)]
@@ -111,6 +114,8 @@ pub struct ServeOptions {
     pub max_api_connections: usize,
     /// Let submitted experiments use exec probes (commands on the controller's host).
     pub allow_exec_probes: bool,
+    /// kube-system and chaos-control may be targeted, by scheduled and submitted runs.
+    pub include_protected: bool,
 }
 
 /// How long the shutdown waits for cancelled runs to revert and finish.
@@ -224,6 +229,12 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         metrics.clone(),
         stop.clone(),
     ));
+    let targets = TargetPolicy {
+        include_protected: options.include_protected,
+    };
+    if targets.include_protected {
+        tracing::warn!("--include-protected: runs may target kube-system and chaos-control");
+    }
     // Both versions: Python's grpcio-reflection and older grpcurl builds ask for v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -241,6 +252,7 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
             allow_exec_probes: options.allow_exec_probes,
             default_agents: config.agents.clone(),
             probes: probe_policy(&config)?,
+            targets,
         },
     };
     let mut api_stop = stop.clone();
@@ -251,7 +263,8 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         .timeout(Duration::from_secs(60))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ControllerServer::new(service));
+        // A larger SubmitRun is refused by tonic before it is buffered whole.
+        .add_service(ControllerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES));
     let api_limit = metrics.connection_limit("api", options.max_api_connections);
     let api = match api_tls {
         Some(tls) => {
@@ -270,7 +283,12 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, api_stopped))
         }
     };
-    let scheduler = tokio::spawn(run_schedule(experiments, Arc::clone(&registry), stop));
+    let scheduler = tokio::spawn(run_schedule(
+        experiments,
+        Arc::clone(&registry),
+        targets,
+        stop,
+    ));
     tokio::select! {
         _ = wait_for_stop_signal() => {}
         served = api => {
@@ -303,6 +321,7 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
 async fn run_schedule(
     experiments: Vec<(Experiment, Duration)>,
     registry: Arc<RunRegistry>,
+    targets: TargetPolicy,
     mut stop: watch::Receiver<bool>,
 ) {
     let start = Instant::now();
@@ -318,7 +337,7 @@ async fn run_schedule(
             _ = stop.changed() => return,
         }
         let (experiment, every) = &experiments[index];
-        match start_run(&registry, experiment.clone(), Source::Schedule) {
+        match start_run(&registry, experiment.clone(), Source::Schedule, targets) {
             // Scheduled runs are never refused at the limit; wait for this one to end
             // (a stop that came while it started cancels it too).
             Ok(id) => {

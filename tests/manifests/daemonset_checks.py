@@ -14,6 +14,11 @@ HOST_MOUNTS = {
 }
 TLS_ITEMS = {"ca.crt": "ca.pem", "tls.crt": "agent.pem", "tls.key": "agent-key.pem"}
 CONTROLLER_RULES = {("", "pods"): {"list", "delete"}, ("", "nodes"): {"list"}}
+# The namespaced-controller overlay: pods through a Role per namespace, nodes cluster-wide.
+NAMESPACED_OVERLAY = "namespaced-controller"
+POD_ACCESS = "chaosctl-pods"
+NODE_RULES = {("", "nodes"): {"list"}}
+POD_RULES = {("", "pods"): {"list", "delete"}}
 
 
 def find(docs, kind, name=None):
@@ -167,7 +172,8 @@ def check_overlay(overlay, docs, report):
     labels = namespaces[0]["metadata"].get("labels", {}) if namespaces else {}
     report.add(f"{overlay}: namespace chaos-control enforces, audits and warns at privileged",
                all(labels.get(f"pod-security.kubernetes.io/{m}") == "privileged" for m in ("enforce", "audit", "warn")))
-    namespaced = [d for d in docs if d.get("kind") not in ("Namespace", "ClusterRole", "ClusterRoleBinding")]
+    namespaced = [d for d in docs if d.get("kind") not in ("Namespace", "ClusterRole", "ClusterRoleBinding")
+                  and not is_pod_access(d)]
     stray = [f"{d['kind']}/{d['metadata']['name']}" for d in namespaced
              if d["metadata"].get("namespace") != "chaos-control"]
     report.add(f"{overlay}: every namespaced object is in chaos-control", not stray, ", ".join(stray))
@@ -198,12 +204,63 @@ def check_overlay(overlay, docs, report):
         problems = controller_problems(controllers[0], secrets)
         report.add(f"{overlay}: controller runs serve, non-root, probes, resources, client TLS items",
                    not problems, "; ".join(problems))
-    roles = find(docs, "ClusterRole")
+    if overlay == NAMESPACED_OVERLAY:
+        problems = namespaced_rbac_problems(docs)
+        report.add(f"{overlay}: controller RBAC is list nodes cluster-wide, list/delete pods only through "
+                   f"Roles in the listed namespaces", not problems, "; ".join(problems))
+    else:
+        rules = cluster_rules(docs)
+        report.add(f"{overlay}: controller RBAC is get/list/watch pods and nodes, delete pods, nothing else",
+                   rules == CONTROLLER_RULES, f"rules are {rules}")
+
+
+def rule_set(role):
     rules = {}
-    for role in roles:
-        for rule in role.get("rules", []):
-            for group in rule.get("apiGroups", []):
-                for resource in rule.get("resources", []):
-                    rules.setdefault((group, resource), set()).update(rule.get("verbs", []))
-    report.add(f"{overlay}: controller RBAC is get/list/watch pods and nodes, delete pods, nothing else",
-               rules == CONTROLLER_RULES, f"rules are {rules}")
+    for rule in role.get("rules", []):
+        for group in rule.get("apiGroups", []):
+            for resource in rule.get("resources", []):
+                rules.setdefault((group, resource), set()).update(rule.get("verbs", []))
+    return rules
+
+
+def cluster_rules(docs):
+    rules = {}
+    for role in find(docs, "ClusterRole"):
+        for key, verbs in rule_set(role).items():
+            rules.setdefault(key, set()).update(verbs)
+    return rules
+
+
+def is_pod_access(doc):
+    """A Role or RoleBinding of the namespaced-controller overlay (it lives in a target namespace)."""
+    return doc.get("kind") in ("Role", "RoleBinding") and doc["metadata"].get("name") == POD_ACCESS
+
+
+def namespaced_rbac_problems(docs):
+    """What is wrong with the namespaced-controller overlay's RBAC, as sentences."""
+    problems = []
+    rules = cluster_rules(docs)
+    if rules != NODE_RULES:
+        problems.append(f"the ClusterRole grants {rules}, not only list on nodes")
+    roles = {d["metadata"].get("namespace"): d for d in find(docs, "Role", POD_ACCESS)}
+    bindings = {d["metadata"].get("namespace"): d for d in find(docs, "RoleBinding", POD_ACCESS)}
+    if not roles:
+        problems.append(f"no Role {POD_ACCESS}")
+    for namespace, role in sorted(roles.items()):
+        if namespace in (None, "chaos-control"):
+            problems.append(f"Role {POD_ACCESS} is in {namespace}, not in a namespace to act in")
+        if rule_set(role) != POD_RULES:
+            problems.append(f"Role {namespace}/{POD_ACCESS} grants {rule_set(role)}")
+        binding = bindings.get(namespace)
+        if binding is None:
+            problems.append(f"no RoleBinding {namespace}/{POD_ACCESS}")
+            continue
+        ref = binding.get("roleRef", {})
+        subjects = binding.get("subjects", [])
+        if ref.get("kind") != "Role" or ref.get("name") != POD_ACCESS:
+            problems.append(f"RoleBinding {namespace}/{POD_ACCESS} binds {ref}")
+        if subjects != [{"kind": "ServiceAccount", "name": "chaosctl", "namespace": "chaos-control"}]:
+            problems.append(f"RoleBinding {namespace}/{POD_ACCESS} binds {subjects}")
+    for namespace in sorted(set(bindings) - set(roles)):
+        problems.append(f"RoleBinding {namespace}/{POD_ACCESS} without its Role")
+    return problems

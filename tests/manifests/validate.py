@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 KUBERNETES_VERSIONS = ["1.30", "1.31", "1.32", "1.33", "1.34"]
 # Every overlay as shipped.
-OVERLAYS = ["default", "selected-nodes", "chaosctl-certs"]
+OVERLAYS = ["default", "selected-nodes", "chaosctl-certs", "namespaced-controller"]
 TLS_FILES = ["ca", "agent", "agent-key", "client", "client-key", "controller", "controller-key"]
 # Kinds kubernetes-validate has no schema for, checked against our own schemas.
 CRD_SCHEMAS = {

@@ -878,6 +878,7 @@ fn delete_pod_deletes_through_the_api_and_is_reported_like_a_kill() -> Result<()
             run_id: chaosctl::runner::new_run_id(&experiment.name),
             progress: Arc::new(|line: &str| eprintln!("{line}")),
             cancel,
+            policy: Default::default(),
         };
         anyhow::Ok(chaosctl::runner::run(&experiment, &fleet, options).await)
     })?;
@@ -946,5 +947,104 @@ fn an_unknown_field_in_a_shipped_experiment_is_refused_with_its_line() -> Result
         stderr.contains(&format!("line {line}")),
         "line {line}: {stderr}"
     );
+    Ok(())
+}
+
+/// Protected namespaces hold for a `container:` target that only the agent can place in
+/// kube-system (the file names no namespace), also for delete_pod, which goes through the
+/// Kubernetes API and past every agent; `--include-protected` allows it; a selector over
+/// every namespace leaves kube-system out. Dry runs against a real agent: nothing is
+/// injected or deleted.
+#[test]
+fn protected_namespaces_hold_for_container_targets_and_delete_pod() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let pods = Pods::start(&[
+        ("kube-system", "coredns-0", "coredns"),
+        ("shop", "flask-0", "flask"),
+    ])?;
+    let coredns = pods.targets()["kube-system/coredns-0/coredns"].clone();
+    let node = unique("dryrun-node");
+    let agent = Agent::start(&pods, &node, tls.path(), state.path())?;
+    let api = FakeApi::start(api_data(&node))?;
+    let dir = tempfile::Builder::new()
+        .prefix("chaos-test-protected-")
+        .tempdir()?;
+    let file = |name: &str, step: &str| -> Result<PathBuf> {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!("name: chaos-test-{name}\nmethod:\n  faults:\n    - name: {name}\n{step}"),
+        )?;
+        Ok(path)
+    };
+
+    let evict = file(
+        "evict-dns",
+        &format!("      target: {{ targets: [\"{coredns}\"] }}\n      delete_pod: {{}}\n"),
+    )?;
+    let refused = dry_run(&evict, &agent, Some(&api.kubeconfig()), &[])?;
+    assert_eq!(refused.code, Some(1), "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains(&format!(
+            "fault `evict-dns`: target `{coredns}` is in the protected namespace kube-system"
+        )),
+        "{}",
+        refused.stderr
+    );
+    let allowed = dry_run(
+        &evict,
+        &agent,
+        Some(&api.kubeconfig()),
+        &["--include-protected"],
+    )?;
+    assert_eq!(allowed.code, Some(0), "{}", allowed.stderr);
+    assert!(
+        allowed
+            .stdout
+            .contains("delete pod kube-system/coredns-0 through the Kubernetes API"),
+        "{}",
+        allowed.stdout
+    );
+    let kill = file(
+        "kill-dns",
+        &format!("      target: {{ targets: [\"{coredns}\"] }}\n      kill: {{}}\n"),
+    )?;
+    let refused = dry_run(&kill, &agent, None, &[])?;
+    assert_eq!(refused.code, Some(1), "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains("protected namespace kube-system"),
+        "{}",
+        refused.stderr
+    );
+
+    // No namespace named: every pod but the protected ones.
+    let everywhere = dry_run(
+        &file(
+            "kill-anywhere",
+            "      target: { pod: \"*\", mode: all }\n      kill: {}\n",
+        )?,
+        &agent,
+        None,
+        &[],
+    )?;
+    assert_eq!(everywhere.code, Some(0), "{}", everywhere.stderr);
+    assert!(
+        everywhere.stdout.contains("pod shop/flask-0/flask")
+            && !everywhere.stdout.contains("kube-system"),
+        "{}",
+        everywhere.stdout
+    );
+
+    // Dry runs only: nothing asked of the agent, nothing deleted through the API.
+    assert_eq!(agent.faults()?.len(), 0, "{}", agent.log());
+    assert_eq!(journal_len(state.path()), 0);
+    assert!(
+        !api.requests().iter().any(|r| r.starts_with("DELETE ")),
+        "{:?}",
+        api.requests()
+    );
+    for container in &pods.containers {
+        assert_eq!(container.task_status()?, "RUNNING", "{}", container.id);
+    }
     Ok(())
 }

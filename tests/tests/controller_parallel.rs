@@ -92,6 +92,7 @@ async fn run(yaml: String) -> Result<RunResult> {
         run_id: runner::new_run_id(&experiment.name),
         progress: Arc::new(|line: &str| eprintln!("{line}")),
         cancel,
+        policy: Default::default(),
     };
     Ok(runner::run(&experiment, &fleet, options).await)
 }

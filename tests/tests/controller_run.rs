@@ -66,6 +66,7 @@ async fn run(yaml: &str) -> Result<RunResult> {
         run_id: runner::new_run_id(&experiment.name),
         progress: Arc::new(|line: &str| eprintln!("{line}")),
         cancel,
+        policy: Default::default(),
     };
     Ok(runner::run(&experiment, &fleet, options).await)
 }
@@ -357,6 +358,87 @@ async fn a_sigkilled_chaosctl_leaves_the_agent_to_revert_at_lease_lapse() -> Res
     let took = killed.elapsed();
     eprintln!("the agent reverted {took:?} after chaosctl was killed (ttl 3 s)");
     assert!(took <= Duration::from_secs(4), "{took:?}");
+    Ok(())
+}
+
+/// A run's task that ends without reaching its end (a panic, an abort: tokio drops the
+/// run's future either way) stops renewing its lease, so the agent reverts at lease lapse
+/// instead of keeping the fault for its full duration.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_task_that_dies_midway_stops_renewing_its_lease() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let container = looping_container("stop-0")?;
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let yaml = format!(
+        "name: chaos-test-dies\nagents:\n  static: [\"{}\"]\n  tls_dir: {}\n\
+         lease_ttl: 3s\nmethod:\n  faults:\n    - name: keep-killing\n      \
+         target: {{ targets: [\"{}\"] }}\n      duration: 120s\n      \
+         kill: {{ process: sleep, interval: 500ms }}\n",
+        agent.grpc,
+        tls.path().display(),
+        container.target()
+    );
+    let task = tokio::spawn(async move { run(&yaml).await });
+    let mut client = agent.client().await?;
+
+    let mut fault = None;
+    for _ in 0..200 {
+        let active = client
+            .list(api::ListRequest::default())
+            .await?
+            .into_inner()
+            .faults;
+        if let Some(f) = active.into_iter().next() {
+            fault = Some(f);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fault = fault.context("the run injected nothing within 10 s")?;
+    assert!(fault.lease_holder.starts_with("chaosctl-chaos-test-dies-"));
+    // Past the ttl, the renewals keep it.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let alive = client
+        .get(api::GetRequest {
+            id: fault.id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        alive.state,
+        api::FaultState::Active as i32,
+        "the lease was not renewed: {}",
+        alive.message
+    );
+
+    task.abort();
+    let died = Instant::now();
+    assert!(task.await.is_err_and(|e| e.is_cancelled()));
+    loop {
+        let now = client
+            .get(api::GetRequest {
+                id: fault.id.clone(),
+            })
+            .await?
+            .into_inner();
+        if now.state == api::FaultState::LeaseExpired as i32 {
+            break;
+        }
+        // ttl 3 s after the last renewal (at most 1 s before the abort), plus the margin
+        // of a loaded machine.
+        if died.elapsed() > Duration::from_secs(8) {
+            bail!(
+                "still {:?} {:?} after the run's task died (ttl 3 s): its lease is still renewed",
+                now.state,
+                died.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "the agent reverted {:?} after the run's task died (ttl 3 s)",
+        died.elapsed()
+    );
     Ok(())
 }
 

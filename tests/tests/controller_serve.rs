@@ -1068,3 +1068,216 @@ async fn serve_refuses_probes_that_split_requests_or_leave_its_destinations() ->
     assert!(status.success(), "chaosctl serve exited with {status}");
     Ok(())
 }
+
+/// VmRSS of a process in bytes, from /proc/PID/status.
+fn resident_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .context("no VmRSS line")?
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+/// 0.9 MiB of YAML: one anchored fault step with 50 targets and 100 000 aliases to it.
+/// Before aliases were refused, its expansion (5 million target strings) took the
+/// controller's memory up by hundreds of megabytes.
+fn alias_bomb() -> String {
+    let mut text = String::from(
+        "name: chaos-test-bomb\nmethod:\n  faults:\n    - &s\n      name: k\n      target: { targets: [",
+    );
+    text.push_str(&vec!["\"pid:1\""; 50].join(","));
+    text.push_str("] }\n      kill: {}\n");
+    text.push_str(&"    - *s\n".repeat(100_000));
+    text
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submissions_that_would_turn_the_controller_against_the_cluster_are_refused_fast()
+-> Result<()> {
+    let tls = make_certs()?;
+    let state = state_dir()?;
+    let work = work_dir()?;
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let (metrics_address, api_address) = (loopback()?, loopback()?);
+    let config = serve_config(work.path(), metrics_address, &agent, tls.path())?;
+    // One slot: a refused submission that still held it would block the next one.
+    let serve = start_serve(
+        work.path(),
+        &config,
+        metrics_address,
+        api_address,
+        tls.path(),
+        &["--max-concurrent-runs=1"],
+    )?;
+    let serve_pid = serve.child.id();
+    let mut client = controller(api_address, tls.path()).await?;
+    let step = "method:\n  faults:\n    - name: k\n      target: { targets: [\"pid:1\"] }\n      kill: {}\n";
+    let cases: Vec<(&str, String, tonic::Code, &[&str])> = vec![
+        (
+            "delete_pod of a kube-system pod",
+            "name: chaos-test-evict\nmethod:\n  faults:\n    - name: evict-dns\n      \
+             target: { targets: [\"pod:kube-system/coredns-0\"] }\n      delete_pod: {}\n"
+                .to_string(),
+            tonic::Code::PermissionDenied,
+            &["fault `evict-dns`", "protected namespace kube-system"],
+        ),
+        (
+            "a kube-system selector",
+            step.replace("targets: [\"pid:1\"]", "namespace: kube-system")
+                .replace("method:", "name: chaos-test-dns\nmethod:"),
+            tonic::Code::PermissionDenied,
+            &["target.namespace", "kube-system"],
+        ),
+        (
+            "the include_protected field",
+            step.replace(
+                "targets: [\"pid:1\"]",
+                "namespace: shop, include_protected: true",
+            )
+            .replace("method:", "name: chaos-test-field\nmethod:"),
+            tonic::Code::InvalidArgument,
+            &["method.faults[0].target.include_protected"],
+        ),
+        (
+            "agents of its own",
+            format!("name: chaos-test-agents\nagents: {{ static: [\"127.0.0.1:9\"] }}\n{step}"),
+            tonic::Code::PermissionDenied,
+            &["agents.static"],
+        ),
+        (
+            "a TLS directory of its own",
+            format!("name: chaos-test-tls\nagents: {{ tls_dir: /root }}\n{step}"),
+            tonic::Code::PermissionDenied,
+            &["agents.tls_dir"],
+        ),
+        (
+            "plain text",
+            format!("name: chaos-test-plain\nagents: {{ insecure_plaintext: true }}\n{step}"),
+            tonic::Code::PermissionDenied,
+            &["agents.insecure_plaintext"],
+        ),
+        (
+            "an out-of-range baseline",
+            format!("name: chaos-test-long\nbaseline: 9223372036854775808s\n{step}"),
+            tonic::Code::InvalidArgument,
+            &["baseline:", "longer than the 1h accepted"],
+        ),
+        (
+            "a duration that overflows",
+            format!("name: chaos-test-overflow\nbaseline: 18446744073709551615h\n{step}"),
+            tonic::Code::InvalidArgument,
+            &["too large", "line 2"],
+        ),
+    ];
+    for (what, text, code, needles) in cases {
+        let started = Instant::now();
+        let status = client
+            .submit_run(api::SubmitRunRequest {
+                experiment_yaml: text,
+            })
+            .await
+            .err()
+            .with_context(|| format!("{what}: accepted"))?;
+        let took = started.elapsed();
+        eprintln!(
+            "{what}: {:?} after {took:?}: {}",
+            status.code(),
+            status.message()
+        );
+        assert_eq!(status.code(), code, "{what}: {status}");
+        for needle in needles {
+            assert!(
+                status.message().contains(needle),
+                "{what}: {}",
+                status.message()
+            );
+        }
+        assert!(
+            took < Duration::from_secs(2),
+            "{what}: refused after {took:?}"
+        );
+    }
+
+    // The alias bomb: refused at its first alias, with the controller's memory bounded.
+    let bomb = alias_bomb();
+    let before = resident_bytes(serve_pid)?;
+    let started = Instant::now();
+    let status = client
+        .submit_run(api::SubmitRunRequest {
+            experiment_yaml: bomb.clone(),
+        })
+        .await
+        .err()
+        .context("the alias bomb was accepted")?;
+    let took = started.elapsed();
+    // Whatever the parse allocated has been used by now; a run holding the expansion
+    // would still hold it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = resident_bytes(serve_pid)?;
+    eprintln!(
+        "alias bomb ({} bytes): {:?} after {took:?}; serve VmRSS {} KiB before, {} KiB after \
+         (+{} KiB): {}",
+        bomb.len(),
+        status.code(),
+        before / 1024,
+        after / 1024,
+        after.saturating_sub(before) / 1024,
+        status.message()
+    );
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    assert!(
+        status.message().contains("aliases") && status.message().contains("line 8"),
+        "{}",
+        status.message()
+    );
+    assert!(took < Duration::from_secs(5), "refused after {took:?}");
+    assert!(
+        after.saturating_sub(before) < 64 << 20,
+        "serve grew from {before} to {after} bytes on the alias bomb"
+    );
+    let (code, _) = http_get(metrics_address, "/healthz")?;
+    assert_eq!(code, 200);
+
+    // Nothing was started, and the one slot is free for a submission within bounds.
+    let runs = client
+        .list_runs(api::ListRunsRequest {})
+        .await?
+        .into_inner()
+        .runs;
+    assert!(runs.is_empty(), "{runs:?}");
+    let run_id = client
+        .submit_run(api::SubmitRunRequest {
+            experiment_yaml: "name: chaos-test-fits\nmethod:\n  faults:\n    - name: k\n      \
+                              target: { namespace: chaos-test-no-such-namespace }\n      kill: {}\n"
+                .to_string(),
+        })
+        .await?
+        .into_inner()
+        .run_id;
+    let run = wait_finished(&mut client, &run_id, Duration::from_secs(30)).await?;
+    assert_eq!(run.verdict, "failed", "{:?}", run.reasons);
+    assert!(
+        run.reasons
+            .iter()
+            .any(|r| r.contains("matches no running container")),
+        "{:?}",
+        run.reasons
+    );
+    // A run that failed gives its slot back.
+    let again = client
+        .submit_run(api::SubmitRunRequest {
+            experiment_yaml:
+                "name: chaos-test-fits-again\nmethod:\n  faults:\n    - name: k\n      \
+                              target: { namespace: chaos-test-no-such-namespace }\n      kill: {}\n"
+                    .to_string(),
+        })
+        .await
+        .context("the slot of a failed run was not freed")?
+        .into_inner()
+        .run_id;
+    wait_finished(&mut client, &again, Duration::from_secs(30)).await?;
+    Ok(())
+}
