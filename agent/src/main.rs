@@ -16,7 +16,7 @@ use chaos_agent::registry::{EndReason, Registry};
 use chaos_agent::resolve::Resolver;
 use chaos_agent::runtime::Containerd;
 use chaos_agent::service::AgentService;
-use chaos_agent::validate::Limits;
+use chaos_agent::validate::{DEFAULT_MAX_MEMORY_FILL_PERCENT_OF_AVAILABLE, Limits};
 use chaos_cgroup::CgroupFs;
 use chaos_proto::api::agent_server::AgentServer;
 use chaos_tls::ReloadingTls;
@@ -82,6 +82,15 @@ struct Args {
     /// Longest fault this agent accepts, in seconds.
     #[arg(long, default_value_t = 3600)]
     max_duration_secs: u64,
+    /// The most a memory fault may hold, in percent of the node's MemAvailable when it is
+    /// injected (all its targets together). A larger fill is refused, not shrunk.
+    #[arg(
+        long,
+        env = "CHAOS_MAX_MEMORY_FILL_PERCENT_OF_AVAILABLE",
+        default_value_t = DEFAULT_MAX_MEMORY_FILL_PERCENT_OF_AVAILABLE,
+        value_parser = clap::value_parser!(u32).range(1..=100)
+    )]
+    max_memory_fill_percent_of_available: u32,
     #[arg(long, env = "CHAOS_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
     #[arg(
@@ -272,6 +281,7 @@ async fn run(args: Args, lifetimes: tokio::runtime::Handle) -> Result<()> {
         max_duration: Duration::from_secs(args.max_duration_secs),
         allow_node_scope: args.allow_node_scope,
         agent_port: args.listen.port(),
+        max_memory_fill_percent_of_available: args.max_memory_fill_percent_of_available,
     };
     let registry = Registry::new(
         journal,

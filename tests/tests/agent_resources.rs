@@ -44,6 +44,7 @@ fn memory_request(target: &str, size: u64, percent: u32, duration: Duration) -> 
             size_bytes: size,
             percent,
             ramp_ms: 0,
+            allow_node_memory: false,
         })),
         ..Default::default()
     }
