@@ -355,12 +355,15 @@ mod tests {
 
     #[test]
     fn percent_is_of_the_limit_or_of_node_memory_when_asked() {
-        let hold = |amount, limit: Option<u64>, allow| {
-            bytes_to_hold(&amount, limit.map(limit_of).as_ref(), 4 * GIB, allow, "ctr")
+        let hold = |amount, limit_bytes: Option<u64>, allow| {
+            bytes_to_hold(
+                &amount,
+                limit_bytes.map(limit).as_ref(),
+                4 * GIB,
+                allow,
+                "ctr",
+            )
         };
-        fn limit_of(bytes: u64) -> MemoryLimit {
-            limit(bytes)
-        }
         assert_eq!(
             hold(MemoryAmount::PercentOfLimit(50), Some(512 * MIB), false).unwrap(),
             256 * MIB
