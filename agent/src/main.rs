@@ -17,7 +17,7 @@ use chaos_agent::registry::{Registry, Runtimes};
 use chaos_agent::resolve::Resolver;
 use chaos_agent::runtime::Containerd;
 use chaos_agent::service::AgentService;
-use chaos_agent::validate::Limits;
+use chaos_agent::validate::{DEFAULT_MAX_MEMORY_FILL_PERCENT_OF_AVAILABLE, Limits};
 use chaos_cgroup::CgroupFs;
 use chaos_proto::api::agent_server::AgentServer;
 use chaos_tls::ReloadingTls;
@@ -123,6 +123,15 @@ struct Args {
     /// descriptors open at start, both caps and this reserve.
     #[arg(long, env = "CHAOS_FD_RESERVE", default_value_t = descriptors::DEFAULT_RESERVE)]
     fd_reserve: u64,
+    /// The most a memory fault may hold, in percent of the node's MemAvailable when it is
+    /// injected (all its targets together). A larger fill is refused, not shrunk.
+    #[arg(
+        long,
+        env = "CHAOS_MAX_MEMORY_FILL_PERCENT_OF_AVAILABLE",
+        default_value_t = DEFAULT_MAX_MEMORY_FILL_PERCENT_OF_AVAILABLE,
+        value_parser = clap::value_parser!(u32).range(1..=100)
+    )]
+    max_memory_fill_percent_of_available: u32,
     #[arg(long, env = "CHAOS_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
     #[arg(
@@ -340,6 +349,7 @@ async fn run(args: Args, runtimes: Runtimes, open_file_limit: u64) -> Result<()>
         max_stressor_threads: args
             .max_stressor_threads
             .unwrap_or_else(default_stressor_threads),
+        max_memory_fill_percent_of_available: args.max_memory_fill_percent_of_available,
     };
     let registry = Registry::new(journal, metrics.clone(), resolver, policy, limits, runtimes);
 

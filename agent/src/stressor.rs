@@ -8,9 +8,20 @@
 //! Why attach before work: memory a process touches is charged to the cgroup it is in at
 //! the time, so the child waits for one line on stdin, the spawner writes its pid into the
 //! target's `cgroup.procs` files, and only then releases it.
+//!
+//! Why the spawner sets the stressor's `oom_score_adj` (to 1000, before the attach): a child
+//! inherits the agent's score, -997 under `priorityClassName: system-node-critical`, which
+//! would make the stressor the LAST process the OOM killer takes, after the workload it
+//! stresses and its neighbours. The spawner writes `/proc/PID/oom_score_adj` and reads it
+//! back while the child still waits for its go line, so the child has not allocated
+//! anything of its fill, and a failure fails the spawn (the child is killed, the inject
+//! changes nothing) instead of surfacing later as a stressor that died or, worse, one that
+//! runs with the agent's protection. Before the attach, so not even a brief window exists
+//! in which a protected process sits in the target's cgroup.
 
 use std::ffi::OsString;
 use std::io::Write;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
@@ -28,6 +39,10 @@ pub const SUBCOMMAND: &str = "stress";
 /// How long a revert waits for a killed stressor to be reaped.
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 const REAP_POLL: Duration = Duration::from_millis(2);
+/// The stressor's `oom_score_adj`: the kernel's highest, so that under any memory pressure
+/// (its target's limit, a pod's or a parent's limit, the node's) the OOM killer takes a
+/// stressor first. Raising a score needs no privilege.
+pub const STRESSOR_OOM_SCORE_ADJ: i32 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StressorError {
@@ -39,6 +54,10 @@ pub enum StressorError {
         #[source]
         source: CgroupError,
     },
+    #[error(
+        "cannot make stressor {pid} the OOM killer's first choice (oom_score_adj {STRESSOR_OOM_SCORE_ADJ}): {detail}"
+    )]
+    OomScore { pid: u32, detail: String },
     #[error("cannot release the stressor: {0}")]
     Release(#[source] std::io::Error),
     #[error("cannot read the stressor's identity: {0}")]
@@ -189,7 +208,8 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
     })
 }
 
-/// Runs on the spawner thread: spawn, attach, release. On any error the child is killed.
+/// Runs on the spawner thread: spawn, OOM score, attach, release. On any error the child is
+/// killed.
 fn start(request: &StressorRequest) -> Result<Stressor, StressorError> {
     let mut command = Command::new("/proc/self/exe");
     command
@@ -204,9 +224,11 @@ fn start(request: &StressorRequest) -> Result<Stressor, StressorError> {
         .stderr(Stdio::inherit());
     let mut child = command.spawn().map_err(StressorError::Spawn)?;
     let pid = child.id();
-    let released = attach_and_release(request, &mut child, pid);
+    let procfs = Procfs::default();
+    let released = set_oom_score_adj(procfs.root(), pid, STRESSOR_OOM_SCORE_ADJ)
+        .and_then(|()| attach_and_release(request, &mut child, pid));
     let identity = released.and_then(|()| {
-        Procfs::default()
+        procfs
             .stat(pid)
             .map(|stat| ProcessIdentity {
                 pid,
@@ -221,6 +243,25 @@ fn start(request: &StressorRequest) -> Result<Stressor, StressorError> {
             let _ = child.wait();
             Err(e)
         }
+    }
+}
+
+/// Writes `value` to `<proc_root>/PID/oom_score_adj` and reads it back; a failed write, a
+/// failed read or another value read back is an error.
+pub fn set_oom_score_adj(proc_root: &Path, pid: u32, value: i32) -> Result<(), StressorError> {
+    let file = proc_root.join(pid.to_string()).join("oom_score_adj");
+    let failed = |detail: String| StressorError::OomScore { pid, detail };
+    std::fs::write(&file, value.to_string())
+        .map_err(|e| failed(format!("writing {}: {e}", file.display())))?;
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| failed(format!("reading {} back: {e}", file.display())))?;
+    match text.trim().parse::<i32>() {
+        Ok(read) if read == value => Ok(()),
+        _ => Err(failed(format!(
+            "{} reads {:?} after writing {value}",
+            file.display(),
+            text.trim()
+        ))),
     }
 }
 
@@ -347,6 +388,39 @@ fn clock_ticks_per_second() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_real_process_gets_the_stressor_oom_score_and_it_is_read_back() {
+        // Raising a score needs no privilege: this runs as any user.
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let result = set_oom_score_adj(Path::new("/proc"), pid, STRESSOR_OOM_SCORE_ADJ);
+        let read = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"));
+        let _ = child.kill();
+        let _ = child.wait();
+        result.unwrap();
+        assert_eq!(read.unwrap().trim(), "1000");
+    }
+
+    #[test]
+    fn an_oom_score_that_cannot_be_set_is_an_error_naming_the_file() {
+        let proc_root = tempfile::tempdir().unwrap();
+        // No such process.
+        let err = set_oom_score_adj(proc_root.path(), 4242, 1000).unwrap_err();
+        assert!(
+            matches!(err, StressorError::OomScore { pid: 4242, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("4242/oom_score_adj"), "{err}");
+        // A file that cannot be written (a directory stands in for a refusing kernel).
+        let gone = proc_root.path().join("77");
+        std::fs::create_dir(&gone).unwrap();
+        std::fs::create_dir(gone.join("oom_score_adj")).unwrap();
+        let err = set_oom_score_adj(proc_root.path(), 77, 1000).unwrap_err();
+        assert!(err.to_string().contains("writing"), "{err}");
+        // The error reaches the caller as an internal failure of the inject.
+        assert!(matches!(AgentError::from(err), AgentError::Internal(_)));
+    }
 
     #[test]
     fn reads_own_cpu_time_and_resident_memory() {

@@ -21,7 +21,13 @@ pub struct Limits {
     pub agent_port: u16,
     /// Stressor threads (CPU workers, memory stressors) all faults together may run.
     pub max_stressor_threads: u32,
+    /// The most of the node's MemAvailable a memory fault may hold (percent).
+    pub max_memory_fill_percent_of_available: u32,
 }
+
+/// `--max-memory-fill-percent-of-available`'s default: half of what the node has free
+/// leaves the other half to the workloads and the kernel while a fault holds its memory.
+pub const DEFAULT_MAX_MEMORY_FILL_PERCENT_OF_AVAILABLE: u32 = 50;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -30,6 +36,7 @@ impl Default for Limits {
             allow_node_scope: false,
             agent_port: 7090,
             max_stressor_threads: 64,
+            max_memory_fill_percent_of_available: DEFAULT_MAX_MEMORY_FILL_PERCENT_OF_AVAILABLE,
         }
     }
 }
@@ -63,6 +70,11 @@ pub enum MemoryAmount {
 pub struct MemoryPlan {
     pub amount: MemoryAmount,
     pub ramp: Duration,
+    /// A percent of a container without a memory limit is of node memory (asked for).
+    pub allow_node_memory: bool,
+    /// The agent's bound on the memory a fill may take from the node, in percent of
+    /// MemAvailable when it is prepared ([`Limits::max_memory_fill_percent_of_available`]).
+    pub max_percent_of_available: u32,
 }
 
 /// An IP network in CIDR form.
@@ -190,7 +202,7 @@ pub fn validate_inject(
         }
         api::inject_request::Fault::Memory(m) => {
             require_duration(duration)?;
-            FaultPlan::Memory(validate_memory(m, duration)?)
+            FaultPlan::Memory(validate_memory(m, duration, limits)?)
         }
         api::inject_request::Fault::Network(n) => {
             require_duration(duration)?;
@@ -336,7 +348,13 @@ fn validate_cpu(c: &api::CpuFault) -> Result<CpuPlan, AgentError> {
     })
 }
 
-fn validate_memory(m: &api::MemoryFault, duration: Duration) -> Result<MemoryPlan, AgentError> {
+/// The request's own consistency. What depends on the target (its limit) and the node
+/// (MemAvailable) is decided when the fault is prepared (`faults::memory`).
+fn validate_memory(
+    m: &api::MemoryFault,
+    duration: Duration,
+    limits: &Limits,
+) -> Result<MemoryPlan, AgentError> {
     const MAX_BYTES: u64 = 1 << 40;
     let amount = match (m.size_bytes, m.percent) {
         (0, 0) => {
@@ -366,6 +384,12 @@ fn validate_memory(m: &api::MemoryFault, duration: Duration) -> Result<MemoryPla
             ));
         }
     };
+    if m.allow_node_memory && !matches!(amount, MemoryAmount::PercentOfLimit(_)) {
+        return Err(AgentError::invalid(
+            "memory.allow_node_memory",
+            "applies to memory.percent only (it lets a percent be of node memory)",
+        ));
+    }
     let ramp = Duration::from_millis(m.ramp_ms);
     if ramp >= duration {
         return Err(AgentError::invalid(
@@ -373,7 +397,12 @@ fn validate_memory(m: &api::MemoryFault, duration: Duration) -> Result<MemoryPla
             "must be shorter than duration_ms",
         ));
     }
-    Ok(MemoryPlan { amount, ramp })
+    Ok(MemoryPlan {
+        amount,
+        ramp,
+        allow_node_memory: m.allow_node_memory,
+        max_percent_of_available: limits.max_memory_fill_percent_of_available,
+    })
 }
 
 fn check_percent(field: &'static str, value: f64) -> Result<(), AgentError> {
@@ -867,6 +896,7 @@ mod tests {
                 size_bytes,
                 percent,
                 ramp_ms,
+                allow_node_memory: false,
             })
         };
         assert_eq!(
@@ -888,6 +918,15 @@ mod tests {
         assert_eq!(
             refused_field(&req("pid:2", 1000, mem(10, 0, 1000))),
             "memory.ramp_ms"
+        );
+        let size_with_node_memory = Fault::Memory(api::MemoryFault {
+            size_bytes: 4096,
+            allow_node_memory: true,
+            ..Default::default()
+        });
+        assert_eq!(
+            refused_field(&req("pid:2", 1000, size_with_node_memory)),
+            "memory.allow_node_memory"
         );
 
         let net = |f: fn(&mut api::NetworkFault)| {
@@ -1106,12 +1145,36 @@ mod tests {
             ok(Fault::Memory(api::MemoryFault {
                 size_bytes: 256 << 20,
                 percent: 0,
-                ramp_ms: 10_000
+                ramp_ms: 10_000,
+                allow_node_memory: false,
             }))
             .plan,
             FaultPlan::Memory(MemoryPlan {
                 amount: MemoryAmount::Bytes(256 << 20),
-                ramp: Duration::from_secs(10)
+                ramp: Duration::from_secs(10),
+                allow_node_memory: false,
+                max_percent_of_available: DEFAULT_MAX_MEMORY_FILL_PERCENT_OF_AVAILABLE,
+            })
+        );
+        // A percent of node memory, asked for; the agent's bound travels with the plan.
+        let limits = Limits {
+            max_memory_fill_percent_of_available: 20,
+            ..Limits::default()
+        };
+        let node_percent = Fault::Memory(api::MemoryFault {
+            percent: 10,
+            allow_node_memory: true,
+            ..Default::default()
+        });
+        assert_eq!(
+            validate_inject(&req("pod:dev/db-0/db", 30_000, node_percent), &limits)
+                .unwrap()
+                .plan,
+            FaultPlan::Memory(MemoryPlan {
+                amount: MemoryAmount::PercentOfLimit(10),
+                ramp: Duration::ZERO,
+                allow_node_memory: true,
+                max_percent_of_available: 20,
             })
         );
         let n = ok(Fault::Network(api::NetworkFault {

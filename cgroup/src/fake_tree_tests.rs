@@ -4,7 +4,7 @@
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use crate::{CgroupError, CgroupFs, CgroupVersion, CpuLimit, ProcessCgroup};
+use crate::{CgroupError, CgroupFs, CgroupVersion, CpuLimit, MemoryLimit, ProcessCgroup};
 
 fn write(path: impl AsRef<Path>, text: &str) {
     let path = path.as_ref();
@@ -297,6 +297,113 @@ fn memory_limits_on_v1_and_v2() {
     assert_eq!(fs.memory_limit(&v2_ctr()).unwrap(), None);
     write(root.join("kubepods.slice/pod1/memory.max"), "536870912\n");
     assert_eq!(fs.memory_limit(&v2_ctr()).unwrap(), Some(536_870_912));
+}
+
+#[test]
+fn v2_effective_memory_limit_is_the_lowest_memory_max_up_the_tree() {
+    let tree = v2_tree();
+    let root = tree.path();
+    let fs = CgroupFs::at(root);
+    write(root.join("kubepods.slice/memory.max"), "max\n");
+    write(root.join("kubepods.slice/pod1/memory.max"), "max\n");
+    write(root.join("kubepods.slice/pod1/ctr/memory.max"), "max\n");
+    assert_eq!(fs.effective_memory_limit(&v2_ctr()).unwrap(), None);
+
+    // A pod-level limit bounds a container that has none of its own.
+    write(root.join("kubepods.slice/pod1/memory.max"), "268435456\n");
+    assert_eq!(
+        fs.effective_memory_limit(&v2_ctr()).unwrap(),
+        Some(MemoryLimit {
+            bytes: 256 << 20,
+            set_by: "/kubepods.slice/pod1".into(),
+            file: "memory.max",
+        })
+    );
+    // The container's own, higher limit does not lift the pod's; a lower one is the limit.
+    write(
+        root.join("kubepods.slice/pod1/ctr/memory.max"),
+        "536870912\n",
+    );
+    assert_eq!(fs.memory_limit(&v2_ctr()).unwrap(), Some(256 << 20));
+    write(
+        root.join("kubepods.slice/pod1/ctr/memory.max"),
+        "134217728\n",
+    );
+    let limit = fs.effective_memory_limit(&v2_ctr()).unwrap().unwrap();
+    assert_eq!(limit.set_by, "/kubepods.slice/pod1/ctr");
+    assert_eq!(
+        limit.to_string(),
+        "134217728 bytes (memory.max of /kubepods.slice/pod1/ctr)"
+    );
+    // A grandparent lower still.
+    write(root.join("kubepods.slice/memory.max"), "67108864\n");
+    let limit = fs.effective_memory_limit(&v2_ctr()).unwrap().unwrap();
+    assert_eq!(
+        (limit.bytes, limit.set_by.as_str()),
+        (64 << 20, "/kubepods.slice")
+    );
+
+    write(root.join("kubepods.slice/memory.max"), "lots\n");
+    let err = fs.effective_memory_limit(&v2_ctr()).unwrap_err();
+    assert!(matches!(err, CgroupError::Parse { .. }), "{err}");
+}
+
+#[test]
+fn v1_effective_memory_limit_counts_hierarchical_parents_only() {
+    const UNLIMITED: &str = "9223372036854771712\n";
+    let tree = v1_tree(false);
+    let memory = tree.path().join("memory");
+    let fs = CgroupFs::at(tree.path());
+    write(memory.join("memory.limit_in_bytes"), UNLIMITED);
+    write(memory.join("default/memory.limit_in_bytes"), "268435456\n");
+    write(memory.join("default/db/memory.limit_in_bytes"), UNLIMITED);
+    // No use_hierarchy file: hierarchical, as every kernel since 5.11 is.
+    assert_eq!(
+        fs.effective_memory_limit(&v1_db()).unwrap(),
+        Some(MemoryLimit {
+            bytes: 256 << 20,
+            set_by: "/default".into(),
+            file: "memory.limit_in_bytes",
+        })
+    );
+    write(memory.join("default/memory.use_hierarchy"), "1\n");
+    assert_eq!(fs.memory_limit(&v1_db()).unwrap(), Some(256 << 20));
+
+    // A non-hierarchical parent does not count its children's usage: its limit bounds
+    // nothing below it, and neither does anything above it.
+    write(memory.join("default/memory.use_hierarchy"), "0\n");
+    assert_eq!(fs.effective_memory_limit(&v1_db()).unwrap(), None);
+    write(
+        memory.join("default/db/memory.limit_in_bytes"),
+        "536870912\n",
+    );
+    assert_eq!(
+        fs.effective_memory_limit(&v1_db())
+            .unwrap()
+            .map(|l| l.set_by),
+        Some("/default/db".into())
+    );
+
+    write(memory.join("default/memory.use_hierarchy"), "yes\n");
+    let err = fs.effective_memory_limit(&v1_db()).unwrap_err();
+    assert!(matches!(err, CgroupError::Parse { .. }), "{err}");
+}
+
+#[test]
+fn usable_cpus_round_the_quota_up_within_the_cpuset() {
+    let limit = |quota_cores, cpuset_cpus| CpuLimit {
+        quota_cores,
+        cpuset_cpus,
+    };
+    assert_eq!(limit(Some(1.0), 8).usable_cpus(), 1);
+    assert_eq!(limit(Some(1.5), 8).usable_cpus(), 2);
+    assert_eq!(limit(Some(0.1), 8).usable_cpus(), 1);
+    assert_eq!(limit(Some(2.0), 8).usable_cpus(), 2);
+    assert_eq!(limit(Some(300_000.0 / 100_000.0), 8).usable_cpus(), 3);
+    // The cpuset caps the quota; without a quota the cpuset is the count.
+    assert_eq!(limit(Some(6.0), 4).usable_cpus(), 4);
+    assert_eq!(limit(None, 3).usable_cpus(), 3);
+    assert_eq!(limit(None, 0).usable_cpus(), 1);
 }
 
 #[test]

@@ -15,7 +15,7 @@ mod usage;
 pub use error::CgroupError;
 pub use fs::CgroupFs;
 pub use layout::{CgroupLayout, CgroupVersion, KNOWN_V1_CONTROLLERS};
-pub use limits::{CpuLimit, parse_cpu_list};
+pub use limits::{CpuLimit, MemoryLimit, parse_cpu_list};
 pub use membership::ProcessCgroup;
 
 #[cfg(test)]

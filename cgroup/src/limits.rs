@@ -27,6 +27,34 @@ impl CpuLimit {
     }
 }
 
+/// A memory limit that bounds a cgroup, and where it is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryLimit {
+    pub bytes: u64,
+    /// The cgroup whose limit it is, as `/proc/PID/cgroup` spells paths (`/` is the root).
+    pub set_by: String,
+    /// `memory.max` (v2) or `memory.limit_in_bytes` (v1).
+    pub file: &'static str,
+}
+
+impl std::fmt::Display for MemoryLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} bytes ({} of {})", self.bytes, self.file, self.set_by)
+    }
+}
+
+impl CpuLimit {
+    /// How many CPUs the cgroup can keep busy at once: its usable cores rounded up (a 1.5-core
+    /// quota runs on two CPUs at a time), at least one. More stressor workers than this add
+    /// nothing but threads waiting for a CPU.
+    pub fn usable_cpus(&self) -> u32 {
+        // A quota such as 150000/100000 is exact in f64; the small margin keeps a quotient
+        // that lands a rounding error above an integer from counting one CPU more.
+        let cores = (self.effective_cores() - 1e-9).ceil();
+        if cores >= 1.0 { cores as u32 } else { 1 }
+    }
+}
+
 /// v1 `memory.limit_in_bytes` reports "unlimited" as a huge page-aligned value
 /// (9223372036854771712 on x86-64); anything this large is no limit.
 const V1_UNLIMITED_THRESHOLD: u64 = 1 << 62;
@@ -63,8 +91,22 @@ impl CgroupFs {
         })
     }
 
-    /// The memory limit in bytes (the smallest along the cgroup and its ancestors), None if unlimited.
+    /// The memory limit in bytes (the smallest that bounds the cgroup), None if unlimited.
     pub fn memory_limit(&self, cg: &ProcessCgroup) -> Result<Option<u64>, CgroupError> {
+        Ok(self.effective_memory_limit(cg)?.map(|limit| limit.bytes))
+    }
+
+    /// The lowest memory limit that bounds the cgroup's usage, and the cgroup that sets it:
+    /// its own or an ancestor's (a pod's, a parent slice's), whose limit counts the usage of
+    /// everything below it. v2: `memory.max` of the cgroup and every ancestor. v1:
+    /// `memory.limit_in_bytes` of the cgroup and of each parent that is hierarchical
+    /// (`memory.use_hierarchy` 1; the only mode since Linux 5.11, where the file always reads 1):
+    /// a parent with 0 counts none of its children's usage, so it and everything above it bound
+    /// nothing here. None if nothing bounds the cgroup.
+    pub fn effective_memory_limit(
+        &self,
+        cg: &ProcessCgroup,
+    ) -> Result<Option<MemoryLimit>, CgroupError> {
         let (base, dir) = self.controller_base_and_dir(cg, "memory")?;
         require_dir(&dir)?;
         let file_name = if cg.is_v1() {
@@ -72,14 +114,24 @@ impl CgroupFs {
         } else {
             "memory.max"
         };
-        let mut tightest: Option<u64> = None;
+        let mut tightest: Option<MemoryLimit> = None;
         for level in levels(&base, &dir) {
-            let Some(text) = read_optional(&level.join(file_name))? else {
-                continue; // the root and cgroups without the memory controller have no limit file
-            };
-            let limit = parse_memory_limit(&level.join(file_name), &text)?;
-            if let Some(limit) = limit {
-                tightest = Some(tightest.map_or(limit, |t| t.min(limit)));
+            // The root and cgroups without the memory controller have no limit file.
+            if let Some(text) = read_optional(&level.join(file_name))?
+                && let Some(bytes) = parse_memory_limit(&level.join(file_name), &text)?
+                && tightest.as_ref().is_none_or(|t| bytes < t.bytes)
+            {
+                tightest = Some(MemoryLimit {
+                    bytes,
+                    set_by: cgroup_path_of(&base, &level),
+                    file: file_name,
+                });
+            }
+            if cg.is_v1()
+                && let Some(parent) = level.parent().filter(|p| p.starts_with(&base))
+                && !v1_is_hierarchical(parent)?
+            {
+                break;
             }
         }
         Ok(tightest)
@@ -230,6 +282,27 @@ fn parse_memory_limit(file: &Path, text: &str) -> Result<Option<u64>, CgroupErro
         Ok(None)
     } else {
         Ok(Some(bytes))
+    }
+}
+
+/// The cgroup path of a directory under a hierarchy root: `/` for the root itself.
+fn cgroup_path_of(base: &Path, level: &Path) -> String {
+    let relative = level.strip_prefix(base).unwrap_or(level);
+    format!("/{}", relative.display())
+}
+
+/// v1 `memory.use_hierarchy`: whether the cgroup's counter includes its children's usage.
+/// A missing file (Linux 5.11 on, where hierarchy is the only mode, still has it; a fake tree
+/// may not) is hierarchical.
+fn v1_is_hierarchical(dir: &Path) -> Result<bool, CgroupError> {
+    let file = dir.join("memory.use_hierarchy");
+    match read_optional(&file)?.as_deref().map(str::trim) {
+        None | Some("1") => Ok(true),
+        Some("0") => Ok(false),
+        Some(other) => Err(CgroupError::parse(
+            file.display().to_string(),
+            format!("{other:?} is not 0 or 1"),
+        )),
     }
 }
 

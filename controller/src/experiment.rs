@@ -479,8 +479,12 @@ pub struct MemorySpec {
     /// `256MiB`, `1GiB`, `500M`, plain bytes.
     #[serde(default, deserialize_with = "optional_size")]
     pub size: Option<u64>,
+    /// Percent of the container's memory limit.
     #[serde(default)]
     pub percent: Option<u32>,
+    /// With `percent`: of node memory when the container has no limit (refused otherwise).
+    #[serde(default)]
+    pub allow_node_memory: bool,
     #[serde(default, deserialize_with = "optional_duration")]
     pub ramp: Option<Duration>,
 }
@@ -937,6 +941,15 @@ fn validate_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
             "needs exactly one of size and percent",
         ));
     }
+    if let Some(m) = &step.memory
+        && m.allow_node_memory
+        && m.percent.is_none()
+    {
+        return Err(invalid(
+            format!("{field}.memory.allow_node_memory"),
+            "applies to percent only",
+        ));
+    }
     if let Some(c) = &step.cpu
         && !(1..=100).contains(&c.load)
     {
@@ -1210,6 +1223,13 @@ method:
                     "memory: { size: 1Gi, percent: 5 }\n      duration: 5s",
                 ),
                 "method.faults[0].memory",
+            ),
+            (
+                MINIMAL.replace(
+                    "kill: { process: httpd }",
+                    "memory: { size: 1Gi, allow_node_memory: true }\n      duration: 5s",
+                ),
+                "method.faults[0].memory.allow_node_memory",
             ),
         ];
         for (text, field) in cases {

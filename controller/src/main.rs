@@ -228,9 +228,13 @@ enum Inject {
         /// How much: 256MiB, 1GiB, ...
         #[arg(long, value_parser = chaosctl::experiment::parse_size, required_unless_present = "percent", conflicts_with = "percent")]
         size: Option<u64>,
-        /// Percent of the container's memory limit (of node memory when unlimited).
+        /// Percent of the container's memory limit (its own or its pod's).
         #[arg(long)]
         percent: Option<u32>,
+        /// With --percent: of node memory when the container has no memory limit (the agent
+        /// refuses a percent of an unlimited container otherwise).
+        #[arg(long, requires = "percent")]
+        allow_node_memory: bool,
         /// Reach the size linearly over this time.
         #[arg(long, value_parser = parse_duration)]
         ramp: Option<Duration>,
@@ -503,6 +507,7 @@ async fn run(cli: Cli) -> Result<()> {
             common,
             size,
             percent,
+            allow_node_memory,
             ramp,
             duration,
         }) => {
@@ -513,6 +518,7 @@ async fn run(cli: Cli) -> Result<()> {
                     size_bytes: size.unwrap_or(0),
                     percent: percent.unwrap_or(0),
                     ramp_ms: ramp.map_or(0, |r| r.as_millis() as u64),
+                    allow_node_memory,
                 }),
             );
             inject_and_print(&address, cli.output, request).await?;

@@ -63,6 +63,7 @@ fn fault(step: &FaultStep) -> api::inject_request::Fault {
             size_bytes: memory.size.unwrap_or(0),
             percent: memory.percent.unwrap_or(0),
             ramp_ms: memory.ramp.map_or(0, millis),
+            allow_node_memory: memory.allow_node_memory,
         });
     }
     if let Some(network) = &step.network {
@@ -109,6 +110,32 @@ mod tests {
 
     fn step(yaml: &str) -> FaultStep {
         serde_norway::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn a_memory_step_carries_percent_and_allow_node_memory() {
+        let memory = step(
+            "name: fill\ntarget: {targets: ['pid:1']}\nduration: 30s\nmemory:\n  percent: 20\n  allow_node_memory: true\n  ramp: 2s\n",
+        );
+        match inject_request(&memory, "pid:1", None, &HashMap::new(), false).fault {
+            Some(api::inject_request::Fault::Memory(m)) => {
+                assert_eq!(m.percent, 20);
+                assert_eq!(m.size_bytes, 0);
+                assert!(m.allow_node_memory);
+                assert_eq!(m.ramp_ms, 2000);
+            }
+            other => panic!("{other:?}"),
+        }
+        let sized = step(
+            "name: fill\ntarget: {targets: ['pid:1']}\nduration: 30s\nmemory: { size: 64MiB }\n",
+        );
+        match inject_request(&sized, "pid:1", None, &HashMap::new(), false).fault {
+            Some(api::inject_request::Fault::Memory(m)) => {
+                assert_eq!(m.size_bytes, 64 << 20);
+                assert!(!m.allow_node_memory);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

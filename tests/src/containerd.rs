@@ -56,6 +56,9 @@ pub struct ContainerSpec {
     /// A network namespace to join instead of a fresh one (`--with-ns network:PATH`), the way a
     /// CNI plugin hands a pod its network; see [`crate::netns::TestNetns::path`].
     pub netns: Option<PathBuf>,
+    /// A cgroup path to create the container's cgroup under (`ctr run --cgroup PARENT/ID`),
+    /// the way a pod's cgroup holds its containers; None: containerd's `/<namespace>/<id>`.
+    pub cgroup_parent: Option<String>,
 }
 
 impl Default for ContainerSpec {
@@ -69,6 +72,7 @@ impl Default for ContainerSpec {
             cpus: None,
             memory_limit_bytes: None,
             netns: None,
+            cgroup_parent: None,
         }
     }
 }
@@ -317,6 +321,10 @@ fn run_args(spec: &ContainerSpec, id: &str, rootfs: &Path, log_path: &Path) -> V
         args.push("--with-ns".into());
         args.push(format!("network:{}", netns.display()));
     }
+    if let Some(parent) = &spec.cgroup_parent {
+        args.push("--cgroup".into());
+        args.push(format!("{}/{id}", parent.trim_end_matches('/')));
+    }
     args.push("--rootfs".into());
     args.push(rootfs.display().to_string());
     args.push(id.to_string());
@@ -559,6 +567,7 @@ mod tests {
             cpus: Some(0.5),
             memory_limit_bytes: Some(64 << 20),
             netns: Some(PathBuf::from("/var/run/netns/chaos-test-x")),
+            cgroup_parent: Some("/chaos-test-parent/".into()),
             command: vec!["/bin/sh".into(), "-c".into(), "sleep 5".into()],
             ..ContainerSpec::pod("dev", "db-0", "db")
         };
@@ -578,6 +587,7 @@ mod tests {
             "--cpus",
             "--memory-limit",
             "--with-ns",
+            "--cgroup",
             "--env",
             "--log-uri",
         ] {
@@ -591,6 +601,7 @@ mod tests {
         assert!(args.contains(&"io.kubernetes.container.name=db".to_string()));
         assert!(args.contains(&"network:/var/run/netns/chaos-test-x".to_string()));
         assert!(args.contains(&"67108864".to_string()));
+        assert!(args.contains(&"/chaos-test-parent/chaos-test-abc".to_string()));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
-use chaos_cgroup::{CgroupFs, ProcessCgroup};
+use chaos_cgroup::{CgroupFs, CpuLimit, ProcessCgroup};
 use chaos_proto::api;
 
 use crate::error::AgentError;
@@ -69,6 +69,33 @@ pub fn stressor_args(plan: &CpuPlan, duration: Duration) -> Vec<OsString> {
     args
 }
 
+/// Workers asked for (`cpu.cores`) must fit the CPUs the target may use at once: its quota
+/// rounded up, or its cpuset's CPU count when it has no quota. More would only queue extra
+/// threads in the target's cgroup (and on the node) without adding load to it.
+pub fn check_workers(cores: Option<u32>, limit: &CpuLimit, what: &str) -> Result<(), AgentError> {
+    let usable = limit.usable_cpus();
+    match cores {
+        Some(cores) if cores > usable => Err(AgentError::invalid(
+            "cpu.cores",
+            format!(
+                "{cores} workers is more than the {usable} CPU(s) {what} may use ({})",
+                describe_limit(limit)
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn describe_limit(limit: &CpuLimit) -> String {
+    match limit.quota_cores {
+        Some(quota) => format!(
+            "a quota of {quota:.2} cores within a cpuset of {} CPUs",
+            limit.cpuset_cpus
+        ),
+        None => format!("no quota, a cpuset of {} CPUs", limit.cpuset_cpus),
+    }
+}
+
 /// Percent of `limit_cores` used between two cumulative CPU-time readings.
 pub fn percent_of_limit(start_ns: u64, end_ns: u64, elapsed: Duration, limit_cores: f64) -> f64 {
     let elapsed_ns = elapsed.as_nanos() as f64;
@@ -79,7 +106,8 @@ pub fn percent_of_limit(start_ns: u64, end_ns: u64, elapsed: Duration, limit_cor
 }
 
 impl CpuFault {
-    /// Reads each target's CPU limit (what 100 % is); touches nothing.
+    /// Reads each target's CPU limit (what 100 % is) and checks the workers fit it; touches
+    /// nothing.
     pub fn prepare(
         plan: &CpuPlan,
         cgroups: &CgroupFs,
@@ -94,6 +122,7 @@ impl CpuFault {
                     target.canonical()
                 ))
             })?;
+            check_workers(plan.cores, &limit, &target.canonical())?;
             cpu_targets.push(CpuTarget {
                 cgroup: target.cgroup.clone(),
                 limit_cores: limit.effective_cores(),
@@ -263,6 +292,42 @@ mod tests {
         assert_eq!(percent_of_limit(0, 1_000_000_000, second, 2.0), 50.0);
         assert_eq!(percent_of_limit(10, 5, second, 1.0), 0.0);
         assert_eq!(percent_of_limit(0, 5, Duration::ZERO, 1.0), 0.0);
+    }
+
+    #[test]
+    fn workers_beyond_the_targets_cpus_are_refused_naming_the_count() {
+        let one_and_a_half = CpuLimit {
+            quota_cores: Some(1.5),
+            cpuset_cpus: 8,
+        };
+        assert!(check_workers(None, &one_and_a_half, "ctr").is_ok());
+        assert!(check_workers(Some(1), &one_and_a_half, "ctr").is_ok());
+        assert!(check_workers(Some(2), &one_and_a_half, "ctr").is_ok());
+        match check_workers(Some(3), &one_and_a_half, "container:db") {
+            Err(AgentError::InvalidArgument { field, reason }) => {
+                assert_eq!(field, "cpu.cores");
+                assert!(
+                    reason.starts_with("3 workers is more than the 2 CPU(s) container:db may use"),
+                    "{reason}"
+                );
+                assert!(reason.contains("quota of 1.50 cores"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Unlimited: the cpuset counts.
+        let cpuset_of_two = CpuLimit {
+            quota_cores: None,
+            cpuset_cpus: 2,
+        };
+        assert!(check_workers(Some(2), &cpuset_of_two, "ctr").is_ok());
+        match check_workers(Some(3), &cpuset_of_two, "ctr") {
+            Err(AgentError::InvalidArgument { field, reason }) => {
+                assert_eq!(field, "cpu.cores");
+                assert!(reason.contains("the 2 CPU(s)"), "{reason}");
+                assert!(reason.contains("no quota, a cpuset of 2 CPUs"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
