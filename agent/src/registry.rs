@@ -546,6 +546,7 @@ impl Registry {
     /// Reverts what the journal of a previous run lists. Called before serving.
     /// Returns how many records were reverted and how many could not be.
     pub fn recover(&self) -> (usize, usize) {
+        self.journal.drop_records_of_earlier_boots();
         // The journal is not fsynced (see journal.rs): a node that lost power may have
         // left records cut short, describing state the reboot already wiped.
         match self.resolver.procfs.boot_time() {
