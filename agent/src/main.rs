@@ -79,6 +79,9 @@ struct Args {
     /// Permit faults on the node's own interfaces (blackhole with node scope).
     #[arg(long)]
     allow_node_scope: bool,
+    /// Permit targets that belong to no container (processes of the node itself).
+    #[arg(long)]
+    allow_host_processes: bool,
     /// Longest fault this agent accepts, in seconds.
     #[arg(long, default_value_t = 3600)]
     max_duration_secs: u64,
