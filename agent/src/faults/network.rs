@@ -720,7 +720,16 @@ impl NetworkFault {
             request.keep_reachable(request.node.agent_port);
         }
         drop((node, node_process, agent));
-        require_modules(modules, &request)?;
+        require_modules(modules, &request).map_err(|e| match e {
+            AgentError::FailedPrecondition(message) if node_scope => {
+                AgentError::FailedPrecondition(format!(
+                    "{message}; a fault on the node's network namespace keeps the agent's port {} \
+                     reachable through prio and u32 filters",
+                    request.node.agent_port
+                ))
+            }
+            other => other,
+        })?;
 
         let mut interfaces = Vec::new();
         let mut acts_on = Vec::new();
