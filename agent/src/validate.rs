@@ -501,10 +501,13 @@ fn validate_network(n: &api::NetworkFault, limits: &Limits) -> Result<NetworkPla
             "must be at most 60 s",
         ));
     }
-    if n.jitter_us > MAX_DELAY_US {
+    if n.jitter_us > chaos_netem::codec::MAX_JITTER_US {
         return Err(AgentError::invalid(
             "network.jitter_us",
-            "must be at most 60 s",
+            format!(
+                "must be at most {} us (2^31 - 1 ns): the kernel cuts a larger jitter to that",
+                chaos_netem::codec::MAX_JITTER_US
+            ),
         ));
     }
     if n.jitter_us > 0 && n.delay_us == 0 {
@@ -1132,6 +1135,20 @@ mod tests {
             network(correlated),
             Err(AgentError::InvalidArgument {
                 field: "network.loss_correlation",
+                ..
+            })
+        ));
+        // The widest jitter the kernel keeps, and one microsecond more.
+        let jitter = |jitter_us| api::NetworkFault {
+            delay_us: 5_000_000,
+            jitter_us,
+            ..Default::default()
+        };
+        assert!(network(jitter(chaos_netem::codec::MAX_JITTER_US)).is_ok());
+        assert!(matches!(
+            network(jitter(chaos_netem::codec::MAX_JITTER_US + 1)),
+            Err(AgentError::InvalidArgument {
+                field: "network.jitter_us",
                 ..
             })
         ));
