@@ -9,6 +9,12 @@
 //! [`Journal::drop_unreadable_before`] removes such records at the next start. An fsync
 //! of the file and of the directory would cost milliseconds on a node's network disk
 //! for every inject and revert, and buy nothing.
+//!
+//! For the same reason every record carries the boot it was written in (the kernel's
+//! random boot id, stamped by [`Journal::write`]): a record of an earlier boot describes
+//! nothing that survived, and its numbers (pids, namespace inodes, interface indexes) now
+//! belong to others, so [`Journal::drop_records_of_earlier_boots`] removes it at start
+//! instead of replaying it.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -62,9 +68,64 @@ pub struct JournalRecord {
     pub undo: Undo,
 }
 
+/// This boot, as the journal stamps and checks records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Boot {
+    /// `/proc/sys/kernel/random/boot_id`: a random UUID the kernel makes at every boot.
+    pub id: String,
+    /// When it began (`btime` of `/proc/stat`).
+    pub started: SystemTime,
+}
+
+impl Boot {
+    pub fn current() -> Result<Boot, JournalError> {
+        let read = |path: &str| {
+            fs::read_to_string(path).map_err(|source| JournalError::Io {
+                path: PathBuf::from(path),
+                source,
+            })
+        };
+        let id = read("/proc/sys/kernel/random/boot_id")?.trim().to_string();
+        let stat = read("/proc/stat")?;
+        let seconds =
+            crate::procfs::parse_boot_time(&stat).ok_or_else(|| JournalError::Corrupt {
+                path: PathBuf::from("/proc/stat"),
+                reason: "no btime line".into(),
+            })?;
+        Ok(Boot {
+            id,
+            started: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(seconds),
+        })
+    }
+}
+
+/// A record as it is written: the record and the boot it was written in.
+#[derive(Serialize)]
+struct Stamped<'a> {
+    #[serde(flatten)]
+    record: &'a JournalRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    boot_id: Option<&'a str>,
+}
+
+/// A record as it is read. Records of agents before the stamp have no boot id.
+#[derive(Deserialize)]
+struct Stored {
+    #[serde(flatten)]
+    record: JournalRecord,
+    #[serde(default)]
+    boot_id: Option<String>,
+}
+
+/// A record file and what it holds (or why it could not be read).
+type StoredAt = (PathBuf, Result<Stored, JournalError>);
+
 #[derive(Debug, Clone)]
 pub struct Journal {
     dir: PathBuf,
+    /// None when this boot could not be read: records are then not stamped, and none is
+    /// dropped as from an earlier boot.
+    boot: Option<Boot>,
 }
 
 const SUFFIX: &str = ".json";
@@ -77,15 +138,27 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
 }
 
 impl Journal {
-    /// Opens (creating, mode 0700) `<state_dir>/journal`.
+    /// Opens (creating, mode 0700) `<state_dir>/journal`, for this boot.
     pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
+        let boot = match Boot::current() {
+            Ok(boot) => Some(boot),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read this boot's id: journal records are not stamped with it, and none is dropped as from an earlier boot");
+                None
+            }
+        };
+        Journal::open_for(state_dir, boot)
+    }
+
+    /// Opens `<state_dir>/journal` for `boot` (tests give one of their own).
+    pub fn open_for(state_dir: &Path, boot: Option<Boot>) -> Result<Journal, JournalError> {
         let dir = state_dir.join("journal");
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
             .map_err(io(&dir))?;
-        Ok(Journal { dir })
+        Ok(Journal { dir, boot })
     }
 
     pub fn dir(&self) -> &Path {
@@ -102,7 +175,11 @@ impl Journal {
     pub fn write(&self, record: &JournalRecord) -> Result<(), JournalError> {
         let path = self.path(&record.id);
         let tmp = self.dir.join(format!(".{}.tmp", record.id));
-        let bytes = serde_json::to_vec_pretty(record).map_err(|e| JournalError::Corrupt {
+        let stamped = Stamped {
+            record,
+            boot_id: self.boot.as_ref().map(|boot| boot.id.as_str()),
+        };
+        let bytes = serde_json::to_vec_pretty(&stamped).map_err(|e| JournalError::Corrupt {
             path: path.clone(),
             reason: e.to_string(),
         })?;
@@ -130,6 +207,15 @@ impl Journal {
     /// Every record, oldest first; an unreadable one is returned as an error so the
     /// caller can report it without losing the others.
     pub fn records(&self) -> Result<Vec<Result<JournalRecord, JournalError>>, JournalError> {
+        Ok(self
+            .stored()?
+            .into_iter()
+            .map(|(_, stored)| stored.map(|s| s.record))
+            .collect())
+    }
+
+    /// Every record with its path and boot id, oldest first.
+    fn stored(&self) -> Result<Vec<StoredAt>, JournalError> {
         let mut paths: Vec<PathBuf> = fs::read_dir(&self.dir)
             .map_err(io(&self.dir))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -140,18 +226,75 @@ impl Journal {
             })
             .collect();
         paths.sort();
-        let mut records: Vec<Result<JournalRecord, JournalError>> = paths
+        let mut records: Vec<StoredAt> = paths
             .into_iter()
             .map(|path| {
-                let bytes = fs::read(&path).map_err(io(&path))?;
-                serde_json::from_slice(&bytes).map_err(|e| JournalError::Corrupt {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })
+                let stored = fs::read(&path).map_err(io(&path)).and_then(|bytes| {
+                    serde_json::from_slice(&bytes).map_err(|e| JournalError::Corrupt {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })
+                });
+                (path, stored)
             })
             .collect();
-        records.sort_by_key(|r| r.as_ref().map(|r| r.created_unix_ms).unwrap_or(i64::MIN));
+        records.sort_by_key(|(_, r)| {
+            r.as_ref()
+                .map(|r| r.record.created_unix_ms)
+                .unwrap_or(i64::MIN)
+        });
         Ok(records)
+    }
+
+    /// Removes, with a log line each, the records of an earlier boot: the reboot wiped
+    /// everything they describe (qdiscs, stressors, a cgroup's load), and their numbers
+    /// (pids, namespace inodes, interface indexes) now name what others made since. A
+    /// record is of an earlier boot when it carries another boot id; a record of an agent
+    /// that stamped none, when it was last written before this boot began. Returns how
+    /// many were dropped; problems are logged, and leave the records for the replay.
+    pub fn drop_records_of_earlier_boots(&self) -> usize {
+        let Some(boot) = &self.boot else {
+            return 0;
+        };
+        let stored = match self.stored() {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the journal to drop records of earlier boots");
+                return 0;
+            }
+        };
+        let mut dropped = 0;
+        for (path, stored) in stored {
+            // Unreadable records are drop_unreadable_before's (by their time alone).
+            let Ok(stored) = stored else { continue };
+            let earlier = match &stored.boot_id {
+                Some(id) => *id != boot.id,
+                None => fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|written| written < boot.started),
+            };
+            if !earlier {
+                continue;
+            }
+            let record = &stored.record;
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    dropped += 1;
+                    tracing::warn!(
+                        fault = %record.id,
+                        kind = %record.kind,
+                        target = %record.target,
+                        record_boot = stored.boot_id.as_deref().unwrap_or("unstamped, written before this boot"),
+                        this_boot = %boot.id,
+                        "dropped a journal record of an earlier boot: the reboot wiped what it describes, and its pids and namespaces are others' now"
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(fault = %record.id, path = %path.display(), error = %e, "cannot drop a journal record of an earlier boot")
+                }
+            }
+        }
+        dropped
     }
 
     /// Removes the unreadable records last written before `boot` (this boot's start)
@@ -290,6 +433,96 @@ mod tests {
             .collect();
         assert_eq!(left.len(), 2);
         assert_eq!(left.iter().filter(|ok| **ok).count(), 1);
+    }
+
+    fn boot(id: &str) -> Boot {
+        Boot {
+            id: id.into(),
+            started: SystemTime::now() - std::time::Duration::from_secs(600),
+        }
+    }
+
+    #[test]
+    fn records_carry_the_boot_they_were_written_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open_for(dir.path(), Some(boot("boot-a"))).unwrap();
+        journal.write(&record("f-1", 10)).unwrap();
+        let text = std::fs::read_to_string(journal.dir().join("f-1.json")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["boot_id"], "boot-a");
+        assert_eq!(json["id"], "f-1");
+        assert_eq!(json["undo"]["action"], "kill_processes");
+        // The record reads back whole, stamp aside.
+        assert_eq!(
+            journal.records().unwrap()[0].as_ref().unwrap(),
+            &record("f-1", 10)
+        );
+        // Without a known boot nothing is stamped.
+        let unknown = Journal::open_for(dir.path(), None).unwrap();
+        unknown.write(&record("f-2", 20)).unwrap();
+        let text = std::fs::read_to_string(journal.dir().join("f-2.json")).unwrap();
+        assert!(!text.contains("boot_id"), "{text}");
+    }
+
+    #[test]
+    fn records_of_an_earlier_boot_are_dropped_and_this_boots_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let this_boot = boot("boot-b");
+        Journal::open_for(dir.path(), Some(boot("boot-a")))
+            .unwrap()
+            .write(&record("f-before", 10))
+            .unwrap();
+        let journal = Journal::open_for(dir.path(), Some(this_boot.clone())).unwrap();
+        journal.write(&record("f-now", 20)).unwrap();
+        // An older agent's record (no stamp): by when it was last written.
+        let unstamped = |id: &str, written: SystemTime| {
+            let path = journal.dir().join(format!("{id}.json"));
+            std::fs::write(&path, serde_json::to_vec(&record(id, 5)).unwrap()).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(written)
+                .unwrap();
+        };
+        unstamped(
+            "f-old-agent-earlier",
+            this_boot.started - std::time::Duration::from_secs(60),
+        );
+        unstamped(
+            "f-old-agent-now",
+            this_boot.started + std::time::Duration::from_secs(60),
+        );
+        std::fs::write(journal.dir().join("f-bad.json"), b"{not json").unwrap();
+
+        assert_eq!(journal.drop_records_of_earlier_boots(), 2);
+        let left: Vec<String> = journal
+            .records()
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| r.ok().map(|r| r.id))
+            .collect();
+        assert_eq!(left, ["f-old-agent-now", "f-now"]);
+        assert!(
+            journal.dir().join("f-bad.json").exists(),
+            "unreadable ones are not this method's"
+        );
+        // A journal that does not know its boot drops nothing.
+        let unknown = Journal::open_for(dir.path(), None).unwrap();
+        Journal::open_for(dir.path(), Some(boot("boot-a")))
+            .unwrap()
+            .write(&record("f-a", 30))
+            .unwrap();
+        assert_eq!(unknown.drop_records_of_earlier_boots(), 0);
+        assert_eq!(journal.drop_records_of_earlier_boots(), 1);
+    }
+
+    #[test]
+    fn this_boot_is_read_from_the_kernel() {
+        let boot = Boot::current().unwrap();
+        // A UUID, as the kernel prints it.
+        assert_eq!(boot.id.len(), 36, "{boot:?}");
+        assert!(boot.started < SystemTime::now());
     }
 
     #[test]

@@ -107,11 +107,39 @@ impl FromStr for Cidr {
     }
 }
 
+/// What this agent permits when a network fault's namespace turns out to be the node's
+/// (a hostNetwork pod, a process of the node, a node-scope blackhole). Only `prepare`
+/// can tell, once it has the target's namespace; validation hands it the agent's rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeNetworkPolicy {
+    /// `--allow-node-scope`.
+    pub allowed: bool,
+    /// The agent's gRPC port: a fault on the node's namespace leaves it reachable, as
+    /// source and destination port.
+    pub agent_port: u16,
+}
+
+impl NodeNetworkPolicy {
+    pub fn of(limits: &Limits) -> NodeNetworkPolicy {
+        NodeNetworkPolicy {
+            allowed: limits.allow_node_scope,
+            agent_port: limits.agent_port,
+        }
+    }
+}
+
+impl Default for NodeNetworkPolicy {
+    fn default() -> Self {
+        NodeNetworkPolicy::of(&Limits::default())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkPlan {
     pub request: api::NetworkFault,
     pub destinations: Vec<Cidr>,
     pub exclude_destinations: Vec<Cidr>,
+    pub node: NodeNetworkPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -119,8 +147,7 @@ pub struct BlackholePlan {
     pub destinations: Vec<Cidr>,
     pub ports: Vec<u16>,
     pub node_scope: bool,
-    /// Node scope only: the agent's gRPC port, excluded as source and destination port.
-    pub keep_port: Option<u16>,
+    pub node: NodeNetworkPolicy,
     /// Empty: the interface carrying the default route.
     pub interface: String,
 }
@@ -206,7 +233,7 @@ pub fn validate_inject(
         }
         api::inject_request::Fault::Network(n) => {
             require_duration(duration)?;
-            FaultPlan::Network(validate_network(n)?)
+            FaultPlan::Network(validate_network(n, limits)?)
         }
         api::inject_request::Fault::Blackhole(b) => {
             require_duration(duration)?;
@@ -406,14 +433,21 @@ fn validate_memory(
 }
 
 fn check_percent(field: &'static str, value: f64) -> Result<(), AgentError> {
-    if value.is_finite() && (0.0..=100.0).contains(&value) {
-        Ok(())
-    } else {
-        Err(AgentError::invalid(
+    if !(value.is_finite() && (0.0..=100.0).contains(&value)) {
+        return Err(AgentError::invalid(
             field,
             format!("{value} is outside 0..=100"),
-        ))
+        ));
     }
+    // The kernel holds a probability as a fraction of 2^32 - 1: a percentage above 0
+    // that rounds to 0 there would be installed as "never", not as asked.
+    if value > 0.0 && chaos_netem::codec::percent_to_probability(value) == 0 {
+        return Err(AgentError::invalid(
+            field,
+            format!("{value} % is below the kernel's resolution (100 / (2^32 - 1) %)"),
+        ));
+    }
+    Ok(())
 }
 
 fn parse_cidrs(field: &'static str, items: &[String]) -> Result<Vec<Cidr>, AgentError> {
@@ -441,6 +475,13 @@ fn parse_ipv4_cidrs(field: &'static str, items: &[String]) -> Result<Vec<Cidr>, 
 
 /// Each combination of destination, port and protocol is one kernel filter.
 const MAX_FILTERS: usize = 256;
+
+/// The product of list lengths, saturated: the count only needs to say "too many".
+fn filter_product(counts: &[usize]) -> usize {
+    counts
+        .iter()
+        .fold(1, |product, count| product.saturating_mul(*count))
+}
 
 fn check_filter_count(field: &'static str, count: usize) -> Result<(), AgentError> {
     if count > MAX_FILTERS {
@@ -485,7 +526,11 @@ fn check_interface_name(field: &'static str, name: &str) -> Result<(), AgentErro
     Ok(())
 }
 
-fn validate_network(n: &api::NetworkFault) -> Result<NetworkPlan, AgentError> {
+/// The highest bandwidth limit: its bit rate (how tc and the fault's status show rates)
+/// must fit 64 bits. The kernel takes any 64-bit byte rate (`TCA_*_RATE64`).
+pub const MAX_RATE_BYTES_PER_SECOND: u64 = u64::MAX / 8;
+
+fn validate_network(n: &api::NetworkFault, limits: &Limits) -> Result<NetworkPlan, AgentError> {
     const MAX_DELAY_US: u64 = 60_000_000;
     check_interface_name("network.interface", &n.interface)?;
     api::Direction::try_from(n.direction).map_err(|_| {
@@ -512,10 +557,13 @@ fn validate_network(n: &api::NetworkFault) -> Result<NetworkPlan, AgentError> {
             "must be at most 60 s",
         ));
     }
-    if n.jitter_us > MAX_DELAY_US {
+    if n.jitter_us > chaos_netem::codec::MAX_JITTER_US {
         return Err(AgentError::invalid(
             "network.jitter_us",
-            "must be at most 60 s",
+            format!(
+                "must be at most {} us (2^31 - 1 ns): the kernel cuts a larger jitter to that",
+                chaos_netem::codec::MAX_JITTER_US
+            ),
         ));
     }
     if n.jitter_us > 0 && n.delay_us == 0 {
@@ -548,6 +596,15 @@ fn validate_network(n: &api::NetworkFault) -> Result<NetworkPlan, AgentError> {
             "needs network.reorder_percent",
         ));
     }
+    if n.rate_bytes_per_second > MAX_RATE_BYTES_PER_SECOND {
+        return Err(AgentError::invalid(
+            "network.rate_bytes_per_second",
+            format!(
+                "{} is above the highest rate, {MAX_RATE_BYTES_PER_SECOND} bytes/s (its bit rate must fit 64 bits)",
+                n.rate_bytes_per_second
+            ),
+        ));
+    }
     let impairs = n.delay_us > 0
         || n.loss_percent > 0.0
         || n.duplicate_percent > 0.0
@@ -577,16 +634,19 @@ fn validate_network(n: &api::NetworkFault) -> Result<NetworkPlan, AgentError> {
     };
     check_filter_count(
         "network.destinations",
-        n.destinations.len().max(1) * n.ports.len().max(1) * protocols,
+        filter_product(&[n.destinations.len().max(1), n.ports.len().max(1), protocols]),
     )?;
     check_filter_count(
         "network.exclude_destinations",
-        n.exclude_destinations.len() + 2 * n.exclude_ports.len(),
+        n.exclude_destinations
+            .len()
+            .saturating_add(filter_product(&[2, n.exclude_ports.len()])),
     )?;
     Ok(NetworkPlan {
         request: n.clone(),
         destinations,
         exclude_destinations,
+        node: NodeNetworkPolicy::of(limits),
     })
 }
 
@@ -605,12 +665,12 @@ fn validate_blackhole(
         destinations: parse_ipv4_cidrs("blackhole.destinations", &b.destinations)?,
         ports: check_ports("blackhole.ports", &b.ports)?,
         node_scope: b.node_scope,
-        keep_port: b.node_scope.then_some(limits.agent_port),
+        node: NodeNetworkPolicy::of(limits),
         interface: b.interface.clone(),
     };
     check_filter_count(
         "blackhole.destinations",
-        b.destinations.len().max(1) * b.ports.len().max(1) * 2,
+        filter_product(&[b.destinations.len().max(1), b.ports.len().max(1), 2]),
     )?;
     Ok(plan)
 }
@@ -1109,13 +1169,96 @@ mod tests {
             agent_port: 7443,
             ..Limits::default()
         };
+        let kept = NodeNetworkPolicy {
+            allowed: true,
+            agent_port: 7443,
+        };
         match validate_inject(&r, &limits).unwrap().plan {
             FaultPlan::Blackhole(plan) => {
-                assert_eq!(plan.keep_port, Some(7443));
+                assert_eq!(plan.node, kept);
                 assert_eq!(plan.ports, vec![80]);
             }
             other => panic!("{other:?}"),
         }
+        // Network faults carry the same rule: prepare applies it to a target that
+        // shares the node's namespace.
+        let network = req(
+            "pid:2",
+            1000,
+            Fault::Network(api::NetworkFault {
+                delay_us: 1000,
+                ..Default::default()
+            }),
+        );
+        match validate_inject(&network, &limits).unwrap().plan {
+            FaultPlan::Network(plan) => assert_eq!(plan.node, kept),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn network_numbers_the_kernel_cannot_hold_are_refused_at_the_boundary() {
+        let network = |fault: api::NetworkFault| {
+            validate_inject(
+                &req("pid:2", 1000, Fault::Network(fault)),
+                &Limits::default(),
+            )
+        };
+        let rate = |rate_bytes_per_second| api::NetworkFault {
+            rate_bytes_per_second,
+            ..Default::default()
+        };
+        assert!(network(rate(MAX_RATE_BYTES_PER_SECOND)).is_ok());
+        for too_high in [MAX_RATE_BYTES_PER_SECOND + 1, u64::MAX] {
+            match network(rate(too_high)) {
+                Err(AgentError::InvalidArgument { field, .. }) => {
+                    assert_eq!(field, "network.rate_bytes_per_second")
+                }
+                other => panic!("{too_high}: {other:?}"),
+            }
+        }
+        // The smallest loss the kernel holds is 1 / (2^32 - 1); half of it rounds to 0.
+        let one_step = 100.0 / f64::from(u32::MAX);
+        let loss = |loss_percent| api::NetworkFault {
+            loss_percent,
+            ..Default::default()
+        };
+        assert!(network(loss(one_step)).is_ok());
+        match network(loss(one_step / 4.0)) {
+            Err(AgentError::InvalidArgument { field, reason }) => {
+                assert_eq!(field, "network.loss_percent");
+                assert!(reason.contains("resolution"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let correlated = api::NetworkFault {
+            loss_correlation: 1e-12,
+            ..loss(5.0)
+        };
+        assert!(matches!(
+            network(correlated),
+            Err(AgentError::InvalidArgument {
+                field: "network.loss_correlation",
+                ..
+            })
+        ));
+        // The widest jitter the kernel keeps, and one microsecond more.
+        let jitter = |jitter_us| api::NetworkFault {
+            delay_us: 5_000_000,
+            jitter_us,
+            ..Default::default()
+        };
+        assert!(network(jitter(chaos_netem::codec::MAX_JITTER_US)).is_ok());
+        assert!(matches!(
+            network(jitter(chaos_netem::codec::MAX_JITTER_US + 1)),
+            Err(AgentError::InvalidArgument {
+                field: "network.jitter_us",
+                ..
+            })
+        ));
+        // Lists whose product would overflow are counted, not multiplied.
+        assert_eq!(filter_product(&[usize::MAX, 2]), usize::MAX);
+        assert_eq!(filter_product(&[3, 2, 2]), 12);
     }
 
     #[test]

@@ -50,6 +50,10 @@ const NLA_TYPE_MASK: u16 = 0x3fff;
 /// The netem default queue limit (what `tc` uses when `limit` is not given).
 pub const DEFAULT_LIMIT_PACKETS: u32 = 1000;
 
+/// The largest jitter netem keeps, 2^31 - 1 ns: a larger one is silently cut to that
+/// (measured on Debian's 6.1 kernel, `vm_netem`), so it is refused instead.
+pub const MAX_JITTER_US: u64 = i32::MAX as u64 / 1000;
+
 /// What a netem qdisc does to packets, in human units.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetemSpec {
@@ -135,10 +139,15 @@ impl NetemSpec {
             }
         }
         let max_us = i64::MAX as u64 / 1000;
-        if self.delay_us > max_us || self.jitter_us > max_us {
+        if self.delay_us > max_us {
             return Err(CodecError::InvalidSpec(
-                "delay/jitter too large for 64-bit nanoseconds".into(),
+                "delay too large for 64-bit nanoseconds".into(),
             ));
+        }
+        if self.jitter_us > MAX_JITTER_US {
+            return Err(CodecError::InvalidSpec(format!(
+                "jitter above {MAX_JITTER_US} us, which the kernel would cut to that"
+            )));
         }
         // netem reorders by sending some packets at once while the others wait out the
         // delay: without a delay nothing is reordered, and with gap 0 the kernel never
@@ -622,6 +631,11 @@ mod tests {
                 limit_packets: 0,
                 ..NetemSpec::default()
             },
+            NetemSpec {
+                delay_us: 10,
+                jitter_us: MAX_JITTER_US + 1,
+                ..NetemSpec::default()
+            },
         ];
         for spec in bad {
             assert!(
@@ -629,5 +643,11 @@ mod tests {
                 "{spec:?}"
             );
         }
+        let widest = NetemSpec {
+            delay_us: 10,
+            jitter_us: MAX_JITTER_US,
+            ..NetemSpec::default()
+        };
+        assert!(encode(&widest).is_ok());
     }
 }

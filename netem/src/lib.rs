@@ -36,10 +36,11 @@ pub use codec::{CodecError, DecodedNetem, NetemSpec};
 pub use distribution::Distribution;
 pub use impairment::Impairment;
 pub use netns::{
-    NetnsError, NetnsHandle, NetnsId, find_netns, in_netns, named_netns, netns_id, netns_of_pid,
+    NETLINK_TIMEOUT, NetnsError, NetnsHandle, NetnsId, OpenNetns, find_netns, in_netns,
+    named_netns, netns_id, netns_of_pid, socket_netns_cookie,
 };
-pub use qdisc::{QdiscError, QdiscRecord, QdiscSnapshot, QdiscView};
-pub use route::{LinkKey, RouteError, default_route_interface, interface, interfaces};
+pub use qdisc::{QdiscError, QdiscRecord, QdiscSnapshot, QdiscView, Restored};
+pub use route::{LinkKey, RouteError, default_route_interface, interface, interfaces, link_exists};
 pub use rtnetlink::Handle;
 pub use tbf::{TbfError, TbfSpec};
 pub use wire::WireError;

@@ -10,15 +10,25 @@
 //!   runs many operations in the namespace for the cost of two `setns` calls (a thread
 //!   start per socket cost about 0.9 ms more under TCG: 2.2 ms to open, now 1.3 ms).
 //! - [`in_netns`] (blocking): a fresh thread enters the namespace and runs the operation
-//!   on its own current-thread runtime. For code without a runtime (journal replay at
-//!   start, tests).
+//!   on its own current-thread runtime. For code without a runtime (tests).
+//!
+//! A namespace is opened once, as an [`OpenNetns`]: its identity is read from that
+//! descriptor (fstat) and the same descriptor is what the socket maker enters, so nothing
+//! can swap the namespace between the check and the use. Its nsfs inode is only a
+//! locator: the kernel hands a freed inode number to the next namespace it makes. What
+//! the kernel never reuses (within a boot) is the namespace's cookie
+//! ([`NetnsHandle::cookie`], `SO_NETNS_COOKIE`), read from the socket made inside it.
+//!
+//! Every operation has a deadline ([`NETLINK_TIMEOUT`]): a request the kernel never
+//! answers fails with [`NetnsError::TimedOut`] instead of holding its caller forever.
 
 use std::fs::File;
 use std::future::Future;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::Poll;
+use std::time::Duration;
 
 use netlink_sys::{TokioSocket, protocols::NETLINK_ROUTE};
 use nix::sched::{CloneFlags, setns};
@@ -41,9 +51,24 @@ pub enum NetnsError {
     ThreadPanicked,
     #[error("cannot start a thread to enter the network namespace: {0}")]
     Thread(std::io::Error),
-    #[error("a netlink connection needs a tokio runtime with I/O enabled")]
+    #[error("a netlink connection needs a tokio runtime with I/O and time enabled")]
     NoRuntime,
+    #[error(
+        "netlink in network namespace {path} did not finish within {after:?} (the kernel did not answer)"
+    )]
+    TimedOut { path: PathBuf, after: Duration },
+    #[error("cannot read the cookie of network namespace {path}: {source}")]
+    Cookie {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
+
+/// How long one netlink operation ([`NetnsHandle::run`], [`in_netns`]) may take. A
+/// request's whole exchange with the kernel takes milliseconds (tens under software
+/// emulation, about a second for 100 faults at once there); a request the kernel does not
+/// answer would otherwise hold its caller, and the agent's faults share one thread.
+pub const NETLINK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The network namespace of a process.
 pub fn netns_of_pid(pid: u32) -> PathBuf {
@@ -63,23 +88,76 @@ pub struct NetnsId {
     pub ino: u64,
 }
 
-/// The identity of the namespace at `path` (`/proc/PID/ns/net`, `/run/netns/NAME`).
+impl NetnsId {
+    fn of(meta: &std::fs::Metadata) -> NetnsId {
+        use std::os::unix::fs::MetadataExt;
+        NetnsId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
+/// The identity of the namespace at `path` (`/proc/PID/ns/net`, `/run/netns/NAME`), at
+/// this moment: compare it only with identities of namespaces that are open meanwhile.
 pub fn netns_id(path: &Path) -> Result<NetnsId, NetnsError> {
-    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).map_err(|source| NetnsError::Open {
         path: path.to_path_buf(),
         source,
     })?;
-    Ok(NetnsId {
-        dev: meta.dev(),
-        ino: meta.ino(),
-    })
+    Ok(NetnsId::of(&meta))
 }
 
-/// A path to the namespace `id` that is still open somewhere: a process in it under
+/// A network namespace opened once. While it is open the namespace cannot be destroyed,
+/// so its [`NetnsId`] names it and no other; every later step (entering it, making a
+/// socket in it) goes through this descriptor, never through the path again. Like a
+/// socket, it keeps the namespace alive: hold it for one request, not for a fault.
+#[derive(Debug)]
+pub struct OpenNetns {
+    file: File,
+    path: PathBuf,
+    id: NetnsId,
+}
+
+impl OpenNetns {
+    /// Opens the namespace at `path` and reads its identity from the open file (fstat).
+    pub fn open(path: &Path) -> Result<OpenNetns, NetnsError> {
+        let open_error = |source| NetnsError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(open_error)?;
+        let meta = file.metadata().map_err(open_error)?;
+        Ok(OpenNetns {
+            file,
+            path: path.to_path_buf(),
+            id: NetnsId::of(&meta),
+        })
+    }
+
+    pub fn id(&self) -> NetnsId {
+        self.id
+    }
+
+    /// Where it was opened (for messages; never opened again).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn duplicate(&self) -> Result<File, NetnsError> {
+        self.file.try_clone().map_err(|source| NetnsError::Open {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// The namespace `id` opened through something still holding it: a process in it under
 /// `proc_root`, or a bind mount under `/run/netns`. `None` when no process and no mount
 /// holds it any more, i.e. the namespace is gone (with everything configured in it).
-pub fn find_netns(id: NetnsId, proc_root: &Path) -> Option<PathBuf> {
+/// An inode number outlives its namespace, though: the kernel may have given it to a
+/// newer one, which this then finds. Tell them apart by cookie ([`NetnsHandle::cookie`]).
+pub fn find_netns(id: NetnsId, proc_root: &Path) -> Option<OpenNetns> {
     let named = std::fs::read_dir("/run/netns")
         .into_iter()
         .flatten()
@@ -92,7 +170,39 @@ pub fn find_netns(id: NetnsId, proc_root: &Path) -> Option<PathBuf> {
         .map(|entry| entry.path().join("ns/net"));
     named
         .chain(processes)
-        .find(|path| netns_id(path).is_ok_and(|found| found == id))
+        .filter_map(|path| OpenNetns::open(&path).ok())
+        .find(|open| open.id == id)
+}
+
+/// `SO_NETNS_COOKIE` (Linux 5.14, `include/uapi/asm-generic/socket.h`, which x86-64 and
+/// arm64 use; the libc crate does not export it).
+const SO_NETNS_COOKIE: nix::libc::c_int = 71;
+
+/// The cookie of the network namespace `socket` belongs to: a 64-bit number the kernel
+/// gives each namespace at creation from a counter, so no two namespaces of one boot
+/// share it. `None` on kernels before 5.14, which do not know the option.
+pub fn socket_netns_cookie(socket: &impl AsFd) -> std::io::Result<Option<u64>> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as nix::libc::socklen_t;
+    // SAFETY: a valid descriptor, and a u64 buffer passed with its own size.
+    let rc = unsafe {
+        nix::libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            nix::libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        return Ok(Some(cookie));
+    }
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() == Some(nix::libc::ENOPROTOOPT) {
+        Ok(None)
+    } else {
+        Err(error)
+    }
 }
 
 /// A netlink socket opened inside another network namespace, used from the caller's
@@ -103,6 +213,9 @@ pub fn find_netns(id: NetnsId, proc_root: &Path) -> Option<PathBuf> {
 /// one for the operations of one request, never for a fault's whole duration.
 pub struct NetnsHandle {
     handle: Handle,
+    /// Where the namespace was opened, for messages.
+    path: PathBuf,
+    cookie: Option<u64>,
     /// Sends requests and routes answers; polled only inside `run`. `None` once it ended
     /// (socket error), which also fails every request still waiting on it.
     connection: Option<Pin<Box<RouteConnection>>>,
@@ -112,22 +225,34 @@ type RouteConnection =
     rtnetlink::proto::Connection<netlink_packet_route::RouteNetlinkMessage, TokioSocket>;
 
 impl NetnsHandle {
-    /// Opens a NETLINK_ROUTE socket inside the namespace at `netns_path` (the socket
-    /// maker thread enters it, makes the socket and leaves) and registers it with the
-    /// current runtime.
+    /// Opens the namespace at `netns_path` and a socket in it (see [`NetnsHandle::open_in`]).
     pub async fn open(netns_path: &Path) -> Result<NetnsHandle, NetnsError> {
+        NetnsHandle::open_in(&OpenNetns::open(netns_path)?).await
+    }
+
+    /// Opens a NETLINK_ROUTE socket inside `netns` (the socket maker thread enters it
+    /// through its descriptor, makes the socket and leaves), reads the namespace's cookie
+    /// from the socket and registers it with the current runtime.
+    pub async fn open_in(netns: &OpenNetns) -> Result<NetnsHandle, NetnsError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetnsError::NoRuntime)?;
-        let namespace = File::open(netns_path).map_err(|source| NetnsError::Open {
-            path: netns_path.to_path_buf(),
-            source,
-        })?;
+        let path = netns.path().to_path_buf();
         let (reply, receiver) = tokio::sync::oneshot::channel();
         socket_maker::request(SocketRequest {
-            namespace,
-            path: netns_path.to_path_buf(),
+            namespace: netns.duplicate()?,
+            path: path.clone(),
             reply,
         })?;
-        let socket = receiver.await.map_err(|_| NetnsError::ThreadPanicked)??;
+        let socket = tokio::time::timeout(NETLINK_TIMEOUT, receiver)
+            .await
+            .map_err(|_| NetnsError::TimedOut {
+                path: path.clone(),
+                after: NETLINK_TIMEOUT,
+            })?
+            .map_err(|_| NetnsError::ThreadPanicked)??;
+        let cookie = socket_netns_cookie(&socket).map_err(|source| NetnsError::Cookie {
+            path: path.clone(),
+            source,
+        })?;
         let _entered = runtime.enter();
         // SAFETY: the descriptor is the netlink socket just made, owned by nobody else.
         // `TokioSocket::from_raw_fd` registers it with the current runtime's reactor (it
@@ -137,18 +262,44 @@ impl NetnsHandle {
         let (connection, handle, _) = rtnetlink::from_socket(socket);
         Ok(NetnsHandle {
             handle,
+            path,
+            cookie,
             connection: Some(Box::pin(connection)),
         })
+    }
+
+    /// The cookie of the namespace this socket lives in (see [`socket_netns_cookie`]).
+    pub fn cookie(&self) -> Option<u64> {
+        self.cookie
+    }
+
+    /// Runs `operation` with the socket, at most [`NETLINK_TIMEOUT`] (see [`Self::run_within`]).
+    pub async fn run<T>(
+        &mut self,
+        operation: impl AsyncFnOnce(&Handle) -> T,
+    ) -> Result<T, NetnsError> {
+        self.run_within(NETLINK_TIMEOUT, operation).await
     }
 
     /// Runs `operation` with the socket, driving the socket in this same task while it
     /// runs: no driver task to spawn and abort, and a request and its answer never pass
     /// between tasks. (Measured under TCG, this was no faster than a spawned driver; it
-    /// is simpler, and the socket is only ever polled while a request uses it.)
-    pub async fn run<T>(&mut self, operation: impl AsyncFnOnce(&Handle) -> T) -> T {
-        let NetnsHandle { handle, connection } = self;
+    /// is simpler, and the socket is only ever polled while a request uses it.) An
+    /// operation still running after `limit` is dropped and [`NetnsError::TimedOut`]
+    /// returned; what it changed before stays changed.
+    pub async fn run_within<T>(
+        &mut self,
+        limit: Duration,
+        operation: impl AsyncFnOnce(&Handle) -> T,
+    ) -> Result<T, NetnsError> {
+        let NetnsHandle {
+            handle,
+            connection,
+            path,
+            ..
+        } = self;
         let mut work = std::pin::pin!(operation(handle));
-        std::future::poll_fn(move |cx| {
+        let driven = std::future::poll_fn(move |cx| {
             if let Poll::Ready(output) = work.as_mut().poll(cx) {
                 return Poll::Ready(output);
             }
@@ -163,8 +314,13 @@ impl NetnsHandle {
                 return work.as_mut().poll(cx);
             }
             Poll::Pending
-        })
-        .await
+        });
+        tokio::time::timeout(limit, driven)
+            .await
+            .map_err(|_| NetnsError::TimedOut {
+                path: path.clone(),
+                after: limit,
+            })
     }
 }
 
@@ -253,7 +409,8 @@ mod socket_maker {
 }
 
 /// Runs `operation` with an rtnetlink handle opened inside the network namespace at
-/// `netns_path` (e.g. `/proc/PID/ns/net`), on a dedicated thread, and returns its output.
+/// `netns_path` (e.g. `/proc/PID/ns/net`), on a dedicated thread, and returns its output;
+/// [`NetnsError::TimedOut`] after [`NETLINK_TIMEOUT`].
 pub fn in_netns<T, F, Fut>(netns_path: &Path, operation: F) -> Result<T, NetnsError>
 where
     T: Send,
@@ -261,10 +418,7 @@ where
     Fut: Future<Output = T>,
 {
     // Open the namespace file on the caller's thread so a bad path fails early and clearly.
-    let namespace = File::open(netns_path).map_err(|source| NetnsError::Open {
-        path: netns_path.to_path_buf(),
-        source,
-    })?;
+    let namespace = OpenNetns::open(netns_path)?.file;
     std::thread::scope(|scope| {
         let worker = scope.spawn(move || {
             setns(&namespace, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
@@ -273,6 +427,7 @@ where
             })?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_io()
+                .enable_time()
                 .build()
                 .map_err(NetnsError::Runtime)?;
             runtime.block_on(async move {
@@ -280,9 +435,12 @@ where
                 let (connection, handle, _) =
                     rtnetlink::new_connection().map_err(NetnsError::Socket)?;
                 let driver = tokio::spawn(connection);
-                let output = operation(handle).await;
+                let output = tokio::time::timeout(NETLINK_TIMEOUT, operation(handle)).await;
                 driver.abort();
-                Ok(output)
+                output.map_err(|_| NetnsError::TimedOut {
+                    path: netns_path.to_path_buf(),
+                    after: NETLINK_TIMEOUT,
+                })
             })
         });
         worker.join().map_err(|_| NetnsError::ThreadPanicked)?
@@ -304,12 +462,23 @@ mod tests {
         let own = netns_id(Path::new("/proc/self/ns/net")).unwrap();
         assert_ne!(own.ino, 0);
         let found = find_netns(own, Path::new("/proc")).unwrap();
-        assert_eq!(netns_id(&found).unwrap(), own);
+        assert_eq!(found.id(), own);
+        assert_eq!(netns_id(found.path()).unwrap(), own);
         let gone = NetnsId {
             dev: own.dev,
             ino: 1,
         };
-        assert_eq!(find_netns(gone, Path::new("/proc")), None);
+        assert!(find_netns(gone, Path::new("/proc")).is_none());
+    }
+
+    #[test]
+    fn a_socket_tells_the_cookie_of_its_namespace() {
+        let first = route_socket().unwrap();
+        let second = route_socket().unwrap();
+        let cookie = socket_netns_cookie(&first).unwrap();
+        // Both kernels this project runs on have SO_NETNS_COOKIE (5.14 and later).
+        assert!(cookie.is_some());
+        assert_eq!(cookie, socket_netns_cookie(&second).unwrap());
     }
 
     #[test]

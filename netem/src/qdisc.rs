@@ -469,12 +469,46 @@ fn same_qdisc(a: &QdiscRecord, b: &QdiscRecord) -> bool {
     a == b
 }
 
+/// What a restore found on the interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restored {
+    /// The interface has the recorded state again (put back now, or already there).
+    Done,
+    /// The interface no longer exists (deleted while the fault held, e.g. a veth whose
+    /// other end went with its pod): whatever was installed on it went with it.
+    InterfaceGone,
+    /// What was ours is gone; something in its place that is not ours was left alone
+    /// (described). Only ingress redirects report this.
+    OthersLeftAlone(String),
+}
+
+/// Whether `ifindex` names a link of the handle's namespace.
+pub(crate) async fn interface_exists(handle: &Handle, ifindex: u32) -> Result<bool, QdiscError> {
+    crate::route::link_exists(handle, ifindex)
+        .await
+        .map_err(netlink("link get"))
+}
+
 /// Puts back the root (and a missing ingress/clsact) recorded in `snapshot`.
 ///
 /// Idempotent: when the recorded root is already there, nothing changes (so a journal
 /// replay after a crash is safe). Only a root carrying our handle is removed; any other
-/// unexpected root is reported as [`QdiscError::ChangedByOthers`] and left alone.
-pub async fn restore(handle: &Handle, snapshot: &QdiscSnapshot) -> Result<(), QdiscError> {
+/// unexpected root is reported as [`QdiscError::ChangedByOthers`] and left alone. An
+/// interface that no longer exists is [`Restored::InterfaceGone`], not an error: it can
+/// never be restored, and nothing of ours is left on it.
+pub async fn restore(handle: &Handle, snapshot: &QdiscSnapshot) -> Result<Restored, QdiscError> {
+    match restore_present(handle, snapshot).await {
+        Ok(()) => Ok(Restored::Done),
+        // Asked only after a failure: the common path costs no extra request. An
+        // interface deleted before or during the restore fails it (no root, ENODEV).
+        Err(error) => match interface_exists(handle, snapshot.ifindex).await? {
+            false => Ok(Restored::InterfaceGone),
+            true => Err(error),
+        },
+    }
+}
+
+async fn restore_present(handle: &Handle, snapshot: &QdiscSnapshot) -> Result<(), QdiscError> {
     let ifindex = snapshot.ifindex;
     let current = roots(handle, ifindex).await?;
     if !same_qdisc(&current.root, &snapshot.root) {

@@ -118,6 +118,22 @@ pub async fn interface(
     Ok(answers.iter().find_map(index_and_name))
 }
 
+/// Whether `ifindex` names a link of this namespace (one RTM_GETLINK get).
+pub async fn link_exists(handle: &Handle, ifindex: u32) -> Result<bool, WireError> {
+    use netlink_packet_route::link::LinkMessage;
+    let mut request = LinkMessage::default();
+    request.header.index = ifindex;
+    match wire::get(handle, RouteNetlinkMessage::GetLink(request)).await {
+        Ok(answers) => Ok(answers
+            .iter()
+            .any(|answer| matches!(answer, RouteNetlinkMessage::NewLink(_)))),
+        Err(WireError {
+            errno: Some(errno), ..
+        }) if errno == nix::errno::Errno::ENODEV as i32 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// (ifindex, name) of a link answer.
 fn index_and_name(answer: &RouteNetlinkMessage) -> Option<(u32, String)> {
     use netlink_packet_route::link::LinkAttribute;

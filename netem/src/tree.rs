@@ -134,7 +134,7 @@ pub async fn install_targeted(
     qdisc::replace(handle, ifindex, &root).await?;
     if let Err(error) = build_below_root(handle, ifindex, &leaf, &rules).await {
         return Err(match qdisc::restore(handle, &before).await {
-            Ok(()) => error,
+            Ok(_) => error,
             Err(restore) => TreeError::RollbackFailed {
                 error: Box::new(error),
                 restore,

@@ -203,6 +203,7 @@ fn host_ingress_redirect_matches_tc_and_is_removed_with_its_ifb() -> Result<()> 
         parent: INGRESS_HANDLE,
         pref: 1,
         creates_qdisc: true,
+        ifb_index: Some(ifb),
     };
     for _ in 0..2 {
         // Twice: removal is idempotent (a journal replay after a crash repeats it).
@@ -323,5 +324,100 @@ fn host_ingress_without_netem_leaves_no_ifb_and_changes_nothing() -> Result<()> 
         assert_eq!(after, before);
         assert!(!after.2.contains("chaos-ifb"), "{}", after.2);
     }
+    Ok(())
+}
+
+/// The ifb and the filters of an ingress fault that `ingress::remove` finds, by what it
+/// may remove: a filter at our priority that is not our redirect stays, so does the
+/// ingress qdisc it hangs on (although we made it), and our ifb goes.
+#[test]
+fn host_ingress_remove_leaves_what_is_not_ours() -> Result<()> {
+    let netns = TestNetns::new("notours")?;
+    let ifindex = netns.ifindex(LINK)?;
+    let ifb_name = ingress::ifb_name(0x9);
+    netns.ip(&["link", "add", &ifb_name, "type", "ifb"])?;
+    let ifb = netns.ifindex(&ifb_name)?;
+    netns.tc(&["qdisc", "add", "dev", LINK, "ingress"])?;
+    // Someone else's filter at the priority our record names.
+    netns.tc(&[
+        "filter",
+        "add",
+        "dev",
+        LINK,
+        "parent",
+        "ffff:",
+        "protocol",
+        "ip",
+        "prio",
+        "1",
+        "u32",
+        "match",
+        "ip",
+        "dst",
+        "10.9.0.0/16",
+        "classid",
+        "1:1",
+    ])?;
+    let before = netns.tc(&["filter", "show", "dev", LINK, "parent", "ffff:"])?;
+    let redirect = ingress::IngressRedirect {
+        ifb_name: ifb_name.clone(),
+        parent: INGRESS_HANDLE,
+        pref: 1,
+        creates_qdisc: true,
+        ifb_index: Some(ifb),
+    };
+    let outcome = in_netns(&netns.path(), move |handle| async move {
+        ingress::remove(&handle, ifindex, &redirect).await
+    })??;
+    assert!(
+        matches!(&outcome, qdisc::Restored::OthersLeftAlone(what) if what.contains("pref 1")),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        netns.tc(&["filter", "show", "dev", LINK, "parent", "ffff:"])?,
+        before
+    );
+    assert!(
+        netns
+            .tc(&["qdisc", "show", "dev", LINK])?
+            .contains("qdisc ingress ffff:")
+    );
+    assert!(!netns.ip(&["-o", "link", "show"])?.contains(&ifb_name));
+    Ok(())
+}
+
+/// The interface of an ingress fault deleted while it held: removing it says so, and
+/// still deletes the fault's ifb, which lives apart from the interface.
+#[test]
+fn host_ingress_remove_of_a_deleted_interface_still_deletes_the_ifb() -> Result<()> {
+    let netns = TestNetns::new("ifgone")?;
+    let ifindex = netns.ifindex(LINK)?;
+    let redirect = in_netns(&netns.path(), move |handle| async move {
+        let snapshot = qdisc::snapshot(&handle, ifindex).await?;
+        let mut redirect = ingress::plan(&handle, &snapshot, &ingress::ifb_name(0xa)).await?;
+        let spec = chaos_netem::TbfSpec::for_rate(125_000);
+        let ifb = ingress::install(
+            &handle,
+            ifindex,
+            &redirect,
+            &Impairment::Tbf(spec),
+            &Classifier::default(),
+        )
+        .await?;
+        redirect.ifb_index = Some(ifb);
+        anyhow::Ok(redirect)
+    })??;
+    assert!(
+        netns
+            .ip(&["-o", "link", "show"])?
+            .contains(&redirect.ifb_name)
+    );
+    netns.ip(&["link", "del", LINK])?;
+    let ifb_name = redirect.ifb_name.clone();
+    let outcome = in_netns(&netns.path(), move |handle| async move {
+        ingress::remove(&handle, ifindex, &redirect).await
+    })??;
+    assert_eq!(outcome, qdisc::Restored::InterfaceGone);
+    assert!(!netns.ip(&["-o", "link", "show"])?.contains(&ifb_name));
     Ok(())
 }

@@ -62,12 +62,12 @@ async fn netns_handle_works_in_the_namespace_from_the_callers_runtime() -> Resul
             let route_interface = default_route_interface(handle).await?;
             anyhow::Ok((route_interface, chaos_netem::interfaces(handle).await?))
         })
-        .await?;
+        .await??;
     assert_eq!(route_interface, expected);
     assert_eq!(
         netlink
             .run(async |handle| default_route_interface(handle).await)
-            .await?,
+            .await??,
         expected
     );
     let names: Vec<String> = links.into_iter().map(|(_, name)| name).collect();
@@ -102,7 +102,7 @@ async fn one_interface_is_found_by_index_and_by_name() -> Result<()> {
                 chaos_netem::interface(handle, LinkKey::Index(99_999)).await?,
             ))
         })
-        .await?;
+        .await??;
     assert_eq!(by_index, Some((index, LINK.to_string())));
     assert_eq!(by_name, Some((netns.ifindex(PEER)?, PEER.to_string())));
     assert_eq!(no_name, None);
@@ -140,7 +140,7 @@ async fn a_qdisc_dump_sent_with_the_link_get_gives_each_interface_its_own_snapsh
             );
             anyhow::Ok((found?, from_table, on_its_own))
         })
-        .await?;
+        .await??;
     assert_eq!(found, Some((peer, PEER.to_string())));
     assert!(from_table.0.root.is_kernel_default(), "{:?}", from_table.0);
     assert_eq!(from_table.1.root.kind, "tbf");
@@ -168,7 +168,7 @@ async fn netns_handles_in_turn_each_see_their_own_namespace() -> Result<()> {
         let mut netlink = chaos_netem::NetnsHandle::open(path).await?;
         Ok(netlink
             .run(async |handle| chaos_netem::interfaces(handle).await)
-            .await?
+            .await??
             .into_iter()
             .map(|(_, name)| name)
             .collect())
@@ -430,5 +430,99 @@ fn ingress_is_recorded_and_survives() -> Result<()> {
         qdisc::restore(&handle, &snapshot).await
     })??;
     assert_eq!(records(&netns, ifindex)?, before);
+    Ok(())
+}
+
+/// An interface deleted while our root was on it (a veth whose pod went) can never be put
+/// back, and nothing of ours is left on it: restore says so instead of failing for ever.
+#[test]
+fn restore_of_a_deleted_interface_says_it_is_gone() -> Result<()> {
+    let netns = TestNetns::new("gone")?;
+    let ifindex = netns.ifindex(PEER)?;
+    let spec = TbfSpec::for_rate(125_000);
+    let snapshot = in_netns(&netns.path(), |handle| async move {
+        tree::install(
+            &handle,
+            ifindex,
+            &Impairment::Tbf(spec),
+            &Classifier::default(),
+        )
+        .await
+    })??;
+    assert!(
+        netns
+            .tc(&["qdisc", "show", "dev", PEER])?
+            .contains("tbf ca05:")
+    );
+    // Deleting one end of the veth deletes both.
+    netns.ip(&["link", "del", PEER])?;
+    let snapshot = &snapshot;
+    for _ in 0..2 {
+        let restored = in_netns(&netns.path(), |handle| async move {
+            qdisc::restore(&handle, snapshot).await
+        })??;
+        assert_eq!(restored, chaos_netem::Restored::InterfaceGone);
+    }
+    Ok(())
+}
+
+/// An operation the kernel never finishes (here one that waits for ever) ends at the
+/// deadline with `TimedOut`, and the socket still serves the next operation.
+#[tokio::test(flavor = "current_thread")]
+async fn a_netlink_operation_that_does_not_end_times_out() -> Result<()> {
+    let netns = TestNetns::new("timeout")?;
+    let mut netlink = chaos_netem::NetnsHandle::open(&netns.path()).await?;
+    let limit = std::time::Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    let result = netlink
+        .run_within(limit, async |_handle| std::future::pending::<()>().await)
+        .await;
+    let took = started.elapsed();
+    match result {
+        Err(chaos_netem::NetnsError::TimedOut { after, .. }) => assert_eq!(after, limit),
+        other => bail!("expected TimedOut, got {other:?}"),
+    }
+    assert!(
+        took >= limit && took < limit + std::time::Duration::from_secs(5),
+        "{took:?}"
+    );
+    let names = netlink
+        .run(async |handle| chaos_netem::interfaces(handle).await)
+        .await??;
+    assert!(names.iter().any(|(_, name)| name == LINK), "{names:?}");
+    Ok(())
+}
+
+/// The namespace's nsfs inode number is handed to the next namespace once it is freed
+/// (lowest free number first); its cookie is not. A namespace opened once reads its
+/// identity from the same descriptor its socket is made through.
+#[tokio::test(flavor = "current_thread")]
+async fn a_namespace_at_a_reused_inode_has_another_cookie() -> Result<()> {
+    use chaos_netem::{NetnsHandle, OpenNetns, netns_id};
+    let first = TestNetns::new("cookie-a")?;
+    let opened = OpenNetns::open(&first.path())?;
+    assert_eq!(opened.id(), netns_id(&first.path())?);
+    let first_cookie = NetnsHandle::open_in(&opened).await?.cookie();
+    assert!(first_cookie.is_some(), "this kernel has SO_NETNS_COOKIE");
+    let first_id = opened.id();
+    drop(opened);
+    drop(first);
+    // Bounded: each attempt keeps its namespace, so the next one gets a higher number
+    // until one lands on the freed inode (other namespaces of this machine may take it).
+    let mut attempts = Vec::new();
+    let reused = loop {
+        let candidate = TestNetns::new("cookie-b")?;
+        if netns_id(&candidate.path())? == first_id {
+            break candidate;
+        }
+        attempts.push(candidate);
+        if attempts.len() >= 64 {
+            bail!("no new namespace got inode {} in 64 attempts", first_id.ino);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let second = NetnsHandle::open(&reused.path()).await?;
+    assert!(second.cookie().is_some());
+    assert_ne!(second.cookie(), first_cookie, "same inode, same cookie");
     Ok(())
 }

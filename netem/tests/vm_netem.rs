@@ -135,3 +135,50 @@ fn vm_decode_what_tc_installs() -> Result<()> {
     assert_eq!(record.options, Some(codec::encode(spec)?));
     Ok(())
 }
+
+/// The kernel keeps a netem jitter up to 2^31 - 1 ns and silently cuts a larger one to
+/// that: `codec::MAX_JITTER_US`, the largest the codec (and the agent) accepts, reads back
+/// exactly; one millisecond more, sent raw, reads back as the cap.
+#[test]
+#[ignore = "needs netem: run in the VM"]
+fn vm_the_widest_jitter_the_codec_takes_is_what_the_kernel_keeps() -> Result<()> {
+    let netns = TestNetns::new("vmjitter")?;
+    let ifindex = netns.ifindex(LINK)?;
+    let before = records(&netns, ifindex)?;
+    let spec = NetemSpec {
+        delay_us: 5_000_000,
+        jitter_us: codec::MAX_JITTER_US,
+        ..NetemSpec::default()
+    };
+    let spec_ref = &spec;
+    let snapshot = in_netns(&netns.path(), |handle| async move {
+        qdisc::install_netem(&handle, ifindex, spec_ref).await
+    })??;
+    assert_eq!(
+        netem_root(&netns, ifindex)?.1.spec.jitter_us,
+        codec::MAX_JITTER_US
+    );
+
+    // The encoder writes LATENCY64 then JITTER64 right after the 24-byte struct.
+    let mut above = codec::encode(&spec)?;
+    let jitter_at = codec::QOPT_LEN + 12;
+    assert_eq!(
+        u16::from_ne_bytes([above[jitter_at + 2], above[jitter_at + 3]]),
+        codec::attr::JITTER64
+    );
+    let wider_ns = (codec::MAX_JITTER_US + 1_000) as i64 * 1000;
+    above[jitter_at + 4..jitter_at + 12].copy_from_slice(&wider_ns.to_ne_bytes());
+    in_netns(&netns.path(), |handle| async move {
+        qdisc::install_root(&handle, ifindex, "netem", Some(above)).await
+    })??;
+    let kept = netem_root(&netns, ifindex)?.1.spec.jitter_us;
+    println!("asked {} us, the kernel kept {kept} us", wider_ns / 1000);
+    assert_eq!(kept, codec::MAX_JITTER_US);
+
+    let snapshot = &snapshot;
+    in_netns(&netns.path(), |handle| async move {
+        qdisc::restore(&handle, snapshot).await
+    })??;
+    assert_eq!(records(&netns, ifindex)?, before);
+    Ok(())
+}

@@ -1,5 +1,7 @@
 //! Network faults through a real agent, against real network namespaces with a veth pair
-//! (TestNetns) and a process inside as the `pid:` target.
+//! (TestNetns) and a labelled containerd container joined to it as the target, the way a
+//! CNI plugin hands a pod its namespace. Tests about processes of the node itself (and the
+//! benches) use plain processes, with `--allow-host-processes`.
 //!
 //! `host_*` tests expect this host's kernel, which has no sch_netem. `vm_*` tests need
 //! netem and are `#[ignore]`d on the host: run them in the Debian VM
@@ -15,10 +17,37 @@ use anyhow::{Context, Result, bail, ensure};
 use chaos_proto::api;
 use chaos_tests::agent::{AgentOptions, TestAgent, make_certs};
 use chaos_tests::command::run_checked;
+use chaos_tests::containerd::{ContainerSpec, TestContainer};
 use chaos_tests::netns::TestNetns;
 use chaosctl::client::AgentAddress;
 
-/// A `sleep` inside the namespace: the fault's `pid:` target. Killed on drop.
+/// A pod's container in `netns`: labelled like the CRI plugin's, joined to the namespace as
+/// a CNI plugin joins a pod's. Its `container:` target is unique to this test.
+fn pod_in(netns: &TestNetns) -> Result<TestContainer> {
+    TestContainer::start(ContainerSpec {
+        netns: Some(netns.path()),
+        ..ContainerSpec::pod("chaos-test", "net-pod", "main")
+    })
+}
+
+/// An agent that also takes processes of the node (no container) as targets.
+fn agent_allowing_host_processes(
+    tls: &tempfile::TempDir,
+    state: &tempfile::TempDir,
+    more: &[&str],
+) -> Result<TestAgent> {
+    let mut extra_args = vec!["--allow-host-processes".to_string()];
+    extra_args.extend(more.iter().map(|arg| arg.to_string()));
+    TestAgent::start(AgentOptions {
+        tls_dir: Some(tls.path().to_path_buf()),
+        state_dir: state.path().to_path_buf(),
+        extra_args,
+        containerd_socket: chaos_tests::containerd::CONTAINERD_SOCKET.into(),
+    })
+}
+
+/// A `sleep` inside the namespace, a process of the node that belongs to no container: the
+/// benches' `pid:` target (their peer, `nsenter -t PID`, needs a pid). Killed on drop.
 struct Sleeper {
     child: Child,
 }
@@ -47,6 +76,19 @@ impl Sleeper {
             std::thread::sleep(Duration::from_millis(20));
         }
         bail!("the sleeper never entered {}", netns.name())
+    }
+
+    /// A `sleep` in this test's own namespaces: a process of the node, in the node's
+    /// network namespace.
+    fn on_node() -> Result<Sleeper> {
+        let child = Command::new("sleep")
+            .arg("1000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawning a sleeper")?;
+        Ok(Sleeper { child })
     }
 
     fn pid(&self) -> u32 {
@@ -114,7 +156,7 @@ async fn require_netem(agent: &TestAgent) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn host_network_fault_without_netem_is_refused_and_changes_nothing() -> Result<()> {
-    let (_tls, state, agent, netns, sleeper) = rig()?;
+    let (_tls, state, agent, netns, pod) = rig()?;
     let mut client = agent.client().await?;
 
     let caps = client
@@ -144,7 +186,7 @@ async fn host_network_fault_without_netem_is_refused_and_changes_nothing() -> Re
     let before = qdiscs(&netns)?;
     let status = client
         .inject(network(
-            &sleeper.target(),
+            &pod.target(),
             Duration::from_secs(30),
             api::NetworkFault {
                 delay_us: 100_000,
@@ -242,7 +284,7 @@ fn shown_rate(took: Duration, burst_bytes: u64) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn host_a_bandwidth_limit_is_a_tbf_that_slows_a_transfer_both_ways_and_restores_exactly()
 -> Result<()> {
-    let (_tls, state, agent, netns, sleeper) = rig()?;
+    let (_tls, state, agent, netns, pod) = rig()?;
     let before = interface_state(&netns)?;
     // The agent's bucket: 10 ms of traffic but at least 16 KiB; its queue: 100 ms more.
     let burst_bytes = 16_384;
@@ -253,7 +295,7 @@ async fn host_a_bandwidth_limit_is_a_tbf_that_slows_a_transfer_both_ways_and_res
     );
     let limit = |direction: api::Direction| {
         network(
-            &sleeper.target(),
+            &pod.target(),
             Duration::from_secs(120),
             api::NetworkFault {
                 rate_bytes_per_second: LIMIT_BYTES_PER_SECOND,
@@ -331,7 +373,7 @@ fn blackhole(target: &str, duration: Duration, fault: api::BlackholeFault) -> ap
 /// it was (with an ingress qdisc and filter already there) and no ifb behind.
 #[tokio::test(flavor = "multi_thread")]
 async fn host_targeted_ingress_and_blackhole_requests_fail_and_change_nothing() -> Result<()> {
-    let (_tls, state, agent, netns, sleeper) = rig()?;
+    let (_tls, state, agent, netns, pod) = rig()?;
     let mut client = agent.client().await?;
     let caps = client
         .capabilities(api::CapabilitiesRequest {})
@@ -346,7 +388,7 @@ async fn host_targeted_ingress_and_blackhole_requests_fail_and_change_nothing() 
     }
     install_user_ingress(&netns)?;
     let before = interface_state(&netns)?;
-    let target = sleeper.target();
+    let target = pod.target();
     let ttl = Duration::from_secs(30);
     let cases: Vec<(&str, api::InjectRequest, &str)> = vec![
         (
@@ -443,7 +485,7 @@ async fn host_targeted_ingress_and_blackhole_requests_fail_and_change_nothing() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn host_node_scope_needs_the_flag_and_ipv6_targets_are_refused_by_name() -> Result<()> {
-    let (_tls, state, agent, netns, sleeper) = rig()?;
+    let (_tls, state, agent, netns, pod) = rig()?;
     let mut client = agent.client().await?;
     let caps = client
         .capabilities(api::CapabilitiesRequest {})
@@ -452,7 +494,7 @@ async fn host_node_scope_needs_the_flag_and_ipv6_targets_are_refused_by_name() -
     assert!(!caps.node_scope_allowed);
     let status = client
         .inject(blackhole(
-            &sleeper.target(),
+            &pod.target(),
             Duration::from_secs(10),
             api::BlackholeFault {
                 node_scope: true,
@@ -470,7 +512,7 @@ async fn host_node_scope_needs_the_flag_and_ipv6_targets_are_refused_by_name() -
     let before = interface_state(&netns)?;
     let status = client
         .inject(network(
-            &sleeper.target(),
+            &pod.target(),
             Duration::from_secs(10),
             api::NetworkFault {
                 destinations: vec!["fd00::/8".into()],
@@ -485,6 +527,457 @@ async fn host_node_scope_needs_the_flag_and_ipv6_targets_are_refused_by_name() -
         "{status:?}"
     );
     assert_eq!(interface_state(&netns)?, before);
+    assert_eq!(journal_len(state.path()), 0);
+    Ok(())
+}
+
+fn rate(bytes_per_second: u64) -> api::NetworkFault {
+    api::NetworkFault {
+        rate_bytes_per_second: bytes_per_second,
+        ..Default::default()
+    }
+}
+
+/// The qdiscs of an interface of this test's own (the node's) namespace, as `tc` prints
+/// them. Only the host ends of veths that tests create are ever named.
+fn node_qdiscs(interface: &str) -> Result<String> {
+    Ok(run_checked(
+        "tc",
+        &["-d", "qdisc", "show", "dev", interface],
+        Duration::from_secs(10),
+    )?
+    .stdout)
+}
+
+/// A network fault acts on the node when its target shares the node's network namespace,
+/// whatever the target form: a process of the node (`pid:`) and a hostNetwork pod's
+/// container (`container:`) are refused without `--allow-node-scope`, dry runs too, with
+/// the reason. With the flag the agent keeps its own port reachable (the dry run shows the
+/// exclusions), which needs sch_prio: this host has none, so the request fails naming it.
+/// Nothing changes on the node either way.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_a_network_fault_in_the_nodes_namespace_is_node_scope_for_every_target_form()
+-> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    // Requests name the host end of this veth: even code that failed to refuse would
+    // touch only an interface the test made (and the dry runs, which go first, nothing).
+    let link = TestNetns::create()?;
+    let interface = link.host_ifname().to_string();
+    let node_process = Sleeper::on_node()?;
+    // A hostNetwork pod: its container joins the node's (this test's) namespace.
+    let host_network_pod = TestContainer::start(ContainerSpec {
+        netns: Some(std::path::PathBuf::from(format!(
+            "/proc/{}/ns/net",
+            std::process::id()
+        ))),
+        ..ContainerSpec::pod("chaos-test", "host-network-pod", "main")
+    })?;
+    let before = node_qdiscs(&interface)?;
+    let requests = |target: &str, dry_run: bool| {
+        let limit = network(
+            target,
+            Duration::from_secs(30),
+            api::NetworkFault {
+                interface: interface.clone(),
+                ..rate(125_000)
+            },
+        );
+        let hole = blackhole(
+            target,
+            Duration::from_secs(30),
+            api::BlackholeFault {
+                interface: interface.clone(),
+                ..Default::default()
+            },
+        );
+        [("rate", limit), ("blackhole", hole)]
+            .map(|(what, request)| (what, api::InjectRequest { dry_run, ..request }))
+    };
+
+    let agent = agent_allowing_host_processes(&tls, &state, &[])?;
+    let mut client = agent.client().await?;
+    for target in [node_process.target(), host_network_pod.target()] {
+        for dry_run in [true, false] {
+            for (what, request) in requests(&target, dry_run) {
+                let label = format!("{what} on {target}, dry run {dry_run}");
+                let status = client
+                    .inject(request)
+                    .await
+                    .expect_err("a fault in the node's namespace without --allow-node-scope");
+                assert_eq!(
+                    status.code(),
+                    tonic::Code::PermissionDenied,
+                    "{label}: {status:?}"
+                );
+                assert!(
+                    status
+                        .message()
+                        .contains(&format!("{target} shares the node's network namespace"))
+                        && status.message().contains("--allow-node-scope"),
+                    "{label}: {status:?}"
+                );
+                assert_eq!(node_qdiscs(&interface)?, before, "{label}");
+                assert_eq!(journal_len(state.path()), 0, "{label}");
+            }
+        }
+    }
+    drop(client);
+    drop(agent);
+
+    let allowing = state_dir()?;
+    let agent = agent_allowing_host_processes(&tls, &allowing, &["--allow-node-scope"])?;
+    let mut client = agent.client().await?;
+    let [(_, dry_run), _] = requests(&node_process.target(), true);
+    let planned = client
+        .inject(dry_run)
+        .await?
+        .into_inner()
+        .fault
+        .context("no fault")?;
+    // The agent's port as source and destination: two exclusions before a match-all.
+    assert!(
+        planned
+            .message
+            .contains("would install tbf behind 1 match and 2 exclusion filter(s)"),
+        "{planned:?}"
+    );
+    let [(_, limit), _] = requests(&node_process.target(), false);
+    let status = client
+        .inject(limit)
+        .await
+        .expect_err("this host has no sch_prio to keep the agent's port out of the limit");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("sch_prio"), "{status:?}");
+    assert_eq!(node_qdiscs(&interface)?, before);
+    assert_eq!(journal_len(allowing.path()), 0);
+    Ok(())
+}
+
+/// nsfs inode numbers are reused, lowest free first: after a crash, the namespace a fault
+/// was journaled in may be gone and its inode another namespace's. The replay finds that
+/// namespace by the inode, sees another cookie, leaves it alone and drops the record.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_a_replay_leaves_alone_the_namespace_that_took_the_faulted_ones_inode() -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let mut agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let first = TestNetns::create()?;
+    let pod = pod_in(&first)?;
+    inject(
+        &agent,
+        network(&pod.target(), Duration::from_secs(300), rate(250_000)),
+    )
+    .await?;
+    assert!(
+        qdiscs(&first)?.contains("tbf ca05: root"),
+        "{}",
+        qdiscs(&first)?
+    );
+    let inode = std::fs::metadata(first.path())?.ino();
+    agent.kill_hard()?;
+    assert_eq!(journal_len(state.path()), 1);
+    // The pod and its namespace go, and the fault's tbf with them.
+    drop(pod);
+    drop(first);
+    // Each miss is kept, so the next namespace gets a higher number, until one lands on
+    // the freed inode (other namespaces on this machine may take it first: bounded).
+    let mut misses = Vec::new();
+    let successor = loop {
+        let candidate = TestNetns::create()?;
+        if std::fs::metadata(candidate.path())?.ino() == inode {
+            break candidate;
+        }
+        misses.push(candidate);
+        ensure!(
+            misses.len() < 64,
+            "no new namespace got inode {inode} in 64 attempts"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(misses);
+    // A root of the successor's own that carries the agent's handle: what a replay acting
+    // on the wrong namespace would delete (with another handle it would only fail).
+    successor
+        .exec(&[
+            "tc", "qdisc", "add", "dev", "eth0", "root", "handle", "ca05:", "tbf", "rate", "1mbit",
+            "burst", "16kb", "latency", "50ms",
+        ])?
+        .check()?;
+    let before = interface_state(&successor)?;
+    let restarted = TestAgent::start_tls(tls.path(), state.path())?;
+    assert_eq!(
+        interface_state(&successor)?,
+        before,
+        "the replay changed the namespace that took the inode"
+    );
+    assert_eq!(journal_len(state.path()), 0, "{}", restarted.log());
+    let log = restarted.log();
+    assert!(
+        log.contains("network namespace is gone")
+            && log.contains(&format!(
+                "its inode {inode} now belongs to another namespace"
+            )),
+        "{log}"
+    );
+    Ok(())
+}
+
+/// A veth deleted while a fault held it (the namespace lives, the ifindex is gone) took the
+/// fault's qdisc with it: a revert succeeds and says so, and so does the replay of a
+/// journal left by a SIGKILL, instead of failing at every start.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_an_interface_deleted_under_a_fault_counts_as_restored_by_revert_and_replay()
+-> Result<()> {
+    let (tls, state, mut agent, netns, pod) = rig()?;
+    let fault = inject(
+        &agent,
+        network(&pod.target(), Duration::from_secs(300), rate(250_000)),
+    )
+    .await?;
+    netns.exec(&["ip", "link", "del", "eth0"])?.check()?;
+    let reverted = revert(&agent, &fault.id).await?;
+    assert_eq!(
+        reverted.state,
+        api::FaultState::Reverted as i32,
+        "{reverted:?}"
+    );
+    assert!(
+        installed(&reverted).contains("eth0: the interface is gone: nothing to restore"),
+        "{reverted:?}"
+    );
+    assert_eq!(journal_len(state.path()), 0);
+    assert!(
+        agent.log().contains("network interface is gone"),
+        "{}",
+        agent.log()
+    );
+
+    let second = TestNetns::create()?;
+    let second_pod = pod_in(&second)?;
+    inject(
+        &agent,
+        network(
+            &second_pod.target(),
+            Duration::from_secs(300),
+            rate(250_000),
+        ),
+    )
+    .await?;
+    agent.kill_hard()?;
+    second.exec(&["ip", "link", "del", "eth0"])?.check()?;
+    let restarted = TestAgent::start_tls(tls.path(), state.path())?;
+    assert_eq!(journal_len(state.path()), 0, "{}", restarted.log());
+    assert!(
+        restarted.log().contains("network interface is gone"),
+        "{}",
+        restarted.log()
+    );
+    drop(pod);
+    Ok(())
+}
+
+/// A rate whose bit rate does not fit 64 bits is refused by name before anything changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_a_rate_beyond_64_bit_bits_is_refused_and_changes_nothing() -> Result<()> {
+    let (_tls, state, agent, netns, pod) = rig()?;
+    let before = interface_state(&netns)?;
+    let status = agent
+        .client()
+        .await?
+        .inject(network(
+            &pod.target(),
+            Duration::from_secs(30),
+            rate(u64::MAX),
+        ))
+        .await
+        .expect_err("a rate of u64::MAX bytes/s");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("network.rate_bytes_per_second"),
+        "{status:?}"
+    );
+    assert_eq!(interface_state(&netns)?, before);
+    assert_eq!(journal_len(state.path()), 0);
+    Ok(())
+}
+
+/// `/proc/PID/stat` field 22: the start time that, with the pid, names a process.
+fn start_time(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_name = stat.rsplit_once(')').context("no ) in stat")?.1;
+    after_name
+        .split_whitespace()
+        .nth(19)
+        .context("stat too short")?
+        .parse()
+        .context("start time")
+}
+
+/// A journal record as the agent writes it, restoring `netns`'s eth0 to its kernel default
+/// root, written in boot `boot_id`.
+fn restore_record(netns: &TestNetns, pod: &TestContainer, boot_id: &str) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(netns.path())?;
+    let pid = pod.pid()?;
+    let ifindex: u32 = netns
+        .exec(&["cat", "/sys/class/net/eth0/ifindex"])?
+        .check()?
+        .stdout
+        .trim()
+        .parse()?;
+    let default_root = serde_json::json!({
+        "kind": "noqueue", "handle": 0, "parent": 0xffff_ffffu32, "options": null
+    });
+    let record = serde_json::json!({
+        "id": "f-0123456789abcdef",
+        "kind": "network",
+        "target": pod.target(),
+        "created_unix_ms": 1,
+        "deadline_unix_ms": 2,
+        "undo": {
+            "action": "restore_qdisc",
+            "interfaces": [{
+                "netns": {
+                    "pid": pid,
+                    "start_time": start_time(pid)?,
+                    "id": { "dev": meta.dev(), "ino": meta.ino() }
+                },
+                "ifindex": ifindex,
+                "snapshot": {
+                    "ifindex": ifindex,
+                    "root": default_root,
+                    "ingress": null,
+                    "child_qdiscs": [],
+                    "user_classes": 0,
+                    "root_filters": 0
+                }
+            }]
+        },
+        "boot_id": boot_id
+    });
+    Ok(serde_json::to_string_pretty(&record)?)
+}
+
+/// A journal record of another boot describes nothing that survived, and its numbers are
+/// others' now: the agent drops it at start, saying so, instead of replaying it. The same
+/// record stamped with this boot is replayed (the control: the record would act).
+#[tokio::test(flavor = "multi_thread")]
+async fn host_a_journal_record_of_another_boot_is_dropped_at_start_not_replayed() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let netns = TestNetns::create()?;
+    let pod = pod_in(&netns)?;
+    // What the record says a fault installed: a root with the agent's handle.
+    netns
+        .exec(&[
+            "tc", "qdisc", "add", "dev", "eth0", "root", "handle", "ca05:", "tbf", "rate", "1mbit",
+            "burst", "16kb", "latency", "50ms",
+        ])?
+        .check()?;
+    let faulted = qdiscs(&netns)?;
+    assert!(faulted.contains("tbf ca05: root"), "{faulted}");
+    let journal = state.path().join("journal");
+    std::fs::create_dir_all(&journal)?;
+    let record_path = journal.join("f-0123456789abcdef.json");
+    let other_boot = "00000000-0000-4000-8000-000000000000";
+    std::fs::write(&record_path, restore_record(&netns, &pod, other_boot)?)?;
+
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    assert_eq!(
+        qdiscs(&netns)?,
+        faulted,
+        "a record of another boot was replayed"
+    );
+    assert_eq!(journal_len(state.path()), 0);
+    assert!(
+        agent
+            .log()
+            .contains("dropped a journal record of an earlier boot"),
+        "{}",
+        agent.log()
+    );
+    drop(agent);
+
+    let this_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?;
+    std::fs::write(
+        &record_path,
+        restore_record(&netns, &pod, this_boot.trim())?,
+    )?;
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    assert!(
+        !qdiscs(&netns)?.contains("ca05:"),
+        "this boot's record was not replayed: {}\n{}",
+        qdiscs(&netns)?,
+        agent.log()
+    );
+    assert_eq!(journal_len(state.path()), 0);
+    Ok(())
+}
+
+/// A network fault on the node's namespace (here through a process of the node, with both
+/// flags) leaves the agent's port alone: the node's interface toward a client (the veth to
+/// a namespace, the root namespace standing in for the node) delays the node's other
+/// services, not the agent's answers.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs netem and prio: run in the VM"]
+async fn vm_a_node_scope_network_fault_keeps_the_agent_port_unimpaired() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let agent = TestAgent::start_on(
+        AgentOptions {
+            tls_dir: Some(tls.path().to_path_buf()),
+            state_dir: state.path().to_path_buf(),
+            extra_args: vec!["--allow-node-scope".into(), "--allow-host-processes".into()],
+            containerd_socket: chaos_tests::containerd::CONTAINERD_SOCKET.into(),
+        },
+        Ipv4Addr::UNSPECIFIED,
+    )?;
+    require_netem(&agent).await?;
+    let remote = TestNetns::create()?;
+    let node_process = Sleeper::on_node()?;
+    let other_service = host_listener(&remote)?;
+    let agent_seen_remotely = SocketAddr::from((remote.host_ip(), agent.grpc.port()));
+    let interface = remote.host_ifname().to_string();
+    let before_state = node_qdiscs(&interface)?;
+    let (other_before, agent_before) = (
+        connect_median(&remote, other_service, 15)?,
+        connect_median(&remote, agent_seen_remotely, 15)?,
+    );
+    let fault = inject(
+        &agent,
+        network(
+            &node_process.target(),
+            Duration::from_secs(120),
+            api::NetworkFault {
+                interface: interface.clone(),
+                ..delay(50)
+            },
+        ),
+    )
+    .await?;
+    let status = installed(&fault);
+    let port = agent.grpc.port();
+    assert!(
+        status.contains(&format!("proto 6 sport {port} -> ca05:1"))
+            && status.contains(&format!("proto 6 dport {port} -> ca05:1"))
+            && status.contains("netem ca06: limit 1000 delay 50ms"),
+        "{status}"
+    );
+    let (other_during, agent_during) = (
+        connect_median(&remote, other_service, 15)?,
+        connect_median(&remote, agent_seen_remotely, 15)?,
+    );
+    eprintln!(
+        "node scope: other service {other_before:?} -> {other_during:?}, agent port {agent_before:?} -> {agent_during:?}"
+    );
+    // The SYN-ACK leaves the node through the delayed interface.
+    assert_delayed(
+        "another service of the node",
+        other_before,
+        other_during,
+        50,
+    );
+    assert_not_delayed("the agent's port", agent_before, agent_during);
+    revert(&agent, &fault.id).await?;
+    assert_eq!(node_qdiscs(&interface)?, before_state);
     assert_eq!(journal_len(state.path()), 0);
     Ok(())
 }
@@ -559,7 +1052,7 @@ async fn wait_ended(agent: &TestAgent, id: &str, within: Duration) -> Result<api
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs netem: run in the VM"]
 async fn vm_delay_raises_connect_time_and_falls_back_after_the_deadline() -> Result<()> {
-    let (_tls, state, agent, netns, sleeper) = netem_rig().await?;
+    let (_tls, state, agent, netns, pod) = netem_rig().await?;
     let addr = host_listener(&netns)?;
     let before_dump = qdiscs(&netns)?;
 
@@ -567,11 +1060,7 @@ async fn vm_delay_raises_connect_time_and_falls_back_after_the_deadline() -> Res
     let fault = agent
         .client()
         .await?
-        .inject(network(
-            &sleeper.target(),
-            Duration::from_secs(8),
-            delay(50),
-        ))
+        .inject(network(&pod.target(), Duration::from_secs(8), delay(50)))
         .await?
         .into_inner()
         .fault
@@ -606,7 +1095,7 @@ async fn vm_delay_raises_connect_time_and_falls_back_after_the_deadline() -> Res
 #[ignore = "needs netem: run in the VM"]
 async fn vm_loss_20_percent_stays_within_binomial_bounds() -> Result<()> {
     const SENT: u32 = 2000;
-    let (_tls, _state, agent, netns, sleeper) = netem_rig().await?;
+    let (_tls, _state, agent, netns, pod) = netem_rig().await?;
     // Only netem may lose packets here: no ARP crosses the lossy eth0, and the receive buffer
     // holds every packet sent even if the emulated VM starves the receiving thread.
     netns.pin_host_neighbour()?;
@@ -619,7 +1108,7 @@ async fn vm_loss_20_percent_stays_within_binomial_bounds() -> Result<()> {
     let mut client = agent.client().await?;
     let fault = client
         .inject(network(
-            &sleeper.target(),
+            &pod.target(),
             Duration::from_secs(120),
             api::NetworkFault {
                 loss_percent: 20.0,
@@ -727,7 +1216,7 @@ fn udp_receive_buffer_errors() -> Result<u64> {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs netem: run in the VM"]
 async fn vm_revert_restores_a_preexisting_tbf_exactly_and_refuses_a_second_fault() -> Result<()> {
-    let (_tls, state, agent, netns, sleeper) = netem_rig().await?;
+    let (_tls, state, agent, netns, pod) = netem_rig().await?;
     install_user_tbf(&netns)?;
     let before = qdiscs(&netns)?;
     assert!(before.contains("tbf 1:"), "{before}");
@@ -735,7 +1224,7 @@ async fn vm_revert_restores_a_preexisting_tbf_exactly_and_refuses_a_second_fault
     let mut client = agent.client().await?;
     let fault = client
         .inject(network(
-            &sleeper.target(),
+            &pod.target(),
             Duration::from_secs(120),
             api::NetworkFault {
                 delay_us: 20_000,
@@ -766,11 +1255,7 @@ async fn vm_revert_restores_a_preexisting_tbf_exactly_and_refuses_a_second_fault
     assert_eq!(journal_len(state.path()), 1);
 
     let second = client
-        .inject(network(
-            &sleeper.target(),
-            Duration::from_secs(60),
-            delay(5),
-        ))
+        .inject(network(&pod.target(), Duration::from_secs(60), delay(5)))
         .await
         .expect_err("a second fault on the same interface must be refused");
     assert_eq!(second.code(), tonic::Code::FailedPrecondition, "{second:?}");
@@ -794,16 +1279,12 @@ async fn vm_revert_restores_a_preexisting_tbf_exactly_and_refuses_a_second_fault
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs netem: run in the VM"]
 async fn vm_agent_sigkill_then_restart_restores_the_interface() -> Result<()> {
-    let (tls, state, mut agent, netns, sleeper) = netem_rig().await?;
+    let (tls, state, mut agent, netns, pod) = netem_rig().await?;
     let before = qdiscs(&netns)?;
     agent
         .client()
         .await?
-        .inject(network(
-            &sleeper.target(),
-            Duration::from_secs(300),
-            delay(30),
-        ))
+        .inject(network(&pod.target(), Duration::from_secs(300), delay(30)))
         .await?;
     assert!(qdiscs(&netns)?.contains("netem ca05:"));
     agent.kill_hard()?;
@@ -823,21 +1304,21 @@ async fn vm_sigterm_reverts_and_a_vanished_namespace_counts_as_reverted() -> Res
     let mut agent = TestAgent::start_tls(tls.path(), state.path())?;
     require_netem(&agent).await?;
     let kept = TestNetns::create()?;
-    let kept_sleeper = Sleeper::start(&kept)?;
+    let kept_pod = pod_in(&kept)?;
     let before = qdiscs(&kept)?;
     let mut client = agent.client().await?;
     client
         .inject(network(
-            &kept_sleeper.target(),
+            &kept_pod.target(),
             Duration::from_secs(300),
             delay(30),
         ))
         .await?;
     let doomed = TestNetns::create()?;
-    let doomed_sleeper = Sleeper::start(&doomed)?;
+    let doomed_pod = pod_in(&doomed)?;
     let doomed_fault = client
         .inject(network(
-            &doomed_sleeper.target(),
+            &doomed_pod.target(),
             Duration::from_secs(300),
             delay(30),
         ))
@@ -846,7 +1327,7 @@ async fn vm_sigterm_reverts_and_a_vanished_namespace_counts_as_reverted() -> Res
         .fault
         .context("no fault")?;
     // The target and its namespace disappear while faulted (a deleted pod).
-    drop(doomed_sleeper);
+    drop(doomed_pod);
     drop(doomed);
     let reverted = client
         .revert(api::RevertRequest {
@@ -927,7 +1408,7 @@ fn assert_not_delayed(label: &str, before: Duration, during: Duration) {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs netem: run in the VM"]
 async fn vm_port_filter_delays_only_that_port_and_restores_exactly() -> Result<()> {
-    let (_tls, state, agent, netns, sleeper) = netem_rig().await?;
+    let (_tls, state, agent, netns, pod) = netem_rig().await?;
     let (delayed, spared) = two_host_listeners(&netns)?;
     let before_state = interface_state(&netns)?;
     let (delayed_before, spared_before) = (
@@ -937,7 +1418,7 @@ async fn vm_port_filter_delays_only_that_port_and_restores_exactly() -> Result<(
     let fault = inject(
         &agent,
         network(
-            &sleeper.target(),
+            &pod.target(),
             Duration::from_secs(120),
             api::NetworkFault {
                 ports: vec![u32::from(delayed.port())],
@@ -977,7 +1458,7 @@ async fn vm_port_filter_delays_only_that_port_and_restores_exactly() -> Result<(
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs netem: run in the VM"]
 async fn vm_destination_filter_with_exclusion_over_tbf_restores_at_expiry() -> Result<()> {
-    let (_tls, state, agent, netns, sleeper) = netem_rig().await?;
+    let (_tls, state, agent, netns, pod) = netem_rig().await?;
     install_user_tbf(&netns)?;
     let (delayed, excluded) = two_host_listeners(&netns)?;
     let before_state = interface_state(&netns)?;
@@ -989,7 +1470,7 @@ async fn vm_destination_filter_with_exclusion_over_tbf_restores_at_expiry() -> R
     let fault = inject(
         &agent,
         network(
-            &sleeper.target(),
+            &pod.target(),
             Duration::from_secs(20),
             api::NetworkFault {
                 destinations: vec![format!("{}/{}", netns.host_ip(), netns.prefix_len())],
@@ -1029,7 +1510,7 @@ async fn vm_destination_filter_with_exclusion_over_tbf_restores_at_expiry() -> R
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs netem: run in the VM"]
 async fn vm_ingress_delay_works_restores_htb_and_ingress_and_leaves_no_ifb() -> Result<()> {
-    let (_tls, state, agent, netns, sleeper) = netem_rig().await?;
+    let (_tls, state, agent, netns, pod) = netem_rig().await?;
     let addr = host_listener(&netns)?;
     netns
         .exec(&[
@@ -1042,7 +1523,7 @@ async fn vm_ingress_delay_works_restores_htb_and_ingress_and_leaves_no_ifb() -> 
     let fault = inject(
         &agent,
         network(
-            &sleeper.target(),
+            &pod.target(),
             Duration::from_secs(120),
             api::NetworkFault {
                 direction: api::Direction::Ingress as i32,
@@ -1076,7 +1557,7 @@ async fn vm_ingress_delay_works_restores_htb_and_ingress_and_leaves_no_ifb() -> 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs netem: run in the VM"]
 async fn vm_blackhole_drops_a_port_and_traffic_flows_after_revert() -> Result<()> {
-    let (_tls, state, agent, netns, sleeper) = netem_rig().await?;
+    let (_tls, state, agent, netns, pod) = netem_rig().await?;
     let (dropped, spared) = two_host_listeners(&netns)?;
     let before_state = interface_state(&netns)?;
     let short = Duration::from_secs(2);
@@ -1084,7 +1565,7 @@ async fn vm_blackhole_drops_a_port_and_traffic_flows_after_revert() -> Result<()
     let fault = inject(
         &agent,
         blackhole(
-            &sleeper.target(),
+            &pod.target(),
             Duration::from_secs(120),
             api::BlackholeFault {
                 ports: vec![u32::from(dropped.port())],
@@ -1116,7 +1597,7 @@ async fn vm_blackhole_drops_a_port_and_traffic_flows_after_revert() -> Result<()
     let fault = inject(
         &agent,
         blackhole(
-            &sleeper.target(),
+            &pod.target(),
             Duration::from_secs(120),
             api::BlackholeFault::default(),
         ),
@@ -1138,7 +1619,7 @@ async fn vm_blackhole_drops_a_port_and_traffic_flows_after_revert() -> Result<()
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs netem: run in the VM"]
 async fn vm_chaosctl_inject_network_with_targeting_flags_then_revert() -> Result<()> {
-    let (tls, state, agent, netns, sleeper) = netem_rig().await?;
+    let (tls, state, agent, netns, pod) = netem_rig().await?;
     let (delayed, spared) = two_host_listeners(&netns)?;
     let before_state = interface_state(&netns)?;
     let (delayed_before, spared_before) = (
@@ -1165,7 +1646,7 @@ async fn vm_chaosctl_inject_network_with_targeting_flags_then_revert() -> Result
         format!("{}/32", netns.host_ip()),
         delayed.port().to_string(),
     );
-    let target = sleeper.target();
+    let target = pod.target();
     let fault = chaosctl(&[
         "inject",
         "network",
@@ -1253,7 +1734,7 @@ async fn vm_node_blackhole_keeps_the_agent_reachable_and_is_reverted_through_it(
     )?;
     require_netem(&agent).await?;
     let remote = TestNetns::create()?;
-    let sleeper = Sleeper::start(&remote)?;
+    let pod = pod_in(&remote)?;
     let other_service = host_listener(&remote)?;
     // The agent as the remote client sees it: the node's address on their link.
     let agent_seen_remotely = AgentAddress {
@@ -1278,7 +1759,7 @@ async fn vm_node_blackhole_keeps_the_agent_reachable_and_is_reverted_through_it(
     let fault = inject(
         &agent,
         blackhole(
-            &sleeper.target(),
+            &pod.target(),
             Duration::from_secs(120),
             api::BlackholeFault {
                 node_scope: true,
@@ -1358,12 +1839,12 @@ fn remote_active_faults(netns: &TestNetns, agent: &AgentAddress) -> Result<usize
 #[ignore = "needs netem: run in the VM"]
 async fn vm_agent_sigkill_during_a_filtered_ingress_fault_then_restart_restores_all() -> Result<()>
 {
-    let (tls, state, mut agent, netns, sleeper) = netem_rig().await?;
+    let (tls, state, mut agent, netns, pod) = netem_rig().await?;
     let before_state = interface_state(&netns)?;
     inject(
         &agent,
         network(
-            &sleeper.target(),
+            &pod.target(),
             Duration::from_secs(300),
             api::NetworkFault {
                 direction: api::Direction::Ingress as i32,
@@ -1376,7 +1857,7 @@ async fn vm_agent_sigkill_during_a_filtered_ingress_fault_then_restart_restores_
     inject(
         &agent,
         network(
-            &sleeper.target(),
+            &pod.target(),
             Duration::from_secs(300),
             api::NetworkFault {
                 destinations: vec!["10.0.0.0/8".into()],
@@ -1521,7 +2002,8 @@ async fn bench_inject_and_revert(
         .prefix("chaos-test-state-")
         .tempdir_in("/dev/shm")?;
     let tls = make_certs()?;
-    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    // The targets are plain processes in the namespaces (see Sleeper).
+    let agent = agent_allowing_host_processes(&tls, &state, &[])?;
     if kind == "netem" {
         require_netem(&agent).await?;
     }
@@ -1648,21 +2130,22 @@ async fn bench_inject_and_revert(
     Ok(())
 }
 
-/// An agent with mTLS on a kernel with netem, and a veth netns with a sleeper inside as
-/// the target. Bound in this order, they drop in reverse: target first, agent, then files.
+/// An agent with mTLS on a kernel with netem, and a veth netns with a pod's container in it
+/// as the target. Bound in this order, they drop in reverse: target first, agent, then files.
 async fn netem_rig() -> Result<Rig> {
     let rig = rig()?;
     require_netem(&rig.2).await?;
     Ok(rig)
 }
 
-/// Certificates, state directory, agent (mTLS), a veth netns and a sleeper in it as the target.
+/// Certificates, state directory, agent (mTLS), a veth netns and a pod's container in it
+/// as the target.
 type Rig = (
     tempfile::TempDir,
     tempfile::TempDir,
     TestAgent,
     TestNetns,
-    Sleeper,
+    TestContainer,
 );
 
 /// The same rig on any kernel (the host tests check what happens without netem).
@@ -1670,8 +2153,8 @@ fn rig() -> Result<Rig> {
     let (tls, state) = (make_certs()?, state_dir()?);
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
     let netns = TestNetns::create()?;
-    let sleeper = Sleeper::start(&netns)?;
-    Ok((tls, state, agent, netns, sleeper))
+    let pod = pod_in(&netns)?;
+    Ok((tls, state, agent, netns, pod))
 }
 
 /// A root qdisc a user may have installed (tbf), which every fault must put back.

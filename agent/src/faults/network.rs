@@ -10,20 +10,31 @@
 //!   match-all u32 filter with a mirred redirect on the interface's ingress hook; the
 //!   targeting filters then look at the remote end (source address and port).
 //!
-//! - `prepare` finds each distinct namespace of the targets, the interface (named, or
-//!   the one carrying the default route) and snapshots its qdiscs; it refuses an
-//!   interface that already carries a fault of ours, or whose root could not be put
-//!   back exactly. Nothing changes yet, and the snapshot goes into the journal before
-//!   `apply` runs.
+//! - `prepare` opens each distinct namespace of the targets once and decides its scope
+//!   from that descriptor: the node's namespace (PID 1's: a hostNetwork pod, a process of
+//!   the node) is node scope, refused without `--allow-node-scope` and otherwise kept
+//!   reachable on the agent's port; the agent's own namespace is refused. Then it finds
+//!   the interface (named, or the one carrying the default route) and snapshots its
+//!   qdiscs; it refuses an interface that already carries a fault of ours, or whose root
+//!   could not be put back exactly. Nothing changes yet, and the snapshot (with the
+//!   namespace's cookie) goes into the journal before `apply` runs.
 //! - `apply` installs netem on every interface, or on none (a failure restores the
 //!   ones already done), then reads back what the kernel installed.
 //! - `revert` (and `undo` after a crash) restores the snapshot. A namespace that no
-//!   longer exists took its qdiscs with it: nothing is left to restore.
+//!   longer exists took its qdiscs with it, and so did an interface that no longer
+//!   exists: nothing is left to restore. A namespace is found again by its nsfs inode
+//!   but is the fault's only if its cookie is the recorded one: the kernel hands a freed
+//!   inode number to the next namespace, which may be another pod's.
 //!
 //! Netlink work uses one socket per namespace and request (`NetnsHandle`): chaos-netem's
 //! socket-maker thread opens it inside the namespace, and the request's own task drives
 //! it, so no tokio worker ever changes namespace. The socket is closed when the request
 //! is done, because an open socket keeps its namespace alive after the pod is gone.
+//! Every netlink operation ends within chaos-netem's `NETLINK_TIMEOUT`: reverts of all
+//! faults run on one thread, which a request the kernel never answers must not hold.
+
+mod restore;
+mod scope;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -35,8 +46,8 @@ use chaos_netem::ingress::{IngressError, IngressRedirect};
 use chaos_netem::tree::{Classifier, TreeError};
 use chaos_netem::u32::{End, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Cidr, TrafficMatch};
 use chaos_netem::{
-    Distribution, Impairment, LinkKey, NetemSpec, NetnsHandle, NetnsId, QdiscError, QdiscSnapshot,
-    QdiscView, TbfSpec,
+    Distribution, Impairment, LinkKey, NetemSpec, NetnsError, NetnsHandle, NetnsId, OpenNetns,
+    QdiscError, QdiscSnapshot, QdiscView, TbfSpec,
 };
 use chaos_proto::api;
 use serde::{Deserialize, Serialize};
@@ -44,7 +55,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::AgentError;
 use crate::procfs::{ProcessInfo, Procfs};
 use crate::resolve::Resolved;
-use crate::validate::{BlackholePlan, Cidr, NetworkPlan};
+use crate::validate::{BlackholePlan, Cidr, NetworkPlan, NodeNetworkPolicy};
+
+use restore::{Located, locate, restore_interface_async, restore_with};
+pub use restore::{Reverted, restore_interface};
+use scope::open_node_netns;
+pub use scope::{NetnsScope, netns_scope};
 
 /// What to tell an operator whose kernel lacks netem.
 pub const NETEM_MISSING_HINT: &str = "the kernel module sch_netem is not available on this node; \
@@ -53,13 +69,21 @@ pub const NETEM_MISSING_HINT: &str = "the kernel module sch_netem is not availab
      kernel built with CONFIG_NET_SCH_NETEM";
 
 /// A network namespace as the journal records it: the process it was found through
-/// (pid + start time, so a reused pid is not mistaken for it) and its identity, which
-/// finds it again through any other process or bind mount holding it.
+/// (pid + start time, so a reused pid is not mistaken for it), its nsfs identity, which
+/// finds it again through any other process or bind mount holding it, and its cookie,
+/// which tells whether what is found there is still it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetnsRef {
     pub pid: u32,
     pub start_time: u64,
     pub id: NetnsId,
+    /// `SO_NETNS_COOKIE` of the namespace: never given to another namespace in this
+    /// boot, where the inode in `id` is handed to the next namespace once this one is
+    /// gone. Absent in records of agents before it was kept (and on kernels before
+    /// 5.14): such a record is matched by `id` alone, the nsfs device and inode, as
+    /// those agents did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<u64>,
 }
 
 /// One interface to put back: the journal's content for network faults.
@@ -96,9 +120,30 @@ pub struct NetworkRequest {
     pub direction: Direction,
     pub interface: Option<String>,
     pub scope: Scope,
+    /// What the agent permits if a namespace turns out to be the node's.
+    pub node: NodeNetworkPolicy,
 }
 
 impl NetworkRequest {
+    /// Leaves TCP to and from `port` (the agent's gRPC port) alone: exclusions before
+    /// every match, and, for a fault on all traffic, a match-all behind them. The fault
+    /// then needs the targeted tree (sch_prio and cls_u32). Idempotent.
+    pub fn keep_reachable(&mut self, port: u16) {
+        if self.classifier.matches.is_empty() {
+            self.classifier.matches.push(TrafficMatch::default());
+        }
+        for end in [End::Source, End::Destination] {
+            let kept = TrafficMatch {
+                protocol: Some(IPPROTO_TCP),
+                port: Some((end, port)),
+                ..Default::default()
+            };
+            if !self.classifier.exclusions.contains(&kept) {
+                self.classifier.exclusions.push(kept);
+            }
+        }
+    }
+
     /// Kernel modules this request needs, each with what it is for.
     pub fn required_modules(&self) -> Vec<&'static str> {
         let mut modules = vec![self.impairment.module()];
@@ -223,14 +268,15 @@ pub fn network_request(plan: &NetworkPlan) -> NetworkRequest {
         direction,
         interface: (!request.interface.is_empty()).then(|| request.interface.clone()),
         scope: Scope::Targets,
+        node: plan.node,
     }
 }
 
 /// A blackhole: every matching packet dropped (netem loss 100 %, the same tree and
 /// restore path as a network fault, so no extra kernel module is involved). Node scope
-/// keeps the agent's port reachable, as source and destination port.
+/// is the node's namespace, where `prepare` keeps the agent's port reachable.
 pub fn blackhole_request(plan: &BlackholePlan) -> NetworkRequest {
-    let mut classifier = classifier(
+    let classifier = classifier(
         End::Destination,
         &plan.destinations,
         &plan.ports,
@@ -238,18 +284,6 @@ pub fn blackhole_request(plan: &BlackholePlan) -> NetworkRequest {
         &[],
         &[],
     );
-    if let Some(port) = plan.keep_port {
-        if classifier.matches.is_empty() {
-            classifier.matches.push(TrafficMatch::default());
-        }
-        for end in [End::Source, End::Destination] {
-            classifier.exclusions.push(TrafficMatch {
-                protocol: Some(IPPROTO_TCP),
-                port: Some((end, port)),
-                ..Default::default()
-            });
-        }
-    }
     NetworkRequest {
         impairment: Impairment::Netem(NetemSpec {
             loss_pct: 100.0,
@@ -263,6 +297,7 @@ pub fn blackhole_request(plan: &BlackholePlan) -> NetworkRequest {
         } else {
             Scope::Targets
         },
+        node: plan.node,
     }
 }
 
@@ -271,8 +306,10 @@ pub fn blackhole_request(plan: &BlackholePlan) -> NetworkRequest {
 /// first's qdisc and the first's revert would remove the second's).
 static CLAIMED: Mutex<Option<HashSet<ClaimKey>>> = Mutex::new(None);
 
-/// (namespace, ifindex, ingress?): egress and ingress use different qdiscs.
-type ClaimKey = (NetnsId, u32, bool);
+/// (namespace, its cookie, ifindex, ingress?): egress and ingress use different qdiscs.
+/// With the cookie, a namespace that took the inode of one that died under a fault is
+/// not mistaken for it.
+type ClaimKey = (NetnsId, Option<u64>, u32, bool);
 
 /// Holds an interface for one fault; released when the fault is dropped.
 #[derive(Debug)]
@@ -439,9 +476,9 @@ fn ingress_error(ifname: &str, err: IngressError) -> AgentError {
     }
 }
 
-/// A netlink socket inside the namespace at `path`, for one request.
-async fn open_netlink(path: &Path) -> Result<NetnsHandle, String> {
-    NetnsHandle::open(path).await.map_err(|e| e.to_string())
+/// A netlink operation that could not run or did not finish (chaos-netem's timeout).
+fn netlink_failed(what: &str, err: NetnsError) -> AgentError {
+    AgentError::Internal(format!("{what}: {err}"))
 }
 
 /// What `prepare` learns about one interface, inside its namespace.
@@ -588,13 +625,19 @@ struct InterfaceTarget {
     _claim: Claim,
 }
 
-/// The socket from prepare, or a new one in the namespace found at prepare.
+/// The socket from prepare, or a new one in the fault's namespace if it still is there.
 async fn connect<'a>(
     netlink: &'a mut Option<NetnsHandle>,
+    netns: &NetnsRef,
     path: &Path,
 ) -> Result<&'a mut NetnsHandle, String> {
     if netlink.is_none() {
-        *netlink = Some(open_netlink(path).await?);
+        match locate(netns, Some(path), Path::new("/proc")).await? {
+            Located::Here(handle) => *netlink = Some(handle),
+            Located::Gone(reason) => {
+                return Err(format!("the network namespace is gone: {reason}"));
+            }
+        }
     }
     netlink
         .as_mut()
@@ -611,7 +654,7 @@ pub struct NetworkFault {
 impl NetworkFault {
     /// Decides which interfaces, snapshots them, claims them. Changes nothing.
     pub async fn prepare(
-        request: NetworkRequest,
+        mut request: NetworkRequest,
         targets: &[Resolved],
         procfs: &Procfs,
         modules: &ModuleTree,
@@ -624,55 +667,85 @@ impl NetworkFault {
             .classifier
             .rules()
             .map_err(|e| AgentError::invalid("network.destinations", e.to_string()))?;
-        require_modules(modules, &request)?;
 
-        // (namespace path, the process it was found through, whether it is a target)
-        let mut namespaces = Vec::new();
+        // Each namespace is opened once: its scope is decided and its socket made through
+        // the same descriptor, and the ones held here cannot vanish meanwhile, so equal
+        // identities below are the same namespace.
+        let (node, node_process) = open_node_netns(procfs)?;
+        let agent = OpenNetns::open(&procfs.root().join("self/ns/net")).map_err(|e| {
+            AgentError::Internal(format!(
+                "cannot open the agent's own network namespace: {e}"
+            ))
+        })?;
+        // (namespace, the process it was found through, what to call it)
+        let mut namespaces: Vec<(OpenNetns, ProcessInfo, String)> = Vec::new();
+        let mut seen = HashSet::new();
         match request.scope {
             Scope::Targets => {
                 for target in targets {
-                    namespaces.push((
-                        procfs.netns_path(target.init.pid),
-                        target.init.clone(),
-                        target.spec.to_string(),
-                    ));
+                    let netns =
+                        OpenNetns::open(&procfs.netns_path(target.init.pid)).map_err(|e| {
+                            AgentError::FailedPrecondition(format!(
+                                "cannot reach the network namespace of pid {}: {e}",
+                                target.init.pid
+                            ))
+                        })?;
+                    // Containers of one pod share the pod's namespace.
+                    if seen.insert(netns.id()) {
+                        namespaces.push((netns, target.init.clone(), target.spec.to_string()));
+                    }
                 }
             }
             Scope::Node => {
-                // The host's namespace, found through PID 1 (the agent runs with hostPID);
-                // PID 1 is not acted on, so it is not a process the fault touches.
-                let init = procfs.process(1).map_err(|e| {
-                    AgentError::FailedPrecondition(format!(
-                        "cannot read PID 1 to find the node's network namespace: {e}"
-                    ))
-                })?;
-                namespaces.push((procfs.netns_path(1), init, "the node".to_string()));
+                // The process it was found through is not acted on, so it is not a
+                // process the fault touches.
+                let (netns, process) = open_node_netns(procfs)?;
+                namespaces.push((netns, process, "the node".to_string()));
             }
         }
+        if namespaces.is_empty() {
+            return Err(AgentError::FailedPrecondition(
+                "the target resolved to no network namespace".into(),
+            ));
+        }
+        let mut node_scope = false;
+        for (netns, _, label) in &namespaces {
+            let scope = netns_scope(netns.id(), node.id(), agent.id(), request.node, label)?;
+            node_scope |= scope == NetnsScope::Node;
+        }
+        if node_scope {
+            // One classifier for every interface of the fault: the agent's port is then
+            // also left alone on a pod's interface the same request names, which costs
+            // that pod nothing.
+            request.keep_reachable(request.node.agent_port);
+        }
+        drop((node, node_process, agent));
+        require_modules(modules, &request).map_err(|e| match e {
+            AgentError::FailedPrecondition(message) if node_scope => {
+                AgentError::FailedPrecondition(format!(
+                    "{message}; a fault on the node's network namespace keeps the agent's port {} \
+                     reachable through prio and u32 filters",
+                    request.node.agent_port
+                ))
+            }
+            other => other,
+        })?;
 
-        let mut seen = HashSet::new();
         let mut interfaces = Vec::new();
         let mut acts_on = Vec::new();
-        for (path, process, label) in namespaces {
-            let id = chaos_netem::netns_id(&path).map_err(|e| {
-                AgentError::FailedPrecondition(format!(
-                    "cannot reach the network namespace of pid {}: {e}",
-                    process.pid
-                ))
-            })?;
-            if !seen.insert(id) {
-                continue; // containers of one pod share the pod's namespace
-            }
+        for (netns, process, label) in namespaces {
             let started = std::time::Instant::now();
-            let mut netlink = open_netlink(&path)
+            let mut netlink = NetnsHandle::open_in(&netns)
                 .await
-                .map_err(|e| AgentError::FailedPrecondition(format!("{}: {e}", path.display())))?;
+                .map_err(|e| AgentError::FailedPrecondition(e.to_string()))?;
+            let cookie = netlink.cookie();
             let opened_at = started.elapsed();
             let inspected = netlink
                 .run(async |handle| {
                     inspect(handle, request.interface.as_deref(), request.direction).await
                 })
-                .await?;
+                .await
+                .map_err(|e| netlink_failed(&label, e))??;
             tracing::debug!(
                 open_us = opened_at.as_micros() as u64,
                 inspect_us = (started.elapsed() - opened_at).as_micros() as u64,
@@ -692,23 +765,25 @@ impl NetworkFault {
                 }
             }
             let ingress = request.direction == Direction::Ingress;
-            let claim = Claim::take((id, inspected.ifindex, ingress)).ok_or_else(|| {
-                AgentError::FailedPrecondition(format!(
-                    "interface {ifname} of {label} is already being faulted by another request; combine the impairments in one request"
-                ))
-            })?;
+            let claim = Claim::take((netns.id(), cookie, inspected.ifindex, ingress))
+                .ok_or_else(|| {
+                    AgentError::FailedPrecondition(format!(
+                        "interface {ifname} of {label} is already being faulted by another request; combine the impairments in one request"
+                    ))
+                })?;
             interfaces.push(InterfaceTarget {
                 restore: QdiscRestore {
                     netns: NetnsRef {
                         pid: process.pid,
                         start_time: process.start_time,
-                        id,
+                        id: netns.id(),
+                        cookie,
                     },
                     ifindex: inspected.ifindex,
                     snapshot: inspected.snapshot,
                     ingress: inspected.ingress,
                 },
-                path,
+                path: netns.path().to_path_buf(),
                 netlink: Some(netlink),
                 ifname,
                 installed: false,
@@ -717,11 +792,6 @@ impl NetworkFault {
             if request.scope == Scope::Targets {
                 acts_on.push(process);
             }
-        }
-        if interfaces.is_empty() {
-            return Err(AgentError::FailedPrecondition(
-                "the target resolved to no network namespace".into(),
-            ));
         }
         let status = api::NetworkStatus {
             interface: interface_names(&interfaces),
@@ -799,18 +869,21 @@ impl NetworkFault {
         let ifindex = target.restore.ifindex;
         let ifname = target.ifname.clone();
         let (impairment, classifier) = (&self.request.impairment, &self.request.classifier);
-        let netlink = connect(&mut target.netlink, &target.path)
+        let netlink = connect(&mut target.netlink, &target.restore.netns, &target.path)
             .await
             .map_err(|e| AgentError::FailedPrecondition(format!("interface {ifname}: {e}")))?;
-        if let Some(redirect) = &target.restore.ingress {
-            netlink
+        if let Some(redirect) = target.restore.ingress.as_mut() {
+            let ifb = netlink
                 .run(async |handle| {
                     chaos_netem::ingress::install(handle, ifindex, redirect, impairment, classifier)
                         .await
                 })
                 .await
+                .map_err(|e| netlink_failed(&format!("interface {ifname}"), e))?
                 .map_err(|e| ingress_error(&ifname, e))?;
             target.installed = true;
+            // Journaled with the rest (see registry): tells our redirect from others'.
+            redirect.ifb_index = Some(ifb);
             return Ok(());
         }
         let before = netlink
@@ -825,6 +898,7 @@ impl NetworkFault {
                 Ok(before)
             })
             .await
+            .map_err(|e| netlink_failed(&format!("interface {ifname}"), e))?
             .map_err(|e| tree_error(&ifname, e))?;
         target.installed = true;
         // The state right before our change is what must come back; if someone changed
@@ -840,14 +914,13 @@ impl NetworkFault {
         for target in &mut self.interfaces {
             let ifindex = target.restore.ifindex;
             let redirect = target.restore.ingress.clone();
-            let dump = match connect(&mut target.netlink, &target.path).await {
-                Ok(netlink) => {
-                    netlink
-                        .run(async |handle| {
-                            read_installed(handle, ifindex, redirect.as_ref()).await
-                        })
-                        .await
-                }
+            let dump = match connect(&mut target.netlink, &target.restore.netns, &target.path).await
+            {
+                Ok(netlink) => netlink
+                    .run(async |handle| read_installed(handle, ifindex, redirect.as_ref()).await)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|dumped| dumped),
                 Err(e) => Err(e),
             };
             let text = dump.unwrap_or_else(|e| format!("dump failed: {e}"));
@@ -860,10 +933,11 @@ impl NetworkFault {
         self.status.installed = described.join("; ");
     }
 
-    /// Restores every interface this fault changed. A namespace that is gone took the
-    /// qdisc with it and counts as restored.
+    /// Restores every interface this fault changed. A namespace or an interface that is
+    /// gone took the qdisc with it and counts as restored; the status says which.
     pub async fn revert(&mut self) -> Result<(), String> {
         let mut errors = Vec::new();
+        let mut notes = Vec::new();
         for target in self.interfaces.iter_mut().filter(|t| t.installed) {
             // A socket still open from this request (a rollback inside apply) is reused;
             // else the namespace is looked up again, as the journal replay does.
@@ -873,16 +947,30 @@ impl NetworkFault {
                     netlink
                         .run(async |handle| restore_with(handle, restore).await)
                         .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|restored| restored.map(Reverted::from))
                 }
-                None => restore_interface_async(&target.restore, Some(&target.path)).await,
+                None => {
+                    restore_interface_async(&target.restore, Some(&target.path), Path::new("/proc"))
+                        .await
+                }
             };
             match result {
-                Ok(()) => target.installed = false,
+                Ok(reverted) => {
+                    target.installed = false;
+                    if reverted != Reverted::Restored {
+                        notes.push(format!("{}: {}", target.ifname, reverted.describe()));
+                    }
+                }
                 Err(e) => errors.push(format!("{}: {e}", target.ifname)),
             }
         }
         if errors.is_empty() {
-            self.status.installed = "restored".into();
+            self.status.installed = if notes.is_empty() {
+                "restored".into()
+            } else {
+                format!("restored; {}", notes.join("; "))
+            };
             Ok(())
         } else {
             Err(errors.join("; "))
@@ -990,83 +1078,6 @@ fn describe_handle(handle: u32) -> String {
     format!("{:x}:{:x}", handle >> 16, handle & 0xffff)
 }
 
-/// The namespace of `netns` if it still exists: the path used before when it still
-/// names the same namespace, else any process or bind mount holding it.
-fn locate(netns: &NetnsRef, known: Option<&Path>, proc_root: &Path) -> Option<PathBuf> {
-    let candidates = known
-        .map(Path::to_path_buf)
-        .into_iter()
-        .chain(std::iter::once(
-            proc_root.join(netns.pid.to_string()).join("ns/net"),
-        ));
-    for path in candidates {
-        if chaos_netem::netns_id(&path).is_ok_and(|id| id == netns.id) {
-            return Some(path);
-        }
-    }
-    chaos_netem::find_netns(netns.id, proc_root)
-}
-
-/// Puts one interface back through `handle`, a socket in its namespace: removes the
-/// redirect and the ifb of an ingress fault (whose root was never touched), or restores
-/// the root and ingress qdiscs from the snapshot.
-async fn restore_with(handle: &chaos_netem::Handle, restore: &QdiscRestore) -> Result<(), String> {
-    match &restore.ingress {
-        Some(redirect) => chaos_netem::ingress::remove(handle, restore.ifindex, redirect)
-            .await
-            .map_err(|e| e.to_string()),
-        None => chaos_netem::qdisc::restore(handle, &restore.snapshot)
-            .await
-            .map_err(|e| e.to_string()),
-    }
-}
-
-/// Revert: finds the namespace again and puts the interface back from the agent's runtime.
-async fn restore_interface_async(
-    restore: &QdiscRestore,
-    known: Option<&Path>,
-) -> Result<(), String> {
-    let Some(path) = locate(&restore.netns, known, Path::new("/proc")) else {
-        tracing::info!(
-            pid = restore.netns.pid,
-            "network namespace is gone: nothing to restore"
-        );
-        return Ok(());
-    };
-    let started = std::time::Instant::now();
-    let mut netlink = open_netlink(&path).await?;
-    let opened_at = started.elapsed();
-    netlink
-        .run(async |handle| restore_with(handle, restore).await)
-        .await?;
-    tracing::debug!(
-        open_us = opened_at.as_micros() as u64,
-        restore_us = (started.elapsed() - opened_at).as_micros() as u64,
-        "network revert phases"
-    );
-    Ok(())
-}
-
-/// The journal replay at start (blocking: runs netlink on its own thread and runtime).
-pub fn restore_interface(
-    restore: &QdiscRestore,
-    known: Option<&Path>,
-    proc_root: &Path,
-) -> Result<(), String> {
-    let Some(path) = locate(&restore.netns, known, proc_root) else {
-        tracing::info!(
-            pid = restore.netns.pid,
-            "network namespace is gone: nothing to restore"
-        );
-        return Ok(());
-    };
-    let restore = restore.clone();
-    chaos_netem::in_netns(&path, move |handle| async move {
-        restore_with(&handle, &restore).await
-    })
-    .map_err(|e| e.to_string())?
-}
-
 /// The root qdisc in words, like `tc qdisc show` prints it.
 pub fn describe_root(views: &[QdiscView]) -> String {
     let Some(root) = views
@@ -1083,8 +1094,8 @@ fn describe_qdisc(view: &QdiscView) -> String {
     match (&view.netem, &view.tbf) {
         (Some(netem), _) => format!("netem {handle} {}", describe_netem(&netem.spec)),
         (None, Some(tbf)) => format!(
-            "tbf {handle} rate {}bit burst {}b limit {}b",
-            tbf.rate_bytes_per_sec * 8,
+            "tbf {handle} rate {} burst {}b limit {}b",
+            describe_rate(tbf.rate_bytes_per_sec),
             tbf.burst_bytes,
             tbf.limit_bytes
         ),
@@ -1140,9 +1151,19 @@ fn describe_netem(spec: &NetemSpec) -> String {
         ));
     }
     if spec.rate_bytes_per_sec > 0 {
-        parts.push(format!("rate {}bit", spec.rate_bytes_per_sec * 8));
+        parts.push(format!("rate {}", describe_rate(spec.rate_bytes_per_sec)));
     }
     parts.join(" ")
+}
+
+/// A rate in bits per second as tc prints it; in bytes per second (tc's `Bps`) when the
+/// bit rate does not fit 64 bits (validation refuses such requests, but a dump of a
+/// qdisc someone else made may carry any rate).
+fn describe_rate(bytes_per_second: u64) -> String {
+    match bytes_per_second.checked_mul(8) {
+        Some(bits) => format!("{bits}bit"),
+        None => format!("{bytes_per_second}Bps"),
+    }
 }
 
 #[cfg(test)]
@@ -1191,6 +1212,7 @@ mod tests {
             request: request(),
             destinations: vec![],
             exclude_destinations: vec![],
+            node: NodeNetworkPolicy::default(),
         };
         let wanted = network_request(&plan);
         assert!(wanted.classifier.is_empty());
@@ -1251,6 +1273,7 @@ mod tests {
             },
             destinations: vec![cidr("10.1.2.3")],
             exclude_destinations: vec![],
+            node: NodeNetworkPolicy::default(),
         };
         let wanted = network_request(&plan);
         assert_eq!(wanted.direction, Direction::Ingress);
@@ -1274,7 +1297,7 @@ mod tests {
             destinations: vec![],
             ports: vec![],
             node_scope: false,
-            keep_port: None,
+            node: NodeNetworkPolicy::default(),
             interface: String::new(),
         });
         assert_eq!(plain.interface, None);
@@ -1284,15 +1307,21 @@ mod tests {
         }
         assert!(plain.classifier.is_empty());
         assert_eq!(plain.scope, Scope::Targets);
-        let node = blackhole_request(&BlackholePlan {
+        let mut node = blackhole_request(&BlackholePlan {
             destinations: vec![],
             ports: vec![],
             node_scope: true,
-            keep_port: Some(7090),
+            node: NodeNetworkPolicy {
+                allowed: true,
+                agent_port: 7090,
+            },
             interface: "ens6".into(),
         });
         assert_eq!(node.scope, Scope::Node);
         assert_eq!(node.interface.as_deref(), Some("ens6"));
+        // What prepare does once it sees the node's namespace; twice changes nothing.
+        node.keep_reachable(node.node.agent_port);
+        node.keep_reachable(node.node.agent_port);
         assert_eq!(node.classifier.matches, vec![TrafficMatch::default()]);
         let kept: Vec<String> = node
             .classifier
@@ -1336,6 +1365,7 @@ mod tests {
             request,
             destinations: vec![],
             exclude_destinations: vec![],
+            node: NodeNetworkPolicy::default(),
         };
         let rate_only = network_request(&plan(api::NetworkFault {
             rate_bytes_per_second: 125_000,
@@ -1378,6 +1408,7 @@ mod tests {
             },
             destinations: vec![],
             exclude_destinations: vec![],
+            node: NodeNetworkPolicy::default(),
         };
         match require_modules(&tree, &network_request(&plan)) {
             Err(AgentError::FailedPrecondition(message)) => {
@@ -1392,6 +1423,7 @@ mod tests {
                     request: request(),
                     destinations: vec![],
                     exclude_destinations: vec![],
+                    node: NodeNetworkPolicy::default(),
                 })
             ),
             Ok(())
@@ -1414,6 +1446,7 @@ mod tests {
             },
             destinations: vec![],
             exclude_destinations: vec![],
+            node: NodeNetworkPolicy::default(),
         };
         assert_eq!(require_modules(&tree, &network_request(&targeted)), Ok(()));
         // The same tree with netem not loaded consults the index, which fails.
@@ -1453,41 +1486,73 @@ mod tests {
 
     #[test]
     fn claims_are_exclusive_and_released_on_drop() {
-        let key = (NetnsId { dev: 7, ino: 99 }, 3, false);
+        let key = (NetnsId { dev: 7, ino: 99 }, Some(41), 3, false);
         let first = Claim::take(key).unwrap();
         assert!(Claim::take(key).is_none());
+        // A newer namespace at the same inode (another cookie) is another interface.
+        let successor = Claim::take((NetnsId { dev: 7, ino: 99 }, Some(42), 3, false));
+        assert!(successor.is_some());
         drop(first);
         assert!(Claim::take(key).is_some());
     }
 
     #[test]
-    fn a_gone_namespace_is_nothing_to_restore() {
-        let restore = QdiscRestore {
-            netns: NetnsRef {
-                pid: u32::MAX,
-                start_time: 1,
-                id: NetnsId { dev: 1, ino: 1 },
+    fn keeping_the_agent_reachable_puts_a_rate_behind_exclusions_that_need_prio() {
+        let mut rate_only = network_request(&NetworkPlan {
+            request: api::NetworkFault {
+                rate_bytes_per_second: 125_000,
+                ..Default::default()
             },
-            ifindex: 2,
-            snapshot: QdiscSnapshot {
-                ifindex: 2,
-                root: chaos_netem::QdiscRecord {
-                    kind: "noqueue".into(),
-                    handle: 0,
-                    parent: chaos_netem::qdisc::TC_H_ROOT,
-                    options: None,
-                },
-                ingress: None,
-                child_qdiscs: vec![],
-                user_classes: 0,
-                root_filters: 0,
-            },
-            ingress: None,
-        };
+            destinations: vec![],
+            exclude_destinations: vec![],
+            node: NodeNetworkPolicy::default(),
+        });
+        assert_eq!(rate_only.required_modules(), vec!["sch_tbf"]);
+        rate_only.keep_reachable(7443);
         assert_eq!(
-            restore_interface(&restore, None, Path::new("/proc")),
-            Ok(())
+            rate_only.required_modules(),
+            vec!["sch_tbf", "sch_prio", "cls_u32"]
         );
+        let rules: Vec<String> = rate_only
+            .classifier
+            .rules()
+            .unwrap()
+            .iter()
+            .map(|r| r.selector.describe())
+            .collect();
+        assert_eq!(
+            rules,
+            vec!["proto 6 sport 7443", "proto 6 dport 7443", "all"]
+        );
+        // A targeted request keeps its matches; the exclusions go first.
+        let mut targeted = network_request(&NetworkPlan {
+            request: api::NetworkFault {
+                ports: vec![5432],
+                protocol: api::Protocol::Tcp as i32,
+                ..request()
+            },
+            destinations: vec![],
+            exclude_destinations: vec![],
+            node: NodeNetworkPolicy::default(),
+        });
+        targeted.keep_reachable(7090);
+        assert_eq!(targeted.classifier.matches.len(), 1);
+        assert_eq!(targeted.classifier.exclusions.len(), 2);
+    }
+
+    #[test]
+    fn rates_are_described_in_bits_unless_the_bits_overflow() {
+        assert_eq!(describe_rate(1_000_000), "8000000bit");
+        assert_eq!(
+            describe_rate(u64::MAX / 8),
+            format!("{}bit", u64::MAX / 8 * 8)
+        );
+        assert_eq!(describe_rate(u64::MAX), format!("{}Bps", u64::MAX));
+        let netem = NetemSpec {
+            rate_bytes_per_sec: u64::MAX,
+            ..NetemSpec::default()
+        };
+        assert!(describe_netem(&netem).ends_with(&format!("rate {}Bps", u64::MAX)));
     }
 
     #[test]

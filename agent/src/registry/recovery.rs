@@ -19,6 +19,7 @@ impl Registry {
     /// Returns how many records were reverted and how many could not be (those are
     /// retried in the background, listed as revert-pending).
     pub fn recover(self: &Arc<Self>) -> (usize, usize) {
+        self.journal.drop_records_of_earlier_boots();
         // The journal is not fsynced (see journal.rs): a node that lost power may have
         // left records cut short, describing state the reboot already wiped.
         match self.resolver.procfs.boot_time() {
