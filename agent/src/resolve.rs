@@ -356,12 +356,19 @@ impl Resolver {
         Ok(resolved)
     }
 
-    /// Whether `pid` is in the node's network namespace (PID 1's, seen with hostPID): a
-    /// hostNetwork pod's container, or a process of the node itself.
-    pub fn shares_node_netns(&self, pid: u32) -> bool {
-        let node = chaos_netem::netns_id(&self.procfs.netns_path(1));
+    /// The node's network namespace (PID 1's, or kthreadd's where PID 1's cannot be
+    /// opened), if it can be found: with hostPID it always can.
+    fn node_netns(&self) -> Option<chaos_netem::NetnsId> {
+        crate::faults::network::scope::open_node_netns(&self.procfs)
+            .ok()
+            .map(|(netns, _)| netns.id())
+    }
+
+    /// Whether `pid` is in the node's network namespace `node`: a hostNetwork pod's
+    /// container, or a process of the node itself.
+    fn in_netns(&self, pid: u32, node: Option<chaos_netem::NetnsId>) -> bool {
         let own = chaos_netem::netns_id(&self.procfs.netns_path(pid));
-        matches!((node, own), (Ok(node), Ok(own)) if node == own)
+        matches!((node, own), (Some(node), Ok(own)) if node == own)
     }
 
     /// The containers on this node, for controllers to select from.
@@ -384,6 +391,7 @@ impl Resolver {
                 .map_err(|e| AgentError::Internal(e.to_string()))?;
             tasks.insert(ns.clone(), by_id);
         }
+        let node_netns = self.node_netns();
         let mut targets = Vec::new();
         for c in containers {
             if c.is_sandbox()
@@ -407,7 +415,7 @@ impl Resolver {
                 }
                 _ => (String::new(), Vec::new()),
             };
-            let host_network = state == "running" && self.shares_node_netns(init_pid);
+            let host_network = state == "running" && self.in_netns(init_pid, node_netns);
             targets.push(api::TargetInfo {
                 container: Some(container_ref(&c)),
                 init_pid,

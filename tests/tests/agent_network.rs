@@ -596,6 +596,19 @@ async fn host_a_network_fault_in_the_nodes_namespace_is_node_scope_for_every_tar
 
     let agent = agent_allowing_host_processes(&tls, &state, &[])?;
     let mut client = agent.client().await?;
+    // ListTargets says so, for controllers to leave such pods out of their selections.
+    let listed = client
+        .list_targets(api::ListTargetsRequest {
+            pod_namespace: "chaos-test".into(),
+        })
+        .await?
+        .into_inner()
+        .targets;
+    let shown = listed
+        .iter()
+        .find(|t| t.target == host_network_pod.target())
+        .context("the hostNetwork container is listed")?;
+    ensure!(shown.host_network, "not shown as hostNetwork: {shown:?}");
     for target in [node_process.target(), host_network_pod.target()] {
         for dry_run in [true, false] {
             for (what, request) in requests(&target, dry_run) {

@@ -500,7 +500,8 @@ async fn without_the_runtime_whose_a_target_is_is_unknown_and_refused() -> Resul
         let status = refused(&mut client, dry_kill(&form)).await;
         assert_eq!(status.code(), Code::FailedPrecondition, "{form}: {status}");
         assert!(
-            status.message().contains("cannot tell which container"),
+            status.message().contains("cannot tell which container")
+                || status.message().contains("cannot tell the container's pod"),
             "{form}: {status}"
         );
     }

@@ -272,6 +272,12 @@ async fn a_submitted_probe_connects_only_to_addresses_the_controller_allows() ->
         assert_eq!(outcome(&p).await, Ok(()), "{entries:?}");
         assert_eq!(outcome(&tcp).await, Ok(()), "{entries:?}");
     }
+    // A TCP probe succeeds at the kernel's handshake, before the server's accept loop
+    // counts the connection: wait (bounded) for the count to catch up.
+    let counted = std::time::Instant::now();
+    while server.connections() < before + 4 && counted.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(server.connections(), before + 4);
     Ok(())
 }

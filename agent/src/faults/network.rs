@@ -34,7 +34,7 @@
 //! faults run on one thread, which a request the kernel never answers must not hold.
 
 mod restore;
-mod scope;
+pub(crate) mod scope;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

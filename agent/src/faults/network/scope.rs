@@ -57,7 +57,7 @@ pub fn netns_scope(
 /// sandbox's init holding capabilities the agent lacks, as on the build machine), the
 /// kernel refuses to open its namespace; kthreadd (PID 2), a kernel thread and so always
 /// in the initial namespace, where a node's init is, stands in then.
-pub(super) fn open_node_netns(procfs: &Procfs) -> Result<(OpenNetns, ProcessInfo), AgentError> {
+pub(crate) fn open_node_netns(procfs: &Procfs) -> Result<(OpenNetns, ProcessInfo), AgentError> {
     let through = |pid: u32| -> Result<(OpenNetns, ProcessInfo), String> {
         let process = procfs.process(pid).map_err(|e| e.to_string())?;
         let netns = OpenNetns::open(&procfs.netns_path(pid)).map_err(|e| e.to_string())?;
