@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail, ensure};
 use chaos_proto::api::{self, agent_client::AgentClient};
 use chaos_tests::agent::{AgentOptions, TestAgent, journal_len, make_certs, state_dir};
 use chaos_tests::containerd::{CONTAINERD_SOCKET, ContainerSpec, TestContainer};
+use chaos_tests::process::{HostProcess, first_child};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -126,18 +127,6 @@ fn wait_until(
     bail!("{what}: not within {limit:?}")
 }
 
-/// A process's first child, waited for (bounded).
-fn child_of(parent: u32) -> Result<u32> {
-    let mut child = None;
-    wait_until("a child process", Duration::from_secs(20), || {
-        child = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
-            .ok()
-            .and_then(|c| c.split_whitespace().next()?.parse().ok());
-        child.is_some()
-    })?;
-    child.context("no child")
-}
-
 fn stopped(pid: u32) -> bool {
     process_state(pid) == Some('T')
 }
@@ -157,7 +146,7 @@ async fn a_stop_is_held_until_the_fault_ends_and_every_end_continues_the_process
             .to_vec(),
         ..ContainerSpec::pod("shop", "stop-0", "app")
     })?;
-    let pid = child_of(container.pid()?)?;
+    let pid = first_child(container.pid()?)?;
     let target = container.target();
     let signal = |target: &str, name: &str, interval: Duration, duration: Duration| {
         let mut request = signal(target, name, interval, duration);
@@ -277,27 +266,6 @@ async fn a_stop_is_held_until_the_fault_ends_and_every_end_continues_the_process
 }
 
 // ---- 5. a repeating kill stays on the process it was given ----
-
-/// A host process the test started; killed and reaped on drop.
-struct HostProcess(std::process::Child);
-
-impl HostProcess {
-    fn sleep() -> Result<HostProcess> {
-        Ok(HostProcess(
-            std::process::Command::new("sleep").arg("1000").spawn()?,
-        ))
-    }
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for HostProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A new host process with exactly `pid`, made by setting the kernel's last pid just
 /// below it. Other processes fork meanwhile, so it tries a bounded number of times.

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use chaos_proto::api::{self, agent_client::AgentClient};
 use chaos_tests::agent::{AgentOptions, TestAgent, binary, free_port, make_certs};
 use chaos_tests::containerd::{ContainerSpec, TestContainer};
+use chaos_tests::process::{HostProcess, first_child};
 use chaos_tests::tls::{AGENT_TLS_FILES, SecretVolume, eventually};
 use tonic::Code;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
@@ -419,7 +420,7 @@ async fn a_protected_pod_is_refused_by_every_target_form() -> Result<()> {
         ..ContainerSpec::pod("kube-system", "coredns-1", "coredns")
     })?;
     let init = system.pid()?;
-    let child = eventually_child_of(init)?;
+    let child = first_child(init)?;
     let forms = [
         system.pod_target(),
         system.target(),
@@ -442,7 +443,7 @@ async fn a_protected_pod_is_refused_by_every_target_form() -> Result<()> {
         ..ContainerSpec::pod("shop", "web-1", "web")
     })?;
     let app_init = app.pid()?;
-    let app_child = eventually_child_of(app_init)?;
+    let app_child = first_child(app_init)?;
     for form in [
         app.pod_target(),
         app.target(),
@@ -463,20 +464,6 @@ async fn a_protected_pod_is_refused_by_every_target_form() -> Result<()> {
     }
     assert_eq!(system.task_status()?, "RUNNING");
     Ok(())
-}
-
-/// A process's first child (busybox `sleep &` under the container's shell), waited for.
-fn eventually_child_of(parent: u32) -> Result<u32> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
-        let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
-            .unwrap_or_default();
-        if let Some(first) = children.split_whitespace().next() {
-            return Ok(first.parse()?);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    anyhow::bail!("process {parent} has no child after 20 s")
 }
 
 /// Without containerd the agent cannot tell a pod's container from anything else: the
@@ -513,8 +500,8 @@ async fn without_the_runtime_whose_a_target_is_is_unknown_and_refused() -> Resul
 #[tokio::test(flavor = "multi_thread")]
 async fn host_processes_threads_and_the_agents_own_cgroup_are_refused() -> Result<()> {
     let (tls, state) = (make_certs()?, state_dir()?);
-    let host = KilledOnDrop(Command::new("sleep").arg("1000").spawn()?);
-    let host_target = format!("pid:{}", host.0.id());
+    let host = HostProcess::sleep()?;
+    let host_target = format!("pid:{}", host.pid());
     {
         let agent = TestAgent::start_tls(tls.path(), state.path())?;
         let mut client = agent.client().await?;
@@ -569,16 +556,6 @@ async fn host_processes_threads_and_the_agents_own_cgroup_are_refused() -> Resul
         assert!(status.message().contains("root cgroup"), "{status}");
     }
     Ok(())
-}
-
-/// A child process that is killed and reaped however the test ends.
-struct KilledOnDrop(std::process::Child);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A cgroup of this test in every v1 hierarchy the host mounts (or the v2 tree), removed
