@@ -54,8 +54,7 @@ pub const KINDS: &[api::FaultKind] = &[
 /// running every kind under `setpriv` with one capability removed at a time. CPU and
 /// memory need none: the agent (uid 0) owns the cgroup files it writes, raising a
 /// child's oom_score_adj is always permitted, and it signals only its own stressors.
-/// Module loading (CAP_SYS_MODULE) is left out: with CAP_NET_ADMIN the kernel loads a
-/// qdisc module itself on first use.
+/// Module loading (CAP_SYS_MODULE) is left out: the node loads the qdisc modules.
 pub fn required_capabilities(kind: api::FaultKind) -> &'static [(Capability, &'static str)] {
     const NETWORK: &[(Capability, &str)] = &[
         (
