@@ -103,9 +103,179 @@ pub async fn runtime_info(runtime: Option<&Containerd>) -> api::RuntimeInfo {
     }
 }
 
+/// A Linux capability some fault kind needs (see `faults::required_capabilities`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Capability {
+    /// Signals to processes of other users.
+    Kill,
+    /// Network interfaces, qdiscs and filters.
+    NetAdmin,
+    /// Opening another process's /proc/PID/ns when it holds capabilities the agent lacks.
+    SysPtrace,
+    /// setns(2) into another network namespace.
+    SysAdmin,
+}
+
+impl Capability {
+    /// The bit in /proc/PID/status's Cap* masks (linux/capability.h).
+    fn bit(self) -> u32 {
+        match self {
+            Capability::Kill => 5,
+            Capability::NetAdmin => 12,
+            Capability::SysPtrace => 19,
+            Capability::SysAdmin => 21,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Kill => "CAP_KILL",
+            Capability::NetAdmin => "CAP_NET_ADMIN",
+            Capability::SysPtrace => "CAP_SYS_PTRACE",
+            Capability::SysAdmin => "CAP_SYS_ADMIN",
+        }
+    }
+}
+
+/// The capabilities a process holds in effect, as the kernel reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CapabilitySet {
+    effective: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CapabilityReadError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} has no valid CapEff line")]
+    NoCapEff { path: String },
+}
+
+impl CapabilitySet {
+    /// Every capability (for tests of the decisions).
+    pub fn all() -> CapabilitySet {
+        CapabilitySet {
+            effective: u64::MAX,
+        }
+    }
+
+    /// The set without `capability` (for tests of the decisions).
+    pub fn without(self, capability: Capability) -> CapabilitySet {
+        CapabilitySet {
+            effective: self.effective & !(1u64 << capability.bit()),
+        }
+    }
+
+    /// Parses the `CapEff:` line of a /proc/PID/status text.
+    pub fn from_status(status: &str) -> Option<CapabilitySet> {
+        let hex = status
+            .lines()
+            .find_map(|line| line.strip_prefix("CapEff:"))?
+            .trim();
+        u64::from_str_radix(hex, 16)
+            .ok()
+            .map(|effective| CapabilitySet { effective })
+    }
+
+    /// What this process holds in effect: read once at start, since the agent never
+    /// gains capabilities later.
+    pub fn of_this_process() -> Result<CapabilitySet, CapabilityReadError> {
+        let path = "/proc/self/status";
+        let text = std::fs::read_to_string(path).map_err(|source| CapabilityReadError::Read {
+            path: path.into(),
+            source,
+        })?;
+        CapabilitySet::from_status(&text).ok_or(CapabilityReadError::NoCapEff { path: path.into() })
+    }
+
+    pub fn has(&self, capability: Capability) -> bool {
+        self.effective & (1u64 << capability.bit()) != 0
+    }
+}
+
+/// The names of the capabilities some kind needs that `set` holds.
+pub fn held_names(set: &CapabilitySet) -> Vec<String> {
+    [
+        Capability::Kill,
+        Capability::NetAdmin,
+        Capability::SysPtrace,
+        Capability::SysAdmin,
+    ]
+    .into_iter()
+    .filter(|capability| set.has(*capability))
+    .map(|capability| capability.name().to_string())
+    .collect()
+}
+
+/// Drops every capability of the calling thread (effective, permitted, inheritable and
+/// ambient). The stressor child calls it before its load runs: burning CPU and holding
+/// memory need none, and a stressor should not be able to do what the agent can.
+/// Bounding-set bits stay (dropping them needs CAP_SETPCAP); with the permitted set
+/// empty and no exec to follow, they grant nothing.
+pub fn drop_all_capabilities() -> std::io::Result<()> {
+    // The capset(2) ABI, version 3: a header and two 32-bit halves of each set.
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    // SAFETY: prctl with integer arguments only; it touches no memory of ours.
+    let cleared = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    if cleared != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let header = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: both pointers refer to live values of the layout capset(2) reads.
+    let set = unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) };
+    if set != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_effective_set_from_a_status_text() {
+        // CapEff of a root container with only CAP_KILL (bit 5) and CAP_NET_ADMIN (bit 12).
+        let status = "Name:\tchaos-agent\nCapInh:\t0000000000000000\nCapEff:\t0000000000001020\n";
+        let set = CapabilitySet::from_status(status).unwrap();
+        assert!(set.has(Capability::Kill));
+        assert!(set.has(Capability::NetAdmin));
+        assert!(!set.has(Capability::SysAdmin));
+        assert!(!set.has(Capability::SysPtrace));
+        assert_eq!(CapabilitySet::from_status("Name:\tx\n"), None);
+        assert_eq!(CapabilitySet::from_status("CapEff:\tzz\n"), None);
+    }
 
     #[test]
     fn classifies_modules_from_a_fake_tree() {

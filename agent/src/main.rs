@@ -351,7 +351,29 @@ async fn run(args: Args, runtimes: Runtimes, open_file_limit: u64) -> Result<()>
             .unwrap_or_else(default_stressor_threads),
         max_memory_fill_percent_of_available: args.max_memory_fill_percent_of_available,
     };
-    let registry = Registry::new(journal, metrics.clone(), resolver, policy, limits, runtimes);
+    // Read once: each kind's needs are checked against it at inject, and Capabilities
+    // reports it, so a DaemonSet without a capability shows which kinds it disables.
+    let held = capabilities::CapabilitySet::of_this_process()
+        .context("reading the agent's own capabilities")?;
+    for kind in chaos_agent::faults::KINDS {
+        let missing = chaos_agent::faults::missing_capabilities(*kind, &held);
+        if !missing.is_empty() {
+            tracing::warn!(
+                kind = chaos_agent::faults::kind_label(*kind),
+                missing = missing.join(","),
+                "fault kind unusable: capabilities missing"
+            );
+        }
+    }
+    let registry = Registry::new(
+        journal,
+        metrics.clone(),
+        resolver,
+        policy,
+        limits,
+        held,
+        runtimes,
+    );
 
     let ready = Arc::new(AtomicBool::new(false));
     let metrics_listener = metrics::bind(args.metrics_listen)

@@ -7,6 +7,7 @@ use chaos_proto::api::{self, agent_server::Agent};
 use tonic::{Request, Response, Status};
 
 use crate::capabilities;
+use crate::faults::{KINDS, missing_capabilities};
 use crate::registry::Registry;
 use crate::validate::{validate_fault_id, validate_pod_namespace_filter, validate_revert};
 
@@ -107,6 +108,18 @@ impl Agent for AgentService {
             ],
             max_duration_ms: limits.max_duration.as_millis() as u64,
             node_scope_allowed: limits.allow_node_scope,
+            held_capabilities: capabilities::held_names(self.registry.capabilities()),
+            kind_privileges: KINDS
+                .iter()
+                .map(|kind| {
+                    let missing = missing_capabilities(*kind, self.registry.capabilities());
+                    api::KindPrivilege {
+                        kind: *kind as i32,
+                        usable: missing.is_empty(),
+                        missing_capabilities: missing,
+                    }
+                })
+                .collect(),
         }))
     }
 

@@ -324,6 +324,12 @@ pub fn run_child(
             "released without a go line".into(),
         ));
     }
+    // Attached and scored by the agent: from here on the load runs, which needs no
+    // capability, so none is kept (before the CPU workers start: threads inherit them).
+    crate::capabilities::drop_all_capabilities().map_err(|source| StressError::Os {
+        what: "dropping the stressor's capabilities",
+        source,
+    })?;
     // Progress goes nowhere: the agent measures from the cgroup and /proc itself.
     let mut progress = std::io::sink();
     match stressor {

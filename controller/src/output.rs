@@ -196,6 +196,9 @@ pub fn capabilities_json(c: &api::CapabilitiesResponse) -> Value {
         "supported_kinds": c.supported_kinds.iter().map(|k| kind_name(*k)).collect::<Vec<_>>(),
         "max_duration_ms": c.max_duration_ms,
         "node_scope_allowed": c.node_scope_allowed,
+        "held_capabilities": c.held_capabilities,
+        "kind_privileges": c.kind_privileges.iter().map(|k| json!({"kind": kind_name(k.kind), "usable": k.usable,
+                    "missing_capabilities": k.missing_capabilities})).collect::<Vec<_>>(),
     })
 }
 
@@ -208,6 +211,19 @@ pub fn capabilities_text(c: &api::CapabilitiesResponse) -> String {
         .map(|q| format!("{} ({})", q.name, q.detail))
         .collect();
     let kinds: Vec<&str> = c.supported_kinds.iter().map(|k| kind_name(*k)).collect();
+    // Kinds the agent refuses for want of a capability, with what each lacks.
+    let unusable: Vec<String> = c
+        .kind_privileges
+        .iter()
+        .filter(|k| !k.usable)
+        .map(|k| {
+            format!(
+                "{} (needs {})",
+                kind_name(k.kind),
+                k.missing_capabilities.join(",")
+            )
+        })
+        .collect();
     let runtime_line = if runtime.reachable {
         format!(
             "containerd {} at {} (namespaces {})",
@@ -219,7 +235,7 @@ pub fn capabilities_text(c: &api::CapabilitiesResponse) -> String {
         format!("UNREACHABLE at {}: {}", runtime.endpoint, runtime.error)
     };
     format!(
-        "node:          {}\nagent:         {}\nkernel:        {}\ncgroups:       {} ({})\nqdiscs:        {}\nruntime:       {}\nfault kinds:   {}\nmax duration:  {}s\nprotected:     namespaces {}; processes {}\nhost processes: {}\nnode scope:    {}\n",
+        "node:          {}\nagent:         {}\nkernel:        {}\ncgroups:       {} ({})\nqdiscs:        {}\nruntime:       {}\nfault kinds:   {}\nmax duration:  {}s\nprotected:     namespaces {}; processes {}\nhost processes: {}\nnode scope:    {}\ncapabilities:  {}\nunusable kinds: {}\n",
         c.node_name,
         c.agent_version,
         c.kernel_release,
@@ -240,6 +256,12 @@ pub fn capabilities_text(c: &api::CapabilitiesResponse) -> String {
             "allowed"
         } else {
             "refused"
+        },
+        c.held_capabilities.join(","),
+        if unusable.is_empty() {
+            "none".to_string()
+        } else {
+            unusable.join(", ")
         },
     )
 }

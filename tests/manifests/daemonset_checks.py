@@ -12,6 +12,9 @@ HOST_MOUNTS = {
     "/var/lib/chaos-control": ("/var/lib/chaos-control", "DirectoryOrCreate", False),
     "/lib/modules": ("/lib/modules", "Directory", True),
 }
+# What each fault kind needs (README "Capabilities"; tests/tests/agent_privilege.rs runs
+# the agent with exactly this set).
+AGENT_CAPABILITIES = {"KILL", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"}
 TLS_ITEMS = {"ca.crt": "ca.pem", "tls.crt": "agent.pem", "tls.key": "agent-key.pem"}
 CONTROLLER_RULES = {("", "pods"): {"list", "delete"}, ("", "nodes"): {"list"}}
 # The namespaced-controller overlay: pods through a Role per namespace, nodes cluster-wide.
@@ -54,8 +57,18 @@ def agent_problems(daemonset, secrets):
     strategy = daemonset["spec"].get("updateStrategy", {})
     if strategy.get("type") != "RollingUpdate" or "maxUnavailable" not in strategy.get("rollingUpdate", {}):
         problems.append("updateStrategy is not RollingUpdate with maxUnavailable")
-    if agent.get("securityContext", {}).get("privileged") is not True:
-        problems.append("agent container is not privileged")
+    security = agent.get("securityContext", {})
+    if security.get("privileged"):
+        problems.append("agent container is privileged; it needs only its capabilities")
+    capabilities = security.get("capabilities", {})
+    if capabilities.get("drop") != ["ALL"]:
+        problems.append("agent container does not drop ALL capabilities")
+    if set(capabilities.get("add", [])) != AGENT_CAPABILITIES:
+        problems.append(f"agent capabilities.add is not exactly {sorted(AGENT_CAPABILITIES)}")
+    if security.get("allowPrivilegeEscalation") is not False:
+        problems.append("agent container allows privilege escalation")
+    if security.get("readOnlyRootFilesystem") is not True:
+        problems.append("agent container's root filesystem is writable")
     resources = agent.get("resources", {})
     for part in ("requests", "limits"):
         if set(resources.get(part, {})) != {"cpu", "memory"}:

@@ -36,6 +36,20 @@ class AgentProblemsTest(unittest.TestCase):
     def test_shipped_daemonset_has_no_problem(self):
         self.assertEqual(agent_problems(shipped(), SECRETS), [])
 
+    def test_privileged_agent(self):
+        self.assert_caught(lambda d: agent(d)["securityContext"].update(privileged=True), "is privileged")
+
+    def test_capabilities_not_dropped(self):
+        self.assert_caught(lambda d: agent(d)["securityContext"]["capabilities"].pop("drop"), "drop ALL")
+
+    def test_an_extra_capability(self):
+        self.assert_caught(lambda d: agent(d)["securityContext"]["capabilities"]["add"].append("SYS_MODULE"),
+                           "capabilities.add is not exactly")
+
+    def test_a_missing_capability(self):
+        self.assert_caught(lambda d: agent(d)["securityContext"]["capabilities"]["add"].remove("NET_ADMIN"),
+                           "capabilities.add is not exactly")
+
     def test_missing_host_pid(self):
         self.assert_caught(lambda d: pod(d).pop("hostPID"), "hostPID")
 

@@ -62,6 +62,15 @@ pub struct AgentOptions {
     pub containerd_socket: String,
 }
 
+/// How the agent binary is started.
+enum Launcher {
+    Direct,
+    /// Through `prlimit`, with this RLIMIT_NOFILE.
+    OpenFileLimit(u64),
+    /// Through `setpriv`, holding only these capabilities.
+    Capabilities(Vec<String>),
+}
+
 pub struct TestAgent {
     child: Option<Child>,
     pub options: AgentOptions,
@@ -89,34 +98,74 @@ impl TestAgent {
     /// An agent whose gRPC port listens on `ip` (`0.0.0.0`: reachable from other network
     /// namespaces through their routes to this one). Metrics stay on loopback.
     pub fn start_on(options: AgentOptions, ip: std::net::Ipv4Addr) -> Result<TestAgent> {
-        TestAgent::launch(options, ip, &[], None)
+        TestAgent::launch(options, ip, &[], Launcher::Direct)
     }
 
     /// An agent that starts inside the cgroups whose `cgroup.procs` files are given (it
     /// joins them between fork and exec), as a DaemonSet's agent runs in its pod's cgroup.
     pub fn start_in_cgroups(options: AgentOptions, cgroup_procs: &[PathBuf]) -> Result<TestAgent> {
-        TestAgent::launch(options, std::net::Ipv4Addr::LOCALHOST, cgroup_procs, None)
+        TestAgent::launch(
+            options,
+            std::net::Ipv4Addr::LOCALHOST,
+            cgroup_procs,
+            Launcher::Direct,
+        )
     }
 
     /// An agent whose RLIMIT_NOFILE (soft and hard) is `limit`: started through
     /// util-linux's `prlimit`, which sets it and execs the agent (same pid).
     pub fn start_with_open_file_limit(options: AgentOptions, limit: u64) -> Result<TestAgent> {
-        TestAgent::launch(options, std::net::Ipv4Addr::LOCALHOST, &[], Some(limit))
+        TestAgent::launch(
+            options,
+            std::net::Ipv4Addr::LOCALHOST,
+            &[],
+            Launcher::OpenFileLimit(limit),
+        )
+    }
+
+    /// An agent (uid 0) holding only `capabilities` (setpriv names, e.g. `net_admin`) in
+    /// its effective, permitted, inheritable, ambient and bounding sets: what
+    /// `capabilities: {drop: [ALL], add: [...]}` gives a root container. Started through
+    /// util-linux's `setpriv`, which sets them and execs the agent (same pid).
+    pub fn start_with_capabilities(
+        options: AgentOptions,
+        capabilities: &[&str],
+    ) -> Result<TestAgent> {
+        TestAgent::launch(
+            options,
+            std::net::Ipv4Addr::LOCALHOST,
+            &[],
+            Launcher::Capabilities(capabilities.iter().map(|c| c.to_string()).collect()),
+        )
     }
 
     fn launch(
         options: AgentOptions,
         ip: std::net::Ipv4Addr,
         cgroup_procs: &[PathBuf],
-        open_file_limit: Option<u64>,
+        launcher: Launcher,
     ) -> Result<TestAgent> {
         let grpc = SocketAddr::from((ip, free_port()?));
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let log_path = options.state_dir.join(format!("agent-{}.log", grpc.port()));
         let log = std::fs::File::create(&log_path)?;
-        let mut command = match open_file_limit {
-            None => Command::new(binary("chaos-agent")?),
-            Some(limit) => {
+        let mut command = match launcher {
+            Launcher::Direct => Command::new(binary("chaos-agent")?),
+            Launcher::Capabilities(capabilities) => {
+                let set: String = std::iter::once("-all".to_string())
+                    .chain(capabilities.iter().map(|c| format!("+{c}")))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let mut setpriv = Command::new("setpriv");
+                setpriv
+                    .arg(format!("--inh-caps={set}"))
+                    .arg(format!("--ambient-caps={set}"))
+                    .arg(format!("--bounding-set={set}"))
+                    .arg("--")
+                    .arg(binary("chaos-agent")?);
+                setpriv
+            }
+            Launcher::OpenFileLimit(limit) => {
                 let mut prlimit = Command::new("prlimit");
                 prlimit
                     .arg(format!("--nofile={limit}:{limit}"))

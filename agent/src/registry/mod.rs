@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use chaos_proto::api;
 use tokio::sync::{Notify, oneshot, watch};
 
+use crate::capabilities::CapabilitySet;
 use crate::clock::{unix_ms_after, unix_ms_now};
 use crate::error::AgentError;
-use crate::faults::{ActiveFault, PrepareContext, Prepared, kind_label};
+use crate::faults::{ActiveFault, PrepareContext, Prepared, check_capabilities, kind_label};
 use crate::journal::{Journal, JournalRecord};
 use crate::metrics::Metrics;
 use crate::procfs::ProcessInfo;
@@ -90,6 +91,8 @@ pub struct Registry {
     resolver: Resolver,
     policy: ProtectionPolicy,
     limits: Limits,
+    /// What the agent holds in effect, read at start: kinds that need more are refused.
+    capabilities: CapabilitySet,
     /// Wakes the reaper when a lease or a fault appears or a fault ends, so it sleeps
     /// until the next moment that matters instead of polling.
     reaper_wake: Notify,
@@ -144,6 +147,7 @@ impl Registry {
         resolver: Resolver,
         policy: ProtectionPolicy,
         limits: Limits,
+        capabilities: CapabilitySet,
         runtimes: Runtimes,
     ) -> Arc<Registry> {
         Arc::new(Registry {
@@ -153,6 +157,7 @@ impl Registry {
             resolver,
             policy,
             limits,
+            capabilities,
             reaper_wake: Notify::new(),
             injects_settled: Notify::new(),
             lifetimes: runtimes.lifetimes,
@@ -170,6 +175,10 @@ impl Registry {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    pub fn capabilities(&self) -> &CapabilitySet {
+        &self.capabilities
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -252,6 +261,9 @@ impl Registry {
         // Phase times go to the debug log: where an injection spends its time on a node.
         let started = Instant::now();
         let valid = validate_inject(&request, &self.limits)?;
+        // Before anything is resolved or touched: a kind the agent cannot carry out
+        // completely is refused whole.
+        check_capabilities(valid.plan.kind(), &self.capabilities)?;
         let targets = self.resolver.resolve(&valid.target).await?;
         self.check_targets(&targets, &valid.plan)?;
         let resolved_at = started.elapsed();
