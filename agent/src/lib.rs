@@ -2,6 +2,7 @@
 //! itself at their deadline, on request, when their lease lapses, at shutdown, and
 //! at the next start after a crash (from the journal).
 
+pub mod authz;
 pub mod capabilities;
 pub mod clock;
 pub mod descriptors;

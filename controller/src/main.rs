@@ -62,6 +62,10 @@ enum Command {
         /// Extra names or IPs for the agent certificate (repeatable).
         #[arg(long = "agent-name")]
         agent_names: Vec<String>,
+        /// An extra client certificate NAME.pem (CN NAME, O ROLE: admin, operator or
+        /// viewer), which the agents' default policy gives ROLE (repeatable).
+        #[arg(long = "client", value_name = "NAME:ROLE")]
+        clients: Vec<certs::ClientSpec>,
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
@@ -431,11 +435,12 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Certs {
             out,
             agent_names,
+            clients,
             force,
         } => {
             let mut names = certs::default_agent_names();
             names.extend(agent_names);
-            let written = certs::generate(&out, &names, force)?;
+            let written = certs::generate_with_clients(&out, &names, &clients, force)?;
             for path in written {
                 println!("wrote {}", path.display());
             }
