@@ -228,9 +228,9 @@ fn run_stressor(cgroup_root: &std::path::Path, kind: StressKind) -> Result<()> {
 }
 
 /// How callers are known: by certificate and policy, or (plaintext) not at all.
-fn access(args: &Args) -> Result<chaos_agent::service::Access> {
+fn access(args: &Args) -> Result<chaos_agent::authz::Access> {
+    use chaos_agent::authz::Access;
     use chaos_agent::authz::Policy;
-    use chaos_agent::service::Access;
     if args.tls_dir.is_none() && args.insecure_plaintext {
         tracing::warn!(
             "--insecure-plaintext: callers have no identity; every caller is `insecure-plaintext` with role admin"

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chaos_proto::api::{self, agent_server::Agent};
 use tonic::{Request, Response, Status};
 
-use crate::authz::{self, Caller, Policy};
+use crate::authz::{Access, Caller, audit, peer};
 use crate::capabilities;
 use crate::registry::Registry;
 use crate::validate::{validate_fault_id, validate_pod_namespace_filter, validate_revert};
@@ -20,70 +20,6 @@ pub struct AgentService {
     pub cgroup_controllers: Vec<String>,
     pub qdiscs: Vec<api::QdiscSupport>,
     pub access: Access,
-}
-
-/// How callers are known.
-pub enum Access {
-    /// mTLS: the verified client certificate names the caller, the policy its role.
-    Certificates(Policy),
-    /// `--insecure-plaintext`: no identity; every caller is `insecure-plaintext`, admin.
-    Plaintext,
-}
-
-impl Access {
-    /// The caller of a request; a TLS connection without a usable client certificate
-    /// is Unauthenticated (the handshake already required one from the CA).
-    pub fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let policy = match self {
-            Access::Plaintext => return Ok(Caller::plaintext()),
-            Access::Certificates(policy) => policy,
-        };
-        let certs = request
-            .peer_certs()
-            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-        let leaf = certs
-            .first()
-            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-        let names = authz::certificate_names(leaf.as_ref())
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
-        Ok(policy.caller(&names))
-    }
-}
-
-/// One audit line: who did what to which target and fault, and how it ended.
-pub fn audit(
-    peer: &str,
-    caller: Option<&Caller>,
-    method: &str,
-    target: &str,
-    fault: &str,
-    result: Result<(), &Status>,
-) {
-    let identity = caller.map(|c| c.identity.as_str()).unwrap_or("unknown");
-    let role = caller.map(|c| c.role.as_str()).unwrap_or("none");
-    match result {
-        Ok(()) => {
-            tracing::info!(target: "audit", %peer, identity, role, method, target, fault, result = "ok")
-        }
-        Err(status) => tracing::warn!(
-            target: "audit",
-            %peer,
-            identity,
-            role,
-            method,
-            target,
-            fault,
-            result = ?status.code(),
-            message = status.message()
-        ),
-    }
-}
-
-fn peer<T>(request: &Request<T>) -> String {
-    request
-        .remote_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 impl AgentService {

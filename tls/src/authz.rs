@@ -10,6 +10,7 @@ use std::fmt;
 use std::path::Path;
 
 use serde::Deserialize;
+use tonic::{Request, Status};
 
 /// What a caller may do; each role includes the ones below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -245,6 +246,71 @@ fn glob_matches(pattern: &str, name: &str) -> bool {
         }
     }
     rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// How callers are known.
+pub enum Access {
+    /// mTLS: the verified client certificate names the caller, the policy its role.
+    Certificates(Policy),
+    /// `--insecure-plaintext`: no identity; every caller is `insecure-plaintext`, admin.
+    Plaintext,
+}
+
+impl Access {
+    /// The caller of a request; a TLS connection without a usable client certificate
+    /// is Unauthenticated (the handshake already required one from the CA).
+    pub fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let policy = match self {
+            Access::Plaintext => return Ok(Caller::plaintext()),
+            Access::Certificates(policy) => policy,
+        };
+        let certs = request
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let names =
+            certificate_names(leaf.as_ref()).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        Ok(policy.caller(&names))
+    }
+}
+
+/// One audit line: who did what to which target and fault, and how it ended.
+pub fn audit(
+    peer: &str,
+    caller: Option<&Caller>,
+    method: &str,
+    target: &str,
+    fault: &str,
+    result: Result<(), &Status>,
+) {
+    let identity = caller.map(|c| c.identity.as_str()).unwrap_or("unknown");
+    let role = caller.map(|c| c.role.as_str()).unwrap_or("none");
+    match result {
+        Ok(()) => {
+            tracing::info!(target: "audit", %peer, identity, role, method, target, fault, result = "ok")
+        }
+        Err(status) => tracing::warn!(
+            target: "audit",
+            %peer,
+            identity,
+            role,
+            method,
+            target,
+            fault,
+            result = ?status.code(),
+            message = status.message()
+        ),
+    }
+}
+
+/// The caller's address, for logs.
+pub fn peer<T>(request: &Request<T>) -> String {
+    request
+        .remote_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 #[cfg(test)]
