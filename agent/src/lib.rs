@@ -2,6 +2,8 @@
 //! itself at their deadline, on request, when their lease lapses, at shutdown, and
 //! at the next start after a crash (from the journal).
 
+/// Shared with `chaosctl serve`'s API.
+pub use chaos_tls::authz;
 pub mod capabilities;
 pub mod clock;
 pub mod descriptors;

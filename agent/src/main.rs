@@ -134,6 +134,11 @@ struct Args {
     max_memory_fill_percent_of_available: u32,
     #[arg(long, env = "CHAOS_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
+    /// Who may do what (YAML: rules of identity or `*` pattern -> role, namespaces).
+    /// Without it a caller's role is its client certificate's Subject O (admin,
+    /// operator, viewer; anything else: viewer), in every namespace.
+    #[arg(long, env = "CHAOS_AUTHZ_POLICY")]
+    authz_policy: Option<PathBuf>,
     #[arg(
         long,
         env = "CHAOS_CGROUP_ROOT",
@@ -220,6 +225,27 @@ fn run_stressor(cgroup_root: &std::path::Path, kind: StressKind) -> Result<()> {
         ),
     };
     run_child(parent, cgroup_root, &stressor).context("stressor")
+}
+
+/// How callers are known: by certificate and policy, or (plaintext) not at all.
+fn access(args: &Args) -> Result<chaos_agent::authz::Access> {
+    use chaos_agent::authz::Access;
+    use chaos_agent::authz::Policy;
+    if args.tls_dir.is_none() && args.insecure_plaintext {
+        tracing::warn!(
+            "--insecure-plaintext: callers have no identity; every caller is `insecure-plaintext` with role admin"
+        );
+        return Ok(Access::Plaintext);
+    }
+    let policy = match &args.authz_policy {
+        Some(path) => {
+            let policy = Policy::load(path)?;
+            tracing::info!(policy = %path.display(), rules = policy.rules.len(), "authorization policy loaded");
+            policy
+        }
+        None => Policy::default(),
+    };
+    Ok(Access::Certificates(policy))
 }
 
 fn init_logging(format: &str) {
@@ -439,6 +465,7 @@ async fn run(args: Args, runtimes: Runtimes, open_file_limit: u64) -> Result<()>
         cgroup_version: capabilities::cgroup_version(&layout).to_string(),
         cgroup_controllers: layout.controllers.clone(),
         qdiscs: capabilities::qdiscs(),
+        access: access(&args)?,
     };
 
     let tls = match (&args.tls_dir, args.insecure_plaintext) {

@@ -1,11 +1,13 @@
 //! The gRPC service: translates requests to registry calls and errors to statuses.
-//! Every mutating call is logged with the caller's address.
+//! Every call is made by a caller the client certificate names (see `authz`); every
+//! mutating call and every refusal is one `audit` log line.
 
 use std::sync::Arc;
 
 use chaos_proto::api::{self, agent_server::Agent};
 use tonic::{Request, Response, Status};
 
+use crate::authz::{Access, Caller, audit, peer};
 use crate::capabilities;
 use crate::faults::{KINDS, missing_capabilities};
 use crate::registry::Registry;
@@ -18,13 +20,16 @@ pub struct AgentService {
     pub cgroup_version: String,
     pub cgroup_controllers: Vec<String>,
     pub qdiscs: Vec<api::QdiscSupport>,
+    pub access: Access,
 }
 
-fn peer<T>(request: &Request<T>) -> String {
-    request
-        .remote_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| "unknown".into())
+impl AgentService {
+    /// Every role may read; a refusal here is a caller without an identity.
+    fn viewer<T>(&self, request: &Request<T>, method: &str) -> Result<Caller, Status> {
+        self.access.caller(request).inspect_err(|status| {
+            audit(&peer(request), None, method, "", "", Err(status));
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -34,16 +39,24 @@ impl Agent for AgentService {
         request: Request<api::InjectRequest>,
     ) -> Result<Response<api::InjectResponse>, Status> {
         let peer = peer(&request);
-        let inner = request.into_inner();
-        let target = inner.target.clone();
-        match self.registry.inject(inner).await {
+        let target = request.get_ref().target.clone();
+        let caller = match self.access.caller(&request) {
+            Ok(caller) => caller,
+            Err(status) => {
+                audit(&peer, None, "Inject", &target, "", Err(&status));
+                return Err(status);
+            }
+        };
+        match self.registry.inject(request.into_inner(), &caller).await {
             Ok(fault) => {
+                audit(&peer, Some(&caller), "Inject", &target, &fault.id, Ok(()));
                 tracing::info!(%peer, fault = %fault.id, %target, deadline_unix_ms = fault.deadline_unix_ms, "inject");
                 Ok(Response::new(api::InjectResponse { fault: Some(fault) }))
             }
             Err(err) => {
-                tracing::info!(%peer, %target, error = %err, "inject refused");
-                Err(err.into())
+                let status = Status::from(err);
+                audit(&peer, Some(&caller), "Inject", &target, "", Err(&status));
+                Err(status)
             }
         }
     }
@@ -53,35 +66,74 @@ impl Agent for AgentService {
         request: Request<api::RevertRequest>,
     ) -> Result<Response<api::RevertResponse>, Status> {
         let peer = peer(&request);
-        let reverted = match validate_revert(request.get_ref())? {
-            Some(id) => vec![self.registry.revert(&id).await?],
-            None => {
-                self.registry
-                    .revert_all(crate::registry::EndReason::Requested)
-                    .await
+        let asked = if request.get_ref().all {
+            "all".to_string()
+        } else {
+            request.get_ref().id.clone()
+        };
+        let caller = match self.access.caller(&request) {
+            Ok(caller) => caller,
+            Err(status) => {
+                audit(&peer, None, "Revert", "", &asked, Err(&status));
+                return Err(status);
             }
         };
-        tracing::info!(%peer, count = reverted.len(), "revert");
-        Ok(Response::new(api::RevertResponse { reverted }))
+        let result = match validate_revert(request.get_ref()) {
+            Err(err) => Err(Status::from(err)),
+            Ok(Some(id)) => self
+                .registry
+                .revert(&id, &caller)
+                .await
+                .map(|f| vec![f])
+                .map_err(Status::from),
+            Ok(None) => self
+                .registry
+                .revert_all_of(&caller)
+                .await
+                .map_err(Status::from),
+        };
+        match result {
+            Ok(reverted) => {
+                for fault in &reverted {
+                    audit(
+                        &peer,
+                        Some(&caller),
+                        "Revert",
+                        &fault.target,
+                        &fault.id,
+                        Ok(()),
+                    );
+                }
+                tracing::info!(%peer, count = reverted.len(), "revert");
+                Ok(Response::new(api::RevertResponse { reverted }))
+            }
+            Err(status) => {
+                audit(&peer, Some(&caller), "Revert", "", &asked, Err(&status));
+                Err(status)
+            }
+        }
     }
 
     async fn list(
         &self,
         request: Request<api::ListRequest>,
     ) -> Result<Response<api::ListResponse>, Status> {
+        self.viewer(&request, "List")?;
         let faults = self.registry.list(request.get_ref().include_ended);
         Ok(Response::new(api::ListResponse { faults }))
     }
 
     async fn get(&self, request: Request<api::GetRequest>) -> Result<Response<api::Fault>, Status> {
+        self.viewer(&request, "Get")?;
         validate_fault_id(&request.get_ref().id, "id")?;
         Ok(Response::new(self.registry.get(&request.get_ref().id)?))
     }
 
     async fn capabilities(
         &self,
-        _request: Request<api::CapabilitiesRequest>,
+        request: Request<api::CapabilitiesRequest>,
     ) -> Result<Response<api::CapabilitiesResponse>, Status> {
+        self.viewer(&request, "Capabilities")?;
         let policy = self.registry.policy();
         let limits = self.registry.limits();
         Ok(Response::new(api::CapabilitiesResponse {
@@ -127,6 +179,7 @@ impl Agent for AgentService {
         &self,
         request: Request<api::ListTargetsRequest>,
     ) -> Result<Response<api::ListTargetsResponse>, Status> {
+        self.viewer(&request, "ListTargets")?;
         let ns = &request.get_ref().pod_namespace;
         validate_pod_namespace_filter(ns)?;
         let targets = self.registry.resolver().list_targets(ns).await?;
@@ -140,9 +193,34 @@ impl Agent for AgentService {
         &self,
         request: Request<api::RenewLeaseRequest>,
     ) -> Result<Response<api::RenewLeaseResponse>, Status> {
-        let r = request.get_ref();
-        Ok(Response::new(
-            self.registry.renew_lease(&r.holder, r.ttl_ms)?,
-        ))
+        let peer = peer(&request);
+        let holder = request.get_ref().holder.clone();
+        let caller = match self.access.caller(&request) {
+            Ok(caller) => caller,
+            Err(status) => {
+                audit(&peer, None, "RenewLease", &holder, "", Err(&status));
+                return Err(status);
+            }
+        };
+        // Renewals run every few seconds per run: only refusals are audited (a
+        // renewal of another's lease is always one).
+        match self
+            .registry
+            .renew_lease(&holder, request.get_ref().ttl_ms, &caller)
+        {
+            Ok(renewed) => Ok(Response::new(renewed)),
+            Err(err) => {
+                let status = Status::from(err);
+                audit(
+                    &peer,
+                    Some(&caller),
+                    "RenewLease",
+                    &holder,
+                    "",
+                    Err(&status),
+                );
+                Err(status)
+            }
+        }
     }
 }

@@ -1,5 +1,8 @@
 //! `chaosctl certs`: a development CA with an agent, a controller (`chaosctl serve`'s
-//! API) and a client certificate for mTLS. Production clusters should use cert-manager (see manifests/).
+//! API) and a client certificate for mTLS, plus one client certificate per person
+//! (`--client NAME:ROLE`). A client certificate's Subject CN is the caller's identity
+//! and its Subject O the role the agents' default policy gives it.
+//! Production clusters should use cert-manager (see manifests/, docs/eks.md).
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -25,6 +28,65 @@ pub const CONTROLLER_CERT_FILE: &str = "controller.pem";
 pub const CONTROLLER_KEY_FILE: &str = "controller-key.pem";
 pub const CLIENT_CERT_FILE: &str = "client.pem";
 pub const CLIENT_KEY_FILE: &str = "client-key.pem";
+
+/// The identity of the default client certificate (client.pem): an admin, so the
+/// demo and scripts that use it can do everything they did before roles existed.
+pub const DEFAULT_CLIENT_IDENTITY: &str = "chaosctl";
+
+/// The roles a client certificate's Subject O may name (the agents' default policy).
+pub const ROLES: [&str; 3] = ["admin", "operator", "viewer"];
+
+/// One extra client certificate: `NAME.pem` / `NAME-key.pem` with CN NAME and O ROLE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSpec {
+    pub name: String,
+    pub role: String,
+}
+
+impl std::str::FromStr for ClientSpec {
+    type Err = String;
+
+    /// `NAME:ROLE`; NAME becomes a file name, so it is letters, digits, `.`, `_`, `-`.
+    fn from_str(text: &str) -> Result<ClientSpec, String> {
+        let (name, role) = text
+            .split_once(':')
+            .ok_or_else(|| format!("--client {text:?}: expected NAME:ROLE"))?;
+        let name_ok = !name.is_empty()
+            && !name.starts_with('.')
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !name_ok {
+            return Err(format!(
+                "--client {text:?}: NAME must be 1-64 letters, digits, '.', '_' or '-' (not starting with '.')"
+            ));
+        }
+        if !ROLES.contains(&role) {
+            return Err(format!(
+                "--client {text:?}: ROLE must be one of {}",
+                ROLES.join(", ")
+            ));
+        }
+        if [
+            CA_FILE,
+            AGENT_CERT_FILE,
+            CONTROLLER_CERT_FILE,
+            CLIENT_CERT_FILE,
+        ]
+        .contains(&format!("{name}.pem").as_str())
+            || name.ends_with("-key")
+        {
+            return Err(format!(
+                "--client {text:?}: {name}.pem would clash with another file"
+            ));
+        }
+        Ok(ClientSpec {
+            name: name.into(),
+            role: role.into(),
+        })
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertsError {
@@ -96,6 +158,34 @@ pub fn generate(
     agent_names: &[String],
     force: bool,
 ) -> Result<Vec<PathBuf>, CertsError> {
+    generate_with_clients(out, agent_names, &[], force)
+}
+
+/// A client certificate with Subject CN `identity` and O `role`, signed by `ca`.
+fn client_certificate(
+    ca: &CertifiedIssuer<'static, KeyPair>,
+    identity: &str,
+    role: &str,
+) -> Result<(String, String), CertsError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, identity);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, role);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, ca)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// As [`generate`], and for each of `clients` NAME.pem and NAME-key.pem.
+pub fn generate_with_clients(
+    out: &Path,
+    agent_names: &[String],
+    clients: &[ClientSpec],
+    force: bool,
+) -> Result<Vec<PathBuf>, CertsError> {
     std::fs::create_dir_all(out).map_err(|source| CertsError::Io {
         path: out.to_path_buf(),
         source,
@@ -127,24 +217,26 @@ pub fn generate(
     let controller_key = KeyPair::generate()?;
     let controller = controller_params.signed_by(&controller_key, &ca)?;
 
-    let mut client_params = CertificateParams::new(Vec::<String>::new())?;
-    client_params
-        .distinguished_name
-        .push(DnType::CommonName, "chaosctl");
-    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    client_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let client_key = KeyPair::generate()?;
-    let client = client_params.signed_by(&client_key, &ca)?;
+    let (client, client_key) = client_certificate(&ca, DEFAULT_CLIENT_IDENTITY, "admin")?;
 
-    let files = [
-        (CA_FILE, ca.pem(), 0o644),
-        (AGENT_CERT_FILE, agent.pem(), 0o644),
-        (AGENT_KEY_FILE, agent_key.serialize_pem(), 0o600),
-        (CONTROLLER_CERT_FILE, controller.pem(), 0o644),
-        (CONTROLLER_KEY_FILE, controller_key.serialize_pem(), 0o600),
-        (CLIENT_CERT_FILE, client.pem(), 0o644),
-        (CLIENT_KEY_FILE, client_key.serialize_pem(), 0o600),
+    let mut files = vec![
+        (CA_FILE.to_string(), ca.pem(), 0o644),
+        (AGENT_CERT_FILE.to_string(), agent.pem(), 0o644),
+        (AGENT_KEY_FILE.to_string(), agent_key.serialize_pem(), 0o600),
+        (CONTROLLER_CERT_FILE.to_string(), controller.pem(), 0o644),
+        (
+            CONTROLLER_KEY_FILE.to_string(),
+            controller_key.serialize_pem(),
+            0o600,
+        ),
+        (CLIENT_CERT_FILE.to_string(), client, 0o644),
+        (CLIENT_KEY_FILE.to_string(), client_key, 0o600),
     ];
+    for spec in clients {
+        let (cert, key) = client_certificate(&ca, &spec.name, &spec.role)?;
+        files.push((format!("{}.pem", spec.name), cert, 0o644));
+        files.push((format!("{}-key.pem", spec.name), key, 0o600));
+    }
     // Check first, so a refusal leaves no half-written set behind.
     if !force && let Some((name, _, _)) = files.iter().find(|(name, _, _)| out.join(name).exists())
     {
@@ -152,7 +244,7 @@ pub fn generate(
     }
     let mut written = Vec::new();
     for (name, pem, mode) in files {
-        let path = out.join(name);
+        let path = out.join(&name);
         write_file(&path, &pem, mode, true)?;
         written.push(path);
     }
@@ -188,5 +280,47 @@ mod tests {
             Err(CertsError::Exists(_))
         ));
         generate(dir.path(), &default_agent_names(), true).unwrap();
+    }
+
+    #[test]
+    fn client_specs_are_name_colon_role() {
+        let spec: ClientSpec = "alice:operator".parse().unwrap();
+        assert_eq!(spec.name, "alice");
+        assert_eq!(spec.role, "operator");
+        for bad in [
+            "alice",
+            "alice:root",
+            ":admin",
+            "../x:admin",
+            "client:admin",
+            "a-key:admin",
+        ] {
+            assert!(bad.parse::<ClientSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn per_person_client_certificates_carry_name_and_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let clients = vec![
+            "alice:operator".parse().unwrap(),
+            "bob:viewer".parse().unwrap(),
+        ];
+        let written =
+            generate_with_clients(dir.path(), &default_agent_names(), &clients, false).unwrap();
+        assert_eq!(written.len(), 11);
+        let alice = std::fs::read_to_string(dir.path().join("alice.pem")).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(alice.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let subject = cert.subject().to_string();
+        assert!(
+            subject.contains("CN=alice") && subject.contains("O=operator"),
+            "{subject}"
+        );
+        let key_mode = std::fs::metadata(dir.path().join("bob-key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(key_mode & 0o777, 0o600);
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chaos_proto::api;
 use chaos_proto::api::controller_client::ControllerClient;
+use chaos_tls::authz::{Access, Caller, Role, audit, peer};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -42,6 +43,8 @@ pub struct SubmitPolicy {
 }
 
 pub struct ControllerService {
+    /// Who calls: viewers read runs, operators submit and cancel them.
+    pub access: Access,
     pub registry: Arc<RunRegistry>,
     pub policy: SubmitPolicy,
 }
@@ -146,25 +149,73 @@ fn check_run_id(id: &str) -> Result<(), Status> {
     Ok(())
 }
 
-#[tonic::async_trait]
-impl api::controller_server::Controller for ControllerService {
-    async fn submit_run(
+impl ControllerService {
+    /// The caller, if its role includes `needed`; a refusal is audited.
+    fn authorize<T>(
         &self,
-        request: Request<api::SubmitRunRequest>,
-    ) -> Result<Response<api::SubmitRunResponse>, Status> {
+        request: &Request<T>,
+        method: &str,
+        needed: Role,
+        target: &str,
+    ) -> Result<Caller, Status> {
+        let caller = self.access.caller(request).inspect_err(|status| {
+            audit(&peer(request), None, method, target, "", Err(status));
+        })?;
+        caller
+            .require(needed, &format!("call {method}"))
+            .map_err(Status::permission_denied)
+            .inspect_err(|status| {
+                audit(
+                    &peer(request),
+                    Some(&caller),
+                    method,
+                    target,
+                    "",
+                    Err(status),
+                );
+            })?;
+        Ok(caller)
+    }
+
+    async fn submit(&self, request: &Request<api::SubmitRunRequest>) -> Result<String, Status> {
         let mut experiment = check_submission(&request.get_ref().experiment_yaml, &self.policy)?;
         self.policy.probes.admit(&mut experiment).await?;
         let name = experiment.name.clone();
         let run_id = start_run(&self.registry, experiment, Source::Api, self.policy.targets)
             .map_err(run_status)?;
         tracing::info!(experiment = %name, run = %run_id, "run submitted");
-        Ok(Response::new(api::SubmitRunResponse { run_id }))
+        Ok(run_id)
+    }
+}
+
+#[tonic::async_trait]
+impl api::controller_server::Controller for ControllerService {
+    async fn submit_run(
+        &self,
+        request: Request<api::SubmitRunRequest>,
+    ) -> Result<Response<api::SubmitRunResponse>, Status> {
+        let caller = self.authorize(&request, "SubmitRun", Role::Operator, "")?;
+        let result = self.submit(&request).await;
+        let (run, outcome) = match &result {
+            Ok(run_id) => (run_id.as_str(), Ok(())),
+            Err(status) => ("", Err(status)),
+        };
+        audit(
+            &peer(&request),
+            Some(&caller),
+            "SubmitRun",
+            run,
+            "",
+            outcome,
+        );
+        result.map(|run_id| Response::new(api::SubmitRunResponse { run_id }))
     }
 
     async fn get_run(
         &self,
         request: Request<api::GetRunRequest>,
     ) -> Result<Response<api::Run>, Status> {
+        self.authorize(&request, "GetRun", Role::Viewer, "")?;
         let request = request.get_ref();
         check_run_id(&request.run_id)?;
         let run = self
@@ -176,8 +227,9 @@ impl api::controller_server::Controller for ControllerService {
 
     async fn list_runs(
         &self,
-        _request: Request<api::ListRunsRequest>,
+        request: Request<api::ListRunsRequest>,
     ) -> Result<Response<api::ListRunsResponse>, Status> {
+        self.authorize(&request, "ListRuns", Role::Viewer, "")?;
         Ok(Response::new(api::ListRunsResponse {
             runs: self.registry.list(),
         }))
@@ -188,8 +240,18 @@ impl api::controller_server::Controller for ControllerService {
         request: Request<api::CancelRunRequest>,
     ) -> Result<Response<api::Run>, Status> {
         let id = &request.get_ref().run_id;
+        let caller = self.authorize(&request, "CancelRun", Role::Operator, id)?;
         check_run_id(id)?;
-        self.registry.cancel(id).map_err(run_status)?;
+        let cancelled = self.registry.cancel(id).map_err(run_status);
+        audit(
+            &peer(&request),
+            Some(&caller),
+            "CancelRun",
+            id,
+            "",
+            cancelled.as_ref().map(|_| ()),
+        );
+        cancelled?;
         tracing::info!(run = %id, "run cancelled");
         self.registry
             .wait(id, CANCEL_WAIT)

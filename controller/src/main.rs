@@ -62,6 +62,10 @@ enum Command {
         /// Extra names or IPs for the agent certificate (repeatable).
         #[arg(long = "agent-name")]
         agent_names: Vec<String>,
+        /// An extra client certificate NAME.pem (CN NAME, O ROLE: admin, operator or
+        /// viewer), which the agents' default policy gives ROLE (repeatable).
+        #[arg(long = "client", value_name = "NAME:ROLE")]
+        clients: Vec<certs::ClientSpec>,
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
@@ -148,6 +152,13 @@ enum Command {
         /// (explicit targets, selectors and delete_pod); refused by default.
         #[arg(long)]
         include_protected: bool,
+        /// Who may use the API (the agents' policy format); without it a caller's role
+        /// is its client certificate's Subject O.
+        #[arg(long, env = "CHAOS_AUTHZ_POLICY")]
+        authz_policy: Option<PathBuf>,
+        /// serve's log on stderr (the audit lines among it): `text` or `json`.
+        #[arg(long, env = "CHAOS_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
+        log_format: String,
     },
     /// Submit an experiment file to `chaosctl serve`; prints the run id. With --wait,
     /// follows the run and ends like `run` (report, exit status by verdict).
@@ -331,6 +342,21 @@ impl CpuModeArg {
     }
 }
 
+/// serve is long-running: its events (runs, audit lines) go to stderr, as a pod's log.
+fn init_serve_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -368,7 +394,10 @@ async fn run(cli: Cli) -> Result<()> {
             max_api_connections,
             allow_exec_probes,
             include_protected,
+            authz_policy,
+            log_format,
         } => {
+            init_serve_logging(&log_format);
             chaosctl::serve::serve(chaosctl::serve::ServeOptions {
                 config,
                 api_listen,
@@ -380,6 +409,7 @@ async fn run(cli: Cli) -> Result<()> {
                 max_api_connections: usize::try_from(max_api_connections).unwrap_or(usize::MAX),
                 allow_exec_probes,
                 include_protected,
+                authz_policy,
             })
             .await?
         }
@@ -431,11 +461,12 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Certs {
             out,
             agent_names,
+            clients,
             force,
         } => {
             let mut names = certs::default_agent_names();
             names.extend(agent_names);
-            let written = certs::generate(&out, &names, force)?;
+            let written = certs::generate_with_clients(&out, &names, &clients, force)?;
             for path in written {
                 println!("wrote {}", path.display());
             }

@@ -104,6 +104,8 @@ pub struct ServeOptions {
     pub api_tls_dir: Option<PathBuf>,
     /// Serve the API without TLS (local experiments only).
     pub api_insecure_plaintext: bool,
+    /// `--authz-policy`: roles of the API's callers (default: their certificate's O).
+    pub authz_policy: Option<PathBuf>,
     /// How often the API's TLS files are read again.
     pub api_tls_reload: Duration,
     /// Runs submitted through the API beyond this many running at once are refused.
@@ -246,7 +248,19 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .context("building the v1alpha reflection service")?;
+    let access = if api_tls.is_none() {
+        // The same rule as the agent's: no certificate, no identity; the flag says so.
+        tracing::warn!("API callers have no identity: every caller is `insecure-plaintext`, admin");
+        chaos_tls::authz::Access::Plaintext
+    } else {
+        let policy = match &options.authz_policy {
+            Some(path) => chaos_tls::authz::Policy::load(path)?,
+            None => chaos_tls::authz::Policy::default(),
+        };
+        chaos_tls::authz::Access::Certificates(policy)
+    };
     let service = ControllerService {
+        access,
         registry: Arc::clone(&registry),
         policy: SubmitPolicy {
             allow_exec_probes: options.allow_exec_probes,

@@ -1281,3 +1281,109 @@ async fn submissions_that_would_turn_the_controller_against_the_cluster_are_refu
     wait_finished(&mut client, &again, Duration::from_secs(30)).await?;
     Ok(())
 }
+
+/// A TLS dir whose client certificate is `NAME.pem` (made by `chaosctl certs --client`),
+/// as a person would configure `chaosctl submit`.
+fn person_tls_dir(certs: &Path, name: &str) -> Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("chaos-test-person-")
+        .tempdir()?;
+    std::fs::copy(certs.join("ca.pem"), dir.path().join("ca.pem"))?;
+    std::fs::copy(
+        certs.join(format!("{name}.pem")),
+        dir.path().join("client.pem"),
+    )?;
+    std::fs::copy(
+        certs.join(format!("{name}-key.pem")),
+        dir.path().join("client-key.pem"),
+    )?;
+    Ok(dir)
+}
+
+/// Roles on serve's API: a viewer reads runs and is refused SubmitRun and CancelRun
+/// (PermissionDenied naming identity and role, audited); an operator gets past
+/// authorization to the submission's own checks.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_viewer_reads_runs_and_is_refused_submit_and_cancel() -> Result<()> {
+    let tls = tempfile::Builder::new()
+        .prefix("chaos-test-tls-")
+        .tempdir()?;
+    let clients: Vec<chaosctl::certs::ClientSpec> = ["vera:viewer", "olga:operator"]
+        .iter()
+        .map(|s| s.parse().map_err(anyhow::Error::msg))
+        .collect::<Result<_>>()?;
+    chaosctl::certs::generate_with_clients(
+        tls.path(),
+        &chaosctl::certs::default_agent_names(),
+        &clients,
+        false,
+    )?;
+    let (state, work) = (state_dir()?, work_dir()?);
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let (metrics_address, api_address) = (loopback()?, loopback()?);
+    let config = serve_config(work.path(), metrics_address, &agent, tls.path())?;
+    let _serve = start_serve(
+        work.path(),
+        &config,
+        metrics_address,
+        api_address,
+        tls.path(),
+        &[],
+    )?;
+    let (vera_tls, olga_tls) = (
+        person_tls_dir(tls.path(), "vera")?,
+        person_tls_dir(tls.path(), "olga")?,
+    );
+    let mut vera = controller(api_address, vera_tls.path()).await?;
+    vera.list_runs(api::ListRunsRequest {}).await?;
+
+    let refused = vera
+        .submit_run(api::SubmitRunRequest {
+            experiment_yaml: "name: x\n".into(),
+        })
+        .await
+        .expect_err("a viewer submitted a run");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("vera (role viewer)")
+            && refused.message().contains("needs role operator"),
+        "{refused:?}"
+    );
+    let refused = vera
+        .cancel_run(api::CancelRunRequest {
+            run_id: "r-1".into(),
+        })
+        .await
+        .expect_err("a viewer cancelled a run");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    // An operator is past authorization: an empty experiment fails its own check.
+    let mut olga = controller(api_address, olga_tls.path()).await?;
+    let invalid = olga
+        .submit_run(api::SubmitRunRequest {
+            experiment_yaml: String::new(),
+        })
+        .await
+        .expect_err("an empty experiment was accepted");
+    assert_eq!(invalid.code(), tonic::Code::InvalidArgument, "{invalid:?}");
+
+    let log = std::fs::read_to_string(work.path().join("serve.log"))?;
+    let audited = |method: &str, who: &str| {
+        log.lines().any(|l| {
+            l.contains("audit")
+                && l.contains(method)
+                && l.contains(who)
+                && l.contains("PermissionDenied")
+        })
+    };
+    assert!(audited("SubmitRun", "vera"), "{log}");
+    assert!(audited("CancelRun", "vera"), "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("audit")
+            && l.contains("SubmitRun")
+            && l.contains("olga")
+            && l.contains("InvalidArgument")),
+        "{log}"
+    );
+    Ok(())
+}

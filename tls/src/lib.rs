@@ -11,7 +11,11 @@
 //!
 //! Every connection is a file descriptor: without a cap, anyone who can connect could
 //! use up the descriptors a revert needs ([`limit`]).
+//!
+//! Who a caller is and what it may do ([`authz`]) comes from the client certificate
+//! these connections verified.
 
+pub mod authz;
 mod config;
 mod incoming;
 pub mod limit;

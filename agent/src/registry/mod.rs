@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use chaos_proto::api;
 use tokio::sync::{Notify, oneshot, watch};
 
+use crate::authz::Caller;
 use crate::capabilities::CapabilitySet;
 use crate::clock::{unix_ms_after, unix_ms_now};
 use crate::error::AgentError;
@@ -68,6 +69,9 @@ struct State {
     active: HashMap<String, Entry>,
     ended: VecDeque<api::Fault>,
     leases: HashMap<String, Instant>,
+    /// Who created each lease (its first inject or renewal): only that identity renews
+    /// it, so one caller cannot keep another's faults alive or let them lapse early.
+    lease_owners: HashMap<String, String>,
     /// The cgroups a CPU or memory fault holds, and by which fault.
     claims: HashMap<ClaimKey, String>,
     /// Stressor threads per fault, from its claim (before it is registered) to its end.
@@ -226,10 +230,11 @@ impl Registry {
     pub async fn inject(
         self: &Arc<Self>,
         request: api::InjectRequest,
+        caller: &Caller,
     ) -> Result<api::Fault, AgentError> {
         let started = Instant::now();
         let kind = request_kind(&request);
-        let result = self.inject_inner(request).await;
+        let result = self.inject_inner(request, caller).await;
         match &result {
             Ok(view) if view.state != api::FaultState::Unspecified as i32 => {
                 self.metrics.injected(kind_label(kind), started.elapsed());
@@ -256,7 +261,11 @@ impl Registry {
     async fn inject_inner(
         self: &Arc<Self>,
         request: api::InjectRequest,
+        caller: &Caller,
     ) -> Result<api::Fault, AgentError> {
+        caller
+            .require(crate::authz::Role::Operator, "inject")
+            .map_err(AgentError::PermissionDenied)?;
         let _under_way = self.start_inject()?;
         // Phase times go to the debug log: where an injection spends its time on a node.
         let started = Instant::now();
@@ -264,8 +273,22 @@ impl Registry {
         // Before anything is resolved or touched: a kind the agent cannot carry out
         // completely is refused whole.
         check_capabilities(valid.plan.kind(), &self.capabilities)?;
+        if let Some(lease) = &valid.lease {
+            self.check_lease_owner(&lease.holder, caller)?;
+        }
         let targets = self.resolver.resolve(&valid.target).await?;
         self.check_targets(&targets, &valid.plan)?;
+        // After resolving: the namespace is the one of the pod the target really is in,
+        // whatever form named it (a pid in a pod is that pod's).
+        for t in &targets {
+            let namespace = match &t.owner {
+                crate::resolve::Owner::Container(c) => Some(c.pod_namespace.as_str()),
+                _ => None,
+            };
+            caller
+                .check_target(&t.describe(), namespace)
+                .map_err(AgentError::PermissionDenied)?;
+        }
         let resolved_at = started.elapsed();
 
         let context = PrepareContext {
@@ -316,6 +339,7 @@ impl Registry {
                 .as_ref()
                 .map(|l| l.holder.clone())
                 .unwrap_or_default(),
+            created_by: caller.identity.clone(),
             status: Some(fault.status()),
         };
         if valid.dry_run {
@@ -421,6 +445,10 @@ impl Registry {
             let mut state = self.lock();
             if let Some(lease) = &valid.lease {
                 renew(&mut state, lease);
+                state
+                    .lease_owners
+                    .entry(lease.holder.clone())
+                    .or_insert_with(|| view.created_by.clone());
             }
             state.active.insert(
                 view.id.clone(),
@@ -577,8 +605,55 @@ impl Registry {
 
     /// Ends a fault and waits until its revert is done, or has failed once (the view
     /// then says revert-pending, and the agent keeps retrying).
-    pub async fn revert(&self, id: &str) -> Result<api::Fault, AgentError> {
+    pub async fn revert(&self, id: &str, caller: &Caller) -> Result<api::Fault, AgentError> {
+        caller
+            .require(crate::authz::Role::Operator, "revert")
+            .map_err(AgentError::PermissionDenied)?;
+        let owner = self
+            .lock()
+            .active
+            .get(id)
+            .map(|e| e.view.created_by.clone());
+        if let Some(owner) = owner
+            && !caller.may_touch(&owner)
+        {
+            return Err(AgentError::PermissionDenied(format!(
+                "{} (role {}) may not revert fault {id}: {owner} created it, and reverting another's fault needs role admin",
+                caller.identity, caller.role
+            )));
+        }
         self.end(id, EndReason::Requested).await
+    }
+
+    /// Reverts every fault this caller may end: an admin all, anyone else its own.
+    pub async fn revert_all_of(&self, caller: &Caller) -> Result<Vec<api::Fault>, AgentError> {
+        caller
+            .require(crate::authz::Role::Operator, "revert")
+            .map_err(AgentError::PermissionDenied)?;
+        let ids: Vec<String> = self
+            .lock()
+            .active
+            .iter()
+            .filter(|(_, e)| caller.may_touch(&e.view.created_by))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let ends = ids.iter().map(|id| self.end(id, EndReason::Requested));
+        Ok(futures::future::join_all(ends)
+            .await
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect())
+    }
+
+    /// A lease is its creator's: another caller (admins included) may not renew it.
+    fn check_lease_owner(&self, holder: &str, caller: &Caller) -> Result<(), AgentError> {
+        match self.lock().lease_owners.get(holder) {
+            Some(owner) if *owner != caller.identity => Err(AgentError::PermissionDenied(format!(
+                "{} (role {}) may not use lease {holder}: it belongs to {owner}",
+                caller.identity, caller.role
+            ))),
+            _ => Ok(()),
+        }
     }
 
     async fn end(&self, id: &str, reason: EndReason) -> Result<api::Fault, AgentError> {
@@ -687,9 +762,18 @@ impl Registry {
         &self,
         holder: &str,
         ttl_ms: u64,
+        caller: &Caller,
     ) -> Result<api::RenewLeaseResponse, AgentError> {
+        caller
+            .require(crate::authz::Role::Operator, "renew a lease")
+            .map_err(AgentError::PermissionDenied)?;
         let lease = validate_lease(holder, ttl_ms, &self.limits, "")?;
+        self.check_lease_owner(holder, caller)?;
         let mut state = self.lock();
+        state
+            .lease_owners
+            .entry(lease.holder.clone())
+            .or_insert_with(|| caller.identity.clone());
         renew(&mut state, &lease);
         self.reaper_wake.notify_one();
         let faults = state
@@ -791,6 +875,7 @@ fn reaper_pass(state: &mut State, now: Instant) -> ReaperPass {
         .collect();
     for holder in &expired {
         state.leases.remove(holder);
+        state.lease_owners.remove(holder);
     }
     let running = || state.active.iter().filter(|(_, e)| !e.is_revert_pending());
     let mut lapsed: Vec<String> = running()
