@@ -358,7 +358,7 @@ impl Resolver {
 
     /// The node's network namespace (PID 1's, or kthreadd's where PID 1's cannot be
     /// opened), if it can be found: with hostPID it always can.
-    fn node_netns(&self) -> Option<chaos_netem::NetnsId> {
+    pub fn node_netns(&self) -> Option<chaos_netem::NetnsId> {
         crate::faults::network::scope::open_node_netns(&self.procfs)
             .ok()
             .map(|(netns, _)| netns.id())
@@ -366,7 +366,7 @@ impl Resolver {
 
     /// Whether `pid` is in the node's network namespace `node`: a hostNetwork pod's
     /// container, or a process of the node itself.
-    fn in_netns(&self, pid: u32, node: Option<chaos_netem::NetnsId>) -> bool {
+    pub fn in_netns(&self, pid: u32, node: Option<chaos_netem::NetnsId>) -> bool {
         let own = chaos_netem::netns_id(&self.procfs.netns_path(pid));
         matches!((node, own), (Some(node), Ok(own)) if node == own)
     }

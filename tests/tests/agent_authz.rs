@@ -324,3 +324,69 @@ async fn one_caller_cannot_renew_or_take_over_anothers_lease() -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// Node scope is the admin's: an operator is refused a node-scope blackhole, and a network
+/// fault on a container that shares the node's network namespace, even on an agent that
+/// allows node scope; an admin's dry run of the same passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn node_scope_needs_the_admin_role() -> Result<()> {
+    let (tls, state) = (certs()?, chaos_tests::agent::state_dir()?);
+    let agent = TestAgent::start(AgentOptions {
+        tls_dir: Some(tls.path().to_path_buf()),
+        state_dir: state.path().to_path_buf(),
+        extra_args: vec!["--allow-node-scope".into()],
+        containerd_socket: chaos_tests::containerd::CONTAINERD_SOCKET.to_string(),
+    })?;
+    let pod = chaos_tests::containerd::TestContainer::start(
+        chaos_tests::containerd::ContainerSpec::pod("shop", "edge-0", "app"),
+    )?;
+    let host_network =
+        chaos_tests::containerd::TestContainer::start(chaos_tests::containerd::ContainerSpec {
+            netns: Some(std::path::PathBuf::from(format!(
+                "/proc/{}/ns/net",
+                std::process::id()
+            ))),
+            ..chaos_tests::containerd::ContainerSpec::pod("shop", "edge-1", "app")
+        })?;
+    let node_blackhole = api::InjectRequest {
+        target: pod.target(),
+        duration_ms: 10_000,
+        dry_run: true,
+        fault: Some(api::inject_request::Fault::Blackhole(api::BlackholeFault {
+            node_scope: true,
+            interface: "lo".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let host_network_rate = api::InjectRequest {
+        target: host_network.target(),
+        duration_ms: 10_000,
+        dry_run: true,
+        fault: Some(api::inject_request::Fault::Network(api::NetworkFault {
+            interface: "lo".into(),
+            rate_bytes_per_second: 1_000_000,
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let mut bob = client_as(&agent, tls.path(), "bob").await?;
+    for request in [node_blackhole.clone(), host_network_rate.clone()] {
+        let status = bob
+            .inject(request.clone())
+            .await
+            .expect_err("an operator's node-scope fault");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
+        assert!(
+            status.message().contains("bob (role operator)")
+                && status.message().contains("needs role admin"),
+            "{status}"
+        );
+    }
+    let mut admin = client_as(&agent, tls.path(), "client").await?;
+    admin
+        .inject(node_blackhole)
+        .await
+        .context("the admin's node-scope dry run")?;
+    Ok(())
+}

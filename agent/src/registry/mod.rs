@@ -289,6 +289,24 @@ impl Registry {
                 .check_target(&t.describe(), namespace)
                 .map_err(AgentError::PermissionDenied)?;
         }
+        // Node scope is the admin's: a node-scope blackhole, and any network fault whose
+        // target shares the node's namespace (a hostNetwork pod), act on the whole node.
+        let network = matches!(valid.plan, FaultPlan::Network(_) | FaultPlan::Blackhole(_));
+        if network {
+            let node = self.resolver.node_netns();
+            let node_scope = matches!(&valid.plan, FaultPlan::Blackhole(b) if b.node_scope)
+                || targets
+                    .iter()
+                    .any(|t| self.resolver.in_netns(t.init.pid, node));
+            if node_scope {
+                caller
+                    .require(
+                        crate::authz::Role::Admin,
+                        "inject a network fault in the node's network namespace (node scope)",
+                    )
+                    .map_err(AgentError::PermissionDenied)?;
+            }
+        }
         let resolved_at = started.elapsed();
 
         let context = PrepareContext {
