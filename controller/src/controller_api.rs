@@ -177,8 +177,13 @@ impl ControllerService {
         Ok(caller)
     }
 
-    async fn submit(&self, request: &Request<api::SubmitRunRequest>) -> Result<String, Status> {
+    async fn submit(
+        &self,
+        request: &Request<api::SubmitRunRequest>,
+        caller: &Caller,
+    ) -> Result<String, Status> {
         let mut experiment = check_submission(&request.get_ref().experiment_yaml, &self.policy)?;
+        check_namespaces(caller, &experiment).map_err(Status::permission_denied)?;
         self.policy.probes.admit(&mut experiment).await?;
         let name = experiment.name.clone();
         let run_id = start_run(&self.registry, experiment, Source::Api, self.policy.targets)
@@ -188,6 +193,75 @@ impl ControllerService {
     }
 }
 
+/// An operator limited to namespaces may submit only steps whose targets show, before
+/// anything runs, that they stay within them: `pod:NS/...` targets and `namespace:`
+/// selectors. `container:`, `pid:`, `cgroup:` and selectors over every namespace would be
+/// known only once the agents answer, so they are refused for such an operator.
+pub fn check_namespaces(caller: &Caller, experiment: &Experiment) -> Result<(), String> {
+    let Some(allowed) = caller
+        .namespaces
+        .as_ref()
+        .filter(|_| caller.role != Role::Admin)
+    else {
+        return Ok(());
+    };
+    let refuse = |index: usize, step: &str, why: String| {
+        Err(format!(
+            "method.faults[{index}] (`{step}`): {} (role {}) is limited to namespaces [{}]: {why}",
+            caller.identity,
+            caller.role,
+            allowed.join(", ")
+        ))
+    };
+    for (index, step) in experiment.method.faults.iter().enumerate() {
+        let target = &step.target;
+        for explicit in &target.targets {
+            match explicit
+                .strip_prefix("pod:")
+                .and_then(|rest| rest.split('/').next())
+            {
+                Some(ns) if allowed.iter().any(|a| a == ns) => {}
+                Some(ns) => {
+                    return refuse(
+                        index,
+                        &step.name,
+                        format!("target {explicit} is in namespace {ns}"),
+                    );
+                }
+                None => {
+                    return refuse(
+                        index,
+                        &step.name,
+                        format!(
+                            "target {explicit} does not name its namespace; use pod:NS/NAME or a namespace selector"
+                        ),
+                    );
+                }
+            }
+        }
+        if target.has_selector() {
+            match &target.namespace {
+                Some(ns) if allowed.iter().any(|a| a == ns) => {}
+                Some(ns) => {
+                    return refuse(
+                        index,
+                        &step.name,
+                        format!("the selector's namespace is {ns}"),
+                    );
+                }
+                None => {
+                    return refuse(
+                        index,
+                        &step.name,
+                        "the selector has no namespace: it would reach every namespace".into(),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl api::controller_server::Controller for ControllerService {
     async fn submit_run(
@@ -195,7 +269,7 @@ impl api::controller_server::Controller for ControllerService {
         request: Request<api::SubmitRunRequest>,
     ) -> Result<Response<api::SubmitRunResponse>, Status> {
         let caller = self.authorize(&request, "SubmitRun", Role::Operator, "")?;
-        let result = self.submit(&request).await;
+        let result = self.submit(&request, &caller).await;
         let (run, outcome) = match &result {
             Ok(run_id) => (run_id.as_str(), Ok(())),
             Err(status) => ("", Err(status)),
@@ -287,6 +361,57 @@ pub async fn connect(target: &AgentAddress) -> Result<ControllerClient<Channel>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn operator_in(namespaces: &[&str]) -> Caller {
+        Caller {
+            identity: "alice".into(),
+            role: Role::Operator,
+            namespaces: Some(namespaces.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    fn with_target(target: &str) -> Experiment {
+        crate::experiment::parse(&format!(
+            "name: t\nmethod:\n  faults:\n    - name: k\n      target: {target}\n      kill: {{}}\n"
+        ))
+        .expect("parses")
+    }
+
+    #[test]
+    fn a_namespace_limited_operator_submits_only_targets_that_show_their_namespace() {
+        let alice = operator_in(&["shop"]);
+        for ok in [
+            "{ targets: [\"pod:shop/web-0\"] }",
+            "{ namespace: shop, pod: \"web-*\" }",
+        ] {
+            assert_eq!(check_namespaces(&alice, &with_target(ok)), Ok(()), "{ok}");
+        }
+        for (refused, why) in [
+            ("{ targets: [\"pod:db/pg-0\"] }", "is in namespace db"),
+            (
+                "{ targets: [\"container:abc\"] }",
+                "does not name its namespace",
+            ),
+            ("{ targets: [\"pid:42\"] }", "does not name its namespace"),
+            ("{ namespace: db }", "namespace is db"),
+            ("{ pod: \"web-*\" }", "every namespace"),
+        ] {
+            let message = check_namespaces(&alice, &with_target(refused)).unwrap_err();
+            assert!(
+                message.contains(why) && message.contains("alice (role operator)"),
+                "{refused}: {message}"
+            );
+        }
+        // Unlimited operators and admins are not limited here (the agents still check).
+        let unlimited = Caller {
+            namespaces: None,
+            ..operator_in(&[])
+        };
+        assert_eq!(
+            check_namespaces(&unlimited, &with_target("{ targets: [\"pid:42\"] }")),
+            Ok(())
+        );
+    }
 
     const GOOD: &str = "name: x\nmethod:\n  faults:\n    - name: k\n      target: { targets: [\"pid:1\"] }\n      kill: {}\n";
 

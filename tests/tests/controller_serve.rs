@@ -1322,13 +1322,20 @@ async fn a_viewer_reads_runs_and_is_refused_submit_and_cancel() -> Result<()> {
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
     let (metrics_address, api_address) = (loopback()?, loopback()?);
     let config = serve_config(work.path(), metrics_address, &agent, tls.path())?;
+    // olga is an operator limited to `shop` by serve's policy.
+    let policy = work.path().join("authz.yaml");
+    std::fs::write(
+        &policy,
+        "rules:\n  - identity: olga\n    role: operator\n    namespaces: [shop]\n",
+    )?;
+    let policy_flag = format!("--authz-policy={}", policy.display());
     let _serve = start_serve(
         work.path(),
         &config,
         metrics_address,
         api_address,
         tls.path(),
-        &[],
+        &[policy_flag.as_str()],
     )?;
     let (vera_tls, olga_tls) = (
         person_tls_dir(tls.path(), "vera")?,
@@ -1366,6 +1373,23 @@ async fn a_viewer_reads_runs_and_is_refused_submit_and_cancel() -> Result<()> {
         .await
         .expect_err("an empty experiment was accepted");
     assert_eq!(invalid.code(), tonic::Code::InvalidArgument, "{invalid:?}");
+    // Her namespaces hold for what she submits: a target in `db` is refused before it runs.
+    let outside = olga
+        .submit_run(api::SubmitRunRequest {
+            experiment_yaml: "name: chaos-test-outside\nmethod:\n  faults:\n    - name: k\n      \
+                 target: { targets: [\"pod:db/pg-0\"] }\n      kill: {}\n"
+                .into(),
+        })
+        .await
+        .expect_err("a run outside the operator's namespaces was accepted");
+    assert_eq!(outside.code(), tonic::Code::PermissionDenied, "{outside:?}");
+    assert!(
+        outside
+            .message()
+            .contains("olga (role operator) is limited to namespaces [shop]")
+            && outside.message().contains("namespace db"),
+        "{outside:?}"
+    );
 
     let log = std::fs::read_to_string(work.path().join("serve.log"))?;
     let audited = |method: &str, who: &str| {
