@@ -331,7 +331,7 @@ fn one_cpu_container(memory: Option<u64>) -> Result<TestContainer> {
 
 /// A CPU load inside a container's cgroup that is not the agent's: stress-ng, which joins
 /// the container's cgroups between fork and exec (its workers inherit them). Killed on drop.
-struct BackgroundLoad(std::process::Child);
+struct BackgroundLoad(std::process::Child, tempfile::NamedTempFile);
 
 impl BackgroundLoad {
     fn in_container(
@@ -356,12 +356,17 @@ impl BackgroundLoad {
             })
             .collect();
         anyhow::ensure!(!procs.is_empty(), "no cgroup of the container to join");
+        // stress-ng makes a temporary directory where it runs: /tmp, since the VM's view
+        // of the repository is read-only. Its output goes to a file a failure can show.
+        let log = tempfile::NamedTempFile::new()?;
         let mut command = std::process::Command::new("stress-ng");
         command
             .args(["--cpu", "1", "--cpu-load", &percent.to_string()])
             .args(["--timeout", &format!("{}s", duration.as_secs())])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+            .args(["--temp-path", "/tmp"])
+            .current_dir("/tmp")
+            .stdout(log.reopen()?)
+            .stderr(log.reopen()?);
         use std::os::unix::process::CommandExt;
         // SAFETY: between fork and exec only open, write and close run here (std puts a
         // short path's C string on the stack).
@@ -375,7 +380,12 @@ impl BackgroundLoad {
         }
         Ok(BackgroundLoad(
             command.spawn().context("starting stress-ng")?,
+            log,
         ))
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(self.1.path()).unwrap_or_default()
     }
 }
 
@@ -462,14 +472,15 @@ async fn cpu_fill_tops_a_busy_container_up_to_seventy_percent() -> Result<()> {
 
     // The container's own busy workload: stress-ng at 30 % of a CPU, started inside the
     // container's cgroup (not a fault of the agent: a container holds one CPU fault).
-    let _workload = BackgroundLoad::in_container(&container, 30, Duration::from_secs(30))?;
+    let workload = BackgroundLoad::in_container(&container, 30, Duration::from_secs(30))?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let background =
         tokio::task::block_in_place(|| accounting.cpu_percent_over(Duration::from_secs(3)))?;
     println!("background (stress-ng at 30 %): {background:.2} %");
     assert!(
         (10.0..60.0).contains(&background),
-        "the background workload is not a partial load: {background:.2} %"
+        "the background workload is not a partial load: {background:.2} %; stress-ng said: {}",
+        workload.output()
     );
 
     let fill = inject(
