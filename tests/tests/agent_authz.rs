@@ -390,3 +390,40 @@ async fn node_scope_needs_the_admin_role() -> Result<()> {
         .context("the admin's node-scope dry run")?;
     Ok(())
 }
+
+/// Where the agent allows kube-system, it is still the admin's: an operator is refused a
+/// kube-system container, an admin's dry run of it passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn kube_system_where_allowed_is_the_admins() -> Result<()> {
+    let (tls, state) = (certs()?, chaos_tests::agent::state_dir()?);
+    let agent = TestAgent::start(AgentOptions {
+        tls_dir: Some(tls.path().to_path_buf()),
+        state_dir: state.path().to_path_buf(),
+        extra_args: vec!["--allow-kube-system".into()],
+        containerd_socket: chaos_tests::containerd::CONTAINERD_SOCKET.to_string(),
+    })?;
+    let system = chaos_tests::containerd::TestContainer::start(
+        chaos_tests::containerd::ContainerSpec::pod("kube-system", "proxy-9", "proxy"),
+    )?;
+    let request = api::InjectRequest {
+        dry_run: true,
+        ..cpu(&system.target(), None)
+    };
+    let mut bob = client_as(&agent, tls.path(), "bob").await?;
+    let status = bob
+        .inject(request.clone())
+        .await
+        .expect_err("an operator's kube-system fault");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
+    assert!(
+        status.message().contains("bob (role operator)")
+            && status.message().contains("kube-system"),
+        "{status}"
+    );
+    let mut admin = client_as(&agent, tls.path(), "client").await?;
+    admin
+        .inject(request)
+        .await
+        .context("the admin's kube-system dry run")?;
+    Ok(())
+}

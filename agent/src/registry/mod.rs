@@ -288,6 +288,16 @@ impl Registry {
             caller
                 .check_target(&t.describe(), namespace)
                 .map_err(AgentError::PermissionDenied)?;
+            // kube-system is a target only where the agent allows it, and then only an
+            // admin's: the cluster's own components run there.
+            if namespace == Some("kube-system") {
+                caller
+                    .require(
+                        crate::authz::Role::Admin,
+                        &format!("inject into {} (kube-system)", t.describe()),
+                    )
+                    .map_err(AgentError::PermissionDenied)?;
+            }
         }
         // Node scope is the admin's: a node-scope blackhole, and any network fault whose
         // target shares the node's namespace (a hostNetwork pod), act on the whole node.
