@@ -41,3 +41,15 @@ pub fn first_child(parent: u32) -> Result<u32> {
     }
     bail!("process {parent} has no child after 20 s")
 }
+
+/// The process's state letter in /proc (`T`: stopped, `Z`: a zombie), or None when it is
+/// gone.
+pub fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}

@@ -15,6 +15,7 @@ use chaos_proto::api;
 use chaos_tests::agent::{AgentOptions, TestAgent, journal_len, make_certs, state_dir};
 use chaos_tests::command::run_bounded;
 use chaos_tests::containerd::{ContainerSpec, TestContainer};
+use chaos_tests::process::state as process_state;
 use chaos_tests::scaled;
 
 /// What manifests/base/daemonset.yaml adds (setpriv's names; the manifest checks hold
@@ -99,17 +100,6 @@ async fn revert(agent: &TestAgent, id: &str) -> Result<()> {
         .into_inner();
     ensure!(reverted.reverted.len() == 1, "{reverted:?}");
     Ok(())
-}
-
-/// The process's state letter in /proc (`T`: stopped), or None when it is gone.
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .next()?
-        .chars()
-        .next()
 }
 
 fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Result<()> {

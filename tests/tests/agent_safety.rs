@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail, ensure};
 use chaos_proto::api::{self, agent_client::AgentClient};
 use chaos_tests::agent::{AgentOptions, TestAgent, journal_len, make_certs, state_dir};
 use chaos_tests::containerd::{CONTAINERD_SOCKET, ContainerSpec, TestContainer};
+use chaos_tests::process::state as process_state;
 use chaos_tests::process::{HostProcess, first_child};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -98,17 +99,6 @@ async fn revert(client: &mut AgentClient<Channel>, id: &str) -> Result<api::Faul
         .reverted
         .pop()
         .context("nothing reverted")
-}
-
-/// The process's state letter in /proc (`T`: stopped), or None when it is gone.
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .next()?
-        .chars()
-        .next()
 }
 
 /// Polls `condition` every 20 ms until it holds or `limit` passes.
