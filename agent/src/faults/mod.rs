@@ -199,7 +199,12 @@ impl ActiveFault {
                 })
             }
             FaultPlan::Process(plan) => {
-                let (fault, chosen) = process::ProcessFault::prepare(plan.clone(), spec, targets)?;
+                let (fault, chosen) = process::ProcessFault::prepare(
+                    plan.clone(),
+                    spec,
+                    targets,
+                    &context.resolver.procfs,
+                )?;
                 let verb = if fault.holds_stop() {
                     "stop (until the fault ends)"
                 } else {
@@ -295,18 +300,9 @@ impl ActiveFault {
         match self {
             ActiveFault::Process(fault) if fault.holds_stop() => fault.measure_stopped(procfs),
             ActiveFault::Process(fault) => match (fault.pinned(), chosen) {
-                (Some(pinned), _) => {
-                    // The process seen at inject, and no other that has its pid now.
-                    match procfs.process(pinned.pid) {
-                        Ok(info) if info.start_time == pinned.start_time => {
-                            fault.signal_round(procfs, &[info]);
-                        }
-                        _ => {
-                            return TickOutcome::Ended(format!(
-                                "the target process {} has exited: nothing is left to signal",
-                                pinned.pid
-                            ));
-                        }
+                (Some(_), _) => {
+                    if let Err(why) = fault.pinned_round() {
+                        return TickOutcome::Ended(why);
                     }
                 }
                 (None, Some(Ok(processes))) => {

@@ -10,7 +10,7 @@ use crate::error::AgentError;
 use crate::journal::{ProcessIdentity, Undo};
 use crate::procfs::{ProcessInfo, Procfs};
 use crate::resolve::Resolved;
-use crate::sys::{SignalError, signal_process};
+use crate::sys::{PinnedProcess, SignalError, signal_process};
 use crate::target::TargetSpec;
 use crate::validate::ProcessPlan;
 
@@ -61,10 +61,11 @@ pub fn signal_name(signal: Signal) -> String {
 pub struct ProcessFault {
     pub plan: ProcessPlan,
     pub status: api::ProcessStatus,
-    /// For a `pid:` target, the process seen at inject (pid and start time). Its pid may
-    /// name another process once it has exited, so it is never resolved again: a
-    /// repeating fault signals only this process and ends when it is gone.
-    pinned: Option<ProcessIdentity>,
+    /// For a `pid:` target, the process seen at inject, held by a pidfd. Its pid may name
+    /// another process once it has exited (even within the same clock tick, which a start
+    /// time cannot tell apart), so it is never resolved again: a repeating fault signals
+    /// only this process and ends when it is gone.
+    pinned: Option<(PinnedProcess, ProcessInfo)>,
     /// A stop signal holds its processes stopped until the fault ends, when each one that
     /// is still the same process is continued (SIGCONT). Known before apply, so the
     /// journal lists them before any is stopped.
@@ -85,6 +86,7 @@ impl ProcessFault {
         plan: ProcessPlan,
         spec: &TargetSpec,
         targets: &[Resolved],
+        procfs: &Procfs,
     ) -> Result<(ProcessFault, Vec<ProcessInfo>), AgentError> {
         let mut fault = ProcessFault {
             plan,
@@ -93,8 +95,12 @@ impl ProcessFault {
             stopped: Vec::new(),
         };
         let chosen = fault.choose(spec, targets)?;
-        if let (TargetSpec::Pid(_), Some(target)) = (spec, targets.first()) {
-            fault.pinned = Some(identity(&target.init));
+        if let (TargetSpec::Pid(_), Some(target)) = (spec, targets.first())
+            && fault.plan.interval.is_some()
+        {
+            let held = PinnedProcess::open(procfs, target.init.pid, target.init.start_time)
+                .map_err(|e| AgentError::NotFound(format!("pid {}: {e}", target.init.pid)))?;
+            fault.pinned = Some((held, target.init.clone()));
         }
         if is_stop_signal(fault.plan.signal) {
             fault.stopped = chosen.iter().map(identity).collect();
@@ -129,7 +135,35 @@ impl ProcessFault {
     }
 
     pub fn pinned(&self) -> Option<ProcessIdentity> {
-        self.pinned
+        self.pinned.as_ref().map(|(_, info)| identity(info))
+    }
+
+    /// A round of a repeating fault on its pinned process; Err (why) once it is gone.
+    pub fn pinned_round(&mut self) -> Result<(), String> {
+        let Some((held, info)) = &self.pinned else {
+            return Ok(());
+        };
+        let result = held.signal(self.plan.signal);
+        let (pid, name) = (info.pid, info.comm.clone());
+        let error = match &result {
+            Ok(()) => String::new(),
+            Err(SignalError::Gone(_)) => {
+                return Err(format!(
+                    "the target process {pid} has exited: nothing is left to signal"
+                ));
+            }
+            Err(e) => e.to_string(),
+        };
+        self.record(api::SignalledProcess {
+            pid,
+            name,
+            signal: signal_name(self.plan.signal),
+            delivered: result.is_ok(),
+            error,
+            at_unix_ms: crate::clock::unix_ms_now(),
+        });
+        self.status.rounds += 1;
+        Ok(())
     }
 
     /// The first round. A stop is read back: every chosen process must show as stopped
@@ -187,15 +221,6 @@ impl ProcessFault {
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-    }
-
-    /// Whether the pinned process is still the one seen at inject.
-    pub fn pinned_is_alive(&self, procfs: &Procfs) -> bool {
-        self.pinned.is_none_or(|p| {
-            procfs
-                .stat(p.pid)
-                .is_ok_and(|stat| stat.start_time == p.start_time)
-        })
     }
 
     /// Signals each chosen process and records what happened; returns the deliveries
@@ -408,27 +433,54 @@ mod tests {
     fn no_match_is_a_failed_precondition() {
         let spec = TargetSpec::Container("c1".into());
         assert!(matches!(
-            ProcessFault::prepare(plan(Signal::SIGKILL, Some("redis")), &spec, &[container()]),
+            ProcessFault::prepare(
+                plan(Signal::SIGKILL, Some("redis")),
+                &spec,
+                &[container()],
+                &Procfs::default()
+            ),
             Err(AgentError::FailedPrecondition(_))
         ));
     }
 
     #[test]
-    fn a_pid_target_is_pinned_and_a_container_target_is_not() {
-        let pid = TargetSpec::Pid(10);
-        let (fault, _) =
-            ProcessFault::prepare(plan(Signal::SIGTERM, None), &pid, &[container()]).unwrap();
-        assert_eq!(
-            fault.pinned(),
-            Some(ProcessIdentity {
-                pid: 10,
-                start_time: 10
-            })
-        );
+    fn a_repeating_pid_target_is_pinned_and_a_container_target_is_not() {
+        use std::process::Command;
+        let procfs = Procfs::default();
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let start_time = procfs.stat(pid).unwrap().start_time;
+        let me = ProcessInfo {
+            pid,
+            ppid: std::process::id(),
+            comm: "sleep".into(),
+            cmdline: "sleep 30".into(),
+            argv0_name: "sleep".into(),
+            start_time,
+        };
+        let target = Resolved {
+            spec: TargetSpec::Pid(pid),
+            owner: crate::resolve::Owner::Node,
+            init: me.clone(),
+            processes: vec![me],
+            cgroup: container().cgroup,
+        };
+        let repeating = ProcessPlan {
+            interval: Some(std::time::Duration::from_millis(100)),
+            ..plan(Signal::SIGTERM, None)
+        };
+        let (mut fault, _) =
+            ProcessFault::prepare(repeating, &TargetSpec::Pid(pid), &[target], &procfs).unwrap();
+        assert_eq!(fault.pinned(), Some(ProcessIdentity { pid, start_time }));
+        // A round on the pinned process; once it is gone the fault says so.
+        assert_eq!(fault.pinned_round(), Ok(()));
+        child.wait().unwrap();
+        assert!(fault.pinned_round().unwrap_err().contains("has exited"));
         let (fault, _) = ProcessFault::prepare(
             plan(Signal::SIGTERM, None),
             &TargetSpec::Container("c1".into()),
             &[container()],
+            &procfs,
         )
         .unwrap();
         assert_eq!(fault.pinned(), None);
@@ -447,6 +499,7 @@ mod tests {
                 plan(signal, Some("postgres")),
                 &TargetSpec::Container("c1".into()),
                 &[container()],
+                &Procfs::default(),
             )
             .unwrap();
             assert!(fault.holds_stop() && !fault.is_one_shot(), "{signal}");
@@ -471,6 +524,7 @@ mod tests {
             plan(Signal::SIGKILL, None),
             &TargetSpec::Container("c1".into()),
             &[container()],
+            &Procfs::default(),
         )
         .unwrap();
         assert_eq!(kill.undo(), Undo::Nothing);
@@ -502,6 +556,7 @@ mod tests {
             plan(Signal::SIGSTOP, None),
             &TargetSpec::Pid(pid),
             &[target],
+            &Procfs::default(),
         )
         .unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -542,6 +597,7 @@ mod tests {
             plan(Signal::SIGTERM, None),
             &TargetSpec::Container("c1".into()),
             &[container()],
+            &Procfs::default(),
         )
         .unwrap();
         for _ in 0..(MAX_REPORTED + 10) {
