@@ -160,7 +160,7 @@ async fn a_viewer_lists_and_is_refused_inject_naming_identity_and_role() -> Resu
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_operator_limited_to_shop_is_refused_db_and_allowed_shop() -> Result<()> {
+async fn host_an_operator_limited_to_shop_is_refused_db_and_allowed_shop() -> Result<()> {
     let (tls, state) = (certs()?, state_dir()?);
     let shop = container("shop", "web-0")?;
     let db = container("db", "pg-0")?;
