@@ -443,20 +443,20 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn a_repeating_pid_target_is_pinned_and_a_container_target_is_not() {
-        use std::process::Command;
-        let procfs = Procfs::default();
-        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+    /// A real `sleep` child, resolved as a `pid:` target of the node.
+    fn sleeping_child(procfs: &Procfs) -> (std::process::Child, Resolved) {
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pid = child.id();
-        let start_time = procfs.stat(pid).unwrap().start_time;
         let me = ProcessInfo {
             pid,
             ppid: std::process::id(),
             comm: "sleep".into(),
             cmdline: "sleep 30".into(),
             argv0_name: "sleep".into(),
-            start_time,
+            start_time: procfs.stat(pid).unwrap().start_time,
         };
         let target = Resolved {
             spec: TargetSpec::Pid(pid),
@@ -465,6 +465,14 @@ mod tests {
             processes: vec![me],
             cgroup: container().cgroup,
         };
+        (child, target)
+    }
+
+    #[test]
+    fn a_repeating_pid_target_is_pinned_and_a_container_target_is_not() {
+        let procfs = Procfs::default();
+        let (mut child, target) = sleeping_child(&procfs);
+        let (pid, start_time) = (target.init.pid, target.init.start_time);
         let repeating = ProcessPlan {
             interval: Some(std::time::Duration::from_millis(100)),
             ..plan(Signal::SIGTERM, None)
@@ -532,26 +540,9 @@ mod tests {
 
     #[test]
     fn a_stopped_process_is_continued_and_a_reused_pid_is_left_alone() {
-        use std::process::Command;
         let procfs = Procfs::default();
-        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
-        let pid = child.id();
-        let start_time = procfs.stat(pid).unwrap().start_time;
-        let me = ProcessInfo {
-            pid,
-            ppid: std::process::id(),
-            comm: "sleep".into(),
-            cmdline: "sleep 30".into(),
-            argv0_name: "sleep".into(),
-            start_time,
-        };
-        let target = Resolved {
-            spec: TargetSpec::Pid(pid),
-            owner: crate::resolve::Owner::Node,
-            init: me.clone(),
-            processes: vec![me],
-            cgroup: container().cgroup,
-        };
+        let (mut child, target) = sleeping_child(&procfs);
+        let (pid, start_time) = (target.init.pid, target.init.start_time);
         let (mut fault, chosen) = ProcessFault::prepare(
             plan(Signal::SIGSTOP, None),
             &TargetSpec::Pid(pid),
