@@ -63,6 +63,7 @@ pub struct AgentOptions {
 }
 
 /// How the agent binary is started.
+#[derive(Clone)]
 enum Launcher {
     Direct,
     /// Through `prlimit`, with this RLIMIT_NOFILE.
@@ -139,7 +140,31 @@ impl TestAgent {
         )
     }
 
+    /// Starts the agent on two free ports, again on two others if one was taken in the
+    /// meantime: `free_port` releases its port before the agent binds it, so another test
+    /// (nextest runs them as parallel processes) can take it first.
     fn launch(
+        options: AgentOptions,
+        ip: std::net::Ipv4Addr,
+        cgroup_procs: &[PathBuf],
+        launcher: Launcher,
+    ) -> Result<TestAgent> {
+        const ATTEMPTS: usize = 3;
+        let mut attempt = 1;
+        loop {
+            match TestAgent::launch_once(options.clone(), ip, cgroup_procs, launcher.clone()) {
+                Err(e)
+                    if attempt < ATTEMPTS
+                        && format!("{e:#}").contains("Address already in use") =>
+                {
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn launch_once(
         options: AgentOptions,
         ip: std::net::Ipv4Addr,
         cgroup_procs: &[PathBuf],

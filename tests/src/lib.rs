@@ -19,3 +19,14 @@ pub fn scaled(bound: std::time::Duration) -> std::time::Duration {
         .unwrap_or(1);
     bound * factor
 }
+
+/// `scripts/test --long` sets `CHAOS_TEST_LONG=1`: the reliability tests then run their full
+/// figures (50 crash trials, the whole soak) instead of the short version that fits CI.
+pub fn long_run() -> bool {
+    std::env::var("CHAOS_TEST_LONG").as_deref() == Ok("1")
+}
+
+/// `short` in CI, `long` under `scripts/test --long`.
+pub fn trials(short: usize, long: usize) -> usize {
+    if long_run() { long } else { short }
+}
