@@ -582,6 +582,88 @@ async fn one_cpu_and_one_memory_fault_per_container_within_the_thread_budget() -
     Ok(())
 }
 
+/// Two stops of one container would share its processes: the first to end would continue
+/// what the second still holds. A second stop is refused by every form of the target, a kill
+/// is not a stop and is accepted, and the processes stay stopped until the one stop ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_stop_per_container_and_the_processes_stay_stopped_until_it_ends() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let agent = TestAgent::start(options(tls.path(), state.path(), &[]))?;
+    let mut client = agent.client().await?;
+    let container = TestContainer::start(ContainerSpec::pod("shop", "stop-claim", "app"))?;
+    let pid = container.pid()?;
+    let stop = inject(
+        &mut client,
+        signal(
+            &container.target(),
+            "SIGSTOP",
+            Duration::ZERO,
+            Duration::from_secs(60),
+        ),
+    )
+    .await?;
+    wait_until(
+        "the container's process stopped",
+        Duration::from_secs(5),
+        || stopped(pid),
+    )?;
+    for form in [
+        container.target(),
+        format!("pid:{pid}"),
+        container.pod_target(),
+    ] {
+        let status = client
+            .inject(signal(
+                &form,
+                "SIGTSTP",
+                Duration::ZERO,
+                Duration::from_secs(60),
+            ))
+            .await
+            .expect_err("a second stop of one container");
+        assert_eq!(status.code(), Code::FailedPrecondition, "{form}: {status}");
+        assert!(
+            status.message().contains(&stop.id) && status.message().contains("one stop fault"),
+            "{form}: {status}"
+        );
+    }
+    // A signal that stops nothing holds nothing and is no claim (SIGWINCH: ignored by default).
+    inject(
+        &mut client,
+        signal(
+            &container.target(),
+            "SIGWINCH",
+            Duration::ZERO,
+            Duration::ZERO,
+        ),
+    )
+    .await?;
+    assert!(
+        stopped(pid),
+        "a refused or a harmless request continued the process"
+    );
+    revert(&mut client, &stop.id).await?;
+    wait_until("the process continued", Duration::from_secs(5), || {
+        !stopped(pid)
+    })?;
+    // Its claim ended with it.
+    let again = inject(
+        &mut client,
+        signal(
+            &container.target(),
+            "SIGSTOP",
+            Duration::ZERO,
+            Duration::from_secs(60),
+        ),
+    )
+    .await?;
+    revert(&mut client, &again.id).await?;
+    wait_until("the process continued", Duration::from_secs(5), || {
+        !stopped(pid)
+    })?;
+    Ok(())
+}
+
 // ---- 10. periodic work never delays an end ----
 
 /// A proxy in front of containerd's socket that the test can wedge: connections stay

@@ -25,6 +25,7 @@ use crate::authz::Caller;
 use crate::capabilities::CapabilitySet;
 use crate::clock::{unix_ms_after, unix_ms_now};
 use crate::error::AgentError;
+use crate::faults::process::is_stop_signal;
 use crate::faults::{ActiveFault, PrepareContext, Prepared, check_capabilities, kind_label};
 use crate::journal::{Journal, JournalRecord};
 use crate::metrics::Metrics;
@@ -556,11 +557,10 @@ impl Registry {
     ) -> Result<(), AgentError> {
         for key in claims {
             if let Some(holder) = state.claims.get(key) {
+                let what = claim_name(key.0);
                 return Err(AgentError::FailedPrecondition(format!(
-                    "cgroup {} already has {} fault {holder}: one {} fault per container at a time (revert it, or change it in one request)",
+                    "cgroup {} already has {what} fault {holder}: one {what} fault per container at a time (revert it, or change it in one request)",
                     key.1,
-                    kind_label(key.0),
-                    kind_label(key.0)
                 )));
             }
         }
@@ -859,9 +859,16 @@ impl Drop for ClaimGuard<'_> {
     }
 }
 
-/// The cgroups a fault stresses alone: CPU and memory faults, one claim per target.
+/// The cgroups a fault holds alone, one claim per target: CPU and memory stress, and a
+/// held stop. Two stops of one container would share its processes, and the first to end
+/// would continue what the other still holds.
 fn claim_keys(plan: &FaultPlan, targets: &[Resolved]) -> Vec<ClaimKey> {
-    if !plan.is_resource_stress() {
+    let holds_alone = match plan {
+        FaultPlan::Cpu(_) | FaultPlan::Memory(_) => true,
+        FaultPlan::Process(process) => is_stop_signal(process.signal),
+        FaultPlan::Network(_) | FaultPlan::Blackhole(_) => false,
+    };
+    if !holds_alone {
         return Vec::new();
     }
     let mut keys: Vec<ClaimKey> = targets
@@ -871,6 +878,14 @@ fn claim_keys(plan: &FaultPlan, targets: &[Resolved]) -> Vec<ClaimKey> {
     keys.sort();
     keys.dedup();
     keys
+}
+
+/// What a claim of `kind` is called in a refusal: a process fault claims only as a stop.
+fn claim_name(kind: api::FaultKind) -> &'static str {
+    match kind {
+        api::FaultKind::Process => "stop",
+        other => kind_label(other),
+    }
 }
 
 /// The threads a fault's stressors run: a CPU stressor's workers, one per memory stressor.
