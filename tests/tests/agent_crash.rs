@@ -80,6 +80,9 @@ impl Rng {
 struct FaultSpec {
     name: &'static str,
     request: api::InjectRequest,
+    /// Whether the rig's `leftovers` sees this fault while it holds (a repeating kill has
+    /// no state to read back; `settled` is its witness).
+    witnessed: bool,
 }
 
 /// The targets and their baseline; what is left on them after a crash.
@@ -178,6 +181,15 @@ async fn measure_windows(
             let took = started.elapsed();
             let longest = windows.inject.entry(spec.name).or_default();
             *longest = (*longest).max(took);
+            // The witness is not vacuous: it sees the fault while it holds.
+            if spec.witnessed {
+                let seen = rig.leftovers()?;
+                ensure!(
+                    !seen.is_empty(),
+                    "{} holds, and the rig sees nothing",
+                    spec.name
+                );
+            }
             let started = Instant::now();
             revert(&mut client, &fault.id)
                 .await
@@ -198,6 +210,8 @@ async fn measure_windows(
 
 struct TrialResult {
     phase: String,
+    /// What the rig saw left right after the kill, before the restart.
+    left_at_kill: usize,
     clean_after: Option<Duration>,
     problems: Vec<String>,
 }
@@ -253,6 +267,7 @@ async fn trial(
         Some(task) => Some(task.await?.is_ok()),
         None => None,
     };
+    let left_at_kill = rig.leftovers()?.len();
     let files = journal_files(state);
     let held_records: BTreeSet<String> = held.values().map(|id| record_file(id)).collect();
     let phase = match (plan, answered) {
@@ -262,8 +277,12 @@ async fn trial(
             let new_record = files
                 .iter()
                 .any(|f| f.ends_with(".json") && !held_records.contains(f));
+            // The journal writes a temporary file, then renames it.
+            let being_written = files.iter().any(|f| f.ends_with(".tmp"));
             if new_record {
                 format!("inject {chosen_name}: in flight, journal record written")
+            } else if being_written {
+                format!("inject {chosen_name}: in flight, journal record half written")
             } else {
                 format!("inject {chosen_name}: in flight, no journal record yet")
             }
@@ -315,6 +334,7 @@ async fn trial(
     Ok((
         TrialResult {
             phase,
+            left_at_kill,
             clean_after,
             problems,
         },
@@ -355,8 +375,8 @@ async fn run_trials(label: &str, rig: &dyn Rig, count: usize) -> Result<()> {
         agent = next;
         *coverage.entry(result.phase.clone()).or_default() += 1;
         println!(
-            "{label} trial {number}: {}; clean after {:?}",
-            result.phase, result.clean_after
+            "{label} trial {number}: {}; {} leftovers at the kill; clean after {:?}",
+            result.phase, result.left_at_kill, result.clean_after
         );
         match result.clean_after {
             Some(took) if result.problems.is_empty() => {
@@ -548,6 +568,7 @@ impl Rig for HostRig {
         vec![
             FaultSpec {
                 name: "repeating-kill",
+                witnessed: false,
                 request: request(
                     &self.killed.target(),
                     Fault::Process(api::ProcessFault {
@@ -559,6 +580,7 @@ impl Rig for HostRig {
             },
             FaultSpec {
                 name: "stop",
+                witnessed: true,
                 request: request(
                     &self.stopped.target(),
                     Fault::Process(api::ProcessFault {
@@ -569,6 +591,7 @@ impl Rig for HostRig {
             },
             FaultSpec {
                 name: "cpu",
+                witnessed: true,
                 request: request(
                     &stressed,
                     Fault::Cpu(api::CpuFault {
@@ -579,6 +602,7 @@ impl Rig for HostRig {
             },
             FaultSpec {
                 name: "memory",
+                witnessed: true,
                 request: request(
                     &stressed,
                     Fault::Memory(api::MemoryFault {
@@ -589,6 +613,7 @@ impl Rig for HostRig {
             },
             FaultSpec {
                 name: "tbf",
+                witnessed: true,
                 request: request(
                     &stressed,
                     Fault::Network(api::NetworkFault {
@@ -719,10 +744,12 @@ impl Rig for NetRig {
         vec![
             FaultSpec {
                 name: "netem-egress",
+                witnessed: true,
                 request: request(&self.egress.pod.target(), Fault::Network(delay.clone())),
             },
             FaultSpec {
                 name: "netem-ingress",
+                witnessed: true,
                 request: request(
                     &self.ingress.pod.target(),
                     Fault::Network(api::NetworkFault {
@@ -733,6 +760,7 @@ impl Rig for NetRig {
             },
             FaultSpec {
                 name: "blackhole",
+                witnessed: true,
                 request: request(
                     &self.blackhole.pod.target(),
                     Fault::Blackhole(api::BlackholeFault {
