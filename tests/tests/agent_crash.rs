@@ -34,7 +34,7 @@ const CLEAN_WITHIN: Duration = Duration::from_secs(2);
 /// How long a trial waits for a leftover to go before it counts as left behind.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(10);
 /// The kill of a trial in flight lands uniformly in [0, window × this].
-const WINDOW_STRETCH: f64 = 1.5;
+const WINDOW_STRETCH: f64 = 1.2;
 
 // ---- a seeded RNG (splitmix64: a few lines, reproducible, no dependency) ----
 
@@ -154,33 +154,36 @@ enum Plan {
     Revert,
 }
 
-/// How long each fault's inject and revert RPC take here, measured before the trials.
+/// How long each fault's inject and revert RPC take here (the median of a few rounds,
+/// measured before the trials): a kill drawn across it lands mostly while the RPC is in
+/// flight. The longest would put most kills after the answer on a busy machine.
 struct Windows {
     inject: BTreeMap<&'static str, Duration>,
     revert: BTreeMap<&'static str, Duration>,
 }
 
-/// Injects and reverts every fault `rounds` times, keeping the longest RPC of each.
-async fn measure_windows(
-    rig: &dyn Rig,
-    agent: &TestAgent,
-    state: &Path,
-    rounds: usize,
-) -> Result<Windows> {
+const WINDOW_ROUNDS: usize = 5;
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples.get(samples.len() / 2).copied().unwrap_or_default()
+}
+
+/// Injects and reverts every fault [`WINDOW_ROUNDS`] times, timing each RPC.
+async fn measure_windows(rig: &dyn Rig, agent: &TestAgent, state: &Path) -> Result<Windows> {
     let mut client = agent.client().await?;
-    let mut windows = Windows {
-        inject: BTreeMap::new(),
-        revert: BTreeMap::new(),
-    };
-    for _ in 0..rounds {
+    let mut injects: BTreeMap<&'static str, Vec<Duration>> = BTreeMap::new();
+    let mut reverts: BTreeMap<&'static str, Vec<Duration>> = BTreeMap::new();
+    for _ in 0..WINDOW_ROUNDS {
         for spec in rig.faults() {
             let started = Instant::now();
             let fault = inject(&mut client, spec.request)
                 .await
                 .with_context(|| format!("measuring the {} inject", spec.name))?;
-            let took = started.elapsed();
-            let longest = windows.inject.entry(spec.name).or_default();
-            *longest = (*longest).max(took);
+            injects
+                .entry(spec.name)
+                .or_default()
+                .push(started.elapsed());
             // The witness is not vacuous: it sees the fault while it holds.
             if spec.witnessed {
                 let seen = rig.leftovers()?;
@@ -194,9 +197,10 @@ async fn measure_windows(
             revert(&mut client, &fault.id)
                 .await
                 .with_context(|| format!("measuring the {} revert", spec.name))?;
-            let took = started.elapsed();
-            let longest = windows.revert.entry(spec.name).or_default();
-            *longest = (*longest).max(took);
+            reverts
+                .entry(spec.name)
+                .or_default()
+                .push(started.elapsed());
         }
     }
     let left = rig.leftovers()?;
@@ -205,13 +209,21 @@ async fn measure_windows(
         journal_files(state).is_empty(),
         "the plain reverts left journal files"
     );
-    Ok(windows)
+    Ok(Windows {
+        inject: injects.into_iter().map(|(k, v)| (k, median(v))).collect(),
+        revert: reverts.into_iter().map(|(k, v)| (k, median(v))).collect(),
+    })
 }
 
 struct TrialResult {
     phase: String,
     /// What the rig saw left right after the kill, before the restart.
     left_at_kill: usize,
+    /// From the restarted agent's spawn: the node as before, journal empty (polled
+    /// while the agent starts).
+    node_clean_after: Option<Duration>,
+    /// From the spawn: the agent answers /readyz.
+    ready_after: Duration,
     clean_after: Option<Duration>,
     problems: Vec<String>,
 }
@@ -297,8 +309,23 @@ async fn trial(
         }
     };
 
+    // The node is watched from the spawn on, while the agent starts (it reverts the
+    // journal before it serves); the full check below also needs it serving.
     let spawned = Instant::now();
-    let restarted = TestAgent::start_tls(tls, state)?;
+    let (tls_dir, state_dir) = (tls.to_path_buf(), state.to_path_buf());
+    let starting = tokio::task::spawn_blocking(move || TestAgent::start_tls(&tls_dir, &state_dir));
+    let mut node_clean_after = None;
+    while !starting.is_finished() {
+        if node_clean_after.is_none()
+            && journal_files(state).is_empty()
+            && rig.leftovers()?.is_empty()
+        {
+            node_clean_after = Some(spawned.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let restarted = starting.await??;
+    let ready_after = spawned.elapsed();
     let mut client = restarted.client().await?;
     let mut problems;
     let clean_after = loop {
@@ -318,6 +345,7 @@ async fn trial(
             problems.push(format!("the restarted agent lists faults: {active:?}"));
         }
         if problems.is_empty() {
+            node_clean_after.get_or_insert(spawned.elapsed());
             break Some(spawned.elapsed());
         }
         if spawned.elapsed() > scaled(GIVE_UP_AFTER) {
@@ -335,6 +363,8 @@ async fn trial(
         TrialResult {
             phase,
             left_at_kill,
+            node_clean_after,
+            ready_after,
             clean_after,
             problems,
         },
@@ -349,13 +379,14 @@ async fn run_trials(label: &str, rig: &dyn Rig, count: usize) -> Result<()> {
     println!("{label}: {count} trials, seed {seed} (CHAOS_CRASH_SEED={seed} replays them)");
     let (tls, state) = (make_certs()?, state_dir()?);
     let mut agent = TestAgent::start_tls(tls.path(), state.path())?;
-    let windows = measure_windows(rig, &agent, state.path(), 3).await?;
+    let windows = measure_windows(rig, &agent, state.path()).await?;
     println!(
-        "{label}: RPC windows (longest of 3): inject {:?}, revert {:?}",
+        "{label}: RPC windows (median of {WINDOW_ROUNDS}): inject {:?}, revert {:?}",
         windows.inject, windows.revert
     );
     let mut coverage: BTreeMap<String, usize> = BTreeMap::new();
     let mut times = Vec::new();
+    let mut node_times = Vec::new();
     let mut failures = Vec::new();
     let bound = scaled(CLEAN_WITHIN);
     for number in 0..count {
@@ -375,9 +406,16 @@ async fn run_trials(label: &str, rig: &dyn Rig, count: usize) -> Result<()> {
         agent = next;
         *coverage.entry(result.phase.clone()).or_default() += 1;
         println!(
-            "{label} trial {number}: {}; {} leftovers at the kill; clean after {:?}",
-            result.phase, result.left_at_kill, result.clean_after
+            "{label} trial {number}: {}; {} leftovers at the kill; node clean after {:?}, agent ready after {:?}, every check passed after {:?}",
+            result.phase,
+            result.left_at_kill,
+            result.node_clean_after,
+            result.ready_after,
+            result.clean_after
         );
+        if let Some(took) = result.node_clean_after {
+            node_times.push(took);
+        }
         match result.clean_after {
             Some(took) if result.problems.is_empty() => {
                 times.push(took);
@@ -396,12 +434,13 @@ async fn run_trials(label: &str, rig: &dyn Rig, count: usize) -> Result<()> {
         }
     }
     drop(agent);
-    times.sort();
-    let worst = times.last().copied().unwrap_or_default();
-    let median = times.get(times.len() / 2).copied().unwrap_or_default();
+    let worst = times.iter().max().copied().unwrap_or_default();
+    let node_worst = node_times.iter().max().copied().unwrap_or_default();
     println!(
-        "{label} summary: {count} trials, {} failures; phases {coverage:?}; time to clean worst {worst:?}, median {median:?} (bound {bound:?}); seed {seed}",
-        failures.len()
+        "{label} summary: {count} trials, {} failures; phases {coverage:?}; from the restart's spawn: node clean worst {node_worst:?}, median {:?}; every check (agent serving, nothing listed) worst {worst:?}, median {:?} (bound {bound:?}); seed {seed}",
+        failures.len(),
+        median(node_times.clone()),
+        median(times.clone()),
     );
     if !failures.is_empty() {
         bail!(
