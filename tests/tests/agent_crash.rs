@@ -10,7 +10,7 @@
 //! VM's kernel. Each kill lands at a delay drawn from a seeded RNG: the seed is printed, and
 //! `CHAOS_CRASH_SEED=N` replays it. A trial's phase is read from what it left (the RPC's
 //! answer and the journal files at the kill), not assumed from its delay.
-//! `CHAOS_TEST_LONG=1` runs 50 trials per test; CI runs a short number.
+//! `CHAOS_TEST_LONG=1` runs 50 trials per test; CI runs 8 (`CHAOS_CRASH_TRIALS=N`: N).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -215,6 +215,24 @@ async fn measure_windows(rig: &dyn Rig, agent: &TestAgent, state: &Path) -> Resu
     })
 }
 
+/// Between two looks at the node: 20 ms, stretched in the VM, where each look spawns a
+/// dozen `ip netns exec` under emulation and would otherwise starve the starting agent.
+fn poll_interval() -> Duration {
+    scaled(Duration::from_millis(20))
+}
+
+/// `trials(short, long)`, unless `CHAOS_CRASH_TRIALS=N` asks for N (to replay a seed's
+/// first trials, or to fit a VM boot).
+fn trial_count(short: usize, long: usize) -> Result<usize> {
+    match std::env::var("CHAOS_CRASH_TRIALS") {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .with_context(|| format!("CHAOS_CRASH_TRIALS={text} is not a number")),
+        Err(_) => Ok(trials(short, long)),
+    }
+}
+
 struct TrialResult {
     phase: String,
     /// What the rig saw left right after the kill, before the restart.
@@ -322,7 +340,7 @@ async fn trial(
         {
             node_clean_after = Some(spawned.elapsed());
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(poll_interval()).await;
     }
     let restarted = starting.await??;
     let ready_after = spawned.elapsed();
@@ -351,7 +369,7 @@ async fn trial(
         if spawned.elapsed() > scaled(GIVE_UP_AFTER) {
             break None;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(poll_interval()).await;
     };
     if clean_after.is_some() {
         problems = rig.settled()?;
@@ -726,7 +744,7 @@ impl Rig for HostRig {
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_sigkill_at_random_moments_leaves_no_host_fault_behind() -> Result<()> {
     let rig = HostRig::start()?;
-    run_trials("crash (host kinds)", &rig, trials(8, 50)).await
+    run_trials("crash (host kinds)", &rig, trial_count(8, 50)?).await
 }
 
 // ---- network kinds (the VM) ----
@@ -838,5 +856,5 @@ async fn vm_agent_sigkill_at_random_moments_leaves_no_network_fault_behind() -> 
         ingress: NetTarget::start("ingress")?,
         blackhole: NetTarget::start("hole")?,
     };
-    run_trials("crash (network kinds)", &rig, trials(8, 50)).await
+    run_trials("crash (network kinds)", &rig, trial_count(8, 50)?).await
 }
