@@ -391,7 +391,9 @@ async fn trial(
 }
 
 /// Runs the trials on `rig`, prints a line per trial and the summary, and fails on any
-/// leftover or a clean slower than the contract (scaled by `CHAOS_TEST_SLOWDOWN`).
+/// leftover, or a node clean later than the contract after the spawn (scaled by
+/// `CHAOS_TEST_SLOWDOWN`). The seed replays the kinds and delays drawn; the kernel's and
+/// the scheduler's timing is not replayed, so a replay lands near, not on, the same point.
 async fn run_trials(label: &str, rig: &dyn Rig, count: usize) -> Result<()> {
     let (mut rng, seed) = Rng::from_env()?;
     println!("{label}: {count} trials, seed {seed} (CHAOS_CRASH_SEED={seed} replays them)");
@@ -434,12 +436,15 @@ async fn run_trials(label: &str, rig: &dyn Rig, count: usize) -> Result<()> {
         if let Some(took) = result.node_clean_after {
             node_times.push(took);
         }
-        match result.clean_after {
-            Some(took) if result.problems.is_empty() => {
+        // The contract is timed on the node: faults reverted and the journal empty,
+        // watched from the spawn. The full check (over mTLS, the agent lists nothing) must
+        // pass too, but its time adds the test's own handshake and scans.
+        match (result.clean_after, result.node_clean_after) {
+            (Some(took), Some(node)) if result.problems.is_empty() => {
                 times.push(took);
-                if took > bound {
+                if node > bound {
                     failures.push(format!(
-                        "trial {number} ({}): clean after {took:?}, over {bound:?}",
+                        "trial {number} ({}): node clean after {node:?}, over {bound:?}",
                         result.phase
                     ));
                 }
@@ -455,7 +460,7 @@ async fn run_trials(label: &str, rig: &dyn Rig, count: usize) -> Result<()> {
     let worst = times.iter().max().copied().unwrap_or_default();
     let node_worst = node_times.iter().max().copied().unwrap_or_default();
     println!(
-        "{label} summary: {count} trials, {} failures; phases {coverage:?}; from the restart's spawn: node clean worst {node_worst:?}, median {:?}; every check (agent serving, nothing listed) worst {worst:?}, median {:?} (bound {bound:?}); seed {seed}",
+        "{label} summary: {count} trials, {} failures; phases {coverage:?}; from the restart's spawn: node clean worst {node_worst:?}, median {:?}; node bound {bound:?}; every check (agent serving over mTLS, nothing listed) worst {worst:?}, median {:?}; seed {seed}",
         failures.len(),
         median(node_times.clone()),
         median(times.clone()),
