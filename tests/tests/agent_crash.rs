@@ -215,6 +215,44 @@ async fn measure_windows(rig: &dyn Rig, agent: &TestAgent, state: &Path) -> Resu
     })
 }
 
+/// Seconds since midnight (UTC) of a log line's RFC 3339 stamp, e.g.
+/// `2026-12-02T06:41:00.960004Z ...`.
+fn log_seconds_of_day(line: &str) -> Option<f64> {
+    let time = line.split_whitespace().next()?.split_once('T')?.1;
+    let mut parts = time.trim_end_matches('Z').split(':');
+    let (h, m, s) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+}
+
+fn seconds_of_day(at: std::time::SystemTime) -> f64 {
+    let since = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    since % 86_400.0
+}
+
+/// Where the restart's time went, from the agent's own log: its first line and its last
+/// journal revert, in seconds after the spawn (wall clock, both sides UTC).
+fn startup_breakdown(log: &str, spawned_at: std::time::SystemTime) -> String {
+    let spawn = seconds_of_day(spawned_at);
+    let first = log.lines().find_map(log_seconds_of_day);
+    let recovered = log
+        .lines()
+        .filter(|l| l.contains("reverted a fault left by a previous run"))
+        .filter_map(log_seconds_of_day)
+        .last();
+    let after = |t: Option<f64>| {
+        t.map(|t| format!("{:.3} s", t - spawn))
+            .unwrap_or_else(|| "-".into())
+    };
+    format!(
+        "first log line {}, last journal revert {}",
+        after(first),
+        after(recovered)
+    )
+}
+
 /// Between two looks at the node: 20 ms, stretched in the VM, where each look spawns a
 /// dozen `ip netns exec` under emulation and would otherwise starve the starting agent.
 fn poll_interval() -> Duration {
@@ -242,6 +280,8 @@ struct TrialResult {
     node_clean_after: Option<Duration>,
     /// From the spawn: the agent answers /readyz.
     ready_after: Duration,
+    /// The agent's log stamps after the spawn.
+    startup: String,
     clean_after: Option<Duration>,
     problems: Vec<String>,
 }
@@ -330,10 +370,14 @@ async fn trial(
     // The node is watched from the spawn on, while the agent starts (it reverts the
     // journal before it serves); the full check below also needs it serving.
     let spawned = Instant::now();
+    let spawned_at = std::time::SystemTime::now();
     let (tls_dir, state_dir) = (tls.to_path_buf(), state.to_path_buf());
     let starting = tokio::task::spawn_blocking(move || TestAgent::start_tls(&tls_dir, &state_dir));
     let mut node_clean_after = None;
     while !starting.is_finished() {
+        // The journal first: it is cheap, and the node is not clean while it lists
+        // anything. A look at the node takes time itself (a dozen processes in the VM),
+        // so the time is taken at the end of the look that found it clean: an upper bound.
         if node_clean_after.is_none()
             && journal_files(state).is_empty()
             && rig.leftovers()?.is_empty()
@@ -344,6 +388,7 @@ async fn trial(
     }
     let restarted = starting.await??;
     let ready_after = spawned.elapsed();
+    let startup = startup_breakdown(&restarted.log(), spawned_at);
     let mut client = restarted.client().await?;
     let mut problems;
     let clean_after = loop {
@@ -383,6 +428,7 @@ async fn trial(
             left_at_kill,
             node_clean_after,
             ready_after,
+            startup,
             clean_after,
             problems,
         },
@@ -426,11 +472,12 @@ async fn run_trials(label: &str, rig: &dyn Rig, count: usize) -> Result<()> {
         agent = next;
         *coverage.entry(result.phase.clone()).or_default() += 1;
         println!(
-            "{label} trial {number}: {}; {} leftovers at the kill; node clean after {:?}, agent ready after {:?}, every check passed after {:?}",
+            "{label} trial {number}: {}; {} leftovers at the kill; node clean after {:?}, agent ready after {:?} ({}), every check passed after {:?}",
             result.phase,
             result.left_at_kill,
             result.node_clean_after,
             result.ready_after,
+            result.startup,
             result.clean_after
         );
         if let Some(took) = result.node_clean_after {
@@ -747,7 +794,7 @@ impl Rig for HostRig {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn agent_sigkill_at_random_moments_leaves_no_host_fault_behind() -> Result<()> {
+async fn host_agent_sigkill_at_random_moments_leaves_no_host_fault_behind() -> Result<()> {
     let rig = HostRig::start()?;
     run_trials("crash (host kinds)", &rig, trial_count(8, 50)?).await
 }
@@ -777,16 +824,11 @@ impl NetTarget {
 /// Everything a fault could leave in the namespace: eth0's qdiscs, its root and ingress
 /// filters, and the links (an ifb would show here).
 fn interface_state(netns: &TestNetns) -> Result<String> {
-    let mut text = String::new();
-    for args in [
-        &["tc", "qdisc", "show", "dev", "eth0"][..],
-        &["tc", "filter", "show", "dev", "eth0"][..],
-        &["tc", "filter", "show", "dev", "eth0", "ingress"][..],
-        &["ip", "-o", "link", "show"][..],
-    ] {
-        text += &netns.exec(args)?.check()?.stdout;
-    }
-    Ok(text)
+    // One process per look (a shell running the four), not four: under emulation each
+    // process start costs a lot, and the look is timed.
+    let script = "tc qdisc show dev eth0 && tc filter show dev eth0 && \
+                  tc filter show dev eth0 ingress && ip -o link show";
+    Ok(netns.exec(&["sh", "-c", script])?.check()?.stdout)
 }
 
 struct NetRig {
