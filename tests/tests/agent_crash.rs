@@ -241,7 +241,7 @@ fn startup_breakdown(log: &str, spawned_at: std::time::SystemTime) -> String {
         .lines()
         .filter(|l| l.contains("reverted a fault left by a previous run"))
         .filter_map(log_seconds_of_day)
-        .last();
+        .next_back();
     let after = |t: Option<f64>| {
         t.map(|t| format!("{:.3} s", t - spawn))
             .unwrap_or_else(|| "-".into())
