@@ -129,6 +129,8 @@ pub struct Journal {
 }
 
 const SUFFIX: &str = ".json";
+/// A write in progress: `.<id>.tmp`, renamed to `<id>.json` when complete.
+const TEMPORARY_SUFFIX: &str = ".tmp";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
     move |source| JournalError::Io {
@@ -174,7 +176,7 @@ impl Journal {
     /// fsynced: see the module's comment.
     pub fn write(&self, record: &JournalRecord) -> Result<(), JournalError> {
         let path = self.path(&record.id);
-        let tmp = self.dir.join(format!(".{}.tmp", record.id));
+        let tmp = self.dir.join(format!(".{}{TEMPORARY_SUFFIX}", record.id));
         let stamped = Stamped {
             record,
             boot_id: self.boot.as_ref().map(|boot| boot.id.as_str()),
@@ -318,6 +320,29 @@ impl Journal {
         Ok(dropped)
     }
 
+    /// Removes the temporary files of writes that never reached their rename, and
+    /// returns their paths. Only an agent killed between [`Journal::write`]'s temporary
+    /// file and its rename leaves one. Such a file is never a record: the rename is what
+    /// commits a write, and until it returned the fault had not touched the node (a
+    /// first write) or the previous record is still in place (an update). Called at
+    /// start, when no write is in flight; without it each crash in that window would
+    /// leave a file in the journal directory for good.
+    pub fn drop_temporary_files(&self) -> Result<Vec<PathBuf>, JournalError> {
+        let mut dropped = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io(&self.dir))? {
+            let path = entry.map_err(io(&self.dir))?.path();
+            let is_temporary = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.') && n.ends_with(TEMPORARY_SUFFIX));
+            if is_temporary {
+                fs::remove_file(&path).map_err(io(&path))?;
+                dropped.push(path);
+            }
+        }
+        Ok(dropped)
+    }
+
     pub fn len(&self) -> usize {
         self.records().map(|r| r.len()).unwrap_or(0)
     }
@@ -345,6 +370,30 @@ mod tests {
                 }],
             },
         }
+    }
+
+    #[test]
+    fn temporary_files_of_unfinished_writes_are_dropped_and_records_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        journal.write(&record("f-1", 10)).unwrap();
+        // What a SIGKILL between the temporary file and the rename leaves.
+        let unfinished = journal.dir().join(".f-2.tmp");
+        fs::write(&unfinished, b"{\"id\":").unwrap();
+        assert_eq!(
+            journal.drop_temporary_files().unwrap(),
+            vec![unfinished.clone()]
+        );
+        assert!(!unfinished.exists());
+        let ids: Vec<String> = journal
+            .records()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.unwrap().id)
+            .collect();
+        assert_eq!(ids, ["f-1"]);
+        let left: Vec<_> = fs::read_dir(journal.dir()).unwrap().collect();
+        assert_eq!(left.len(), 1, "{left:?}");
     }
 
     #[test]

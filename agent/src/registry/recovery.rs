@@ -20,6 +20,17 @@ impl Registry {
     /// retried in the background, listed as revert-pending).
     pub fn recover(self: &Arc<Self>) -> (usize, usize) {
         self.journal.drop_records_of_earlier_boots();
+        // An agent killed inside a journal write leaves its temporary file: never a record.
+        match self.journal.drop_temporary_files() {
+            Ok(dropped) => {
+                for path in dropped {
+                    tracing::info!(path = %path.display(), "removed the temporary file of a journal write the previous run did not finish");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot remove unfinished journal writes")
+            }
+        }
         // The journal is not fsynced (see journal.rs): a node that lost power may have
         // left records cut short, describing state the reboot already wiped.
         match self.resolver.procfs.boot_time() {
