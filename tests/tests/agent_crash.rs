@@ -10,7 +10,9 @@
 //! VM's kernel. Each kill lands at a delay drawn from a seeded RNG: the seed is printed, and
 //! `CHAOS_CRASH_SEED=N` replays it. A trial's phase is read from what it left (the RPC's
 //! answer and the journal files at the kill), not assumed from its delay.
-//! `CHAOS_TEST_LONG=1` runs 50 trials per test; CI runs 8 (`CHAOS_CRASH_TRIALS=N`: N).
+//! `CHAOS_TEST_LONG=1` runs 50 trials per test; CI runs 8 on the host and 4 in the VM
+//! (`CHAOS_CRASH_TRIALS=N`: N). The 2 s bound is the host's; the VM's is wider (see
+//! `VM_CLEAN_WITHIN`), and both are multiplied by `CHAOS_TEST_SLOWDOWN`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -31,6 +33,11 @@ const MIB: u64 = 1 << 20;
 const HOLD: Duration = Duration::from_secs(120);
 /// The contract: every fault reverted and nothing left this long after the restart.
 const CLEAN_WITHIN: Duration = Duration::from_secs(2);
+/// The VM's bound, unscaled: there a node clean includes the agent's own start under software
+/// emulation (its first log line 1.5-6.7 s after the spawn, measured) and the test's looks
+/// (`ip netns exec` and `tc` per namespace, seconds each), and it measured up to 25.7 s on a
+/// loaded machine. What the VM shows is that nothing is left; the 2 s is timed on the host.
+const VM_CLEAN_WITHIN: Duration = Duration::from_secs(6);
 /// How long a trial waits for a leftover to go before it counts as left behind.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(10);
 /// The kill of a trial in flight lands uniformly in [0, window × this].
@@ -440,7 +447,7 @@ async fn trial(
 /// leftover, or a node clean later than the contract after the spawn (scaled by
 /// `CHAOS_TEST_SLOWDOWN`). The seed replays the kinds and delays drawn; the kernel's and
 /// the scheduler's timing is not replayed, so a replay lands near, not on, the same point.
-async fn run_trials(label: &str, rig: &dyn Rig, count: usize) -> Result<()> {
+async fn run_trials(label: &str, rig: &dyn Rig, count: usize, within: Duration) -> Result<()> {
     let (mut rng, seed) = Rng::from_env()?;
     println!("{label}: {count} trials, seed {seed} (CHAOS_CRASH_SEED={seed} replays them)");
     let (tls, state) = (make_certs()?, state_dir()?);
@@ -454,7 +461,7 @@ async fn run_trials(label: &str, rig: &dyn Rig, count: usize) -> Result<()> {
     let mut times = Vec::new();
     let mut node_times = Vec::new();
     let mut failures = Vec::new();
-    let bound = scaled(CLEAN_WITHIN);
+    let bound = scaled(within);
     for number in 0..count {
         // Round robin over the plans, so each gets a third of the trials.
         let plan = [Plan::Holding, Plan::Inject, Plan::Revert][number % 3];
@@ -796,7 +803,13 @@ impl Rig for HostRig {
 #[tokio::test(flavor = "multi_thread")]
 async fn host_agent_sigkill_at_random_moments_leaves_no_host_fault_behind() -> Result<()> {
     let rig = HostRig::start()?;
-    run_trials("crash (host kinds)", &rig, trial_count(8, 50)?).await
+    run_trials(
+        "crash (host kinds)",
+        &rig,
+        trial_count(8, 50)?,
+        CLEAN_WITHIN,
+    )
+    .await
 }
 
 // ---- network kinds (the VM) ----
@@ -903,5 +916,12 @@ async fn vm_agent_sigkill_at_random_moments_leaves_no_network_fault_behind() -> 
         ingress: NetTarget::start("ingress")?,
         blackhole: NetTarget::start("hole")?,
     };
-    run_trials("crash (network kinds)", &rig, trial_count(8, 50)?).await
+    // Each VM trial takes 25-70 s under emulation: CI runs 4.
+    run_trials(
+        "crash (network kinds)",
+        &rig,
+        trial_count(4, 50)?,
+        VM_CLEAN_WITHIN,
+    )
+    .await
 }
