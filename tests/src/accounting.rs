@@ -97,6 +97,22 @@ impl Accounting {
         Ok(used as f64 / at.elapsed().as_nanos() as f64 * 100.0)
     }
 
+    /// What the container used over `window`, beside what the machine left idle meanwhile:
+    /// a fill cannot reach its level when the machine has no CPU to give it.
+    pub fn cpu_window(&self, window: Duration) -> Result<CpuWindow> {
+        let (start, idle_start, at) = (self.cpu_ns()?, machine_idle_ticks()?, Instant::now());
+        std::thread::sleep(window);
+        let used = self.cpu_ns()?.saturating_sub(start);
+        let idle = machine_idle_ticks()?;
+        let elapsed = at.elapsed();
+        // /proc/stat counts in USER_HZ ticks (100 per second on Linux).
+        let idle_seconds = idle.saturating_sub(idle_start) as f64 / 100.0;
+        Ok(CpuWindow {
+            container_percent: used as f64 / elapsed.as_nanos() as f64 * 100.0,
+            machine_idle_percent: idle_seconds / elapsed.as_secs_f64() * 100.0,
+        })
+    }
+
     /// The processes in the container's cgroup (the stressors run there too).
     pub fn pids(&self) -> Result<BTreeSet<u32>> {
         Ok(
@@ -106,4 +122,28 @@ impl Accounting {
                 .collect(),
         )
     }
+}
+
+/// A container's CPU use over a window, and the machine's idle CPU over the same window,
+/// both in percent of one core (the idle of a two-core machine ranges to 200).
+#[derive(Debug, Clone, Copy)]
+pub struct CpuWindow {
+    pub container_percent: f64,
+    pub machine_idle_percent: f64,
+}
+
+/// The idle and iowait ticks of all CPUs together, from the `cpu` line of /proc/stat.
+fn machine_idle_ticks() -> Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("/proc/stat has no cpu line")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait ...
+    Ok(fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0))
 }

@@ -11,7 +11,7 @@
 //! scores, who the OOM killer took under a shared parent limit, and that a refused request
 //! left no stressor and no fault behind.
 
-use chaos_tests::accounting::{Accounting, CpuLock};
+use chaos_tests::accounting::{Accounting, CpuLock, CpuWindow};
 use chaos_tests::agent::state_dir;
 
 use std::path::{Path, PathBuf};
@@ -407,6 +407,26 @@ fn assert_near(what: &str, measured: f64, want: f64, tolerance: f64) {
     );
 }
 
+/// A fill's contract: the container's total at `want` within `tolerance`, never above it, and
+/// below it only when the machine had no spare CPU to give (other work on a busy machine
+/// takes its share first: a fresh-clone CI beside four builds measured 30.68 % for a 50 %
+/// fill with the machine saturated). Precision figures belong to bench/resources.
+fn assert_fill_level(what: &str, window: CpuWindow, want: f64, tolerance: f64) {
+    let CpuWindow {
+        container_percent: measured,
+        machine_idle_percent: idle,
+    } = window;
+    assert!(
+        measured <= want + tolerance,
+        "{what}: measured {measured:.2}, above {want} + {tolerance}"
+    );
+    let shortfall = want - tolerance - measured;
+    assert!(
+        shortfall <= 0.0 || idle < shortfall + 10.0,
+        "{what}: measured {measured:.2}, want {want} ± {tolerance}, while the machine had {idle:.1} % of a core idle"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cpu_fill_holds_an_idle_one_cpu_container_at_half_and_stops_at_the_deadline() -> Result<()>
 {
@@ -431,11 +451,11 @@ async fn cpu_fill_holds_an_idle_one_cpu_container_at_half_and_stops_at_the_deadl
     assert_eq!(cpu_status(&fault).limit_cores, 1.0);
 
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let measured =
-        tokio::task::block_in_place(|| accounting.cpu_percent_over(Duration::from_secs(8)))?;
+    let window = tokio::task::block_in_place(|| accounting.cpu_window(Duration::from_secs(8)))?;
+    let measured = window.container_percent;
     let status = cpu_status(&get(&agent, &fault.id).await?);
-    println!("fill 50 %: cgroup measured {measured:.2} %, agent status {status:?}");
-    assert_near("container CPU", measured, 50.0, 3.0);
+    println!("fill 50 %: cgroup measured {window:?}, agent status {status:?}");
+    assert_fill_level("container CPU", window, 50.0, 3.0);
     assert_near(
         "agent's achieved_percent",
         status.achieved_percent,
@@ -494,13 +514,13 @@ async fn cpu_fill_tops_a_busy_container_up_to_seventy_percent() -> Result<()> {
     )
     .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let total =
-        tokio::task::block_in_place(|| accounting.cpu_percent_over(Duration::from_secs(8)))?;
+    let window = tokio::task::block_in_place(|| accounting.cpu_window(Duration::from_secs(8)))?;
+    let total = window.container_percent;
     let status = cpu_status(&get(&agent, &fill.id).await?);
-    println!("fill 70 % over a busy workload: total {total:.2} %, status {status:?}");
+    println!("fill 70 % over a busy workload: {window:?}, status {status:?}");
     // The contract is the container's total; how much of it the stressor supplies depends
     // on the workload (precision figures: bench/resources).
-    assert_near("container CPU", total, 70.0, 5.0);
+    assert_fill_level("container CPU", window, 70.0, 5.0);
     assert!(
         status.stressor_percent < total,
         "the fill did all the work: {status:?}"
@@ -513,12 +533,21 @@ async fn cpu_fill_tops_a_busy_container_up_to_seventy_percent() -> Result<()> {
             all: false,
         })
         .await?;
-    // The fill's share is gone: the container is back below the level the fill held
-    // (the workload alone may swing under emulation, so no tighter bound than that).
+    // The fill is gone: its stressor left the cgroup (the workload's processes stay), and
+    // when the fill had held its level, the container is back below it (the workload alone
+    // may swing under emulation, so no tighter bound than that).
+    let reverted = Instant::now();
+    while stressors_of(agent.pid()).iter().any(|p| alive(*p)) {
+        assert!(
+            reverted.elapsed() < chaos_tests::scaled(Duration::from_secs(2)),
+            "a stressor outlived the revert by 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let after =
         tokio::task::block_in_place(|| accounting.cpu_percent_over(Duration::from_secs(2)))?;
     assert!(
-        after < total - 10.0,
+        total < 65.0 || after < total - 10.0,
         "CPU after the revert {after:.2} %, with the fill {total:.2} %, the workload alone {background:.2} %"
     );
     Ok(())
