@@ -16,6 +16,7 @@ pub mod cpu;
 pub mod memory;
 pub mod network;
 pub mod process;
+pub mod target_watch;
 
 use std::time::Duration;
 
@@ -150,12 +151,14 @@ impl ActiveFault {
     ) -> Result<Prepared, AgentError> {
         match plan {
             FaultPlan::Cpu(plan) => {
-                let fault = cpu::CpuFault::prepare(
+                let mut fault = cpu::CpuFault::prepare(
                     plan,
                     &context.resolver.cgroups,
                     targets,
                     context.duration,
                 )?;
+                fault.watch =
+                    target_watch::TargetWatch::of(spec, targets, &context.resolver.procfs);
                 Ok(Prepared {
                     plan_summary: fault.summary(),
                     acts_on: Vec::new(),
@@ -163,7 +166,7 @@ impl ActiveFault {
                 })
             }
             FaultPlan::Memory(plan) => {
-                let fault = memory::MemoryFault::prepare(
+                let mut fault = memory::MemoryFault::prepare(
                     plan,
                     &context.resolver.cgroups,
                     context.resolver.procfs.root(),
@@ -171,6 +174,8 @@ impl ActiveFault {
                     targets,
                     context.duration,
                 )?;
+                fault.watch =
+                    target_watch::TargetWatch::of(spec, targets, &context.resolver.procfs);
                 Ok(Prepared {
                     plan_summary: fault.summary(),
                     acts_on: Vec::new(),
@@ -312,8 +317,20 @@ impl ActiveFault {
                 (None, None) => {}
             },
             ActiveFault::Network(_) | ActiveFault::Blackhole(_) => {}
-            ActiveFault::Cpu(c) => c.measure(),
-            ActiveFault::Memory(m) => m.measure(),
+            // A stressor outlives its container's task: once the target's init is gone,
+            // end the fault so the revert kills it (see target_watch).
+            ActiveFault::Cpu(c) => {
+                c.measure();
+                if let Some(why) = c.watch.gone() {
+                    return TickOutcome::Ended(why);
+                }
+            }
+            ActiveFault::Memory(m) => {
+                m.measure();
+                if let Some(why) = m.watch.gone() {
+                    return TickOutcome::Ended(why);
+                }
+            }
         }
         TickOutcome::Continue
     }

@@ -136,6 +136,8 @@ impl Registry {
         let mut next_tick =
             tokio::time::Instant::now() + interval.unwrap_or(Duration::from_secs(86_400 * 365));
         let (deadline, id) = (driver.deadline, driver.id.clone());
+        // Why a fault ended by itself, carried into its final message.
+        let mut detail = None;
         let reason = loop {
             // The round races the deadline and the stop: a round stuck in the runtime or
             // in /proc is dropped when either comes, so it never delays them.
@@ -152,6 +154,7 @@ impl Registry {
                     next_tick = next_tick.max(tokio::time::Instant::now());
                     if let TickOutcome::Ended(why) = outcome {
                         tracing::info!(fault = %id, why, "fault ended by itself");
+                        detail = Some(why);
                         break EndReason::TargetGone;
                     }
                 }
@@ -162,6 +165,7 @@ impl Registry {
             &id,
             Reverter::Live(Box::new(fault)),
             reason,
+            detail,
             done,
             retry_now,
         )
@@ -232,10 +236,15 @@ impl Registry {
         id: &str,
         mut reverter: Reverter,
         reason: EndReason,
+        detail: Option<String>,
         done: watch::Sender<Option<api::Fault>>,
         retry_now: Arc<Notify>,
     ) {
         let kind = reverter.kind();
+        let ended = match &detail {
+            Some(detail) => format!("{} ({detail})", reason.message()),
+            None => reason.message().to_string(),
+        };
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
@@ -260,8 +269,7 @@ impl Registry {
                 };
                 entry.view.state = api::FaultState::RevertPending as i32;
                 entry.view.message = format!(
-                    "{}, but putting the node back failed (attempt {attempt}, {} ms): {error}; retrying in {} s",
-                    reason.message(),
+                    "{ended}, but putting the node back failed (attempt {attempt}, {} ms): {error}; retrying in {} s",
                     started.elapsed().as_millis(),
                     wait.as_secs()
                 );
@@ -292,9 +300,9 @@ impl Registry {
             view.ended_unix_ms = unix_ms_now();
             view.state = reason.state() as i32;
             view.message = if attempt > 1 {
-                format!("{} (after {attempt} attempts)", reason.message())
+                format!("{ended} (after {attempt} attempts)")
             } else {
-                reason.message().to_string()
+                ended.clone()
             };
             for key in &entry.claims {
                 if state.claims.get(key).is_some_and(|holder| holder == id) {

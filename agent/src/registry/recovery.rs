@@ -120,6 +120,7 @@ impl Registry {
                         undo: record.undo,
                     },
                     EndReason::Recovered,
+                    None,
                     done_tx,
                     retry_now,
                 )
