@@ -317,22 +317,31 @@ impl ActiveFault {
                 (None, None) => {}
             },
             ActiveFault::Network(_) | ActiveFault::Blackhole(_) => {}
-            // A stressor outlives its container's task: once the target's init is gone,
-            // end the fault so the revert kills it (see target_watch).
-            ActiveFault::Cpu(c) => {
-                c.measure();
-                if let Some(why) = c.watch.gone() {
-                    return TickOutcome::Ended(why);
-                }
-            }
-            ActiveFault::Memory(m) => {
-                m.measure();
-                if let Some(why) = m.watch.gone() {
-                    return TickOutcome::Ended(why);
-                }
-            }
+            ActiveFault::Cpu(c) => c.measure(),
+            ActiveFault::Memory(m) => m.measure(),
         }
         TickOutcome::Continue
+    }
+
+    /// Whether the fault watches its targets' inits (see `target_watch`): the registry
+    /// then asks [`ActiveFault::target_gone`] often, apart from the status rounds.
+    pub fn watches_target(&self) -> bool {
+        match self {
+            ActiveFault::Cpu(c) => !c.watch.is_empty(),
+            ActiveFault::Memory(m) => !m.watch.is_empty(),
+            _ => false,
+        }
+    }
+
+    /// Why the fault has nothing left to act on, once a watched target's init exited: a
+    /// stressor outlives its container's task and must be killed before the runtime
+    /// removes (or reuses) the container's cgroup.
+    pub fn target_gone(&self) -> Option<String> {
+        match self {
+            ActiveFault::Cpu(c) => c.watch.gone(),
+            ActiveFault::Memory(m) => m.watch.gone(),
+            _ => None,
+        }
     }
 
     /// Puts the node back: continues stopped processes, restores qdiscs, kills

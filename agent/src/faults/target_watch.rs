@@ -6,7 +6,10 @@
 //! container's cgroup busy (runc cannot remove it) and, when the same container is started
 //! again (a new task in the same cgroup, as `ctr task start` or a runtime restart does), load
 //! the NEW task with the old fault. So the fault pins each target's init at inject through a
-//! pidfd and ends, as "target gone", once one of them has exited.
+//! pidfd and ends, as "target gone", once one of them has exited. The registry asks every
+//! `TARGET_POLL` (a poll(2) per init): runc removes a dead container's cgroup right after the
+//! exit and gives up after about 150 ms of EBUSY (its RemovePaths retries), leaving the
+//! cgroup behind for good if the stressor is still in it then.
 //!
 //! `cgroup:` targets are left out: the cgroup itself is the target there, and its oldest
 //! process may come and go while the cgroup lives on.
@@ -38,6 +41,10 @@ impl TargetWatch {
             })
             .collect();
         TargetWatch { inits }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inits.is_empty()
     }
 
     /// Why the fault has nothing left to act on, once a watched init has exited.

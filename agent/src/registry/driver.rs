@@ -20,6 +20,11 @@ use crate::validate::FaultPlan;
 /// longer counts as empty, and the next one starts afresh.
 const PERIODIC_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often a fault that watches its target's init asks whether it has exited (one
+/// poll(2) per init): well within the ~150 ms runc keeps retrying to remove a dead
+/// container's cgroup, which a stressor still inside would keep busy (see target_watch).
+const TARGET_POLL: Duration = Duration::from_millis(20);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndReason {
     Requested,
@@ -136,6 +141,7 @@ impl Registry {
         let mut next_tick =
             tokio::time::Instant::now() + interval.unwrap_or(Duration::from_secs(86_400 * 365));
         let (deadline, id) = (driver.deadline, driver.id.clone());
+        let watches_target = driver.fault.watches_target();
         // Why a fault ended by itself, carried into its final message.
         let mut detail = None;
         let reason = loop {
@@ -148,6 +154,15 @@ impl Registry {
             tokio::select! {
                 reason = &mut stop => break reason.unwrap_or(EndReason::Requested),
                 _ = tokio::time::sleep_until(deadline.into()) => break EndReason::Expired,
+                // Dropping the round here is harmless: a fault that watches its target
+                // (CPU, memory) has a round without an await point after its sleep.
+                _ = tokio::time::sleep(TARGET_POLL), if watches_target => {
+                    if let Some(why) = driver.fault.target_gone() {
+                        tracing::info!(fault = %id, why, "the fault's target is gone");
+                        detail = Some(why);
+                        break EndReason::TargetGone;
+                    }
+                }
                 outcome = round, if interval.is_some() => {
                     next_tick += interval.unwrap_or_default();
                     // A round that overran its interval: start the next one from now.
