@@ -21,8 +21,8 @@
 //!   network namespace, which a task's death or restart does not change; a removed pod whose
 //!   namespace is deleted counts as restored (revert and deadline).
 //!
-//! `host_*` tests run on this host's kernel (cgroup v1, no netem); `vm_*` need netem and are
-//! `#[ignore]`d here (they run in the VM suite).
+//! The tests without a prefix need no particular kernel: they run on the host (cgroup v1,
+//! no netem) and in the VM (cgroup v2). `vm_*` need netem and are `#[ignore]`d on the host.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -325,7 +325,7 @@ async fn stress_under_churn(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn host_a_cpu_fault_ends_when_its_container_is_killed_restarted_or_removed() -> Result<()> {
+async fn a_cpu_fault_ends_when_its_container_is_killed_restarted_or_removed() -> Result<()> {
     let _cpu = CpuLock::take()?;
     let (tls, state) = (make_certs()?, state_dir()?);
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
@@ -338,8 +338,7 @@ async fn host_a_cpu_fault_ends_when_its_container_is_killed_restarted_or_removed
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn host_a_memory_fault_ends_when_its_container_is_killed_restarted_or_removed() -> Result<()>
-{
+async fn a_memory_fault_ends_when_its_container_is_killed_restarted_or_removed() -> Result<()> {
     let (tls, state) = (make_certs()?, state_dir()?);
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
     for churn in churn::ALL {
@@ -353,8 +352,7 @@ async fn host_a_memory_fault_ends_when_its_container_is_killed_restarted_or_remo
 /// A held SIGSTOP under churn: the revert answers Reverted, a restarted task is never
 /// stopped; and a killed task's stop still ends at its deadline.
 #[tokio::test(flavor = "multi_thread")]
-async fn host_a_stop_fault_never_stops_the_restarted_task_and_reverts_after_any_churn() -> Result<()>
-{
+async fn a_stop_fault_never_stops_the_restarted_task_and_reverts_after_any_churn() -> Result<()> {
     let (tls, state) = (make_certs()?, state_dir()?);
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
     for churn in churn::ALL {
@@ -392,7 +390,8 @@ async fn host_a_stop_fault_never_stops_the_restarted_task_and_reverts_after_any_
             .map_err(|status| anyhow::anyhow!("{churn:?}: revert refused: {status:?}"))?;
         println!(
             "stop under {churn:?}: revert says {:?} {:?}",
-            reverted.state, reverted.message
+            state_name(&reverted),
+            reverted.message
         );
         ensure!(
             reverted.state == api::FaultState::Reverted as i32,
@@ -438,8 +437,7 @@ fn signalled_pids(fault: &api::Fault) -> Vec<(u32, bool)> {
 /// target is pinned: it ends as target gone with its process, and the new task's processes
 /// are left alone.
 #[tokio::test(flavor = "multi_thread")]
-async fn host_a_repeating_kill_follows_a_container_target_and_ends_with_a_pid_target() -> Result<()>
-{
+async fn a_repeating_kill_follows_a_container_target_and_ends_with_a_pid_target() -> Result<()> {
     let (tls, state) = (make_certs()?, state_dir()?);
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
     let looping = ["/bin/sh", "-c", "while :; do sleep 3600; done"];
@@ -484,7 +482,8 @@ async fn host_a_repeating_kill_follows_a_container_target_and_ends_with_a_pid_ta
             .map_err(|status| anyhow::anyhow!("{churn:?}: revert refused: {status:?}"))?;
         println!(
             "repeating kill under {churn:?}: revert says {:?} {:?}",
-            reverted.state, reverted.message
+            state_name(&reverted),
+            reverted.message
         );
         ensure!(
             reverted.state == api::FaultState::Reverted as i32,
@@ -624,7 +623,7 @@ async fn network_under_churn(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn host_a_tbf_rate_limit_under_churn_is_restored_or_counted_gone() -> Result<()> {
+async fn a_tbf_rate_limit_under_churn_is_restored_or_counted_gone() -> Result<()> {
     let (tls, state) = (make_certs()?, state_dir()?);
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
     network_under_churn(&agent, state.path(), rate_fault, "tbf ca05: root").await
