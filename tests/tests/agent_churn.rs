@@ -570,8 +570,10 @@ async fn network_under_churn(
             spec.netns = Some(netns.path());
             let target = TestContainer::start(spec)?;
             churn::wait_exec(&target)?;
+            // Scaled: under the VM's emulation the churn alone (ctr) takes seconds, and the
+            // fault must still hold when it is done.
             let duration = if by_deadline {
-                Duration::from_secs(4)
+                scaled(Duration::from_secs(4))
             } else {
                 Duration::from_secs(60)
             };
@@ -590,7 +592,12 @@ async fn network_under_churn(
                 Some(netns)
             };
             let ended = if by_deadline {
-                wait_ended(agent, &injected.id, scaled(Duration::from_secs(10))).await?
+                wait_ended(
+                    agent,
+                    &injected.id,
+                    duration + scaled(Duration::from_secs(6)),
+                )
+                .await?
             } else {
                 revert(agent, &injected.id)
                     .await?
