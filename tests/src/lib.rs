@@ -1,5 +1,6 @@
 pub mod accounting;
 pub mod agent;
+pub mod churn;
 pub mod command;
 pub mod containerd;
 pub mod https_server;

@@ -10,6 +10,7 @@ use chaos_cgroup::{CgroupFs, CpuLimit, ProcessCgroup};
 use chaos_proto::api;
 
 use crate::error::AgentError;
+use crate::faults::target_watch::TargetWatch;
 use crate::journal::Undo;
 use crate::resolve::Resolved;
 use crate::stressor::{self, Stressor, StressorRequest};
@@ -41,6 +42,8 @@ pub struct CpuFault {
     targets: Vec<CpuTarget>,
     stressors: Vec<Stressor>,
     pub status: api::CpuStatus,
+    /// The targets' inits; set by `ActiveFault::prepare`, empty for `cgroup:` targets.
+    pub watch: TargetWatch,
 }
 
 /// The stressor's `--mode` argument.
@@ -144,6 +147,7 @@ impl CpuFault {
             },
             targets: cpu_targets,
             stressors: Vec::new(),
+            watch: TargetWatch::default(),
         })
     }
 

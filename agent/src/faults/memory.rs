@@ -17,6 +17,7 @@ use chaos_cgroup::{CgroupFs, MemoryLimit, ProcessCgroup};
 use chaos_proto::api;
 
 use crate::error::AgentError;
+use crate::faults::target_watch::TargetWatch;
 use crate::journal::Undo;
 use crate::metrics::Metrics;
 use crate::resolve::Resolved;
@@ -44,6 +45,8 @@ pub struct MemoryFault {
     targets: Vec<MemoryTarget>,
     stressors: Vec<Stressor>,
     pub status: api::MemoryStatus,
+    /// The targets' inits; set by `ActiveFault::prepare`, empty for `cgroup:` targets.
+    pub watch: TargetWatch,
 }
 
 const PAGE: u64 = 4096;
@@ -244,6 +247,7 @@ impl MemoryFault {
             },
             targets: memory_targets,
             stressors: Vec::new(),
+            watch: TargetWatch::default(),
         })
     }
 

@@ -16,6 +16,7 @@ pub mod cpu;
 pub mod memory;
 pub mod network;
 pub mod process;
+pub mod target_watch;
 
 use std::time::Duration;
 
@@ -150,12 +151,14 @@ impl ActiveFault {
     ) -> Result<Prepared, AgentError> {
         match plan {
             FaultPlan::Cpu(plan) => {
-                let fault = cpu::CpuFault::prepare(
+                let mut fault = cpu::CpuFault::prepare(
                     plan,
                     &context.resolver.cgroups,
                     targets,
                     context.duration,
                 )?;
+                fault.watch =
+                    target_watch::TargetWatch::of(spec, targets, &context.resolver.procfs);
                 Ok(Prepared {
                     plan_summary: fault.summary(),
                     acts_on: Vec::new(),
@@ -163,7 +166,7 @@ impl ActiveFault {
                 })
             }
             FaultPlan::Memory(plan) => {
-                let fault = memory::MemoryFault::prepare(
+                let mut fault = memory::MemoryFault::prepare(
                     plan,
                     &context.resolver.cgroups,
                     context.resolver.procfs.root(),
@@ -171,6 +174,8 @@ impl ActiveFault {
                     targets,
                     context.duration,
                 )?;
+                fault.watch =
+                    target_watch::TargetWatch::of(spec, targets, &context.resolver.procfs);
                 Ok(Prepared {
                     plan_summary: fault.summary(),
                     acts_on: Vec::new(),
@@ -316,6 +321,27 @@ impl ActiveFault {
             ActiveFault::Memory(m) => m.measure(),
         }
         TickOutcome::Continue
+    }
+
+    /// Whether the fault watches its targets' inits (see `target_watch`): the registry
+    /// then asks [`ActiveFault::target_gone`] often, apart from the status rounds.
+    pub fn watches_target(&self) -> bool {
+        match self {
+            ActiveFault::Cpu(c) => !c.watch.is_empty(),
+            ActiveFault::Memory(m) => !m.watch.is_empty(),
+            _ => false,
+        }
+    }
+
+    /// Why the fault has nothing left to act on, once a watched target's init exited: a
+    /// stressor outlives its container's task and must be killed before the runtime
+    /// removes (or reuses) the container's cgroup.
+    pub fn target_gone(&self) -> Option<String> {
+        match self {
+            ActiveFault::Cpu(c) => c.watch.gone(),
+            ActiveFault::Memory(m) => m.watch.gone(),
+            _ => None,
+        }
     }
 
     /// Puts the node back: continues stopped processes, restores qdiscs, kills

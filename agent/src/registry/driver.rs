@@ -20,6 +20,11 @@ use crate::validate::FaultPlan;
 /// longer counts as empty, and the next one starts afresh.
 const PERIODIC_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often a fault that watches its target's init asks whether it has exited (one
+/// poll(2) per init): well within the ~150 ms runc keeps retrying to remove a dead
+/// container's cgroup, which a stressor still inside would keep busy (see target_watch).
+const TARGET_POLL: Duration = Duration::from_millis(20);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndReason {
     Requested,
@@ -136,6 +141,9 @@ impl Registry {
         let mut next_tick =
             tokio::time::Instant::now() + interval.unwrap_or(Duration::from_secs(86_400 * 365));
         let (deadline, id) = (driver.deadline, driver.id.clone());
+        let watches_target = driver.fault.watches_target();
+        // Why a fault ended by itself, carried into its final message.
+        let mut detail = None;
         let reason = loop {
             // The round races the deadline and the stop: a round stuck in the runtime or
             // in /proc is dropped when either comes, so it never delays them.
@@ -146,12 +154,22 @@ impl Registry {
             tokio::select! {
                 reason = &mut stop => break reason.unwrap_or(EndReason::Requested),
                 _ = tokio::time::sleep_until(deadline.into()) => break EndReason::Expired,
+                // Dropping the round here is harmless: a fault that watches its target
+                // (CPU, memory) has a round without an await point after its sleep.
+                _ = tokio::time::sleep(TARGET_POLL), if watches_target => {
+                    if let Some(why) = driver.fault.target_gone() {
+                        tracing::info!(fault = %id, why, "the fault's target is gone");
+                        detail = Some(why);
+                        break EndReason::TargetGone;
+                    }
+                }
                 outcome = round, if interval.is_some() => {
                     next_tick += interval.unwrap_or_default();
                     // A round that overran its interval: start the next one from now.
                     next_tick = next_tick.max(tokio::time::Instant::now());
                     if let TickOutcome::Ended(why) = outcome {
                         tracing::info!(fault = %id, why, "fault ended by itself");
+                        detail = Some(why);
                         break EndReason::TargetGone;
                     }
                 }
@@ -162,6 +180,7 @@ impl Registry {
             &id,
             Reverter::Live(Box::new(fault)),
             reason,
+            detail,
             done,
             retry_now,
         )
@@ -232,10 +251,15 @@ impl Registry {
         id: &str,
         mut reverter: Reverter,
         reason: EndReason,
+        detail: Option<String>,
         done: watch::Sender<Option<api::Fault>>,
         retry_now: Arc<Notify>,
     ) {
         let kind = reverter.kind();
+        let ended = match &detail {
+            Some(detail) => format!("{} ({detail})", reason.message()),
+            None => reason.message().to_string(),
+        };
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
@@ -260,8 +284,7 @@ impl Registry {
                 };
                 entry.view.state = api::FaultState::RevertPending as i32;
                 entry.view.message = format!(
-                    "{}, but putting the node back failed (attempt {attempt}, {} ms): {error}; retrying in {} s",
-                    reason.message(),
+                    "{ended}, but putting the node back failed (attempt {attempt}, {} ms): {error}; retrying in {} s",
                     started.elapsed().as_millis(),
                     wait.as_secs()
                 );
@@ -292,9 +315,9 @@ impl Registry {
             view.ended_unix_ms = unix_ms_now();
             view.state = reason.state() as i32;
             view.message = if attempt > 1 {
-                format!("{} (after {attempt} attempts)", reason.message())
+                format!("{ended} (after {attempt} attempts)")
             } else {
-                reason.message().to_string()
+                ended.clone()
             };
             for key in &entry.claims {
                 if state.claims.get(key).is_some_and(|holder| holder == id) {

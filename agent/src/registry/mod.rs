@@ -540,6 +540,7 @@ impl Registry {
                     &id,
                     driver::Reverter::Live(Box::new(fault)),
                     EndReason::ApplyFailed,
+                    None,
                     done_tx,
                     retry_now,
                 )

@@ -131,6 +131,7 @@ impl Registry {
                         undo: record.undo,
                     },
                     EndReason::Recovered,
+                    None,
                     done_tx,
                     retry_now,
                 )
