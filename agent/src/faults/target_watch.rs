@@ -26,8 +26,9 @@ pub struct TargetWatch {
 }
 
 impl TargetWatch {
-    /// Pins the init of every target. An init that has already exited (or whose pid was
-    /// reused) is the target gone before the fault began: watched as exited.
+    /// Pins the init of every target. An init that cannot be pinned (it exited, or its pid
+    /// was reused, between the resolution and here) is not watched: the fault then ends at
+    /// its deadline or revert, as before this watch existed.
     pub fn of(spec: &TargetSpec, targets: &[Resolved], procfs: &Procfs) -> TargetWatch {
         if matches!(spec, TargetSpec::Cgroup(_)) {
             return TargetWatch::default();
