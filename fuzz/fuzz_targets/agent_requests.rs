@@ -62,7 +62,11 @@ fn check_fault_id(id: &str) {
     // Ids name journal entries: `f-` and 16 lowercase hex digits, nothing path-like.
     assert_eq!(id.len(), 18);
     assert!(id.starts_with("f-"));
-    assert!(id[2..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    assert!(
+        id[2..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    );
 }
 
 fn check_holder(holder: &str) {
@@ -72,7 +76,10 @@ fn check_holder(holder: &str) {
 
 fn check_inject(req: &api::InjectRequest, valid: &ValidInject, limits: &Limits) {
     // The target is what the request names, and prints back to itself.
-    assert_eq!(TargetSpec::parse(&valid.target.to_string()).ok().as_ref(), Some(&valid.target));
+    assert_eq!(
+        TargetSpec::parse(&valid.target.to_string()).ok().as_ref(),
+        Some(&valid.target)
+    );
     assert_eq!(valid.duration, Duration::from_millis(req.duration_ms));
     assert!(valid.duration <= limits.max_duration);
     // Every fault that holds state ends at a deadline; only a single kill has none.
@@ -113,16 +120,28 @@ fn check_inject(req: &api::InjectRequest, valid: &ValidInject, limits: &Limits) 
             assert!(!m.allow_node_memory || matches!(m.amount, MemoryAmount::PercentOfLimit(_)));
         }
         FaultPlan::Network(plan) => {
-            assert!(plan.destinations.iter().all(|c| c.addr.is_ipv4() && c.prefix <= 32));
-            assert!(plan.exclude_destinations.iter().all(|c| c.addr.is_ipv4() && c.prefix <= 32));
+            assert!(
+                plan.destinations
+                    .iter()
+                    .all(|c| c.addr.is_ipv4() && c.prefix <= 32)
+            );
+            assert!(
+                plan.exclude_destinations
+                    .iter()
+                    .all(|c| c.addr.is_ipv4() && c.prefix <= 32)
+            );
             assert!(plan.request.ports.iter().all(|p| (1..=65535).contains(p)));
-            assert!(plan.request.exclude_ports.iter().all(|p| (1..=65535).contains(p)));
+            assert!(
+                plan.request
+                    .exclude_ports
+                    .iter()
+                    .all(|p| (1..=65535).contains(p))
+            );
             assert!(plan.request.interface.len() <= 15);
             let mut request = network_request(plan);
-            request
-                .impairment
-                .options()
-                .unwrap_or_else(|e| panic!("accepted {:?}, whose qdisc options fail: {e}", plan.request));
+            request.impairment.options().unwrap_or_else(|e| {
+                panic!("accepted {:?}, whose qdisc options fail: {e}", plan.request)
+            });
             check_classifier(&request.classifier);
             // As prepare does on the node's namespace.
             request.keep_reachable(limits.agent_port);
@@ -133,7 +152,10 @@ fn check_inject(req: &api::InjectRequest, valid: &ValidInject, limits: &Limits) 
             assert!(plan.ports.iter().all(|p| *p > 0));
             assert!(plan.interface.len() <= 15);
             let mut request = blackhole_request(plan);
-            request.impairment.options().expect("blackhole qdisc options");
+            request
+                .impairment
+                .options()
+                .expect("blackhole qdisc options");
             check_classifier(&request.classifier);
             request.keep_reachable(limits.agent_port);
             check_classifier(&request.classifier);

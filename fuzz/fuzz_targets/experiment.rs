@@ -24,7 +24,11 @@ fuzz_target!(|text: &str| {
         for target in &step.target.targets {
             let request =
                 chaosctl::request::inject_request(step, target, None, &HashMap::new(), false);
-            assert!(request.fault.is_some(), "step `{}` makes no fault", step.name);
+            assert!(
+                request.fault.is_some(),
+                "step `{}` makes no fault",
+                step.name
+            );
         }
     }
 });

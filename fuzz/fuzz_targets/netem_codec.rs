@@ -8,8 +8,8 @@
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
-use chaos_netem::codec::{self, NetemSpec, percent_to_probability};
 use chaos_netem::Distribution;
+use chaos_netem::codec::{self, NetemSpec, percent_to_probability};
 use libfuzzer_sys::fuzz_target;
 
 /// A percentage: mostly in range (what validation lets through), sometimes anything.
@@ -55,7 +55,13 @@ struct SpecInput {
 impl SpecInput {
     fn spec(&self) -> NetemSpec {
         // Most real delays are below a minute; keep the fuzzer in that range half the time.
-        let time = |us: u64| if self.small_times { us % 120_000_000 } else { us };
+        let time = |us: u64| {
+            if self.small_times {
+                us % 120_000_000
+            } else {
+                us
+            }
+        };
         NetemSpec {
             delay_us: time(self.delay_us),
             jitter_us: time(self.jitter_us),
@@ -99,7 +105,10 @@ fn on_the_wire(spec: &NetemSpec) -> (Vec<u64>, Vec<u32>, Option<Distribution>) {
             spec.rate_bytes_per_sec,
             u64::from(spec.limit_packets),
         ],
-        percents.iter().map(|p| percent_to_probability(*p)).collect(),
+        percents
+            .iter()
+            .map(|p| percent_to_probability(*p))
+            .collect(),
         spec.distribution,
     )
 }
@@ -131,5 +140,9 @@ fuzz_target!(|data: &[u8]| {
         decoded.unmodelled_attribute_kinds
     );
     assert_eq!(on_the_wire(&decoded.spec), on_the_wire(&spec), "{spec:?}");
-    assert_eq!(codec::encode(&decoded.spec).as_ref(), Ok(&bytes), "{spec:?}");
+    assert_eq!(
+        codec::encode(&decoded.spec).as_ref(),
+        Ok(&bytes),
+        "{spec:?}"
+    );
 });

@@ -10,8 +10,9 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|text: &str| {
     if let Ok(spec) = TargetSpec::parse(text) {
         let shown = spec.to_string();
-        let again = TargetSpec::parse(&shown)
-            .unwrap_or_else(|e| panic!("{text:?} parsed to {spec:?}, whose {shown:?} is refused: {e}"));
+        let again = TargetSpec::parse(&shown).unwrap_or_else(|e| {
+            panic!("{text:?} parsed to {spec:?}, whose {shown:?} is refused: {e}")
+        });
         assert_eq!(again, spec, "{text:?} -> {shown:?} does not round-trip");
         match &spec {
             TargetSpec::Pid(pid) => assert!(*pid > 0),

@@ -29,7 +29,11 @@ struct MatchInput {
 }
 
 fn end(source: bool) -> End {
-    if source { End::Source } else { End::Destination }
+    if source {
+        End::Source
+    } else {
+        End::Destination
+    }
 }
 
 fn check_round_trip(selector: &Selector) {
@@ -74,15 +78,25 @@ fuzz_target!(|data: &[u8]| {
     }
     check_round_trip(&selector);
     let sel_bytes = selector.encode(TC_U32_TERMINAL);
-    assert!(contains(&classify_options(&selector, input.classid), &sel_bytes));
-    assert!(contains(&redirect_options(&selector, input.ifindex), &sel_bytes));
+    assert!(contains(
+        &classify_options(&selector, input.classid),
+        &sel_bytes
+    ));
+    assert!(contains(
+        &redirect_options(&selector, input.ifindex),
+        &sel_bytes
+    ));
 
     let mut merged = Selector::default();
     for (off, mask, value) in input.keys.iter().take(usize::from(u8::MAX)) {
         let before = merged.clone();
         match merged.add(*off, *mask, *value) {
             Ok(()) => {
-                let key = merged.keys.iter().find(|k| k.off == *off).expect("added key");
+                let key = merged
+                    .keys
+                    .iter()
+                    .find(|k| k.off == *off)
+                    .expect("added key");
                 assert_eq!(key.value & mask, value & mask);
                 assert_eq!(key.value & !key.mask, 0);
             }
