@@ -156,6 +156,15 @@ fn parse_cgroup(path: &str) -> Result<TargetSpec, AgentError> {
             "cgroup `/` is the whole node; name a container's cgroup",
         ));
     }
+    // `/a \n/` would act on the cgroup `/a \n` but print as `cgroup:/a \n`, which parses
+    // (trimmed) as `/a`: the fault's reported target would name another cgroup (found by
+    // the fuzz targets agent_requests and target_string).
+    if trimmed.ends_with(char::is_whitespace) {
+        return Err(AgentError::invalid(
+            FIELD,
+            format!("cgroup path `{path}` must not end in whitespace"),
+        ));
+    }
     Ok(TargetSpec::Cgroup(trimmed.to_string()))
 }
 
@@ -259,5 +268,22 @@ mod tests {
         assert!(invalid_reason("cgroup:relative").contains("absolute"));
         assert!(invalid_reason("cgroup:/a/../b").contains(".."));
         assert!(invalid_reason("cgroup:/").contains("whole node"));
+    }
+
+    /// Found by the fuzz targets: a cgroup path ending in whitespace before its last `/`
+    /// printed as a target that parses to another cgroup.
+    #[test]
+    fn a_cgroup_path_ending_in_whitespace_is_refused() {
+        for text in [
+            "cgroup:/*\n/",
+            "cgroup:/kubepOs/d/cuj\x0c\n/",
+            "cgroup:/a /",
+            "cgroup:/a\t//",
+        ] {
+            assert!(invalid_reason(text).contains("whitespace"), "{text:?}");
+        }
+        // Inside a path, whitespace is a cgroup name's own and prints back as it is.
+        let inner = TargetSpec::parse("cgroup:/a b/c").unwrap();
+        assert_eq!(TargetSpec::parse(&inner.to_string()).unwrap(), inner);
     }
 }

@@ -774,6 +774,14 @@ pub fn validate_pod_namespace_filter(ns: &str) -> Result<(), AgentError> {
     if ns.is_empty() {
         return Ok(());
     }
+    // A `/` would be read as the pod target's next part: `a/b` made `pod:a/b/x`, a valid
+    // target, and was accepted as a namespace (found by fuzz/fuzz_targets/agent_requests.rs).
+    if ns.contains('/') {
+        return Err(AgentError::invalid(
+            "pod_namespace",
+            format!("`{ns}` is not a valid namespace"),
+        ));
+    }
     TargetSpec::parse(&format!("pod:{ns}/x"))
         .map(|_| ())
         .map_err(|_| {
@@ -1369,6 +1377,19 @@ mod tests {
         ));
         assert!(validate_pod_namespace_filter("").is_ok());
         assert!(validate_pod_namespace_filter("dev").is_ok());
+        // Found by fuzz/fuzz_targets/agent_requests.rs: `ns/name` made a valid pod target.
+        for with_slash in ["sod-syst-system/node-x", "dev/web", "dev/"] {
+            assert!(
+                matches!(
+                    validate_pod_namespace_filter(with_slash),
+                    Err(AgentError::InvalidArgument {
+                        field: "pod_namespace",
+                        ..
+                    })
+                ),
+                "{with_slash}"
+            );
+        }
         assert!(matches!(
             validate_pod_namespace_filter("Dev"),
             Err(AgentError::InvalidArgument {

@@ -377,12 +377,14 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        // The star first: a `*` in the pattern is a wildcard even where the text has a `*`
+        // (found by the target_string fuzz target: `*` did not match `*x`).
+        if pi < p.len() && p[pi] == '*' {
             star = Some((pi, ti));
             pi += 1;
+        } else if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
         } else if let Some((sp, st)) = star {
             pi = sp + 1;
             ti = st + 1;
@@ -504,6 +506,17 @@ mod tests {
         assert!(glob("*", ""));
         assert!(!glob("web-?", "web-10"));
         assert!(!glob("db-*", "web-0"));
+    }
+
+    /// Found by fuzz/fuzz_targets/target_string.rs: a pattern's `*` met a `*` in the
+    /// text, was taken as that literal character and never backtracked.
+    #[test]
+    fn a_star_stays_a_wildcard_where_the_text_has_a_star() {
+        assert!(glob("*", "*\n%%"));
+        assert!(glob("*", "*x"));
+        assert!(glob("a*", "a*b"));
+        assert!(glob("*b", "*ab"));
+        assert!(!glob("*c", "*ab"));
     }
 
     #[test]

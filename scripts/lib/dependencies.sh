@@ -52,9 +52,22 @@ check_rust_tools() {
     echo "$(cargo --version); $(cargo nextest --version | head -n 1)"
 }
 
+# cargo-fuzz (the fuzz smoke stage): from crates.io, pinned, built against its lock file.
+cargo_fuzz_version=0.13.1
+
+install_cargo_fuzz() {
+    if [ "$(cargo fuzz --version 2>/dev/null)" = "cargo-fuzz $cargo_fuzz_version" ]; then
+        echo "cargo-fuzz $cargo_fuzz_version present"
+        return 0
+    fi
+    echo "cargo-fuzz $cargo_fuzz_version missing: cargo install --locked"
+    cargo install --locked cargo-fuzz --version "$cargo_fuzz_version"
+}
+
 install_dependencies() {
     [ "$(id -u)" = 0 ] || { echo "scripts/test must run as root (containers, netns, cgroups)" >&2; return 1; }
     check_rust_tools
     install_debian_packages
     install_python_packages
+    install_cargo_fuzz
 }
