@@ -132,6 +132,16 @@ pub struct CpuWindow {
     pub machine_idle_percent: f64,
 }
 
+impl CpuWindow {
+    /// Whether the container reached `floor`, or the machine had no CPU to give it: a
+    /// shortfall counts only when the machine left more idle than the shortfall (plus 10
+    /// points of measuring noise) in the same window.
+    pub fn reached_or_machine_busy(&self, floor: f64) -> bool {
+        let shortfall = floor - self.container_percent;
+        shortfall <= 0.0 || self.machine_idle_percent < shortfall + 10.0
+    }
+}
+
 /// The idle and iowait ticks of all CPUs together, from the `cpu` line of /proc/stat.
 fn machine_idle_ticks() -> Result<u64> {
     let stat = std::fs::read_to_string("/proc/stat")?;
