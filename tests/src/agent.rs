@@ -337,6 +337,19 @@ impl Drop for TestAgent {
     }
 }
 
+/// Injects `request` and returns the fault the agent answered with.
+pub async fn inject_fault(
+    client: &mut AgentClient<Channel>,
+    request: chaos_proto::api::InjectRequest,
+) -> Result<chaos_proto::api::Fault> {
+    client
+        .inject(request)
+        .await?
+        .into_inner()
+        .fault
+        .context("no fault in the answer")
+}
+
 /// A minimal HTTP/1.0 GET on loopback, returning status code and body.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;

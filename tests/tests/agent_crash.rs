@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use chaos_proto::api::{self, agent_client::AgentClient};
-use chaos_tests::agent::{TestAgent, binary, make_certs, state_dir};
+use chaos_tests::agent::{TestAgent, binary, inject_fault, make_certs, state_dir};
 use chaos_tests::command::run_bounded;
 use chaos_tests::containerd::{ContainerSpec, TestContainer, cgroup_memberships_of_pid};
 use chaos_tests::netns::TestNetns;
@@ -112,18 +112,6 @@ fn request(target: &str, fault: api::inject_request::Fault) -> api::InjectReques
     }
 }
 
-async fn inject(
-    client: &mut AgentClient<Channel>,
-    request: api::InjectRequest,
-) -> Result<api::Fault> {
-    client
-        .inject(request)
-        .await?
-        .into_inner()
-        .fault
-        .context("no fault in the answer")
-}
-
 async fn revert(client: &mut AgentClient<Channel>, id: &str) -> Result<()> {
     client
         .revert(api::RevertRequest {
@@ -184,7 +172,7 @@ async fn measure_windows(rig: &dyn Rig, agent: &TestAgent, state: &Path) -> Resu
     for _ in 0..WINDOW_ROUNDS {
         for spec in rig.faults() {
             let started = Instant::now();
-            let fault = inject(&mut client, spec.request)
+            let fault = inject_fault(&mut client, spec.request)
                 .await
                 .with_context(|| format!("measuring the {} inject", spec.name))?;
             injects
@@ -313,7 +301,7 @@ async fn trial(
         if matches!(plan, Plan::Inject) && index == chosen {
             continue;
         }
-        let fault = inject(&mut client, spec.request.clone())
+        let fault = inject_fault(&mut client, spec.request.clone())
             .await
             .with_context(|| format!("injecting {}", spec.name))?;
         held.insert(spec.name, fault.id);
@@ -327,7 +315,7 @@ async fn trial(
             let mut other = agent.client().await?;
             let request = faults[chosen].request.clone();
             in_flight = Some(tokio::spawn(async move {
-                inject(&mut other, request).await.map(|_| ())
+                inject_fault(&mut other, request).await.map(|_| ())
             }));
             rng.delay(windows.inject[chosen_name].mul_f64(WINDOW_STRETCH))
         }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use chaos_proto::api::{self, agent_client::AgentClient};
-use chaos_tests::agent::{AgentOptions, TestAgent, journal_len, make_certs, state_dir};
+use chaos_tests::agent::{
+    AgentOptions, TestAgent, inject_fault, journal_len, make_certs, state_dir,
+};
 use chaos_tests::containerd::{CONTAINERD_SOCKET, ContainerSpec, TestContainer};
 use chaos_tests::process::state as process_state;
 use chaos_tests::process::{HostProcess, first_child};
@@ -67,18 +69,6 @@ fn memory(target: &str, bytes: u64, duration: Duration) -> api::InjectRequest {
         })),
         ..Default::default()
     }
-}
-
-async fn inject(
-    client: &mut AgentClient<Channel>,
-    request: api::InjectRequest,
-) -> Result<api::Fault> {
-    client
-        .inject(request)
-        .await?
-        .into_inner()
-        .fault
-        .context("no fault in the answer")
 }
 
 async fn get(client: &mut AgentClient<Channel>, id: &str) -> Result<api::Fault> {
@@ -155,7 +145,7 @@ async fn a_stop_is_held_until_the_fault_ends_and_every_end_continues_the_process
     assert!(status.message().contains("SIGCONT"), "{status}");
 
     // The deadline.
-    let fault = inject(
+    let fault = inject_fault(
         &mut client,
         signal(&target, "STOP", Duration::ZERO, Duration::from_secs(2)),
     )
@@ -188,7 +178,7 @@ async fn a_stop_is_held_until_the_fault_ends_and_every_end_continues_the_process
     assert_eq!(journal_len(state.path()), 0);
 
     // A revert; the status reads the stop back.
-    let fault = inject(
+    let fault = inject_fault(
         &mut client,
         signal(&target, "STOP", Duration::ZERO, Duration::from_secs(60)),
     )
@@ -208,7 +198,7 @@ async fn a_stop_is_held_until_the_fault_ends_and_every_end_continues_the_process
         holder: "gone-controller".into(),
         ttl_ms: 800,
     });
-    inject(&mut client, leased).await?;
+    inject_fault(&mut client, leased).await?;
     wait_until("stopped", Duration::from_secs(5), || stopped(pid))?;
     wait_until(
         "continued when the lease lapsed",
@@ -217,7 +207,7 @@ async fn a_stop_is_held_until_the_fault_ends_and_every_end_continues_the_process
     )?;
 
     // SIGTERM.
-    inject(
+    inject_fault(
         &mut client,
         signal(&target, "STOP", Duration::ZERO, Duration::from_secs(60)),
     )
@@ -231,7 +221,7 @@ async fn a_stop_is_held_until_the_fault_ends_and_every_end_continues_the_process
     // A crash, then the replay at the next start.
     let mut agent = TestAgent::start(options(tls.path(), state.path(), &[]))?;
     let mut client = agent.client().await?;
-    inject(
+    inject_fault(
         &mut client,
         signal(&target, "STOP", Duration::ZERO, Duration::from_secs(60)),
     )
@@ -281,7 +271,7 @@ async fn a_repeating_kill_of_a_pid_never_reaches_the_process_that_reuses_it() ->
     let mut client = agent.client().await?;
     let mut first = HostProcess::sleep()?;
     let pid = first.pid();
-    let fault = inject(
+    let fault = inject_fault(
         &mut client,
         signal(
             &format!("pid:{pid}"),
@@ -462,7 +452,7 @@ async fn host_a_revert_that_fails_is_retried_until_it_succeeds_and_stays_visible
         ..ContainerSpec::pod("shop", "frozen-0", "app")
     })?;
     let freezer = Freezer::of(&container)?;
-    let fault = inject(
+    let fault = inject_fault(
         &mut client,
         cpu(&container.target(), 20, 1, Duration::from_secs(120)),
     )
@@ -541,7 +531,7 @@ async fn one_cpu_and_one_memory_fault_per_container_within_the_thread_budget() -
         cpus: Some(1.0),
         ..ContainerSpec::pod("shop", "claims-b", "app")
     })?;
-    let first = inject(
+    let first = inject_fault(
         &mut client,
         cpu(&a.target(), 10, 1, Duration::from_secs(60)),
     )
@@ -556,7 +546,7 @@ async fn one_cpu_and_one_memory_fault_per_container_within_the_thread_budget() -
         assert!(status.message().contains(&first.id), "{form}: {status}");
     }
     // Another kind is another claim; that takes the second thread of the budget.
-    let held = inject(
+    let held = inject_fault(
         &mut client,
         memory(&a.target(), 8 << 20, Duration::from_secs(60)),
     )
@@ -572,7 +562,7 @@ async fn one_cpu_and_one_memory_fault_per_container_within_the_thread_budget() -
     );
     // Ending a fault frees its claim and its threads.
     revert(&mut client, &first.id).await?;
-    let again = inject(
+    let again = inject_fault(
         &mut client,
         cpu(&b.target(), 10, 1, Duration::from_secs(60)),
     )
@@ -592,7 +582,7 @@ async fn one_stop_per_container_and_the_processes_stay_stopped_until_it_ends() -
     let mut client = agent.client().await?;
     let container = TestContainer::start(ContainerSpec::pod("shop", "stop-claim", "app"))?;
     let pid = container.pid()?;
-    let stop = inject(
+    let stop = inject_fault(
         &mut client,
         signal(
             &container.target(),
@@ -628,7 +618,7 @@ async fn one_stop_per_container_and_the_processes_stay_stopped_until_it_ends() -
         );
     }
     // A signal that stops nothing holds nothing and is no claim (SIGWINCH: ignored by default).
-    inject(
+    inject_fault(
         &mut client,
         signal(
             &container.target(),
@@ -647,7 +637,7 @@ async fn one_stop_per_container_and_the_processes_stay_stopped_until_it_ends() -
         !stopped(pid)
     })?;
     // Its claim ended with it.
-    let again = inject(
+    let again = inject_fault(
         &mut client,
         signal(
             &container.target(),
@@ -753,7 +743,7 @@ async fn a_wedged_runtime_delays_neither_a_revert_nor_a_deadline() -> Result<()>
     let mut client = agent.client().await?;
     let container = TestContainer::start(ContainerSpec::pod("shop", "wedge-0", "app"))?;
     // CONT is harmless to a running process: rounds that find their target do nothing.
-    let by_revert = inject(
+    let by_revert = inject_fault(
         &mut client,
         signal(
             &container.target(),
@@ -763,7 +753,7 @@ async fn a_wedged_runtime_delays_neither_a_revert_nor_a_deadline() -> Result<()>
         ),
     )
     .await?;
-    let by_deadline = inject(
+    let by_deadline = inject_fault(
         &mut client,
         signal(
             &container.pod_target(),
