@@ -73,13 +73,7 @@ fn dry_run(mut request: api::InjectRequest) -> api::InjectRequest {
 }
 
 async fn inject(agent: &TestAgent, request: api::InjectRequest) -> Result<api::Fault> {
-    let mut client = agent.client().await?;
-    client
-        .inject(request)
-        .await?
-        .into_inner()
-        .fault
-        .context("no fault in the answer")
+    chaos_tests::agent::inject_fault(&mut agent.client().await?, request).await
 }
 
 /// The status an inject that must be refused got; an error if it was accepted.
