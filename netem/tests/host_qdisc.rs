@@ -499,30 +499,45 @@ async fn a_netlink_operation_that_does_not_end_times_out() -> Result<()> {
 #[tokio::test(flavor = "current_thread")]
 async fn a_namespace_at_a_reused_inode_has_another_cookie() -> Result<()> {
     use chaos_netem::{NetnsHandle, OpenNetns, netns_id};
-    let first = TestNetns::new("cookie-a")?;
-    let opened = OpenNetns::open(&first.path())?;
-    assert_eq!(opened.id(), netns_id(&first.path())?);
-    let first_cookie = NetnsHandle::open_in(&opened).await?.cookie();
-    assert!(first_cookie.is_some(), "this kernel has SO_NETNS_COOKIE");
-    let first_id = opened.id();
-    drop(opened);
-    drop(first);
-    // Bounded: each attempt keeps its namespace, so the next one gets a higher number
-    // until one lands on the freed inode (other namespaces of this machine may take it).
-    let mut attempts = Vec::new();
-    let reused = loop {
-        let candidate = TestNetns::new("cookie-b")?;
-        if netns_id(&candidate.path())? == first_id {
-            break candidate;
+    use std::time::{Duration, Instant};
+    // Bounded in time, not in attempts. The kernel frees a namespace's number from a work
+    // queue after its last reference goes, which takes seconds on a busy machine, and any
+    // namespace made on the machine meanwhile (of any type: they share the numbers, and
+    // parallel tests start containers) may take the number first. A round that sees
+    // neither within its time starts over with a new first namespace.
+    let give_up = Instant::now() + Duration::from_secs(120);
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let first = TestNetns::empty("cookie-a")?;
+        let opened = OpenNetns::open(&first.path())?;
+        assert_eq!(opened.id(), netns_id(&first.path())?);
+        let first_cookie = NetnsHandle::open_in(&opened).await?.cookie();
+        assert!(first_cookie.is_some(), "this kernel has SO_NETNS_COOKIE");
+        let first_id = opened.id();
+        drop(opened);
+        drop(first);
+        // Each candidate is kept until the round ends, so that the next one does not get
+        // its number back: only the freed number (or a higher one) is left to hand out.
+        let round_ends = Instant::now() + Duration::from_secs(15);
+        let mut candidates = Vec::new();
+        let mut pause = Duration::from_millis(10);
+        while Instant::now() < round_ends {
+            let candidate = TestNetns::empty("cookie-b")?;
+            if netns_id(&candidate.path())? == first_id {
+                let second = NetnsHandle::open(&candidate.path()).await?;
+                assert!(second.cookie().is_some());
+                assert_ne!(second.cookie(), first_cookie, "same inode, same cookie");
+                return Ok(());
+            }
+            candidates.push(candidate);
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(500));
         }
-        attempts.push(candidate);
-        if attempts.len() >= 64 {
-            bail!("no new namespace got inode {} in 64 attempts", first_id.ino);
+        if Instant::now() >= give_up {
+            bail!(
+                "in {rounds} round(s) over 120 s, no new namespace got the number of a freed one"
+            );
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    let second = NetnsHandle::open(&reused.path()).await?;
-    assert!(second.cookie().is_some());
-    assert_ne!(second.cookie(), first_cookie, "same inode, same cookie");
-    Ok(())
+    }
 }

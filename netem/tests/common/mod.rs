@@ -32,7 +32,8 @@ pub fn run(program: &str, args: &[&str]) -> Result<String> {
 }
 
 impl TestNetns {
-    pub fn new(label: &str) -> Result<Self> {
+    /// A namespace with nothing in it but its loopback.
+    pub fn empty(label: &str) -> Result<Self> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "chaos-test-{label}-{}-{}",
@@ -41,7 +42,11 @@ impl TestNetns {
         );
         run("ip", &["netns", "add", &name]).context("this test needs root and `ip netns`")?;
         // From here on Drop removes the namespace and everything in it.
-        let netns = Self { name };
+        Ok(Self { name })
+    }
+
+    pub fn new(label: &str) -> Result<Self> {
+        let netns = Self::empty(label)?;
         netns.ip(&["link", "add", LINK, "type", "veth", "peer", "name", PEER])?;
         netns.ip(&["addr", "add", "10.199.0.1/24", "dev", LINK])?;
         netns.ip(&["link", "set", LINK, "up"])?;
