@@ -115,6 +115,8 @@ pub enum Scope {
 /// What a network or blackhole request asks of the kernel, decided from the plan. Pure.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkRequest {
+    /// Network or blackhole: the same machinery, each its own kind for lists and metrics.
+    pub kind: api::FaultKind,
     pub impairment: Impairment,
     pub classifier: Classifier,
     pub direction: Direction,
@@ -256,6 +258,7 @@ pub fn network_request(plan: &NetworkPlan) -> NetworkRequest {
     let ports: Vec<u16> = request.ports.iter().map(|p| *p as u16).collect();
     let exclude_ports: Vec<u16> = request.exclude_ports.iter().map(|p| *p as u16).collect();
     NetworkRequest {
+        kind: api::FaultKind::Network,
         impairment: impairment(request),
         classifier: classifier(
             end,
@@ -285,6 +288,7 @@ pub fn blackhole_request(plan: &BlackholePlan) -> NetworkRequest {
         &[],
     );
     NetworkRequest {
+        kind: api::FaultKind::Blackhole,
         impairment: Impairment::Netem(NetemSpec {
             loss_pct: 100.0,
             ..NetemSpec::default()
