@@ -18,7 +18,6 @@ pub mod blackhole;
 pub mod cpu;
 pub mod memory;
 pub mod network;
-mod network_kind;
 pub mod process;
 pub mod target_watch;
 
@@ -54,7 +53,7 @@ pub struct KindInfo {
 /// The kinds the agent implements, in the order the Capabilities RPC reports them.
 pub const KINDS: &[KindInfo] = &[
     process::KIND,
-    network_kind::KIND,
+    network::KIND,
     blackhole::KIND,
     cpu::KIND,
     memory::KIND,
@@ -225,7 +224,7 @@ pub async fn prepare(
 ) -> Result<Prepared, AgentError> {
     match plan {
         FaultPlan::Process(plan) => process::prepare(plan, spec, targets, context),
-        FaultPlan::Network(plan) => network_kind::prepare(plan, targets, context).await,
+        FaultPlan::Network(plan) => network::prepare(plan, targets, context).await,
         FaultPlan::Blackhole(plan) => blackhole::prepare(plan, targets, context).await,
         FaultPlan::Cpu(plan) => cpu::prepare(plan, spec, targets, context),
         FaultPlan::Memory(plan) => memory::prepare(plan, spec, targets, context),

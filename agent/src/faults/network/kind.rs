@@ -1,5 +1,5 @@
 //! The network kind (netem or tbf on the targets' interfaces) as the agent holds it, and
-//! what the network and blackhole kinds share: the netlink machinery of `network`, the
+//! what the network and blackhole kinds share: the netlink machinery of this module, the
 //! journal form (the snapshots to put back) and its replay.
 
 use chaos_netem::capabilities::ModuleTree;
@@ -7,9 +7,9 @@ use chaos_proto::api;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+use super::{NetworkFault, NetworkRequest, QdiscRestore, network_request, restore_interface};
 use crate::capabilities::Capability;
 use crate::error::AgentError;
-use crate::faults::network::{self, NetworkFault, NetworkRequest, QdiscRestore};
 use crate::faults::{Fault, KindInfo, PrepareContext, Prepared};
 use crate::journal::UndoRecord;
 use crate::procfs::{ProcessInfo, Procfs};
@@ -45,8 +45,7 @@ pub async fn prepare(
     targets: &[Resolved],
     context: &PrepareContext<'_>,
 ) -> Result<Prepared, AgentError> {
-    let (fault, acts_on) =
-        prepare_request(network::network_request(plan), targets, context).await?;
+    let (fault, acts_on) = prepare_request(network_request(plan), targets, context).await?;
     let action = format!("install {}", fault.request.impairment.kind());
     Ok(Prepared {
         plan_summary: fault.summary(&action),
@@ -78,7 +77,7 @@ pub fn replay(procfs: &Procfs, record: &UndoRecord) -> Result<(), String> {
     let NetworkUndo::RestoreQdisc { interfaces } = record.read()?;
     let errors: Vec<String> = interfaces
         .iter()
-        .filter_map(|i| network::restore_interface(i, None, procfs.root()).err())
+        .filter_map(|i| restore_interface(i, None, procfs.root()).err())
         .collect();
     if errors.is_empty() {
         Ok(())
