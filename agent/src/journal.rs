@@ -22,6 +22,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,27 +36,29 @@ pub enum JournalError {
     Corrupt { path: PathBuf, reason: String },
 }
 
-/// A process identified across pid reuse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessIdentity {
-    pub pid: u32,
-    pub start_time: u64,
-}
-
-/// What must be done to put the node back as it was.
+/// What must be done to put the node back, in the form the fault's kind wrote it. Each
+/// kind owns that form (`faults::<kind>` serializes and replays it); the journal only
+/// stores it, so it knows nothing of any kind. The form of every record is an object
+/// tagged by `action`, as it was when the journal owned the forms: records written by
+/// earlier agents read the same.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "snake_case")]
-pub enum Undo {
-    /// The fault holds nothing on the node (kills): stopping it is the revert.
-    Nothing,
-    /// Stressor processes the agent started: kill them.
-    KillProcesses { processes: Vec<ProcessIdentity> },
-    /// Processes a stop signal stopped: continue them (SIGCONT), if still the same.
-    ContinueProcesses { processes: Vec<ProcessIdentity> },
-    /// Qdiscs replaced on interfaces in network namespaces: put the snapshots back.
-    RestoreQdisc {
-        interfaces: Vec<crate::faults::network::QdiscRestore>,
-    },
+#[serde(transparent)]
+pub struct UndoRecord(serde_json::Value);
+
+impl UndoRecord {
+    /// The record of a kind's own undo form.
+    pub fn of<T: Serialize>(undo: &T) -> UndoRecord {
+        // Serializing a plain struct into a JSON value cannot fail (no map with non-string
+        // keys); should it, the record says so and its replay fails with that message.
+        UndoRecord(serde_json::to_value(undo).unwrap_or_else(
+            |e| serde_json::json!({ "action": "unserializable", "error": e.to_string() }),
+        ))
+    }
+
+    /// The record read as a kind's undo form.
+    pub fn read<T: DeserializeOwned>(&self) -> Result<T, String> {
+        T::deserialize(&self.0).map_err(|e| format!("the journal record's undo {}: {e}", self.0))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +68,7 @@ pub struct JournalRecord {
     pub target: String,
     pub created_unix_ms: i64,
     pub deadline_unix_ms: i64,
-    pub undo: Undo,
+    pub undo: UndoRecord,
 }
 
 /// This boot, as the journal stamps and checks records.
@@ -363,12 +366,9 @@ mod tests {
             target: "container:abc".into(),
             created_unix_ms: created,
             deadline_unix_ms: created + 1000,
-            undo: Undo::KillProcesses {
-                processes: vec![ProcessIdentity {
-                    pid: 42,
-                    start_time: 7,
-                }],
-            },
+            undo: UndoRecord::of(
+                &serde_json::json!({"action": "kill_processes", "processes": [{"pid": 42, "start_time": 7}]}),
+            ),
         }
     }
 
@@ -412,10 +412,10 @@ mod tests {
         assert_eq!(ids, ["f-1", "f-2"]);
         // Rewriting replaces the record.
         let mut updated = record("f-1", 10);
-        updated.undo = Undo::Nothing;
+        updated.undo = UndoRecord::of(&serde_json::json!({"action": "nothing"}));
         journal.write(&updated).unwrap();
         let first = journal.records().unwrap().remove(0).unwrap();
-        assert_eq!(first.undo, Undo::Nothing);
+        assert_eq!(first.undo, updated.undo);
         journal.remove("f-1").unwrap();
         journal.remove("f-1").unwrap();
         assert_eq!(journal.len(), 1);
@@ -575,8 +575,32 @@ mod tests {
     }
 
     #[test]
-    fn the_undo_action_is_tagged_in_json() {
-        let text = serde_json::to_string(&Undo::Nothing).unwrap();
-        assert_eq!(text, r#"{"action":"nothing"}"#);
+    fn an_undo_is_stored_as_its_kind_wrote_it_and_read_back_in_that_form() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "action", rename_all = "snake_case")]
+        enum Form {
+            Nothing,
+            Count { n: u32 },
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let mut written = record("f-1", 10);
+        written.undo = UndoRecord::of(&Form::Count { n: 3 });
+        journal.write(&written).unwrap();
+        let text = fs::read_to_string(journal.dir().join("f-1.json")).unwrap();
+        let stored: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            stored["undo"],
+            serde_json::json!({"action": "count", "n": 3}),
+            "{text}"
+        );
+        let read = journal.records().unwrap().remove(0).unwrap();
+        assert_eq!(read.undo.read::<Form>(), Ok(Form::Count { n: 3 }));
+        assert_eq!(
+            UndoRecord::of(&Form::Nothing).read::<Form>(),
+            Ok(Form::Nothing)
+        );
+        let err = read.undo.read::<u32>().unwrap_err();
+        assert!(err.contains(r#"{"action":"count","n":3}"#), "{err}");
     }
 }

@@ -346,7 +346,10 @@ async fn run(args: Args, runtimes: Runtimes, open_file_limit: u64) -> Result<()>
     let cgroups = CgroupFs::at(&args.cgroup_root);
     let layout = cgroups.layout().context("detecting the cgroup layout")?;
     let journal = Journal::open(&args.state_dir).context("opening the journal")?;
-    let metrics = Metrics::new(VERSION);
+    let metrics = Metrics::new(
+        VERSION,
+        chaos_agent::faults::KINDS.iter().map(|info| info.kind),
+    );
     let resolver = Resolver {
         procfs: Procfs::default(),
         cgroups,
@@ -381,11 +384,11 @@ async fn run(args: Args, runtimes: Runtimes, open_file_limit: u64) -> Result<()>
     // reports it, so a DaemonSet without a capability shows which kinds it disables.
     let held = capabilities::CapabilitySet::of_this_process()
         .context("reading the agent's own capabilities")?;
-    for kind in chaos_agent::faults::KINDS {
-        let missing = chaos_agent::faults::missing_capabilities(*kind, &held);
+    for info in chaos_agent::faults::KINDS {
+        let missing = chaos_agent::faults::missing_capabilities(info.kind, &held);
         if !missing.is_empty() {
             tracing::warn!(
-                kind = chaos_agent::faults::kind_label(*kind),
+                kind = info.kind.label(),
                 missing = missing.join(","),
                 "fault kind unusable: capabilities missing"
             );

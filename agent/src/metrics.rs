@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use chaos_proto::api;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
@@ -64,7 +65,6 @@ pub struct Metrics {
     connections: chaos_tls::ConnectionMetrics,
 }
 
-pub const KINDS: &[&str] = &["cpu", "memory", "network", "process", "io", "blackhole"];
 const REVERT_REASONS: &[&str] = &[
     "requested",
     "expired",
@@ -85,7 +85,9 @@ const ERROR_CODES: &[&str] = &[
 ];
 
 impl Metrics {
-    pub fn new(version: &str) -> Metrics {
+    /// `kinds`: the kinds whose series start at zero, so dashboards and alerts see 0
+    /// rather than nothing.
+    pub fn new(version: &str, kinds: impl IntoIterator<Item = api::FaultKind>) -> Metrics {
         let mut registry = Registry::default();
         let active = Family::<KindLabels, Gauge>::default();
         let injections = Family::<KindLabels, Counter>::default();
@@ -157,8 +159,7 @@ impl Metrics {
                 version: version.to_string(),
             })
             .set(1);
-        // Zero series for every kind, so dashboards and alerts see 0 rather than nothing.
-        for kind in KINDS {
+        for kind in kinds.into_iter().map(api::FaultKind::label) {
             let labels = KindLabels {
                 kind: kind.to_string(),
             };
@@ -349,9 +350,15 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 mod tests {
     use super::*;
 
+    const TEST_KINDS: [api::FaultKind; 3] = [
+        api::FaultKind::Cpu,
+        api::FaultKind::Process,
+        api::FaultKind::Network,
+    ];
+
     #[test]
     fn exposes_every_family_with_zero_series() {
-        let metrics = Metrics::new("0.0.0-test");
+        let metrics = Metrics::new("0.0.0-test", TEST_KINDS);
         metrics.injected("process", Duration::from_micros(300));
         metrics.rejected("process", "invalid_argument");
         metrics.reverted("process", "expired");
@@ -387,7 +394,7 @@ mod tests {
 
     #[test]
     fn routes_health_and_readiness() {
-        let metrics = Metrics::new("t");
+        let metrics = Metrics::new("t", TEST_KINDS);
         let ready = AtomicBool::new(false);
         assert_eq!(route("/healthz", &metrics, &ready).status(), StatusCode::OK);
         assert_eq!(

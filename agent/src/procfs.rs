@@ -16,6 +16,14 @@ pub enum ProcError {
     Parse { path: PathBuf, reason: String },
 }
 
+/// A process identified across pid reuse: its pid and its start time (clock ticks since
+/// boot), as faults record what they must undo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessIdentity {
+    pub pid: u32,
+    pub start_time: u64,
+}
+
 /// What the agent needs to know about a process to select, protect and signal it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessInfo {

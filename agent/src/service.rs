@@ -152,21 +152,16 @@ impl Agent for AgentService {
                 protected_process_names: policy.protected_processes.clone(),
                 protected_namespaces: policy.protected_namespaces.clone(),
             }),
-            supported_kinds: vec![
-                api::FaultKind::Process as i32,
-                api::FaultKind::Network as i32,
-                api::FaultKind::Cpu as i32,
-                api::FaultKind::Memory as i32,
-            ],
+            supported_kinds: KINDS.iter().map(|info| info.kind as i32).collect(),
             max_duration_ms: limits.max_duration.as_millis() as u64,
             node_scope_allowed: limits.allow_node_scope,
             held_capabilities: capabilities::held_names(self.registry.capabilities()),
             kind_privileges: KINDS
                 .iter()
-                .map(|kind| {
-                    let missing = missing_capabilities(*kind, self.registry.capabilities());
+                .map(|info| {
+                    let missing = missing_capabilities(info.kind, self.registry.capabilities());
                     api::KindPrivilege {
-                        kind: *kind as i32,
+                        kind: info.kind as i32,
                         usable: missing.is_empty(),
                         missing_capabilities: missing,
                     }

@@ -31,8 +31,8 @@ use chaos_cgroup::{CgroupError, CgroupFs, ProcessCgroup};
 use tokio::sync::oneshot;
 
 use crate::error::AgentError;
-use crate::journal::ProcessIdentity;
-use crate::procfs::Procfs;
+use crate::journal::UndoRecord;
+use crate::procfs::{ProcessIdentity, Procfs};
 
 /// The hidden subcommand of the agent binary that runs a stressor.
 pub const SUBCOMMAND: &str = "stress";
@@ -171,6 +171,47 @@ pub async fn spawn_all(requests: Vec<StressorRequest>) -> Result<Vec<Stressor>, 
 
 pub fn identities(stressors: &[Stressor]) -> Vec<ProcessIdentity> {
     stressors.iter().map(|s| s.identity).collect()
+}
+
+/// The journal's form for a fault whose only state on the node is its stressors (CPU,
+/// memory): kill them. Tagged as every undo form is (see `journal::UndoRecord`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum StressorUndo {
+    KillProcesses { processes: Vec<ProcessIdentity> },
+}
+
+/// What the journal holds for a fault running `stressors`.
+pub fn undo_record(stressors: &[Stressor]) -> UndoRecord {
+    UndoRecord::of(&StressorUndo::KillProcesses {
+        processes: identities(stressors),
+    })
+}
+
+/// Kills the stressors a journal record lists, after a crash. A pid that exited or now
+/// belongs to another process (its start time differs) is done: the stressor is gone.
+pub fn replay(procfs: &Procfs, record: &UndoRecord) -> Result<(), String> {
+    use crate::sys::{SignalError, signal_process};
+    let StressorUndo::KillProcesses { processes } = record.read()?;
+    let errors: Vec<String> = processes
+        .iter()
+        .filter_map(|p| {
+            match signal_process(
+                procfs,
+                p.pid,
+                p.start_time,
+                nix::sys::signal::Signal::SIGKILL,
+            ) {
+                Ok(()) | Err(SignalError::Gone(_)) | Err(SignalError::Reused(_)) => None,
+                Err(e) => Some(e.to_string()),
+            }
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
 }
 
 struct Job {

@@ -1350,6 +1350,56 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_a_request_can_ask_for_is_implemented_or_refused_as_unimplemented() {
+        let requests = [
+            Fault::Process(api::ProcessFault {
+                signal: "SIGKILL".into(),
+                ..Default::default()
+            }),
+            Fault::Cpu(api::CpuFault {
+                load_percent: 50,
+                ..Default::default()
+            }),
+            Fault::Memory(api::MemoryFault {
+                size_bytes: 1 << 20,
+                ..Default::default()
+            }),
+            Fault::Network(api::NetworkFault {
+                delay_us: 1_000,
+                ..Default::default()
+            }),
+            Fault::Blackhole(api::BlackholeFault::default()),
+        ];
+        let mut planned = Vec::new();
+        for fault in requests {
+            let kind = fault.kind();
+            let valid = validate_inject(&req("pod:dev/db-0/db", 30_000, fault), &Limits::default())
+                .unwrap_or_else(|e| panic!("{}: {e}", kind.label()));
+            assert_eq!(valid.plan.kind(), kind);
+            planned.push(kind);
+        }
+        let implemented: Vec<api::FaultKind> =
+            crate::faults::KINDS.iter().map(|info| info.kind).collect();
+        planned.sort_by_key(|kind| *kind as i32);
+        let mut sorted = implemented.clone();
+        sorted.sort_by_key(|kind| *kind as i32);
+        assert_eq!(
+            planned, sorted,
+            "every plan has its kind entry, and no entry lacks a plan"
+        );
+        let io = req(
+            "pod:dev/db-0/db",
+            30_000,
+            Fault::Io(api::IoFault::default()),
+        );
+        assert!(matches!(
+            validate_inject(&io, &Limits::default()),
+            Err(AgentError::Unimplemented(_))
+        ));
+        assert!(!implemented.contains(&api::FaultKind::Io));
+    }
+
+    #[test]
     fn other_requests_name_their_fields() {
         let revert = |id: &str, all| validate_revert(&api::RevertRequest { id: id.into(), all });
         assert_eq!(revert("", true).unwrap(), None);

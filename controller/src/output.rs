@@ -4,15 +4,9 @@ use chaos_proto::api;
 use serde_json::{Value, json};
 
 pub fn kind_name(kind: i32) -> &'static str {
-    match api::FaultKind::try_from(kind) {
-        Ok(api::FaultKind::Cpu) => "cpu",
-        Ok(api::FaultKind::Memory) => "memory",
-        Ok(api::FaultKind::Network) => "network",
-        Ok(api::FaultKind::Process) => "process",
-        Ok(api::FaultKind::Io) => "io",
-        Ok(api::FaultKind::Blackhole) => "blackhole",
-        _ => "unspecified",
-    }
+    api::FaultKind::try_from(kind)
+        .unwrap_or(api::FaultKind::Unspecified)
+        .label()
 }
 
 pub fn state_name(state: i32) -> &'static str {

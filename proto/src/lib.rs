@@ -48,3 +48,62 @@ pub const CONTROLLER_FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(
     env!("OUT_DIR"),
     "/chaoscontrol_controller_descriptor.bin"
 ));
+
+impl api::FaultKind {
+    /// The kind's name in metrics, journal records, logs and the command line. Exhaustive:
+    /// a kind added to the API gets its name here, and every table of names follows.
+    pub fn label(self) -> &'static str {
+        match self {
+            api::FaultKind::Unspecified => "unspecified",
+            api::FaultKind::Process => "process",
+            api::FaultKind::Network => "network",
+            api::FaultKind::Cpu => "cpu",
+            api::FaultKind::Memory => "memory",
+            api::FaultKind::Io => "io",
+            api::FaultKind::Blackhole => "blackhole",
+        }
+    }
+
+    /// The kind a [`label`](Self::label) names; None for a name no kind has.
+    pub fn from_label(label: &str) -> Option<api::FaultKind> {
+        let name = format!("FAULT_KIND_{}", label.to_ascii_uppercase());
+        api::FaultKind::from_str_name(&name).filter(|kind| kind.label() == label)
+    }
+}
+
+impl api::inject_request::Fault {
+    /// The kind of fault a request asks for.
+    pub fn kind(&self) -> api::FaultKind {
+        use api::inject_request::Fault;
+        match self {
+            Fault::Process(_) => api::FaultKind::Process,
+            Fault::Network(_) => api::FaultKind::Network,
+            Fault::Cpu(_) => api::FaultKind::Cpu,
+            Fault::Memory(_) => api::FaultKind::Memory,
+            Fault::Io(_) => api::FaultKind::Io,
+            Fault::Blackhole(_) => api::FaultKind::Blackhole,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::api;
+
+    #[test]
+    fn every_fault_kind_has_its_own_label_and_is_found_by_it() {
+        let kinds: Vec<api::FaultKind> = (0..64)
+            .filter_map(|value| api::FaultKind::try_from(value).ok())
+            .collect();
+        assert!(kinds.len() >= 7, "{kinds:?}");
+        let mut labels: Vec<&str> = kinds.iter().map(|kind| kind.label()).collect();
+        for kind in &kinds {
+            assert_eq!(api::FaultKind::from_label(kind.label()), Some(*kind));
+        }
+        labels.sort();
+        labels.dedup();
+        assert_eq!(labels.len(), kinds.len(), "{labels:?}");
+        assert_eq!(api::FaultKind::from_label("CPU"), None);
+        assert_eq!(api::FaultKind::from_label("disk"), None);
+    }
+}

@@ -178,10 +178,22 @@ async fn host_network_fault_without_netem_is_refused_and_changes_nothing() -> Re
         netem.detail == "missing" || netem.detail.starts_with("unknown"),
         "{netem:?}"
     );
-    assert!(
-        caps.supported_kinds
-            .contains(&(api::FaultKind::Network as i32))
-    );
+    // Every kind the agent implements is listed, each with its privileges.
+    let privileged: Vec<i32> = caps.kind_privileges.iter().map(|k| k.kind).collect();
+    assert_eq!(caps.supported_kinds, privileged);
+    for kind in [
+        api::FaultKind::Process,
+        api::FaultKind::Network,
+        api::FaultKind::Blackhole,
+        api::FaultKind::Cpu,
+        api::FaultKind::Memory,
+    ] {
+        assert!(
+            caps.supported_kinds.contains(&(kind as i32)),
+            "{kind:?} missing from {:?}",
+            caps.supported_kinds
+        );
+    }
 
     let before = qdiscs(&netns)?;
     let status = client

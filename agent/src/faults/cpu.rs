@@ -9,12 +9,41 @@ use std::time::{Duration, Instant};
 use chaos_cgroup::{CgroupFs, CpuLimit, ProcessCgroup};
 use chaos_proto::api;
 
+use futures::future::BoxFuture;
+
 use crate::error::AgentError;
 use crate::faults::target_watch::TargetWatch;
-use crate::journal::Undo;
+use crate::faults::{Fault, KindInfo, PrepareContext, Prepared, TickOutcome};
+use crate::journal::UndoRecord;
+use crate::procfs::{ProcessInfo, Procfs};
 use crate::resolve::Resolved;
 use crate::stressor::{self, Stressor, StressorRequest};
+use crate::target::TargetSpec;
 use crate::validate::CpuPlan;
+
+/// Needs no capability: the agent (uid 0) owns the cgroup files it writes and signals
+/// only its own stressors.
+pub const KIND: KindInfo = KindInfo {
+    kind: api::FaultKind::Cpu,
+    capabilities: &[],
+    replay: stressor::replay,
+};
+
+/// Decides the CPU fault for the resolved targets; touches nothing.
+pub fn prepare(
+    plan: &CpuPlan,
+    spec: &TargetSpec,
+    targets: &[Resolved],
+    context: &PrepareContext<'_>,
+) -> Result<Prepared, AgentError> {
+    let mut fault = CpuFault::prepare(plan, &context.resolver.cgroups, targets, context.duration)?;
+    fault.watch = TargetWatch::of(spec, targets, &context.resolver.procfs);
+    Ok(Prepared {
+        plan_summary: fault.summary(),
+        acts_on: Vec::new(),
+        fault: Box::new(fault),
+    })
+}
 
 /// How often the status is measured. A second averages ten CFS periods.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
@@ -42,7 +71,7 @@ pub struct CpuFault {
     targets: Vec<CpuTarget>,
     stressors: Vec<Stressor>,
     pub status: api::CpuStatus,
-    /// The targets' inits; set by `ActiveFault::prepare`, empty for `cgroup:` targets.
+    /// The targets' inits; set by [`prepare`], empty for `cgroup:` targets.
     pub watch: TargetWatch,
 }
 
@@ -161,22 +190,6 @@ impl CpuFault {
         )
     }
 
-    /// Starts every stressor (all or none) and takes the first measurement.
-    pub async fn apply(&mut self) -> Result<(), AgentError> {
-        let requests = self
-            .targets
-            .iter()
-            .map(|t| StressorRequest {
-                args: stressor_args(&self.plan, self.duration),
-                cgroup: t.cgroup.clone(),
-                cgroups: self.cgroups.clone(),
-            })
-            .collect();
-        self.stressors = stressor::spawn_all(requests).await?;
-        self.measure();
-        Ok(())
-    }
-
     /// Measures the cgroups' and the stressors' CPU use since the last call.
     pub fn measure(&mut self) {
         let mut cgroup_sum = 0.0;
@@ -220,17 +233,74 @@ impl CpuFault {
             .filter_map(|s| s.is_running().then_some(()))
             .count() as u32;
     }
+}
 
-    pub async fn revert(&mut self) -> Result<(), String> {
-        let result = stressor::kill_all(&mut self.stressors).await;
-        self.status.stressors_running = 0;
-        result
+impl Fault for CpuFault {
+    fn kind(&self) -> api::FaultKind {
+        api::FaultKind::Cpu
     }
 
-    pub fn undo(&self) -> Undo {
-        Undo::KillProcesses {
-            processes: stressor::identities(&self.stressors),
-        }
+    /// Starts every stressor (all or none) and takes the first measurement.
+    fn apply<'a>(
+        &'a mut self,
+        _procfs: &'a Procfs,
+        _acts_on: &'a [ProcessInfo],
+    ) -> BoxFuture<'a, Result<(), AgentError>> {
+        Box::pin(async move {
+            let requests = self
+                .targets
+                .iter()
+                .map(|t| StressorRequest {
+                    args: stressor_args(&self.plan, self.duration),
+                    cgroup: t.cgroup.clone(),
+                    cgroups: self.cgroups.clone(),
+                })
+                .collect();
+            self.stressors = stressor::spawn_all(requests).await?;
+            self.measure();
+            Ok(())
+        })
+    }
+
+    fn holds_changes(&self) -> bool {
+        false
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        Some(STATUS_INTERVAL)
+    }
+
+    fn tick(
+        &mut self,
+        _procfs: &Procfs,
+        _chosen: Option<Result<Vec<ProcessInfo>, String>>,
+    ) -> TickOutcome {
+        self.measure();
+        TickOutcome::Continue
+    }
+
+    fn target_watch(&self) -> Option<&TargetWatch> {
+        Some(&self.watch)
+    }
+
+    fn revert<'a>(&'a mut self, _procfs: &'a Procfs) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let result = stressor::kill_all(&mut self.stressors).await;
+            self.status.stressors_running = 0;
+            result
+        })
+    }
+
+    fn undo(&self) -> UndoRecord {
+        stressor::undo_record(&self.stressors)
+    }
+
+    fn status(&self) -> api::fault::Status {
+        api::fault::Status::Cpu(self.status)
+    }
+
+    fn stressor_threads_per_target(&self) -> u32 {
+        self.status.workers
     }
 }
 

@@ -16,13 +16,49 @@ use std::time::Duration;
 use chaos_cgroup::{CgroupFs, MemoryLimit, ProcessCgroup};
 use chaos_proto::api;
 
+use futures::future::BoxFuture;
+
 use crate::error::AgentError;
 use crate::faults::target_watch::TargetWatch;
-use crate::journal::Undo;
+use crate::faults::{Fault, KindInfo, PrepareContext, Prepared, TickOutcome};
+use crate::journal::UndoRecord;
 use crate::metrics::Metrics;
+use crate::procfs::{ProcessInfo, Procfs};
 use crate::resolve::Resolved;
 use crate::stressor::{self, Stressor, StressorRequest};
+use crate::target::TargetSpec;
 use crate::validate::{MemoryAmount, MemoryPlan};
+
+/// Needs no capability: the agent (uid 0) owns the cgroup files it reads, and raising a
+/// child's oom_score_adj is always permitted.
+pub const KIND: KindInfo = KindInfo {
+    kind: api::FaultKind::Memory,
+    capabilities: &[],
+    replay: stressor::replay,
+};
+
+/// Decides the memory fault for the resolved targets; touches nothing.
+pub fn prepare(
+    plan: &MemoryPlan,
+    spec: &TargetSpec,
+    targets: &[Resolved],
+    context: &PrepareContext<'_>,
+) -> Result<Prepared, AgentError> {
+    let mut fault = MemoryFault::prepare(
+        plan,
+        &context.resolver.cgroups,
+        context.resolver.procfs.root(),
+        context.metrics,
+        targets,
+        context.duration,
+    )?;
+    fault.watch = TargetWatch::of(spec, targets, &context.resolver.procfs);
+    Ok(Prepared {
+        plan_summary: fault.summary(),
+        acts_on: Vec::new(),
+        fault: Box::new(fault),
+    })
+}
 
 /// How often usage and OOM kills are read.
 pub const STATUS_INTERVAL: Duration = Duration::from_millis(500);
@@ -45,7 +81,7 @@ pub struct MemoryFault {
     targets: Vec<MemoryTarget>,
     stressors: Vec<Stressor>,
     pub status: api::MemoryStatus,
-    /// The targets' inits; set by `ActiveFault::prepare`, empty for `cgroup:` targets.
+    /// The targets' inits; set by [`prepare`], empty for `cgroup:` targets.
     pub watch: TargetWatch,
 }
 
@@ -260,25 +296,6 @@ impl MemoryFault {
         )
     }
 
-    /// Records the OOM baseline, then starts every stressor (all or none).
-    pub async fn apply(&mut self) -> Result<(), AgentError> {
-        for target in &mut self.targets {
-            target.oom_baseline = self.cgroups.oom_kills(&target.cgroup).ok();
-        }
-        let requests = self
-            .targets
-            .iter()
-            .map(|t| StressorRequest {
-                args: stressor_args(t.bytes, self.plan.ramp, self.duration),
-                cgroup: t.cgroup.clone(),
-                cgroups: self.cgroups.clone(),
-            })
-            .collect();
-        self.stressors = stressor::spawn_all(requests).await?;
-        self.measure();
-        Ok(())
-    }
-
     /// Reads usage, resident memory and OOM kills; new OOM kills are logged and counted.
     pub fn measure(&mut self) {
         let mut usage = 0u64;
@@ -318,20 +335,81 @@ impl MemoryFault {
             .filter_map(|s| s.is_running().then_some(()))
             .count() as u32;
     }
+}
 
-    pub async fn revert(&mut self) -> Result<(), String> {
-        // A last look: an OOM kill in the final moments still counts.
-        self.measure();
-        let result = stressor::kill_all(&mut self.stressors).await;
-        self.status.held_bytes = 0;
-        self.status.stressors_running = 0;
-        result
+impl Fault for MemoryFault {
+    fn kind(&self) -> api::FaultKind {
+        api::FaultKind::Memory
     }
 
-    pub fn undo(&self) -> Undo {
-        Undo::KillProcesses {
-            processes: stressor::identities(&self.stressors),
-        }
+    /// Records the OOM baseline, then starts every stressor (all or none).
+    fn apply<'a>(
+        &'a mut self,
+        _procfs: &'a Procfs,
+        _acts_on: &'a [ProcessInfo],
+    ) -> BoxFuture<'a, Result<(), AgentError>> {
+        Box::pin(async move {
+            for target in &mut self.targets {
+                target.oom_baseline = self.cgroups.oom_kills(&target.cgroup).ok();
+            }
+            let requests = self
+                .targets
+                .iter()
+                .map(|t| StressorRequest {
+                    args: stressor_args(t.bytes, self.plan.ramp, self.duration),
+                    cgroup: t.cgroup.clone(),
+                    cgroups: self.cgroups.clone(),
+                })
+                .collect();
+            self.stressors = stressor::spawn_all(requests).await?;
+            self.measure();
+            Ok(())
+        })
+    }
+
+    fn holds_changes(&self) -> bool {
+        false
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        Some(STATUS_INTERVAL)
+    }
+
+    fn tick(
+        &mut self,
+        _procfs: &Procfs,
+        _chosen: Option<Result<Vec<ProcessInfo>, String>>,
+    ) -> TickOutcome {
+        self.measure();
+        TickOutcome::Continue
+    }
+
+    fn target_watch(&self) -> Option<&TargetWatch> {
+        Some(&self.watch)
+    }
+
+    fn revert<'a>(&'a mut self, _procfs: &'a Procfs) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            // A last look: an OOM kill in the final moments still counts.
+            self.measure();
+            let result = stressor::kill_all(&mut self.stressors).await;
+            self.status.held_bytes = 0;
+            self.status.stressors_running = 0;
+            result
+        })
+    }
+
+    fn undo(&self) -> UndoRecord {
+        stressor::undo_record(&self.stressors)
+    }
+
+    fn status(&self) -> api::fault::Status {
+        api::fault::Status::Memory(self.status)
+    }
+
+    /// One thread per stressor.
+    fn stressor_threads_per_target(&self) -> u32 {
+        1
     }
 }
 

@@ -6,13 +6,46 @@
 use chaos_proto::api;
 use nix::sys::signal::Signal;
 
+use futures::future::BoxFuture;
+
 use crate::error::AgentError;
-use crate::journal::{ProcessIdentity, Undo};
-use crate::procfs::{ProcessInfo, Procfs};
+use crate::faults::{Fault, KindInfo, PrepareContext, Prepared, TickNeeds, TickOutcome};
+use crate::journal::UndoRecord;
+use crate::procfs::{ProcessIdentity, ProcessInfo, Procfs};
 use crate::resolve::Resolved;
 use crate::sys::{PinnedProcess, SignalError, signal_process};
 use crate::target::TargetSpec;
 use crate::validate::ProcessPlan;
+
+pub const KIND: KindInfo = KindInfo {
+    kind: api::FaultKind::Process,
+    capabilities: &[(
+        crate::capabilities::Capability::Kill,
+        "to signal processes that run as another user",
+    )],
+    replay,
+};
+
+/// Chooses the processes a process fault acts on first; touches nothing.
+pub fn prepare(
+    plan: &ProcessPlan,
+    spec: &TargetSpec,
+    targets: &[Resolved],
+    context: &PrepareContext<'_>,
+) -> Result<Prepared, AgentError> {
+    let (fault, chosen) =
+        ProcessFault::prepare(plan.clone(), spec, targets, &context.resolver.procfs)?;
+    let verb = if fault.holds_stop() {
+        "stop (until the fault ends)"
+    } else {
+        "signal"
+    };
+    Ok(Prepared {
+        plan_summary: format!("would {verb} {} process(es)", chosen.len()),
+        acts_on: chosen,
+        fault: Box::new(fault),
+    })
+}
 
 /// How long an inject waits for a stopped process to show as stopped (it stops when it
 /// next runs, which a loaded node or a slow VM can delay).
@@ -129,11 +162,6 @@ impl ProcessFault {
         is_stop_signal(self.plan.signal)
     }
 
-    /// A single signal that leaves nothing to hold: done once sent.
-    pub fn is_one_shot(&self) -> bool {
-        self.plan.interval.is_none() && !self.holds_stop()
-    }
-
     pub fn pinned(&self) -> Option<ProcessIdentity> {
         self.pinned.as_ref().map(|(_, info)| identity(info))
     }
@@ -170,7 +198,7 @@ impl ProcessFault {
     /// (the kernel discards TSTP, TTIN and TTOU for an orphaned process group, and a
     /// process may handle them), else the ones stopped are continued and the inject
     /// fails: stopped completely or not at all.
-    pub async fn apply(
+    pub async fn first_round(
         &mut self,
         procfs: &Procfs,
         chosen: &[ProcessInfo],
@@ -293,13 +321,13 @@ impl ProcessFault {
     }
 
     /// What the journal must hold to undo this fault after a crash.
-    pub fn undo(&self) -> Undo {
+    pub fn undo_form(&self) -> ProcessUndo {
         if self.holds_stop() {
-            Undo::ContinueProcesses {
+            ProcessUndo::ContinueProcesses {
                 processes: self.stopped.clone(),
             }
         } else {
-            Undo::Nothing
+            ProcessUndo::Nothing
         }
     }
 
@@ -308,6 +336,103 @@ impl ProcessFault {
             self.status.signalled.remove(0);
         }
         self.status.signalled.push(entry);
+    }
+}
+
+impl Fault for ProcessFault {
+    fn kind(&self) -> api::FaultKind {
+        api::FaultKind::Process
+    }
+
+    fn apply<'a>(
+        &'a mut self,
+        procfs: &'a Procfs,
+        acts_on: &'a [ProcessInfo],
+    ) -> BoxFuture<'a, Result<(), AgentError>> {
+        Box::pin(self.first_round(procfs, acts_on))
+    }
+
+    fn holds_changes(&self) -> bool {
+        self.holds_stopped()
+    }
+
+    /// A single signal that leaves nothing to hold: done once sent.
+    fn is_one_shot(&self) -> bool {
+        self.plan.interval.is_none() && !self.holds_stop()
+    }
+
+    /// A held stop is read back every round; a repeating signal goes out every interval.
+    fn tick_interval(&self) -> Option<std::time::Duration> {
+        if self.holds_stop() {
+            Some(STOP_STATUS_INTERVAL)
+        } else {
+            self.plan.interval
+        }
+    }
+
+    /// A repeating signal to a container finds its processes again every round (a
+    /// restarted container has a new init); a pinned process is held by its pidfd.
+    fn tick_needs(&self) -> TickNeeds {
+        if self.plan.interval.is_some() && self.pinned.is_none() {
+            TickNeeds::ChosenProcesses
+        } else {
+            TickNeeds::Nothing
+        }
+    }
+
+    fn tick(
+        &mut self,
+        procfs: &Procfs,
+        chosen: Option<Result<Vec<ProcessInfo>, String>>,
+    ) -> TickOutcome {
+        if self.holds_stop() {
+            self.measure_stopped(procfs);
+            return TickOutcome::Continue;
+        }
+        match (self.pinned.is_some(), chosen) {
+            (true, _) => {
+                if let Err(why) = self.pinned_round() {
+                    return TickOutcome::Ended(why);
+                }
+            }
+            (false, Some(Ok(processes))) => {
+                self.signal_round(procfs, &processes);
+            }
+            (false, Some(Err(reason))) => self.record_empty_round(&reason),
+            (false, None) => {}
+        }
+        TickOutcome::Continue
+    }
+
+    fn revert<'a>(&'a mut self, procfs: &'a Procfs) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move { self.continue_stopped(procfs) })
+    }
+
+    fn undo(&self) -> UndoRecord {
+        UndoRecord::of(&self.undo_form())
+    }
+
+    fn status(&self) -> api::fault::Status {
+        api::fault::Status::Process(self.status.clone())
+    }
+}
+
+/// The journal's form for a process fault. Tagged as every undo form is (see
+/// `journal::UndoRecord`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum ProcessUndo {
+    /// A signal that was sent holds nothing on the node: ending the fault is its revert.
+    Nothing,
+    /// Processes a stop signal stopped: continue them (SIGCONT), if still the same.
+    ContinueProcesses { processes: Vec<ProcessIdentity> },
+}
+
+/// Puts back what a journal record of a process fault lists, after a crash.
+pub fn replay(procfs: &Procfs, record: &UndoRecord) -> Result<(), String> {
+    match record.read()? {
+        ProcessUndo::Nothing => Ok(()),
+        ProcessUndo::ContinueProcesses { processes } => continue_processes(procfs, &processes),
     }
 }
 
@@ -513,8 +638,8 @@ mod tests {
             assert!(fault.holds_stop() && !fault.is_one_shot(), "{signal}");
             assert_eq!(pids(chosen), [11, 12]);
             assert_eq!(
-                fault.undo(),
-                Undo::ContinueProcesses {
+                fault.undo_form(),
+                ProcessUndo::ContinueProcesses {
                     processes: vec![
                         ProcessIdentity {
                             pid: 11,
@@ -535,7 +660,7 @@ mod tests {
             &Procfs::default(),
         )
         .unwrap();
-        assert_eq!(kill.undo(), Undo::Nothing);
+        assert_eq!(kill.undo_form(), ProcessUndo::Nothing);
     }
 
     #[test]
@@ -554,7 +679,9 @@ mod tests {
             .enable_time()
             .build()
             .unwrap();
-        runtime.block_on(fault.apply(&procfs, &chosen)).unwrap();
+        runtime
+            .block_on(fault.first_round(&procfs, &chosen))
+            .unwrap();
         let state = |procfs: &Procfs| procfs.stat(pid).unwrap().state;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while state(&procfs) != 'T' && std::time::Instant::now() < deadline {

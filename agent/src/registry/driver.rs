@@ -10,8 +10,8 @@ use tokio::sync::{Notify, oneshot, watch};
 
 use super::Registry;
 use crate::clock::unix_ms_now;
-use crate::faults::{self, ActiveFault, TickNeeds, TickOutcome, kind_label};
-use crate::journal::Undo;
+use crate::faults::{self, ActiveFault, TickNeeds, TickOutcome};
+use crate::journal::UndoRecord;
 use crate::procfs::{ProcessInfo, Procfs};
 use crate::target::TargetSpec;
 use crate::validate::FaultPlan;
@@ -94,8 +94,11 @@ pub(super) struct Driver {
 /// What puts the node back: a fault held in memory, or a journal record of a previous
 /// run's fault.
 pub(super) enum Reverter {
-    Live(Box<ActiveFault>),
-    Journaled { kind: api::FaultKind, undo: Undo },
+    Live(ActiveFault),
+    Journaled {
+        kind: api::FaultKind,
+        undo: UndoRecord,
+    },
 }
 
 impl Reverter {
@@ -116,11 +119,11 @@ impl Reverter {
     async fn revert(&mut self, procfs: &Procfs) -> Result<(), String> {
         match self {
             Reverter::Live(fault) => fault.revert(procfs).await,
-            Reverter::Journaled { undo, .. } => {
+            Reverter::Journaled { kind, undo } => {
                 // The journal's undo is synchronous (netlink on a thread of its own):
                 // keep it off the faults' thread.
-                let (procfs, undo) = (procfs.clone(), undo.clone());
-                tokio::task::spawn_blocking(move || faults::undo(&procfs, &undo))
+                let (procfs, kind, undo) = (procfs.clone(), *kind, undo.clone());
+                tokio::task::spawn_blocking(move || faults::replay(&procfs, kind, &undo))
                     .await
                     .map_err(|e| format!("the undo task failed: {e}"))?
             }
@@ -176,15 +179,8 @@ impl Registry {
             }
         };
         let Driver { id, fault, .. } = driver;
-        self.finish(
-            &id,
-            Reverter::Live(Box::new(fault)),
-            reason,
-            detail,
-            done,
-            retry_now,
-        )
-        .await;
+        self.finish(&id, Reverter::Live(fault), reason, detail, done, retry_now)
+            .await;
     }
 
     /// One round of the fault's periodic work; what may block is fetched elsewhere.
@@ -268,7 +264,7 @@ impl Registry {
                 Ok(()) => break,
                 Err(e) => e,
             };
-            self.metrics.revert_failed(kind_label(kind));
+            self.metrics.revert_failed(kind.label());
             let wait = retry_delay(attempt);
             tracing::error!(
                 fault = id,
@@ -301,8 +297,7 @@ impl Registry {
             }
         }
         self.forget_journal(id, kind);
-        self.metrics
-            .reverted(kind_label(kind), reason.metric_reason());
+        self.metrics.reverted(kind.label(), reason.metric_reason());
         let final_view = {
             let mut state = self.lock();
             let Some(entry) = state.active.remove(id) else {
@@ -332,7 +327,7 @@ impl Registry {
         self.refresh_pending_gauge();
         // The overdue gauge may have to drop now.
         self.reaper_wake.notify_one();
-        self.metrics.active_changed(kind_label(kind), -1);
+        self.metrics.active_changed(kind.label(), -1);
         tracing::info!(fault = id, state = ?api::FaultState::try_from(final_view.state).ok(), "fault ended");
         let _ = done.send(Some(final_view));
     }

@@ -26,7 +26,7 @@ use crate::capabilities::CapabilitySet;
 use crate::clock::{unix_ms_after, unix_ms_now};
 use crate::error::AgentError;
 use crate::faults::process::is_stop_signal;
-use crate::faults::{ActiveFault, PrepareContext, Prepared, check_capabilities, kind_label};
+use crate::faults::{self, ActiveFault, PrepareContext, Prepared, check_capabilities};
 use crate::journal::{Journal, JournalRecord};
 use crate::metrics::Metrics;
 use crate::procfs::ProcessInfo;
@@ -238,10 +238,10 @@ impl Registry {
         let result = self.inject_inner(request, caller).await;
         match &result {
             Ok(view) if view.state != api::FaultState::Unspecified as i32 => {
-                self.metrics.injected(kind_label(kind), started.elapsed());
+                self.metrics.injected(kind.label(), started.elapsed());
             }
             Ok(_) => {}
-            Err(err) => self.metrics.rejected(kind_label(kind), err.code_label()),
+            Err(err) => self.metrics.rejected(kind.label(), err.code_label()),
         }
         result
     }
@@ -325,7 +325,7 @@ impl Registry {
             metrics: &self.metrics,
             duration: valid.duration,
         };
-        let prepared = ActiveFault::prepare(&valid.plan, &valid.target, &targets, &context).await?;
+        let prepared = faults::prepare(&valid.plan, &valid.target, &targets, &context).await?;
         // The targets' own processes were checked above (a walk up /proc each): only the
         // rest of what the fault acts on, e.g. a container's other processes.
         let unchecked: Vec<ProcessInfo> = prepared
@@ -389,7 +389,7 @@ impl Registry {
 
         let record = JournalRecord {
             id: view.id.clone(),
-            kind: kind_label(fault.kind()).to_string(),
+            kind: fault.kind().label().to_string(),
             target: view.target.clone(),
             created_unix_ms: created,
             deadline_unix_ms: view.deadline_unix_ms,
@@ -492,7 +492,7 @@ impl Registry {
             );
         }
         self.reaper_wake.notify_one();
-        self.metrics.active_changed(kind_label(kind), 1);
+        self.metrics.active_changed(kind.label(), 1);
         let registry = Arc::clone(self);
         let driver = driver::Driver {
             id: view.id,
@@ -530,7 +530,7 @@ impl Registry {
                 claims,
             },
         );
-        self.metrics.active_changed(kind_label(kind), 1);
+        self.metrics.active_changed(kind.label(), 1);
         self.refresh_pending_gauge();
         let registry = Arc::clone(self);
         let id = view.id.clone();
@@ -538,7 +538,7 @@ impl Registry {
             registry
                 .finish(
                     &id,
-                    driver::Reverter::Live(Box::new(fault)),
+                    driver::Reverter::Live(fault),
                     EndReason::ApplyFailed,
                     None,
                     done_tx,
@@ -611,7 +611,7 @@ impl Registry {
     fn forget_journal(&self, id: &str, kind: api::FaultKind) {
         if let Err(e) = self.journal.remove(id) {
             tracing::error!(fault = id, error = %e, "cannot remove the journal record");
-            self.metrics.revert_failed(kind_label(kind));
+            self.metrics.revert_failed(kind.label());
         }
     }
 
@@ -885,18 +885,15 @@ fn claim_keys(plan: &FaultPlan, targets: &[Resolved]) -> Vec<ClaimKey> {
 fn claim_name(kind: api::FaultKind) -> &'static str {
     match kind {
         api::FaultKind::Process => "stop",
-        other => kind_label(other),
+        other => other.label(),
     }
 }
 
-/// The threads a fault's stressors run: a CPU stressor's workers, one per memory stressor.
+/// The threads a fault's stressors run on all its targets.
 fn stressor_threads(fault: &ActiveFault, targets: usize) -> u32 {
-    let targets = targets as u32;
-    match fault.status() {
-        api::fault::Status::Cpu(cpu) => cpu.workers.saturating_mul(targets),
-        api::fault::Status::Memory(_) => targets,
-        _ => 0,
-    }
+    fault
+        .stressor_threads_per_target()
+        .saturating_mul(targets as u32)
 }
 
 /// What one reaper pass found: faults whose lease lapsed, how many faults are overdue,
@@ -953,16 +950,10 @@ fn renew(state: &mut State, lease: &LeaseSpec) {
 }
 
 fn request_kind(request: &api::InjectRequest) -> api::FaultKind {
-    use api::inject_request::Fault;
-    match &request.fault {
-        Some(Fault::Cpu(_)) => api::FaultKind::Cpu,
-        Some(Fault::Memory(_)) => api::FaultKind::Memory,
-        Some(Fault::Network(_)) => api::FaultKind::Network,
-        Some(Fault::Process(_)) => api::FaultKind::Process,
-        Some(Fault::Io(_)) => api::FaultKind::Io,
-        Some(Fault::Blackhole(_)) => api::FaultKind::Blackhole,
-        None => api::FaultKind::Unspecified,
-    }
+    request
+        .fault
+        .as_ref()
+        .map_or(api::FaultKind::Unspecified, |fault| fault.kind())
 }
 
 fn state_name(state: i32) -> &'static str {

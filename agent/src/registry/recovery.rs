@@ -11,7 +11,7 @@ use tokio::sync::{Notify, watch};
 use super::driver::{EndReason, Reverter};
 use super::{Entry, Registry};
 use crate::clock::unix_ms_now;
-use crate::faults::{self, kind_label};
+use crate::faults;
 use crate::journal::JournalRecord;
 
 impl Registry {
@@ -65,9 +65,9 @@ impl Registry {
                     continue;
                 }
             };
-            match faults::undo(&self.resolver.procfs, &record.undo) {
+            match faults::replay(&self.resolver.procfs, record_kind(&record), &record.undo) {
                 Ok(()) => {
-                    self.forget_journal(&record.id, faults::kind_from_label(&record.kind));
+                    self.forget_journal(&record.id, record_kind(&record));
                     self.metrics.reverted(&record.kind, "recovered");
                     tracing::info!(fault = %record.id, kind = %record.kind, target = %record.target, "reverted a fault left by a previous run");
                     reverted += 1;
@@ -93,7 +93,7 @@ impl Registry {
     /// Lists a journal record whose undo failed as a revert-pending fault, and retries
     /// it in the background until it succeeds.
     fn retry_journaled(self: &Arc<Self>, record: JournalRecord, first_error: String) {
-        let kind = faults::kind_from_label(&record.kind);
+        let kind = record_kind(&record);
         let view = api::Fault {
             state: api::FaultState::RevertPending as i32,
             message: format!(
@@ -114,7 +114,7 @@ impl Registry {
                 claims: Vec::new(),
             },
         );
-        self.metrics.active_changed(kind_label(kind), 1);
+        self.metrics.active_changed(kind.label(), 1);
         self.refresh_pending_gauge();
         let registry = Arc::clone(self);
         self.lifetimes.spawn(async move {
@@ -140,11 +140,17 @@ impl Registry {
     }
 }
 
+/// The kind a journal record names; unspecified for a name this agent does not know
+/// (its replay then fails, and the record stays).
+fn record_kind(record: &JournalRecord) -> api::FaultKind {
+    api::FaultKind::from_label(&record.kind).unwrap_or(api::FaultKind::Unspecified)
+}
+
 /// The API view of a journal record.
 fn record_view(record: &JournalRecord) -> api::Fault {
     api::Fault {
         id: record.id.clone(),
-        kind: faults::kind_from_label(&record.kind) as i32,
+        kind: record_kind(record) as i32,
         target: record.target.clone(),
         created_unix_ms: record.created_unix_ms,
         deadline_unix_ms: record.deadline_unix_ms,

@@ -216,20 +216,4 @@ mod tests {
             Ok(())
         );
     }
-
-    #[test]
-    fn journal_records_without_a_cookie_still_read() {
-        // What agents before the cookie wrote.
-        let old = r#"{"pid":12,"start_time":34,"id":{"dev":4,"ino":4026532178}}"#;
-        let netns: NetnsRef = serde_json::from_str(old).unwrap();
-        assert_eq!(netns.cookie, None);
-        assert_eq!(netns.id.ino, 4_026_532_178);
-        let new = NetnsRef {
-            cookie: Some(9),
-            ..netns
-        };
-        let text = serde_json::to_string(&new).unwrap();
-        assert!(text.contains(r#""cookie":9"#), "{text}");
-        assert_eq!(serde_json::from_str::<NetnsRef>(&text).unwrap(), new);
-    }
 }

@@ -1,0 +1,457 @@
+//! The network fault: netem on a target's interface, inside the target's network
+//! namespace, over rtnetlink (chaos-netem; no `tc` binary). A bandwidth limit alone is
+//! a tbf instead (see `impairment`). Also the blackhole fault, which is the same
+//! machinery with 100 % loss (see `blackhole_request`).
+//!
+//! - egress, all traffic: netem (or tbf) as the root qdisc;
+//! - egress, targeted (destinations / ports / protocol / exclusions): a prio root with
+//!   an untouched band, netem (or tbf) under a second band, u32 filters (exclusions first);
+//! - ingress: an ifb device made for the fault with the above on its root, and a
+//!   match-all u32 filter with a mirred redirect on the interface's ingress hook; the
+//!   targeting filters then look at the remote end (source address and port).
+//!
+//! - `prepare` opens each distinct namespace of the targets once and decides its scope
+//!   from that descriptor: the node's namespace (PID 1's: a hostNetwork pod, a process of
+//!   the node) is node scope, refused without `--allow-node-scope` and otherwise kept
+//!   reachable on the agent's port; the agent's own namespace is refused. Then it finds
+//!   the interface (named, or the one carrying the default route) and snapshots its
+//!   qdiscs; it refuses an interface that already carries a fault of ours, or whose root
+//!   could not be put back exactly. Nothing changes yet, and the snapshot (with the
+//!   namespace's cookie) goes into the journal before `apply` runs.
+//! - `apply` installs netem on every interface, or on none (a failure restores the
+//!   ones already done), then reads back what the kernel installed.
+//! - `revert` (and `undo` after a crash) restores the snapshot. A namespace that no
+//!   longer exists took its qdiscs with it, and so did an interface that no longer
+//!   exists: nothing is left to restore. A namespace is found again by its nsfs inode
+//!   but is the fault's only if its cookie is the recorded one: the kernel hands a freed
+//!   inode number to the next namespace, which may be another pod's.
+//!
+//! Netlink work uses one socket per namespace and request (`NetnsHandle`): chaos-netem's
+//! socket-maker thread opens it inside the namespace, and the request's own task drives
+//! it, so no tokio worker ever changes namespace. The socket is closed when the request
+//! is done, because an open socket keeps its namespace alive after the pod is gone.
+//! Every netlink operation ends within chaos-netem's `NETLINK_TIMEOUT`: reverts of all
+//! faults run on one thread, which a request the kernel never answers must not hold.
+//!
+//! Where what is:
+//! - this file: `NetworkFault`, its lifecycle (prepare, apply, read back, revert);
+//! - `plan`: what a request asks of the kernel, decided from the validated plan (pure);
+//! - `kernel_modules`: whether this kernel has the modules a request needs;
+//! - `scope`: whose namespace it is (a pod's, the node's, the agent's own);
+//! - `claim`: one fault per interface and direction, across this agent's faults;
+//! - `install`: what an interface has now, inside its namespace, and the socket to it;
+//! - `errors`: what the kernel's refusals mean to a client;
+//! - `describe`: what is installed, read back and put in words;
+//! - `kind`: the network kind as the agent holds it (its entry in `faults::KINDS`, the
+//!   `Fault` implementation) and the journal form and replay shared with blackholes;
+//! - `record`: what the journal records (`QdiscRestore`, `NetnsRef`);
+//! - `restore`: putting an interface back, from a revert or the journal replay.
+
+mod claim;
+mod describe;
+mod errors;
+mod install;
+mod kernel_modules;
+mod kind;
+mod plan;
+mod record;
+mod restore;
+pub(crate) mod scope;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use chaos_netem::capabilities::ModuleTree;
+use chaos_netem::{NetnsHandle, OpenNetns};
+use chaos_proto::api;
+
+use crate::error::AgentError;
+use crate::procfs::{ProcessInfo, Procfs};
+use crate::resolve::Resolved;
+
+use claim::Claim;
+use describe::read_installed;
+use errors::{ingress_error, netlink_failed, tree_error};
+use install::{connect, ingress_is_ours, inspect};
+use restore::{restore_interface_async, restore_with};
+use scope::open_node_netns;
+
+pub use describe::describe_root;
+pub use kernel_modules::{NETEM_MISSING_HINT, require_modules, require_netem};
+pub use kind::{CAPABILITIES, KIND, NetworkUndo, prepare, prepare_request, replay};
+pub use plan::{
+    Direction, NetworkRequest, Scope, blackhole_request, classifier, impairment, netem_spec,
+    network_request,
+};
+pub use record::{NetnsRef, QdiscRestore};
+pub use restore::{Reverted, restore_interface};
+pub use scope::{NetnsScope, netns_scope};
+
+/// One interface the fault acts on.
+#[derive(Debug)]
+struct InterfaceTarget {
+    restore: QdiscRestore,
+    /// Where the namespace was found at prepare time.
+    path: PathBuf,
+    /// The socket prepare opened in the namespace, reused by apply and closed after it.
+    netlink: Option<NetnsHandle>,
+    ifname: String,
+    installed: bool,
+    _claim: Claim,
+}
+
+#[derive(Debug)]
+pub struct NetworkFault {
+    pub request: NetworkRequest,
+    interfaces: Vec<InterfaceTarget>,
+    status: api::NetworkStatus,
+}
+
+impl NetworkFault {
+    /// Decides which interfaces, snapshots them, claims them. Changes nothing.
+    pub async fn prepare(
+        mut request: NetworkRequest,
+        targets: &[Resolved],
+        procfs: &Procfs,
+        modules: &ModuleTree,
+    ) -> Result<(NetworkFault, Vec<ProcessInfo>), AgentError> {
+        request
+            .impairment
+            .validate()
+            .map_err(|e| AgentError::invalid("network", e.to_string()))?;
+        request
+            .classifier
+            .rules()
+            .map_err(|e| AgentError::invalid("network.destinations", e.to_string()))?;
+
+        // Each namespace is opened once: its scope is decided and its socket made through
+        // the same descriptor, and the ones held here cannot vanish meanwhile, so equal
+        // identities below are the same namespace.
+        let (node, node_process) = open_node_netns(procfs)?;
+        let agent = OpenNetns::open(&procfs.root().join("self/ns/net")).map_err(|e| {
+            AgentError::Internal(format!(
+                "cannot open the agent's own network namespace: {e}"
+            ))
+        })?;
+        // (namespace, the process it was found through, what to call it)
+        let mut namespaces: Vec<(OpenNetns, ProcessInfo, String)> = Vec::new();
+        let mut seen = HashSet::new();
+        match request.scope {
+            Scope::Targets => {
+                for target in targets {
+                    let netns =
+                        OpenNetns::open(&procfs.netns_path(target.init.pid)).map_err(|e| {
+                            AgentError::FailedPrecondition(format!(
+                                "cannot reach the network namespace of pid {}: {e}",
+                                target.init.pid
+                            ))
+                        })?;
+                    // Containers of one pod share the pod's namespace.
+                    if seen.insert(netns.id()) {
+                        namespaces.push((netns, target.init.clone(), target.spec.to_string()));
+                    }
+                }
+            }
+            Scope::Node => {
+                // The process it was found through is not acted on, so it is not a
+                // process the fault touches.
+                let (netns, process) = open_node_netns(procfs)?;
+                namespaces.push((netns, process, "the node".to_string()));
+            }
+        }
+        if namespaces.is_empty() {
+            return Err(AgentError::FailedPrecondition(
+                "the target resolved to no network namespace".into(),
+            ));
+        }
+        let mut node_scope = false;
+        for (netns, _, label) in &namespaces {
+            let scope = netns_scope(netns.id(), node.id(), agent.id(), request.node, label)?;
+            node_scope |= scope == NetnsScope::Node;
+        }
+        if node_scope {
+            // One classifier for every interface of the fault: the agent's port is then
+            // also left alone on a pod's interface the same request names, which costs
+            // that pod nothing.
+            request.keep_reachable(request.node.agent_port);
+        }
+        drop((node, node_process, agent));
+        require_modules(modules, &request).map_err(|e| match e {
+            AgentError::FailedPrecondition(message) if node_scope => {
+                AgentError::FailedPrecondition(format!(
+                    "{message}; a fault on the node's network namespace keeps the agent's port {} \
+                     reachable through prio and u32 filters",
+                    request.node.agent_port
+                ))
+            }
+            other => other,
+        })?;
+
+        let mut interfaces = Vec::new();
+        let mut acts_on = Vec::new();
+        for (netns, process, label) in namespaces {
+            let started = std::time::Instant::now();
+            let mut netlink = NetnsHandle::open_in(&netns)
+                .await
+                .map_err(|e| AgentError::FailedPrecondition(e.to_string()))?;
+            let cookie = netlink.cookie();
+            let opened_at = started.elapsed();
+            let inspected = netlink
+                .run(async |handle| {
+                    inspect(handle, request.interface.as_deref(), request.direction).await
+                })
+                .await
+                .map_err(|e| netlink_failed(&label, e))??;
+            tracing::debug!(
+                open_us = opened_at.as_micros() as u64,
+                inspect_us = (started.elapsed() - opened_at).as_micros() as u64,
+                "network prepare phases"
+            );
+            let ifname = inspected.ifname;
+            if request.direction == Direction::Egress {
+                if inspected.snapshot.root.is_ours() {
+                    return Err(AgentError::FailedPrecondition(format!(
+                        "interface {ifname} of {label} already carries a network fault; combine the impairments in one request"
+                    )));
+                }
+                if let Some(reason) = inspected.snapshot.not_restorable_reason() {
+                    return Err(AgentError::FailedPrecondition(format!(
+                        "interface {ifname}: {reason}, which the agent could not restore exactly; refusing to replace it"
+                    )));
+                }
+            }
+            let ingress = request.direction == Direction::Ingress;
+            let claim = Claim::take((netns.id(), cookie, inspected.ifindex, ingress))
+                .ok_or_else(|| {
+                    AgentError::FailedPrecondition(format!(
+                        "interface {ifname} of {label} is already being faulted by another request; combine the impairments in one request"
+                    ))
+                })?;
+            interfaces.push(InterfaceTarget {
+                restore: QdiscRestore {
+                    netns: NetnsRef {
+                        pid: process.pid,
+                        start_time: process.start_time,
+                        id: netns.id(),
+                        cookie,
+                    },
+                    ifindex: inspected.ifindex,
+                    snapshot: inspected.snapshot,
+                    ingress: inspected.ingress,
+                },
+                path: netns.path().to_path_buf(),
+                netlink: Some(netlink),
+                ifname,
+                installed: false,
+                _claim: claim,
+            });
+            if request.scope == Scope::Targets {
+                acts_on.push(process);
+            }
+        }
+        let status = api::NetworkStatus {
+            interface: interface_names(&interfaces),
+            installed: String::new(),
+        };
+        Ok((
+            NetworkFault {
+                request,
+                interfaces,
+                status,
+            },
+            acts_on,
+        ))
+    }
+
+    /// For dry runs and logs.
+    /// What prepare found, e.g. "would install netem on all traffic, egress, on 1
+    /// interface(s): eth0" for `action` "install netem".
+    pub fn summary(&self, action: &str) -> String {
+        let what = if self.request.classifier.is_empty() {
+            "on all traffic".to_string()
+        } else {
+            format!(
+                "behind {} match and {} exclusion filter(s)",
+                self.request.classifier.matches.len(),
+                self.request.classifier.exclusions.len()
+            )
+        };
+        let direction = match self.request.direction {
+            Direction::Egress => "egress",
+            Direction::Ingress => "ingress (through an ifb)",
+        };
+        format!(
+            "would {action} {what}, {direction}, on {} interface(s): {}",
+            self.interfaces.len(),
+            interface_names(&self.interfaces)
+        )
+    }
+
+    /// Installs netem on every interface or on none.
+    pub async fn apply(&mut self) -> Result<(), AgentError> {
+        let applied = self.install_all().await;
+        // Done with the namespaces until revert: let them go if their pods go.
+        for target in &mut self.interfaces {
+            target.netlink = None;
+        }
+        applied
+    }
+
+    async fn install_all(&mut self) -> Result<(), AgentError> {
+        let started = std::time::Instant::now();
+        for index in 0..self.interfaces.len() {
+            if let Err(err) = self.install(index).await {
+                if let Err(rollback) = self.revert().await {
+                    tracing::error!(error = %rollback, "rollback of a partly applied network fault failed");
+                    return Err(AgentError::Internal(format!(
+                        "{err}; rolling back the interfaces already changed failed too: {rollback}"
+                    )));
+                }
+                return Err(err);
+            }
+        }
+        let installed_at = started.elapsed();
+        self.read_back().await;
+        tracing::debug!(
+            install_us = installed_at.as_micros() as u64,
+            read_back_us = (started.elapsed() - installed_at).as_micros() as u64,
+            "network apply phases"
+        );
+        Ok(())
+    }
+
+    async fn install(&mut self, index: usize) -> Result<(), AgentError> {
+        let target = &mut self.interfaces[index];
+        let ifindex = target.restore.ifindex;
+        let ifname = target.ifname.clone();
+        let (impairment, classifier) = (&self.request.impairment, &self.request.classifier);
+        let netlink = connect(&mut target.netlink, &target.restore.netns, &target.path)
+            .await
+            .map_err(|e| AgentError::FailedPrecondition(format!("interface {ifname}: {e}")))?;
+        if let Some(redirect) = target.restore.ingress.as_mut() {
+            let ifb = netlink
+                .run(async |handle| {
+                    chaos_netem::ingress::install(handle, ifindex, redirect, impairment, classifier)
+                        .await
+                })
+                .await
+                .map_err(|e| netlink_failed(&format!("interface {ifname}"), e))?
+                .map_err(|e| ingress_error(&ifname, e))?;
+            target.installed = true;
+            // Journaled with the rest (see registry): tells our redirect from others'.
+            redirect.ifb_index = Some(ifb);
+            return Ok(());
+        }
+        let before = netlink
+            .run(async |handle| {
+                let mut before =
+                    chaos_netem::tree::install(handle, ifindex, impairment, classifier).await?;
+                // Same rule as in prepare: an ingress fault's own qdisc is not ours to
+                // restore. Asked after the change, which did not touch the ingress side.
+                if ingress_is_ours(handle, &before).await.unwrap_or(false) {
+                    before.ingress = None;
+                }
+                Ok(before)
+            })
+            .await
+            .map_err(|e| netlink_failed(&format!("interface {ifname}"), e))?
+            .map_err(|e| tree_error(&ifname, e))?;
+        target.installed = true;
+        // The state right before our change is what must come back; if someone changed
+        // the interface since prepare, the journal is rewritten with this (see registry).
+        target.restore.snapshot = before;
+        Ok(())
+    }
+
+    /// Reads what the kernel has now into the status (`installed`).
+    pub async fn read_back(&mut self) {
+        let mut described = Vec::new();
+        let single = self.interfaces.len() == 1;
+        for target in &mut self.interfaces {
+            let ifindex = target.restore.ifindex;
+            let redirect = target.restore.ingress.clone();
+            let dump = match connect(&mut target.netlink, &target.restore.netns, &target.path).await
+            {
+                Ok(netlink) => netlink
+                    .run(async |handle| read_installed(handle, ifindex, redirect.as_ref()).await)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|dumped| dumped),
+                Err(e) => Err(e),
+            };
+            let text = dump.unwrap_or_else(|e| format!("dump failed: {e}"));
+            described.push(if single {
+                text
+            } else {
+                format!("{}: {text}", target.ifname)
+            });
+        }
+        self.status.installed = described.join("; ");
+    }
+
+    /// Restores every interface this fault changed. A namespace or an interface that is
+    /// gone took the qdisc with it and counts as restored; the status says which.
+    pub async fn revert(&mut self) -> Result<(), String> {
+        let mut errors = Vec::new();
+        let mut notes = Vec::new();
+        for target in self.interfaces.iter_mut().filter(|t| t.installed) {
+            // A socket still open from this request (a rollback inside apply) is reused;
+            // else the namespace is looked up again, as the journal replay does.
+            let result = match target.netlink.as_mut() {
+                Some(netlink) => {
+                    let restore = &target.restore;
+                    netlink
+                        .run(async |handle| restore_with(handle, restore).await)
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|restored| restored.map(Reverted::from))
+                }
+                None => {
+                    restore_interface_async(&target.restore, Some(&target.path), Path::new("/proc"))
+                        .await
+                }
+            };
+            match result {
+                Ok(reverted) => {
+                    target.installed = false;
+                    if reverted != Reverted::Restored {
+                        notes.push(format!("{}: {}", target.ifname, reverted.describe()));
+                    }
+                }
+                Err(e) => errors.push(format!("{}: {e}", target.ifname)),
+            }
+        }
+        if errors.is_empty() {
+            self.status.installed = if notes.is_empty() {
+                "restored".into()
+            } else {
+                format!("restored; {}", notes.join("; "))
+            };
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// Whether an interface still carries what apply installed: after a failed apply,
+    /// when its rollback failed too.
+    pub fn holds_changes(&self) -> bool {
+        self.interfaces.iter().any(|t| t.installed)
+    }
+
+    pub fn restores(&self) -> Vec<QdiscRestore> {
+        self.interfaces.iter().map(|t| t.restore.clone()).collect()
+    }
+
+    pub fn status(&self) -> api::NetworkStatus {
+        self.status.clone()
+    }
+}
+
+fn interface_names(interfaces: &[InterfaceTarget]) -> String {
+    interfaces
+        .iter()
+        .map(|t| t.ifname.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
