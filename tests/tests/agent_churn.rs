@@ -12,8 +12,10 @@
 //!   restarted task in the same cgroup gets no stressor, a removed container's cgroup is not
 //!   kept busy. A revert afterwards is FailedPrecondition ("already ended").
 //! - Stop (SIGSTOP held): the stopped processes are identified by pid and start time, so a
-//!   restarted task's processes are never stopped nor continued by the old fault; the revert
-//!   returns Reverted.
+//!   restarted task's processes are never stopped nor continued by the old fault. Once every
+//!   stopped process has exited, the fault ends by itself within a couple of status rounds
+//!   ("ended: its target is gone", state Completed), instead of being listed active until its
+//!   deadline holding nothing; a revert afterwards is FailedPrecondition ("already ended").
 //! - Repeating kill: a `container:` target follows the container (each round resolves it
 //!   again: a restarted container's processes are killed too, by design); a `pid:` target is
 //!   pinned and ends as target gone when that process dies, leaving the new task alone.
@@ -352,11 +354,11 @@ async fn a_memory_fault_ends_when_its_container_is_killed_restarted_or_removed()
     Ok(())
 }
 
-/// A held SIGSTOP under churn: the revert answers Reverted, a restarted task is never
-/// stopped; and a killed task's stop still ends at its deadline.
+/// A held SIGSTOP under churn: the fault ends by itself once its stopped processes have
+/// exited, a restarted task is never stopped, and nothing is left; a stop whose processes
+/// live on ends at its deadline.
 #[tokio::test(flavor = "multi_thread")]
-async fn host_a_stop_fault_never_stops_the_restarted_task_and_reverts_after_any_churn() -> Result<()>
-{
+async fn host_a_stop_fault_never_stops_the_restarted_task_and_ends_after_any_churn() -> Result<()> {
     let (tls, state) = (make_certs()?, state_dir()?);
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
     for churn in churn::ALL {
@@ -376,9 +378,25 @@ async fn host_a_stop_fault_never_stops_the_restarted_task_and_reverts_after_any_
             state_of(old_init) == Some('T')
         })?;
         churn.apply(&target)?;
+        let churned = Instant::now();
+        let ended = wait_ended(&agent, &fault.id, scaled(Duration::from_secs(5))).await?;
+        println!(
+            "stop under {churn:?}: the fault ended {:?} after the churn as {:?}: {}",
+            churned.elapsed(),
+            state_name(&ended),
+            ended.message
+        );
+        ensure!(
+            ended.state == api::FaultState::Completed as i32
+                && ended
+                    .message
+                    .contains("every process the stop held has exited"),
+            "{churn:?}: {ended:?}"
+        );
         if churn == Churn::Restart {
             churn::wait_exec(&target)?;
             let new_init = target.pid()?;
+            ensure!(new_init != old_init, "the task was not restarted");
             let watch = Instant::now();
             while watch.elapsed() < UNTOUCHED_WATCH {
                 ensure!(
@@ -389,27 +407,20 @@ async fn host_a_stop_fault_never_stops_the_restarted_task_and_reverts_after_any_
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        let reverted = revert(&agent, &fault.id)
-            .await?
-            .map_err(|status| anyhow::anyhow!("{churn:?}: revert refused: {status:?}"))?;
-        println!(
-            "stop under {churn:?}: revert says {:?} {:?}",
-            state_name(&reverted),
-            reverted.message
-        );
-        ensure!(
-            reverted.state == api::FaultState::Reverted as i32,
-            "{churn:?}: {reverted:?}"
-        );
-        if churn == Churn::Restart {
-            let new_init = target.pid()?;
-            ensure!(state_of(new_init) == Some('S'), "{:?}", state_of(new_init));
+        match revert(&agent, &fault.id).await? {
+            Err(status) => ensure!(
+                status.code() == tonic::Code::FailedPrecondition
+                    && status.message().contains("already ended"),
+                "{churn:?}: {status:?}"
+            ),
+            Ok(reverted) => bail!("{churn:?}: a revert after the end answered OK: {reverted:?}"),
         }
         assert_nothing_left(&agent, state.path()).await?;
     }
 
-    // The deadline ends a stop whose task was killed under it.
+    // The deadline ends a stop whose processes live on, and continues them.
     let target = container("stop-deadline", &[])?;
+    let init = target.pid()?;
     let fault = inject(
         &agent,
         request(
@@ -419,9 +430,11 @@ async fn host_a_stop_fault_never_stops_the_restarted_task_and_reverts_after_any_
         ),
     )
     .await?;
-    Churn::Kill.apply(&target)?;
     let ended = wait_ended(&agent, &fault.id, scaled(Duration::from_secs(8))).await?;
     ensure!(ended.state == api::FaultState::Expired as i32, "{ended:?}");
+    wait_until(scaled(Duration::from_secs(5)), "the init continued", || {
+        state_of(init) == Some('S')
+    })?;
     assert_nothing_left(&agent, state.path()).await?;
     Ok(())
 }

@@ -387,6 +387,12 @@ impl Fault for ProcessFault {
     ) -> TickOutcome {
         if self.holds_stop() {
             self.measure_stopped(procfs);
+            // Held until the deadline otherwise, listed as active, holding nothing.
+            if !self.stopped.is_empty() && self.stopped.iter().all(|p| is_gone(procfs, p)) {
+                return TickOutcome::Ended(
+                    "every process the stop held has exited: nothing is left to continue".into(),
+                );
+            }
             return TickOutcome::Continue;
         }
         match (self.pinned.is_some(), chosen) {
@@ -434,6 +440,13 @@ pub fn replay(procfs: &Procfs, record: &UndoRecord) -> Result<(), String> {
         ProcessUndo::Nothing => Ok(()),
         ProcessUndo::ContinueProcesses { processes } => continue_processes(procfs, &processes),
     }
+}
+
+/// Whether the process identified has exited (its pid gone, or now another process's).
+fn is_gone(procfs: &Procfs, process: &ProcessIdentity) -> bool {
+    procfs
+        .stat(process.pid)
+        .map_or(true, |stat| stat.start_time != process.start_time)
 }
 
 /// Whether the process is still the one identified and the kernel shows it stopped.
@@ -661,6 +674,41 @@ mod tests {
         )
         .unwrap();
         assert_eq!(kill.undo_form(), ProcessUndo::Nothing);
+    }
+
+    #[test]
+    fn a_stop_ends_by_itself_once_every_process_it_held_has_exited() {
+        let procfs = Procfs::default();
+        let (mut child, target) = sleeping_child(&procfs);
+        let pid = target.init.pid;
+        let (mut fault, chosen) = ProcessFault::prepare(
+            plan(Signal::SIGSTOP, None),
+            &TargetSpec::Pid(pid),
+            &[target],
+            &procfs,
+        )
+        .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(fault.first_round(&procfs, &chosen))
+            .unwrap();
+        assert_eq!(fault.tick(&procfs, None), TickOutcome::Continue);
+        assert_eq!(fault.status.stopped, 1);
+        // SIGKILL ends a stopped process too; reaped, its pid is gone.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let TickOutcome::Ended(why) = fault.tick(&procfs, None) else {
+            panic!("a stop of exited processes goes on");
+        };
+        assert!(
+            why.contains("every process the stop held has exited"),
+            "{why}"
+        );
+        assert_eq!(fault.status.stopped, 0);
+        assert_eq!(runtime.block_on(Fault::revert(&mut fault, &procfs)), Ok(()));
     }
 
     #[test]
