@@ -1,0 +1,259 @@
+//! The network kind's plan and its validation: netem impairments (delay, loss,
+//! duplication, corruption, reordering, rate) on chosen destinations and ports.
+
+use chaos_proto::api;
+
+use super::Limits;
+use super::targeting::{
+    Cidr, NodeNetworkPolicy, check_filter_count, check_interface_name, check_ports, filter_product,
+    parse_ipv4_cidrs,
+};
+use crate::error::AgentError;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkPlan {
+    pub request: api::NetworkFault,
+    pub destinations: Vec<Cidr>,
+    pub exclude_destinations: Vec<Cidr>,
+    pub node: NodeNetworkPolicy,
+}
+
+fn check_percent(field: &'static str, value: f64) -> Result<(), AgentError> {
+    if !(value.is_finite() && (0.0..=100.0).contains(&value)) {
+        return Err(AgentError::invalid(
+            field,
+            format!("{value} is outside 0..=100"),
+        ));
+    }
+    // The kernel holds a probability as a fraction of 2^32 - 1: a percentage above 0
+    // that rounds to 0 there would be installed as "never", not as asked.
+    if value > 0.0 && chaos_netem::codec::percent_to_probability(value) == 0 {
+        return Err(AgentError::invalid(
+            field,
+            format!("{value} % is below the kernel's resolution (100 / (2^32 - 1) %)"),
+        ));
+    }
+    Ok(())
+}
+
+/// The highest bandwidth limit: its bit rate (how tc and the fault's status show rates)
+/// must fit 64 bits. The kernel takes any 64-bit byte rate (`TCA_*_RATE64`).
+pub const MAX_RATE_BYTES_PER_SECOND: u64 = u64::MAX / 8;
+
+pub(super) fn validate_network(
+    n: &api::NetworkFault,
+    limits: &Limits,
+) -> Result<NetworkPlan, AgentError> {
+    const MAX_DELAY_US: u64 = 60_000_000;
+    check_interface_name("network.interface", &n.interface)?;
+    api::Direction::try_from(n.direction).map_err(|_| {
+        AgentError::invalid(
+            "network.direction",
+            format!("{} is not a direction", n.direction),
+        )
+    })?;
+    let distribution = api::Distribution::try_from(n.distribution).map_err(|_| {
+        AgentError::invalid(
+            "network.distribution",
+            format!("{} is not a distribution", n.distribution),
+        )
+    })?;
+    api::Protocol::try_from(n.protocol).map_err(|_| {
+        AgentError::invalid(
+            "network.protocol",
+            format!("{} is not a protocol", n.protocol),
+        )
+    })?;
+    if n.delay_us > MAX_DELAY_US {
+        return Err(AgentError::invalid(
+            "network.delay_us",
+            "must be at most 60 s",
+        ));
+    }
+    if n.jitter_us > chaos_netem::codec::MAX_JITTER_US {
+        return Err(AgentError::invalid(
+            "network.jitter_us",
+            format!(
+                "must be at most {} us (2^31 - 1 ns): the kernel cuts a larger jitter to that",
+                chaos_netem::codec::MAX_JITTER_US
+            ),
+        ));
+    }
+    if n.jitter_us > 0 && n.delay_us == 0 {
+        return Err(AgentError::invalid(
+            "network.jitter_us",
+            "needs network.delay_us",
+        ));
+    }
+    if distribution != api::Distribution::Unspecified && n.jitter_us == 0 {
+        return Err(AgentError::invalid(
+            "network.distribution",
+            "needs network.jitter_us (a distribution shapes the jitter)",
+        ));
+    }
+    check_percent("network.delay_correlation", n.delay_correlation)?;
+    check_percent("network.loss_percent", n.loss_percent)?;
+    check_percent("network.loss_correlation", n.loss_correlation)?;
+    check_percent("network.duplicate_percent", n.duplicate_percent)?;
+    check_percent("network.corrupt_percent", n.corrupt_percent)?;
+    check_percent("network.reorder_percent", n.reorder_percent)?;
+    if n.reorder_percent > 0.0 && n.delay_us == 0 {
+        return Err(AgentError::invalid(
+            "network.reorder_percent",
+            "needs network.delay_us (netem reorders by sending some packets without the delay)",
+        ));
+    }
+    if n.reorder_gap > 0 && n.reorder_percent == 0.0 {
+        return Err(AgentError::invalid(
+            "network.reorder_gap",
+            "needs network.reorder_percent",
+        ));
+    }
+    if n.rate_bytes_per_second > MAX_RATE_BYTES_PER_SECOND {
+        return Err(AgentError::invalid(
+            "network.rate_bytes_per_second",
+            format!(
+                "{} is above the highest rate, {MAX_RATE_BYTES_PER_SECOND} bytes/s (its bit rate must fit 64 bits)",
+                n.rate_bytes_per_second
+            ),
+        ));
+    }
+    let impairs = n.delay_us > 0
+        || n.loss_percent > 0.0
+        || n.duplicate_percent > 0.0
+        || n.corrupt_percent > 0.0
+        || n.rate_bytes_per_second > 0;
+    if !impairs {
+        return Err(AgentError::invalid(
+            "network",
+            "sets no impairment; give at least one of delay_us, loss_percent, duplicate_percent, corrupt_percent, rate_bytes_per_second",
+        ));
+    }
+    let destinations = parse_ipv4_cidrs("network.destinations", &n.destinations)?;
+    let exclude_destinations =
+        parse_ipv4_cidrs("network.exclude_destinations", &n.exclude_destinations)?;
+    check_ports("network.ports", &n.ports)?;
+    check_ports("network.exclude_ports", &n.exclude_ports)?;
+    if n.protocol == api::Protocol::Icmp as i32 && !n.ports.is_empty() {
+        return Err(AgentError::invalid(
+            "network.ports",
+            "ICMP has no ports; use protocol tcp, udp or any with ports",
+        ));
+    }
+    let protocols = if n.protocol == api::Protocol::Any as i32 && !n.ports.is_empty() {
+        2 // tcp and udp
+    } else {
+        1
+    };
+    check_filter_count(
+        "network.destinations",
+        filter_product(&[n.destinations.len().max(1), n.ports.len().max(1), protocols]),
+    )?;
+    check_filter_count(
+        "network.exclude_destinations",
+        n.exclude_destinations
+            .len()
+            .saturating_add(filter_product(&[2, n.exclude_ports.len()])),
+    )?;
+    Ok(NetworkPlan {
+        request: n.clone(),
+        destinations,
+        exclude_destinations,
+        node: NodeNetworkPolicy::of(limits),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::test_support::req;
+    use crate::validate::validate_inject;
+    use api::inject_request::Fault;
+
+    #[test]
+    fn ipv6_targets_are_refused_by_name_not_ignored() {
+        let r = req(
+            "pid:2",
+            1000,
+            Fault::Network(api::NetworkFault {
+                delay_us: 1000,
+                exclude_destinations: vec!["fd00::/8".into()],
+                ..Default::default()
+            }),
+        );
+        match validate_inject(&r, &Limits::default()) {
+            Err(AgentError::Unimplemented(message)) => {
+                assert!(
+                    message.contains("network.exclude_destinations"),
+                    "{message}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn network_numbers_the_kernel_cannot_hold_are_refused_at_the_boundary() {
+        let network = |fault: api::NetworkFault| {
+            validate_inject(
+                &req("pid:2", 1000, Fault::Network(fault)),
+                &Limits::default(),
+            )
+        };
+        let rate = |rate_bytes_per_second| api::NetworkFault {
+            rate_bytes_per_second,
+            ..Default::default()
+        };
+        assert!(network(rate(MAX_RATE_BYTES_PER_SECOND)).is_ok());
+        for too_high in [MAX_RATE_BYTES_PER_SECOND + 1, u64::MAX] {
+            match network(rate(too_high)) {
+                Err(AgentError::InvalidArgument { field, .. }) => {
+                    assert_eq!(field, "network.rate_bytes_per_second")
+                }
+                other => panic!("{too_high}: {other:?}"),
+            }
+        }
+        // The smallest loss the kernel holds is 1 / (2^32 - 1); half of it rounds to 0.
+        let one_step = 100.0 / f64::from(u32::MAX);
+        let loss = |loss_percent| api::NetworkFault {
+            loss_percent,
+            ..Default::default()
+        };
+        assert!(network(loss(one_step)).is_ok());
+        match network(loss(one_step / 4.0)) {
+            Err(AgentError::InvalidArgument { field, reason }) => {
+                assert_eq!(field, "network.loss_percent");
+                assert!(reason.contains("resolution"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let correlated = api::NetworkFault {
+            loss_correlation: 1e-12,
+            ..loss(5.0)
+        };
+        assert!(matches!(
+            network(correlated),
+            Err(AgentError::InvalidArgument {
+                field: "network.loss_correlation",
+                ..
+            })
+        ));
+        // The widest jitter the kernel keeps, and one microsecond more.
+        let jitter = |jitter_us| api::NetworkFault {
+            delay_us: 5_000_000,
+            jitter_us,
+            ..Default::default()
+        };
+        assert!(network(jitter(chaos_netem::codec::MAX_JITTER_US)).is_ok());
+        assert!(matches!(
+            network(jitter(chaos_netem::codec::MAX_JITTER_US + 1)),
+            Err(AgentError::InvalidArgument {
+                field: "network.jitter_us",
+                ..
+            })
+        ));
+        // Lists whose product would overflow are counted, not multiplied.
+        assert_eq!(filter_product(&[usize::MAX, 2]), usize::MAX);
+        assert_eq!(filter_product(&[3, 2, 2]), 12);
+    }
+}
