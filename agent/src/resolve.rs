@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use chaos_cgroup::{CgroupError, CgroupFs, CgroupLayout, ProcessCgroup};
+use chaos_netem::OpenNetns;
 use chaos_proto::api;
 
 use crate::error::AgentError;
@@ -359,7 +360,7 @@ impl Resolver {
     /// The node's network namespace (PID 1's, or kthreadd's where PID 1's cannot be
     /// opened), if it can be found: with hostPID it always can.
     pub fn node_netns(&self) -> Option<chaos_netem::NetnsId> {
-        crate::faults::network::scope::open_node_netns(&self.procfs)
+        open_node_netns(&self.procfs)
             .ok()
             .map(|(netns, _)| netns.id())
     }
@@ -474,6 +475,35 @@ pub fn owner_from_path(path: &str, containers: &[RuntimeContainer]) -> Owner {
         };
     }
     Owner::Node
+}
+
+/// The node's network namespace, opened, and the process it was found through: PID 1
+/// (the agent runs with hostPID). Where PID 1 is more privileged than the agent (a
+/// sandbox's init holding capabilities the agent lacks, as on the build machine), the
+/// kernel refuses to open its namespace; kthreadd (PID 2), a kernel thread and so always
+/// in the initial namespace, where a node's init is, stands in then.
+pub(crate) fn open_node_netns(procfs: &Procfs) -> Result<(OpenNetns, ProcessInfo), AgentError> {
+    let through = |pid: u32| -> Result<(OpenNetns, ProcessInfo), String> {
+        let process = procfs.process(pid).map_err(|e| e.to_string())?;
+        let netns = OpenNetns::open(&procfs.netns_path(pid)).map_err(|e| e.to_string())?;
+        Ok((netns, process))
+    };
+    let init_error = match through(1) {
+        Ok(found) => return Ok(found),
+        Err(e) => e,
+    };
+    match through(2) {
+        Ok((netns, process)) if process.comm == "kthreadd" && process.ppid == 0 => {
+            Ok((netns, process))
+        }
+        Ok((_, process)) => Err(AgentError::FailedPrecondition(format!(
+            "cannot open the node's network namespace through PID 1 ({init_error}), and PID 2 is {}, not kthreadd: the agent needs hostPID",
+            process.comm
+        ))),
+        Err(e) => Err(AgentError::FailedPrecondition(format!(
+            "cannot open the node's network namespace through PID 1 ({init_error}) or kthreadd ({e}): the agent needs hostPID"
+        ))),
+    }
 }
 
 #[cfg(test)]

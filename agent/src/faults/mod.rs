@@ -5,9 +5,10 @@
 //! Capabilities RPC, journal replay) follows from [`KINDS`]; names come from the API's
 //! own enum (`FaultKind::label`).
 //!
-//! To add a kind: a module with a `prepare` and a type implementing [`Fault`], its
-//! [`KindInfo`] in [`KINDS`], its variant of `validate::FaultPlan` and its arm in
-//! [`prepare`].
+//! To add a kind: its plan and validator in `validate/<kind>.rs` with a variant of
+//! `validate::FaultPlan` and an arm in `validate_inject`; a module here with a `prepare`
+//! and a type implementing [`Fault`]; its [`KindInfo`] in [`KINDS`] and its arm in
+//! [`prepare`]. Tests check that every plan has its entry and every entry its plan.
 //!
 //! `tick` and `revert` run on the agent's fault thread, which every fault's deadline
 //! shares: they do quick reads and syscalls only. Work that may block (finding a

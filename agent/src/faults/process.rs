@@ -15,7 +15,7 @@ use crate::procfs::{ProcessIdentity, ProcessInfo, Procfs};
 use crate::resolve::Resolved;
 use crate::sys::{PinnedProcess, SignalError, signal_process};
 use crate::target::TargetSpec;
-use crate::validate::ProcessPlan;
+use crate::validate::{ProcessPlan, is_stop_signal, signal_name};
 
 pub const KIND: KindInfo = KindInfo {
     kind: api::FaultKind::Process,
@@ -84,10 +84,6 @@ pub fn select(spec: &TargetSpec, filter: Option<&str>, targets: &[Resolved]) -> 
     chosen.sort_by_key(|p| p.pid);
     chosen.dedup_by_key(|p| p.pid);
     chosen
-}
-
-pub fn signal_name(signal: Signal) -> String {
-    signal.as_str().trim_start_matches("SIG").to_string()
 }
 
 #[derive(Debug)]
@@ -454,15 +450,6 @@ fn is_stopped(procfs: &Procfs, process: &ProcessIdentity) -> bool {
     procfs
         .stat(process.pid)
         .is_ok_and(|stat| stat.start_time == process.start_time && matches!(stat.state, 'T' | 't'))
-}
-
-/// Signals whose default action stops a process. A stop is a state, not an event: the
-/// fault holds it and every end of the fault continues the processes.
-pub fn is_stop_signal(signal: Signal) -> bool {
-    matches!(
-        signal,
-        Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
-    )
 }
 
 /// SIGCONT to each process that is still the one identified (a pid reused by another

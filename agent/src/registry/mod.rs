@@ -25,7 +25,6 @@ use crate::authz::Caller;
 use crate::capabilities::CapabilitySet;
 use crate::clock::{unix_ms_after, unix_ms_now};
 use crate::error::AgentError;
-use crate::faults::process::is_stop_signal;
 use crate::faults::{self, ActiveFault, PrepareContext, Prepared, check_capabilities};
 use crate::journal::{Journal, JournalRecord};
 use crate::metrics::Metrics;
@@ -866,7 +865,7 @@ impl Drop for ClaimGuard<'_> {
 fn claim_keys(plan: &FaultPlan, targets: &[Resolved]) -> Vec<ClaimKey> {
     let holds_alone = match plan {
         FaultPlan::Cpu(_) | FaultPlan::Memory(_) => true,
-        FaultPlan::Process(process) => is_stop_signal(process.signal),
+        FaultPlan::Process(process) => crate::validate::is_stop_signal(process.signal),
         FaultPlan::Network(_) | FaultPlan::Blackhole(_) => false,
     };
     if !holds_alone {

@@ -25,7 +25,7 @@ pub use blackhole::BlackholePlan;
 pub use cpu::CpuPlan;
 pub use memory::{MemoryAmount, MemoryPlan};
 pub use network::{MAX_RATE_BYTES_PER_SECOND, NetworkPlan};
-pub use process::{ProcessPlan, parse_signal};
+pub use process::{ProcessPlan, is_stop_signal, parse_signal, signal_name};
 pub use targeting::{Cidr, NodeNetworkPolicy};
 
 use std::collections::HashMap;

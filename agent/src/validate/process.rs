@@ -52,7 +52,7 @@ pub(super) fn validate_process(
             "must be at most 256 characters without NUL",
         ));
     }
-    if crate::faults::process::is_stop_signal(signal) {
+    if is_stop_signal(signal) {
         // A stopped process stays stopped: the fault holds the stop and continues the
         // processes at its end, so it needs an end and has nothing to repeat.
         if duration.is_zero() {
@@ -60,7 +60,7 @@ pub(super) fn validate_process(
                 "duration_ms",
                 format!(
                     "is required with {}: the processes stay stopped until the fault ends, when the agent continues them (SIGCONT)",
-                    crate::faults::process::signal_name(signal)
+                    signal_name(signal)
                 ),
             ));
         }
@@ -101,6 +101,20 @@ pub(super) fn validate_process(
         process_filter: (!filter.is_empty()).then(|| filter.to_string()),
         interval,
     })
+}
+
+/// A signal as people write it: `KILL` for SIGKILL.
+pub fn signal_name(signal: Signal) -> String {
+    signal.as_str().trim_start_matches("SIG").to_string()
+}
+
+/// Signals whose default action stops a process. A stop is a state, not an event: the
+/// fault holds it and every end of the fault continues the processes.
+pub fn is_stop_signal(signal: Signal) -> bool {
+    matches!(
+        signal,
+        Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
+    )
 }
 
 #[cfg(test)]

@@ -69,12 +69,12 @@ use crate::error::AgentError;
 use crate::procfs::{ProcessInfo, Procfs};
 use crate::resolve::Resolved;
 
+use crate::resolve::open_node_netns;
 use claim::Claim;
 use describe::read_installed;
 use errors::{ingress_error, netlink_failed, tree_error};
 use install::{connect, ingress_is_ours, inspect};
 use restore::{restore_interface_async, restore_with};
-use scope::open_node_netns;
 
 pub use describe::describe_root;
 pub use kernel_modules::{NETEM_MISSING_HINT, require_modules, require_netem};

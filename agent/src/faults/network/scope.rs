@@ -2,10 +2,9 @@
 //! where a fault acts on the whole node), or the agent's own. The decision is pure
 //! ([`netns_scope`]); opening the node's namespace is the thin part.
 
-use chaos_netem::{NetnsId, OpenNetns};
+use chaos_netem::NetnsId;
 
 use crate::error::AgentError;
-use crate::procfs::{ProcessInfo, Procfs};
 use crate::validate::NodeNetworkPolicy;
 
 /// Where a namespace the fault would act in stands, decided in [`netns_scope`].
@@ -50,35 +49,6 @@ pub fn netns_scope(
         )));
     }
     Ok(NetnsScope::Pod)
-}
-
-/// The node's network namespace, opened, and the process it was found through: PID 1
-/// (the agent runs with hostPID). Where PID 1 is more privileged than the agent (a
-/// sandbox's init holding capabilities the agent lacks, as on the build machine), the
-/// kernel refuses to open its namespace; kthreadd (PID 2), a kernel thread and so always
-/// in the initial namespace, where a node's init is, stands in then.
-pub(crate) fn open_node_netns(procfs: &Procfs) -> Result<(OpenNetns, ProcessInfo), AgentError> {
-    let through = |pid: u32| -> Result<(OpenNetns, ProcessInfo), String> {
-        let process = procfs.process(pid).map_err(|e| e.to_string())?;
-        let netns = OpenNetns::open(&procfs.netns_path(pid)).map_err(|e| e.to_string())?;
-        Ok((netns, process))
-    };
-    let init_error = match through(1) {
-        Ok(found) => return Ok(found),
-        Err(e) => e,
-    };
-    match through(2) {
-        Ok((netns, process)) if process.comm == "kthreadd" && process.ppid == 0 => {
-            Ok((netns, process))
-        }
-        Ok((_, process)) => Err(AgentError::FailedPrecondition(format!(
-            "cannot open the node's network namespace through PID 1 ({init_error}), and PID 2 is {}, not kthreadd: the agent needs hostPID",
-            process.comm
-        ))),
-        Err(e) => Err(AgentError::FailedPrecondition(format!(
-            "cannot open the node's network namespace through PID 1 ({init_error}) or kthreadd ({e}): the agent needs hostPID"
-        ))),
-    }
 }
 
 #[cfg(test)]
