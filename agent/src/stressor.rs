@@ -191,27 +191,8 @@ pub fn undo_record(stressors: &[Stressor]) -> UndoRecord {
 /// Kills the stressors a journal record lists, after a crash. A pid that exited or now
 /// belongs to another process (its start time differs) is done: the stressor is gone.
 pub fn replay(procfs: &Procfs, record: &UndoRecord) -> Result<(), String> {
-    use crate::sys::{SignalError, signal_process};
     let StressorUndo::KillProcesses { processes } = record.read()?;
-    let errors: Vec<String> = processes
-        .iter()
-        .filter_map(|p| {
-            match signal_process(
-                procfs,
-                p.pid,
-                p.start_time,
-                nix::sys::signal::Signal::SIGKILL,
-            ) {
-                Ok(()) | Err(SignalError::Gone(_)) | Err(SignalError::Reused(_)) => None,
-                Err(e) => Some(e.to_string()),
-            }
-        })
-        .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors.join("; "))
-    }
+    crate::sys::signal_each(procfs, &processes, nix::sys::signal::Signal::SIGKILL)
 }
 
 struct Job {

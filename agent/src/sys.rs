@@ -114,6 +114,30 @@ pub fn signal_process(
     PinnedProcess::open(procfs, pid, start_time)?.signal(signal)
 }
 
+/// Sends `signal` to each identified process that is still the one identified; one that
+/// exited, or whose pid now belongs to another process, is done (there is nothing of it
+/// left to signal). The errors of the others, joined.
+pub fn signal_each(
+    procfs: &Procfs,
+    processes: &[crate::procfs::ProcessIdentity],
+    signal: nix::sys::signal::Signal,
+) -> Result<(), String> {
+    let errors: Vec<String> = processes
+        .iter()
+        .filter_map(
+            |p| match signal_process(procfs, p.pid, p.start_time, signal) {
+                Ok(()) | Err(SignalError::Gone(_)) | Err(SignalError::Reused(_)) => None,
+                Err(e) => Some(e.to_string()),
+            },
+        )
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -262,10 +262,6 @@ impl Fault for CpuFault {
         })
     }
 
-    fn holds_changes(&self) -> bool {
-        false
-    }
-
     fn tick_interval(&self) -> Option<Duration> {
         Some(STATUS_INTERVAL)
     }

@@ -367,10 +367,6 @@ impl Fault for MemoryFault {
         })
     }
 
-    fn holds_changes(&self) -> bool {
-        false
-    }
-
     fn tick_interval(&self) -> Option<Duration> {
         Some(STATUS_INTERVAL)
     }

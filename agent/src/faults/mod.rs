@@ -87,7 +87,9 @@ pub trait Fault: Send + Sync + std::fmt::Debug {
     /// rollback failed too. Such a fault is kept and its revert retried. Stressors are
     /// not counted: one that could not be killed ends by itself at the fault's duration,
     /// and with the agent (parent-death signal).
-    fn holds_changes(&self) -> bool;
+    fn holds_changes(&self) -> bool {
+        false
+    }
 
     /// A fault that is complete once applied (a single kill) holds nothing and ends at
     /// once.

@@ -13,7 +13,7 @@ use crate::faults::{Fault, KindInfo, PrepareContext, Prepared, TickNeeds, TickOu
 use crate::journal::UndoRecord;
 use crate::procfs::{ProcessIdentity, ProcessInfo, Procfs};
 use crate::resolve::Resolved;
-use crate::sys::{PinnedProcess, SignalError, signal_process};
+use crate::sys::{PinnedProcess, SignalError, signal_each, signal_process};
 use crate::target::TargetSpec;
 use crate::validate::{ProcessPlan, is_stop_signal, signal_name};
 
@@ -455,20 +455,7 @@ fn is_stopped(procfs: &Procfs, process: &ProcessIdentity) -> bool {
 /// SIGCONT to each process that is still the one identified (a pid reused by another
 /// process is left alone); those that exited are done.
 pub fn continue_processes(procfs: &Procfs, processes: &[ProcessIdentity]) -> Result<(), String> {
-    let errors: Vec<String> = processes
-        .iter()
-        .filter_map(
-            |p| match signal_process(procfs, p.pid, p.start_time, Signal::SIGCONT) {
-                Ok(()) | Err(SignalError::Gone(_)) | Err(SignalError::Reused(_)) => None,
-                Err(e) => Some(e.to_string()),
-            },
-        )
-        .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors.join("; "))
-    }
+    signal_each(procfs, processes, Signal::SIGCONT)
 }
 
 #[cfg(test)]
@@ -663,16 +650,13 @@ mod tests {
         assert_eq!(kill.undo_form(), ProcessUndo::Nothing);
     }
 
-    #[test]
-    fn a_stop_ends_by_itself_once_every_process_it_held_has_exited() {
-        let procfs = Procfs::default();
-        let (mut child, target) = sleeping_child(&procfs);
-        let pid = target.init.pid;
+    /// A held SIGSTOP of `target`, its first round sent, and the runtime it ran on.
+    fn stopped(procfs: &Procfs, target: Resolved) -> (ProcessFault, tokio::runtime::Runtime) {
         let (mut fault, chosen) = ProcessFault::prepare(
             plan(Signal::SIGSTOP, None),
-            &TargetSpec::Pid(pid),
+            &TargetSpec::Pid(target.init.pid),
             &[target],
-            &procfs,
+            procfs,
         )
         .unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -680,8 +664,16 @@ mod tests {
             .build()
             .unwrap();
         runtime
-            .block_on(fault.first_round(&procfs, &chosen))
+            .block_on(fault.first_round(procfs, &chosen))
             .unwrap();
+        (fault, runtime)
+    }
+
+    #[test]
+    fn a_stop_ends_by_itself_once_every_process_it_held_has_exited() {
+        let procfs = Procfs::default();
+        let (mut child, target) = sleeping_child(&procfs);
+        let (mut fault, runtime) = stopped(&procfs, target);
         assert_eq!(fault.tick(&procfs, None), TickOutcome::Continue);
         assert_eq!(fault.status.stopped, 1);
         // SIGKILL ends a stopped process too; reaped, its pid is gone.
@@ -703,20 +695,7 @@ mod tests {
         let procfs = Procfs::default();
         let (mut child, target) = sleeping_child(&procfs);
         let (pid, start_time) = (target.init.pid, target.init.start_time);
-        let (mut fault, chosen) = ProcessFault::prepare(
-            plan(Signal::SIGSTOP, None),
-            &TargetSpec::Pid(pid),
-            &[target],
-            &Procfs::default(),
-        )
-        .unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        runtime
-            .block_on(fault.first_round(&procfs, &chosen))
-            .unwrap();
+        let (mut fault, _runtime) = stopped(&procfs, target);
         let state = |procfs: &Procfs| procfs.stat(pid).unwrap().state;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while state(&procfs) != 'T' && std::time::Instant::now() < deadline {
