@@ -684,42 +684,44 @@ async fn host_a_network_fault_in_the_nodes_namespace_is_node_scope_for_every_tar
 #[tokio::test(flavor = "multi_thread")]
 async fn host_a_replay_leaves_alone_the_namespace_that_took_the_faulted_ones_inode() -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let (tls, state) = (make_certs()?, state_dir()?);
-    let mut agent = TestAgent::start_tls(tls.path(), state.path())?;
-    let first = TestNetns::create()?;
-    let pod = pod_in(&first)?;
-    inject(
-        &agent,
-        network(&pod.target(), Duration::from_secs(300), rate(250_000)),
-    )
-    .await?;
-    assert!(
-        qdiscs(&first)?.contains("tbf ca05: root"),
-        "{}",
-        qdiscs(&first)?
-    );
-    let inode = std::fs::metadata(first.path())?.ino();
-    agent.kill_hard()?;
-    assert_eq!(journal_len(state.path()), 1);
-    // The pod and its namespace go, and the fault's tbf with them.
-    drop(pod);
-    drop(first);
-    // Each miss is kept, so the next namespace gets a higher number, until one lands on
-    // the freed inode (other namespaces on this machine may take it first: bounded).
-    let mut misses = Vec::new();
-    let successor = loop {
-        let candidate = TestNetns::create()?;
-        if std::fs::metadata(candidate.path())?.ino() == inode {
-            break candidate;
-        }
-        misses.push(candidate);
-        ensure!(
-            misses.len() < 64,
-            "no new namespace got inode {inode} in 64 attempts"
+    let tls = make_certs()?;
+    // Bounded in time, not in attempts. The kernel frees a namespace's number from a work
+    // queue after its last reference goes, which takes seconds on a busy machine, and any
+    // namespace made on the machine meanwhile (of any type: they share the numbers, and
+    // parallel tests start containers) may take the number first. A round that sees
+    // neither within its time starts over: a new fault, a new crash, a new freed number.
+    let give_up = Instant::now() + Duration::from_secs(180);
+    let (state, inode, successor) = loop {
+        let state = state_dir()?;
+        let mut agent = TestAgent::start_tls(tls.path(), state.path())?;
+        let first = TestNetns::create()?;
+        let pod = pod_in(&first)?;
+        inject(
+            &agent,
+            network(&pod.target(), Duration::from_secs(300), rate(250_000)),
+        )
+        .await?;
+        assert!(
+            qdiscs(&first)?.contains("tbf ca05: root"),
+            "{}",
+            qdiscs(&first)?
         );
-        std::thread::sleep(Duration::from_millis(20));
+        let inode = std::fs::metadata(first.path())?.ino();
+        agent.kill_hard()?;
+        assert_eq!(journal_len(state.path()), 1);
+        // The pod and its namespace go, and the fault's tbf with them.
+        drop(pod);
+        drop(first);
+        if let Some(successor) = namespace_at_inode(inode, Duration::from_secs(20))? {
+            break (state, inode, successor);
+        }
+        ensure!(
+            Instant::now() < give_up,
+            "in 180 s, no new namespace got the inode of a freed one"
+        );
+        // This round's record names a namespace that is gone, with its tbf: dropping the
+        // state directory leaves nothing behind.
     };
-    drop(misses);
     // A root of the successor's own that carries the agent's handle: what a replay acting
     // on the wrong namespace would delete (with another handle it would only fail).
     successor
@@ -745,6 +747,26 @@ async fn host_a_replay_leaves_alone_the_namespace_that_took_the_faulted_ones_ino
         "{log}"
     );
     Ok(())
+}
+
+/// A namespace made within `within` that got nsfs inode `inode`, or None. Each miss is
+/// kept until then, so that the next one does not get the miss's number back: only the
+/// freed number (or a higher one) is left to hand out.
+fn namespace_at_inode(inode: u64, within: Duration) -> Result<Option<TestNetns>> {
+    use std::os::unix::fs::MetadataExt;
+    let ends = Instant::now() + within;
+    let mut misses = Vec::new();
+    let mut pause = Duration::from_millis(10);
+    while Instant::now() < ends {
+        let candidate = TestNetns::create()?;
+        if std::fs::metadata(candidate.path())?.ino() == inode {
+            return Ok(Some(candidate));
+        }
+        misses.push(candidate);
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+    Ok(None)
 }
 
 /// A veth deleted while a fault held it (the namespace lives, the ifindex is gone) took the
