@@ -160,10 +160,13 @@ impl Agent for AgentService {
                 .iter()
                 .map(|info| {
                     let missing = missing_capabilities(info.kind, self.registry.capabilities());
+                    let unavailable =
+                        (info.node_lacks)(&self.registry.resolver().cgroups).unwrap_or_default();
                     api::KindPrivilege {
                         kind: info.kind as i32,
-                        usable: missing.is_empty(),
+                        usable: missing.is_empty() && unavailable.is_empty(),
                         missing_capabilities: missing,
+                        unavailable,
                     }
                 })
                 .collect(),

@@ -6,6 +6,7 @@
 //! Every operation works against a [`CgroupFs`] root, so unit tests use fake trees.
 
 mod error;
+mod freezer;
 mod fs;
 mod layout;
 mod limits;
@@ -13,6 +14,7 @@ mod membership;
 mod usage;
 
 pub use error::CgroupError;
+pub use freezer::{Freezer, FreezerState};
 pub use fs::CgroupFs;
 pub use layout::{CgroupLayout, CgroupVersion, KNOWN_V1_CONTROLLERS};
 pub use limits::{CpuLimit, MemoryLimit, parse_cpu_list};

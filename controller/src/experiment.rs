@@ -358,6 +358,8 @@ pub struct FaultStep {
     pub delete_pod: Option<DeletePodSpec>,
     #[serde(default)]
     pub blackhole: Option<BlackholeSpec>,
+    #[serde(default)]
+    pub pause: Option<PauseSpec>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -558,6 +560,11 @@ pub struct BlackholeSpec {
     pub interface: Option<String>,
 }
 
+/// Freeze the target containers' processes for the duration (`pause: {}`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PauseSpec {}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recovery {
@@ -618,6 +625,8 @@ pub fn step_kind(step: &FaultStep) -> &'static str {
         "delete_pod"
     } else if step.blackhole.is_some() {
         "blackhole"
+    } else if step.pause.is_some() {
+        "pause"
     } else {
         "unspecified"
     }
@@ -910,11 +919,12 @@ fn validate_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
         step.network.is_some(),
         step.delete_pod.is_some(),
         step.blackhole.is_some(),
+        step.pause.is_some(),
     ];
     if kinds.iter().filter(|k| **k).count() != 1 {
         return Err(invalid(
             field,
-            "needs exactly one of kill, cpu, memory, network, blackhole, delete_pod",
+            "needs exactly one of kill, cpu, memory, network, blackhole, pause, delete_pod",
         ));
     }
     let one_shot =

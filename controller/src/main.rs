@@ -325,6 +325,14 @@ enum Inject {
         #[arg(long, value_parser = parse_duration)]
         duration: Duration,
     },
+    /// Freeze every process of the target's containers (their cgroup freezer) for the
+    /// duration; a pid: target is refused (stop one process with `inject process --signal STOP`).
+    Pause {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_parser = parse_duration)]
+        duration: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -626,6 +634,14 @@ async fn run(cli: Cli) -> Result<()> {
                     node_scope,
                     interface: interface.unwrap_or_default(),
                 }),
+            );
+            inject_and_print(&address, cli.output, request).await?;
+        }
+        Command::Inject(Inject::Pause { common, duration }) => {
+            let request = inject_request(
+                common,
+                duration,
+                api::inject_request::Fault::Pause(api::PauseFault {}),
             );
             inject_and_print(&address, cli.output, request).await?;
         }

@@ -59,6 +59,9 @@ fn status_json(status: &Option<api::fault::Status>) -> Value {
         Some(api::fault::Status::Network(n)) => {
             json!({ "interface": n.interface, "installed": n.installed })
         }
+        Some(api::fault::Status::Pause(p)) => {
+            json!({ "cgroups": p.cgroups, "frozen": p.frozen, "processes": p.processes })
+        }
         None => Value::Null,
     }
 }
@@ -149,6 +152,10 @@ fn summary(f: &api::Fault) -> String {
             } else {
                 String::new()
             }
+        ),
+        Some(api::fault::Status::Pause(p)) => format!(
+            "{} of {} cgroup(s) frozen, {} process(es)",
+            p.frozen, p.cgroups, p.processes
         ),
         _ => f.message.clone(),
     }

@@ -91,6 +91,9 @@ fn fault(step: &FaultStep) -> api::inject_request::Fault {
             interface: blackhole.interface.clone().unwrap_or_default(),
         });
     }
+    if step.pause.is_some() {
+        return Fault::Pause(api::PauseFault {});
+    }
     // validate() guarantees exactly one kind; kill is what remains.
     let kill = step.kill.clone().unwrap_or(crate::experiment::KillSpec {
         signal: "KILL".into(),
@@ -167,5 +170,14 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(crate::experiment::step_kind(&blackhole), "blackhole");
+        let pause =
+            step("name: freeze\ntarget: {targets: ['pod:dev/db-0']}\nduration: 20s\npause: {}\n");
+        let request = inject_request(&pause, "pod:dev/db-0", None, &HashMap::new(), false);
+        assert_eq!(request.duration_ms, 20_000);
+        assert!(matches!(
+            request.fault,
+            Some(api::inject_request::Fault::Pause(_))
+        ));
+        assert_eq!(crate::experiment::step_kind(&pause), "pause");
     }
 }

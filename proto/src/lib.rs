@@ -61,6 +61,7 @@ impl api::FaultKind {
             api::FaultKind::Memory => "memory",
             api::FaultKind::Io => "io",
             api::FaultKind::Blackhole => "blackhole",
+            api::FaultKind::Pause => "pause",
         }
     }
 
@@ -82,6 +83,7 @@ impl api::inject_request::Fault {
             Fault::Memory(_) => api::FaultKind::Memory,
             Fault::Io(_) => api::FaultKind::Io,
             Fault::Blackhole(_) => api::FaultKind::Blackhole,
+            Fault::Pause(_) => api::FaultKind::Pause,
         }
     }
 }
@@ -95,7 +97,7 @@ mod tests {
         let kinds: Vec<api::FaultKind> = (0..64)
             .filter_map(|value| api::FaultKind::try_from(value).ok())
             .collect();
-        assert!(kinds.len() >= 7, "{kinds:?}");
+        assert!(kinds.len() >= 8, "{kinds:?}");
         let mut labels: Vec<&str> = kinds.iter().map(|kind| kind.label()).collect();
         for kind in &kinds {
             assert_eq!(api::FaultKind::from_label(kind.label()), Some(*kind));

@@ -237,6 +237,18 @@ impl TestContainer {
         cgroup_dir_of_pid(self.pid()?)
     }
 
+    /// Whether the kernel shows the container's cgroup frozen: v1 `freezer.state` is
+    /// FROZEN, or cgroup2's `cgroup.events` says `frozen 1`.
+    pub fn is_frozen(&self) -> Result<bool> {
+        let (dir, v1) = freezer_dir_of_pid(self.pid()?)?;
+        if v1 {
+            let state = fs::read_to_string(dir.join("freezer.state"))?;
+            return Ok(state.trim() == "FROZEN");
+        }
+        let events = fs::read_to_string(dir.join("cgroup.events"))?;
+        Ok(events.lines().any(|line| line.trim() == "frozen 1"))
+    }
+
     /// What the container wrote to stdout and stderr so far.
     pub fn log(&self) -> Result<String> {
         let path = self.log_path();
@@ -527,6 +539,30 @@ pub fn cgroup_dir_of_pid(pid: u32) -> Result<PathBuf> {
     let mount = cgroup_mount_point(&mountinfo, membership)
         .with_context(|| format!("no cgroupfs mount for {membership:?}"))?;
     Ok(mount.join(membership.path.trim_start_matches('/')))
+}
+
+/// The directory of `pid`'s freezer and whether it is v1: the v1 `freezer` hierarchy
+/// where there is one, else the cgroup2 directory.
+pub fn freezer_dir_of_pid(pid: u32) -> Result<(PathBuf, bool)> {
+    let memberships = cgroup_memberships_of_pid(pid)?;
+    let (membership, v1) = match memberships
+        .iter()
+        .find(|m| m.controllers.iter().any(|c| c == "freezer"))
+    {
+        Some(freezer) => (freezer, true),
+        None => (
+            memberships
+                .iter()
+                .find(|m| m.is_unified())
+                .context("neither a v1 freezer nor a cgroup2 membership")?,
+            false,
+        ),
+    };
+    let mountinfo =
+        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let mount = cgroup_mount_point(&mountinfo, membership)
+        .with_context(|| format!("no cgroupfs mount for {membership:?}"))?;
+    Ok((mount.join(membership.path.trim_start_matches('/')), v1))
 }
 
 /// Finds where the hierarchy of `membership` is mounted: a `cgroup2` mount for the unified one,

@@ -5,7 +5,7 @@
 //! and usage back, qdiscs, filters and links as before.
 //!
 //! The host test covers the host kinds (a repeating kill, a held stop, CPU fill, memory
-//! fill, a tbf rate limit on the container's `lo`, which this host's kernel has); the
+//! fill, a pause, a tbf rate limit on the container's `lo`, which this host's kernel has); the
 //! `vm_` test covers netem egress, ingress through an ifb, and a blackhole, which need the
 //! VM's kernel. Each kill lands at a delay drawn from a seeded RNG: the seed is printed, and
 //! `CHAOS_CRASH_SEED=N` replays it. A trial's phase is read from what it left (the RPC's
@@ -620,6 +620,8 @@ struct HostRig {
     stopped: TestContainer,
     /// CPU fill, memory fill and a tbf on `lo`; 1 CPU and 512 MiB.
     stressed: TestContainer,
+    /// Frozen by a pause (its own container: a pause holds a cgroup alone).
+    paused: TestContainer,
     memory_before: u64,
     limits_before: String,
     lo_before: String,
@@ -642,7 +644,7 @@ impl HostRig {
         let mut stressed = ContainerSpec::pod("crash", &format!("stress-{tag}"), "app");
         stressed.cpus = Some(1.0);
         stressed.memory_limit_bytes = Some(512 * MIB);
-        let rig = HostRig {
+        let mut rig = HostRig {
             killed: TestContainer::start(killed)?,
             stopped: TestContainer::start(ContainerSpec::pod(
                 "crash",
@@ -650,18 +652,21 @@ impl HostRig {
                 "app",
             ))?,
             stressed: TestContainer::start(stressed)?,
+            paused: TestContainer::start(ContainerSpec::pod(
+                "crash",
+                &format!("pause-{tag}"),
+                "app",
+            ))?,
             memory_before: 0,
             limits_before: String::new(),
             lo_before: String::new(),
             agent_binary: binary("chaos-agent")?.canonicalize()?,
         };
         first_child(rig.killed.pid()?)?;
-        Ok(HostRig {
-            memory_before: memory_usage(&rig.stressed)?,
-            limits_before: limits(&rig.stressed)?,
-            lo_before: qdiscs_on_lo(&rig.stressed)?,
-            ..rig
-        })
+        rig.memory_before = memory_usage(&rig.stressed)?;
+        rig.limits_before = limits(&rig.stressed)?;
+        rig.lo_before = qdiscs_on_lo(&rig.stressed)?;
+        Ok(rig)
     }
 }
 
@@ -716,6 +721,11 @@ impl Rig for HostRig {
                 ),
             },
             FaultSpec {
+                name: "pause",
+                witnessed: true,
+                request: request(&self.paused.target(), Fault::Pause(api::PauseFault {})),
+            },
+            FaultSpec {
                 name: "tbf",
                 witnessed: true,
                 request: request(
@@ -741,6 +751,9 @@ impl Rig for HostRig {
             if process_state(init) == Some('T') {
                 left.push(format!("the {name} container's init {init} is stopped"));
             }
+        }
+        if self.paused.is_frozen()? {
+            left.push("the pause container's cgroup is frozen".to_string());
         }
         let stressors = others_in_cgroup(&self.stressed)?;
         if !stressors.is_empty() {
@@ -785,6 +798,18 @@ impl Rig for HostRig {
                 "the container's sleep was killed: {before} -> {after}"
             )]
         })
+    }
+}
+
+/// A frozen task cannot die on cgroup v1: a pause a failed trial left must be thawed
+/// before the containers are removed.
+impl Drop for HostRig {
+    fn drop(&mut self) {
+        if let Ok((dir, true)) =
+            chaos_tests::containerd::freezer_dir_of_pid(self.paused.pid().unwrap_or(0))
+        {
+            let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
+        }
     }
 }
 

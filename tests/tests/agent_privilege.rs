@@ -214,7 +214,7 @@ async fn start_least_privileged(
             "CAP_SYS_ADMIN"
         ]
     );
-    assert_eq!(report.kind_privileges.len(), 5, "{report:?}");
+    assert_eq!(report.kind_privileges.len(), 6, "{report:?}");
     assert!(
         report
             .kind_privileges
@@ -272,6 +272,19 @@ async fn host_least_privilege_agent_runs_a_fault_of_every_host_kind() -> Result<
             stressors_in(&container).is_ok_and(|s| s.is_empty())
         })?;
     }
+
+    // A pause: the container's freezer cgroup, frozen until the revert thaws it.
+    let pause = inject(
+        &agent,
+        request(
+            &target,
+            api::inject_request::Fault::Pause(api::PauseFault {}),
+        ),
+    )
+    .await?;
+    ensure!(container.is_frozen()?, "the container is not frozen");
+    revert(&agent, &pause.id).await?;
+    ensure!(!container.is_frozen()?, "the container is still frozen");
 
     // A rate-only network fault: a tbf on the container's own lo.
     ensure!(!qdiscs_on_lo(init)?.contains("tbf"));

@@ -15,6 +15,7 @@ pub const KIND: KindInfo = KindInfo {
     kind: api::FaultKind::Blackhole,
     capabilities: CAPABILITIES,
     replay: network::replay,
+    node_lacks: crate::faults::lacks_nothing,
 };
 
 /// Decides the interfaces and snapshots them; changes nothing.

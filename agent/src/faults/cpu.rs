@@ -27,6 +27,7 @@ pub const KIND: KindInfo = KindInfo {
     kind: api::FaultKind::Cpu,
     capabilities: &[],
     replay: stressor::replay,
+    node_lacks: crate::faults::lacks_nothing,
 };
 
 /// Decides the CPU fault for the resolved targets; touches nothing.

@@ -35,6 +35,7 @@ pub const KIND: KindInfo = KindInfo {
     kind: api::FaultKind::Memory,
     capabilities: &[],
     replay: stressor::replay,
+    node_lacks: crate::faults::lacks_nothing,
 };
 
 /// Decides the memory fault for the resolved targets; touches nothing.

@@ -19,11 +19,13 @@ pub mod blackhole;
 pub mod cpu;
 pub mod memory;
 pub mod network;
+pub mod pause;
 pub mod process;
 pub mod target_watch;
 
 use std::time::Duration;
 
+use chaos_cgroup::CgroupFs;
 use chaos_proto::api;
 use futures::future::BoxFuture;
 
@@ -49,6 +51,15 @@ pub struct KindInfo {
     /// Puts the node back from a journal record of this kind (at start, for faults of a
     /// previous run). Synchronous: the registry runs it off the faults' thread.
     pub replay: fn(&Procfs, &UndoRecord) -> Result<(), String>,
+    /// What this node lacks for the kind (a kernel feature, a controller), or None.
+    /// Reported by the Capabilities RPC; an inject finds the same and refuses.
+    pub node_lacks: fn(&CgroupFs) -> Option<String>,
+}
+
+/// `node_lacks` of a kind every node can carry out (what a network kind needs of the
+/// kernel is reported per qdisc).
+pub fn lacks_nothing(_cgroups: &CgroupFs) -> Option<String> {
+    None
 }
 
 /// The kinds the agent implements, in the order the Capabilities RPC reports them.
@@ -58,6 +69,7 @@ pub const KINDS: &[KindInfo] = &[
     blackhole::KIND,
     cpu::KIND,
     memory::KIND,
+    pause::KIND,
 ];
 
 /// The entry of an implemented kind.
@@ -231,6 +243,7 @@ pub async fn prepare(
         FaultPlan::Blackhole(plan) => blackhole::prepare(plan, targets, context).await,
         FaultPlan::Cpu(plan) => cpu::prepare(plan, spec, targets, context),
         FaultPlan::Memory(plan) => memory::prepare(plan, spec, targets, context),
+        FaultPlan::Pause(plan) => pause::prepare(plan, spec, targets, context),
     }
 }
 
@@ -282,7 +295,7 @@ mod capability_tests {
         assert_eq!(check_capabilities(api::FaultKind::Memory, &none), Ok(()));
         let err = check_capabilities(api::FaultKind::Process, &none).unwrap_err();
         assert!(err.to_string().contains("CAP_KILL"), "{err}");
-        assert_eq!(KINDS.len(), 5);
+        assert_eq!(KINDS.len(), 6);
     }
 }
 
@@ -311,6 +324,7 @@ mod kind_tests {
             api::FaultKind::Network | api::FaultKind::Blackhole => {
                 serde_json::json!({"action": "restore_qdisc", "interfaces": []})
             }
+            api::FaultKind::Pause => serde_json::json!({"action": "thaw", "cgroups": []}),
             _ => serde_json::json!({"action": "kill_processes", "processes": []}),
         };
         for info in KINDS {
@@ -321,9 +335,13 @@ mod kind_tests {
                 "{:?}",
                 info.kind
             );
-            let foreign = UndoRecord::of(&serde_json::json!({"action": "thaw"}));
-            let err = replay(&procfs, info.kind, &foreign).unwrap_err();
-            assert!(err.contains("thaw"), "{err}");
+            let foreign = if info.kind == api::FaultKind::Pause {
+                serde_json::json!({"action": "nothing"})
+            } else {
+                serde_json::json!({"action": "thaw"})
+            };
+            let err = replay(&procfs, info.kind, &UndoRecord::of(&foreign)).unwrap_err();
+            assert!(err.contains(foreign["action"].as_str().unwrap()), "{err}");
         }
         let record = UndoRecord::of(&serde_json::json!({"action": "nothing"}));
         let err = replay(&procfs, api::FaultKind::Io, &record).unwrap_err();

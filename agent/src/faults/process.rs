@@ -24,6 +24,7 @@ pub const KIND: KindInfo = KindInfo {
         "to signal processes that run as another user",
     )],
     replay,
+    node_lacks: crate::faults::lacks_nothing,
 };
 
 /// Chooses the processes a process fault acts on first; touches nothing.

@@ -324,6 +324,10 @@ impl Registry {
             metrics: &self.metrics,
             duration: valid.duration,
         };
+        // A cgroup another fault holds is refused before prepare reads it: a pause there
+        // would otherwise be refused as "already frozen", naming no fault.
+        let claims = claim_keys(&valid.plan, &targets);
+        self.check_room(&self.lock(), &claims, 0)?;
         let prepared = faults::prepare(&valid.plan, &valid.target, &targets, &context).await?;
         // The targets' own processes were checked above (a walk up /proc each): only the
         // rest of what the fault acts on, e.g. a container's other processes.
@@ -345,7 +349,6 @@ impl Registry {
             plan_summary,
         } = prepared;
 
-        let claims = claim_keys(&valid.plan, &targets);
         let stressor_threads = stressor_threads(&fault, targets.len());
         let created = unix_ms_now();
         let mut view = api::Fault {
@@ -556,10 +559,21 @@ impl Registry {
         stressor_threads: u32,
     ) -> Result<(), AgentError> {
         for key in claims {
-            if let Some(holder) = state.claims.get(key) {
-                let what = claim_name(key.0);
+            let held = state
+                .claims
+                .iter()
+                .find(|(held, _)| claims_conflict(held, key));
+            if let Some((held, holder)) = held {
+                let what = claim_name(held.0);
+                let rule = if held.0 == key.0 {
+                    format!(
+                        "one {what} fault per container at a time (revert it, or change it in one request)"
+                    )
+                } else {
+                    "a pause and another fault that holds the cgroup (CPU or memory stress, a stop) do not run together (revert it first)".to_string()
+                };
                 return Err(AgentError::FailedPrecondition(format!(
-                    "cgroup {} already has {what} fault {holder}: one {what} fault per container at a time (revert it, or change it in one request)",
+                    "cgroup {} already has {what} fault {holder}: {rule}",
                     key.1,
                 )));
             }
@@ -859,12 +873,12 @@ impl Drop for ClaimGuard<'_> {
     }
 }
 
-/// The cgroups a fault holds alone, one claim per target: CPU and memory stress, and a
-/// held stop. Two stops of one container would share its processes, and the first to end
+/// The cgroups a fault holds alone, one claim per target: CPU and memory stress, a held
+/// stop and a pause (see [`claims_conflict`]). Two stops of one container would share its processes, and the first to end
 /// would continue what the other still holds.
 fn claim_keys(plan: &FaultPlan, targets: &[Resolved]) -> Vec<ClaimKey> {
     let holds_alone = match plan {
-        FaultPlan::Cpu(_) | FaultPlan::Memory(_) => true,
+        FaultPlan::Cpu(_) | FaultPlan::Memory(_) | FaultPlan::Pause(_) => true,
         FaultPlan::Process(process) => crate::validate::is_stop_signal(process.signal),
         FaultPlan::Network(_) | FaultPlan::Blackhole(_) => false,
     };
@@ -878,6 +892,15 @@ fn claim_keys(plan: &FaultPlan, targets: &[Resolved]) -> Vec<ClaimKey> {
     keys.sort();
     keys.dedup();
     keys
+}
+
+/// Two claims on one cgroup conflict when they are of one kind, or when either is a
+/// pause: a frozen cgroup would freeze a stressor started in it (and its start would
+/// wait for it), and a pause would freeze the stressors and stopped processes other
+/// faults hold and must end.
+fn claims_conflict(held: &ClaimKey, wanted: &ClaimKey) -> bool {
+    let pause = api::FaultKind::Pause;
+    held.1 == wanted.1 && (held.0 == wanted.0 || held.0 == pause || wanted.0 == pause)
 }
 
 /// What a claim of `kind` is called in a refusal: a process fault claims only as a stop.

@@ -6,7 +6,7 @@
 //! [`validate_inject`], which hands each kind's fields to that kind's validator. Each
 //! kind's plan, its validator and their tests are in the kind's module: `process`
 //! ([`ProcessPlan`]), `cpu` ([`CpuPlan`]), `memory` ([`MemoryPlan`]), `network`
-//! ([`NetworkPlan`]) and `blackhole` ([`BlackholePlan`]); `targeting` holds what network
+//! ([`NetworkPlan`]), `blackhole` ([`BlackholePlan`]) and `pause` ([`PausePlan`]); `targeting` holds what network
 //! and blackhole share (destinations, ports, interface, the filter count, and
 //! [`NodeNetworkPolicy`]). Every public item is re-exported here, as `validate::NAME`.
 //! A new kind adds its module, its variant of [`FaultPlan`] and its arm in
@@ -16,6 +16,7 @@ mod blackhole;
 mod cpu;
 mod memory;
 mod network;
+mod pause;
 mod process;
 mod targeting;
 #[cfg(test)]
@@ -25,6 +26,7 @@ pub use blackhole::BlackholePlan;
 pub use cpu::CpuPlan;
 pub use memory::{MemoryAmount, MemoryPlan};
 pub use network::{MAX_RATE_BYTES_PER_SECOND, NetworkPlan};
+pub use pause::PausePlan;
 pub use process::{ProcessPlan, is_stop_signal, parse_signal, signal_name};
 pub use targeting::{Cidr, NodeNetworkPolicy};
 
@@ -40,6 +42,7 @@ use blackhole::validate_blackhole;
 use cpu::validate_cpu;
 use memory::validate_memory;
 use network::validate_network;
+use pause::validate_pause;
 use process::validate_process;
 
 /// Agent-wide limits that validation enforces.
@@ -84,6 +87,7 @@ pub enum FaultPlan {
     Memory(MemoryPlan),
     Network(NetworkPlan),
     Blackhole(BlackholePlan),
+    Pause(PausePlan),
 }
 
 impl FaultPlan {
@@ -99,6 +103,7 @@ impl FaultPlan {
             FaultPlan::Memory(_) => api::FaultKind::Memory,
             FaultPlan::Network(_) => api::FaultKind::Network,
             FaultPlan::Blackhole(_) => api::FaultKind::Blackhole,
+            FaultPlan::Pause(_) => api::FaultKind::Pause,
         }
     }
 }
@@ -140,7 +145,7 @@ pub fn validate_inject(
     let Some(fault) = &req.fault else {
         return Err(AgentError::invalid(
             "fault",
-            "is missing; set one of cpu, memory, network, process, blackhole",
+            "is missing; set one of cpu, memory, network, process, blackhole, pause",
         ));
     };
     let plan = match fault {
@@ -162,6 +167,10 @@ pub fn validate_inject(
         api::inject_request::Fault::Blackhole(b) => {
             require_duration(duration)?;
             FaultPlan::Blackhole(validate_blackhole(b, limits)?)
+        }
+        api::inject_request::Fault::Pause(_) => {
+            require_duration(duration)?;
+            FaultPlan::Pause(validate_pause(&target)?)
         }
         api::inject_request::Fault::Io(_) => {
             return Err(AgentError::Unimplemented(

@@ -383,6 +383,7 @@ fn every_kind_a_request_can_ask_for_is_implemented_or_refused_as_unimplemented()
             ..Default::default()
         }),
         Fault::Blackhole(api::BlackholeFault::default()),
+        Fault::Pause(api::PauseFault::default()),
     ];
     let mut planned = Vec::new();
     for fault in requests {

@@ -36,6 +36,7 @@ pub const KIND: KindInfo = KindInfo {
     kind: api::FaultKind::Network,
     capabilities: CAPABILITIES,
     replay,
+    node_lacks: crate::faults::lacks_nothing,
 };
 
 /// Decides the interfaces and snapshots them (the snapshots go into the journal before

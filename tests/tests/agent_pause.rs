@@ -1,0 +1,364 @@
+//! The pause kind through a real agent on real containerd containers: on the host its v1
+//! freezer (`freezer.state`), in the VM cgroup2's `cgroup.freeze`. Each test reads the
+//! effect back from the kernel (the freezer's state) and from the workload itself (a
+//! counter the container's shell writes every 50 ms, read from the host through
+//! `/proc/PID/root`: it stands still while frozen and moves again after), for every way
+//! a pause ends: revert, deadline, SIGTERM, and a SIGKILLed agent's restart.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use chaos_proto::api;
+use chaos_tests::agent::{TestAgent, inject_fault, journal_len, make_certs, state_dir};
+use chaos_tests::containerd::{ContainerSpec, TestContainer, ctr, freezer_dir_of_pid};
+use chaos_tests::scaled;
+
+/// A container whose shell counts into /tmp/count every 50 ms.
+fn counting_container(pod: &str) -> Result<TestContainer> {
+    let mut spec = ContainerSpec::pod("dev", &format!("{pod}-{}", std::process::id()), "app");
+    spec.command = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done".into(),
+    ];
+    TestContainer::start(spec)
+}
+
+/// Thaws the container's cgroup when dropped, whatever the test did: a frozen task
+/// (on v1) cannot die, so the container's removal would wait for it for ever.
+struct ThawOnDrop(PathBuf, bool);
+
+impl ThawOnDrop {
+    fn of(container: &TestContainer) -> Result<ThawOnDrop> {
+        let (dir, v1) = freezer_dir_of_pid(container.pid()?)?;
+        Ok(ThawOnDrop(dir, v1))
+    }
+}
+
+impl Drop for ThawOnDrop {
+    fn drop(&mut self) {
+        let (file, value) = if self.1 {
+            ("freezer.state", "THAWED")
+        } else {
+            ("cgroup.freeze", "0")
+        };
+        let _ = std::fs::write(self.0.join(file), value);
+    }
+}
+
+fn count(container: &TestContainer) -> Result<u64> {
+    let file = format!("/proc/{}/root/tmp/count", container.pid()?);
+    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?;
+    // The shell may be between truncating and writing the file.
+    Ok(text.trim().parse().unwrap_or(0))
+}
+
+/// Whether the counter moves over `window` (read at both ends).
+fn counting(container: &TestContainer, window: Duration) -> Result<bool> {
+    let before = count(container)?;
+    std::thread::sleep(window);
+    let after = count(container)?;
+    Ok(after > before && before > 0)
+}
+
+/// Waits until the container's cgroup shows `frozen` (read back from the kernel).
+fn wait_frozen(container: &TestContainer, frozen: bool, within: Duration) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        if container.is_frozen()? == frozen {
+            return Ok(());
+        }
+        if started.elapsed() > within {
+            bail!(
+                "the container's cgroup is not {} after {within:?}",
+                if frozen { "frozen" } else { "thawed" }
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn pause(target: &str, duration: Duration) -> api::InjectRequest {
+    api::InjectRequest {
+        target: target.into(),
+        duration_ms: duration.as_millis() as u64,
+        fault: Some(api::inject_request::Fault::Pause(api::PauseFault {})),
+        ..Default::default()
+    }
+}
+
+fn pause_status(fault: &api::Fault) -> Result<api::PauseStatus> {
+    match &fault.status {
+        Some(api::fault::Status::Pause(status)) => Ok(*status),
+        other => bail!("no pause status: {other:?}"),
+    }
+}
+
+/// The workload is frozen: the kernel says so and the counter stands still.
+fn check_frozen(container: &TestContainer) -> Result<()> {
+    ensure!(container.is_frozen()?, "the cgroup is not frozen");
+    let before = count(container)?;
+    std::thread::sleep(Duration::from_millis(500));
+    ensure!(
+        count(container)? == before,
+        "the counter moved while frozen"
+    );
+    Ok(())
+}
+
+/// The workload runs again: thawed, and the counter moves.
+fn check_running(container: &TestContainer) -> Result<()> {
+    wait_frozen(container, false, scaled(Duration::from_secs(5)))?;
+    let started = Instant::now();
+    while !counting(container, Duration::from_millis(300))? {
+        if started.elapsed() > scaled(Duration::from_secs(10)) {
+            bail!("the counter does not move after the thaw");
+        }
+    }
+    Ok(())
+}
+
+async fn wait_state(
+    agent: &TestAgent,
+    id: &str,
+    want: api::FaultState,
+    within: Duration,
+) -> Result<api::Fault> {
+    let mut client = agent.client().await?;
+    let started = Instant::now();
+    loop {
+        let fault = client
+            .get(api::GetRequest { id: id.into() })
+            .await?
+            .into_inner();
+        if fault.state == want as i32 {
+            return Ok(fault);
+        }
+        if started.elapsed() > within {
+            bail!(
+                "fault {id} is {:?}, not {want:?}, after {within:?}",
+                fault.state
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pause_freezes_every_process_of_the_pod_until_reverted() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let container = counting_container("pause")?;
+    let _thaw = ThawOnDrop::of(&container)?;
+    ensure!(
+        counting(&container, Duration::from_millis(300))?,
+        "not counting before"
+    );
+    let mut client = agent.client().await?;
+    let fault = inject_fault(
+        &mut client,
+        pause(&container.pod_target(), Duration::from_secs(60)),
+    )
+    .await?;
+    ensure!(fault.state == api::FaultState::Active as i32, "{fault:?}");
+    let status = pause_status(&fault)?;
+    ensure!(
+        (status.cgroups, status.frozen) == (1, 1) && status.processes >= 2,
+        "{status:?}"
+    );
+    check_frozen(&container)?;
+    ensure!(journal_len(state.path()) == 1);
+
+    let reverted = client
+        .revert(api::RevertRequest {
+            id: fault.id.clone(),
+            all: false,
+        })
+        .await?
+        .into_inner()
+        .reverted;
+    ensure!(reverted.len() == 1, "{reverted:?}");
+    ensure!(pause_status(&reverted[0])?.frozen == 0, "{reverted:?}");
+    check_running(&container)?;
+    ensure!(journal_len(state.path()) == 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pause_thaws_at_its_deadline_at_sigterm_and_after_a_sigkilled_agent_restarts()
+-> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let container = counting_container("pause-ends")?;
+    let _thaw = ThawOnDrop::of(&container)?;
+    let target = container.target();
+
+    // The deadline.
+    let mut agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let mut client = agent.client().await?;
+    let fault = inject_fault(&mut client, pause(&target, Duration::from_millis(1500))).await?;
+    check_frozen(&container)?;
+    wait_state(
+        &agent,
+        &fault.id,
+        api::FaultState::Expired,
+        scaled(Duration::from_secs(10)),
+    )
+    .await?;
+    check_running(&container)?;
+
+    // SIGTERM: the agent thaws before it exits.
+    inject_fault(&mut client, pause(&target, Duration::from_secs(120))).await?;
+    check_frozen(&container)?;
+    let status = agent.terminate()?;
+    ensure!(status.success(), "the agent exited with {status}");
+    check_running(&container)?;
+    ensure!(journal_len(state.path()) == 0);
+
+    // SIGKILL: the cgroup stays frozen with the agent gone, and its restart thaws it.
+    let mut agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let mut client = agent.client().await?;
+    inject_fault(&mut client, pause(&target, Duration::from_secs(120))).await?;
+    agent.kill_hard()?;
+    check_frozen(&container)?;
+    ensure!(journal_len(state.path()) == 1);
+    let restarted = TestAgent::start_tls(tls.path(), state.path())?;
+    check_running(&container)?;
+    let mut client = restarted.client().await?;
+    let faults = client
+        .list(api::ListRequest {
+            include_ended: true,
+        })
+        .await?
+        .into_inner()
+        .faults;
+    ensure!(
+        faults
+            .iter()
+            .any(|f| f.state == api::FaultState::Recovered as i32
+                && f.kind == api::FaultKind::Pause as i32),
+        "{faults:?}"
+    );
+    ensure!(journal_len(state.path()) == 0);
+    Ok(())
+}
+
+/// Refused, and nothing changed: a pid (one process, not a cgroup), a second pause, a
+/// stressor beside a pause, and a container its runtime already paused (thawing it at
+/// the end would undo a pause the fault does not own).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pause_is_refused_for_a_pid_a_second_pause_a_stressor_and_a_runtime_pause() -> Result<()>
+{
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let container = counting_container("pause-refused")?;
+    let thaw = ThawOnDrop::of(&container)?;
+    let target = container.target();
+    let mut client = agent.client().await?;
+    let hour = Duration::from_secs(3600);
+
+    let refused = client
+        .inject(pause(&format!("pid:{}", container.pid()?), hour))
+        .await
+        .unwrap_err();
+    ensure!(
+        refused.code() == tonic::Code::InvalidArgument,
+        "{refused:?}"
+    );
+    ensure!(refused.message().contains("signal STOP"), "{refused:?}");
+    ensure!(!container.is_frozen()?);
+
+    let held = inject_fault(&mut client, pause(&target, hour))
+        .await
+        .context("the first pause")?;
+    let second = client.inject(pause(&target, hour)).await.unwrap_err();
+    ensure!(
+        second.code() == tonic::Code::FailedPrecondition,
+        "{second:?}"
+    );
+    ensure!(second.message().contains(&held.id), "{second:?}");
+    let cpu = api::InjectRequest {
+        fault: Some(api::inject_request::Fault::Cpu(api::CpuFault {
+            load_percent: 50,
+            ..Default::default()
+        })),
+        ..pause(&target, hour)
+    };
+    let stressor = client.inject(cpu.clone()).await.unwrap_err();
+    ensure!(
+        stressor.code() == tonic::Code::FailedPrecondition,
+        "{stressor:?}"
+    );
+    ensure!(
+        stressor.message().contains("a pause and another fault"),
+        "{stressor:?}"
+    );
+    client
+        .revert(api::RevertRequest {
+            id: held.id,
+            all: false,
+        })
+        .await?;
+    check_running(&container)?;
+
+    // The runtime's own pause: containerd reports the task paused.
+    ctr(
+        &container.runtime_namespace,
+        &["task", "pause", &container.id],
+    )?
+    .check()
+    .context("ctr task pause")?;
+    wait_frozen(&container, true, scaled(Duration::from_secs(5)))?;
+    let paused = client.inject(pause(&target, hour)).await.unwrap_err();
+    ensure!(
+        paused.code() == tonic::Code::FailedPrecondition,
+        "{paused:?}"
+    );
+    ensure!(paused.message().contains("paused"), "{paused:?}");
+    ensure!(
+        container.is_frozen()?,
+        "the refusal thawed the runtime's pause"
+    );
+    ctr(
+        &container.runtime_namespace,
+        &["task", "resume", &container.id],
+    )?
+    .check()
+    .context("ctr task resume")?;
+    check_running(&container)?;
+
+    // Frozen behind the runtime's back (another tool, an operator): the freezer says so.
+    let (dir, v1) = freezer_dir_of_pid(container.pid()?)?;
+    let (file, frozen) = if v1 {
+        ("freezer.state", "FROZEN")
+    } else {
+        ("cgroup.freeze", "1")
+    };
+    std::fs::write(dir.join(file), frozen)?;
+    wait_frozen(&container, true, scaled(Duration::from_secs(5)))?;
+    let frozen_by_another = client.inject(pause(&target, hour)).await.unwrap_err();
+    ensure!(
+        frozen_by_another.code() == tonic::Code::FailedPrecondition,
+        "{frozen_by_another:?}"
+    );
+    ensure!(
+        frozen_by_another.message().contains("already frozen"),
+        "{frozen_by_another:?}"
+    );
+    ensure!(
+        container.is_frozen()?,
+        "the refusal thawed another's freeze"
+    );
+    drop(thaw);
+    check_running(&container)?;
+    ensure!(journal_len(state.path()) == 0);
+    let listed = client
+        .list(api::ListRequest {
+            include_ended: false,
+        })
+        .await?
+        .into_inner()
+        .faults;
+    ensure!(listed.is_empty(), "{listed:?}");
+    Ok(())
+}
