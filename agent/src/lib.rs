@@ -4,6 +4,7 @@
 
 /// Shared with `chaosctl serve`'s API.
 pub use chaos_tls::authz;
+pub mod blockdev;
 pub mod capabilities;
 pub mod clock;
 pub mod descriptors;

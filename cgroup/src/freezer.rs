@@ -4,11 +4,11 @@
 //! the kernel has done). Freezing is asynchronous on both: the caller writes, then reads
 //! the state back until it is frozen.
 
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dir::{self, read};
 use crate::error::CgroupError;
 use crate::fs::CgroupFs;
 use crate::membership::ProcessCgroup;
@@ -120,13 +120,7 @@ impl Freezer {
     }
 
     fn write_control(&self, value: &str) -> Result<(), CgroupError> {
-        let file = self.control_file();
-        if !self.dir.is_dir() {
-            return Err(CgroupError::NotFound {
-                path: self.dir.clone(),
-            });
-        }
-        std::fs::write(&file, value).map_err(|e| CgroupError::io(&file, e))
+        dir::write_control(&self.dir, self.control_file_name(), value)
     }
 
     /// What the kernel shows now.
@@ -152,40 +146,20 @@ impl Freezer {
         })
     }
 
-    /// The directory's inode: which cgroup this is. A cgroup removed and made again at
-    /// the same path (a container replaced under the same name) has another one, since
-    /// kernfs hands out inode numbers cyclically.
+    /// The directory's inode: which cgroup this is (see `dir::inode`).
     pub fn inode(&self) -> Result<u64, CgroupError> {
-        std::fs::metadata(&self.dir)
-            .map(|meta| meta.ino())
-            .map_err(|e| CgroupError::io(&self.dir, e))
+        dir::inode(&self.dir)
     }
 
     /// True when the cgroup has child cgroups: freezing it would freeze them too.
     pub fn has_children(&self) -> Result<bool, CgroupError> {
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| CgroupError::io(&self.dir, e))?;
-        Ok(entries
-            .flatten()
-            .any(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir())))
+        dir::has_children(&self.dir)
     }
 
     /// The processes of the cgroup itself (not of its children).
     pub fn procs(&self) -> Result<Vec<u32>, CgroupError> {
-        let file = self.dir.join("cgroup.procs");
-        let text = read(&file)?;
-        text.lines()
-            .filter(|line| !line.trim().is_empty())
-            .map(|line| {
-                line.trim().parse::<u32>().map_err(|_| {
-                    CgroupError::parse(file.display().to_string(), format!("bad pid {line:?}"))
-                })
-            })
-            .collect()
+        dir::procs(&self.dir)
     }
-}
-
-fn read(file: &Path) -> Result<String, CgroupError> {
-    std::fs::read_to_string(file).map_err(|e| CgroupError::io(file, e))
 }
 
 /// `freezer.state`: THAWED, FREEZING or FROZEN.
@@ -209,6 +183,7 @@ pub(crate) fn parse_v2_frozen(events: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn the_v1_states_and_the_v2_frozen_key_parse() {

@@ -5,9 +5,11 @@
 //! moves stressor processes into it so they are bounded exactly like the workload.
 //! Every operation works against a [`CgroupFs`] root, so unit tests use fake trees.
 
+mod dir;
 mod error;
 mod freezer;
 mod fs;
+mod io;
 mod layout;
 mod limits;
 mod membership;
@@ -16,6 +18,7 @@ mod usage;
 pub use error::CgroupError;
 pub use freezer::{Freezer, FreezerState};
 pub use fs::CgroupFs;
+pub use io::{DeviceNumber, IoLimits, IoThrottle};
 pub use layout::{CgroupLayout, CgroupVersion, KNOWN_V1_CONTROLLERS};
 pub use limits::{CpuLimit, MemoryLimit, parse_cpu_list};
 pub use membership::ProcessCgroup;

@@ -62,6 +62,15 @@ fn status_json(status: &Option<api::fault::Status>) -> Value {
         Some(api::fault::Status::Pause(p)) => {
             json!({ "cgroups": p.cgroups, "frozen": p.frozen, "processes": p.processes })
         }
+        Some(api::fault::Status::Io(io)) => json!({
+            "cgroups": io.cgroups,
+            "devices": io.devices.iter().map(|d| json!({
+                "device": d.device, "name": d.name,
+                "read_bytes_per_second": d.read_bytes_per_second,
+                "write_bytes_per_second": d.write_bytes_per_second,
+                "read_iops": d.read_iops, "write_iops": d.write_iops,
+            })).collect::<Vec<_>>(),
+        }),
         None => Value::Null,
     }
 }

@@ -160,6 +160,8 @@ fn check_inject(req: &api::InjectRequest, valid: &ValidInject, limits: &Limits) 
             request.keep_reachable(limits.agent_port);
             check_classifier(&request.classifier);
         }
+        // A pause freezes whole cgroups: never for a `pid:` target.
+        FaultPlan::Pause(_) => assert!(!matches!(valid.target, TargetSpec::Pid(_))),
     }
 }
 

@@ -326,7 +326,7 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() -> Result<()> {
         api::InjectRequest {
             target: "pid:2".into(),
             duration_ms: 1000,
-            fault: Some(api::inject_request::Fault::Io(api::IoFault {})),
+            fault: Some(api::inject_request::Fault::Io(api::IoFault::default())),
             ..Default::default()
         },
     )

@@ -286,7 +286,7 @@ fn node_scope_keeps_the_agent_port() {
 
 #[test]
 fn io_is_reserved_but_unimplemented() {
-    let r = req("pid:2", 1000, Fault::Io(api::IoFault {}));
+    let r = req("pid:2", 1000, Fault::Io(api::IoFault::default()));
     assert!(matches!(
         validate_inject(&r, &Limits::default()),
         Err(AgentError::Unimplemented(_))
