@@ -14,6 +14,7 @@
 
 mod blackhole;
 mod cpu;
+mod io;
 mod memory;
 mod network;
 mod pause;
@@ -24,6 +25,7 @@ mod tests;
 
 pub use blackhole::BlackholePlan;
 pub use cpu::CpuPlan;
+pub use io::{IoDevices, IoPlan, MIN_BYTES_PER_SECOND, validate_io};
 pub use memory::{MemoryAmount, MemoryPlan};
 pub use network::{MAX_RATE_BYTES_PER_SECOND, NetworkPlan};
 pub use pause::PausePlan;
