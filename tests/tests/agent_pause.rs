@@ -196,13 +196,16 @@ async fn a_pause_thaws_at_its_deadline_at_sigterm_and_after_a_sigkilled_agent_re
     // The deadline.
     let mut agent = TestAgent::start_tls(tls.path(), state.path())?;
     let mut client = agent.client().await?;
-    let fault = inject_fault(&mut client, pause(&target, Duration::from_millis(1500))).await?;
+    // Long enough that the frozen state is read back before the deadline thaws it, also
+    // in the VM, where a 1.5 s deadline had passed before the check (software emulation).
+    let deadline = scaled(Duration::from_secs(3));
+    let fault = inject_fault(&mut client, pause(&target, deadline)).await?;
     check_frozen(&container)?;
     wait_state(
         &agent,
         &fault.id,
         api::FaultState::Expired,
-        scaled(Duration::from_secs(10)),
+        deadline + scaled(Duration::from_secs(10)),
     )
     .await?;
     check_running(&container)?;
