@@ -48,4 +48,10 @@ impl CgroupError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, CgroupError::NotFound { .. })
     }
+
+    /// True when the kernel refused a write for a block device it no longer has (ENODEV):
+    /// a limit on a removed disk is gone with it.
+    pub fn is_no_device(&self) -> bool {
+        matches!(self, CgroupError::Io { source, .. } if source.raw_os_error() == Some(libc::ENODEV))
+    }
 }

@@ -65,29 +65,25 @@ impl CgroupFs {
     /// hierarchy mounted; cgroup2 has `cgroup.freeze` in every non-root cgroup (kernel 5.2
     /// and later), checked on the first child cgroup of the root.
     pub fn freezer_unsupported(&self) -> Option<String> {
-        let layout = match self.layout() {
-            Ok(layout) => layout,
-            Err(e) => return Some(e.to_string()),
-        };
-        if layout.version != crate::CgroupVersion::V2 {
-            return match self.v1_hierarchy(V1_CONTROLLER) {
-                Some(_) => None,
-                None => Some("the v1 freezer controller is not mounted".into()),
-            };
-        }
-        let first_child = std::fs::read_dir(self.root())
-            .ok()?
-            .flatten()
-            .map(|entry| entry.path())
-            .find(|path| path.is_dir())?;
-        if first_child.join(V2_FREEZE).is_file() {
-            None
-        } else {
-            Some(format!(
-                "{} has no {V2_FREEZE}: this kernel's cgroup2 has no freezer (it needs 5.2 or later)",
-                first_child.display()
-            ))
-        }
+        self.controller_unsupported(
+            V1_CONTROLLER,
+            |_| None,
+            || {
+                let first_child = std::fs::read_dir(self.root())
+                    .ok()?
+                    .flatten()
+                    .map(|entry| entry.path())
+                    .find(|path| path.is_dir())?;
+                if first_child.join(V2_FREEZE).is_file() {
+                    None
+                } else {
+                    Some(format!(
+                        "{} has no {V2_FREEZE}: this kernel's cgroup2 has no freezer (it needs 5.2 or later)",
+                        first_child.display()
+                    ))
+                }
+            },
+        )
     }
 }
 

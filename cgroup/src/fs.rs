@@ -177,6 +177,28 @@ impl CgroupFs {
         })
     }
 
+    /// What the node lacks for a controller that faults write directly, or None: on v1
+    /// (and hybrid) its hierarchy mounted and what `v1_lacks` finds in that hierarchy's
+    /// root, on v2 what `v2_lacks` finds.
+    pub(crate) fn controller_unsupported(
+        &self,
+        v1_controller: &str,
+        v1_lacks: impl FnOnce(&Path) -> Option<String>,
+        v2_lacks: impl FnOnce() -> Option<String>,
+    ) -> Option<String> {
+        let layout = match self.layout() {
+            Ok(layout) => layout,
+            Err(e) => return Some(e.to_string()),
+        };
+        if layout.version == crate::CgroupVersion::V2 {
+            return v2_lacks();
+        }
+        match self.v1_hierarchy(v1_controller) {
+            Some(hierarchy) => v1_lacks(&hierarchy),
+            None => Some(format!("the v1 {v1_controller} controller is not mounted")),
+        }
+    }
+
     pub(crate) fn unsupported(&self, detail: impl Into<String>) -> CgroupError {
         CgroupError::Unsupported {
             root: self.root.clone(),

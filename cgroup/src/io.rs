@@ -188,26 +188,24 @@ impl CgroupFs {
     /// Why this node cannot limit cgroups' IO, or None when it can: v1 needs the blkio
     /// hierarchy with throttle files, cgroup2 the io controller.
     pub fn io_unsupported(&self) -> Option<String> {
-        let layout = match self.layout() {
-            Ok(layout) => layout,
-            Err(e) => return Some(e.to_string()),
-        };
-        if layout.version != crate::CgroupVersion::V2 {
-            let Some(hierarchy) = self.v1_hierarchy(V1_CONTROLLER) else {
-                return Some("the v1 blkio controller is not mounted".into());
-            };
-            return if hierarchy.join(LimitKey::ReadBps.v1_file()).is_file() {
-                None
-            } else {
-                Some("the blkio hierarchy has no throttle files: this kernel has no blkio throttling".into())
-            };
-        }
-        let controllers = read(&self.root().join("cgroup.controllers")).unwrap_or_default();
-        if controllers.split_whitespace().any(|c| c == V2_CONTROLLER) {
-            None
-        } else {
-            Some("the cgroup2 root has no io controller".into())
-        }
+        self.controller_unsupported(
+            V1_CONTROLLER,
+            |hierarchy| {
+                if hierarchy.join(LimitKey::ReadBps.v1_file()).is_file() {
+                    None
+                } else {
+                    Some("the blkio hierarchy has no throttle files: this kernel has no blkio throttling".into())
+                }
+            },
+            || {
+                let controllers = read(&self.root().join("cgroup.controllers")).unwrap_or_default();
+                if controllers.split_whitespace().any(|c| c == V2_CONTROLLER) {
+                    None
+                } else {
+                    Some("the cgroup2 root has no io controller".into())
+                }
+            },
+        )
     }
 }
 

@@ -360,6 +360,8 @@ pub struct FaultStep {
     pub blackhole: Option<BlackholeSpec>,
     #[serde(default)]
     pub pause: Option<PauseSpec>,
+    #[serde(default)]
+    pub io: Option<IoSpec>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -565,6 +567,42 @@ pub struct BlackholeSpec {
 #[serde(deny_unknown_fields)]
 pub struct PauseSpec {}
 
+/// Throttle the target containers' block IO for the duration (`io: { write_bps: 1MiB }`).
+/// At least one limit above 0; a limit left out (or 0, as in the API) stays as it is.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IoSpec {
+    /// Bytes per second: `1MiB`, `512KiB`, plain bytes.
+    #[serde(default, deserialize_with = "optional_size")]
+    pub read_bps: Option<u64>,
+    #[serde(default, deserialize_with = "optional_size")]
+    pub write_bps: Option<u64>,
+    /// Operations per second.
+    #[serde(default)]
+    pub read_iops: Option<u64>,
+    #[serde(default)]
+    pub write_iops: Option<u64>,
+    /// `MAJ:MIN`, a name (`nvme0n1`) or a path (`/dev/loop3`), resolved by the agent;
+    /// absent: every whole disk.
+    #[serde(default)]
+    pub device: Option<String>,
+}
+
+impl IoSpec {
+    /// Whether the spec limits anything: 0 means no limit, so a spec of zeros would
+    /// inject a fault that throttles nothing.
+    pub fn has_limit(&self) -> bool {
+        [
+            self.read_bps,
+            self.write_bps,
+            self.read_iops,
+            self.write_iops,
+        ]
+        .iter()
+        .any(|limit| limit.is_some_and(|value| value > 0))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recovery {
@@ -627,6 +665,8 @@ pub fn step_kind(step: &FaultStep) -> &'static str {
         "blackhole"
     } else if step.pause.is_some() {
         "pause"
+    } else if step.io.is_some() {
+        "io"
     } else {
         "unspecified"
     }
@@ -920,11 +960,12 @@ fn validate_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
         step.delete_pod.is_some(),
         step.blackhole.is_some(),
         step.pause.is_some(),
+        step.io.is_some(),
     ];
     if kinds.iter().filter(|k| **k).count() != 1 {
         return Err(invalid(
             field,
-            "needs exactly one of kill, cpu, memory, network, blackhole, pause, delete_pod",
+            "needs exactly one of kill, cpu, memory, network, blackhole, pause, io, delete_pod",
         ));
     }
     let one_shot =
@@ -964,6 +1005,18 @@ fn validate_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
         && !(1..=100).contains(&c.load)
     {
         return Err(invalid(format!("{field}.cpu.load"), "must be 1 to 100"));
+    }
+    if let Some(io) = &step.io
+        && !io.has_limit()
+    {
+        return Err(invalid(
+            format!("{field}.io"),
+            format!(
+                "fault `{}` needs at least one of read_bps, write_bps, read_iops, write_iops \
+                 above 0 (0 is no limit)",
+                step.name
+            ),
+        ));
     }
     let t = &step.target;
     let field = format!("{field}.target");
@@ -1481,6 +1534,75 @@ method:
         );
         let error = parse(&with_probe(&long)).unwrap_err().to_string();
         assert!(error.contains("more than the 1024 accepted"), "{error}");
+    }
+
+    fn with_io(io: &str) -> String {
+        MINIMAL.replace(
+            "      kill: { process: httpd }",
+            &format!("      duration: 30s\n      io: {io}"),
+        )
+    }
+
+    #[test]
+    fn an_io_step_parses_sizes_and_iops() {
+        let e = parse(&with_io(
+            "{ read_bps: 1MiB, write_bps: 512KiB, read_iops: 100, write_iops: 50, device: \"/dev/nvme0n1\" }",
+        ))
+        .unwrap();
+        let step = &e.method.faults[0];
+        let io = step.io.as_ref().unwrap();
+        assert_eq!(io.read_bps, Some(1 << 20));
+        assert_eq!(io.write_bps, Some(512 << 10));
+        assert_eq!(io.read_iops, Some(100));
+        assert_eq!(io.write_iops, Some(50));
+        assert_eq!(io.device.as_deref(), Some("/dev/nvme0n1"));
+        assert_eq!(step_kind(step), "io");
+
+        let e = parse(&with_io("{ write_bps: 1048576 }")).unwrap();
+        let io = e.method.faults[0].io.as_ref().unwrap();
+        assert_eq!(io.write_bps, Some(1 << 20));
+        assert_eq!(io.read_bps, None);
+        assert_eq!(io.device, None);
+    }
+
+    #[test]
+    fn an_io_step_without_a_limit_is_refused() {
+        for io in [
+            "{}",
+            "{ device: \"8:0\" }",
+            "{ read_bps: 0, write_iops: 0 }",
+        ] {
+            let error = parse(&with_io(io)).unwrap_err().to_string();
+            assert!(
+                error.starts_with("method.faults[0].io: fault `kill-web` needs at least one of"),
+                "{io}: {error}"
+            );
+        }
+        let error = parse(&with_io("{ write_bps: 1.5M }"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("expected a size") || error.contains("unknown unit"),
+            "{error}"
+        );
+        let error = parse(&with_io("{ write_bytes: 1MiB }"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown field `write_bytes`"), "{error}");
+    }
+
+    #[test]
+    fn an_io_step_with_another_kind_is_refused() {
+        let text = MINIMAL.replace(
+            "      kill: { process: httpd }",
+            "      duration: 30s\n      pause: {}\n      io: { write_iops: 10 }",
+        );
+        let error = parse(&text).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "method.faults[0]: needs exactly one of kill, cpu, memory, network, blackhole, pause, \
+             io, delete_pod"
+        );
     }
 
     #[test]

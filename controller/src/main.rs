@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use chaos_proto::api;
 use chaosctl::client::{AgentAddress, connect};
 use chaosctl::duration::parse_duration;
-use chaosctl::experiment::{TrafficDirection, TrafficProtocol};
+use chaosctl::experiment::{IoSpec, TrafficDirection, TrafficProtocol, parse_size};
 use chaosctl::{certs, output, remote_runs};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -237,7 +237,7 @@ enum Inject {
         #[command(flatten)]
         common: Common,
         /// How much: 256MiB, 1GiB, ...
-        #[arg(long, value_parser = chaosctl::experiment::parse_size, required_unless_present = "percent", conflicts_with = "percent")]
+        #[arg(long, value_parser = parse_size, required_unless_present = "percent", conflicts_with = "percent")]
         size: Option<u64>,
         /// Percent of the container's memory limit (its own or its pod's).
         #[arg(long)]
@@ -330,6 +330,30 @@ enum Inject {
     Pause {
         #[command(flatten)]
         common: Common,
+        #[arg(long, value_parser = parse_duration)]
+        duration: Duration,
+    },
+    /// Throttle the block IO of the target's containers (their cgroup's io.max or blkio
+    /// throttle) for the duration; at least one limit above 0, a pid: target is refused.
+    Io {
+        #[command(flatten)]
+        common: Common,
+        /// Read bytes per second: 1MiB, 512KiB, plain bytes.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        read_bps: Option<u64>,
+        /// Write bytes per second: 1MiB, 512KiB, plain bytes.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        write_bps: Option<u64>,
+        /// Read operations per second.
+        #[arg(long, value_name = "N")]
+        read_iops: Option<u64>,
+        /// Write operations per second.
+        #[arg(long, value_name = "N")]
+        write_iops: Option<u64>,
+        /// One disk: MAJ:MIN, a name (nvme0n1) or a path (/dev/loop3); a partition means
+        /// its disk. Default: every whole disk.
+        #[arg(long)]
+        device: Option<String>,
         #[arg(long, value_parser = parse_duration)]
         duration: Duration,
     },
@@ -645,6 +669,30 @@ async fn run(cli: Cli) -> Result<()> {
             );
             inject_and_print(&address, cli.output, request).await?;
         }
+        Command::Inject(Inject::Io {
+            common,
+            read_bps,
+            write_bps,
+            read_iops,
+            write_iops,
+            device,
+            duration,
+        }) => {
+            let io = IoSpec {
+                read_bps,
+                write_bps,
+                read_iops,
+                write_iops,
+                device,
+            };
+            check_io_limits(&io)?;
+            let request = inject_request(
+                common,
+                duration,
+                api::inject_request::Fault::Io(chaosctl::request::io_fault(&io)),
+            );
+            inject_and_print(&address, cli.output, request).await?;
+        }
         Command::List { all } => {
             let mut client = connect(&address).await?;
             let faults = client
@@ -727,7 +775,18 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// Sends one Inject and prints the fault it created.
+/// Refused here rather than by the agent: an IO fault without a limit would throttle
+/// nothing, and the flags are the user's to fix (0 is no limit, as in the API).
+fn check_io_limits(io: &IoSpec) -> Result<()> {
+    if !io.has_limit() {
+        anyhow::bail!(
+            "inject io needs at least one of --read-bps, --write-bps, --read-iops, --write-iops \
+             above 0"
+        );
+    }
+    Ok(())
+}
+
 /// The request every `chaosctl inject` subcommand sends: its fault on its target.
 fn inject_request(
     common: Common,
@@ -743,6 +802,7 @@ fn inject_request(
     }
 }
 
+/// Sends one Inject and prints the fault it created.
 async fn inject_and_print(
     address: &AgentAddress,
     format: Output,
@@ -784,4 +844,96 @@ fn chrono_now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("chaosctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn inject_io_reads_sizes_iops_and_the_device() {
+        let cli = parse(&[
+            "inject",
+            "io",
+            "--target",
+            "pod:dev/db-0",
+            "--read-bps",
+            "1MiB",
+            "--write-bps",
+            "512KiB",
+            "--read-iops",
+            "100",
+            "--write-iops",
+            "50",
+            "--device",
+            "/dev/loop3",
+            "--duration",
+            "30s",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Inject(Inject::Io {
+                common,
+                read_bps,
+                write_bps,
+                read_iops,
+                write_iops,
+                device,
+                duration,
+            }) => {
+                assert_eq!(common.target, "pod:dev/db-0");
+                assert_eq!(read_bps, Some(1 << 20));
+                assert_eq!(write_bps, Some(512 << 10));
+                assert_eq!(read_iops, Some(100));
+                assert_eq!(write_iops, Some(50));
+                assert_eq!(device.as_deref(), Some("/dev/loop3"));
+                assert_eq!(duration, Duration::from_secs(30));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn inject_io_refuses_bad_sizes_and_no_limit() {
+        let error = parse(&[
+            "inject",
+            "io",
+            "--target",
+            "pod:dev/db-0",
+            "--write-bps",
+            "1.5M",
+            "--duration",
+            "30s",
+        ])
+        .unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(error.to_string().contains("--write-bps"), "{error}");
+
+        let no_limit = IoSpec {
+            device: Some("8:0".into()),
+            ..Default::default()
+        };
+        let error = check_io_limits(&no_limit).unwrap_err().to_string();
+        assert!(error.contains("at least one of --read-bps"), "{error}");
+        let zeros = IoSpec {
+            read_bps: Some(0),
+            write_iops: Some(0),
+            ..Default::default()
+        };
+        assert!(check_io_limits(&zeros).is_err());
+        let writes = IoSpec {
+            write_iops: Some(10),
+            ..Default::default()
+        };
+        assert!(check_io_limits(&writes).is_ok());
+    }
 }

@@ -166,8 +166,58 @@ fn summary(f: &api::Fault) -> String {
             "{} of {} cgroup(s) frozen, {} process(es)",
             p.frozen, p.cgroups, p.processes
         ),
+        Some(api::fault::Status::Io(io)) => io_summary(io),
         _ => f.message.clone(),
     }
+}
+
+/// "2 device(s): nvme0n1 write 1.0 MiB/s, loop3 read 100 iops". Each cgroup reports its
+/// devices, so the containers of a pod repeat the same limits: those are shown once.
+fn io_summary(io: &api::IoStatus) -> String {
+    let mut devices: Vec<&api::IoDeviceLimit> = Vec::new();
+    for device in &io.devices {
+        if !devices.contains(&device) {
+            devices.push(device);
+        }
+    }
+    if devices.is_empty() {
+        return format!("{} cgroup(s), no device limited", io.cgroups);
+    }
+    let described: Vec<String> = devices.iter().map(|d| device_limits(d)).collect();
+    format!("{} device(s): {}", devices.len(), described.join(", "))
+}
+
+fn device_limits(d: &api::IoDeviceLimit) -> String {
+    let name = if d.name.is_empty() {
+        &d.device
+    } else {
+        &d.name
+    };
+    let mut parts = vec![name.clone()];
+    if d.read_bytes_per_second > 0 {
+        parts.push(format!("read {}", per_second(d.read_bytes_per_second)));
+    }
+    if d.write_bytes_per_second > 0 {
+        parts.push(format!("write {}", per_second(d.write_bytes_per_second)));
+    }
+    if d.read_iops > 0 {
+        parts.push(format!("read {} iops", d.read_iops));
+    }
+    if d.write_iops > 0 {
+        parts.push(format!("write {} iops", d.write_iops));
+    }
+    parts.join(" ")
+}
+
+/// A rate in the largest binary unit it reaches, one decimal: "512 B/s", "1.5 MiB/s".
+fn per_second(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if bytes >= size {
+            return format!("{:.1} {unit}/s", bytes as f64 / size as f64);
+        }
+    }
+    format!("{bytes} B/s")
 }
 
 pub fn faults_table(faults: &[api::Fault], now_ms: i64) -> String {
@@ -387,5 +437,52 @@ mod tests {
             text.contains("1 signalled in 2 round(s) (last: KILL sh pid 5)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn io_status_lists_each_device_once_with_its_limits() {
+        let loop3 = api::IoDeviceLimit {
+            device: "7:3".into(),
+            name: "loop3".into(),
+            write_bytes_per_second: 1 << 20,
+            read_iops: 100,
+            ..Default::default()
+        };
+        let unnamed = api::IoDeviceLimit {
+            device: "259:0".into(),
+            read_bytes_per_second: 512,
+            write_iops: 20,
+            ..Default::default()
+        };
+        let f = api::Fault {
+            kind: api::FaultKind::Io as i32,
+            state: api::FaultState::Active as i32,
+            // Two containers of a pod: the same device and limits in each cgroup.
+            status: Some(api::fault::Status::Io(api::IoStatus {
+                cgroups: 2,
+                devices: vec![loop3.clone(), unnamed, loop3],
+            })),
+            ..Default::default()
+        };
+        let text = faults_table(std::slice::from_ref(&f), 0);
+        assert!(
+            text.contains(
+                "2 device(s): loop3 write 1.0 MiB/s read 100 iops, 259:0 read 512 B/s write 20 iops"
+            ),
+            "{text}"
+        );
+        let v = fault_json(&f);
+        assert_eq!(v["kind"], "io");
+        assert_eq!(v["status"]["cgroups"], 2);
+        assert_eq!(v["status"]["devices"][0]["name"], "loop3");
+        assert_eq!(v["status"]["devices"][0]["write_bytes_per_second"], 1 << 20);
+        assert_eq!(v["status"]["devices"][1]["read_bytes_per_second"], 512);
+        assert_eq!(per_second(1536 << 10), "1.5 MiB/s");
+
+        let nothing = api::IoStatus {
+            cgroups: 1,
+            devices: Vec::new(),
+        };
+        assert_eq!(io_summary(&nothing), "1 cgroup(s), no device limited");
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chaos_proto::api;
 
-use crate::experiment::{FaultStep, TrafficDirection, TrafficProtocol};
+use crate::experiment::{FaultStep, IoSpec, TrafficDirection, TrafficProtocol};
 
 /// The request for one chosen target of `step`, carrying the run's lease and labels.
 pub fn inject_request(
@@ -46,6 +46,18 @@ pub fn direction(direction: TrafficDirection) -> api::Direction {
     match direction {
         TrafficDirection::Egress => api::Direction::Egress,
         TrafficDirection::Ingress => api::Direction::Ingress,
+    }
+}
+
+/// The IO fault of an `io` step, and of `chaosctl inject io`: a limit left out is 0, which
+/// the agent reads as no limit; no device is "", every whole disk.
+pub fn io_fault(io: &IoSpec) -> api::IoFault {
+    api::IoFault {
+        read_bytes_per_second: io.read_bps.unwrap_or(0),
+        write_bytes_per_second: io.write_bps.unwrap_or(0),
+        read_iops: io.read_iops.unwrap_or(0),
+        write_iops: io.write_iops.unwrap_or(0),
+        device: io.device.clone().unwrap_or_default(),
     }
 }
 
@@ -93,6 +105,9 @@ fn fault(step: &FaultStep) -> api::inject_request::Fault {
     }
     if step.pause.is_some() {
         return Fault::Pause(api::PauseFault {});
+    }
+    if let Some(io) = &step.io {
+        return Fault::Io(io_fault(io));
     }
     // validate() guarantees exactly one kind; kill is what remains.
     let kill = step.kill.clone().unwrap_or(crate::experiment::KillSpec {
@@ -179,5 +194,38 @@ mod tests {
             Some(api::inject_request::Fault::Pause(_))
         ));
         assert_eq!(crate::experiment::step_kind(&pause), "pause");
+    }
+
+    #[test]
+    fn an_io_step_becomes_an_io_fault() {
+        let io = step(
+            "name: slow-disk\ntarget: {targets: ['pod:dev/db-0']}\nduration: 45s\nio: { read_bps: 1MiB, write_bps: 512KiB, read_iops: 100, write_iops: 50, device: /dev/nvme0n1 }\n",
+        );
+        let request = inject_request(&io, "pod:dev/db-0", None, &HashMap::new(), false);
+        assert_eq!(request.duration_ms, 45_000);
+        match request.fault {
+            Some(api::inject_request::Fault::Io(f)) => {
+                assert_eq!(f.read_bytes_per_second, 1 << 20);
+                assert_eq!(f.write_bytes_per_second, 512 << 10);
+                assert_eq!(f.read_iops, 100);
+                assert_eq!(f.write_iops, 50);
+                assert_eq!(f.device, "/dev/nvme0n1");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Limits left out are 0 (no limit) and no device is every whole disk.
+        let writes_only = step(
+            "name: slow-writes\ntarget: {targets: ['pod:dev/db-0']}\nduration: 45s\nio: { write_iops: 10 }\n",
+        );
+        match inject_request(&writes_only, "pod:dev/db-0", None, &HashMap::new(), false).fault {
+            Some(api::inject_request::Fault::Io(f)) => assert_eq!(
+                f,
+                api::IoFault {
+                    write_iops: 10,
+                    ..Default::default()
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 }

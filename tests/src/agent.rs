@@ -350,6 +350,34 @@ pub async fn inject_fault(
         .context("no fault in the answer")
 }
 
+/// Polls `Get` until fault `id` is in state `want`; fails after `within`, naming the
+/// state it was in.
+pub async fn wait_fault_state(
+    agent: &TestAgent,
+    id: &str,
+    want: chaos_proto::api::FaultState,
+    within: Duration,
+) -> Result<chaos_proto::api::Fault> {
+    let mut client = agent.client().await?;
+    let started = Instant::now();
+    loop {
+        let fault = client
+            .get(chaos_proto::api::GetRequest { id: id.into() })
+            .await?
+            .into_inner();
+        if fault.state == want as i32 {
+            return Ok(fault);
+        }
+        if started.elapsed() > within {
+            bail!(
+                "fault {id} is {:?}, not {want:?}, after {within:?}",
+                fault.state
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A minimal HTTP/1.0 GET on loopback, returning status code and body.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;

@@ -59,6 +59,9 @@ pub struct ContainerSpec {
     /// A cgroup path to create the container's cgroup under (`ctr run --cgroup PARENT/ID`),
     /// the way a pod's cgroup holds its containers; None: containerd's `/<namespace>/<id>`.
     pub cgroup_parent: Option<String>,
+    /// Host directories bind-mounted read-write into the container: (host path, path
+    /// inside), as a pod's volumes are.
+    pub bind_mounts: Vec<(PathBuf, String)>,
 }
 
 impl Default for ContainerSpec {
@@ -73,6 +76,7 @@ impl Default for ContainerSpec {
             memory_limit_bytes: None,
             netns: None,
             cgroup_parent: None,
+            bind_mounts: Vec::new(),
         }
     }
 }
@@ -337,6 +341,13 @@ fn run_args(spec: &ContainerSpec, id: &str, rootfs: &Path, log_path: &Path) -> V
         args.push("--cgroup".into());
         args.push(format!("{}/{id}", parent.trim_end_matches('/')));
     }
+    for (host, inside) in &spec.bind_mounts {
+        args.push("--mount".into());
+        args.push(format!(
+            "type=bind,src={},dst={inside},options=rbind:rw",
+            host.display()
+        ));
+    }
     args.push("--rootfs".into());
     args.push(rootfs.display().to_string());
     args.push(id.to_string());
@@ -544,17 +555,26 @@ pub fn cgroup_dir_of_pid(pid: u32) -> Result<PathBuf> {
 /// The directory of `pid`'s freezer and whether it is v1: the v1 `freezer` hierarchy
 /// where there is one, else the cgroup2 directory.
 pub fn freezer_dir_of_pid(pid: u32) -> Result<(PathBuf, bool)> {
+    controller_dir_of_pid(pid, "freezer")
+}
+
+/// The directory of `pid`'s cgroup for a controller and whether it is v1: the v1
+/// hierarchy of `v1_controller` (`freezer`, `blkio`) where there is one, else the cgroup2
+/// directory.
+pub fn controller_dir_of_pid(pid: u32, v1_controller: &str) -> Result<(PathBuf, bool)> {
     let memberships = cgroup_memberships_of_pid(pid)?;
     let (membership, v1) = match memberships
         .iter()
-        .find(|m| m.controllers.iter().any(|c| c == "freezer"))
+        .find(|m| m.controllers.iter().any(|c| c == v1_controller))
     {
         Some(freezer) => (freezer, true),
         None => (
             memberships
                 .iter()
                 .find(|m| m.is_unified())
-                .context("neither a v1 freezer nor a cgroup2 membership")?,
+                .with_context(|| {
+                    format!("neither a v1 {v1_controller} nor a cgroup2 membership")
+                })?,
             false,
         ),
     };
@@ -604,6 +624,7 @@ mod tests {
             memory_limit_bytes: Some(64 << 20),
             netns: Some(PathBuf::from("/var/run/netns/chaos-test-x")),
             cgroup_parent: Some("/chaos-test-parent/".into()),
+            bind_mounts: vec![(PathBuf::from("/tmp/d"), "/data".into())],
             command: vec!["/bin/sh".into(), "-c".into(), "sleep 5".into()],
             ..ContainerSpec::pod("dev", "db-0", "db")
         };
@@ -626,6 +647,7 @@ mod tests {
             "--cgroup",
             "--env",
             "--log-uri",
+            "--mount",
         ] {
             assert!(
                 args[..rootfs_at].contains(&flag.to_string()),
@@ -638,6 +660,7 @@ mod tests {
         assert!(args.contains(&"network:/var/run/netns/chaos-test-x".to_string()));
         assert!(args.contains(&"67108864".to_string()));
         assert!(args.contains(&"/chaos-test-parent/chaos-test-abc".to_string()));
+        assert!(args.contains(&"type=bind,src=/tmp/d,dst=/data,options=rbind:rw".to_string()));
     }
 
     #[test]

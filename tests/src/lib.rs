@@ -4,6 +4,7 @@ pub mod churn;
 pub mod command;
 pub mod containerd;
 pub mod https_server;
+pub mod loopdisk;
 pub mod netns;
 pub mod process;
 pub mod prometheus;

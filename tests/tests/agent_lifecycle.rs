@@ -1,7 +1,7 @@
 //! Fault lifecycles through a real agent: crash recovery from the journal, revert on
 //! request, leases, shutdown, runtime fallback, health and metrics.
 
-use chaos_tests::agent::{journal_len, state_dir};
+use chaos_tests::agent::{journal_len, state_dir, wait_fault_state};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -60,32 +60,6 @@ fn sleep_pid(container: &TestContainer) -> Result<u32> {
         std::thread::sleep(Duration::from_millis(20));
     }
     bail!("the container's shell has no sleep child")
-}
-
-async fn wait_state(
-    agent: &TestAgent,
-    id: &str,
-    want: api::FaultState,
-    within: Duration,
-) -> Result<api::Fault> {
-    let mut client = agent.client().await?;
-    let started = Instant::now();
-    loop {
-        let fault = client
-            .get(api::GetRequest { id: id.into() })
-            .await?
-            .into_inner();
-        if fault.state == want as i32 {
-            return Ok(fault);
-        }
-        if started.elapsed() > within {
-            bail!(
-                "fault {id} is {:?}, not {want:?}, after {within:?}",
-                fault.state
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -243,7 +217,7 @@ async fn a_lapsed_lease_reverts_and_a_renewed_one_does_not() -> Result<()> {
     );
     // The holder goes quiet: reverted within the ttl plus the reaper's period.
     let stopped_renewing = Instant::now();
-    let ended = wait_state(
+    let ended = wait_fault_state(
         &agent,
         &fault.id,
         api::FaultState::LeaseExpired,

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use chaos_proto::api;
-use chaos_tests::agent::{TestAgent, inject_fault, journal_len, make_certs, state_dir};
+use chaos_tests::agent::{
+    TestAgent, inject_fault, journal_len, make_certs, state_dir, wait_fault_state,
+};
 use chaos_tests::containerd::{ContainerSpec, TestContainer, ctr, freezer_dir_of_pid};
 use chaos_tests::scaled;
 
@@ -136,42 +138,14 @@ fn check_running(container: &TestContainer) -> Result<()> {
     Ok(())
 }
 
-async fn wait_state(
-    agent: &TestAgent,
-    id: &str,
-    want: api::FaultState,
-    within: Duration,
-) -> Result<api::Fault> {
-    let mut client = agent.client().await?;
-    let started = Instant::now();
-    loop {
-        let fault = client
-            .get(api::GetRequest { id: id.into() })
-            .await?
-            .into_inner();
-        if fault.state == want as i32 {
-            return Ok(fault);
-        }
-        if started.elapsed() > within {
-            bail!(
-                "fault {id} is {:?}, not {want:?}, after {within:?}",
-                fault.state
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pause_freezes_every_process_of_the_pod_until_reverted() -> Result<()> {
     let (tls, state) = (make_certs()?, state_dir()?);
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
     let container = counting_container("pause")?;
     let _thaw = ThawOnDrop::of(&container)?;
-    ensure!(
-        counting(&container, Duration::from_millis(300))?,
-        "not counting before"
-    );
+    // Counting before (the shell may not have written its first count yet).
+    check_running(&container)?;
     let mut client = agent.client().await?;
     let fault = inject_fault(
         &mut client,
@@ -218,7 +192,7 @@ async fn a_pause_thaws_at_its_deadline_at_sigterm_and_after_a_sigkilled_agent_re
     let deadline = scaled(Duration::from_secs(3));
     let fault = inject_fault(&mut client, pause(&target, deadline)).await?;
     check_frozen(&container, "deadline")?;
-    wait_state(
+    wait_fault_state(
         &agent,
         &fault.id,
         api::FaultState::Expired,

@@ -15,6 +15,7 @@ use chaos_proto::api;
 use chaos_tests::agent::{AgentOptions, TestAgent, journal_len, make_certs, state_dir};
 use chaos_tests::command::run_bounded;
 use chaos_tests::containerd::{ContainerSpec, TestContainer};
+use chaos_tests::loopdisk::LoopDisk;
 use chaos_tests::process::state as process_state;
 use chaos_tests::scaled;
 
@@ -214,7 +215,7 @@ async fn start_least_privileged(
             "CAP_SYS_ADMIN"
         ]
     );
-    assert_eq!(report.kind_privileges.len(), 6, "{report:?}");
+    assert_eq!(report.kind_privileges.len(), 7, "{report:?}");
     assert!(
         report
             .kind_privileges
@@ -285,6 +286,30 @@ async fn host_least_privilege_agent_runs_a_fault_of_every_host_kind() -> Result<
     ensure!(container.is_frozen()?, "the container is not frozen");
     revert(&agent, &pause.id).await?;
     ensure!(!container.is_frozen()?, "the container is still frozen");
+
+    // An IO limit on a disk of the test's own: the cgroup's blkio (or io.max) file,
+    // read back through the status, and gone after the revert.
+    let disk = LoopDisk::new(16)?;
+    let io = inject(
+        &agent,
+        request(
+            &target,
+            api::inject_request::Fault::Io(api::IoFault {
+                write_bytes_per_second: MIB,
+                device: disk.name().to_string(),
+                ..Default::default()
+            }),
+        ),
+    )
+    .await?;
+    match &io.status {
+        Some(api::fault::Status::Io(status)) => ensure!(
+            status.devices.len() == 1 && status.devices[0].write_bytes_per_second == MIB,
+            "{status:?}"
+        ),
+        other => bail!("no io status: {other:?}"),
+    }
+    revert(&agent, &io.id).await?;
 
     // A rate-only network fault: a tbf on the container's own lo.
     ensure!(!qdiscs_on_lo(init)?.contains("tbf"));

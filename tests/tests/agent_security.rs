@@ -321,17 +321,21 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() -> Result<()> {
     assert_eq!(crash.code(), Code::FailedPrecondition, "{crash}");
     assert!(crash.message().contains("no running process"), "{crash}");
 
-    let unimplemented = refused(
+    let io_without_limit = refused(
         &mut client,
         api::InjectRequest {
-            target: "pid:2".into(),
+            target: format!("container:{}", stopped.id),
             duration_ms: 1000,
             fault: Some(api::inject_request::Fault::Io(api::IoFault::default())),
             ..Default::default()
         },
     )
     .await;
-    assert_eq!(unimplemented.code(), Code::Unimplemented);
+    assert_eq!(io_without_limit.code(), Code::InvalidArgument);
+    assert!(
+        io_without_limit.message().contains("sets no limit"),
+        "{io_without_limit}"
+    );
 
     let bad_revert = client
         .revert(api::RevertRequest {

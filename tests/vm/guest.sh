@@ -39,13 +39,14 @@ setup_cgroup_v2() {
 
 load_modules() {
     local module failed=0
-    for module in sch_netem sch_prio cls_u32 ifb; do
+    # loop and ext4: the IO tests' own disk.
+    for module in sch_netem sch_prio cls_u32 ifb loop ext4; do
         if ! modprobe "$module"; then
             say "modprobe $module FAILED"
             failed=1
         fi
     done
-    [ $failed = 0 ] && say "loaded sch_netem sch_prio cls_u32 ifb"
+    [ $failed = 0 ] && say "loaded sch_netem sch_prio cls_u32 ifb loop ext4"
     return $failed
 }
 

@@ -17,6 +17,8 @@
 
 pub mod blackhole;
 pub mod cpu;
+pub mod io;
+pub mod leaf_cgroup;
 pub mod memory;
 pub mod network;
 pub mod pause;
@@ -70,6 +72,7 @@ pub const KINDS: &[KindInfo] = &[
     cpu::KIND,
     memory::KIND,
     pause::KIND,
+    io::KIND,
 ];
 
 /// The entry of an implemented kind.
@@ -244,6 +247,7 @@ pub async fn prepare(
         FaultPlan::Cpu(plan) => cpu::prepare(plan, spec, targets, context),
         FaultPlan::Memory(plan) => memory::prepare(plan, spec, targets, context),
         FaultPlan::Pause(plan) => pause::prepare(plan, spec, targets, context),
+        FaultPlan::Io(plan) => io::prepare(plan, targets, context),
     }
 }
 
@@ -295,7 +299,8 @@ mod capability_tests {
         assert_eq!(check_capabilities(api::FaultKind::Memory, &none), Ok(()));
         let err = check_capabilities(api::FaultKind::Process, &none).unwrap_err();
         assert!(err.to_string().contains("CAP_KILL"), "{err}");
-        assert_eq!(KINDS.len(), 6);
+        assert_eq!(KINDS.len(), 7);
+        assert_eq!(check_capabilities(api::FaultKind::Io, &none), Ok(()));
     }
 }
 
@@ -304,15 +309,14 @@ mod kind_tests {
     use super::*;
 
     #[test]
-    fn each_kind_is_listed_once_and_io_and_unspecified_are_not() {
+    fn each_kind_is_listed_once_and_unspecified_is_not() {
         let mut kinds: Vec<i32> = KINDS.iter().map(|info| info.kind as i32).collect();
         kinds.sort();
         kinds.dedup();
         assert_eq!(kinds.len(), KINDS.len());
-        for absent in [api::FaultKind::Unspecified, api::FaultKind::Io] {
-            assert!(kind_info(absent).is_none(), "{absent:?}");
-            assert_eq!(required_capabilities(absent), &[]);
-        }
+        let absent = api::FaultKind::Unspecified;
+        assert!(kind_info(absent).is_none());
+        assert_eq!(required_capabilities(absent), &[]);
         assert!(kind_info(api::FaultKind::Blackhole).is_some());
     }
 
@@ -325,6 +329,7 @@ mod kind_tests {
                 serde_json::json!({"action": "restore_qdisc", "interfaces": []})
             }
             api::FaultKind::Pause => serde_json::json!({"action": "thaw", "cgroups": []}),
+            api::FaultKind::Io => serde_json::json!({"action": "restore_limits", "cgroups": []}),
             _ => serde_json::json!({"action": "kill_processes", "processes": []}),
         };
         for info in KINDS {
@@ -344,11 +349,8 @@ mod kind_tests {
             assert!(err.contains(foreign["action"].as_str().unwrap()), "{err}");
         }
         let record = UndoRecord::of(&serde_json::json!({"action": "nothing"}));
-        let err = replay(&procfs, api::FaultKind::Io, &record).unwrap_err();
-        assert!(
-            err.contains("kind io, which this agent does not implement"),
-            "{err}"
-        );
+        let err = replay(&procfs, api::FaultKind::Unspecified, &record).unwrap_err();
+        assert!(err.contains("which this agent does not implement"), "{err}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use chaos_proto::api;
 use futures::future::BoxFuture;
 
 use crate::error::AgentError;
+use crate::faults::leaf_cgroup;
 use crate::faults::target_watch::TargetWatch;
 use crate::faults::{Fault, KindInfo, PrepareContext, Prepared, TickOutcome};
 use crate::journal::UndoRecord;
@@ -111,15 +112,8 @@ pub fn refusal(
     has_children: bool,
     state: FreezerState,
 ) -> Option<AgentError> {
-    if path == "/" {
-        return Some(AgentError::PermissionDenied(format!(
-            "{target} is in the root cgroup: freezing it would freeze the whole node"
-        )));
-    }
-    if has_children {
-        return Some(AgentError::FailedPrecondition(format!(
-            "{target}: cgroup {path} has child cgroups, which a freeze would stop too; target a container, whose own cgroup is a leaf"
-        )));
+    if let Some(refused) = leaf_cgroup::refusal(target, path, has_children, "freeze") {
+        return Some(refused);
     }
     if state != FreezerState::Thawed {
         return Some(AgentError::FailedPrecondition(format!(

@@ -873,12 +873,12 @@ impl Drop for ClaimGuard<'_> {
     }
 }
 
-/// The cgroups a fault holds alone, one claim per target: CPU and memory stress, a held
-/// stop and a pause (see [`claims_conflict`]). Two stops of one container would share its processes, and the first to end
+/// The cgroups a fault claims, one claim per target: CPU and memory stress, a held stop,
+/// a pause and an IO limit (which claims go together: [`claims_conflict`]). Two stops of one container would share its processes, and the first to end
 /// would continue what the other still holds.
 fn claim_keys(plan: &FaultPlan, targets: &[Resolved]) -> Vec<ClaimKey> {
     let holds_alone = match plan {
-        FaultPlan::Cpu(_) | FaultPlan::Memory(_) | FaultPlan::Pause(_) => true,
+        FaultPlan::Cpu(_) | FaultPlan::Memory(_) | FaultPlan::Pause(_) | FaultPlan::Io(_) => true,
         FaultPlan::Process(process) => crate::validate::is_stop_signal(process.signal),
         FaultPlan::Network(_) | FaultPlan::Blackhole(_) => false,
     };
@@ -894,13 +894,23 @@ fn claim_keys(plan: &FaultPlan, targets: &[Resolved]) -> Vec<ClaimKey> {
     keys
 }
 
-/// Two claims on one cgroup conflict when they are of one kind, or when either is a
-/// pause: a frozen cgroup would freeze a stressor started in it (and its start would
-/// wait for it), and a pause would freeze the stressors and stopped processes other
-/// faults hold and must end.
+/// Two claims on one cgroup conflict when they are of one kind (two IO faults would
+/// each restore the other's limits), or when one is a pause and the other holds
+/// processes of the cgroup: a frozen cgroup would freeze a stressor started in it (and
+/// its start would wait for it), and a pause would freeze the stressors and stopped
+/// processes other faults hold and must end. An IO limit and a pause hold no process,
+/// so they go together.
 fn claims_conflict(held: &ClaimKey, wanted: &ClaimKey) -> bool {
-    let pause = api::FaultKind::Pause;
-    held.1 == wanted.1 && (held.0 == wanted.0 || held.0 == pause || wanted.0 == pause)
+    let holds_processes = |kind: api::FaultKind| {
+        matches!(
+            kind,
+            api::FaultKind::Cpu | api::FaultKind::Memory | api::FaultKind::Process
+        )
+    };
+    let pause_beside =
+        |a: api::FaultKind, b: api::FaultKind| a == api::FaultKind::Pause && holds_processes(b);
+    held.1 == wanted.1
+        && (held.0 == wanted.0 || pause_beside(held.0, wanted.0) || pause_beside(wanted.0, held.0))
 }
 
 /// What a claim of `kind` is called in a refusal: a process fault claims only as a stop.
@@ -987,6 +997,31 @@ fn state_name(state: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pause_conflicts_with_kinds_holding_processes_and_an_io_limit_only_with_another() {
+        use api::FaultKind::{Cpu, Io, Memory, Pause, Process};
+        let on = |kind: api::FaultKind, cgroup: &str| (kind, cgroup.to_string());
+        for kind in [Cpu, Memory, Process, Pause] {
+            assert!(
+                claims_conflict(&on(Pause, "/c"), &on(kind, "/c")),
+                "{kind:?}"
+            );
+            assert!(
+                claims_conflict(&on(kind, "/c"), &on(Pause, "/c")),
+                "{kind:?}"
+            );
+            assert!(
+                !claims_conflict(&on(Pause, "/c"), &on(kind, "/d")),
+                "{kind:?}"
+            );
+        }
+        assert!(claims_conflict(&on(Io, "/c"), &on(Io, "/c")));
+        for kind in [Cpu, Memory, Process, Pause] {
+            assert!(!claims_conflict(&on(Io, "/c"), &on(kind, "/c")), "{kind:?}");
+            assert!(!claims_conflict(&on(kind, "/c"), &on(Io, "/c")), "{kind:?}");
+        }
+    }
 
     fn entry(holder: &str, deadline: Instant) -> Entry {
         let (stop, _) = oneshot::channel();

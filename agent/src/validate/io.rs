@@ -1,5 +1,4 @@
-//! The IO throttle kind's plan and its validation (the kind itself is not served yet:
-//! `validate_inject` still answers Unimplemented until `faults::io` exists). Like a pause,
+//! The IO throttle kind's plan and its validation. Like a pause,
 //! an IO limit binds a whole cgroup, so a `pid:` target is refused; a device is named by
 //! `MAJ:MIN` or by one path component (it becomes a sysfs path), and every limit given is
 //! one a workload can still make progress under.

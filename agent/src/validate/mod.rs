@@ -90,6 +90,7 @@ pub enum FaultPlan {
     Network(NetworkPlan),
     Blackhole(BlackholePlan),
     Pause(PausePlan),
+    Io(IoPlan),
 }
 
 impl FaultPlan {
@@ -106,6 +107,7 @@ impl FaultPlan {
             FaultPlan::Network(_) => api::FaultKind::Network,
             FaultPlan::Blackhole(_) => api::FaultKind::Blackhole,
             FaultPlan::Pause(_) => api::FaultKind::Pause,
+            FaultPlan::Io(_) => api::FaultKind::Io,
         }
     }
 }
@@ -147,7 +149,7 @@ pub fn validate_inject(
     let Some(fault) = &req.fault else {
         return Err(AgentError::invalid(
             "fault",
-            "is missing; set one of cpu, memory, network, process, blackhole, pause",
+            "is missing; set one of cpu, memory, network, process, blackhole, pause, io",
         ));
     };
     let plan = match fault {
@@ -174,10 +176,9 @@ pub fn validate_inject(
             require_duration(duration)?;
             FaultPlan::Pause(validate_pause(&target)?)
         }
-        api::inject_request::Fault::Io(_) => {
-            return Err(AgentError::Unimplemented(
-                "io faults are reserved in the API but not implemented by this agent".into(),
-            ));
+        api::inject_request::Fault::Io(io) => {
+            require_duration(duration)?;
+            FaultPlan::Io(validate_io(io, &target)?)
         }
     };
     let lease = req

@@ -285,12 +285,20 @@ fn node_scope_keeps_the_agent_port() {
 }
 
 #[test]
-fn io_is_reserved_but_unimplemented() {
-    let r = req("pid:2", 1000, Fault::Io(api::IoFault::default()));
-    assert!(matches!(
-        validate_inject(&r, &Limits::default()),
-        Err(AgentError::Unimplemented(_))
-    ));
+fn io_needs_a_duration_and_a_container_or_cgroup() {
+    let limit = || {
+        Fault::Io(api::IoFault {
+            write_bytes_per_second: 1 << 20,
+            ..Default::default()
+        })
+    };
+    let pid = validate_inject(&req("pid:2", 1000, limit()), &Limits::default()).unwrap_err();
+    assert_eq!(pid.code(), tonic::Code::InvalidArgument);
+    let forever =
+        validate_inject(&req("container:abc", 0, limit()), &Limits::default()).unwrap_err();
+    assert_eq!(forever.code(), tonic::Code::InvalidArgument);
+    let valid = validate_inject(&req("container:abc", 1000, limit()), &Limits::default()).unwrap();
+    assert!(matches!(valid.plan, FaultPlan::Io(_)));
 }
 
 #[test]
@@ -364,7 +372,7 @@ fn valid_requests_of_every_kind_pass() {
 }
 
 #[test]
-fn every_kind_a_request_can_ask_for_is_implemented_or_refused_as_unimplemented() {
+fn every_kind_a_request_can_ask_for_is_implemented() {
     let requests = [
         Fault::Process(api::ProcessFault {
             signal: "SIGKILL".into(),
@@ -384,6 +392,10 @@ fn every_kind_a_request_can_ask_for_is_implemented_or_refused_as_unimplemented()
         }),
         Fault::Blackhole(api::BlackholeFault::default()),
         Fault::Pause(api::PauseFault::default()),
+        Fault::Io(api::IoFault {
+            read_iops: 100,
+            ..Default::default()
+        }),
     ];
     let mut planned = Vec::new();
     for fault in requests {
@@ -402,16 +414,6 @@ fn every_kind_a_request_can_ask_for_is_implemented_or_refused_as_unimplemented()
         planned, sorted,
         "every plan has its kind entry, and no entry lacks a plan"
     );
-    let io = req(
-        "pod:dev/db-0/db",
-        30_000,
-        Fault::Io(api::IoFault::default()),
-    );
-    assert!(matches!(
-        validate_inject(&io, &Limits::default()),
-        Err(AgentError::Unimplemented(_))
-    ));
-    assert!(!implemented.contains(&api::FaultKind::Io));
 }
 
 #[test]
