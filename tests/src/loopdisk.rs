@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
 
 use crate::command::{run_bounded, run_checked};
+use crate::containerd::controller_dir_of_pid;
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -67,6 +68,59 @@ impl LoopDisk {
             .with_context(|| format!("reading {}", file.display()))?
             .trim()
             .to_string())
+    }
+}
+
+impl LoopDisk {
+    /// The limits on this disk of `pid`'s cgroup as the kernel's files show them, read
+    /// apart from the agent's own parser: [rbps, wbps, riops, wiops], 0 for none (v1
+    /// `blkio.throttle.*_device`, v2 `io.max`).
+    pub fn limits_of(&self, pid: u32) -> Result<[u64; 4]> {
+        let (dir, v1) = controller_dir_of_pid(pid, "blkio")?;
+        self.limits_in(&dir, v1)
+    }
+
+    /// The same, of the cgroup at `dir` (a v1 blkio directory when `v1`, else cgroup2):
+    /// for a cgroup whose processes are gone.
+    pub fn limits_in(&self, dir: &Path, v1: bool) -> Result<[u64; 4]> {
+        let number = self.number()?;
+        let mut limits = [0; 4];
+        if v1 {
+            for (slot, file) in ["read_bps", "write_bps", "read_iops", "write_iops"]
+                .iter()
+                .enumerate()
+            {
+                let path = dir.join(format!("blkio.throttle.{file}_device"));
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                for line in text.lines() {
+                    if let Some(value) = line.strip_prefix(&format!("{number} ")) {
+                        limits[slot] = value.trim().parse()?;
+                    }
+                }
+            }
+            return Ok(limits);
+        }
+        let path = dir.join("io.max");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        for line in text.lines() {
+            let Some(fields) = line.strip_prefix(&format!("{number} ")) else {
+                continue;
+            };
+            for field in fields.split_whitespace() {
+                let (key, value) = field.split_once('=').context("io.max field")?;
+                let slot = match key {
+                    "rbps" => 0,
+                    "wbps" => 1,
+                    "riops" => 2,
+                    "wiops" => 3,
+                    _ => continue,
+                };
+                limits[slot] = if value == "max" { 0 } else { value.parse()? };
+            }
+        }
+        Ok(limits)
     }
 }
 

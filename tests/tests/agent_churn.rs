@@ -19,12 +19,21 @@
 //! - Repeating kill: a `container:` target follows the container (each round resolves it
 //!   again: a restarted container's processes are killed too, by design); a `pid:` target is
 //!   pinned and ends as target gone when that process dies, leaving the new task alone.
+//! - Pause: the fault watches the targets' inits. A frozen task dies of SIGKILL (cgroup
+//!   v2; on this host's v1 too, kernel 6.18), and the pause ends by itself ("its target is
+//!   gone", Completed), thawing the cgroup; a restarted task (a new cgroup) is never
+//!   frozen. Should a v1 kernel hold the kill until the thaw, the pause's deadline (3 s
+//!   here) thaws (Expired) and the kill lands then.
+//! - IO limit: the limit lives on the container's cgroup. A killed task leaves the
+//!   cgroup (and the fault, until its revert restores the limits); a restart or a removal
+//!   makes the cgroup go (a restart's task gets a new one), and the fault ends by itself
+//!   ("is gone", Completed); the new task's cgroup has no limit.
 //! - Network (tbf here; netem, ingress and blackhole in the VM): the fault lives in the pod's
 //!   network namespace, which a task's death or restart does not change; a removed pod whose
 //!   namespace is deleted counts as restored (revert and deadline).
 //!
 //! The tests without a prefix run on the host (cgroup v1, no netem) and in the VM (cgroup
-//! v2): CPU, memory and tbf. `host_*` (stop, repeating kill: signals, the same on either
+//! v2): CPU, memory, pause, IO and tbf. `host_*` (stop, repeating kill: signals, the same on either
 //! cgroup version) run on the host only, to keep the emulated VM stage short. `vm_*` need
 //! netem and are `#[ignore]`d on the host; in the VM's short run they try the deadline end
 //! after a removal only (`ends_to_try`).
@@ -37,7 +46,10 @@ use chaos_proto::api;
 use chaos_tests::accounting::{Accounting, CpuLock};
 use chaos_tests::agent::{TestAgent, journal_len, make_certs, state_dir};
 use chaos_tests::churn::{self, Churn};
-use chaos_tests::containerd::{ContainerSpec, TestContainer};
+use chaos_tests::containerd::{
+    ContainerSpec, TestContainer, controller_dir_of_pid, freezer_dir_of_pid,
+};
+use chaos_tests::loopdisk::LoopDisk;
 use chaos_tests::netns::TestNetns;
 use chaos_tests::scaled;
 
@@ -350,6 +362,173 @@ async fn a_memory_fault_ends_when_its_container_is_killed_restarted_or_removed()
         stress_under_churn(&agent, state.path(), Stress::Memory, churn)
             .await
             .with_context(|| format!("memory under {churn:?}\n{}", agent.log()))?;
+    }
+    Ok(())
+}
+
+/// A pause under `churn` (see the module's comment for v1 against v2): nothing is left
+/// frozen, a restarted task runs, a removed container's cgroup goes.
+async fn pause_under_churn(agent: &TestAgent, state: &Path, churn: Churn) -> Result<()> {
+    let pod = format!("pause-{churn:?}").to_lowercase();
+    let target = container(&pod, &[])?;
+    let old_init = target.pid()?;
+    let (freezer_dir, v1) = freezer_dir_of_pid(old_init)?;
+    // On v1 a kernel may hold the kill of a frozen task until the thaw: a deadline well
+    // inside the churn's own 20 s bound, in case.
+    let duration = if v1 {
+        Duration::from_secs(3)
+    } else {
+        Duration::from_secs(60)
+    };
+    let fault = inject(
+        agent,
+        request(
+            &target.target(),
+            duration,
+            api::inject_request::Fault::Pause(api::PauseFault {}),
+        ),
+    )
+    .await?;
+    ensure!(target.is_frozen()?, "not frozen after the inject");
+    churn.apply(&target)?;
+    let ended = wait_ended(agent, &fault.id, scaled(Duration::from_secs(10))).await?;
+    println!(
+        "pause under {churn:?} (v1: {v1}): {} {}",
+        state_name(&ended),
+        ended.message
+    );
+    let target_gone = ended.state == api::FaultState::Completed as i32
+        && ended.message.contains("its target is gone");
+    let expired = ended.state == api::FaultState::Expired as i32;
+    ensure!(target_gone || (v1 && expired), "{ended:?}");
+    assert_nothing_left(agent, state).await?;
+    match churn {
+        Churn::Kill => {
+            if freezer_dir.exists() {
+                let file = if v1 { "freezer.state" } else { "cgroup.freeze" };
+                let left = std::fs::read_to_string(freezer_dir.join(file))?;
+                ensure!(
+                    matches!(left.trim(), "THAWED" | "0"),
+                    "the killed task's cgroup is left {left:?}"
+                );
+            }
+        }
+        Churn::Restart => {
+            churn::wait_exec(&target)?;
+            let new_init = target.pid()?;
+            ensure!(new_init != old_init, "the task was not restarted");
+            let watch = Instant::now();
+            while watch.elapsed() < UNTOUCHED_WATCH {
+                ensure!(!target.is_frozen()?, "the restarted task is frozen");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            ensure!(
+                state_of(new_init) == Some('S'),
+                "new init state {:?}",
+                state_of(new_init)
+            );
+        }
+        Churn::Remove => {
+            wait_until(
+                scaled(Duration::from_secs(5)),
+                "the removed container's cgroup gone",
+                || !freezer_dir.exists(),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pause_thaws_or_ends_when_its_container_is_killed_restarted_or_removed() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    for churn in churn::ALL {
+        pause_under_churn(&agent, state.path(), churn)
+            .await
+            .with_context(|| format!("pause under {churn:?}\n{}", agent.log()))?;
+    }
+    Ok(())
+}
+
+/// An IO limit under `churn` (see the module's comment): restored by its revert while
+/// the killed task's cgroup stays, ended by itself once the cgroup is gone, and never on
+/// a restarted task's new cgroup.
+async fn io_under_churn(agent: &TestAgent, state: &Path, churn: Churn) -> Result<()> {
+    let disk = LoopDisk::new(16)?;
+    let pod = format!("io-{churn:?}").to_lowercase();
+    let target = container(&pod, &[])?;
+    let old_init = target.pid()?;
+    let (io_dir, v1) = controller_dir_of_pid(old_init, "blkio")?;
+    let limit = api::inject_request::Fault::Io(api::IoFault {
+        write_bytes_per_second: MIB,
+        device: disk.name().to_string(),
+        ..Default::default()
+    });
+    let fault = inject(
+        agent,
+        request(&target.target(), Duration::from_secs(60), limit),
+    )
+    .await?;
+    ensure!(
+        disk.limits_in(&io_dir, v1)? == [0, MIB, 0, 0],
+        "{:?}",
+        disk.limits_in(&io_dir, v1)
+    );
+    churn.apply(&target)?;
+    if churn == Churn::Kill && io_dir.exists() {
+        let reverted = revert(agent, &fault.id)
+            .await?
+            .map_err(|status| anyhow::anyhow!("the revert was refused: {status:?}"))?;
+        println!(
+            "io under {churn:?}: {} {}",
+            state_name(&reverted),
+            reverted.message
+        );
+        ensure!(
+            reverted.state == api::FaultState::Reverted as i32,
+            "{reverted:?}"
+        );
+        ensure!(
+            disk.limits_in(&io_dir, v1)? == [0; 4],
+            "the killed task's cgroup keeps {:?}",
+            disk.limits_in(&io_dir, v1)
+        );
+    } else {
+        let ended = wait_ended(agent, &fault.id, scaled(Duration::from_secs(5))).await?;
+        println!(
+            "io under {churn:?}: {} {}",
+            state_name(&ended),
+            ended.message
+        );
+        ensure!(
+            ended.state == api::FaultState::Completed as i32 && ended.message.contains("gone"),
+            "{ended:?}"
+        );
+    }
+    assert_nothing_left(agent, state).await?;
+    if churn == Churn::Restart {
+        churn::wait_exec(&target)?;
+        let new_init = target.pid()?;
+        ensure!(new_init != old_init, "the task was not restarted");
+        ensure!(
+            disk.limits_of(new_init)? == [0; 4],
+            "the restarted task's cgroup has {:?}",
+            disk.limits_of(new_init)
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_io_limit_is_restored_or_ends_when_its_container_is_killed_restarted_or_removed()
+-> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    for churn in churn::ALL {
+        io_under_churn(&agent, state.path(), churn)
+            .await
+            .with_context(|| format!("io under {churn:?}\n{}", agent.log()))?;
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! and usage back, qdiscs, filters and links as before.
 //!
 //! The host test covers the host kinds (a repeating kill, a held stop, CPU fill, memory
-//! fill, a pause, a tbf rate limit on the container's `lo`, which this host's kernel has); the
+//! fill, a pause, an IO limit, a tbf rate limit on the container's `lo`, which this host's kernel has); the
 //! `vm_` test covers netem egress, ingress through an ifb, and a blackhole, which need the
 //! VM's kernel. Each kill lands at a delay drawn from a seeded RNG: the seed is printed, and
 //! `CHAOS_CRASH_SEED=N` replays it. A trial's phase is read from what it left (the RPC's
@@ -23,6 +23,7 @@ use chaos_proto::api::{self, agent_client::AgentClient};
 use chaos_tests::agent::{TestAgent, binary, inject_fault, make_certs, state_dir};
 use chaos_tests::command::run_bounded;
 use chaos_tests::containerd::{ContainerSpec, TestContainer, cgroup_memberships_of_pid};
+use chaos_tests::loopdisk::LoopDisk;
 use chaos_tests::netns::TestNetns;
 use chaos_tests::process::{first_child, state as process_state};
 use chaos_tests::{scaled, trials};
@@ -620,12 +621,15 @@ struct HostRig {
     stopped: TestContainer,
     /// CPU fill, memory fill and a tbf on `lo`; 1 CPU and 512 MiB.
     stressed: TestContainer,
-    /// Frozen by a pause (its own container: a pause holds a cgroup alone).
+    /// Frozen by a pause (its own container: a pause holds a cgroup alone), and its IO
+    /// limited on `disk` (an IO limit goes together with a pause).
     paused: TestContainer,
     memory_before: u64,
     limits_before: String,
     lo_before: String,
     agent_binary: PathBuf,
+    /// The test's own disk, which the IO limit names. Dropped after the containers.
+    disk: LoopDisk,
 }
 
 const FILL_BYTES: u64 = 128 * MIB;
@@ -661,6 +665,7 @@ impl HostRig {
             limits_before: String::new(),
             lo_before: String::new(),
             agent_binary: binary("chaos-agent")?.canonicalize()?,
+            disk: LoopDisk::new(16)?,
         };
         first_child(rig.killed.pid()?)?;
         rig.memory_before = memory_usage(&rig.stressed)?;
@@ -726,6 +731,18 @@ impl Rig for HostRig {
                 request: request(&self.paused.target(), Fault::Pause(api::PauseFault {})),
             },
             FaultSpec {
+                name: "io",
+                witnessed: true,
+                request: request(
+                    &self.paused.target(),
+                    Fault::Io(api::IoFault {
+                        write_bytes_per_second: MIB,
+                        device: self.disk.name().to_string(),
+                        ..Default::default()
+                    }),
+                ),
+            },
+            FaultSpec {
                 name: "tbf",
                 witnessed: true,
                 request: request(
@@ -754,6 +771,10 @@ impl Rig for HostRig {
         }
         if self.paused.is_frozen()? {
             left.push("the pause container's cgroup is frozen".to_string());
+        }
+        let io_limits = self.disk.limits_of(self.paused.pid()?)?;
+        if io_limits != [0; 4] {
+            left.push(format!("the pause container's IO limits: {io_limits:?}"));
         }
         let stressors = others_in_cgroup(&self.stressed)?;
         if !stressors.is_empty() {

@@ -46,46 +46,9 @@ impl Rig {
         controller_dir_of_pid(self.container.pid()?, "blkio")
     }
 
-    /// The limits on the test's disk as the kernel's files show them, read here apart
-    /// from the agent's own parser: (rbps, wbps, riops, wiops), 0 for none.
+    /// The limits on the test's disk as the kernel's files show them.
     fn kernel_limits(&self) -> Result<[u64; 4]> {
-        let number = self.disk.number()?;
-        let (dir, v1) = self.io_dir()?;
-        let mut limits = [0; 4];
-        if v1 {
-            for (slot, file) in ["read_bps", "write_bps", "read_iops", "write_iops"]
-                .iter()
-                .enumerate()
-            {
-                let path = dir.join(format!("blkio.throttle.{file}_device"));
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                for line in text.lines() {
-                    if let Some(value) = line.strip_prefix(&format!("{number} ")) {
-                        limits[slot] = value.trim().parse()?;
-                    }
-                }
-            }
-            return Ok(limits);
-        }
-        let text = std::fs::read_to_string(dir.join("io.max"))?;
-        for line in text.lines() {
-            let Some(fields) = line.strip_prefix(&format!("{number} ")) else {
-                continue;
-            };
-            for field in fields.split_whitespace() {
-                let (key, value) = field.split_once('=').context("io.max field")?;
-                let slot = match key {
-                    "rbps" => 0,
-                    "wbps" => 1,
-                    "riops" => 2,
-                    "wiops" => 3,
-                    _ => continue,
-                };
-                limits[slot] = if value == "max" { 0 } else { value.parse()? };
-            }
-        }
-        Ok(limits)
+        self.disk.limits_of(self.container.pid()?)
     }
 
     /// Sets a read IOPS limit of the cgroup's own, as an operator would have, to see it
