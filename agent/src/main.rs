@@ -17,7 +17,9 @@ use chaos_agent::registry::{Registry, Runtimes};
 use chaos_agent::resolve::Resolver;
 use chaos_agent::runtime::Containerd;
 use chaos_agent::service::AgentService;
-use chaos_agent::validate::{DEFAULT_MAX_MEMORY_FILL_PERCENT_OF_AVAILABLE, Limits};
+use chaos_agent::validate::{
+    DEFAULT_DISK_FILL_MIN_FREE_PERCENT, DEFAULT_MAX_MEMORY_FILL_PERCENT_OF_AVAILABLE, Limits,
+};
 use chaos_cgroup::CgroupFs;
 use chaos_proto::api::agent_server::AgentServer;
 use chaos_tls::ReloadingTls;
@@ -132,6 +134,21 @@ struct Args {
         value_parser = clap::value_parser!(u32).range(1..=100)
     )]
     max_memory_fill_percent_of_available: u32,
+    /// What a disk fill must leave available of a filesystem the node has mounted (its
+    /// root, containerd's, the kubelet's volumes), in percent of it. The default stays
+    /// above the kubelet's default hard eviction thresholds (10 % and 15 %).
+    #[arg(
+        long,
+        env = "CHAOS_DISK_FILL_MIN_FREE_PERCENT",
+        default_value_t = DEFAULT_DISK_FILL_MIN_FREE_PERCENT,
+        value_parser = clap::value_parser!(u32).range(0..=99)
+    )]
+    disk_fill_min_free_percent: u32,
+    /// The process whose mount namespace is the node's: a disk fill reads the node's
+    /// filesystems and finds a volume's files again through its /proc/PID/root and
+    /// mountinfo. 1 for a DaemonSet with hostPID (which then needs CAP_SYS_PTRACE).
+    #[arg(long, env = "CHAOS_NODE_PID", default_value_t = 1)]
+    node_pid: u32,
     #[arg(long, env = "CHAOS_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
     /// Who may do what (YAML: rules of identity or `*` pattern -> role, namespaces).
@@ -379,6 +396,8 @@ async fn run(args: Args, runtimes: Runtimes, open_file_limit: u64) -> Result<()>
             .max_stressor_threads
             .unwrap_or_else(default_stressor_threads),
         max_memory_fill_percent_of_available: args.max_memory_fill_percent_of_available,
+        disk_fill_min_free_percent: args.disk_fill_min_free_percent,
+        node_pid: args.node_pid,
     };
     // Read once: each kind's needs are checked against it at inject, and Capabilities
     // reports it, so a DaemonSet without a capability shows which kinds it disables.

@@ -362,6 +362,8 @@ pub struct FaultStep {
     pub pause: Option<PauseSpec>,
     #[serde(default)]
     pub io: Option<IoSpec>,
+    #[serde(default)]
+    pub disk_fill: Option<DiskFillSpec>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -603,6 +605,54 @@ impl IoSpec {
     }
 }
 
+/// Fill a filesystem the targets write to with one file for the duration, removed at
+/// every end (`disk_fill: { size: 1GiB }`, `disk_fill: { percent: 90, path: /data }`).
+/// Exactly one of size and percent.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskFillSpec {
+    /// The file's size: `1GiB`, `500MiB`, plain bytes.
+    #[serde(default, deserialize_with = "optional_size")]
+    pub size: Option<u64>,
+    /// 1 to 99: fill until the filesystem is this much used, as df counts it.
+    #[serde(default)]
+    pub percent: Option<u32>,
+    /// A directory inside the container, whose filesystem is filled; absent: `/`, the
+    /// container's writable root (a volume's mount path fills that volume).
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// The longest `disk_fill.path` accepted (Linux's PATH_MAX).
+pub const MAX_FILL_PATH_BYTES: usize = 4096;
+
+/// A disk fill's directory, as the agent takes it: absolute, without `..` steps (the
+/// agent joins it under the container's root), without control characters. The error is
+/// the reason, with the path quoted and escaped.
+pub fn check_fill_path(path: &str) -> Result<(), String> {
+    if path.len() > MAX_FILL_PATH_BYTES {
+        return Err(format!(
+            "{} bytes, more than the {MAX_FILL_PATH_BYTES} accepted",
+            path.len()
+        ));
+    }
+    if path.chars().any(char::is_control) {
+        return Err(format!("{path:?} contains a control character"));
+    }
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        return Err(format!(
+            "{path:?} is not absolute (a directory inside the container, such as /data)"
+        ));
+    }
+    if p.components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!("{path:?} has a `..` step"));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recovery {
@@ -667,6 +717,8 @@ pub fn step_kind(step: &FaultStep) -> &'static str {
         "pause"
     } else if step.io.is_some() {
         "io"
+    } else if step.disk_fill.is_some() {
+        "disk_fill"
     } else {
         "unspecified"
     }
@@ -961,11 +1013,13 @@ fn validate_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
         step.blackhole.is_some(),
         step.pause.is_some(),
         step.io.is_some(),
+        step.disk_fill.is_some(),
     ];
     if kinds.iter().filter(|k| **k).count() != 1 {
         return Err(invalid(
             field,
-            "needs exactly one of kill, cpu, memory, network, blackhole, pause, io, delete_pod",
+            "needs exactly one of kill, cpu, memory, network, blackhole, pause, io, disk_fill, \
+             delete_pod",
         ));
     }
     let one_shot =
@@ -1018,6 +1072,9 @@ fn validate_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
             ),
         ));
     }
+    if let Some(fill) = &step.disk_fill {
+        validate_disk_fill(fill, &step.name, &format!("{field}.disk_fill"))?;
+    }
     let t = &step.target;
     let field = format!("{field}.target");
     if t.include_protected {
@@ -1049,6 +1106,31 @@ fn validate_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
             ));
         }
         _ => {}
+    }
+    Ok(())
+}
+
+fn validate_disk_fill(fill: &DiskFillSpec, name: &str, field: &str) -> Result<(), ExperimentError> {
+    if fill.size.is_some() == fill.percent.is_some() {
+        return Err(invalid(
+            field,
+            format!("fault `{name}` needs exactly one of size and percent"),
+        ));
+    }
+    if fill.size == Some(0) {
+        return Err(invalid(format!("{field}.size"), "must be above 0"));
+    }
+    if let Some(percent) = fill.percent
+        && !(1..=99).contains(&percent)
+    {
+        return Err(invalid(
+            format!("{field}.percent"),
+            "must be 1 to 99 (how much of the filesystem is used after the fill, as df counts \
+             it)",
+        ));
+    }
+    if let Some(path) = &fill.path {
+        check_fill_path(path).map_err(|reason| invalid(format!("{field}.path"), reason))?;
     }
     Ok(())
 }
@@ -1601,7 +1683,138 @@ method:
         assert_eq!(
             error,
             "method.faults[0]: needs exactly one of kill, cpu, memory, network, blackhole, pause, \
-             io, delete_pod"
+             io, disk_fill, delete_pod"
+        );
+    }
+
+    fn with_disk_fill(fill: &str) -> String {
+        MINIMAL.replace(
+            "      kill: { process: httpd }",
+            &format!("      duration: 30s\n      disk_fill: {fill}"),
+        )
+    }
+
+    #[test]
+    fn a_disk_fill_step_parses_a_size_or_a_percent_and_a_path() {
+        let e = parse(&with_disk_fill("{ size: 1GiB }")).unwrap();
+        let step = &e.method.faults[0];
+        let fill = step.disk_fill.as_ref().unwrap();
+        assert_eq!(fill.size, Some(1 << 30));
+        assert_eq!(fill.percent, None);
+        assert_eq!(fill.path, None);
+        assert_eq!(step_kind(step), "disk_fill");
+        assert_eq!(step.duration, Duration::from_secs(30));
+
+        let e = parse(&with_disk_fill("{ percent: 90, path: /data }")).unwrap();
+        let fill = e.method.faults[0].disk_fill.as_ref().unwrap();
+        assert_eq!(fill.size, None);
+        assert_eq!(fill.percent, Some(90));
+        assert_eq!(fill.path.as_deref(), Some("/data"));
+
+        let e = parse(&with_disk_fill("{ size: 1048576, path: \"/\" }")).unwrap();
+        let fill = e.method.faults[0].disk_fill.as_ref().unwrap();
+        assert_eq!(fill.size, Some(1 << 20));
+        assert_eq!(fill.path.as_deref(), Some("/"));
+    }
+
+    #[test]
+    fn a_disk_fill_step_is_refused_naming_the_field() {
+        let cases = [
+            (
+                "{}",
+                "method.faults[0].disk_fill: fault `kill-web` needs exactly one of size and percent",
+            ),
+            (
+                "{ path: /data }",
+                "method.faults[0].disk_fill: fault `kill-web` needs exactly one of size and percent",
+            ),
+            (
+                "{ size: 1GiB, percent: 50 }",
+                "method.faults[0].disk_fill: fault `kill-web` needs exactly one of size and percent",
+            ),
+            (
+                "{ size: 0 }",
+                "method.faults[0].disk_fill.size: must be above 0",
+            ),
+            (
+                "{ percent: 0 }",
+                "method.faults[0].disk_fill.percent: must be 1 to 99",
+            ),
+            (
+                "{ percent: 100 }",
+                "method.faults[0].disk_fill.percent: must be 1 to 99",
+            ),
+            (
+                "{ percent: 90, path: data }",
+                "method.faults[0].disk_fill.path: \"data\" is not absolute",
+            ),
+            (
+                "{ percent: 90, path: \"\" }",
+                "method.faults[0].disk_fill.path: \"\" is not absolute",
+            ),
+            (
+                "{ percent: 90, path: /data/../etc }",
+                "method.faults[0].disk_fill.path: \"/data/../etc\" has a `..` step",
+            ),
+            (
+                "{ percent: 90, path: \"/data\\n\" }",
+                "method.faults[0].disk_fill.path: \"/data\\n\" contains a control character",
+            ),
+        ];
+        for (fill, expected) in cases {
+            let error = parse(&with_disk_fill(fill)).unwrap_err().to_string();
+            assert!(error.starts_with(expected), "{fill}: {error}");
+            assert!(!error.contains(['\r', '\n', '\0']), "{error:?}");
+        }
+        let long = format!(
+            "{{ size: 1GiB, path: /{} }}",
+            "a".repeat(MAX_FILL_PATH_BYTES)
+        );
+        let error = parse(&with_disk_fill(&long)).unwrap_err().to_string();
+        assert!(
+            error.starts_with("method.faults[0].disk_fill.path: 4097 bytes, more than the 4096"),
+            "{error}"
+        );
+        // Sizes as io and memory read them; unknown fields and a percent that is not a
+        // whole number are refused with their line.
+        let error = parse(&with_disk_fill("{ size: 1.5G }"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("expected a size") || error.contains("unknown unit"),
+            "{error}"
+        );
+        let error = parse(&with_disk_fill("{ bytes: 1GiB }"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("unknown field `bytes`") && error.contains("line 16"),
+            "{error}"
+        );
+        let error = parse(&with_disk_fill("{ percent: -5 }"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("line 16"), "{error}");
+        // A fill lasts its duration: there is no one-shot fill.
+        let text = MINIMAL.replace(
+            "      kill: { process: httpd }",
+            "      disk_fill: { size: 1GiB }",
+        );
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(error.starts_with("method.faults[0].duration"), "{error}");
+    }
+
+    #[test]
+    fn a_disk_fill_step_with_another_kind_is_refused() {
+        let text = MINIMAL.replace(
+            "      kill: { process: httpd }",
+            "      duration: 30s\n      io: { write_iops: 10 }\n      disk_fill: { size: 1GiB }",
+        );
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(
+            error.starts_with("method.faults[0]: needs exactly one of")
+                && error.contains("disk_fill"),
+            "{error}"
         );
     }
 

@@ -7,7 +7,9 @@ use anyhow::{Context, Result};
 use chaos_proto::api;
 use chaosctl::client::{AgentAddress, connect};
 use chaosctl::duration::parse_duration;
-use chaosctl::experiment::{IoSpec, TrafficDirection, TrafficProtocol, parse_size};
+use chaosctl::experiment::{
+    DiskFillSpec, IoSpec, TrafficDirection, TrafficProtocol, check_fill_path, parse_size,
+};
 use chaosctl::{certs, output, remote_runs};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -357,6 +359,41 @@ enum Inject {
         #[arg(long, value_parser = parse_duration)]
         duration: Duration,
     },
+    /// Fill a filesystem the target writes to with one file (.chaos-disk-fill-<fault id>
+    /// in --path, allocated at once) for the duration, removed at every end; never beyond
+    /// what df shows available, nor below the agent's free floor of a node filesystem. A
+    /// cgroup: target is refused.
+    #[command(group(clap::ArgGroup::new("amount").args(["size", "percent"]).required(true)))]
+    DiskFill {
+        #[command(flatten)]
+        common: Common,
+        /// The file's size: 1GiB, 500MiB, plain bytes.
+        #[arg(long, value_name = "SIZE", value_parser = fill_size)]
+        size: Option<u64>,
+        /// Fill until the filesystem is this much used, as df counts it: 1 to 99.
+        #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(1..=99))]
+        percent: Option<u32>,
+        /// A directory inside the container, whose filesystem is filled (a volume's mount
+        /// path for that volume). Default: /, the container's writable root.
+        #[arg(long, value_name = "DIR", value_parser = fill_path)]
+        path: Option<String>,
+        #[arg(long, value_parser = parse_duration)]
+        duration: Duration,
+    },
+}
+
+/// `inject disk-fill --size`: a size above 0 (0 is "no size" in the API).
+fn fill_size(text: &str) -> Result<u64, String> {
+    match parse_size(text)? {
+        0 => Err("must be above 0".into()),
+        bytes => Ok(bytes),
+    }
+}
+
+/// `inject disk-fill --path`: absolute, without `..` steps, as the experiment's
+/// `disk_fill.path`.
+fn fill_path(text: &str) -> Result<String, String> {
+    check_fill_path(text).map(|()| text.to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -693,6 +730,25 @@ async fn run(cli: Cli) -> Result<()> {
             );
             inject_and_print(&address, cli.output, request).await?;
         }
+        Command::Inject(Inject::DiskFill {
+            common,
+            size,
+            percent,
+            path,
+            duration,
+        }) => {
+            let fill = DiskFillSpec {
+                size,
+                percent,
+                path,
+            };
+            let request = inject_request(
+                common,
+                duration,
+                api::inject_request::Fault::DiskFill(chaosctl::request::disk_fill_fault(&fill)),
+            );
+            inject_and_print(&address, cli.output, request).await?;
+        }
         Command::List { all } => {
             let mut client = connect(&address).await?;
             let faults = client
@@ -935,5 +991,105 @@ mod tests {
             ..Default::default()
         };
         assert!(check_io_limits(&writes).is_ok());
+    }
+
+    fn inject_disk_fill(extra: &[&str]) -> Result<Cli, clap::Error> {
+        let mut args = vec!["inject", "disk-fill", "--target", "pod:dev/db-0"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--duration", "1m"]);
+        parse(&args)
+    }
+
+    #[test]
+    fn inject_disk_fill_reads_a_size_or_a_percent_and_the_path() {
+        match inject_disk_fill(&["--size", "1GiB"]).unwrap().command {
+            Command::Inject(Inject::DiskFill {
+                common,
+                size,
+                percent,
+                path,
+                duration,
+            }) => {
+                assert_eq!(common.target, "pod:dev/db-0");
+                assert_eq!(size, Some(1 << 30));
+                assert_eq!(percent, None);
+                assert_eq!(path, None);
+                assert_eq!(duration, Duration::from_secs(60));
+                let fault = chaosctl::request::disk_fill_fault(&DiskFillSpec {
+                    size,
+                    percent,
+                    path,
+                });
+                assert_eq!(
+                    fault,
+                    api::DiskFillFault {
+                        size_bytes: 1 << 30,
+                        percent: 0,
+                        path: String::new(),
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match inject_disk_fill(&["--percent", "90", "--path", "/data"])
+            .unwrap()
+            .command
+        {
+            Command::Inject(Inject::DiskFill {
+                size,
+                percent,
+                path,
+                ..
+            }) => {
+                assert_eq!(size, None);
+                assert_eq!(percent, Some(90));
+                assert_eq!(path.as_deref(), Some("/data"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn inject_disk_fill_refuses_both_amounts_none_and_bad_values() {
+        use clap::error::ErrorKind;
+        let cases: [(&[&str], ErrorKind, &str); 8] = [
+            (
+                &[],
+                ErrorKind::MissingRequiredArgument,
+                "--size <SIZE>|--percent <PERCENT>",
+            ),
+            (
+                &["--size", "1GiB", "--percent", "50"],
+                ErrorKind::ArgumentConflict,
+                "--percent",
+            ),
+            (&["--percent", "0"], ErrorKind::ValueValidation, "--percent"),
+            (
+                &["--percent", "100"],
+                ErrorKind::ValueValidation,
+                "--percent",
+            ),
+            (&["--size", "1.5G"], ErrorKind::ValueValidation, "--size"),
+            (
+                &["--size", "0"],
+                ErrorKind::ValueValidation,
+                "must be above 0",
+            ),
+            (
+                &["--size", "1GiB", "--path", "data"],
+                ErrorKind::ValueValidation,
+                "is not absolute",
+            ),
+            (
+                &["--percent", "90", "--path", "/data/../etc"],
+                ErrorKind::ValueValidation,
+                "has a `..` step",
+            ),
+        ];
+        for (args, kind, text) in cases {
+            let error = inject_disk_fill(args).unwrap_err();
+            assert_eq!(error.kind(), kind, "{args:?}: {error}");
+            assert!(error.to_string().contains(text), "{args:?}: {error}");
+        }
     }
 }

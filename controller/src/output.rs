@@ -71,6 +71,13 @@ fn status_json(status: &Option<api::fault::Status>) -> Value {
                 "read_iops": d.read_iops, "write_iops": d.write_iops,
             })).collect::<Vec<_>>(),
         }),
+        Some(api::fault::Status::DiskFill(fill)) => json!({
+            "files": fill.files.iter().map(|f| json!({
+                "target": f.target, "path": f.path, "bytes": f.bytes,
+                "filesystem_bytes": f.filesystem_bytes, "available_bytes": f.available_bytes,
+                "node_filesystem": f.node_filesystem,
+            })).collect::<Vec<_>>(),
+        }),
         None => Value::Null,
     }
 }
@@ -167,6 +174,7 @@ fn summary(f: &api::Fault) -> String {
             p.frozen, p.cgroups, p.processes
         ),
         Some(api::fault::Status::Io(io)) => io_summary(io),
+        Some(api::fault::Status::DiskFill(fill)) => disk_fill_summary(fill),
         _ => f.message.clone(),
     }
 }
@@ -211,13 +219,62 @@ fn device_limits(d: &api::IoDeviceLimit) -> String {
 
 /// A rate in the largest binary unit it reaches, one decimal: "512 B/s", "1.5 MiB/s".
 fn per_second(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
-    for (unit, size) in UNITS {
-        if bytes >= size {
-            return format!("{:.1} {unit}/s", bytes as f64 / size as f64);
+    format!("{}/s", size(bytes))
+}
+
+/// A size in the largest binary unit it reaches, one decimal: "512 B", "1.5 MiB", "2.0 TiB".
+fn size(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
+    for (unit, unit_bytes) in UNITS {
+        if bytes >= unit_bytes {
+            return format!("{:.1} {unit}", bytes as f64 / unit_bytes as f64);
         }
     }
-    format!("{bytes} B/s")
+    format!("{bytes} B")
+}
+
+/// "1 file(s): /.chaos-disk-fill-f-1 1.0 GiB, 12.3 GiB of 50.0 GiB available (node
+/// filesystem)". The target is named only when the files belong to more than one (the
+/// containers of a pod each fill their own root, under the same path).
+fn disk_fill_summary(fill: &api::DiskFillStatus) -> String {
+    if fill.files.is_empty() {
+        return "no file".into();
+    }
+    let first = &fill.files[0].target;
+    let several_targets = fill.files.iter().any(|f| &f.target != first);
+    let described: Vec<String> = fill
+        .files
+        .iter()
+        .map(|f| {
+            let target = if several_targets {
+                format!("{} ", f.target)
+            } else {
+                String::new()
+            };
+            let held = if f.bytes == 0 {
+                "removed".to_string()
+            } else {
+                size(f.bytes)
+            };
+            format!(
+                "{target}{} {held}, {} of {} available{}",
+                f.path,
+                size(f.available_bytes),
+                size(f.filesystem_bytes),
+                if f.node_filesystem {
+                    " (node filesystem)"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
+    format!("{} file(s): {}", fill.files.len(), described.join("; "))
 }
 
 pub fn faults_table(faults: &[api::Fault], now_ms: i64) -> String {
@@ -484,5 +541,65 @@ mod tests {
             devices: Vec::new(),
         };
         assert_eq!(io_summary(&nothing), "1 cgroup(s), no device limited");
+    }
+
+    #[test]
+    fn disk_fill_status_shows_each_file_and_its_filesystem() {
+        let root = api::DiskFillFile {
+            target: "container:abc".into(),
+            path: "/.chaos-disk-fill-f-1".into(),
+            bytes: 1 << 30,
+            filesystem_bytes: 50 << 30,
+            available_bytes: (123 << 30) / 10,
+            node_filesystem: true,
+        };
+        let f = api::Fault {
+            kind: api::FaultKind::DiskFill as i32,
+            state: api::FaultState::Active as i32,
+            status: Some(api::fault::Status::DiskFill(api::DiskFillStatus {
+                files: vec![root.clone()],
+            })),
+            ..Default::default()
+        };
+        let text = faults_table(std::slice::from_ref(&f), 0);
+        assert!(text.contains("disk_fill"), "{text}");
+        assert!(
+            text.contains(
+                "1 file(s): /.chaos-disk-fill-f-1 1.0 GiB, 12.3 GiB of 50.0 GiB available (node \
+                 filesystem)"
+            ),
+            "{text}"
+        );
+        let v = fault_json(&f);
+        assert_eq!(v["kind"], "disk_fill");
+        assert_eq!(v["status"]["files"][0]["path"], "/.chaos-disk-fill-f-1");
+        assert_eq!(v["status"]["files"][0]["bytes"], 1u64 << 30);
+        assert_eq!(v["status"]["files"][0]["node_filesystem"], true);
+
+        // Two containers of a pod, one on a volume that is not the node's, one removed:
+        // each file names its target.
+        let volume = api::DiskFillFile {
+            target: "container:def".into(),
+            path: "/data/.chaos-disk-fill-f-1".into(),
+            bytes: 0,
+            filesystem_bytes: 2 << 40,
+            available_bytes: 512 << 20,
+            node_filesystem: false,
+        };
+        let two = api::DiskFillStatus {
+            files: vec![root, volume],
+        };
+        assert_eq!(
+            disk_fill_summary(&two),
+            "2 file(s): container:abc /.chaos-disk-fill-f-1 1.0 GiB, 12.3 GiB of 50.0 GiB \
+             available (node filesystem); container:def /data/.chaos-disk-fill-f-1 removed, \
+             512.0 MiB of 2.0 TiB available"
+        );
+        assert_eq!(
+            disk_fill_summary(&api::DiskFillStatus::default()),
+            "no file"
+        );
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(per_second(512), "512 B/s");
     }
 }

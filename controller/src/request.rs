@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chaos_proto::api;
 
-use crate::experiment::{FaultStep, IoSpec, TrafficDirection, TrafficProtocol};
+use crate::experiment::{DiskFillSpec, FaultStep, IoSpec, TrafficDirection, TrafficProtocol};
 
 /// The request for one chosen target of `step`, carrying the run's lease and labels.
 pub fn inject_request(
@@ -61,6 +61,17 @@ pub fn io_fault(io: &IoSpec) -> api::IoFault {
     }
 }
 
+/// The disk fill of a `disk_fill` step, and of `chaosctl inject disk-fill`: the amount not
+/// given is 0 (the API's "not this one"); no path is "", which the agent reads as "/", the
+/// container's writable root.
+pub fn disk_fill_fault(fill: &DiskFillSpec) -> api::DiskFillFault {
+    api::DiskFillFault {
+        size_bytes: fill.size.unwrap_or(0),
+        percent: fill.percent.unwrap_or(0),
+        path: fill.path.clone().unwrap_or_default(),
+    }
+}
+
 fn fault(step: &FaultStep) -> api::inject_request::Fault {
     use api::inject_request::Fault;
     if let Some(cpu) = &step.cpu {
@@ -108,6 +119,9 @@ fn fault(step: &FaultStep) -> api::inject_request::Fault {
     }
     if let Some(io) = &step.io {
         return Fault::Io(io_fault(io));
+    }
+    if let Some(fill) = &step.disk_fill {
+        return Fault::DiskFill(disk_fill_fault(fill));
     }
     // validate() guarantees exactly one kind; kill is what remains.
     let kill = step.kill.clone().unwrap_or(crate::experiment::KillSpec {
@@ -225,6 +239,39 @@ mod tests {
                     ..Default::default()
                 }
             ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_disk_fill_step_becomes_a_disk_fill_fault() {
+        let sized = step(
+            "name: fill-root\ntarget: {targets: ['pod:dev/db-0']}\nduration: 1m\ndisk_fill: { size: 1GiB }\n",
+        );
+        let request = inject_request(&sized, "pod:dev/db-0", None, &HashMap::new(), false);
+        assert_eq!(request.duration_ms, 60_000);
+        // No path is "": the agent fills "/", the container's writable root.
+        match request.fault {
+            Some(api::inject_request::Fault::DiskFill(f)) => assert_eq!(
+                f,
+                api::DiskFillFault {
+                    size_bytes: 1 << 30,
+                    percent: 0,
+                    path: String::new(),
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(crate::experiment::step_kind(&sized), "disk_fill");
+        let percent = step(
+            "name: fill-data\ntarget: {targets: ['pid:1']}\nduration: 30s\ndisk_fill: { percent: 90, path: /data }\n",
+        );
+        match inject_request(&percent, "pid:1", None, &HashMap::new(), true).fault {
+            Some(api::inject_request::Fault::DiskFill(f)) => {
+                assert_eq!(f.size_bytes, 0);
+                assert_eq!(f.percent, 90);
+                assert_eq!(f.path, "/data");
+            }
             other => panic!("{other:?}"),
         }
     }

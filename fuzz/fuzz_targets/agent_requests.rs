@@ -164,6 +164,17 @@ fn check_inject(req: &api::InjectRequest, valid: &ValidInject, limits: &Limits) 
         FaultPlan::Pause(_) => assert!(!matches!(valid.target, TargetSpec::Pid(_))),
         // An IO limit binds whole cgroups too, sets at least one limit, and none a page
         // takes longer than a second under.
+        // A fill acts in a mount namespace: never for a cgroup; its path never climbs.
+        FaultPlan::DiskFill(plan) => {
+            assert!(!matches!(valid.target, TargetSpec::Cgroup(_)));
+            assert!(plan.path.is_absolute());
+            assert!(
+                !plan
+                    .path
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            );
+        }
         FaultPlan::Io(plan) => {
             assert!(!matches!(valid.target, TargetSpec::Pid(_)));
             assert_ne!(plan.limits, Default::default());

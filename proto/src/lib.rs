@@ -62,6 +62,7 @@ impl api::FaultKind {
             api::FaultKind::Io => "io",
             api::FaultKind::Blackhole => "blackhole",
             api::FaultKind::Pause => "pause",
+            api::FaultKind::DiskFill => "disk_fill",
         }
     }
 
@@ -84,6 +85,7 @@ impl api::inject_request::Fault {
             Fault::Io(_) => api::FaultKind::Io,
             Fault::Blackhole(_) => api::FaultKind::Blackhole,
             Fault::Pause(_) => api::FaultKind::Pause,
+            Fault::DiskFill(_) => api::FaultKind::DiskFill,
         }
     }
 }

@@ -208,6 +208,10 @@ impl TestAgent {
             .arg(&options.state_dir)
             .arg("--node-name")
             .arg("test-node")
+            // The node's mount namespace, as PID 1 shows it on a real node: here the
+            // test's own (PID 1 of this machine is a supervisor the agent may not read).
+            .arg("--node-pid")
+            .arg(std::process::id().to_string())
             .arg("--containerd-socket")
             .arg(&options.containerd_socket)
             .arg("--containerd-namespace")

@@ -28,12 +28,15 @@
 //!   cgroup (and the fault, until its revert restores the limits); a restart or a removal
 //!   makes the cgroup go (a restart's task gets a new one), and the fault ends by itself
 //!   ("is gone", Completed); the new task's cgroup has no limit.
+//! - Disk fill (a volume at /data): the file lives on the volume, which outlives the
+//!   task and the container; whatever the churn, the revert removes it (through the
+//!   node's mount once the target's init is gone), and a restarted task sees none.
 //! - Network (tbf here; netem, ingress and blackhole in the VM): the fault lives in the pod's
 //!   network namespace, which a task's death or restart does not change; a removed pod whose
 //!   namespace is deleted counts as restored (revert and deadline).
 //!
 //! The tests without a prefix run on the host (cgroup v1, no netem) and in the VM (cgroup
-//! v2): CPU, memory, pause, IO and tbf. `host_*` (stop, repeating kill: signals, the same on either
+//! v2): CPU, memory, pause, IO, disk fill and tbf. `host_*` (stop, repeating kill: signals, the same on either
 //! cgroup version) run on the host only, to keep the emulated VM stage short. `vm_*` need
 //! netem and are `#[ignore]`d on the host; in the VM's short run they try the deadline end
 //! after a removal only (`ends_to_try`).
@@ -529,6 +532,75 @@ async fn an_io_limit_is_restored_or_ends_when_its_container_is_killed_restarted_
         io_under_churn(&agent, state.path(), churn)
             .await
             .with_context(|| format!("io under {churn:?}\n{}", agent.log()))?;
+    }
+    Ok(())
+}
+
+/// A disk fill of a volume under `churn` (see the module's comment).
+async fn disk_fill_under_churn(agent: &TestAgent, state: &Path, churn: Churn) -> Result<()> {
+    let disk = LoopDisk::new(32)?;
+    let pod = format!("fill-{churn:?}").to_lowercase();
+    let mut spec = ContainerSpec::pod("chaos-test-churn", &pod, "main");
+    spec.bind_mounts = vec![(disk.mount_point(), "/data".into())];
+    let target = TestContainer::start(spec)?;
+    churn::wait_exec(&target)?;
+    let old_init = target.pid()?;
+    let fills = || -> Result<usize> {
+        Ok(std::fs::read_dir(disk.mount_point())?
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".chaos-disk-fill-")
+            })
+            .count())
+    };
+    let fault = inject(
+        agent,
+        request(
+            &target.target(),
+            Duration::from_secs(60),
+            api::inject_request::Fault::DiskFill(api::DiskFillFault {
+                size_bytes: 8 * MIB,
+                path: "/data".into(),
+                ..Default::default()
+            }),
+        ),
+    )
+    .await?;
+    ensure!(fills()? == 1, "no fill file on the volume");
+    churn.apply(&target)?;
+    let reverted = revert(agent, &fault.id)
+        .await?
+        .map_err(|status| anyhow::anyhow!("the revert was refused: {status:?}"))?;
+    println!(
+        "disk fill under {churn:?}: {} {}",
+        state_name(&reverted),
+        reverted.message
+    );
+    ensure!(
+        reverted.state == api::FaultState::Reverted as i32,
+        "{reverted:?}"
+    );
+    ensure!(fills()? == 0, "the fill file is left on the volume");
+    assert_nothing_left(agent, state).await?;
+    if churn == Churn::Restart {
+        churn::wait_exec(&target)?;
+        ensure!(target.pid()? != old_init, "the task was not restarted");
+        let listing = target.exec(&["/bin/ls", "-a", "/data"])?.check()?.stdout;
+        ensure!(!listing.contains(".chaos-disk-fill-"), "{listing}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disk_fill_is_removed_when_its_container_is_killed_restarted_or_removed() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    for churn in churn::ALL {
+        disk_fill_under_churn(&agent, state.path(), churn)
+            .await
+            .with_context(|| format!("disk fill under {churn:?}\n{}", agent.log()))?;
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! and usage back, qdiscs, filters and links as before.
 //!
 //! The host test covers the host kinds (a repeating kill, a held stop, CPU fill, memory
-//! fill, a pause, an IO limit, a tbf rate limit on the container's `lo`, which this host's kernel has); the
+//! fill, a pause, an IO limit, a disk fill, a tbf rate limit on the container's `lo`, which this host's kernel has); the
 //! `vm_` test covers netem egress, ingress through an ifb, and a blackhole, which need the
 //! VM's kernel. Each kill lands at a delay drawn from a seeded RNG: the seed is printed, and
 //! `CHAOS_CRASH_SEED=N` replays it. A trial's phase is read from what it left (the RPC's
@@ -621,8 +621,9 @@ struct HostRig {
     stopped: TestContainer,
     /// CPU fill, memory fill and a tbf on `lo`; 1 CPU and 512 MiB.
     stressed: TestContainer,
-    /// Frozen by a pause (its own container: a pause holds a cgroup alone), and its IO
-    /// limited on `disk` (an IO limit goes together with a pause).
+    /// Frozen by a pause (its own container: a pause holds a cgroup alone), its IO
+    /// limited on `disk` (an IO limit goes together with a pause) and `disk`, mounted at
+    /// /data, filled.
     paused: TestContainer,
     memory_before: u64,
     limits_before: String,
@@ -645,6 +646,9 @@ impl HostRig {
             "-c".into(),
             "while :; do sleep 3600; done".into(),
         ];
+        let disk = LoopDisk::new(32)?;
+        let mut paused = ContainerSpec::pod("crash", &format!("pause-{tag}"), "app");
+        paused.bind_mounts = vec![(disk.mount_point(), "/data".into())];
         let mut stressed = ContainerSpec::pod("crash", &format!("stress-{tag}"), "app");
         stressed.cpus = Some(1.0);
         stressed.memory_limit_bytes = Some(512 * MIB);
@@ -656,16 +660,12 @@ impl HostRig {
                 "app",
             ))?,
             stressed: TestContainer::start(stressed)?,
-            paused: TestContainer::start(ContainerSpec::pod(
-                "crash",
-                &format!("pause-{tag}"),
-                "app",
-            ))?,
+            paused: TestContainer::start(paused)?,
             memory_before: 0,
             limits_before: String::new(),
             lo_before: String::new(),
             agent_binary: binary("chaos-agent")?.canonicalize()?,
-            disk: LoopDisk::new(16)?,
+            disk,
         };
         first_child(rig.killed.pid()?)?;
         rig.memory_before = memory_usage(&rig.stressed)?;
@@ -743,6 +743,18 @@ impl Rig for HostRig {
                 ),
             },
             FaultSpec {
+                name: "disk-fill",
+                witnessed: true,
+                request: request(
+                    &self.paused.target(),
+                    Fault::DiskFill(api::DiskFillFault {
+                        size_bytes: 8 * MIB,
+                        path: "/data".into(),
+                        ..Default::default()
+                    }),
+                ),
+            },
+            FaultSpec {
                 name: "tbf",
                 witnessed: true,
                 request: request(
@@ -771,6 +783,14 @@ impl Rig for HostRig {
         }
         if self.paused.is_frozen()? {
             left.push("the pause container's cgroup is frozen".to_string());
+        }
+        let fills: Vec<String> = std::fs::read_dir(self.disk.mount_point())?
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(".chaos-disk-fill-"))
+            .collect();
+        if !fills.is_empty() {
+            left.push(format!("fill files on the volume: {fills:?}"));
         }
         let io_limits = self.disk.limits_of(self.paused.pid()?)?;
         if io_limits != [0; 4] {

@@ -215,7 +215,7 @@ async fn start_least_privileged(
             "CAP_SYS_ADMIN"
         ]
     );
-    assert_eq!(report.kind_privileges.len(), 7, "{report:?}");
+    assert_eq!(report.kind_privileges.len(), 8, "{report:?}");
     assert!(
         report
             .kind_privileges
@@ -310,6 +310,28 @@ async fn host_least_privilege_agent_runs_a_fault_of_every_host_kind() -> Result<
         other => bail!("no io status: {other:?}"),
     }
     revert(&agent, &io.id).await?;
+
+    // A disk fill of the writable root (CAP_SYS_PTRACE: the target's /proc/PID/root),
+    // small: the node's filesystem.
+    let fill = inject(
+        &agent,
+        request(
+            &target,
+            api::inject_request::Fault::DiskFill(api::DiskFillFault {
+                size_bytes: 2 * MIB,
+                ..Default::default()
+            }),
+        ),
+    )
+    .await?;
+    match &fill.status {
+        Some(api::fault::Status::DiskFill(status)) => ensure!(
+            status.files.len() == 1 && status.files[0].bytes >= 2 * MIB,
+            "{status:?}"
+        ),
+        other => bail!("no disk fill status: {other:?}"),
+    }
+    revert(&agent, &fill.id).await?;
 
     // A rate-only network fault: a tbf on the container's own lo.
     ensure!(!qdiscs_on_lo(init)?.contains("tbf"));

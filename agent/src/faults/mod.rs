@@ -17,6 +17,7 @@
 
 pub mod blackhole;
 pub mod cpu;
+pub mod disk_fill;
 pub mod io;
 pub mod leaf_cgroup;
 pub mod memory;
@@ -73,6 +74,7 @@ pub const KINDS: &[KindInfo] = &[
     memory::KIND,
     pause::KIND,
     io::KIND,
+    disk_fill::KIND,
 ];
 
 /// The entry of an implemented kind.
@@ -248,6 +250,7 @@ pub async fn prepare(
         FaultPlan::Memory(plan) => memory::prepare(plan, spec, targets, context),
         FaultPlan::Pause(plan) => pause::prepare(plan, spec, targets, context),
         FaultPlan::Io(plan) => io::prepare(plan, targets, context),
+        FaultPlan::DiskFill(plan) => disk_fill::prepare(plan, targets, context),
     }
 }
 
@@ -299,7 +302,7 @@ mod capability_tests {
         assert_eq!(check_capabilities(api::FaultKind::Memory, &none), Ok(()));
         let err = check_capabilities(api::FaultKind::Process, &none).unwrap_err();
         assert!(err.to_string().contains("CAP_KILL"), "{err}");
-        assert_eq!(KINDS.len(), 7);
+        assert_eq!(KINDS.len(), 8);
         assert_eq!(check_capabilities(api::FaultKind::Io, &none), Ok(()));
     }
 }
@@ -330,6 +333,7 @@ mod kind_tests {
             }
             api::FaultKind::Pause => serde_json::json!({"action": "thaw", "cgroups": []}),
             api::FaultKind::Io => serde_json::json!({"action": "restore_limits", "cgroups": []}),
+            api::FaultKind::DiskFill => serde_json::json!({"action": "remove_files", "files": []}),
             _ => serde_json::json!({"action": "kill_processes", "processes": []}),
         };
         for info in KINDS {

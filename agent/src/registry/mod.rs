@@ -880,7 +880,7 @@ fn claim_keys(plan: &FaultPlan, targets: &[Resolved]) -> Vec<ClaimKey> {
     let holds_alone = match plan {
         FaultPlan::Cpu(_) | FaultPlan::Memory(_) | FaultPlan::Pause(_) | FaultPlan::Io(_) => true,
         FaultPlan::Process(process) => crate::validate::is_stop_signal(process.signal),
-        FaultPlan::Network(_) | FaultPlan::Blackhole(_) => false,
+        FaultPlan::Network(_) | FaultPlan::Blackhole(_) | FaultPlan::DiskFill(_) => false,
     };
     if !holds_alone {
         return Vec::new();

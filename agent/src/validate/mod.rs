@@ -14,6 +14,7 @@
 
 mod blackhole;
 mod cpu;
+mod disk_fill;
 mod io;
 mod memory;
 mod network;
@@ -25,6 +26,7 @@ mod tests;
 
 pub use blackhole::BlackholePlan;
 pub use cpu::CpuPlan;
+pub use disk_fill::{DEFAULT_DISK_FILL_MIN_FREE_PERCENT, DiskFillPlan, FillAmount};
 pub use io::{IoDevices, IoPlan, MIN_BYTES_PER_SECOND, validate_io};
 pub use memory::{MemoryAmount, MemoryPlan};
 pub use network::{MAX_RATE_BYTES_PER_SECOND, NetworkPlan};
@@ -58,6 +60,10 @@ pub struct Limits {
     pub max_stressor_threads: u32,
     /// The most of the node's MemAvailable a memory fault may hold (percent).
     pub max_memory_fill_percent_of_available: u32,
+    /// What a disk fill leaves available of a filesystem the node has mounted (percent).
+    pub disk_fill_min_free_percent: u32,
+    /// The process whose mount namespace is the node's (1 with hostPID).
+    pub node_pid: u32,
 }
 
 /// `--max-memory-fill-percent-of-available`'s default: half of what the node has free
@@ -72,6 +78,8 @@ impl Default for Limits {
             agent_port: 7090,
             max_stressor_threads: 64,
             max_memory_fill_percent_of_available: DEFAULT_MAX_MEMORY_FILL_PERCENT_OF_AVAILABLE,
+            disk_fill_min_free_percent: DEFAULT_DISK_FILL_MIN_FREE_PERCENT,
+            node_pid: 1,
         }
     }
 }
@@ -91,6 +99,7 @@ pub enum FaultPlan {
     Blackhole(BlackholePlan),
     Pause(PausePlan),
     Io(IoPlan),
+    DiskFill(DiskFillPlan),
 }
 
 impl FaultPlan {
@@ -108,6 +117,7 @@ impl FaultPlan {
             FaultPlan::Blackhole(_) => api::FaultKind::Blackhole,
             FaultPlan::Pause(_) => api::FaultKind::Pause,
             FaultPlan::Io(_) => api::FaultKind::Io,
+            FaultPlan::DiskFill(_) => api::FaultKind::DiskFill,
         }
     }
 }
@@ -149,7 +159,7 @@ pub fn validate_inject(
     let Some(fault) = &req.fault else {
         return Err(AgentError::invalid(
             "fault",
-            "is missing; set one of cpu, memory, network, process, blackhole, pause, io",
+            "is missing; set one of cpu, memory, network, process, blackhole, pause, io, disk_fill",
         ));
     };
     let plan = match fault {
@@ -175,6 +185,10 @@ pub fn validate_inject(
         api::inject_request::Fault::Pause(_) => {
             require_duration(duration)?;
             FaultPlan::Pause(validate_pause(&target)?)
+        }
+        api::inject_request::Fault::DiskFill(fill) => {
+            require_duration(duration)?;
+            FaultPlan::DiskFill(disk_fill::validate_disk_fill(fill, &target, limits)?)
         }
         api::inject_request::Fault::Io(io) => {
             require_duration(duration)?;

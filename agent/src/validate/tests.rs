@@ -396,6 +396,10 @@ fn every_kind_a_request_can_ask_for_is_implemented() {
             read_iops: 100,
             ..Default::default()
         }),
+        Fault::DiskFill(api::DiskFillFault {
+            size_bytes: 1 << 30,
+            ..Default::default()
+        }),
     ];
     let mut planned = Vec::new();
     for fault in requests {
