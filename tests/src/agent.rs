@@ -354,6 +354,42 @@ pub async fn inject_fault(
         .context("no fault in the answer")
 }
 
+/// After a restart on a journal that held a fault of `kind`: the agent lists it as
+/// recovered (reverted at start).
+pub async fn ensure_recovered(agent: &TestAgent, kind: chaos_proto::api::FaultKind) -> Result<()> {
+    use chaos_proto::api;
+    let faults = agent
+        .client()
+        .await?
+        .list(api::ListRequest {
+            include_ended: true,
+        })
+        .await?
+        .into_inner()
+        .faults;
+    let recovered = faults
+        .iter()
+        .any(|f| f.state == api::FaultState::Recovered as i32 && f.kind == kind as i32);
+    if !recovered {
+        bail!("no recovered {kind:?} fault after the restart: {faults:?}");
+    }
+    Ok(())
+}
+
+/// Sends an Inject that must be refused; the status it was refused with.
+pub async fn inject_refused(
+    client: &AgentClient<Channel>,
+    request: chaos_proto::api::InjectRequest,
+) -> Result<tonic::Status> {
+    let asked = format!("{request:?}");
+    client
+        .clone()
+        .inject(request)
+        .await
+        .err()
+        .with_context(|| format!("accepted: {asked}"))
+}
+
 /// Polls `Get` until fault `id` is in state `want`; fails after `within`, naming the
 /// state it was in.
 pub async fn wait_fault_state(

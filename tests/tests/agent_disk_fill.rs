@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use chaos_proto::api;
 use chaos_tests::agent::{
-    TestAgent, inject_fault, journal_len, make_certs, state_dir, wait_fault_state,
+    TestAgent, ensure_recovered, inject_fault, inject_refused, journal_len, make_certs, state_dir,
+    wait_fault_state,
 };
 use chaos_tests::containerd::{ContainerSpec, TestContainer, ctr};
 use chaos_tests::loopdisk::LoopDisk;
@@ -218,21 +219,7 @@ async fn a_disk_fill_is_removed_at_its_deadline_at_sigterm_and_after_a_sigkill_e
         "the volume lost the file with its container"
     );
     let restarted = TestAgent::start_tls(tls.path(), state.path())?;
-    let mut client = restarted.client().await?;
-    let faults = client
-        .list(api::ListRequest {
-            include_ended: true,
-        })
-        .await?
-        .into_inner()
-        .faults;
-    ensure!(
-        faults
-            .iter()
-            .any(|f| f.state == api::FaultState::Recovered as i32
-                && f.kind == api::FaultKind::DiskFill as i32),
-        "{faults:?}"
-    );
+    ensure_recovered(&restarted, api::FaultKind::DiskFill).await?;
     ensure!(
         fill_files_in(&disk.mount_point())?.is_empty(),
         "the replay left {:?}",
@@ -256,17 +243,7 @@ async fn disk_fills_past_the_floor_of_a_node_filesystem_or_out_of_the_container_
     let minute = Duration::from_secs(60);
     let mut client = agent.client().await?;
     let agent_client = client.clone();
-    let refused = |request: api::InjectRequest| {
-        let mut client = agent_client.clone();
-        async move {
-            let asked = format!("{request:?}");
-            client
-                .inject(request)
-                .await
-                .err()
-                .with_context(|| format!("accepted: {asked}"))
-        }
-    };
+    let refused = |request: api::InjectRequest| inject_refused(&agent_client, request);
 
     let cgroup = format!("cgroup:{}", rig.container.cgroup_path()?);
     let status = refused(fill(&cgroup, minute, data_to(50))).await?;

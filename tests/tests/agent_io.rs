@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use chaos_proto::api;
 use chaos_tests::agent::{
-    TestAgent, inject_fault, journal_len, make_certs, state_dir, wait_fault_state,
+    TestAgent, ensure_recovered, inject_fault, inject_refused, journal_len, make_certs, state_dir,
+    wait_fault_state,
 };
 use chaos_tests::containerd::{ContainerSpec, TestContainer, controller_dir_of_pid};
 use chaos_tests::loopdisk::LoopDisk;
@@ -281,21 +282,7 @@ async fn an_io_limit_ends_at_its_deadline_at_sigterm_and_after_a_sigkilled_agent
     );
     ensure!(journal_len(state.path()) == 1);
     let restarted = TestAgent::start_tls(tls.path(), state.path())?;
-    let mut client = restarted.client().await?;
-    let faults = client
-        .list(api::ListRequest {
-            include_ended: true,
-        })
-        .await?
-        .into_inner()
-        .faults;
-    ensure!(
-        faults
-            .iter()
-            .any(|f| f.state == api::FaultState::Recovered as i32
-                && f.kind == api::FaultKind::Io as i32),
-        "{faults:?}"
-    );
+    ensure_recovered(&restarted, api::FaultKind::Io).await?;
     ensure!(
         rig.kernel_limits()? == [0; 4],
         "after the restart: {:?}",
@@ -334,16 +321,7 @@ async fn io_limits_are_refused_for_a_pid_a_missing_device_the_root_and_a_second_
         "{io_kind:?}"
     );
 
-    let refused = |request: api::InjectRequest| {
-        let mut client = agent_client.clone();
-        async move {
-            client
-                .inject(request)
-                .await
-                .err()
-                .context("the inject was accepted")
-        }
-    };
+    let refused = |request: api::InjectRequest| inject_refused(&agent_client, request);
     let pid = format!("pid:{}", rig.container.pid()?);
     let status = refused(io(&pid, minute, write_limit(&rig, MIB))).await?;
     ensure!(status.code() == tonic::Code::InvalidArgument, "{status:?}");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use chaos_proto::api;
 use chaos_tests::agent::{
-    TestAgent, inject_fault, journal_len, make_certs, state_dir, wait_fault_state,
+    TestAgent, ensure_recovered, inject_fault, journal_len, make_certs, state_dir, wait_fault_state,
 };
 use chaos_tests::containerd::{ContainerSpec, TestContainer, ctr, freezer_dir_of_pid};
 use chaos_tests::scaled;
@@ -218,21 +218,7 @@ async fn a_pause_thaws_at_its_deadline_at_sigterm_and_after_a_sigkilled_agent_re
     ensure!(journal_len(state.path()) == 1);
     let restarted = TestAgent::start_tls(tls.path(), state.path())?;
     check_running(&container)?;
-    let mut client = restarted.client().await?;
-    let faults = client
-        .list(api::ListRequest {
-            include_ended: true,
-        })
-        .await?
-        .into_inner()
-        .faults;
-    ensure!(
-        faults
-            .iter()
-            .any(|f| f.state == api::FaultState::Recovered as i32
-                && f.kind == api::FaultKind::Pause as i32),
-        "{faults:?}"
-    );
+    ensure_recovered(&restarted, api::FaultKind::Pause).await?;
     ensure!(journal_len(state.path()) == 0);
     Ok(())
 }
