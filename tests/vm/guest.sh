@@ -114,6 +114,15 @@ if ! start_containerd; then
 fi
 trap stop_containerd EXIT
 
+# A pulse every 5 minutes: a CI log whose VM stage timed out without a word (it happened once,
+# 2026-12-03, after 3 of 81 tests) then shows whether the guest lived, its memory and its load.
+(
+    while sleep 300; do
+        say "pulse: $(awk '/MemAvailable/ {print int($2 / 1024)}' /proc/meminfo) MiB available, load $(cut -d' ' -f1-3 /proc/loadavg), $(ls /proc | grep -c '^[0-9]') processes"
+    done
+) &
+pulse_pid=$!
+
 cd "$repo_dir" || exit 1
 results=()
 failed=0
@@ -137,6 +146,7 @@ fi
 
 stop_containerd
 trap - EXIT
+kill "$pulse_pid" 2>/dev/null
 
 echo
 say "=== VM summary (kernel $(uname -r), cgroup v2)"

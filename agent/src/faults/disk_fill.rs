@@ -212,13 +212,26 @@ pub fn fill_bytes(
 /// the root of the node's process `node`. Fails closed: a fill must never take the node's
 /// filesystem for a volume because the node could not be read (only a directory the node
 /// lacks, such as /var/lib/kubelet off Kubernetes, is skipped).
-fn node_devices(procfs: &Procfs, node: u32) -> Result<Vec<DeviceNumber>, AgentError> {
+fn node_devices(
+    procfs: &Procfs,
+    node: u32,
+    node_mounts: &[Mount],
+) -> Result<Vec<DeviceNumber>, AgentError> {
     let node_root = root_of(procfs, node);
     let mut devices = Vec::new();
     for path in NODE_PATHS {
         let at = node_root.join(path.trim_start_matches('/'));
         match device_of(&at) {
-            Ok(device) => devices.push(device),
+            Ok(device) => {
+                devices.push(device);
+                // A node directory on an overlay (a live image's root, a VM's /tmp) fills
+                // the filesystem under its upper directory too.
+                let upper = mounts::mount_of(node_mounts, std::path::Path::new(path))
+                    .and_then(|mount| upper_device(procfs, node, mount));
+                if let Some(Ok(upper)) = upper {
+                    devices.push(upper);
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && *path != "/" => {}
             Err(e) => {
                 return Err(AgentError::FailedPrecondition(format!(
@@ -229,6 +242,19 @@ fn node_devices(procfs: &Procfs, node: u32) -> Result<Vec<DeviceNumber>, AgentEr
         }
     }
     Ok(devices)
+}
+
+/// The device of an overlay's upper directory (a path in the node's mount namespace, where
+/// the runtime mounted it), or None for another filesystem.
+fn upper_device(
+    procfs: &Procfs,
+    node: u32,
+    mount: &Mount,
+) -> Option<std::io::Result<DeviceNumber>> {
+    let upper = mount.upper_dir()?;
+    Some(device_of(
+        &root_of(procfs, node).join(upper.strip_prefix("/").unwrap_or(&upper)),
+    ))
 }
 
 fn read_mounts(procfs: &Procfs, pid: u32) -> Result<Vec<Mount>, AgentError> {
@@ -259,7 +285,7 @@ pub fn prepare(
             ))
         })?;
     let node_mounts = read_mounts(procfs, node.pid)?;
-    let node_devices = node_devices(procfs, node.pid)?;
+    let node_devices = node_devices(procfs, node.pid, &node_mounts)?;
     let name = format!(
         ".chaos-disk-fill-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -285,20 +311,19 @@ pub fn prepare(
             AgentError::FailedPrecondition(format!("{what}: no mount holds {path}"))
         })?;
         // An overlay is a filesystem of its own (an anonymous device); what fills is the
-        // node's filesystem under its upper directory.
-        let device = match mount.upper_dir() {
-            Some(upper) => device_of(
-                &root_of(procfs, node.pid).join(upper.strip_prefix("/").unwrap_or(&upper)),
-            )
-            .map_err(unreadable)?,
-            None => dir.device().map_err(unreadable)?,
-        };
+        // filesystem under its upper directory. The node's own directories are compared
+        // both ways: a bind mount of a node directory on an overlay shares its device.
+        let dir_device = dir.device().map_err(unreadable)?;
+        let upper = upper_device(procfs, node.pid, mount)
+            .transpose()
+            .map_err(unreadable)?;
+        let device = upper.unwrap_or(dir_device);
         acts_on.extend(target.processes.iter().cloned());
         if filled.contains(&device) {
             continue;
         }
         filled.push(device);
-        let node_filesystem = node_devices.contains(&device);
+        let node_filesystem = node_devices.contains(&dir_device) || node_devices.contains(&device);
         let space = dir.space().map_err(unreadable)?;
         let bytes = fill_bytes(
             plan.amount,
@@ -509,13 +534,16 @@ mod tests {
         std::fs::create_dir_all(tmp.path().join("7")).unwrap();
         // Its root is not a directory: unreadable, not absent.
         std::fs::write(tmp.path().join("7/root"), b"").unwrap();
-        let err = node_devices(&Procfs::at(tmp.path()), 7).unwrap_err();
+        let err = node_devices(&Procfs::at(tmp.path()), 7, &[]).unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
         assert!(err.to_string().contains("--node-pid"), "{err}");
         // A directory the node lacks (no kubelet) is skipped; its root is read.
         std::fs::remove_file(tmp.path().join("7/root")).unwrap();
         std::fs::create_dir_all(tmp.path().join("7/root/var")).unwrap();
-        assert_eq!(node_devices(&Procfs::at(tmp.path()), 7).unwrap().len(), 2);
+        assert_eq!(
+            node_devices(&Procfs::at(tmp.path()), 7, &[]).unwrap().len(),
+            2
+        );
     }
 
     #[test]
