@@ -331,3 +331,98 @@ async fn disk_fills_past_the_floor_of_a_node_filesystem_or_out_of_the_container_
     ensure!(!inside.contains(".chaos-disk-fill-"), "{inside}");
     Ok(())
 }
+
+/// Seconds `script` takes inside the container, by /proc/uptime (10 ms steps) read before
+/// and after in the same shell.
+fn timed_inside(container: &TestContainer, script: &str) -> Result<f64> {
+    let wrapped = format!(
+        "read start _ < /proc/uptime; {script} || exit 1; read end _ < /proc/uptime; echo $start $end"
+    );
+    let output = container.exec(&["/bin/sh", "-c", &wrapped])?.check()?;
+    let times: Vec<f64> = output
+        .stdout
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("no times in {:?}", output.stdout))?;
+    let [start, end] = times[..] else {
+        bail!("no times in {:?}", output.stdout);
+    };
+    Ok(end - start)
+}
+
+/// Time to fill 1 GiB of a volume: ours (the inject answers once the file is allocated)
+/// beside the peers' way, `dd` of zeros from inside the container (buffered, as Litmus'
+/// disk-fill runs it, and with `conv=fsync`, written to the disk), and busybox's
+/// `fallocate`. Prints `BENCH ...` lines; run by bench/disk-fill.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a benchmark: run by bench/disk-fill"]
+async fn bench_disk_fill_of_1_gib_beside_dd_and_fallocate() -> Result<()> {
+    const ROUNDS: usize = 3;
+    const GIB: u64 = 1 << 30;
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let disk = LoopDisk::new(2048)?;
+    let mut spec = ContainerSpec::pod("dev", &format!("bench-fill-{}", std::process::id()), "db");
+    spec.bind_mounts = vec![(disk.mount_point(), "/data".into())];
+    let container = TestContainer::start(spec)?;
+    let mut client = agent.client().await?;
+    let mut figures: Vec<(&str, Vec<f64>)> = vec![
+        ("ours (inject of disk_fill size 1GiB)", Vec::new()),
+        ("dd bs=1M count=1024 (buffered)", Vec::new()),
+        ("dd bs=1M count=1024 conv=fsync", Vec::new()),
+        ("fallocate -l 1G (busybox)", Vec::new()),
+    ];
+    for round in 0..ROUNDS {
+        let started = std::time::Instant::now();
+        let fault = inject_fault(
+            &mut client,
+            fill(
+                &container.target(),
+                Duration::from_secs(300),
+                api::DiskFillFault {
+                    size_bytes: GIB,
+                    path: "/data".into(),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await?;
+        figures[0].1.push(started.elapsed().as_secs_f64());
+        let status = fill_status(&fault)?;
+        ensure!(status.files[0].bytes >= GIB, "{status:?}");
+        client
+            .revert(api::RevertRequest {
+                id: fault.id,
+                all: false,
+            })
+            .await?;
+        for (slot, script) in [
+            (
+                1,
+                "dd if=/dev/zero of=/data/peer bs=1M count=1024 2>/dev/null",
+            ),
+            (
+                2,
+                "dd if=/dev/zero of=/data/peer bs=1M count=1024 conv=fsync 2>/dev/null",
+            ),
+            (3, "fallocate -l 1073741824 /data/peer"),
+        ] {
+            figures[slot].1.push(timed_inside(&container, script)?);
+            container.exec(&["/bin/rm", "-f", "/data/peer"])?.check()?;
+            // The next one starts from an empty page cache of the volume's writes.
+            container.exec(&["/bin/sync"])?.check()?;
+        }
+        println!("round {round} done");
+    }
+    for (label, seconds) in &figures {
+        let mean = seconds.iter().sum::<f64>() / seconds.len() as f64;
+        let (min, max) = seconds
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(lo, hi), s| (lo.min(*s), hi.max(*s)));
+        println!(
+            "BENCH disk fill 1 GiB, {label}: mean {mean:.3} s, min {min:.3}, max {max:.3} ({ROUNDS} rounds)"
+        );
+    }
+    Ok(())
+}
