@@ -230,7 +230,7 @@ async fn a_disk_fill_is_removed_at_its_deadline_at_sigterm_and_after_a_sigkill_e
 }
 
 /// Refused, and nothing written: a cgroup target, a missing directory, more than the
-/// volume holds, the node's own filesystem (the writable root) past the agent's floor, a
+/// volume holds, a tmpfs (memory), the node's own filesystem (the writable root) past the agent's floor, a
 /// symlink out of the container. A small fill of the writable root is allowed and shows
 /// the node's filesystem.
 #[tokio::test(flavor = "multi_thread")]
@@ -267,6 +267,19 @@ async fn disk_fills_past_the_floor_of_a_node_filesystem_or_out_of_the_container_
         "{status:?}"
     );
     ensure!(status.message().contains("all there is"), "{status:?}");
+
+    // /dev/shm, a tmpfs: a fill would take the node's memory.
+    let shm = api::DiskFillFault {
+        size_bytes: 4 * MIB,
+        path: "/dev/shm".into(),
+        ..Default::default()
+    };
+    let status = refused(fill(&target, minute, shm)).await?;
+    ensure!(
+        status.code() == tonic::Code::FailedPrecondition,
+        "{status:?}"
+    );
+    ensure!(status.message().contains("memory"), "{status:?}");
 
     // The writable root is an overlay on the node's filesystem.
     let root_to_99 = api::DiskFillFault {

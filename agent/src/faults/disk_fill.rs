@@ -257,6 +257,18 @@ fn upper_device(
     ))
 }
 
+/// Why a mount may not be filled: a filesystem in memory (an emptyDir of medium Memory,
+/// /dev/shm), whose pages the agent's own fallocate would take from the node's memory and
+/// charge to the agent's cgroup, not the target's. A memory fault fills memory honestly.
+fn memory_backed(mount: &Mount) -> Option<String> {
+    matches!(mount.fs_type.as_str(), "tmpfs" | "ramfs").then(|| {
+        format!(
+            "{} (memory: a fill would take the node's memory, charged to the agent; use a memory fault)",
+            mount.fs_type
+        )
+    })
+}
+
 fn read_mounts(procfs: &Procfs, pid: u32) -> Result<Vec<Mount>, AgentError> {
     let file = procfs.root().join(pid.to_string()).join("mountinfo");
     std::fs::read_to_string(&file)
@@ -310,6 +322,11 @@ pub fn prepare(
         let mount = mounts::mount_of(&container_mounts, &plan.path).ok_or_else(|| {
             AgentError::FailedPrecondition(format!("{what}: no mount holds {path}"))
         })?;
+        if let Some(refused) = memory_backed(mount) {
+            return Err(AgentError::FailedPrecondition(format!(
+                "{what}: {path} is on a {refused}"
+            )));
+        }
         // An overlay is a filesystem of its own (an anonymous device); what fills is the
         // filesystem under its upper directory. The node's own directories are compared
         // both ways: a bind mount of a node directory on an overlay shares its device.
@@ -526,6 +543,15 @@ mod tests {
         assert!(over.contains("all there is"), "{over}");
         let above = fill_bytes(FillAmount::UsedPercent(40), half, false, 15).unwrap_err();
         assert!(above.contains("already 50.0 % used"), "{above}");
+    }
+
+    #[test]
+    fn a_filesystem_in_memory_is_refused() {
+        let mounts = crate::mounts::parse_mountinfo(
+            "1 0 0:9 / /cache rw - tmpfs tmpfs rw\n2 0 7:3 / /data rw - ext4 /dev/loop3 rw\n",
+        );
+        assert!(memory_backed(&mounts[0]).unwrap().contains("memory fault"));
+        assert_eq!(memory_backed(&mounts[1]), None);
     }
 
     #[test]
