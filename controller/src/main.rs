@@ -359,7 +359,7 @@ enum Inject {
         #[arg(long, value_parser = parse_duration)]
         duration: Duration,
     },
-    /// Fill a filesystem the target writes to with one file (.chaos-disk-fill-<fault id>
+    /// Fill a filesystem the target writes to with one file (.chaos-disk-fill-<hex>, unique to the fault,
     /// in --path, allocated at once) for the duration, removed at every end; never beyond
     /// what df shows available, nor below the agent's free floor of a node filesystem. A
     /// cgroup: target is refused.
