@@ -359,8 +359,8 @@ enum Inject {
         #[arg(long, value_parser = parse_duration)]
         duration: Duration,
     },
-    /// Fill a filesystem the target writes to with one file (.chaos-disk-fill-<hex>, unique to the fault,
-    /// in --path, allocated at once) for the duration, removed at every end; never beyond
+    /// Fill a filesystem the target writes to with one file (.chaos-disk-fill-<hex>, a
+    /// name unique to the fault, in --path, allocated at once) for the duration, removed at every end; never beyond
     /// what df shows available, nor below the agent's free floor of a node filesystem. A
     /// cgroup: target is refused.
     #[command(group(clap::ArgGroup::new("amount").args(["size", "percent"]).required(true)))]
