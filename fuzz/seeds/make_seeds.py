@@ -66,7 +66,7 @@ def inject(target, duration_ms, fault_field, fault, lease=None, labels=None, dry
     return out
 
 
-CPU, MEMORY, NETWORK, PROCESS, IO, BLACKHOLE = 10, 11, 12, 13, 14, 15
+CPU, MEMORY, NETWORK, PROCESS, IO, BLACKHOLE, PAUSE, DISK_FILL = 10, 11, 12, 13, 14, 15, 16, 17
 LABELS = {"experiment": "demo-kill", "run": "r-0123456789abcdef"}
 LEASE = ("chaosctl-host-1234", 5000)
 
@@ -100,6 +100,13 @@ def agent_requests():
         inject("pod:kube-system/node-x", 10000, BLACKHOLE,
                f_varint(3, 1) + f_bytes(4, "eth0")),
         inject("pid:1", 1000, IO, b""),
+        inject("container:abc123", 30000, IO, f_varint(2, 1 << 20) + f_bytes(5, "nvme0n1")),
+        inject("pod:db/postgres-0", 30000, IO,
+               f_varint(1, 4096) + f_varint(3, 100) + f_bytes(5, "259:0")),
+        inject("pod:demo/web-1/web", 20000, PAUSE, b""),
+        inject("container:abc123", 30000, DISK_FILL, f_varint(1, 1 << 30) + f_bytes(3, "/data")),
+        inject("pid:42", 30000, DISK_FILL, f_varint(2, 90)),
+        inject("container:abc123", 30000, DISK_FILL, f_varint(2, 90) + f_bytes(3, "/data/../etc")),
         inject("pod:demo/web-1", 1000, CPU, f_varint(1, 10), dry_run=True),
     ]
     # RevertRequest {id, all}, RenewLeaseRequest {holder, ttl_ms}, GetRequest {id},
