@@ -2,8 +2,9 @@
 //! network namespace wired by a veth, as a CNI plugin gives a pod), and 20 concurrent gRPC
 //! clients issuing exactly 1000 Inject and Revert calls in all per round: held faults of the
 //! kinds the host kernel supports (a stop of the container's child processes, a CPU fill, a
-//! small memory fill, a tbf rate on the container's veth), each read back from the kernel
-//! after its inject, and reverted; plus a second CPU fault on a cgroup that already has one
+//! small memory fill, a tbf rate on the container's veth, a pause, an IO limit on the disk
+//! under the containers' roots), each read back from the kernel after its inject, and
+//! reverted; plus a second CPU fault on a cgroup that already has one
 //! (refused by design), List and Capabilities calls. Refusals are counted by gRPC code and must
 //! be the documented ones.
 //!
@@ -31,7 +32,7 @@ use chaos_proto::api;
 use chaos_proto::api::agent_client::AgentClient;
 use chaos_tests::agent::{TestAgent, journal_len, make_certs, state_dir};
 use chaos_tests::command::run_bounded;
-use chaos_tests::containerd::{ContainerSpec, TestContainer};
+use chaos_tests::containerd::{ContainerSpec, TestContainer, controller_dir_of_pid};
 use chaos_tests::netns::TestNetns;
 use chaos_tests::process::state as process_state;
 use chaos_tests::{scaled, trials};
@@ -104,6 +105,17 @@ impl Pod {
 
     /// The processes in the container's cgroup other than its shell and the two sleeps: the
     /// agent's stressors.
+    /// The container's IO limits file (v1 `blkio.throttle.write_bps_device`, v2 `io.max`).
+    fn io_limits(&self) -> Result<String> {
+        let (dir, v1) = controller_dir_of_pid(self.container.pid()?, "blkio")?;
+        let file = if v1 {
+            "blkio.throttle.write_bps_device"
+        } else {
+            "io.max"
+        };
+        Ok(std::fs::read_to_string(dir.join(file))?)
+    }
+
     fn stressors(&self) -> Result<Vec<u32>> {
         let init = self.container.pid()?;
         let procs = std::fs::read_to_string(self.container.cgroup_dir()?.join("cgroup.procs"))?;
@@ -184,9 +196,26 @@ enum Kind {
     Cpu,
     Memory,
     Rate,
+    Pause,
+    Io,
 }
 
-const KINDS: [Kind; 4] = [Kind::Stop, Kind::Cpu, Kind::Memory, Kind::Rate];
+const KINDS: [Kind; 6] = [
+    Kind::Stop,
+    Kind::Cpu,
+    Kind::Memory,
+    Kind::Rate,
+    Kind::Pause,
+    Kind::Io,
+];
+
+/// `MAJ:MIN` of the disk under /tmp, where the containers' roots are: what the IO limit
+/// names (the agent takes a partition for its disk).
+fn root_disk() -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata("/tmp")?.dev();
+    Ok(format!("{}:{}", libc::major(dev), libc::minor(dev)))
+}
 
 fn fault(kind: Kind) -> api::inject_request::Fault {
     use api::inject_request::Fault;
@@ -208,6 +237,12 @@ fn fault(kind: Kind) -> api::inject_request::Fault {
         // Interface left empty: the one carrying the default route, the veth's eth0.
         Kind::Rate => Fault::Network(api::NetworkFault {
             rate_bytes_per_second: 1_000_000,
+            ..Default::default()
+        }),
+        Kind::Pause => Fault::Pause(api::PauseFault {}),
+        Kind::Io => Fault::Io(api::IoFault {
+            write_bytes_per_second: 10 * MIB,
+            device: root_disk().unwrap_or_default(),
             ..Default::default()
         }),
     }
@@ -303,6 +338,11 @@ async fn read_back(pods: &Arc<Vec<Pod>>, index: usize, kind: Kind) -> Result<()>
             Kind::Rate => {
                 let installed = qdiscs(&pod.netns)?;
                 ensure!(installed.contains("qdisc tbf"), "pod {index}: {installed}");
+            }
+            Kind::Pause => ensure!(pod.container.is_frozen()?, "pod {index} is not frozen"),
+            Kind::Io => {
+                let limits = pod.io_limits()?;
+                ensure!(!limits.trim().is_empty(), "pod {index}: no IO limit");
             }
         }
         Ok(())
@@ -573,6 +613,12 @@ async fn check_clean(agent: &TestAgent, state: &std::path::Path, pods: &[Pod]) -
         ensure!(
             qdiscs(&pod.netns)? == pod.qdiscs_before,
             "pod {index}: qdiscs changed"
+        );
+        ensure!(!pod.container.is_frozen()?, "pod {index} is left frozen");
+        let limits = pod.io_limits()?;
+        ensure!(
+            limits.trim().is_empty() || limits.contains("max"),
+            "pod {index}: IO limits left: {limits:?}"
         );
     }
     let metrics = agent.scrape()?;

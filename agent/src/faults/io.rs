@@ -188,11 +188,10 @@ pub fn prepare(
         }
         // Every process of the cgroup is slowed, not only those the target's resolution
         // saw: the registry checks each against the policy.
-        for pid in throttle.procs().map_err(unreadable)? {
-            if let Ok(info) = procfs.process(pid) {
-                acts_on.push(info);
-            }
-        }
+        acts_on.extend(leaf_cgroup::bound_processes(
+            procfs,
+            throttle.procs().map_err(unreadable)?,
+        ));
         let now = throttle.limits().map_err(unreadable)?;
         let devices = disks
             .iter()

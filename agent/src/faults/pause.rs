@@ -161,11 +161,10 @@ pub fn prepare(
         }
         // Everything the freeze stops, which is every process of the cgroup, not only
         // those the target's resolution saw: the registry checks each against the policy.
-        for pid in freezer.procs().map_err(unreadable)? {
-            if let Ok(info) = procfs.process(pid) {
-                acts_on.push(info);
-            }
-        }
+        acts_on.extend(leaf_cgroup::bound_processes(
+            procfs,
+            freezer.procs().map_err(unreadable)?,
+        ));
         frozen.push(FrozenCgroup {
             inode: freezer.inode().map_err(unreadable)?,
             dir: freezer.dir,
