@@ -5,9 +5,9 @@
 //! The file is opened with O_DIRECT so every block reaches the device from this process,
 //! which is what cgroup v1 charges to the process's cgroup (its buffered writes would be
 //! written back later by the kernel, for the root cgroup) and what makes the reads go to
-//! the device rather than the page cache. A filesystem that refuses O_DIRECT (tmpfs) gets
-//! buffered IO, with an fdatasync after each pass and the cached pages dropped, so the
-//! next pass reads from the device again where there is one.
+//! the device rather than the page cache. A filesystem that refuses O_DIRECT (tmpfs before
+//! Linux 6.6) gets buffered IO, with an fdatasync after each pass and the cached pages
+//! dropped, so the next pass reads from the device again where there is one.
 
 use std::ffi::CString;
 use std::io::Write;
@@ -333,5 +333,25 @@ mod tests {
             std::fs::read(tmp.path().join(".chaos-io-stress-test-0")).unwrap(),
             b"x"
         );
+    }
+
+    #[test]
+    fn a_worker_loads_a_tmpfs_directory_too() {
+        // tmpfs refused O_DIRECT before Linux 6.6 (the worker then falls back to buffered
+        // IO); later kernels take it, so which path runs depends on the kernel.
+        let tmp = tempfile::tempdir_in("/dev/shm").unwrap();
+        let config = IoStressConfig {
+            dir: std::fs::File::open(tmp.path()).unwrap().into(),
+            name: ".chaos-io-stress-shm-0".into(),
+            file_bytes: MIB,
+            bytes_per_second: 0,
+            deadline: SystemTime::now() + Duration::from_millis(300),
+        };
+        let report = run(&config, &mut Vec::new()).unwrap();
+        assert!(
+            report.written_bytes >= MIB && report.read_bytes >= MIB,
+            "{report:?}"
+        );
+        assert!(!tmp.path().join(".chaos-io-stress-shm-0").exists());
     }
 }
