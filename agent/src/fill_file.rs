@@ -94,6 +94,13 @@ impl Dir {
     }
 }
 
+/// The descriptor, for a stressor that works in the directory itself.
+impl From<Dir> for OwnedFd {
+    fn from(dir: Dir) -> OwnedFd {
+        dir.0
+    }
+}
+
 /// The device of the filesystem at `path` (followed, as the agent sees it).
 pub fn device_of(path: &Path) -> io::Result<DeviceNumber> {
     Ok(device_number(rustix::fs::stat(path)?.st_dev))

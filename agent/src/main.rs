@@ -202,6 +202,25 @@ enum StressKind {
         #[arg(long)]
         parent: i32,
     },
+    Io {
+        /// The target's init and its start time: the directory is in its root.
+        #[arg(long)]
+        pid: u32,
+        #[arg(long)]
+        start_time: u64,
+        #[arg(long)]
+        path: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        file_bytes: u64,
+        #[arg(long, default_value_t = 0)]
+        bytes_per_second: u64,
+        #[arg(long)]
+        duration_ms: u64,
+        #[arg(long)]
+        parent: i32,
+    },
 }
 
 /// The stressor child: no runtime, no logging set-up, no listeners.
@@ -237,6 +256,27 @@ fn run_stressor(cgroup_root: &std::path::Path, kind: StressKind) -> Result<()> {
             ChildStressor::Memory {
                 bytes,
                 ramp: Duration::from_millis(ramp_ms),
+                duration: Duration::from_millis(duration_ms),
+            },
+        ),
+        StressKind::Io {
+            pid,
+            start_time,
+            path,
+            name,
+            file_bytes,
+            bytes_per_second,
+            duration_ms,
+            parent,
+        } => (
+            parent,
+            ChildStressor::Io {
+                pid,
+                start_time,
+                path,
+                name,
+                file_bytes,
+                bytes_per_second,
                 duration: Duration::from_millis(duration_ms),
             },
         ),

@@ -1,4 +1,4 @@
-//! Stressor child processes: the agent's own binary run as `chaos-agent stress cpu|memory`,
+//! Stressor child processes: the agent's own binary run as `chaos-agent stress cpu|memory|io`,
 //! moved into the TARGET's own cgroup before it does any work, killed at revert.
 //!
 //! Why a dedicated spawner thread: PR_SET_PDEATHSIG (armed by the child) fires when the
@@ -322,6 +322,44 @@ pub enum ChildStressor {
         ramp: Duration,
         duration: Duration,
     },
+    Io {
+        /// The target's init (pid and start time), whose root holds `path`.
+        pid: u32,
+        start_time: u64,
+        path: std::path::PathBuf,
+        /// The file to create in it, never an existing one.
+        name: String,
+        file_bytes: u64,
+        /// This worker's share; 0 = as fast as the device allows.
+        bytes_per_second: u64,
+        duration: Duration,
+    },
+}
+
+/// An IO worker's directory, opened inside the target's root while the child still holds
+/// the agent's capabilities (CAP_SYS_PTRACE for another process's root): after the go
+/// line it has none. The init is checked by its start time: a recycled pid is another
+/// process, whose root is not the target's.
+fn open_io_dir(
+    pid: u32,
+    start_time: u64,
+    path: &std::path::Path,
+) -> Result<std::os::fd::OwnedFd, chaos_stress::StressError> {
+    use chaos_stress::StressError;
+    let procfs = Procfs::default();
+    let same = procfs.stat(pid).is_ok_and(|s| s.start_time == start_time);
+    if !same {
+        return Err(StressError::InvalidConfig(format!(
+            "the target's init {pid} exited since the fault was prepared"
+        )));
+    }
+    let root = procfs.root().join(pid.to_string()).join("root");
+    crate::fill_file::open_dir_in(&root, path)
+        .map(Into::into)
+        .map_err(|source| StressError::Os {
+            what: "opening the IO stressor's directory in the target",
+            source,
+        })
 }
 
 /// The child side: die with the agent, wait until the agent has moved this process into
@@ -333,6 +371,15 @@ pub fn run_child(
 ) -> Result<(), chaos_stress::StressError> {
     use chaos_stress::StressError;
     chaos_stress::prepare_child(parent)?;
+    let io_dir = match stressor {
+        ChildStressor::Io {
+            pid,
+            start_time,
+            path,
+            ..
+        } => Some(open_io_dir(*pid, *start_time, path)?),
+        _ => None,
+    };
     let mut go = String::new();
     std::io::stdin()
         .read_line(&mut go)
@@ -383,6 +430,25 @@ pub fn run_child(
                 deadline: std::time::SystemTime::now() + *duration,
             };
             chaos_stress::memory::run(&config, &mut progress)?;
+        }
+        ChildStressor::Io {
+            name,
+            file_bytes,
+            bytes_per_second,
+            duration,
+            ..
+        } => {
+            let dir = io_dir.ok_or_else(|| {
+                StressError::InvalidConfig("the IO stressor's directory is not open".into())
+            })?;
+            let config = chaos_stress::io::IoStressConfig {
+                dir,
+                name: name.clone(),
+                file_bytes: *file_bytes,
+                bytes_per_second: *bytes_per_second,
+                deadline: std::time::SystemTime::now() + *duration,
+            };
+            chaos_stress::io::run(&config, &mut progress)?;
         }
     }
     Ok(())

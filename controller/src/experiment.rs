@@ -364,6 +364,8 @@ pub struct FaultStep {
     pub io: Option<IoSpec>,
     #[serde(default)]
     pub disk_fill: Option<DiskFillSpec>,
+    #[serde(default)]
+    pub io_stress: Option<IoStressSpec>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -623,6 +625,61 @@ pub struct DiskFillSpec {
     pub path: Option<String>,
 }
 
+/// Workers in the targets' cgroups writing and reading files in their filesystem for the
+/// duration (`io_stress: { workers: 2, bps: 10MiB, file_size: 64MiB, path: /data }`);
+/// every field may be left out (1 worker, as fast as the device allows, 64 MiB files, in
+/// /tmp or /). The files are removed at every end.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IoStressSpec {
+    /// Worker processes per target: 1 to 8.
+    #[serde(default)]
+    pub workers: Option<u32>,
+    /// Read plus write bytes per second, shared by a target's workers: `10MiB`, at least
+    /// 64KiB; absent: as fast as the device allows.
+    #[serde(default, deserialize_with = "optional_size")]
+    pub bps: Option<u64>,
+    /// Each worker's file: `64MiB`, at least 1MiB.
+    #[serde(default, deserialize_with = "optional_size")]
+    pub file_size: Option<u64>,
+    /// A directory inside the container (a volume's mount path stresses that volume).
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// The bounds the agent enforces on an IO stress, checked before any agent is asked.
+pub const MAX_IO_STRESS_WORKERS: u32 = 8;
+pub const MIN_IO_STRESS_BPS: u64 = 64 << 10;
+pub const MIN_IO_STRESS_FILE_SIZE: u64 = 1 << 20;
+
+/// Why an IO stress spec is refused, as `(field, reason)`, or None.
+pub fn check_io_stress(spec: &IoStressSpec) -> Option<(&'static str, String)> {
+    if let Some(workers) = spec.workers
+        && !(1..=MAX_IO_STRESS_WORKERS).contains(&workers)
+    {
+        return Some(("workers", format!("must be 1 to {MAX_IO_STRESS_WORKERS}")));
+    }
+    if let Some(bps) = spec.bps
+        && bps < MIN_IO_STRESS_BPS
+    {
+        return Some((
+            "bps",
+            "must be at least 64KiB (leave it out for as fast as the device allows)".into(),
+        ));
+    }
+    if let Some(size) = spec.file_size
+        && size < MIN_IO_STRESS_FILE_SIZE
+    {
+        return Some(("file_size", "must be at least 1MiB".into()));
+    }
+    if let Some(path) = &spec.path
+        && let Err(reason) = check_fill_path(path)
+    {
+        return Some(("path", reason));
+    }
+    None
+}
+
 /// The longest `disk_fill.path` accepted (Linux's PATH_MAX).
 pub const MAX_FILL_PATH_BYTES: usize = 4096;
 
@@ -717,6 +774,8 @@ pub fn step_kind(step: &FaultStep) -> &'static str {
         "pause"
     } else if step.io.is_some() {
         "io"
+    } else if step.io_stress.is_some() {
+        "io_stress"
     } else if step.disk_fill.is_some() {
         "disk_fill"
     } else {
@@ -1014,12 +1073,13 @@ fn validate_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
         step.pause.is_some(),
         step.io.is_some(),
         step.disk_fill.is_some(),
+        step.io_stress.is_some(),
     ];
     if kinds.iter().filter(|k| **k).count() != 1 {
         return Err(invalid(
             field,
             "needs exactly one of kill, cpu, memory, network, blackhole, pause, io, disk_fill, \
-             delete_pod",
+             io_stress, delete_pod",
         ));
     }
     let one_shot =
@@ -1074,6 +1134,11 @@ fn validate_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
     }
     if let Some(fill) = &step.disk_fill {
         validate_disk_fill(fill, &step.name, &format!("{field}.disk_fill"))?;
+    }
+    if let Some(stress) = &step.io_stress
+        && let Some((part, reason)) = check_io_stress(stress)
+    {
+        return Err(invalid(format!("{field}.io_stress.{part}"), reason));
     }
     let t = &step.target;
     let field = format!("{field}.target");
@@ -1683,8 +1748,69 @@ method:
         assert_eq!(
             error,
             "method.faults[0]: needs exactly one of kill, cpu, memory, network, blackhole, pause, \
-             io, disk_fill, delete_pod"
+             io, disk_fill, io_stress, delete_pod"
         );
+    }
+
+    fn with_io_stress(stress: &str) -> String {
+        MINIMAL.replace(
+            "      kill: { process: httpd }",
+            &format!("      duration: 30s\n      io_stress: {stress}"),
+        )
+    }
+
+    #[test]
+    fn an_io_stress_step_parses_every_field_or_none() {
+        let e = parse(&with_io_stress(
+            "{ workers: 2, bps: 10MiB, file_size: 8MiB, path: /data }",
+        ))
+        .unwrap();
+        let step = &e.method.faults[0];
+        let stress = step.io_stress.as_ref().unwrap();
+        assert_eq!(stress.workers, Some(2));
+        assert_eq!(stress.bps, Some(10 << 20));
+        assert_eq!(stress.file_size, Some(8 << 20));
+        assert_eq!(stress.path.as_deref(), Some("/data"));
+        assert_eq!(step_kind(step), "io_stress");
+        let e = parse(&with_io_stress("{}")).unwrap();
+        let stress = e.method.faults[0].io_stress.as_ref().unwrap();
+        assert_eq!(
+            (stress.workers, stress.bps, stress.file_size),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn an_io_stress_step_is_refused_naming_the_field() {
+        for (stress, expected) in [
+            (
+                "{ workers: 0 }",
+                "method.faults[0].io_stress.workers: must be 1 to 8",
+            ),
+            (
+                "{ workers: 9 }",
+                "method.faults[0].io_stress.workers: must be 1 to 8",
+            ),
+            (
+                "{ bps: 1000 }",
+                "method.faults[0].io_stress.bps: must be at least 64KiB",
+            ),
+            (
+                "{ file_size: 4KiB }",
+                "method.faults[0].io_stress.file_size: must be at least 1MiB",
+            ),
+            (
+                "{ path: data }",
+                "method.faults[0].io_stress.path: \"data\" is not absolute",
+            ),
+        ] {
+            let error = parse(&with_io_stress(stress)).unwrap_err().to_string();
+            assert!(error.starts_with(expected), "{stress}: {error}");
+        }
+        let error = parse(&with_io_stress("{ rate: 1MiB }"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown field `rate`"), "{error}");
     }
 
     fn with_disk_fill(fill: &str) -> String {

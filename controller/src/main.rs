@@ -8,7 +8,8 @@ use chaos_proto::api;
 use chaosctl::client::{AgentAddress, connect};
 use chaosctl::duration::parse_duration;
 use chaosctl::experiment::{
-    DiskFillSpec, IoSpec, TrafficDirection, TrafficProtocol, check_fill_path, parse_size,
+    DiskFillSpec, IoSpec, IoStressSpec, MIN_IO_STRESS_BPS, MIN_IO_STRESS_FILE_SIZE,
+    TrafficDirection, TrafficProtocol, check_fill_path, parse_size,
 };
 use chaosctl::{certs, output, remote_runs};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -380,6 +381,46 @@ enum Inject {
         #[arg(long, value_parser = parse_duration)]
         duration: Duration,
     },
+    /// Run workers in the target's cgroup that write and read back a file each
+    /// (.chaos-io-stress-<id>-<n> in --path, direct IO where the filesystem takes it) for
+    /// the duration, charged to the container; the files are removed at every end. A
+    /// cgroup: target is refused.
+    IoStress {
+        #[command(flatten)]
+        common: Common,
+        /// Worker processes per target: 1 to 8 (default 1).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=8))]
+        workers: Option<u32>,
+        /// Read plus write bytes per second, shared by a target's workers: 10MiB, at least
+        /// 64KiB. Default: as fast as the device allows.
+        #[arg(long, value_name = "SIZE", value_parser = stress_bps)]
+        bps: Option<u64>,
+        /// Each worker's file: 64MiB (the default), at least 1MiB.
+        #[arg(long, value_name = "SIZE", value_parser = stress_file_size)]
+        file_size: Option<u64>,
+        /// A directory inside the container (a volume's mount path stresses that
+        /// volume). Default: /tmp where the container has one, else /.
+        #[arg(long, value_name = "DIR", value_parser = fill_path)]
+        path: Option<String>,
+        #[arg(long, value_parser = parse_duration)]
+        duration: Duration,
+    },
+}
+
+/// `inject io-stress --bps`: at least 64KiB (the agent's bound).
+fn stress_bps(text: &str) -> Result<u64, String> {
+    match parse_size(text)? {
+        bps if bps < MIN_IO_STRESS_BPS => Err("must be at least 64KiB".into()),
+        bps => Ok(bps),
+    }
+}
+
+/// `inject io-stress --file-size`: at least 1MiB (the agent's bound).
+fn stress_file_size(text: &str) -> Result<u64, String> {
+    match parse_size(text)? {
+        size if size < MIN_IO_STRESS_FILE_SIZE => Err("must be at least 1MiB".into()),
+        size => Ok(size),
+    }
 }
 
 /// `inject disk-fill --size`: a size above 0 (0 is "no size" in the API).
@@ -749,6 +790,27 @@ async fn run(cli: Cli) -> Result<()> {
             );
             inject_and_print(&address, cli.output, request).await?;
         }
+        Command::Inject(Inject::IoStress {
+            common,
+            workers,
+            bps,
+            file_size,
+            path,
+            duration,
+        }) => {
+            let stress = IoStressSpec {
+                workers,
+                bps,
+                file_size,
+                path,
+            };
+            let request = inject_request(
+                common,
+                duration,
+                api::inject_request::Fault::IoStress(chaosctl::request::io_stress_fault(&stress)),
+            );
+            inject_and_print(&address, cli.output, request).await?;
+        }
         Command::List { all } => {
             let mut client = connect(&address).await?;
             let faults = client
@@ -1089,6 +1151,81 @@ mod tests {
         for (args, kind, text) in cases {
             let error = inject_disk_fill(args).unwrap_err();
             assert_eq!(error.kind(), kind, "{args:?}: {error}");
+            assert!(error.to_string().contains(text), "{args:?}: {error}");
+        }
+    }
+
+    fn inject_io_stress(extra: &[&str]) -> Result<Cli, clap::Error> {
+        let mut args = vec!["inject", "io-stress", "--target", "pod:dev/db-0"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--duration", "1m"]);
+        parse(&args)
+    }
+
+    #[test]
+    fn inject_io_stress_reads_its_options_and_refuses_out_of_bounds() {
+        let all = [
+            "--workers",
+            "2",
+            "--bps",
+            "1MiB",
+            "--file-size",
+            "8MiB",
+            "--path",
+            "/data",
+        ];
+        match inject_io_stress(&all).unwrap().command {
+            Command::Inject(Inject::IoStress {
+                common,
+                workers,
+                bps,
+                file_size,
+                path,
+                duration,
+            }) => {
+                assert_eq!(common.target, "pod:dev/db-0");
+                assert_eq!(duration, Duration::from_secs(60));
+                let fault = chaosctl::request::io_stress_fault(&IoStressSpec {
+                    workers,
+                    bps,
+                    file_size,
+                    path,
+                });
+                assert_eq!(
+                    fault,
+                    api::IoStressFault {
+                        workers: 2,
+                        bytes_per_second: 1 << 20,
+                        file_bytes: 8 << 20,
+                        path: "/data".into(),
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match inject_io_stress(&[]).unwrap().command {
+            Command::Inject(Inject::IoStress {
+                workers,
+                bps,
+                file_size,
+                path,
+                ..
+            }) => assert_eq!((workers, bps, file_size, path), (None, None, None, None)),
+            other => panic!("{other:?}"),
+        }
+        for (args, text) in [
+            (&["--workers", "9"][..], "--workers"),
+            (&["--workers", "0"][..], "--workers"),
+            (&["--bps", "1000"][..], "must be at least 64KiB"),
+            (&["--file-size", "4KiB"][..], "must be at least 1MiB"),
+            (&["--path", "data"][..], "is not absolute"),
+        ] {
+            let error = inject_io_stress(args).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}: {error}"
+            );
             assert!(error.to_string().contains(text), "{args:?}: {error}");
         }
     }

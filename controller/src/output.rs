@@ -78,6 +78,11 @@ fn status_json(status: &Option<api::fault::Status>) -> Value {
                 "node_filesystem": f.node_filesystem,
             })).collect::<Vec<_>>(),
         }),
+        Some(api::fault::Status::IoStress(stress)) => json!({
+            "workers": stress.workers, "workers_running": stress.workers_running,
+            "read_bytes": stress.read_bytes, "written_bytes": stress.written_bytes,
+            "files": stress.files,
+        }),
         None => Value::Null,
     }
 }
@@ -175,8 +180,21 @@ fn summary(f: &api::Fault) -> String {
         ),
         Some(api::fault::Status::Io(io)) => io_summary(io),
         Some(api::fault::Status::DiskFill(fill)) => disk_fill_summary(fill),
+        Some(api::fault::Status::IoStress(stress)) => io_stress_summary(stress),
         _ => f.message.clone(),
     }
+}
+
+/// "2 of 2 worker(s) running, read 1.5 GiB, written 1.5 GiB": the target cgroups' own IO
+/// since the inject.
+fn io_stress_summary(stress: &api::IoStressStatus) -> String {
+    format!(
+        "{} of {} worker(s) running, read {}, written {}",
+        stress.workers_running,
+        stress.workers,
+        size(stress.read_bytes),
+        size(stress.written_bytes)
+    )
 }
 
 /// "2 device(s): nvme0n1 write 1.0 MiB/s, loop3 read 100 iops". Each cgroup reports its
@@ -601,5 +619,32 @@ mod tests {
         );
         assert_eq!(size(1023), "1023 B");
         assert_eq!(per_second(512), "512 B/s");
+    }
+
+    #[test]
+    fn io_stress_status_shows_workers_and_the_cgroups_io() {
+        let f = api::Fault {
+            kind: api::FaultKind::IoStress as i32,
+            state: api::FaultState::Active as i32,
+            status: Some(api::fault::Status::IoStress(api::IoStressStatus {
+                workers: 2,
+                workers_running: 1,
+                read_bytes: 3 << 29,
+                written_bytes: 5 << 20,
+                files: vec!["/data/.chaos-io-stress-a-0".into()],
+            })),
+            ..Default::default()
+        };
+        let text = faults_table(std::slice::from_ref(&f), 0);
+        assert!(text.contains("io_stress"), "{text}");
+        assert!(
+            text.contains("1 of 2 worker(s) running, read 1.5 GiB, written 5.0 MiB"),
+            "{text}"
+        );
+        let v = fault_json(&f);
+        assert_eq!(v["kind"], "io_stress");
+        assert_eq!(v["status"]["workers_running"], 1);
+        assert_eq!(v["status"]["written_bytes"], 5u64 << 20);
+        assert_eq!(v["status"]["files"][0], "/data/.chaos-io-stress-a-0");
     }
 }

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use chaos_proto::api;
 
-use crate::experiment::{DiskFillSpec, FaultStep, IoSpec, TrafficDirection, TrafficProtocol};
+use crate::experiment::{
+    DiskFillSpec, FaultStep, IoSpec, IoStressSpec, TrafficDirection, TrafficProtocol,
+};
 
 /// The request for one chosen target of `step`, carrying the run's lease and labels.
 pub fn inject_request(
@@ -72,6 +74,18 @@ pub fn disk_fill_fault(fill: &DiskFillSpec) -> api::DiskFillFault {
     }
 }
 
+/// The IO stress of an `io_stress` step, and of `chaosctl inject io-stress`: a field left
+/// out is 0 (or ""), which the agent reads as its default (1 worker, as fast as the device
+/// allows, 64 MiB files, /tmp or /).
+pub fn io_stress_fault(stress: &IoStressSpec) -> api::IoStressFault {
+    api::IoStressFault {
+        workers: stress.workers.unwrap_or(0),
+        bytes_per_second: stress.bps.unwrap_or(0),
+        file_bytes: stress.file_size.unwrap_or(0),
+        path: stress.path.clone().unwrap_or_default(),
+    }
+}
+
 fn fault(step: &FaultStep) -> api::inject_request::Fault {
     use api::inject_request::Fault;
     if let Some(cpu) = &step.cpu {
@@ -122,6 +136,9 @@ fn fault(step: &FaultStep) -> api::inject_request::Fault {
     }
     if let Some(fill) = &step.disk_fill {
         return Fault::DiskFill(disk_fill_fault(fill));
+    }
+    if let Some(stress) = &step.io_stress {
+        return Fault::IoStress(io_stress_fault(stress));
     }
     // validate() guarantees exactly one kind; kill is what remains.
     let kill = step.kill.clone().unwrap_or(crate::experiment::KillSpec {
@@ -271,6 +288,33 @@ mod tests {
                 assert_eq!(f.size_bytes, 0);
                 assert_eq!(f.percent, 90);
                 assert_eq!(f.path, "/data");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_io_stress_step_becomes_an_io_stress_fault() {
+        let full = step(
+            "name: churn\ntarget: {targets: ['pod:dev/db-0']}\nduration: 1m\nio_stress: { workers: 2, bps: 1MiB, file_size: 8MiB, path: /data }\n",
+        );
+        match inject_request(&full, "pod:dev/db-0", None, &HashMap::new(), false).fault {
+            Some(api::inject_request::Fault::IoStress(f)) => assert_eq!(
+                f,
+                api::IoStressFault {
+                    workers: 2,
+                    bytes_per_second: 1 << 20,
+                    file_bytes: 8 << 20,
+                    path: "/data".into(),
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+        let bare =
+            step("name: churn\ntarget: {targets: ['pid:1']}\nduration: 30s\nio_stress: {}\n");
+        match inject_request(&bare, "pid:1", None, &HashMap::new(), false).fault {
+            Some(api::inject_request::Fault::IoStress(f)) => {
+                assert_eq!(f, api::IoStressFault::default())
             }
             other => panic!("{other:?}"),
         }

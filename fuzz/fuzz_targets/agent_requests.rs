@@ -175,6 +175,23 @@ fn check_inject(req: &api::InjectRequest, valid: &ValidInject, limits: &Limits) 
                     .any(|c| matches!(c, std::path::Component::ParentDir))
             );
         }
+        // IO stress: a mount namespace too, workers and sizes within their bounds.
+        FaultPlan::IoStress(plan) => {
+            assert!(!matches!(valid.target, TargetSpec::Cgroup(_)));
+            assert!((1..=chaos_agent::validate::MAX_IO_STRESS_WORKERS).contains(&plan.workers));
+            assert!(plan.file_bytes >= chaos_agent::validate::MIN_IO_STRESS_FILE_BYTES);
+            if let Some(bps) = plan.bytes_per_second {
+                assert!(bps >= chaos_agent::validate::MIN_IO_STRESS_BYTES_PER_SECOND);
+            }
+            if let Some(path) = &plan.path {
+                assert!(path.is_absolute());
+                assert!(
+                    !path
+                        .components()
+                        .any(|c| matches!(c, std::path::Component::ParentDir))
+                );
+            }
+        }
         FaultPlan::Io(plan) => {
             assert!(!matches!(valid.target, TargetSpec::Pid(_)));
             assert_ne!(plan.limits, Default::default());

@@ -63,6 +63,7 @@ impl api::FaultKind {
             api::FaultKind::Blackhole => "blackhole",
             api::FaultKind::Pause => "pause",
             api::FaultKind::DiskFill => "disk_fill",
+            api::FaultKind::IoStress => "io_stress",
         }
     }
 
@@ -86,6 +87,7 @@ impl api::inject_request::Fault {
             Fault::Blackhole(_) => api::FaultKind::Blackhole,
             Fault::Pause(_) => api::FaultKind::Pause,
             Fault::DiskFill(_) => api::FaultKind::DiskFill,
+            Fault::IoStress(_) => api::FaultKind::IoStress,
         }
     }
 }
@@ -99,7 +101,7 @@ mod tests {
         let kinds: Vec<api::FaultKind> = (0..64)
             .filter_map(|value| api::FaultKind::try_from(value).ok())
             .collect();
-        assert!(kinds.len() >= 8, "{kinds:?}");
+        assert!(kinds.len() >= 10, "{kinds:?}");
         let mut labels: Vec<&str> = kinds.iter().map(|kind| kind.label()).collect();
         for kind in &kinds {
             assert_eq!(api::FaultKind::from_label(kind.label()), Some(*kind));
@@ -109,5 +111,9 @@ mod tests {
         assert_eq!(labels.len(), kinds.len(), "{labels:?}");
         assert_eq!(api::FaultKind::from_label("CPU"), None);
         assert_eq!(api::FaultKind::from_label("disk"), None);
+        assert_eq!(
+            api::FaultKind::from_label("io_stress"),
+            Some(api::FaultKind::IoStress)
+        );
     }
 }

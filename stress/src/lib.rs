@@ -6,6 +6,7 @@
 pub mod control;
 pub mod cpu;
 mod error;
+pub mod io;
 pub mod memory;
 mod process;
 

@@ -215,7 +215,7 @@ async fn start_least_privileged(
             "CAP_SYS_ADMIN"
         ]
     );
-    assert_eq!(report.kind_privileges.len(), 8, "{report:?}");
+    assert_eq!(report.kind_privileges.len(), 9, "{report:?}");
     assert!(
         report
             .kind_privileges
@@ -332,6 +332,40 @@ async fn host_least_privilege_agent_runs_a_fault_of_every_host_kind() -> Result<
         other => bail!("no disk fill status: {other:?}"),
     }
     revert(&agent, &fill.id).await?;
+
+    // An IO stress (CAP_SYS_PTRACE: the worker opens its directory in the target's
+    // /proc/PID/root before it is released), small, in the writable root: the worker runs
+    // in the target's cgroup without capabilities, and is gone with its file after the
+    // revert.
+    let io_stress = inject(
+        &agent,
+        request(
+            &target,
+            api::inject_request::Fault::IoStress(api::IoStressFault {
+                file_bytes: MIB,
+                bytes_per_second: MIB,
+                ..Default::default()
+            }),
+        ),
+    )
+    .await?;
+    let workers = stressors_in(&container)?;
+    ensure!(workers.len() == 1, "IO workers in the cgroup: {workers:?}");
+    wait_until(
+        "the IO worker without capabilities",
+        Duration::from_secs(10),
+        || effective_capabilities(workers[0]).is_ok_and(|c| c == "0000000000000000"),
+    )?;
+    match &io_stress.status {
+        Some(api::fault::Status::IoStress(status)) => {
+            ensure!(status.workers == 1 && status.files.len() == 1, "{status:?}")
+        }
+        other => bail!("no io stress status: {other:?}"),
+    }
+    revert(&agent, &io_stress.id).await?;
+    wait_until("the IO worker gone", Duration::from_secs(10), || {
+        stressors_in(&container).is_ok_and(|s| s.is_empty())
+    })?;
 
     // A rate-only network fault: a tbf on the container's own lo.
     ensure!(!qdiscs_on_lo(init)?.contains("tbf"));

@@ -25,10 +25,10 @@ use futures::future::BoxFuture;
 
 use crate::capabilities::Capability;
 use crate::error::AgentError;
+use crate::faults::target_fs::{NodeView, root_of};
 use crate::faults::{Fault, KindInfo, PrepareContext, Prepared, TickOutcome, lacks_nothing};
-use crate::fill_file::{Dir, Space, device_of, open_dir_in};
+use crate::fill_file::{Dir, Space, open_dir_in};
 use crate::journal::UndoRecord;
-use crate::mounts::{self, Mount};
 use crate::procfs::{ProcessIdentity, ProcessInfo, Procfs};
 use crate::resolve::Resolved;
 use crate::validate::{DiskFillPlan, FillAmount};
@@ -42,16 +42,6 @@ pub const KIND: KindInfo = KindInfo {
     replay,
     node_lacks: lacks_nothing,
 };
-
-/// The node's directories whose filesystems it needs free space on.
-const NODE_PATHS: &[&str] = &[
-    "/",
-    "/var",
-    "/var/lib/kubelet",
-    "/var/lib/containerd",
-    "/var/log",
-    "/tmp",
-];
 
 /// How often a fill reads its files and filesystems back for the status.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
@@ -77,13 +67,13 @@ pub struct FillFile {
 }
 
 impl FillFile {
-    fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         self.dir.join(&self.name)
     }
 
     /// The directory, through the target while its init lives, else through the node;
     /// the error says which way failed.
-    fn open(&self, procfs: &Procfs) -> Result<Dir, (String, std::io::Error)> {
+    pub(crate) fn open(&self, procfs: &Procfs) -> Result<Dir, (String, std::io::Error)> {
         let alive = procfs
             .process(self.pid)
             .is_ok_and(|p| p.start_time == self.start_time);
@@ -116,7 +106,7 @@ impl FillFile {
     }
 
     /// Removes the file; one that is gone, or whose directory is, is done.
-    fn remove(&self, procfs: &Procfs) -> Result<(), String> {
+    pub(crate) fn remove(&self, procfs: &Procfs) -> Result<(), String> {
         let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
         let removed = self.open(procfs).and_then(|dir| {
             dir.remove(&self.name)
@@ -134,10 +124,6 @@ impl FillFile {
     }
 }
 
-fn root_of(procfs: &Procfs, pid: u32) -> PathBuf {
-    procfs.root().join(pid.to_string()).join("root")
-}
-
 /// The journal's form for a disk fill. Tagged as every undo form is (see
 /// `journal::UndoRecord`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -152,7 +138,7 @@ pub fn replay(procfs: &Procfs, record: &UndoRecord) -> Result<(), String> {
     remove_each(procfs, &files)
 }
 
-fn remove_each(procfs: &Procfs, files: &[FillFile]) -> Result<(), String> {
+pub(crate) fn remove_each(procfs: &Procfs, files: &[FillFile]) -> Result<(), String> {
     let errors: Vec<String> = files
         .iter()
         .filter_map(|f| f.remove(procfs).err())
@@ -208,72 +194,15 @@ pub fn fill_bytes(
     Ok(bytes)
 }
 
-/// The devices of the filesystems the node needs (see [`NODE_PATHS`]), seen through
-/// the root of the node's process `node`. Fails closed: a fill must never take the node's
-/// filesystem for a volume because the node could not be read (only a directory the node
-/// lacks, such as /var/lib/kubelet off Kubernetes, is skipped).
-fn node_devices(
-    procfs: &Procfs,
-    node: u32,
-    node_mounts: &[Mount],
-) -> Result<Vec<DeviceNumber>, AgentError> {
-    let node_root = root_of(procfs, node);
-    let mut devices = Vec::new();
-    for path in NODE_PATHS {
-        let at = node_root.join(path.trim_start_matches('/'));
-        match device_of(&at) {
-            Ok(device) => {
-                devices.push(device);
-                // A node directory on an overlay (a live image's root, a VM's /tmp) fills
-                // the filesystem under its upper directory too.
-                let upper = mounts::mount_of(node_mounts, std::path::Path::new(path))
-                    .and_then(|mount| upper_device(procfs, node, mount));
-                if let Some(Ok(upper)) = upper {
-                    devices.push(upper);
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && *path != "/" => {}
-            Err(e) => {
-                return Err(AgentError::FailedPrecondition(format!(
-                    "cannot read the node's filesystems through {}: {e} (the agent needs hostPID and CAP_SYS_PTRACE, or --node-pid naming a process in the node's mount namespace)",
-                    at.display()
-                )));
-            }
-        }
-    }
-    Ok(devices)
-}
-
-/// The device of an overlay's upper directory (a path in the node's mount namespace, where
-/// the runtime mounted it), or None for another filesystem.
-fn upper_device(
-    procfs: &Procfs,
-    node: u32,
-    mount: &Mount,
-) -> Option<std::io::Result<DeviceNumber>> {
-    let upper = mount.upper_dir()?;
-    Some(device_of(
-        &root_of(procfs, node).join(upper.strip_prefix("/").unwrap_or(&upper)),
-    ))
-}
-
 /// Why a mount may not be filled: a filesystem in memory (an emptyDir of medium Memory,
 /// /dev/shm), whose pages the agent's own fallocate would take from the node's memory and
 /// charge to the agent's cgroup, not the target's. A memory fault fills memory honestly.
-fn memory_backed(mount: &Mount) -> Option<String> {
-    matches!(mount.fs_type.as_str(), "tmpfs" | "ramfs").then(|| {
+fn memory_backed(fs_type: &str) -> Option<String> {
+    matches!(fs_type, "tmpfs" | "ramfs").then(|| {
         format!(
-            "{} (memory: a fill would take the node's memory, charged to the agent; use a memory fault)",
-            mount.fs_type
+            "{fs_type} (memory: a fill would take the node's memory, charged to the agent; use a memory fault)"
         )
     })
-}
-
-fn read_mounts(procfs: &Procfs, pid: u32) -> Result<Vec<Mount>, AgentError> {
-    let file = procfs.root().join(pid.to_string()).join("mountinfo");
-    std::fs::read_to_string(&file)
-        .map(|text| mounts::parse_mountinfo(&text))
-        .map_err(|e| AgentError::FailedPrecondition(format!("reading {}: {e}", file.display())))
 }
 
 /// Decides the files for the resolved targets: per distinct filesystem, where and how
@@ -284,20 +213,7 @@ pub fn prepare(
     context: &PrepareContext<'_>,
 ) -> Result<Prepared, AgentError> {
     let procfs = &context.resolver.procfs;
-    let node = procfs
-        .process(plan.node_pid)
-        .map(|p| ProcessIdentity {
-            pid: p.pid,
-            start_time: p.start_time,
-        })
-        .map_err(|e| {
-            AgentError::FailedPrecondition(format!(
-                "the node's process {} (--node-pid) cannot be read: {e}",
-                plan.node_pid
-            ))
-        })?;
-    let node_mounts = read_mounts(procfs, node.pid)?;
-    let node_devices = node_devices(procfs, node.pid, &node_mounts)?;
+    let node = NodeView::read(procfs, plan.node_pid)?;
     let name = format!(
         ".chaos-disk-fill-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -308,57 +224,38 @@ pub fn prepare(
     let mut acts_on: Vec<ProcessInfo> = Vec::new();
     for target in targets {
         let what = target.describe();
-        let pid = target.init.pid;
-        let dir = open_dir_in(&root_of(procfs, pid), &plan.path).map_err(|e| {
-            if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) {
-                AgentError::NotFound(format!("{what}: no directory {path} in its filesystem"))
-            } else {
-                AgentError::FailedPrecondition(format!("{what}: opening {path}: {e}"))
-            }
-        })?;
-        let unreadable =
-            |e: std::io::Error| AgentError::FailedPrecondition(format!("{what}: {path}: {e}"));
-        let container_mounts = read_mounts(procfs, pid)?;
-        let mount = mounts::mount_of(&container_mounts, &plan.path).ok_or_else(|| {
-            AgentError::FailedPrecondition(format!("{what}: no mount holds {path}"))
-        })?;
-        if let Some(refused) = memory_backed(mount) {
+        let located = node.locate(procfs, target, &plan.path)?;
+        if let Some(refused) = memory_backed(&located.fs_type) {
             return Err(AgentError::FailedPrecondition(format!(
                 "{what}: {path} is on a {refused}"
             )));
         }
-        // An overlay is a filesystem of its own (an anonymous device); what fills is the
-        // filesystem under its upper directory. The node's own directories are compared
-        // both ways: a bind mount of a node directory on an overlay shares its device.
-        let dir_device = dir.device().map_err(unreadable)?;
-        let upper = upper_device(procfs, node.pid, mount)
-            .transpose()
-            .map_err(unreadable)?;
-        let device = upper.unwrap_or(dir_device);
         acts_on.extend(target.processes.iter().cloned());
-        if filled.contains(&device) {
+        if filled.contains(&located.device) {
             continue;
         }
-        filled.push(device);
-        let node_filesystem = node_devices.contains(&dir_device) || node_devices.contains(&device);
-        let space = dir.space().map_err(unreadable)?;
+        filled.push(located.device);
+        let space = located
+            .dir
+            .space()
+            .map_err(|e| AgentError::FailedPrecondition(format!("{what}: {path}: {e}")))?;
         let bytes = fill_bytes(
             plan.amount,
             space,
-            node_filesystem,
+            located.node_filesystem,
             plan.node_min_free_percent,
         )
         .map_err(|why| AgentError::FailedPrecondition(format!("{what}: {path}: {why}")))?;
         files.push(FillFile {
             target: what.clone(),
-            pid,
+            pid: target.init.pid,
             start_time: target.init.start_time,
             dir: plan.path.clone(),
             name: name.clone(),
             bytes,
-            node_dir: mounts::node_path(mount, &plan.path, &node_mounts),
-            node,
-            node_filesystem,
+            node_dir: located.node_dir,
+            node: node.node,
+            node_filesystem: located.node_filesystem,
         });
     }
     acts_on.sort_by_key(|p| p.pid);
@@ -547,29 +444,8 @@ mod tests {
 
     #[test]
     fn a_filesystem_in_memory_is_refused() {
-        let mounts = crate::mounts::parse_mountinfo(
-            "1 0 0:9 / /cache rw - tmpfs tmpfs rw\n2 0 7:3 / /data rw - ext4 /dev/loop3 rw\n",
-        );
-        assert!(memory_backed(&mounts[0]).unwrap().contains("memory fault"));
-        assert_eq!(memory_backed(&mounts[1]), None);
-    }
-
-    #[test]
-    fn a_node_that_cannot_be_read_refuses_the_fill_instead_of_counting_as_a_volume() {
-        let tmp = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(tmp.path().join("7")).unwrap();
-        // Its root is not a directory: unreadable, not absent.
-        std::fs::write(tmp.path().join("7/root"), b"").unwrap();
-        let err = node_devices(&Procfs::at(tmp.path()), 7, &[]).unwrap_err();
-        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
-        assert!(err.to_string().contains("--node-pid"), "{err}");
-        // A directory the node lacks (no kubelet) is skipped; its root is read.
-        std::fs::remove_file(tmp.path().join("7/root")).unwrap();
-        std::fs::create_dir_all(tmp.path().join("7/root/var")).unwrap();
-        assert_eq!(
-            node_devices(&Procfs::at(tmp.path()), 7, &[]).unwrap().len(),
-            2
-        );
+        assert!(memory_backed("tmpfs").unwrap().contains("memory fault"));
+        assert_eq!(memory_backed("ext4"), None);
     }
 
     #[test]

@@ -19,11 +19,13 @@ pub mod blackhole;
 pub mod cpu;
 pub mod disk_fill;
 pub mod io;
+pub mod io_stress;
 pub mod leaf_cgroup;
 pub mod memory;
 pub mod network;
 pub mod pause;
 pub mod process;
+pub mod target_fs;
 pub mod target_watch;
 
 use std::time::Duration;
@@ -75,6 +77,7 @@ pub const KINDS: &[KindInfo] = &[
     pause::KIND,
     io::KIND,
     disk_fill::KIND,
+    io_stress::KIND,
 ];
 
 /// The entry of an implemented kind.
@@ -251,6 +254,7 @@ pub async fn prepare(
         FaultPlan::Pause(plan) => pause::prepare(plan, spec, targets, context),
         FaultPlan::Io(plan) => io::prepare(plan, targets, context),
         FaultPlan::DiskFill(plan) => disk_fill::prepare(plan, targets, context),
+        FaultPlan::IoStress(plan) => io_stress::prepare(plan, spec, targets, context),
     }
 }
 
@@ -302,7 +306,7 @@ mod capability_tests {
         assert_eq!(check_capabilities(api::FaultKind::Memory, &none), Ok(()));
         let err = check_capabilities(api::FaultKind::Process, &none).unwrap_err();
         assert!(err.to_string().contains("CAP_KILL"), "{err}");
-        assert_eq!(KINDS.len(), 8);
+        assert_eq!(KINDS.len(), 9);
         assert_eq!(check_capabilities(api::FaultKind::Io, &none), Ok(()));
     }
 }
@@ -334,6 +338,9 @@ mod kind_tests {
             api::FaultKind::Pause => serde_json::json!({"action": "thaw", "cgroups": []}),
             api::FaultKind::Io => serde_json::json!({"action": "restore_limits", "cgroups": []}),
             api::FaultKind::DiskFill => serde_json::json!({"action": "remove_files", "files": []}),
+            api::FaultKind::IoStress => {
+                serde_json::json!({"action": "kill_and_remove", "processes": [], "files": []})
+            }
             _ => serde_json::json!({"action": "kill_processes", "processes": []}),
         };
         for info in KINDS {

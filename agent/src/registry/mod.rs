@@ -873,12 +873,16 @@ impl Drop for ClaimGuard<'_> {
     }
 }
 
-/// The cgroups a fault claims, one claim per target: CPU and memory stress, a held stop,
+/// The cgroups a fault claims, one claim per target: CPU, memory and IO stress, a held stop,
 /// a pause and an IO limit (which claims go together: [`claims_conflict`]). Two stops of one container would share its processes, and the first to end
 /// would continue what the other still holds.
 fn claim_keys(plan: &FaultPlan, targets: &[Resolved]) -> Vec<ClaimKey> {
     let holds_alone = match plan {
-        FaultPlan::Cpu(_) | FaultPlan::Memory(_) | FaultPlan::Pause(_) | FaultPlan::Io(_) => true,
+        FaultPlan::Cpu(_)
+        | FaultPlan::Memory(_)
+        | FaultPlan::Pause(_)
+        | FaultPlan::Io(_)
+        | FaultPlan::IoStress(_) => true,
         FaultPlan::Process(process) => crate::validate::is_stop_signal(process.signal),
         FaultPlan::Network(_) | FaultPlan::Blackhole(_) | FaultPlan::DiskFill(_) => false,
     };
@@ -904,7 +908,10 @@ fn claims_conflict(held: &ClaimKey, wanted: &ClaimKey) -> bool {
     let holds_processes = |kind: api::FaultKind| {
         matches!(
             kind,
-            api::FaultKind::Cpu | api::FaultKind::Memory | api::FaultKind::Process
+            api::FaultKind::Cpu
+                | api::FaultKind::Memory
+                | api::FaultKind::IoStress
+                | api::FaultKind::Process
         )
     };
     let pause_beside =
@@ -1000,9 +1007,9 @@ mod tests {
 
     #[test]
     fn a_pause_conflicts_with_kinds_holding_processes_and_an_io_limit_only_with_another() {
-        use api::FaultKind::{Cpu, Io, Memory, Pause, Process};
+        use api::FaultKind::{Cpu, Io, IoStress, Memory, Pause, Process};
         let on = |kind: api::FaultKind, cgroup: &str| (kind, cgroup.to_string());
-        for kind in [Cpu, Memory, Process, Pause] {
+        for kind in [Cpu, Memory, IoStress, Process, Pause] {
             assert!(
                 claims_conflict(&on(Pause, "/c"), &on(kind, "/c")),
                 "{kind:?}"
@@ -1017,7 +1024,9 @@ mod tests {
             );
         }
         assert!(claims_conflict(&on(Io, "/c"), &on(Io, "/c")));
-        for kind in [Cpu, Memory, Process, Pause] {
+        // The IO stressor holds processes in the cgroup, and a limit beside it is allowed.
+        assert!(claims_conflict(&on(IoStress, "/c"), &on(IoStress, "/c")));
+        for kind in [Cpu, Memory, IoStress, Process, Pause] {
             assert!(!claims_conflict(&on(Io, "/c"), &on(kind, "/c")), "{kind:?}");
             assert!(!claims_conflict(&on(kind, "/c"), &on(Io, "/c")), "{kind:?}");
         }

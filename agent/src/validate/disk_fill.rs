@@ -45,14 +45,7 @@ pub(super) fn validate_disk_fill(
     target: &TargetSpec,
     limits: &Limits,
 ) -> Result<DiskFillPlan, AgentError> {
-    if let TargetSpec::Cgroup(path) = target {
-        return Err(AgentError::invalid(
-            "target",
-            format!(
-                "cgroup:{path} names no filesystem: target a container (container:, pod:) or a process (pid:), whose mount namespace holds the path"
-            ),
-        ));
-    }
+    require_filesystem(target)?;
     let amount = match (fault.size_bytes, fault.percent) {
         (0, 0) => {
             return Err(AgentError::invalid(
@@ -83,15 +76,30 @@ pub(super) fn validate_disk_fill(
     };
     Ok(DiskFillPlan {
         amount,
-        path: validate_path(&fault.path)?,
+        path: validate_path(&fault.path, "disk_fill.path")?,
         node_min_free_percent: limits.disk_fill_min_free_percent,
         node_pid: limits.node_pid,
     })
 }
 
+/// A target whose mount namespace holds a path: a `cgroup:` names none (shared with IO
+/// stress).
+pub(super) fn require_filesystem(target: &TargetSpec) -> Result<(), AgentError> {
+    if let TargetSpec::Cgroup(path) = target {
+        return Err(AgentError::invalid(
+            "target",
+            format!(
+                "cgroup:{path} names no filesystem: target a container (container:, pod:) or a process (pid:), whose mount namespace holds the path"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// An absolute directory without `.`/`..` steps (it is joined under `/proc/PID/root`,
-/// where `..` at the top would leave the container's root); "" is "/".
-fn validate_path(text: &str) -> Result<PathBuf, AgentError> {
+/// where `..` at the top would leave the container's root); "" is "/". `field` names it
+/// in a refusal.
+pub(super) fn validate_path(text: &str, field: &'static str) -> Result<PathBuf, AgentError> {
     if text.is_empty() {
         return Ok(PathBuf::from("/"));
     }
@@ -104,7 +112,7 @@ fn validate_path(text: &str) -> Result<PathBuf, AgentError> {
             .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
     if !plain {
         return Err(AgentError::invalid(
-            "disk_fill.path",
+            field,
             format!("{text:?} is not an absolute directory path without . or .. steps"),
         ));
     }
@@ -162,13 +170,16 @@ mod tests {
     #[test]
     fn a_path_is_absolute_and_never_climbs() {
         for bad in ["data", "/data/../etc", "..", "/a\0b"] {
-            assert!(validate_path(bad).is_err(), "{bad:?}");
+            assert!(validate_path(bad, "disk_fill.path").is_err(), "{bad:?}");
         }
         assert_eq!(
-            validate_path("/var//lib/").unwrap(),
+            validate_path("/var//lib/", "disk_fill.path").unwrap(),
             PathBuf::from("/var/lib")
         );
         // `.` steps are dropped, as the kernel's walk would take them.
-        assert_eq!(validate_path("/./data").unwrap(), PathBuf::from("/data"));
+        assert_eq!(
+            validate_path("/./data", "disk_fill.path").unwrap(),
+            PathBuf::from("/data")
+        );
     }
 }

@@ -16,6 +16,7 @@ mod blackhole;
 mod cpu;
 mod disk_fill;
 mod io;
+mod io_stress;
 mod memory;
 mod network;
 mod pause;
@@ -28,6 +29,10 @@ pub use blackhole::BlackholePlan;
 pub use cpu::CpuPlan;
 pub use disk_fill::{DEFAULT_DISK_FILL_MIN_FREE_PERCENT, DiskFillPlan, FillAmount};
 pub use io::{IoDevices, IoPlan, MIN_BYTES_PER_SECOND, validate_io};
+pub use io_stress::{
+    DEFAULT_IO_STRESS_FILE_BYTES, IoStressPlan, MAX_IO_STRESS_WORKERS,
+    MIN_IO_STRESS_BYTES_PER_SECOND, MIN_IO_STRESS_FILE_BYTES,
+};
 pub use memory::{MemoryAmount, MemoryPlan};
 pub use network::{MAX_RATE_BYTES_PER_SECOND, NetworkPlan};
 pub use pause::PausePlan;
@@ -100,12 +105,16 @@ pub enum FaultPlan {
     Pause(PausePlan),
     Io(IoPlan),
     DiskFill(DiskFillPlan),
+    IoStress(IoStressPlan),
 }
 
 impl FaultPlan {
     /// A stressor in the target's cgroup: its load is bounded by that cgroup's limits.
     pub fn is_resource_stress(&self) -> bool {
-        matches!(self, FaultPlan::Cpu(_) | FaultPlan::Memory(_))
+        matches!(
+            self,
+            FaultPlan::Cpu(_) | FaultPlan::Memory(_) | FaultPlan::IoStress(_)
+        )
     }
 
     pub fn kind(&self) -> api::FaultKind {
@@ -118,6 +127,7 @@ impl FaultPlan {
             FaultPlan::Pause(_) => api::FaultKind::Pause,
             FaultPlan::Io(_) => api::FaultKind::Io,
             FaultPlan::DiskFill(_) => api::FaultKind::DiskFill,
+            FaultPlan::IoStress(_) => api::FaultKind::IoStress,
         }
     }
 }
@@ -159,7 +169,7 @@ pub fn validate_inject(
     let Some(fault) = &req.fault else {
         return Err(AgentError::invalid(
             "fault",
-            "is missing; set one of cpu, memory, network, process, blackhole, pause, io, disk_fill",
+            "is missing; set one of cpu, memory, network, process, blackhole, pause, io, disk_fill, io_stress",
         ));
     };
     let plan = match fault {
@@ -193,6 +203,10 @@ pub fn validate_inject(
         api::inject_request::Fault::Io(io) => {
             require_duration(duration)?;
             FaultPlan::Io(validate_io(io, &target)?)
+        }
+        api::inject_request::Fault::IoStress(stress) => {
+            require_duration(duration)?;
+            FaultPlan::IoStress(io_stress::validate_io_stress(stress, &target, limits)?)
         }
     };
     let lease = req

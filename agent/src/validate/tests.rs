@@ -400,6 +400,7 @@ fn every_kind_a_request_can_ask_for_is_implemented() {
             size_bytes: 1 << 30,
             ..Default::default()
         }),
+        Fault::IoStress(api::IoStressFault::default()),
     ];
     let mut planned = Vec::new();
     for fault in requests {
