@@ -124,6 +124,22 @@ impl LoopDisk {
     }
 }
 
+/// What the agent names the files it leaves in a target's filesystem while a fault holds.
+pub const DISK_FILL_PREFIX: &str = ".chaos-disk-fill-";
+pub const IO_STRESS_PREFIX: &str = ".chaos-io-stress-";
+
+/// The names in `dir` that start with `prefix` (one of the agent's file prefixes).
+pub fn files_named(dir: &Path, prefix: &str) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.starts_with(prefix) {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
 impl Drop for LoopDisk {
     fn drop(&mut self) {
         if self.mounted {

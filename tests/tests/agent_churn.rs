@@ -31,12 +31,14 @@
 //! - Disk fill (a volume at /data): the file lives on the volume, which outlives the
 //!   task and the container; whatever the churn, the revert removes it (through the
 //!   node's mount once the target's init is gone), and a restarted task sees none.
+//! - IO stress: as CPU and memory (its workers are stressors in the target's cgroup): the
+//!   fault ends by itself as target gone, killing the workers and removing their files.
 //! - Network (tbf here; netem, ingress and blackhole in the VM): the fault lives in the pod's
 //!   network namespace, which a task's death or restart does not change; a removed pod whose
 //!   namespace is deleted counts as restored (revert and deadline).
 //!
 //! The tests without a prefix run on the host (cgroup v1, no netem) and in the VM (cgroup
-//! v2): CPU, memory, pause, IO, disk fill and tbf. `host_*` (stop, repeating kill: signals, the same on either
+//! v2): CPU, memory, pause, IO, disk fill, IO stress and tbf. `host_*` (stop, repeating kill: signals, the same on either
 //! cgroup version) run on the host only, to keep the emulated VM stage short. `vm_*` need
 //! netem and are `#[ignore]`d on the host; in the VM's short run they try the deadline end
 //! after a removal only (`ends_to_try`).
@@ -52,7 +54,7 @@ use chaos_tests::churn::{self, Churn};
 use chaos_tests::containerd::{
     ContainerSpec, TestContainer, controller_dir_of_pid, freezer_dir_of_pid,
 };
-use chaos_tests::loopdisk::LoopDisk;
+use chaos_tests::loopdisk::{DISK_FILL_PREFIX, IO_STRESS_PREFIX, LoopDisk, files_named};
 use chaos_tests::netns::TestNetns;
 use chaos_tests::scaled;
 
@@ -545,16 +547,8 @@ async fn disk_fill_under_churn(agent: &TestAgent, state: &Path, churn: Churn) ->
     let target = TestContainer::start(spec)?;
     churn::wait_exec(&target)?;
     let old_init = target.pid()?;
-    let fills = || -> Result<usize> {
-        Ok(std::fs::read_dir(disk.mount_point())?
-            .flatten()
-            .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with(".chaos-disk-fill-")
-            })
-            .count())
-    };
+    let fills =
+        || -> Result<usize> { Ok(files_named(&disk.mount_point(), DISK_FILL_PREFIX)?.len()) };
     let fault = inject(
         agent,
         request(
@@ -601,6 +595,77 @@ async fn a_disk_fill_is_removed_when_its_container_is_killed_restarted_or_remove
         disk_fill_under_churn(&agent, state.path(), churn)
             .await
             .with_context(|| format!("disk fill under {churn:?}\n{}", agent.log()))?;
+    }
+    Ok(())
+}
+
+/// An IO stress of a volume under `churn`: like a CPU or memory stressor its workers run in
+/// the target's cgroup outside its pid namespace, so the fault ends by itself once the
+/// target's init exits ("its target is gone"), killing them and removing their files from
+/// the volume; a restarted task's cgroup holds no worker.
+async fn io_stress_under_churn(agent: &TestAgent, state: &Path, churn: Churn) -> Result<()> {
+    let disk = LoopDisk::new(64)?;
+    let pod = format!("iostress-{churn:?}").to_lowercase();
+    let mut spec = ContainerSpec::pod("chaos-test-churn", &pod, "main");
+    spec.bind_mounts = vec![(disk.mount_point(), "/data".into())];
+    let target = TestContainer::start(spec)?;
+    churn::wait_exec(&target)?;
+    let old_init = target.pid()?;
+    let files = || files_named(&disk.mount_point(), IO_STRESS_PREFIX);
+    let fault = inject(
+        agent,
+        request(
+            &target.target(),
+            Duration::from_secs(60),
+            api::inject_request::Fault::IoStress(api::IoStressFault {
+                workers: 1,
+                bytes_per_second: 4 * MIB,
+                file_bytes: 8 * MIB,
+                path: "/data".into(),
+            }),
+        ),
+    )
+    .await?;
+    wait_until(scaled(Duration::from_secs(10)), "a worker's file", || {
+        files().is_ok_and(|f| !f.is_empty())
+    })?;
+    churn.apply(&target)?;
+    let ended = wait_ended(agent, &fault.id, scaled(Duration::from_secs(5))).await?;
+    println!(
+        "io stress under {churn:?}: {} {}",
+        state_name(&ended),
+        ended.message
+    );
+    ensure!(
+        ended.state == api::FaultState::Completed as i32
+            && ended.message.contains("its target is gone"),
+        "{ended:?}"
+    );
+    ensure!(files()?.is_empty(), "worker files left: {:?}", files()?);
+    assert_nothing_left(agent, state).await?;
+    if churn == Churn::Restart {
+        churn::wait_exec(&target)?;
+        ensure!(target.pid()? != old_init, "the task was not restarted");
+        let procs = std::fs::read_to_string(target.cgroup_dir()?.join("cgroup.procs"))?;
+        ensure!(
+            !procs
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .any(churn::is_stressor),
+            "a worker in the restarted task's cgroup: {procs}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_io_stress_ends_when_its_container_is_killed_restarted_or_removed() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    for churn in churn::ALL {
+        io_stress_under_churn(&agent, state.path(), churn)
+            .await
+            .with_context(|| format!("io stress under {churn:?}\n{}", agent.log()))?;
     }
     Ok(())
 }

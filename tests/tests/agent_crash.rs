@@ -23,7 +23,7 @@ use chaos_proto::api::{self, agent_client::AgentClient};
 use chaos_tests::agent::{TestAgent, binary, inject_fault, make_certs, state_dir};
 use chaos_tests::command::run_bounded;
 use chaos_tests::containerd::{ContainerSpec, TestContainer, cgroup_memberships_of_pid};
-use chaos_tests::loopdisk::LoopDisk;
+use chaos_tests::loopdisk::{DISK_FILL_PREFIX, LoopDisk, files_named};
 use chaos_tests::netns::TestNetns;
 use chaos_tests::process::{first_child, state as process_state};
 use chaos_tests::{scaled, trials};
@@ -784,11 +784,7 @@ impl Rig for HostRig {
         if self.paused.is_frozen()? {
             left.push("the pause container's cgroup is frozen".to_string());
         }
-        let fills: Vec<String> = std::fs::read_dir(self.disk.mount_point())?
-            .flatten()
-            .map(|entry| entry.file_name().to_string_lossy().into_owned())
-            .filter(|name| name.starts_with(".chaos-disk-fill-"))
-            .collect();
+        let fills = files_named(&self.disk.mount_point(), DISK_FILL_PREFIX)?;
         if !fills.is_empty() {
             left.push(format!("fill files on the volume: {fills:?}"));
         }

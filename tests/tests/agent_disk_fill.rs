@@ -6,7 +6,6 @@
 //! own filesystem (the container's writable root, an overlay on it) keeps the agent's
 //! free floor, and a symlink planted in the container never leads the fill out of it.
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -16,7 +15,7 @@ use chaos_tests::agent::{
     wait_fault_state,
 };
 use chaos_tests::containerd::{ContainerSpec, TestContainer, ctr};
-use chaos_tests::loopdisk::LoopDisk;
+use chaos_tests::loopdisk::{DISK_FILL_PREFIX, LoopDisk, files_named};
 use chaos_tests::scaled;
 
 const MIB: u64 = 1 << 20;
@@ -50,19 +49,8 @@ impl Rig {
 
     /// The fill files on the volume, as the node sees it.
     fn fill_files(&self) -> Result<Vec<String>> {
-        fill_files_in(&self.disk.mount_point())
+        files_named(&self.disk.mount_point(), DISK_FILL_PREFIX)
     }
-}
-
-fn fill_files_in(dir: &Path) -> Result<Vec<String>> {
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if name.starts_with(".chaos-disk-fill-") {
-            names.push(name);
-        }
-    }
-    Ok(names)
 }
 
 fn fill(target: &str, duration: Duration, fault: api::DiskFillFault) -> api::InjectRequest {
@@ -215,15 +203,15 @@ async fn a_disk_fill_is_removed_at_its_deadline_at_sigterm_and_after_a_sigkill_e
         "the container is still there"
     );
     ensure!(
-        fill_files_in(&disk.mount_point())?.len() == 1,
+        files_named(&disk.mount_point(), DISK_FILL_PREFIX)?.len() == 1,
         "the volume lost the file with its container"
     );
     let restarted = TestAgent::start_tls(tls.path(), state.path())?;
     ensure_recovered(&restarted, api::FaultKind::DiskFill).await?;
     ensure!(
-        fill_files_in(&disk.mount_point())?.is_empty(),
+        files_named(&disk.mount_point(), DISK_FILL_PREFIX)?.is_empty(),
         "the replay left {:?}",
-        fill_files_in(&disk.mount_point())
+        files_named(&disk.mount_point(), DISK_FILL_PREFIX)
     );
     ensure!(journal_len(state.path()) == 0);
     Ok(())
@@ -313,7 +301,7 @@ async fn disk_fills_past_the_floor_of_a_node_filesystem_or_out_of_the_container_
     let status = refused(fill(&target, minute, escape)).await?;
     ensure!(status.code() == tonic::Code::NotFound, "{status:?}");
     ensure!(
-        fill_files_in(node_dir.path())?.is_empty(),
+        files_named(node_dir.path(), DISK_FILL_PREFIX)?.is_empty(),
         "the fill followed the symlink onto the node"
     );
     ensure!(rig.fill_files()?.is_empty(), "{:?}", rig.fill_files());

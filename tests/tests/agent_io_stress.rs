@@ -5,7 +5,6 @@
 //! `blkio.throttle.io_service_bytes`, in the VM cgroup2 `io.stat`); the workers and their
 //! files are gone at every end, also after a SIGKILLed agent.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -15,7 +14,7 @@ use chaos_tests::agent::{
     wait_fault_state,
 };
 use chaos_tests::containerd::{ContainerSpec, TestContainer, controller_dir_of_pid};
-use chaos_tests::loopdisk::LoopDisk;
+use chaos_tests::loopdisk::{IO_STRESS_PREFIX, LoopDisk, files_named};
 use chaos_tests::scaled;
 
 const MIB: u64 = 1 << 20;
@@ -38,7 +37,7 @@ impl Rig {
 
     /// The workers' files on the volume, as the node sees it.
     fn stress_files(&self) -> Result<Vec<String>> {
-        stress_files_in(&self.disk.mount_point())
+        files_named(&self.disk.mount_point(), IO_STRESS_PREFIX)
     }
 
     /// The container cgroup's bytes read plus written, from the kernel's own file.
@@ -92,17 +91,6 @@ fn is_io_worker(pid: u32) -> bool {
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         args.windows(2).any(|w| w[0] == b"stress" && w[1] == b"io")
     })
-}
-
-fn stress_files_in(dir: &Path) -> Result<Vec<String>> {
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if name.starts_with(".chaos-io-stress-") {
-            names.push(name);
-        }
-    }
-    Ok(names)
 }
 
 fn stress(target: &str, duration: Duration, fault: api::IoStressFault) -> api::InjectRequest {
