@@ -153,10 +153,10 @@ impl TestAgent {
         let mut attempt = 1;
         loop {
             match TestAgent::launch_once(options.clone(), ip, cgroup_procs, launcher.clone()) {
-                Err(e)
-                    if attempt < ATTEMPTS
-                        && format!("{e:#}").contains("Address already in use") =>
-                {
+                // EADDRINUSE: another process took the port between `free_port` and the
+                // agent's bind. glibc says "Address already in use", musl (the image
+                // binaries) "Address in use": matched by the errno.
+                Err(e) if attempt < ATTEMPTS && format!("{e:#}").contains("(os error 98)") => {
                     attempt += 1;
                 }
                 result => return result,
