@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 
 use crate::error::AgentError;
 use crate::journal::UndoRecord;
-use crate::procfs::{ProcessIdentity, Procfs};
+use crate::procfs::{ProcessIdentity, ProcessInfo, Procfs};
 
 /// The hidden subcommand of the agent binary that runs a stressor.
 pub const SUBCOMMAND: &str = "stress";
@@ -228,6 +228,21 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
         }
         Mutex::new(jobs)
     })
+}
+
+/// A direct child of the agent running its `stress` subcommand for it (`--parent` names
+/// the agent: the spawner's command line, see `stressor::start`), or one of its children
+/// killed and not yet reaped (a zombie has no command line; the agent's only children in a
+/// target's cgroup are its stressors).
+pub fn is_own_stressor(process: &ProcessInfo, agent: u32) -> bool {
+    let args: Vec<&str> = process.cmdline.split(' ').collect();
+    let parent = agent.to_string();
+    process.ppid == agent
+        && (process.cmdline.is_empty()
+            || (args.contains(&SUBCOMMAND)
+                && args
+                    .windows(2)
+                    .any(|pair| pair[0] == "--parent" && pair[1] == parent)))
 }
 
 /// Runs on the spawner thread: spawn, OOM score, attach, release. On any error the child is
@@ -482,6 +497,31 @@ fn clock_ticks_per_second() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_agents_own_stressor_children_are_left_out() {
+        let process = |ppid: u32, cmdline: &str| ProcessInfo {
+            pid: 9,
+            ppid,
+            comm: "exe".into(),
+            cmdline: cmdline.into(),
+            argv0_name: "exe".into(),
+            start_time: 1,
+        };
+        let stressor =
+            "/proc/self/exe --cgroup-root /sys/fs/cgroup stress cpu --percent 50 --parent 7";
+        assert!(is_own_stressor(&process(7, stressor), 7));
+        // A stressor killed and not yet reaped: a zombie has no command line.
+        assert!(is_own_stressor(&process(7, ""), 7));
+        // Another agent's stressor, the agent itself, a child that is not a stressor.
+        let other = stressor.replace("--parent 7", "--parent 8");
+        assert!(!is_own_stressor(&process(8, &other), 7));
+        assert!(!is_own_stressor(
+            &process(1, "/bin/chaos-agent --listen x"),
+            7
+        ));
+        assert!(!is_own_stressor(&process(7, "/sbin/modprobe sch_netem"), 7));
+    }
 
     #[test]
     fn a_real_process_gets_the_stressor_oom_score_and_it_is_read_back() {

@@ -31,23 +31,8 @@ pub fn bound_processes(procfs: &Procfs, pids: Vec<u32>) -> Vec<ProcessInfo> {
     let agent = std::process::id();
     pids.into_iter()
         .filter_map(|pid| procfs.process(pid).ok())
-        .filter(|process| !is_own_stressor(process, agent))
+        .filter(|process| !stressor::is_own_stressor(process, agent))
         .collect()
-}
-
-/// A direct child of the agent running its `stress` subcommand for it (`--parent` names
-/// the agent: the spawner's command line, see `stressor::start`), or one of its children
-/// killed and not yet reaped (a zombie has no command line; the agent's only children in a
-/// target's cgroup are its stressors).
-fn is_own_stressor(process: &ProcessInfo, agent: u32) -> bool {
-    let args: Vec<&str> = process.cmdline.split(' ').collect();
-    let parent = agent.to_string();
-    process.ppid == agent
-        && (process.cmdline.is_empty()
-            || (args.contains(&stressor::SUBCOMMAND)
-                && args
-                    .windows(2)
-                    .any(|pair| pair[0] == "--parent" && pair[1] == parent)))
 }
 
 #[cfg(test)]
@@ -63,30 +48,5 @@ mod tests {
         assert_eq!(parent.code(), tonic::Code::FailedPrecondition);
         assert!(parent.to_string().contains("child cgroups"), "{parent}");
         assert!(refusal("c", "/k8s.io/c", false, "freeze").is_none());
-    }
-
-    #[test]
-    fn only_the_agents_own_stressor_children_are_left_out() {
-        let process = |ppid: u32, cmdline: &str| ProcessInfo {
-            pid: 9,
-            ppid,
-            comm: "exe".into(),
-            cmdline: cmdline.into(),
-            argv0_name: "exe".into(),
-            start_time: 1,
-        };
-        let stressor =
-            "/proc/self/exe --cgroup-root /sys/fs/cgroup stress cpu --percent 50 --parent 7";
-        assert!(is_own_stressor(&process(7, stressor), 7));
-        // A stressor killed and not yet reaped: a zombie has no command line.
-        assert!(is_own_stressor(&process(7, ""), 7));
-        // Another agent's stressor, the agent itself, a child that is not a stressor.
-        let other = stressor.replace("--parent 7", "--parent 8");
-        assert!(!is_own_stressor(&process(8, &other), 7));
-        assert!(!is_own_stressor(
-            &process(1, "/bin/chaos-agent --listen x"),
-            7
-        ));
-        assert!(!is_own_stressor(&process(7, "/sbin/modprobe sch_netem"), 7));
     }
 }
