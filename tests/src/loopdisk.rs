@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
 
 use crate::command::{run_bounded, run_checked};
-use crate::containerd::controller_dir_of_pid;
+use crate::containerd::{ContainerSpec, TestContainer, controller_dir_of_pid};
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -122,6 +122,17 @@ impl LoopDisk {
         }
         Ok(limits)
     }
+}
+
+/// A container of pod `dev/<pod>-<test pid>` (container `db`) with a `disk_mib` MiB disk
+/// of its own at /data, as a pod's volume. Keep the container dropped before the disk (a
+/// struct with the container as its first field): the container holds the mount.
+pub fn container_with_volume(pod: &str, disk_mib: u64) -> Result<(TestContainer, LoopDisk)> {
+    let disk = LoopDisk::new(disk_mib)?;
+    let mut spec = ContainerSpec::pod("dev", &format!("{pod}-{}", std::process::id()), "db");
+    spec.bind_mounts = vec![(disk.mount_point(), "/data".into())];
+    let container = TestContainer::start(spec)?;
+    Ok((container, disk))
 }
 
 /// What the agent names the files it leaves in a target's filesystem while a fault holds.

@@ -15,7 +15,7 @@ use chaos_tests::agent::{
     wait_fault_state,
 };
 use chaos_tests::containerd::{ContainerSpec, TestContainer, ctr};
-use chaos_tests::loopdisk::{DISK_FILL_PREFIX, LoopDisk, files_named};
+use chaos_tests::loopdisk::{DISK_FILL_PREFIX, LoopDisk, container_with_volume, files_named};
 use chaos_tests::scaled;
 
 const MIB: u64 = 1 << 20;
@@ -29,10 +29,7 @@ struct Rig {
 
 impl Rig {
     fn start(pod: &str) -> Result<Rig> {
-        let disk = LoopDisk::new(64)?;
-        let mut spec = ContainerSpec::pod("dev", &format!("{pod}-{}", std::process::id()), "db");
-        spec.bind_mounts = vec![(disk.mount_point(), "/data".into())];
-        let container = TestContainer::start(spec)?;
+        let (container, disk) = container_with_volume(pod, 64)?;
         Ok(Rig { container, disk })
     }
 

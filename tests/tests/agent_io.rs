@@ -15,8 +15,8 @@ use chaos_tests::agent::{
     TestAgent, ensure_recovered, inject_fault, inject_refused, journal_len, make_certs, state_dir,
     wait_fault_state,
 };
-use chaos_tests::containerd::{ContainerSpec, TestContainer, controller_dir_of_pid};
-use chaos_tests::loopdisk::LoopDisk;
+use chaos_tests::containerd::{TestContainer, controller_dir_of_pid};
+use chaos_tests::loopdisk::{LoopDisk, container_with_volume};
 use chaos_tests::scaled;
 
 const KIB: u64 = 1 << 10;
@@ -35,10 +35,7 @@ struct Rig {
 
 impl Rig {
     fn start(pod: &str) -> Result<Rig> {
-        let disk = LoopDisk::new(64)?;
-        let mut spec = ContainerSpec::pod("dev", &format!("{pod}-{}", std::process::id()), "db");
-        spec.bind_mounts = vec![(disk.mount_point(), "/data".into())];
-        let container = TestContainer::start(spec)?;
+        let (container, disk) = container_with_volume(pod, 64)?;
         Ok(Rig { container, disk })
     }
 
