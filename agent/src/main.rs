@@ -37,13 +37,18 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// DaemonSet's 30 s terminationGracePeriodSeconds, so the kubelet never has to SIGKILL.
 const DRAIN_BOUND: Duration = Duration::from_secs(20);
 
-/// Stressor threads allowed by default: four per online CPU of the node.
+/// Stressor threads allowed by default: sixteen per online CPU of the node, so that one CPU
+/// starve of a container limited to every CPU fits with its default ceiling (16 threads per
+/// CPU of its limit). The threads burn only inside their targets' cgroups and quotas; the
+/// budget bounds how many the agent makes, not how much CPU they take.
 fn default_stressor_threads() -> u32 {
     let online = nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
         .ok()
         .flatten()
         .unwrap_or(1);
-    u32::try_from(online.max(1)).unwrap_or(1).saturating_mul(4)
+    u32::try_from(online.max(1))
+        .unwrap_or(1)
+        .saturating_mul(chaos_stress::cpu::STARVE_THREADS_PER_CPU as u32)
 }
 
 #[derive(Debug, Parser)]
@@ -107,7 +112,7 @@ struct Args {
     #[arg(long)]
     allow_node_scope: bool,
     /// Stressor threads (CPU workers, one per memory stressor) all faults together may
-    /// run on this node; default: four per online CPU.
+    /// run on this node; default: sixteen per online CPU.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_stressor_threads: Option<u32>,
     /// Longest fault this agent accepts, in seconds.
@@ -182,7 +187,9 @@ enum StressKind {
     Cpu {
         #[arg(long)]
         percent: f64,
-        #[arg(long, value_parser = ["fill", "add"], default_value = "fill")]
+        #[arg(long, default_value = "fill", value_parser = clap::builder::PossibleValuesParser::new(
+            chaos_stress::cpu::CpuMode::ALL.map(chaos_stress::cpu::CpuMode::arg)
+        ))]
         mode: String,
         #[arg(long, default_value_t = 0)]
         workers: usize,
@@ -237,11 +244,8 @@ fn run_stressor(cgroup_root: &std::path::Path, kind: StressKind) -> Result<()> {
             parent,
             ChildStressor::Cpu {
                 percent,
-                mode: if mode == "add" {
-                    chaos_stress::cpu::CpuMode::Add
-                } else {
-                    chaos_stress::cpu::CpuMode::Fill
-                },
+                mode: chaos_stress::cpu::CpuMode::from_arg(&mode)
+                    .ok_or_else(|| anyhow::anyhow!("unknown CPU mode {mode:?}"))?,
                 workers,
                 duration: Duration::from_millis(duration_ms),
             },

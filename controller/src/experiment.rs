@@ -479,6 +479,30 @@ pub struct CpuSpec {
     pub load: u32,
     #[serde(default)]
     pub cores: u32,
+    /// fill (the default), add or starve; see `chaosctl inject cpu --mode`.
+    #[serde(default)]
+    pub mode: CpuModeSpec,
+}
+
+/// The CPU fault's mode, in the YAML and on `chaosctl inject cpu --mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum CpuModeSpec {
+    #[default]
+    Fill,
+    Add,
+    Starve,
+}
+
+impl CpuModeSpec {
+    pub fn to_api(self) -> chaos_proto::api::CpuMode {
+        use chaos_proto::api::CpuMode;
+        match self {
+            CpuModeSpec::Fill => CpuMode::Fill,
+            CpuModeSpec::Add => CpuMode::Add,
+            CpuModeSpec::Starve => CpuMode::Starve,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -8,7 +8,7 @@ use chaos_proto::api;
 use chaosctl::client::{AgentAddress, connect};
 use chaosctl::duration::parse_duration;
 use chaosctl::experiment::{
-    DiskFillSpec, IoSpec, IoStressSpec, MIN_IO_STRESS_BPS, MIN_IO_STRESS_FILE_SIZE,
+    CpuModeSpec, DiskFillSpec, IoSpec, IoStressSpec, MIN_IO_STRESS_BPS, MIN_IO_STRESS_FILE_SIZE,
     TrafficDirection, TrafficProtocol, check_fill_path, parse_size,
 };
 use chaosctl::{certs, output, remote_runs};
@@ -226,12 +226,14 @@ enum Inject {
         /// Percent of the container's CPU limit, 1..=100.
         #[arg(long)]
         load: u32,
-        /// Stressor threads (default: enough whole cores for the load).
+        /// Stressor threads (default: enough whole cores for the load; starve: the most
+        /// threads, default 16 per CPU of the limit).
         #[arg(long)]
         cores: Option<u32>,
-        /// fill: drive the container's TOTAL use to the load; add: add the load on top.
+        /// fill: drive the container's TOTAL use to the load; add: add the load on top;
+        /// starve: take the load from a busy workload, leaving it at most 100 - load.
         #[arg(long, value_enum, default_value = "fill")]
-        mode: CpuModeArg,
+        mode: CpuModeSpec,
         #[arg(long, value_parser = parse_duration)]
         duration: Duration,
     },
@@ -435,21 +437,6 @@ fn fill_size(text: &str) -> Result<u64, String> {
 /// `disk_fill.path`.
 fn fill_path(text: &str) -> Result<String, String> {
     check_fill_path(text).map(|()| text.to_string())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum CpuModeArg {
-    Fill,
-    Add,
-}
-
-impl CpuModeArg {
-    fn to_api(self) -> api::CpuMode {
-        match self {
-            CpuModeArg::Fill => api::CpuMode::Fill,
-            CpuModeArg::Add => api::CpuMode::Add,
-        }
-    }
 }
 
 /// serve is long-running: its events (runs, audit lines) go to stderr, as a pod's log.

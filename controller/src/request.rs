@@ -92,7 +92,7 @@ fn fault(step: &FaultStep) -> api::inject_request::Fault {
         return Fault::Cpu(api::CpuFault {
             load_percent: cpu.load,
             cores: cpu.cores,
-            mode: api::CpuMode::Fill as i32,
+            mode: cpu.mode.to_api() as i32,
         });
     }
     if let Some(memory) = &step.memory {
@@ -185,6 +185,30 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_cpu_steps_mode_reaches_the_request_and_defaults_to_fill() {
+        for (yaml_mode, mode) in [
+            ("", api::CpuMode::Fill),
+            (", mode: add", api::CpuMode::Add),
+            (", mode: starve", api::CpuMode::Starve),
+        ] {
+            let cpu = step(&format!(
+                "name: cpu\ntarget: {{targets: ['pid:1']}}\nduration: 30s\ncpu: {{ load: 80{yaml_mode} }}\n"
+            ));
+            match inject_request(&cpu, "pid:1", None, &HashMap::new(), false).fault {
+                Some(api::inject_request::Fault::Cpu(c)) => {
+                    assert_eq!((c.load_percent, c.mode), (80, mode as i32), "{yaml_mode}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let unknown = serde_norway::from_str::<FaultStep>(
+            "name: cpu\ntarget: {targets: ['pid:1']}\nduration: 30s\ncpu: { load: 80, mode: hog }\n",
+        );
+        let error = unknown.unwrap_err().to_string();
+        assert!(error.contains("unknown variant `hog`"), "{error}");
     }
 
     #[test]

@@ -55,6 +55,97 @@ impl DutyController {
     }
 }
 
+/// Starve's share of the error applied per tick: half, so a noisy estimate (the workload's
+/// share of one 200 ms tick varies by several points) moves the thread count by half of it.
+pub const STARVE_GAIN: f64 = 0.5;
+/// Starve counts the stressor as contended when its threads got less than this fraction of
+/// the CPU time they asked for.
+pub const CONTENDED_BELOW: f64 = 0.9;
+/// Workload use (cores) under which the workload is not what contends with the stressor.
+pub const WORKLOAD_NOISE_CORES: f64 = 0.02;
+
+/// Starve's controller: the stressor's own use must reach the target (N % of the limit)
+/// although a busy workload competes for the same quota, which leaves the workload at most
+/// (100 - N) %. The command is a number of runnable threads, whole ones busy all the time and
+/// the last one duty-cycled (see [`duty_in_order`]).
+///
+/// Why threads: without CAP_SYS_NICE the stressor cannot take a higher weight than the
+/// workload's threads, and inside one cgroup CFS (and EEVDF) shares the quota among runnable
+/// threads of equal weight, so `c` busy stressor threads beside `W` busy workload threads get
+/// `c / (c + W)` of what the cgroup gets (measured on this host, 1 CPU quota: 1 workload
+/// thread with 1/2/4/8/16 spinners kept 49.7/32.0/19.3/10.7/5.3 %, the model says
+/// 50/33/20/11/5.9). The controller estimates `W` every tick from what it measured,
+/// `W = c * workload / own`, and asks for the `c` that takes the target fraction `f` (N %) of
+/// what the cgroup gets: `own = T * c / (c + W) = f * T` solves to `c = W * f / (1 - f)`.
+/// Of the cgroup's total `T`, not of its limit: on a node too busy to give the cgroup its
+/// limit, the workload keeps (100 - N) % of what the cgroup gets, which is still at most
+/// (100 - N) % of the limit, instead of nothing (the stressor cannot take more than the
+/// cgroup gets, and chasing N % of the limit would leave the workload only what its threads
+/// win against the thread ceiling).
+/// The model's error (a workload that sleeps, wakes with a scheduler bonus or is throttled)
+/// only changes `W` between ticks, which the next estimate takes in. When the stressor is not
+/// contended (it gets what it asks) each asked core is delivered, and the update is the plain
+/// integral step `c + (target - own)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StarveController {
+    target_cores: f64,
+    limit_cores: f64,
+    max_threads: f64,
+    command_threads: f64,
+}
+
+impl StarveController {
+    /// Starts asking for the target in cores: exact on an idle container. `limit_cores` is
+    /// what 100 % is (the quota, or the cpuset's CPUs).
+    pub fn new(target_cores: f64, limit_cores: f64, max_threads: usize) -> StarveController {
+        let max_threads = max_threads as f64;
+        StarveController {
+            target_cores,
+            limit_cores,
+            max_threads,
+            command_threads: target_cores.clamp(0.0, max_threads),
+        }
+    }
+
+    /// Feeds one tick's measurement, the stressor's own use and the cgroup's total (cores),
+    /// and returns the new command in threads.
+    pub fn update(&mut self, own_cores: f64, total_cores: f64) -> f64 {
+        let current = self.command_threads;
+        let workload = (total_cores - own_cores).max(0.0);
+        let contended = own_cores > 0.0
+            && own_cores < CONTENDED_BELOW * current
+            && workload > WORKLOAD_NOISE_CORES;
+        let wanted = if contended {
+            let workload_threads = current * workload / own_cores;
+            let fraction = self.target_cores / self.limit_cores;
+            if fraction >= 1.0 {
+                // All of it: leave the workload as little as the most threads can.
+                self.max_threads
+            } else {
+                workload_threads * fraction / (1.0 - fraction)
+            }
+        } else {
+            // Nothing in the cgroup competes: threads beyond its limit cannot get more CPU
+            // (the node shares CPU between cgroups, not threads), so asking for more than the
+            // limit would only wind up, and come down slowly once the workload goes idle.
+            (current + (self.target_cores - own_cores)).min(self.limit_cores.max(self.target_cores))
+        };
+        self.command_threads =
+            (current + STARVE_GAIN * (wanted - current)).clamp(0.0, self.max_threads);
+        self.command_threads
+    }
+
+    pub fn command_threads(&self) -> f64 {
+        self.command_threads
+    }
+}
+
+/// Starve's duty of worker `index` (0-based) for a command in threads: the first
+/// `floor(command)` workers busy all the time, the next one for the fraction, the rest idle.
+pub fn duty_in_order(command_threads: f64, index: usize) -> f64 {
+    (command_threads - index as f64).clamp(0.0, 1.0)
+}
+
 /// The duty (busy fraction of each period, 0..=1) of each of `workers` equal workers.
 pub fn duty_per_worker(command_cores: f64, workers: usize) -> f64 {
     if workers == 0 {
@@ -212,6 +303,112 @@ mod tests {
         let mut plant = plant(0.0, 1.0);
         run_fill(&mut controller, &mut plant, 10);
         assert_eq!(controller.command_cores(), 1.0);
+    }
+
+    /// A cgroup whose total `total` cores are shared by runnable threads: `workload_threads`
+    /// busy workload threads and the stressor's `command` (runnable-thread equivalents).
+    fn share(command: f64, workload_threads: f64, total: f64, idle_workload: f64) -> (f64, f64) {
+        if workload_threads == 0.0 {
+            let own = command.min(total - idle_workload);
+            return (own, own + idle_workload);
+        }
+        let own = total * command / (command + workload_threads);
+        (own, total)
+    }
+
+    fn run_starve(
+        controller: &mut StarveController,
+        workload_threads: f64,
+        total: f64,
+        ticks: u32,
+    ) -> (f64, f64) {
+        let mut last = (0.0, 0.0);
+        for _ in 0..ticks {
+            last = share(controller.command_threads(), workload_threads, total, 0.0);
+            controller.update(last.0, last.1);
+        }
+        last
+    }
+
+    #[test]
+    fn starve_on_an_idle_cgroup_asks_for_the_target_cores() {
+        let mut controller = StarveController::new(0.9, 1.0, 16);
+        let (own, _) = run_starve(&mut controller, 0.0, 1.0, 3);
+        assert!((own - 0.9).abs() < 1e-9, "{own}");
+        assert!((controller.command_threads() - 0.9).abs() < 1e-9);
+    }
+
+    #[test]
+    fn starve_leaves_busy_workloads_their_share_within_a_point() {
+        // 1, 2 and 4 busy workload threads in a 1-core quota; 50, 80 and 90 % for the stressor.
+        for workload_threads in [1.0, 2.0, 4.0] {
+            for target in [0.5, 0.8, 0.9] {
+                let mut controller = StarveController::new(target, 1.0, 64);
+                let (own, total) = run_starve(&mut controller, workload_threads, 1.0, 15);
+                let workload = total - own;
+                assert!(
+                    (workload - (1.0 - target)).abs() < 0.01,
+                    "{workload_threads} threads, target {target}: workload {workload}, \
+                     command {}",
+                    controller.command_threads()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn starve_takes_its_fraction_of_what_a_busy_node_leaves_the_cgroup() {
+        // A busy node: the cgroup gets 0.6 cores of its 1-core quota. The stressor takes 80 %
+        // of that, leaving the workload 20 % of it (0.12 cores, under 20 % of the limit).
+        let mut controller = StarveController::new(0.8, 1.0, 64);
+        let (own, total) = run_starve(&mut controller, 2.0, 0.6, 10);
+        assert!((own - 0.48).abs() < 0.01, "{own} of {total}");
+    }
+
+    #[test]
+    fn starve_tracks_a_workload_that_adds_threads() {
+        let mut controller = StarveController::new(0.8, 1.0, 64);
+        run_starve(&mut controller, 1.0, 1.0, 15);
+        let before = controller.command_threads();
+        let (own, _) = run_starve(&mut controller, 3.0, 1.0, 15);
+        assert!((own - 0.8).abs() < 0.01, "{own}");
+        assert!(controller.command_threads() > 2.5 * before);
+    }
+
+    #[test]
+    fn starve_clamps_at_the_thread_ceiling() {
+        // 8 workload threads need 72 stressor threads for 90 %; 16 is the most allowed.
+        let mut controller = StarveController::new(0.9, 1.0, 16);
+        let (own, _) = run_starve(&mut controller, 8.0, 1.0, 20);
+        assert_eq!(controller.command_threads(), 16.0);
+        assert!((own - 16.0 / 24.0).abs() < 1e-9, "{own}");
+        // The whole limit for the stressor: the ceiling at once.
+        let mut controller = StarveController::new(1.0, 1.0, 16);
+        run_starve(&mut controller, 1.0, 1.0, 8);
+        assert!(controller.command_threads() > 15.9);
+    }
+
+    #[test]
+    fn starve_comes_down_within_ten_ticks_when_the_workload_goes_idle() {
+        let mut controller = StarveController::new(0.6, 1.0, 64);
+        run_starve(&mut controller, 2.0, 1.0, 15);
+        assert!(controller.command_threads() > 2.0);
+        // The workload stops: no contention, the threads go back to the target cores.
+        let mut last = (0.0, 0.0);
+        for _ in 0..10 {
+            last = share(controller.command_threads(), 0.0, 1.0, 0.0);
+            controller.update(last.0, last.1);
+        }
+        assert!((last.0 - 0.6).abs() < 0.02, "{last:?}");
+    }
+
+    #[test]
+    fn starve_duty_fills_workers_in_order() {
+        assert_eq!(duty_in_order(2.25, 0), 1.0);
+        assert_eq!(duty_in_order(2.25, 1), 1.0);
+        assert_eq!(duty_in_order(2.25, 2), 0.25);
+        assert_eq!(duty_in_order(2.25, 3), 0.0);
+        assert_eq!(duty_in_order(0.0, 0), 0.0);
     }
 
     #[test]

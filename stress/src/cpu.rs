@@ -1,6 +1,7 @@
-//! The CPU stressor: `workers` threads burning with a duty cycle, steered every tick by
-//! [`crate::control::DutyController`] so that the cgroup (Fill) or the stressor itself (Add)
-//! uses the target share of the container's CPU limit.
+//! The CPU stressor: threads burning with a duty cycle, steered every tick so that the cgroup
+//! (Fill) or the stressor itself (Add) uses the target share of the container's CPU limit
+//! ([`crate::control::DutyController`]), or so that the stressor takes that share from a busy
+//! workload by running more threads than it (Starve, [`crate::control::StarveController`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,7 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use chaos_cgroup::{CgroupFs, ProcessCgroup};
 
-use crate::control::{DutyController, cores_between, duty_per_worker};
+use crate::control::{
+    DutyController, StarveController, cores_between, duty_in_order, duty_per_worker,
+};
 use crate::error::StressError;
 use crate::process::process_cpu_time_ns;
 
@@ -22,6 +25,15 @@ pub const DUTY_PERIOD: Duration = Duration::from_millis(20);
 pub const TICK: Duration = Duration::from_millis(200);
 /// How often a progress line is written.
 const PROGRESS_EVERY_TICKS: u32 = 5;
+/// Starve's default thread ceiling per CPU of the target's limit: against one busy workload
+/// thread per CPU, 16 threads leave it 1/17 (5.9 %), enough for a 90 % starve of a workload
+/// that is not more parallel than its limit.
+pub const STARVE_THREADS_PER_CPU: usize = 16;
+
+/// Starve's default thread ceiling for a limit of `limit_cores`.
+pub fn starve_ceiling(limit_cores: f64) -> usize {
+    STARVE_THREADS_PER_CPU.saturating_mul((limit_cores.ceil() as usize).max(1))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CpuMode {
@@ -29,6 +41,27 @@ pub enum CpuMode {
     Fill,
     /// The stressor's own use equals the target, whatever the workload does.
     Add,
+    /// The stressor's own use reaches the target also against a busy workload, which is left
+    /// at most (100 - target) %: it adds threads (up to `workers`) until it wins the CPU.
+    Starve,
+}
+
+impl CpuMode {
+    /// Every mode, in the order of the stressor's `--mode` values.
+    pub const ALL: [CpuMode; 3] = [CpuMode::Fill, CpuMode::Add, CpuMode::Starve];
+
+    /// The `--mode` value of the stressor command line.
+    pub fn arg(self) -> &'static str {
+        match self {
+            CpuMode::Fill => "fill",
+            CpuMode::Add => "add",
+            CpuMode::Starve => "starve",
+        }
+    }
+
+    pub fn from_arg(text: &str) -> Option<CpuMode> {
+        CpuMode::ALL.into_iter().find(|mode| mode.arg() == text)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -40,7 +73,9 @@ pub struct CpuStressConfig {
     /// Load in % of the container's limit (quota cores, or cpuset CPUs when unlimited).
     pub target_percent_of_limit: f64,
     pub mode: CpuMode,
-    /// Burning threads; 0 = as many as the target needs (ceil of target cores).
+    /// Burning threads; 0 = as many as the target needs (ceil of target cores). Starve: the
+    /// most threads it may run (0 = [`STARVE_THREADS_PER_CPU`] per CPU of the limit), started
+    /// only as the workload's competition needs them.
     pub workers: usize,
     /// Wall-clock end (crosses the process boundary from the agent).
     pub deadline: SystemTime,
@@ -51,6 +86,7 @@ pub struct CpuStressConfig {
 pub struct CpuStressReport {
     pub limit_cores: f64,
     pub target_cores: f64,
+    /// Threads started (Starve: the most it needed, at most its ceiling).
     pub workers: usize,
     pub ticks: u32,
     /// Rates over the last tick, in cores.
@@ -59,8 +95,8 @@ pub struct CpuStressReport {
     pub last_command_cores: f64,
 }
 
-/// Runs until the deadline. Writes a line `cpu total=<cores> own=<cores> command=<cores>` about
-/// once a second to `progress`.
+/// Runs until the deadline. Writes a line `cpu total=<cores> own=<cores> command=<cores>
+/// threads=<n>` about once a second to `progress` (Starve's command is in threads).
 pub fn run(
     config: &CpuStressConfig,
     progress: &mut dyn Write,
@@ -75,10 +111,10 @@ pub fn run(
     let limit = fs.cpu_limit(&config.cgroup)?;
     let limit_cores = limit.effective_cores();
     let target_cores = limit_cores * config.target_percent_of_limit / 100.0;
-    let workers = if config.workers == 0 {
-        (target_cores.ceil() as usize).clamp(1, limit.cpuset_cpus.max(1))
-    } else {
-        config.workers
+    let workers = match (config.workers, config.mode) {
+        (0, CpuMode::Starve) => starve_ceiling(limit_cores),
+        (0, _) => (target_cores.ceil() as usize).clamp(1, limit.cpuset_cpus.max(1)),
+        (workers, _) => workers,
     };
     let remaining = config
         .deadline
@@ -86,33 +122,48 @@ pub fn run(
         .unwrap_or(Duration::ZERO);
     let end = Instant::now() + remaining;
 
-    let mut controller = DutyController::new(target_cores, workers as f64);
-    let duty_bits = Arc::new(AtomicU64::new(
-        duty_per_worker(controller.command_cores(), workers).to_bits(),
-    ));
+    let mut controller = match config.mode {
+        CpuMode::Fill | CpuMode::Add => {
+            Controller::Duty(DutyController::new(target_cores, workers as f64))
+        }
+        CpuMode::Starve => {
+            Controller::Starve(StarveController::new(target_cores, limit_cores, workers))
+        }
+    };
+    let command_bits = Arc::new(AtomicU64::new(controller.command().to_bits()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut report = CpuStressReport {
         limit_cores,
         target_cores,
-        workers,
+        workers: 0,
         ticks: 0,
         last_total_cores: 0.0,
         last_own_cores: 0.0,
-        last_command_cores: controller.command_cores(),
+        last_command_cores: controller.command(),
     };
 
     std::thread::scope(|scope| {
-        for _ in 0..workers {
-            let duty_bits = Arc::clone(&duty_bits);
-            let stop = Arc::clone(&stop);
-            scope.spawn(move || burn(&duty_bits, &stop, end));
-        }
+        let mut pool = Pool {
+            scope,
+            command_bits: &command_bits,
+            stop: &stop,
+            end,
+            share: match config.mode {
+                CpuMode::Fill | CpuMode::Add => Share::Even { workers },
+                CpuMode::Starve => Share::InOrder,
+            },
+            most: workers,
+            started: 0,
+        };
+        pool.grow_to(match config.mode {
+            CpuMode::Fill | CpuMode::Add => workers,
+            CpuMode::Starve => controller.command().ceil() as usize,
+        });
         let result = steer(
             config,
             &fs,
             &mut controller,
-            &duty_bits,
-            end,
+            &mut pool,
             &mut report,
             progress,
         );
@@ -123,16 +174,73 @@ pub fn run(
     Ok(report)
 }
 
-/// The feedback loop: measure over a tick, update the command, publish the duty.
+/// The mode's controller; its command is in cores (Duty) or runnable threads (Starve).
+enum Controller {
+    Duty(DutyController),
+    Starve(StarveController),
+}
+
+impl Controller {
+    fn command(&self) -> f64 {
+        match self {
+            Controller::Duty(c) => c.command_cores(),
+            Controller::Starve(c) => c.command_threads(),
+        }
+    }
+}
+
+/// How a worker's duty follows from the command.
+#[derive(Debug, Clone, Copy)]
+enum Share {
+    /// Fill and Add: `workers` workers each burn an equal part of the command (in cores).
+    Even { workers: usize },
+    /// Starve: the command (in threads) fills workers in order, see [`duty_in_order`].
+    InOrder,
+}
+
+/// The burning threads, started as the command needs them (all at once for Fill and Add).
+struct Pool<'scope, 'env> {
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    command_bits: &'env AtomicU64,
+    stop: &'env AtomicBool,
+    end: Instant,
+    share: Share,
+    most: usize,
+    started: usize,
+}
+
+impl Pool<'_, '_> {
+    fn grow_to(&mut self, wanted: usize) {
+        while self.started < wanted.min(self.most) {
+            let (index, share, end) = (self.started, self.share, self.end);
+            let (command_bits, stop) = (self.command_bits, self.stop);
+            self.scope.spawn(move || {
+                burn(command_bits, stop, end, |command| {
+                    duty(share, command, index)
+                })
+            });
+            self.started += 1;
+        }
+    }
+}
+
+fn duty(share: Share, command: f64, index: usize) -> f64 {
+    match share {
+        Share::Even { workers } => duty_per_worker(command, workers),
+        Share::InOrder => duty_in_order(command, index),
+    }
+}
+
+/// The feedback loop: measure over a tick, update the command, publish it.
 fn steer(
     config: &CpuStressConfig,
     fs: &CgroupFs,
-    controller: &mut DutyController,
-    duty_bits: &AtomicU64,
-    end: Instant,
+    controller: &mut Controller,
+    pool: &mut Pool<'_, '_>,
     report: &mut CpuStressReport,
     progress: &mut dyn Write,
 ) -> Result<(), StressError> {
+    let end = pool.end;
     let mut last_at = Instant::now();
     let mut last_total_ns = fs.cpu_usage_ns(&config.cgroup)?;
     let mut last_own_ns = process_cpu_time_ns()?;
@@ -150,15 +258,15 @@ fn steer(
         let own = cores_between(last_own_ns, own_ns, elapsed_ns);
         (last_at, last_total_ns, last_own_ns) = (at, total_ns, own_ns);
 
-        let measured = match config.mode {
-            CpuMode::Fill => total,
-            CpuMode::Add => own,
+        let command = match (&mut *controller, config.mode) {
+            (Controller::Duty(c), CpuMode::Add) => c.update(own),
+            (Controller::Duty(c), _) => c.update(total),
+            (Controller::Starve(c), _) => c.update(own, total),
         };
-        let command = controller.update(measured);
-        duty_bits.store(
-            duty_per_worker(command, report.workers).to_bits(),
-            Ordering::Relaxed,
-        );
+        pool.grow_to(command.ceil() as usize);
+        pool.command_bits
+            .store(command.to_bits(), Ordering::Relaxed);
+        report.workers = pool.started;
         report.ticks += 1;
         report.last_total_cores = total;
         report.last_own_cores = own;
@@ -166,7 +274,8 @@ fn steer(
         if report.ticks.is_multiple_of(PROGRESS_EVERY_TICKS) {
             writeln!(
                 progress,
-                "cpu total={total:.3} own={own:.3} command={command:.3}"
+                "cpu total={total:.3} own={own:.3} command={command:.3} threads={}",
+                pool.started
             )
             .and_then(|()| progress.flush())
             .map_err(StressError::Progress)?;
@@ -175,11 +284,11 @@ fn steer(
 }
 
 /// One worker: spin for `duty * DUTY_PERIOD`, sleep the rest, until the end or a stop.
-fn burn(duty_bits: &AtomicU64, stop: &AtomicBool, end: Instant) {
+fn burn(command_bits: &AtomicU64, stop: &AtomicBool, end: Instant, duty_of: impl Fn(f64) -> f64) {
     let mut period_start = Instant::now();
     let mut sink = 0u64;
     while period_start < end && !stop.load(Ordering::Relaxed) {
-        let duty = f64::from_bits(duty_bits.load(Ordering::Relaxed));
+        let duty = duty_of(f64::from_bits(command_bits.load(Ordering::Relaxed)));
         let busy_until = period_start + DUTY_PERIOD.mul_f64(duty);
         while Instant::now() < busy_until {
             // Cheap work the optimiser cannot remove.

@@ -113,6 +113,20 @@ impl Accounting {
         })
     }
 
+    /// Over `window`: the container's use and that of the processes `pids` (its workload)
+    /// in it, both in percent of one core.
+    pub fn workload_window(&self, pids: &[u32], window: Duration) -> Result<WorkloadWindow> {
+        let (start, workload_start, at) = (self.cpu_ns()?, processes_cpu_ns(pids)?, Instant::now());
+        std::thread::sleep(window);
+        let used = self.cpu_ns()?.saturating_sub(start);
+        let workload = processes_cpu_ns(pids)?.saturating_sub(workload_start);
+        let elapsed_ns = at.elapsed().as_nanos() as f64;
+        Ok(WorkloadWindow {
+            container_percent: used as f64 / elapsed_ns * 100.0,
+            workload_percent: workload as f64 / elapsed_ns * 100.0,
+        })
+    }
+
     /// The processes in the container's cgroup (the stressors run there too).
     pub fn pids(&self) -> Result<BTreeSet<u32>> {
         Ok(
@@ -122,6 +136,46 @@ impl Accounting {
                 .collect(),
         )
     }
+}
+
+/// A container's CPU use and its workload's over one window, in percent of one core.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkloadWindow {
+    pub container_percent: f64,
+    pub workload_percent: f64,
+}
+
+impl WorkloadWindow {
+    /// The workload's part of what the container got, in percent: unlike its percent of the
+    /// limit it does not depend on how much CPU a busy machine left the container.
+    pub fn workload_share_percent(&self) -> f64 {
+        if self.container_percent <= 0.0 {
+            return 0.0;
+        }
+        self.workload_percent / self.container_percent * 100.0
+    }
+}
+
+/// CPU time (user + system) of the processes `pids`, all their threads, in ns.
+pub fn processes_cpu_ns(pids: &[u32]) -> Result<u64> {
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("reading the stat of process {pid}"))?;
+        // Fields after the command's closing parenthesis; utime and stime are the 12th and
+        // 13th of them.
+        let after = stat.rsplit_once(')').context("no ')' in stat")?.1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        for index in [11, 12] {
+            ticks += fields
+                .get(index)
+                .context("short stat")?
+                .parse::<u64>()
+                .context("a CPU time in stat")?;
+        }
+    }
+    // USER_HZ is 100 on Linux.
+    Ok(ticks * 10_000_000)
 }
 
 /// A container's CPU use over a window, and the machine's idle CPU over the same window,

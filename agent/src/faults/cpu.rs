@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use chaos_cgroup::{CgroupFs, CpuLimit, ProcessCgroup};
 use chaos_proto::api;
+use chaos_stress::cpu::{CpuMode, starve_ceiling};
 
 use futures::future::BoxFuture;
 
@@ -76,12 +77,18 @@ pub struct CpuFault {
     pub watch: TargetWatch,
 }
 
+/// The stressor's mode for the API's.
+pub fn stress_mode(mode: api::CpuMode) -> CpuMode {
+    match mode {
+        api::CpuMode::Add => CpuMode::Add,
+        api::CpuMode::Starve => CpuMode::Starve,
+        api::CpuMode::Fill | api::CpuMode::Unspecified => CpuMode::Fill,
+    }
+}
+
 /// The stressor's `--mode` argument.
 pub fn mode_arg(mode: api::CpuMode) -> &'static str {
-    match mode {
-        api::CpuMode::Add => "add",
-        api::CpuMode::Fill | api::CpuMode::Unspecified => "fill",
-    }
+    stress_mode(mode).arg()
 }
 
 /// The arguments of `chaos-agent stress` for one CPU stressor.
@@ -104,8 +111,17 @@ pub fn stressor_args(plan: &CpuPlan, duration: Duration) -> Vec<OsString> {
 
 /// Workers asked for (`cpu.cores`) must fit the CPUs the target may use at once: its quota
 /// rounded up, or its cpuset's CPU count when it has no quota. More would only queue extra
-/// threads in the target's cgroup (and on the node) without adding load to it.
-pub fn check_workers(cores: Option<u32>, limit: &CpuLimit, what: &str) -> Result<(), AgentError> {
+/// threads in the target's cgroup (and on the node) without adding load to it. Starve is the
+/// exception: its `cores` is a thread ceiling, and more threads than CPUs is how it wins.
+pub fn check_workers(
+    cores: Option<u32>,
+    mode: api::CpuMode,
+    limit: &CpuLimit,
+    what: &str,
+) -> Result<(), AgentError> {
+    if mode == api::CpuMode::Starve {
+        return Ok(());
+    }
     let usable = limit.usable_cpus();
     match cores {
         Some(cores) if cores > usable => Err(AgentError::invalid(
@@ -155,7 +171,7 @@ impl CpuFault {
                     target.canonical()
                 ))
             })?;
-            check_workers(plan.cores, &limit, &target.canonical())?;
+            check_workers(plan.cores, plan.mode, &limit, &target.canonical())?;
             cpu_targets.push(CpuTarget {
                 cgroup: target.cgroup.clone(),
                 limit_cores: limit.effective_cores(),
@@ -169,9 +185,7 @@ impl CpuFault {
             duration,
             status: api::CpuStatus {
                 requested_percent: f64::from(plan.load_percent),
-                workers: plan
-                    .cores
-                    .unwrap_or_else(|| workers_for(plan.load_percent, limit_cores)),
+                workers: plan.cores.unwrap_or_else(|| workers_for(plan, limit_cores)),
                 limit_cores,
                 ..Default::default()
             },
@@ -224,7 +238,7 @@ impl CpuFault {
             self.status.cgroup_percent = cgroup_sum / measured as f64;
             self.status.stressor_percent = stressor_sum / measured as f64;
             self.status.achieved_percent = match self.plan.mode {
-                api::CpuMode::Add => self.status.stressor_percent,
+                api::CpuMode::Add | api::CpuMode::Starve => self.status.stressor_percent,
                 api::CpuMode::Fill | api::CpuMode::Unspecified => self.status.cgroup_percent,
             };
         }
@@ -301,9 +315,14 @@ impl Fault for CpuFault {
     }
 }
 
-/// The stressor's default worker count: enough whole cores for the target load.
-fn workers_for(load_percent: u32, limit_cores: f64) -> u32 {
-    ((limit_cores * f64::from(load_percent) / 100.0).ceil() as u32).max(1)
+/// The stressor's default worker count: enough whole cores for the target load; for
+/// Starve the ceiling the stressor uses by default (it starts threads only as needed, but the
+/// node's thread budget reserves them all).
+fn workers_for(plan: &CpuPlan, limit_cores: f64) -> u32 {
+    match plan.mode {
+        api::CpuMode::Starve => u32::try_from(starve_ceiling(limit_cores)).unwrap_or(u32::MAX),
+        _ => ((limit_cores * f64::from(plan.load_percent) / 100.0).ceil() as u32).max(1),
+    }
 }
 
 #[cfg(test)]
@@ -371,10 +390,10 @@ mod tests {
             quota_cores: Some(1.5),
             cpuset_cpus: 8,
         };
-        assert!(check_workers(None, &one_and_a_half, "ctr").is_ok());
-        assert!(check_workers(Some(1), &one_and_a_half, "ctr").is_ok());
-        assert!(check_workers(Some(2), &one_and_a_half, "ctr").is_ok());
-        match check_workers(Some(3), &one_and_a_half, "container:db") {
+        assert!(check_workers(None, api::CpuMode::Fill, &one_and_a_half, "ctr").is_ok());
+        assert!(check_workers(Some(1), api::CpuMode::Fill, &one_and_a_half, "ctr").is_ok());
+        assert!(check_workers(Some(2), api::CpuMode::Fill, &one_and_a_half, "ctr").is_ok());
+        match check_workers(Some(3), api::CpuMode::Fill, &one_and_a_half, "container:db") {
             Err(AgentError::InvalidArgument { field, reason }) => {
                 assert_eq!(field, "cpu.cores");
                 assert!(
@@ -390,8 +409,8 @@ mod tests {
             quota_cores: None,
             cpuset_cpus: 2,
         };
-        assert!(check_workers(Some(2), &cpuset_of_two, "ctr").is_ok());
-        match check_workers(Some(3), &cpuset_of_two, "ctr") {
+        assert!(check_workers(Some(2), api::CpuMode::Fill, &cpuset_of_two, "ctr").is_ok());
+        match check_workers(Some(3), api::CpuMode::Fill, &cpuset_of_two, "ctr") {
             Err(AgentError::InvalidArgument { field, reason }) => {
                 assert_eq!(field, "cpu.cores");
                 assert!(reason.contains("the 2 CPU(s)"), "{reason}");
@@ -403,9 +422,31 @@ mod tests {
 
     #[test]
     fn default_workers_cover_the_target_cores() {
-        assert_eq!(workers_for(50, 1.0), 1);
-        assert_eq!(workers_for(80, 2.0), 2);
-        assert_eq!(workers_for(30, 4.0), 2);
-        assert_eq!(workers_for(1, 0.0), 1);
+        let at = |load_percent| CpuPlan {
+            load_percent,
+            cores: None,
+            mode: api::CpuMode::Fill,
+        };
+        assert_eq!(workers_for(&at(50), 1.0), 1);
+        assert_eq!(workers_for(&at(80), 2.0), 2);
+        assert_eq!(workers_for(&at(30), 4.0), 2);
+        assert_eq!(workers_for(&at(1), 0.0), 1);
+    }
+
+    #[test]
+    fn starve_reserves_its_thread_ceiling_and_may_exceed_the_cpus() {
+        let starve = CpuPlan {
+            load_percent: 90,
+            cores: None,
+            mode: api::CpuMode::Starve,
+        };
+        assert_eq!(workers_for(&starve, 1.0), 16);
+        assert_eq!(workers_for(&starve, 1.5), 32);
+        let one_cpu = CpuLimit {
+            quota_cores: Some(1.0),
+            cpuset_cpus: 2,
+        };
+        assert!(check_workers(Some(12), api::CpuMode::Starve, &one_cpu, "ctr").is_ok());
+        assert!(check_workers(Some(12), api::CpuMode::Add, &one_cpu, "ctr").is_err());
     }
 }

@@ -2,7 +2,7 @@
 //! The agent runs the same library functions from its own hidden subcommand.
 //!
 //! ```text
-//! chaos-stress cpu    --percent P [--mode fill|add] [--workers N] --duration-ms MS [common]
+//! chaos-stress cpu    --percent P [--mode fill|add|starve] [--workers N] --duration-ms MS [common]
 //! chaos-stress memory --bytes N [--ramp-ms MS] --duration-ms MS [common]
 //! common: [--parent PID] [--wait-for-go] [--cgroup-root DIR]
 //! ```
@@ -49,10 +49,11 @@ fn run() -> Result<(), Error> {
     let mut stdout = std::io::stdout();
     match command.as_str() {
         "cpu" => {
-            let mode = match options.get("mode").map(String::as_str) {
-                None | Some("fill") => CpuMode::Fill,
-                Some("add") => CpuMode::Add,
-                Some(other) => return Err(format!("unknown mode {other:?}").into()),
+            let mode = match options.get("mode") {
+                None => CpuMode::Fill,
+                Some(text) => {
+                    CpuMode::from_arg(text).ok_or_else(|| format!("unknown mode {text:?}"))?
+                }
             };
             let config = CpuStressConfig {
                 cgroup: ProcessCgroup::of_pid(Path::new("/proc"), std::process::id())?,
