@@ -5,11 +5,12 @@
 //! and usage back, qdiscs, filters and links as before.
 //!
 //! The host test covers the host kinds (a repeating kill, a held stop, CPU fill, memory
-//! fill, a pause, an IO limit, a disk fill, a tbf rate limit on the container's `lo`, which this host's kernel has); the
-//! `vm_` test covers netem egress, ingress through an ifb, and a blackhole, which need the
-//! VM's kernel. Each kill lands at a delay drawn from a seeded RNG: the seed is printed, and
-//! `CHAOS_CRASH_SEED=N` replays it. A trial's phase is read from what it left (the RPC's
-//! answer and the journal files at the kill), not assumed from its delay.
+//! fill, a pause, an IO limit, a disk fill, IO stress on a volume, a tbf rate limit on the
+//! container's `lo`, which this host's kernel has); the `vm_` test covers netem egress,
+//! ingress through an ifb, and a blackhole, which need the VM's kernel. Each kill lands at
+//! a delay drawn from a seeded RNG: the seed is printed, and `CHAOS_CRASH_SEED=N` replays
+//! it. A trial's phase is read from what it left (the RPC's answer and the journal files at
+//! the kill), not assumed from its delay.
 //! `CHAOS_TEST_LONG=1` runs 50 trials per test; CI runs 8 on the host and 4 in the VM
 //! (`CHAOS_CRASH_TRIALS=N`: N). The 2 s bound is the host's; the VM's is wider (see
 //! `VM_CLEAN_WITHIN`), and both are multiplied by `CHAOS_TEST_SLOWDOWN`.
@@ -23,7 +24,9 @@ use chaos_proto::api::{self, agent_client::AgentClient};
 use chaos_tests::agent::{TestAgent, binary, inject_fault, make_certs, state_dir};
 use chaos_tests::command::run_bounded;
 use chaos_tests::containerd::{ContainerSpec, TestContainer, cgroup_memberships_of_pid};
-use chaos_tests::loopdisk::{DISK_FILL_PREFIX, LoopDisk, files_named};
+use chaos_tests::loopdisk::{
+    DISK_FILL_PREFIX, IO_STRESS_PREFIX, LoopDisk, container_with_volume, files_named,
+};
 use chaos_tests::netns::TestNetns;
 use chaos_tests::process::{first_child, state as process_state};
 use chaos_tests::{scaled, trials};
@@ -625,11 +628,22 @@ struct HostRig {
     /// limited on `disk` (an IO limit goes together with a pause) and `disk`, mounted at
     /// /data, filled.
     paused: TestContainer,
+    /// IO stress workers write and read back their files on its own volume at /data. Not
+    /// the paused container: a pause conflicts with a fault holding processes in its cgroup.
+    io_stressed: VolumeContainer,
     memory_before: u64,
     limits_before: String,
     lo_before: String,
     agent_binary: PathBuf,
     /// The test's own disk, which the IO limit names. Dropped after the containers.
+    disk: LoopDisk,
+}
+
+/// A container with a loop-disk volume of its own, so that no IO stress writes to the
+/// machine's disks.
+struct VolumeContainer {
+    /// Declared first: removed before the disk, whose mount it holds.
+    container: TestContainer,
     disk: LoopDisk,
 }
 
@@ -661,6 +675,10 @@ impl HostRig {
             ))?,
             stressed: TestContainer::start(stressed)?,
             paused: TestContainer::start(paused)?,
+            io_stressed: {
+                let (container, disk) = container_with_volume("crash-iostress", 32)?;
+                VolumeContainer { container, disk }
+            },
             memory_before: 0,
             limits_before: String::new(),
             lo_before: String::new(),
@@ -755,6 +773,21 @@ impl Rig for HostRig {
                 ),
             },
             FaultSpec {
+                name: "io-stress",
+                witnessed: true,
+                request: request(
+                    &self.io_stressed.container.target(),
+                    // Two workers, so a kill can land between their starts; paced and
+                    // small, as the machine is shared, and within the 32 MiB volume.
+                    Fault::IoStress(api::IoStressFault {
+                        workers: 2,
+                        bytes_per_second: 2 * MIB,
+                        file_bytes: 2 * MIB,
+                        path: "/data".into(),
+                    }),
+                ),
+            },
+            FaultSpec {
                 name: "tbf",
                 witnessed: true,
                 request: request(
@@ -795,6 +828,14 @@ impl Rig for HostRig {
         let stressors = others_in_cgroup(&self.stressed)?;
         if !stressors.is_empty() {
             left.push(format!("processes in the stressed cgroup: {stressors:?}"));
+        }
+        let workers = others_in_cgroup(&self.io_stressed.container)?;
+        if !workers.is_empty() {
+            left.push(format!("processes in the IO stressed cgroup: {workers:?}"));
+        }
+        let io_files = files_named(&self.io_stressed.disk.mount_point(), IO_STRESS_PREFIX)?;
+        if !io_files.is_empty() {
+            left.push(format!("IO stress files on its volume: {io_files:?}"));
         }
         let orphans = orphaned_stressors(&self.agent_binary);
         if !orphans.is_empty() {

@@ -3,10 +3,10 @@
 //! clients issuing exactly 1000 Inject and Revert calls in all per round: held faults of the
 //! kinds the host kernel supports (a stop of the container's child processes, a CPU fill, a
 //! small memory fill, a tbf rate on the container's veth, a pause, an IO limit on the disk
-//! under the containers' roots), each read back from the kernel after its inject, and
-//! reverted; plus a second CPU fault on a cgroup that already has one
-//! (refused by design), List and Capabilities calls. Refusals are counted by gRPC code and must
-//! be the documented ones.
+//! under the containers' roots, an IO stress on a loop-device volume the containers share at
+//! /data), each read back from the kernel after its inject, and reverted; plus a second CPU
+//! fault on a cgroup that already has one (refused by design), List and Capabilities calls.
+//! Refusals are counted by gRPC code and must be the documented ones.
 //!
 //! The agent's open descriptors, threads and resident memory are read from /proc after a
 //! warm-up (two rounds of the same 1000 calls) and after each soak round, each after the same
@@ -16,7 +16,7 @@
 //! high-water mark of 20 connections at work: both bounded, both reached within the first
 //! rounds (the test prints the figures before them too). After every round nothing may be
 //! left: no listed fault, no journal record, no stressor, no stopped process, no qdisc, no
-//! revert error, no panic in the agent's log.
+//! IO stress file on the volume, no revert error, no panic in the agent's log.
 //!
 //! Default: two warm-up rounds and one measured round (3000 Inject and Revert calls, about
 //! 100 s on the host). `CHAOS_TEST_LONG=1`: five measured rounds, each within 10 % of the same
@@ -33,6 +33,7 @@ use chaos_proto::api::agent_client::AgentClient;
 use chaos_tests::agent::{TestAgent, journal_len, make_certs, state_dir};
 use chaos_tests::command::run_bounded;
 use chaos_tests::containerd::{ContainerSpec, TestContainer, controller_dir_of_pid};
+use chaos_tests::loopdisk::{IO_STRESS_PREFIX, LoopDisk, files_named};
 use chaos_tests::netns::TestNetns;
 use chaos_tests::process::state as process_state;
 use chaos_tests::{scaled, trials};
@@ -60,6 +61,10 @@ const ROUND_BOUND: Duration = Duration::from_secs(180);
 const SETTLED_FOR: Duration = Duration::from_secs(12);
 const SETTLE_BOUND: Duration = Duration::from_secs(90);
 const TOLERANCE: f64 = 0.10;
+/// The volume the pods share: room for an IO stress file on every pod at once (one worker,
+/// `IO_STRESS_FILE_BYTES`), with the filesystem's own overhead.
+const VOLUME_MIB: u64 = 64;
+const IO_STRESS_FILE_BYTES: u64 = MIB;
 
 /// A container with its own network namespace; the container goes first on drop.
 struct Pod {
@@ -69,6 +74,9 @@ struct Pod {
     children: Vec<u32>,
     /// `tc qdisc show dev eth0` before any fault.
     qdiscs_before: String,
+    /// The host's mount point of the volume mounted at /data (shared by all pods; an IO
+    /// stress names its files after its fault, so pods never meet on a file).
+    volume: std::path::PathBuf,
     /// Held from a stop's inject to its revert: two stops of the same processes would be
     /// both accepted, and the first one's revert would continue what the second holds, so the
     /// second's read-back would race it. Other kinds meet on a pod freely (the agent refuses
@@ -77,7 +85,7 @@ struct Pod {
 }
 
 impl Pod {
-    fn start(index: usize) -> Result<Pod> {
+    fn start(index: usize, volume: &std::path::Path) -> Result<Pod> {
         let netns = TestNetns::create()?;
         let mut spec = ContainerSpec::pod(
             "soak",
@@ -87,6 +95,7 @@ impl Pod {
         spec.cpus = Some(0.5);
         spec.memory_limit_bytes = Some(64 * MIB);
         spec.netns = Some(netns.path());
+        spec.bind_mounts = vec![(volume.to_path_buf(), "/data".into())];
         spec.command = ["/bin/sh", "-c", "sleep 100000 & sleep 100000 & wait"]
             .map(String::from)
             .to_vec();
@@ -99,12 +108,11 @@ impl Pod {
             netns,
             children,
             qdiscs_before,
+            volume: volume.to_path_buf(),
             stop_turn: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// The processes in the container's cgroup other than its shell and the two sleeps: the
-    /// agent's stressors.
     /// The container's IO limits file (v1 `blkio.throttle.write_bps_device`, v2 `io.max`).
     fn io_limits(&self) -> Result<String> {
         let (dir, v1) = controller_dir_of_pid(self.container.pid()?, "blkio")?;
@@ -116,6 +124,8 @@ impl Pod {
         Ok(std::fs::read_to_string(dir.join(file))?)
     }
 
+    /// The processes in the container's cgroup other than its shell and the two sleeps: the
+    /// agent's stressors.
     fn stressors(&self) -> Result<Vec<u32>> {
         let init = self.container.pid()?;
         let procs = std::fs::read_to_string(self.container.cgroup_dir()?.join("cgroup.procs"))?;
@@ -157,8 +167,16 @@ fn qdiscs(netns: &TestNetns) -> Result<String> {
     .stdout)
 }
 
+/// Whether `pid` runs the agent's IO worker (`stress io`).
+fn is_io_worker(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        args.windows(2).any(|w| w[0] == b"stress" && w[1] == b"io")
+    })
+}
+
 /// 20 pods, created by a small pool of threads; on any failure the ones made are removed.
-fn start_pods() -> Result<Vec<Pod>> {
+fn start_pods(volume: &std::path::Path) -> Result<Vec<Pod>> {
     let next = AtomicUsize::new(0);
     let results: Vec<Vec<(usize, Result<Pod>)>> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..CREATION_POOL)
@@ -170,7 +188,7 @@ fn start_pods() -> Result<Vec<Pod>> {
                         if index >= CONTAINERS {
                             return made;
                         }
-                        made.push((index, Pod::start(index)));
+                        made.push((index, Pod::start(index, volume)));
                     }
                 })
             })
@@ -198,15 +216,17 @@ enum Kind {
     Rate,
     Pause,
     Io,
+    IoStress,
 }
 
-const KINDS: [Kind; 6] = [
+const KINDS: [Kind; 7] = [
     Kind::Stop,
     Kind::Cpu,
     Kind::Memory,
     Kind::Rate,
     Kind::Pause,
     Kind::Io,
+    Kind::IoStress,
 ];
 
 /// `MAJ:MIN` of the disk under /tmp, where the containers' roots are: what the IO limit
@@ -244,6 +264,14 @@ fn fault(kind: Kind) -> api::inject_request::Fault {
             write_bytes_per_second: 10 * MIB,
             device: root_disk().unwrap_or_default(),
             ..Default::default()
+        }),
+        // One small paced worker on the shared volume: the soak counts the agent's
+        // footprint, not the device's throughput, and the machine is shared.
+        Kind::IoStress => Fault::IoStress(api::IoStressFault {
+            workers: 1,
+            bytes_per_second: MIB,
+            file_bytes: IO_STRESS_FILE_BYTES,
+            path: "/data".into(),
         }),
     }
 }
@@ -314,9 +342,16 @@ async fn timed<T>(
 }
 
 /// Reads the kernel for the fault just injected: stopped sleeps, a stressor in the cgroup, a
-/// tbf on eth0. Blocking (files, `tc`), so it runs off the runtime's workers.
-async fn read_back(pods: &Arc<Vec<Pod>>, index: usize, kind: Kind) -> Result<()> {
+/// tbf on eth0, an IO worker and its file. Blocking (files, `tc`), so it runs off the
+/// runtime's workers.
+async fn read_back(
+    pods: &Arc<Vec<Pod>>,
+    index: usize,
+    kind: Kind,
+    injected: &api::Fault,
+) -> Result<()> {
     let pods = Arc::clone(pods);
+    let injected = injected.clone();
     tokio::task::spawn_blocking(move || {
         let pod = &pods[index];
         match kind {
@@ -343,6 +378,48 @@ async fn read_back(pods: &Arc<Vec<Pod>>, index: usize, kind: Kind) -> Result<()>
             Kind::Io => {
                 let limits = pod.io_limits()?;
                 ensure!(!limits.trim().is_empty(), "pod {index}: no IO limit");
+            }
+            Kind::IoStress => {
+                let found = pod.stressors()?;
+                if !found.iter().any(|pid| is_io_worker(*pid)) {
+                    // What is there instead, as the kernel shows it.
+                    let seen: Vec<String> = found
+                        .iter()
+                        .map(|pid| {
+                            let cmdline =
+                                std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                            format!(
+                                "{pid} {:?} {:?}",
+                                process_state(*pid),
+                                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+                            )
+                        })
+                        .collect();
+                    bail!("no IO worker in the cgroup of pod {index}; its stressors: {seen:?}");
+                }
+                // The worker creates its file once released, maybe after the answer: the
+                // files the fault names must show on the volume soon after.
+                let Some(api::fault::Status::IoStress(status)) = &injected.status else {
+                    bail!("pod {index}: no IO stress status: {injected:?}");
+                };
+                let names: Vec<String> = status
+                    .files
+                    .iter()
+                    .filter_map(|f| Some(std::path::Path::new(f).file_name()?.to_str()?.to_owned()))
+                    .collect();
+                ensure!(!names.is_empty(), "pod {index}: the fault names no file");
+                let deadline = Instant::now() + scaled(Duration::from_secs(5));
+                loop {
+                    let present = files_named(&pod.volume, IO_STRESS_PREFIX)?;
+                    if names.iter().all(|n| present.contains(n)) {
+                        break;
+                    }
+                    ensure!(
+                        Instant::now() < deadline,
+                        "pod {index}: IO stress files {names:?} not on the volume ({present:?})"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
         }
         Ok(())
@@ -409,9 +486,26 @@ async fn client_run(
             injected.state == api::FaultState::Active as i32,
             "{kind:?} not active: {injected:?}"
         );
-        read_back(&pods, index, kind)
-            .await
-            .with_context(|| format!("client {client}, fault {}", injected.id))?;
+        if let Err(error) = read_back(&pods, index, kind, &injected).await {
+            // The agent's own account of the fault now (ended early? its status): what a
+            // rare failed read-back needs to be understood.
+            let now = rpc
+                .list(api::ListRequest {
+                    include_ended: true,
+                })
+                .await
+                .ok()
+                .and_then(|l| {
+                    l.into_inner()
+                        .faults
+                        .into_iter()
+                        .find(|f| f.id == injected.id)
+                });
+            return Err(error.context(format!(
+                "client {client}, fault {} (answered {injected:?}; listed now as {now:?})",
+                injected.id
+            )));
+        }
         if kind == Kind::Cpu && left >= 3 {
             // A second CPU fault on the same cgroup: one per cgroup, FailedPrecondition.
             let (answer, took) = timed(rpc.inject(request(pod, Kind::Cpu))).await?;
@@ -621,6 +715,14 @@ async fn check_clean(agent: &TestAgent, state: &std::path::Path, pods: &[Pod]) -
             "pod {index}: IO limits left: {limits:?}"
         );
     }
+    // The pods share the volume: one look covers every pod's IO stress.
+    if let Some(pod) = pods.first() {
+        let files = files_named(&pod.volume, IO_STRESS_PREFIX)?;
+        ensure!(
+            files.is_empty(),
+            "IO stress files left on the volume: {files:?}"
+        );
+    }
     let metrics = agent.scrape()?;
     for line in metrics.lines() {
         if line.starts_with("chaos_agent_revert_errors_total") {
@@ -646,7 +748,7 @@ async fn warm_up_alone(agent: &TestAgent, pods: &Arc<Vec<Pod>>) -> Result<()> {
             .into_inner()
             .fault
             .context("no fault")?;
-        read_back(pods, 0, kind).await?;
+        read_back(pods, 0, kind, &fault).await?;
         rpc.revert(api::RevertRequest {
             id: fault.id,
             all: false,
@@ -761,7 +863,10 @@ async fn host_soak_20_clients_1000_calls_over_20_containers_leave_no_leak() -> R
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
     let pid = agent.pid();
     let created = Instant::now();
-    let pods = Arc::new(tokio::task::spawn_blocking(start_pods).await??);
+    // Declared before the pods: dropped after them, as their containers hold its mount.
+    let disk = LoopDisk::new(VOLUME_MIB)?;
+    let volume = disk.mount_point();
+    let pods = Arc::new(tokio::task::spawn_blocking(move || start_pods(&volume)).await??);
     println!(
         "soak: {CONTAINERS} containers with their network namespaces made in {:.1} s ({CREATION_POOL} at a time)",
         created.elapsed().as_secs_f64()
