@@ -1,19 +1,20 @@
 //! The CPU stressor's feedback controller, kept pure (no clocks, no threads) so it can be
 //! tested against a simulated plant.
 //!
-//! Every tick the stressor measures a CPU rate in cores (Fill: the whole cgroup, workload
-//! included; Add: the stressor's own threads) and the controller moves its command (how many
-//! cores the workers should burn) by `GAIN * (target - measured)`, clamped to `[0, workers]`.
+//! Three controllers, one per mode. Add: every tick the stressor measures its own threads' CPU
+//! rate in cores and [`DutyController`] moves its command (how many cores the workers should
+//! burn) by `GAIN * (target - measured)`, clamped to `[0, workers]`. Fill: [`FillPacer`] keeps
+//! the cgroup's total on the target pace by pace. Starve: [`StarveController`].
 //!
-//! Why an integral controller: the plant is "measured = offset + efficiency * command", where the
-//! offset is the workload (Fill) and the efficiency (< 1 when the machine is busy or a sleep
-//! overshoots, ≈ 1 otherwise) is unknown. Integral action removes both biases without modelling
-//! them. The error shrinks by `|1 - GAIN * efficiency|` per tick: with GAIN = 0.5 it halves every
+//! Why an integral controller for Add: the plant is "measured = offset + efficiency * command",
+//! where the offset is any bias of the measurement and the efficiency (< 1 when the machine is
+//! busy or a sleep overshoots, ≈ 1 otherwise) is unknown. Integral action removes both biases
+//! without modelling them. The error shrinks by `|1 - GAIN * efficiency|` per tick: with GAIN = 0.5 it halves every
 //! tick at efficiency 1 (within 1 % of the target after 7 ticks, under 1.5 s at the 200 ms
 //! tick), and the loop stays stable for any efficiency below 4. A larger gain reacts faster but
 //! passes more measurement noise into the command; 0.5 passes half of it, which on a 200 ms window
 //! of a 20 ms duty cycle is well under 1 % of a core. The clamp is the anti-windup: when the
-//! target is out of reach (the workload alone exceeds it, or the quota throttles) the command
+//! target is out of reach (the quota throttles, or the node leaves too little CPU) the command
 //! sits at a bound and recovers in one tick once the target is reachable again.
 
 /// Fraction of the error applied to the command each tick.
@@ -52,6 +53,67 @@ impl DutyController {
 
     pub fn target_cores(&self) -> f64 {
         self.target_cores
+    }
+}
+
+/// Fill's pacer: how many workers burn until the next pace (a few ms) so that the cgroup's
+/// TOTAL use, workload included, is the target.
+///
+/// Why not the integral controller: it averages over a 200 ms tick, so every fluctuation of
+/// the workload inside a second passes into the total (a stress-ng `--cpu-load 30` background
+/// moves its own 1 s average by 1.6 points, std, and the total left a ±3-point band for ~10 s
+/// in `bench/resources`). The pacer instead keeps the account: the CPU time the cgroup is owed,
+/// `target * elapsed - used`, read every pace from the cgroup's counter, and burns while it is
+/// owed. A workload that spins harder for a moment is paid for within the next paces by the
+/// workers burning less, so the total over any second is the target as long as the workload
+/// alone is below it. `ceil(owed / one core for one pace)` workers burn: one worker turns on
+/// and off, several share a multi-core target without all switching at once.
+///
+/// The account is bounded both ways by [`FILL_CREDIT_NS`] at the target rate: a workload alone
+/// above the target (nothing to pay back: the stressor cannot undo CPU already used) or a
+/// node too busy to run the workers (no catch-up burst later) moves it at most that far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FillPacer {
+    target_cores: f64,
+    workers: usize,
+    pace_ns: f64,
+    owed_ns: f64,
+    bound_ns: f64,
+}
+
+/// How far [`FillPacer`]'s account may run ahead or behind, in time at the target rate.
+pub const FILL_CREDIT_NS: f64 = 100e6;
+
+impl FillPacer {
+    /// Starts owing one pace at the target rate, so the workers start at once.
+    pub fn new(target_cores: f64, workers: usize, pace_ns: u64) -> FillPacer {
+        let pace_ns = pace_ns.max(1) as f64;
+        FillPacer {
+            target_cores,
+            workers,
+            pace_ns,
+            owed_ns: target_cores * pace_ns,
+            bound_ns: target_cores * FILL_CREDIT_NS,
+        }
+    }
+
+    /// Feeds the cgroup's use (ns of CPU) over the last `elapsed_ns` and returns how many
+    /// workers burn until the next pace.
+    pub fn update(&mut self, used_ns: u64, elapsed_ns: u64) -> usize {
+        let owed = self.owed_ns + self.target_cores * elapsed_ns as f64 - used_ns as f64;
+        self.owed_ns = owed.clamp(-self.bound_ns, self.bound_ns);
+        self.burning()
+    }
+
+    pub fn burning(&self) -> usize {
+        if self.owed_ns <= 0.0 {
+            return 0;
+        }
+        ((self.owed_ns / self.pace_ns).ceil() as usize).min(self.workers)
+    }
+
+    pub fn owed_ns(&self) -> f64 {
+        self.owed_ns
     }
 }
 
@@ -400,6 +462,135 @@ mod tests {
             controller.update(last.0, last.1);
         }
         assert!((last.0 - 0.6).abs() < 0.02, "{last:?}");
+    }
+
+    const PACE_NS: u64 = 5_000_000;
+
+    /// A workload that alternates busy and idle (one core) over `period` paces, busy for
+    /// `busy` of them, like a duty-cycled background load.
+    fn square_wave(pace: u64, period: u64, busy: u64) -> f64 {
+        if pace % period < busy { 1.0 } else { 0.0 }
+    }
+
+    /// Runs the pacer `paces` times against a workload (cores per pace) and workers that get
+    /// `efficiency` of each pace they burn; returns the cgroup's use per pace, in cores.
+    fn run_pacer(
+        pacer: &mut FillPacer,
+        paces: u64,
+        efficiency: f64,
+        workload: impl Fn(u64) -> f64,
+    ) -> Vec<f64> {
+        let mut used = Vec::new();
+        for pace in 0..paces {
+            let cores = workload(pace) + efficiency * pacer.burning() as f64;
+            used.push(cores);
+            pacer.update((cores * PACE_NS as f64) as u64, PACE_NS);
+        }
+        used
+    }
+
+    fn mean(values: &[f64]) -> f64 {
+        values.iter().sum::<f64>() / values.len() as f64
+    }
+
+    #[test]
+    fn pacer_on_an_idle_cgroup_holds_the_target() {
+        let mut pacer = FillPacer::new(0.5, 1, PACE_NS);
+        let used = run_pacer(&mut pacer, 400, 1.0, |_| 0.0);
+        // Every second (200 paces) of it.
+        for second in used.chunks(200) {
+            assert!((mean(second) - 0.5).abs() < 0.005, "{}", mean(second));
+        }
+    }
+
+    #[test]
+    fn pacer_pays_for_a_fluctuating_workload_within_each_second() {
+        // A 30 % background in bursts of 3 to 30 paces (15 to 150 ms): the total of every
+        // second stays on the target although the background's own second-long averages vary.
+        // (A burst that overshoots the target by more than the account's bound is not paid
+        // back in full: by design, see FillPacer.)
+        for (period, busy) in [(10, 3), (37, 11), (67, 20), (100, 30)] {
+            let mut pacer = FillPacer::new(0.7, 1, PACE_NS);
+            let used = run_pacer(&mut pacer, 2000, 1.0, |p| square_wave(p, period, busy));
+            // At most one burst's excess over the target is not yet paid at a window's end.
+            let unpaid = busy as f64 * (1.0 - 0.7) / 200.0;
+            for (at, window) in used.windows(200).enumerate().step_by(10) {
+                assert!(
+                    (mean(window) - 0.7).abs() <= unpaid + 0.005,
+                    "period {period}: second from pace {at}: {}",
+                    mean(window)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pacer_follows_a_workload_that_changes_every_half_second() {
+        // A workload whose level jumps between 10 and 50 % every 100 paces: a constant
+        // stressor would leave the total ±20 points off; the pacer keeps every second on it.
+        let levels = [0.1, 0.5, 0.2, 0.4];
+        let mut pacer = FillPacer::new(0.7, 1, PACE_NS);
+        let used = run_pacer(&mut pacer, 2000, 1.0, |p| levels[(p / 100) as usize % 4]);
+        for (at, window) in used.windows(200).enumerate().step_by(10) {
+            assert!(
+                (mean(window) - 0.7).abs() < 0.01,
+                "second from pace {at}: {}",
+                mean(window)
+            );
+        }
+    }
+
+    #[test]
+    fn pacer_shares_a_multi_core_target_among_its_workers() {
+        let mut pacer = FillPacer::new(2.5, 3, PACE_NS);
+        let used = run_pacer(&mut pacer, 400, 1.0, |_| 0.0);
+        assert!(
+            (mean(&used[200..]) - 2.5).abs() < 0.01,
+            "{}",
+            mean(&used[200..])
+        );
+        // Two or three workers, never all three off and on together.
+        assert!(
+            used[200..].iter().all(|c| (2.0..=3.0).contains(c)),
+            "{used:?}"
+        );
+    }
+
+    #[test]
+    fn pacer_does_not_wind_up_while_the_workload_alone_exceeds_the_target() {
+        let mut pacer = FillPacer::new(0.25, 1, PACE_NS);
+        // Ten seconds at 0.4 cores: nothing to add, and the overshoot is not remembered...
+        run_pacer(&mut pacer, 2000, 1.0, |_| 0.4);
+        assert_eq!(pacer.burning(), 0);
+        assert!(
+            pacer.owed_ns() >= -0.25 * FILL_CREDIT_NS - 1.0,
+            "{}",
+            pacer.owed_ns()
+        );
+        // ...so once it goes idle the workers are back within 100 ms (20 paces).
+        let used = run_pacer(&mut pacer, 200, 1.0, |_| 0.0);
+        assert!(used[20..].iter().any(|c| *c > 0.0), "{used:?}");
+        assert!(
+            (mean(&used[100..]) - 0.25).abs() < 0.01,
+            "{}",
+            mean(&used[100..])
+        );
+    }
+
+    #[test]
+    fn pacer_does_not_burst_after_its_workers_were_starved() {
+        let mut pacer = FillPacer::new(0.5, 1, PACE_NS);
+        // A node that ran none of the workers' time for 5 s...
+        run_pacer(&mut pacer, 1000, 0.0, |_| 0.0);
+        assert!(
+            pacer.owed_ns() <= 0.5 * FILL_CREDIT_NS + 1.0,
+            "{}",
+            pacer.owed_ns()
+        );
+        // ...is paid back by at most the bound, not the 2.5 s of CPU it missed.
+        let used = run_pacer(&mut pacer, 200, 1.0, |_| 0.0);
+        let paid = (mean(&used) - 0.5) * 200.0 * PACE_NS as f64;
+        assert!(paid <= 0.5 * FILL_CREDIT_NS + PACE_NS as f64, "{paid}");
     }
 
     #[test]

@@ -1,18 +1,20 @@
-//! The CPU stressor: threads burning with a duty cycle, steered every tick so that the cgroup
-//! (Fill) or the stressor itself (Add) uses the target share of the container's CPU limit
-//! ([`crate::control::DutyController`]), or so that the stressor takes that share from a busy
-//! workload by running more threads than it (Starve, [`crate::control::StarveController`]).
+//! The CPU stressor: threads burning so that the cgroup's total (Fill, paced every few ms by
+//! [`crate::control::FillPacer`]) or the stressor itself (Add, a duty cycle steered every tick
+//! by [`crate::control::DutyController`]) uses the target share of the container's CPU limit,
+//! or so that the stressor takes that share from a busy workload by running more threads than
+//! it (Starve, [`crate::control::StarveController`]).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread::Thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use chaos_cgroup::{CgroupFs, ProcessCgroup};
 
 use crate::control::{
-    DutyController, StarveController, cores_between, duty_in_order, duty_per_worker,
+    DutyController, FillPacer, StarveController, cores_between, duty_in_order, duty_per_worker,
 };
 use crate::error::StressError;
 use crate::process::process_cpu_time_ns;
@@ -21,8 +23,17 @@ use crate::process::process_cpu_time_ns;
 /// (little quantisation noise) and that the workload sees fine-grained contention, long enough
 /// that the ~50-100 µs sleep overshoot is under 1 % of a period.
 pub const DUTY_PERIOD: Duration = Duration::from_millis(20);
-/// Feedback interval: five CFS periods (100 ms each), so quota throttling averages out.
+/// Feedback interval of Add and Starve, and the progress interval of all: five CFS periods
+/// (100 ms each), so quota throttling averages out.
 pub const TICK: Duration = Duration::from_millis(200);
+/// Fill's pacing interval: how often the cgroup's counter is read and the burning workers
+/// are chosen. Fine enough that what a workload burst costs is paid back within tens of ms
+/// (well inside a 1 s average), coarse enough that the reads (one small file, ~10 µs) cost
+/// under 0.5 % of a core, and above the scheduler tick (4 ms at HZ=250) that updates the
+/// counter of a running task.
+pub const PACE: Duration = Duration::from_millis(5);
+/// A paced worker that burns re-checks whether it still should this often.
+const PACED_CHECK: Duration = Duration::from_micros(200);
 /// How often a progress line is written.
 const PROGRESS_EVERY_TICKS: u32 = 5;
 /// Starve's default thread ceiling per CPU of the target's limit: against one busy workload
@@ -123,14 +134,21 @@ pub fn run(
     let end = Instant::now() + remaining;
 
     let mut controller = match config.mode {
-        CpuMode::Fill | CpuMode::Add => {
-            Controller::Duty(DutyController::new(target_cores, workers as f64))
-        }
+        CpuMode::Fill => Controller::Fill(FillPacer::new(
+            target_cores,
+            workers,
+            PACE.as_nanos() as u64,
+        )),
+        CpuMode::Add => Controller::Duty(DutyController::new(target_cores, workers as f64)),
         CpuMode::Starve => {
             Controller::Starve(StarveController::new(target_cores, limit_cores, workers))
         }
     };
     let command_bits = Arc::new(AtomicU64::new(controller.command().to_bits()));
+    let burning = Arc::new(AtomicUsize::new(match &controller {
+        Controller::Fill(pacer) => pacer.burning(),
+        _ => 0,
+    }));
     let stop = Arc::new(AtomicBool::new(false));
     let mut report = CpuStressReport {
         limit_cores,
@@ -146,14 +164,16 @@ pub fn run(
         let mut pool = Pool {
             scope,
             command_bits: &command_bits,
+            burning: &burning,
             stop: &stop,
             end,
             share: match config.mode {
-                CpuMode::Fill | CpuMode::Add => Share::Even { workers },
+                CpuMode::Fill => Share::Paced,
+                CpuMode::Add => Share::Even { workers },
                 CpuMode::Starve => Share::InOrder,
             },
             most: workers,
-            started: 0,
+            threads: Vec::new(),
         };
         pool.grow_to(match config.mode {
             CpuMode::Fill | CpuMode::Add => workers,
@@ -174,8 +194,9 @@ pub fn run(
     Ok(report)
 }
 
-/// The mode's controller; its command is in cores (Duty) or runnable threads (Starve).
+/// The mode's controller; its command is in cores (Fill, Duty) or runnable threads (Starve).
 enum Controller {
+    Fill(FillPacer),
     Duty(DutyController),
     Starve(StarveController),
 }
@@ -183,6 +204,7 @@ enum Controller {
 impl Controller {
     fn command(&self) -> f64 {
         match self {
+            Controller::Fill(c) => c.burning() as f64,
             Controller::Duty(c) => c.command_cores(),
             Controller::Starve(c) => c.command_threads(),
         }
@@ -192,7 +214,9 @@ impl Controller {
 /// How a worker's duty follows from the command.
 #[derive(Debug, Clone, Copy)]
 enum Share {
-    /// Fill and Add: `workers` workers each burn an equal part of the command (in cores).
+    /// Fill: the pacer's first `burning` workers burn, the rest are parked.
+    Paced,
+    /// Add: `workers` workers each burn an equal part of the command (in cores).
     Even { workers: usize },
     /// Starve: the command (in threads) fills workers in order, see [`duty_in_order`].
     InOrder,
@@ -202,36 +226,48 @@ enum Share {
 struct Pool<'scope, 'env> {
     scope: &'scope std::thread::Scope<'scope, 'env>,
     command_bits: &'env AtomicU64,
+    /// Fill: how many workers burn until the next pace.
+    burning: &'env AtomicUsize,
     stop: &'env AtomicBool,
     end: Instant,
     share: Share,
     most: usize,
-    started: usize,
+    threads: Vec<Thread>,
 }
 
 impl Pool<'_, '_> {
     fn grow_to(&mut self, wanted: usize) {
-        while self.started < wanted.min(self.most) {
-            let (index, share, end) = (self.started, self.share, self.end);
-            let (command_bits, stop) = (self.command_bits, self.stop);
-            self.scope.spawn(move || {
-                burn(command_bits, stop, end, |command| {
-                    duty(share, command, index)
-                })
+        while self.threads.len() < wanted.min(self.most) {
+            let (index, share, end) = (self.threads.len(), self.share, self.end);
+            let (command_bits, burning, stop) = (self.command_bits, self.burning, self.stop);
+            let worker = self.scope.spawn(move || match share {
+                Share::Paced => burn_paced(index, burning, stop, end),
+                Share::Even { workers } => burn(command_bits, stop, end, |command| {
+                    duty_per_worker(command, workers)
+                }),
+                Share::InOrder => burn(command_bits, stop, end, |command| {
+                    duty_in_order(command, index)
+                }),
             });
-            self.started += 1;
+            self.threads.push(worker.thread().clone());
+        }
+    }
+
+    fn started(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Fill: lets the first `count` workers burn, waking the ones that were parked.
+    fn set_burning(&self, count: usize) {
+        let before = self.burning.swap(count, Ordering::Relaxed);
+        for thread in self.threads.iter().take(count).skip(before) {
+            thread.unpark();
         }
     }
 }
 
-fn duty(share: Share, command: f64, index: usize) -> f64 {
-    match share {
-        Share::Even { workers } => duty_per_worker(command, workers),
-        Share::InOrder => duty_in_order(command, index),
-    }
-}
-
-/// The feedback loop: measure over a tick, update the command, publish it.
+/// The feedback loop: Fill paces every [`PACE`]; every [`TICK`] the rates are measured, Add's
+/// and Starve's command is updated and published, and progress is written.
 fn steer(
     config: &CpuStressConfig,
     fs: &CgroupFs,
@@ -241,32 +277,52 @@ fn steer(
     progress: &mut dyn Write,
 ) -> Result<(), StressError> {
     let end = pool.end;
-    let mut last_at = Instant::now();
-    let mut last_total_ns = fs.cpu_usage_ns(&config.cgroup)?;
-    let mut last_own_ns = process_cpu_time_ns()?;
+    let interval = match controller {
+        Controller::Fill(_) => PACE,
+        _ => TICK,
+    };
+    let mut tick_at = Instant::now();
+    let mut tick_total_ns = fs.cpu_usage_ns(&config.cgroup)?;
+    let mut tick_own_ns = process_cpu_time_ns()?;
+    let (mut pace_at, mut pace_total_ns) = (tick_at, tick_total_ns);
+    // Fill's mean number of burning workers over the tick, its command in cores.
+    let (mut burning_sum, mut paces) = (0usize, 0usize);
     loop {
         let now = Instant::now();
         if now >= end {
             return Ok(());
         }
-        std::thread::sleep(TICK.min(end - now));
+        std::thread::sleep(interval.min(end - now));
         let at = Instant::now();
         let total_ns = fs.cpu_usage_ns(&config.cgroup)?;
+        if let Controller::Fill(pacer) = &mut *controller {
+            let elapsed_ns = at.duration_since(pace_at).as_nanos() as u64;
+            let burning = pacer.update(total_ns.saturating_sub(pace_total_ns), elapsed_ns);
+            pool.set_burning(burning);
+            (pace_at, pace_total_ns) = (at, total_ns);
+            (burning_sum, paces) = (burning_sum + burning, paces + 1);
+            if at.duration_since(tick_at) < TICK {
+                continue;
+            }
+        }
         let own_ns = process_cpu_time_ns()?;
-        let elapsed_ns = at.duration_since(last_at).as_nanos() as u64;
-        let total = cores_between(last_total_ns, total_ns, elapsed_ns);
-        let own = cores_between(last_own_ns, own_ns, elapsed_ns);
-        (last_at, last_total_ns, last_own_ns) = (at, total_ns, own_ns);
+        let elapsed_ns = at.duration_since(tick_at).as_nanos() as u64;
+        let total = cores_between(tick_total_ns, total_ns, elapsed_ns);
+        let own = cores_between(tick_own_ns, own_ns, elapsed_ns);
+        (tick_at, tick_total_ns, tick_own_ns) = (at, total_ns, own_ns);
 
-        let command = match (&mut *controller, config.mode) {
-            (Controller::Duty(c), CpuMode::Add) => c.update(own),
-            (Controller::Duty(c), _) => c.update(total),
-            (Controller::Starve(c), _) => c.update(own, total),
+        let command = match &mut *controller {
+            Controller::Fill(_) => burning_sum as f64 / paces.max(1) as f64,
+            Controller::Duty(c) => c.update(own),
+            Controller::Starve(c) => c.update(own, total),
         };
-        pool.grow_to(command.ceil() as usize);
-        pool.command_bits
-            .store(command.to_bits(), Ordering::Relaxed);
-        report.workers = pool.started;
+        (burning_sum, paces) = (0, 0);
+        if !matches!(controller, Controller::Fill(_)) {
+            pool.grow_to(command.ceil() as usize);
+            pool.command_bits
+                .store(command.to_bits(), Ordering::Relaxed);
+        }
+        report.workers = pool.started();
         report.ticks += 1;
         report.last_total_cores = total;
         report.last_own_cores = own;
@@ -275,12 +331,42 @@ fn steer(
             writeln!(
                 progress,
                 "cpu total={total:.3} own={own:.3} command={command:.3} threads={}",
-                pool.started
+                pool.started()
             )
             .and_then(|()| progress.flush())
             .map_err(StressError::Progress)?;
         }
     }
+}
+
+/// One Fill worker: burns while it is among the pacer's first `burning` workers, parked
+/// otherwise (woken by [`Pool::set_burning`]; the timeout only bounds how late it sees the
+/// end or a stop).
+fn burn_paced(index: usize, burning: &AtomicUsize, stop: &AtomicBool, end: Instant) {
+    let mut sink = 0u64;
+    loop {
+        let now = Instant::now();
+        if now >= end || stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if index < burning.load(Ordering::Relaxed) {
+            let until = now + PACED_CHECK;
+            while Instant::now() < until {
+                sink = spin(sink);
+            }
+        } else {
+            std::thread::park_timeout(TICK.min(end - now));
+        }
+    }
+    std::hint::black_box(sink);
+}
+
+/// Cheap work the optimiser cannot remove.
+fn spin(mut sink: u64) -> u64 {
+    for i in 0..64u64 {
+        sink = std::hint::black_box(sink.wrapping_mul(6364136223846793005).wrapping_add(i));
+    }
+    sink
 }
 
 /// One worker: spin for `duty * DUTY_PERIOD`, sleep the rest, until the end or a stop.
@@ -291,10 +377,7 @@ fn burn(command_bits: &AtomicU64, stop: &AtomicBool, end: Instant, duty_of: impl
         let duty = duty_of(f64::from_bits(command_bits.load(Ordering::Relaxed)));
         let busy_until = period_start + DUTY_PERIOD.mul_f64(duty);
         while Instant::now() < busy_until {
-            // Cheap work the optimiser cannot remove.
-            for i in 0..64u64 {
-                sink = std::hint::black_box(sink.wrapping_mul(6364136223846793005).wrapping_add(i));
-            }
+            sink = spin(sink);
         }
         let next = period_start + DUTY_PERIOD;
         let now = Instant::now();
