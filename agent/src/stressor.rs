@@ -480,6 +480,17 @@ pub fn process_cpu_ns(pid: u32) -> Option<u64> {
     Some((utime + stime) * 1_000_000_000 / clock_ticks_per_second())
 }
 
+/// What a process read from and wrote to storage, in bytes (`read_bytes` and `write_bytes`
+/// of `/proc/PID/io`: IO that reached the block layer, not page-cache hits).
+pub fn process_storage_io(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(key)?.trim().parse::<u64>().ok())
+    };
+    Some((field("read_bytes:")?, field("write_bytes:")?))
+}
+
 /// Resident anonymous memory of a process in bytes (`RssAnon` of `/proc/PID/status`).
 pub fn resident_anon_bytes(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

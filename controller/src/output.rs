@@ -81,6 +81,8 @@ fn status_json(status: &Option<api::fault::Status>) -> Value {
         Some(api::fault::Status::IoStress(stress)) => json!({
             "workers": stress.workers, "workers_running": stress.workers_running,
             "read_bytes": stress.read_bytes, "written_bytes": stress.written_bytes,
+            "workers_read_bytes": stress.workers_read_bytes,
+            "workers_written_bytes": stress.workers_written_bytes,
             "files": stress.files,
         }),
         None => Value::Null,
@@ -185,13 +187,16 @@ fn summary(f: &api::Fault) -> String {
     }
 }
 
-/// "2 of 2 worker(s) running, read 1.5 GiB, written 1.5 GiB": the target cgroups' own IO
-/// since the inject.
+/// "2 of 2 worker(s) running, workers read 1.5 GiB, wrote 1.5 GiB; cgroup read 1.6 GiB,
+/// written 1.5 GiB": the workers' own storage IO, then the target cgroups' (workload
+/// included; on cgroup v1 0 for a disk without a throttle rule) since the inject.
 fn io_stress_summary(stress: &api::IoStressStatus) -> String {
     format!(
-        "{} of {} worker(s) running, read {}, written {}",
+        "{} of {} worker(s) running, workers read {}, wrote {}; cgroup read {}, written {}",
         stress.workers_running,
         stress.workers,
+        size(stress.workers_read_bytes),
+        size(stress.workers_written_bytes),
         size(stress.read_bytes),
         size(stress.written_bytes)
     )
@@ -631,6 +636,8 @@ mod tests {
                 workers_running: 1,
                 read_bytes: 3 << 29,
                 written_bytes: 5 << 20,
+                workers_read_bytes: 1 << 30,
+                workers_written_bytes: 4 << 20,
                 files: vec!["/data/.chaos-io-stress-a-0".into()],
             })),
             ..Default::default()
@@ -638,13 +645,17 @@ mod tests {
         let text = faults_table(std::slice::from_ref(&f), 0);
         assert!(text.contains("io_stress"), "{text}");
         assert!(
-            text.contains("1 of 2 worker(s) running, read 1.5 GiB, written 5.0 MiB"),
+            text.contains(
+                "1 of 2 worker(s) running, workers read 1.0 GiB, wrote 4.0 MiB; \
+                 cgroup read 1.5 GiB, written 5.0 MiB"
+            ),
             "{text}"
         );
         let v = fault_json(&f);
         assert_eq!(v["kind"], "io_stress");
         assert_eq!(v["status"]["workers_running"], 1);
         assert_eq!(v["status"]["written_bytes"], 5u64 << 20);
+        assert_eq!(v["status"]["workers_written_bytes"], 4u64 << 20);
         assert_eq!(v["status"]["files"][0], "/data/.chaos-io-stress-a-0");
     }
 }

@@ -133,6 +133,8 @@ pub struct IoStressFault {
     /// Each worker's file, with the index of its target in `targets`.
     files: Vec<(usize, FillFile)>,
     stressors: Vec<Stressor>,
+    /// Each stressor's last storage IO read (read, written), kept once it exits.
+    stressor_io: Vec<(u64, u64)>,
     status: api::IoStressStatus,
     watch: TargetWatch,
 }
@@ -235,6 +237,7 @@ pub fn prepare(
         targets: io_targets,
         files,
         stressors: Vec::new(),
+        stressor_io: Vec::new(),
         watch: TargetWatch::of(spec, targets, procfs),
     };
     Ok(Prepared {
@@ -263,11 +266,21 @@ impl IoStressFault {
         }
         self.status.read_bytes = total.read_bytes;
         self.status.written_bytes = total.written_bytes;
-        self.status.workers_running = self
-            .stressors
-            .iter_mut()
-            .filter_map(|s| s.is_running().then_some(()))
-            .count() as u32;
+        self.stressor_io.resize(self.stressors.len(), (0, 0));
+        let mut running = 0;
+        for (stressor, last) in self.stressors.iter_mut().zip(&mut self.stressor_io) {
+            // Only an unreaped child: once reaped its pid may name another process.
+            if !stressor.is_running() {
+                continue;
+            }
+            running += 1;
+            if let Some(now) = stressor::process_storage_io(stressor.pid()) {
+                *last = now;
+            }
+        }
+        self.status.workers_running = running;
+        self.status.workers_read_bytes = self.stressor_io.iter().map(|io| io.0).sum();
+        self.status.workers_written_bytes = self.stressor_io.iter().map(|io| io.1).sum();
     }
 
     fn undo_form(&self) -> IoStressUndo {
