@@ -612,9 +612,11 @@ async fn cpu_starve_takes_eighty_percent_from_a_busy_workload_and_gives_it_back(
         "starve 80 %: {during:?}, the workload's share {:.1} %, status {status:?}",
         during.workload_share_percent()
     );
-    // 20 % is the contract; 10 points of margin for a busy machine and the VM's emulation.
+    // 20 % is the contract (the host measures 14-20 %); 15 points of margin for the VM's
+    // software emulation on a busy machine, which measured 29.5 % (fill and add leave such a
+    // workload 65-75 %: BENCHMARKS.md).
     assert!(
-        during.workload_share_percent() <= 30.0,
+        during.workload_share_percent() <= 35.0,
         "the workload kept {:.1} % of the container's CPU under a starve of 80 %: {during:?}",
         during.workload_share_percent()
     );
