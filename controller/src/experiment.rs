@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::duration::parse_duration;
 use crate::probe_url::{parse_address, parse_url};
+use crate::rate::parse_rate;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExperimentError {
@@ -536,6 +537,10 @@ pub struct NetworkSpec {
     pub duplicate: f64,
     #[serde(default)]
     pub corrupt: f64,
+    /// Bandwidth limit: `1mbit`, `10MB/s`, or bytes per second (see `crate::rate`). Alone
+    /// it is a tbf; with other impairments netem's rate.
+    #[serde(default, deserialize_with = "optional_rate")]
+    pub rate: Option<u64>,
     /// Only traffic to these CIDRs (IPv4; on ingress: from these peers).
     #[serde(default)]
     pub to: Vec<String>,
@@ -1337,6 +1342,40 @@ fn optional_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Erro
     }
 }
 
+/// A rate as `--rate` reads it: a string with a unit or a plain number of bytes per
+/// second, which goes through the same parser (so 0 is refused here too).
+struct RateVisitor;
+
+impl serde::de::Visitor<'_> for RateVisitor {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a rate such as 1mbit, 10MB/s or 125000 (bytes per second)")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<u64, E> {
+        parse_rate(text).map_err(E::custom)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<u64, E> {
+        parse_rate(&value.to_string()).map_err(E::custom)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<u64, E> {
+        Err(E::custom(format!("`{value}`: a rate must be above 0")))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<u64, E> {
+        Err(E::custom(format!(
+            "`{value}`: a fraction needs a unit, e.g. 1.5mbit (a plain number is whole bytes per second)"
+        )))
+    }
+}
+
+fn optional_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    d.deserialize_any(RateVisitor).map(Some)
+}
+
 /// `256MiB`, `1GiB`, `500M` (binary), `500MB` (decimal), `1024`.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
@@ -1774,6 +1813,47 @@ method:
             "method.faults[0]: needs exactly one of kill, cpu, memory, network, blackhole, pause, \
              io, disk_fill, io_stress, delete_pod"
         );
+    }
+
+    fn with_network(network: &str) -> String {
+        MINIMAL.replace(
+            "      kill: { process: httpd }",
+            &format!("      duration: 30s\n      network: {network}"),
+        )
+    }
+
+    #[test]
+    fn a_network_rate_reads_as_people_write_it_or_as_bytes_per_second() {
+        for (rate, bytes) in [
+            ("1mbit", 125_000),
+            ("100kbit", 12_500),
+            ("10MB/s", 10_000_000),
+            ("\"512KiB/s\"", 512 << 10),
+            ("250000", 250_000),
+            ("'1.5Mbit'", 187_500),
+        ] {
+            let e = parse(&with_network(&format!("{{ rate: {rate} }}"))).unwrap();
+            let network = e.method.faults[0].network.as_ref().unwrap();
+            assert_eq!(network.rate, Some(bytes), "{rate}");
+        }
+        let e = parse(&with_network("{ delay: 100ms }")).unwrap();
+        assert_eq!(e.method.faults[0].network.as_ref().unwrap().rate, None);
+        for (rate, expected) in [
+            ("10mb", "could be bits or bytes"),
+            ("100kbps", "ambiguous"),
+            ("0", "above 0"),
+            ("-5", "above 0"),
+            ("1.5", "a fraction needs a unit"),
+            ("1tbit", "unknown unit"),
+        ] {
+            let error = parse(&with_network(&format!("{{ rate: {rate} }}")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(expected) && error.contains("rate"),
+                "{rate}: {error}"
+            );
+        }
     }
 
     fn with_io_stress(stress: &str) -> String {
