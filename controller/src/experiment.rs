@@ -541,6 +541,14 @@ pub struct NetworkSpec {
     /// it is a tbf; with other impairments netem's rate.
     #[serde(default, deserialize_with = "optional_rate")]
     pub rate: Option<u64>,
+    /// The tbf's bucket for a rate alone (`32KiB`, plain bytes); left out: the agent's
+    /// (10 ms at the rate, at least 16 KiB). At least one full frame of the interface.
+    #[serde(default, deserialize_with = "optional_size")]
+    pub burst: Option<u64>,
+    /// The tbf's queue (bytes that may wait) for a rate alone; left out: the agent's (the
+    /// bucket plus 100 ms at the rate).
+    #[serde(default, deserialize_with = "optional_size")]
+    pub queue: Option<u64>,
     /// Only traffic to these CIDRs (IPv4; on ingress: from these peers).
     #[serde(default)]
     pub to: Vec<String>,
@@ -1164,6 +1172,11 @@ fn validate_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
     if let Some(fill) = &step.disk_fill {
         validate_disk_fill(fill, &step.name, &format!("{field}.disk_fill"))?;
     }
+    if let Some(network) = &step.network
+        && let Some((part, reason)) = check_tbf_sizes(network)
+    {
+        return Err(invalid(format!("{field}.network.{part}"), reason));
+    }
     if let Some(stress) = &step.io_stress
         && let Some((part, reason)) = check_io_stress(stress)
     {
@@ -1202,6 +1215,22 @@ fn validate_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
         _ => {}
     }
     Ok(())
+}
+
+/// A network step's `burst` and `queue` (and `chaosctl inject network --burst`,
+/// `--queue`): above 0 and with a rate; which part is wrong, and why. That the rate is
+/// alone (a tbf, not netem's rate) and the sizes hold a frame is the agent's to tell.
+pub fn check_tbf_sizes(network: &NetworkSpec) -> Option<(&'static str, &'static str)> {
+    for (part, size) in [("burst", network.burst), ("queue", network.queue)] {
+        match size {
+            Some(0) => return Some((part, "must be above 0 (leave it out for the default)")),
+            Some(_) if network.rate.is_none() => {
+                return Some((part, "needs a rate (it sizes the rate's tbf)"));
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 fn validate_disk_fill(fill: &DiskFillSpec, name: &str, field: &str) -> Result<(), ExperimentError> {
@@ -1837,7 +1866,11 @@ method:
             assert_eq!(network.rate, Some(bytes), "{rate}");
         }
         let e = parse(&with_network("{ delay: 100ms }")).unwrap();
-        assert_eq!(e.method.faults[0].network.as_ref().unwrap().rate, None);
+        let network = e.method.faults[0].network.as_ref().unwrap();
+        assert_eq!(
+            (network.rate, network.burst, network.queue),
+            (None, None, None)
+        );
         for (rate, expected) in [
             ("10mb", "could be bits or bytes"),
             ("100kbps", "ambiguous"),
@@ -1853,6 +1886,40 @@ method:
                 error.contains(expected) && error.contains("rate"),
                 "{rate}: {error}"
             );
+        }
+    }
+
+    #[test]
+    fn a_network_rate_takes_a_burst_and_a_queue_as_sizes() {
+        let e = parse(&with_network(
+            "{ rate: 2mbit, burst: 32KiB, queue: 100000 }",
+        ))
+        .unwrap();
+        let network = e.method.faults[0].network.as_ref().unwrap();
+        assert_eq!(
+            (network.rate, network.burst, network.queue),
+            (Some(250_000), Some(32 << 10), Some(100_000))
+        );
+        for (network, expected) in [
+            (
+                "{ delay: 10ms, burst: 32KiB }",
+                "method.faults[0].network.burst: needs a rate",
+            ),
+            (
+                "{ queue: 64KiB }",
+                "method.faults[0].network.queue: needs a rate",
+            ),
+            (
+                "{ rate: 1mbit, burst: 0 }",
+                "method.faults[0].network.burst: must be above 0",
+            ),
+            (
+                "{ rate: 1mbit, queue: 1.5M }",
+                "method.faults[0].network: `1.5M`",
+            ),
+        ] {
+            let error = parse(&with_network(network)).unwrap_err().to_string();
+            assert!(error.contains(expected), "{network}: {error}");
         }
     }
 

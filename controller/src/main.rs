@@ -288,6 +288,14 @@ enum Inject {
         /// rate. Bit units take any case; byte units end in B/s (kbps, 10mb: refused).
         #[arg(long, value_name = "RATE", value_parser = parse_rate)]
         rate: Option<u64>,
+        /// With a rate alone: the tbf's bucket, e.g. 32KiB (default 10 ms at the rate, at
+        /// least 16KiB); at least one full frame of the interface.
+        #[arg(long, value_name = "SIZE", value_parser = tbf_size, requires = "rate")]
+        burst: Option<u64>,
+        /// With a rate alone: the tbf's queue, bytes that may wait before packets drop,
+        /// e.g. 256KiB (default the bucket plus 100 ms at the rate).
+        #[arg(long, value_name = "SIZE", value_parser = tbf_size, requires = "rate")]
+        queue: Option<u64>,
         /// Interface inside the target's namespace (default: the default route's).
         #[arg(long)]
         interface: Option<String>,
@@ -424,6 +432,15 @@ fn stress_file_size(text: &str) -> Result<u64, String> {
     match parse_size(text)? {
         size if size < MIN_IO_STRESS_FILE_SIZE => Err("must be at least 1MiB".into()),
         size => Ok(size),
+    }
+}
+
+/// `inject network --burst`, `--queue`: a size above 0 (0 is the agent's default in the
+/// API), as the experiment's `network.burst` and `queue`.
+fn tbf_size(text: &str) -> Result<u64, String> {
+    match parse_size(text)? {
+        0 => Err("must be above 0 (leave it out for the default)".into()),
+        bytes => Ok(bytes),
     }
 }
 
@@ -663,6 +680,8 @@ async fn run(cli: Cli) -> Result<()> {
             corrupt,
             reorder,
             rate,
+            burst,
+            queue,
             interface,
             to,
             port,
@@ -680,6 +699,8 @@ async fn run(cli: Cli) -> Result<()> {
                 duplicate,
                 corrupt,
                 rate,
+                burst,
+                queue,
                 to,
                 ports: port,
                 protocol,
@@ -993,6 +1014,8 @@ mod tests {
                 corrupt,
                 reorder,
                 rate,
+                burst,
+                queue,
                 interface,
                 to,
                 port,
@@ -1010,6 +1033,8 @@ mod tests {
                     duplicate,
                     corrupt,
                     rate,
+                    burst,
+                    queue,
                     to,
                     ports: port,
                     protocol,
@@ -1065,6 +1090,42 @@ mod tests {
         assert_eq!(fault.reorder_percent, 25.0);
         assert_eq!(fault.destinations, vec!["10.0.0.0/8"]);
         assert_eq!(fault.ports, vec![5432]);
+        let sized = network_fault_of(&["--rate", "1mbit", "--burst", "32K", "--queue", "100KB"]);
+        assert_eq!(
+            (
+                sized.rate_bytes_per_second,
+                sized.rate_burst_bytes,
+                sized.rate_queue_bytes
+            ),
+            (125_000, 32 << 10, 100_000)
+        );
+        assert_eq!(network_fault_of(&["--rate", "1mbit"]).rate_burst_bytes, 0);
+        for (args, kind, text) in [
+            (
+                &["--delay", "10ms", "--burst", "32KiB"][..],
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--rate",
+            ),
+            (
+                &["--delay", "10ms", "--queue", "32KiB"][..],
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--rate",
+            ),
+            (
+                &["--rate", "1mbit", "--burst", "0"][..],
+                clap::error::ErrorKind::ValueValidation,
+                "must be above 0",
+            ),
+            (
+                &["--rate", "1mbit", "--queue", "1.5M"][..],
+                clap::error::ErrorKind::ValueValidation,
+                "--queue",
+            ),
+        ] {
+            let error = inject_network(args).unwrap_err();
+            assert_eq!(error.kind(), kind, "{args:?}: {error}");
+            assert!(error.to_string().contains(text), "{args:?}: {error}");
+        }
         for (rate, text) in [
             ("10mb", "`10mbit` (bits per second) or `10MB/s`"),
             ("100kbps", "ambiguous"),

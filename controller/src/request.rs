@@ -62,6 +62,8 @@ pub fn network_fault(network: &NetworkSpec) -> api::NetworkFault {
         duplicate_percent: network.duplicate,
         corrupt_percent: network.corrupt,
         rate_bytes_per_second: network.rate.unwrap_or(0),
+        rate_burst_bytes: network.burst.unwrap_or(0),
+        rate_queue_bytes: network.queue.unwrap_or(0),
         destinations: network.to.clone(),
         ports: network.ports.clone(),
         protocol: protocol(network.protocol) as i32,
@@ -276,6 +278,26 @@ mod tests {
                 ),
                 other => panic!("{other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn a_network_steps_burst_and_queue_reach_the_request_beside_its_rate() {
+        let sized = step(
+            "name: slow\ntarget: {targets: ['pid:1']}\nduration: 30s\nnetwork: { rate: 1mbit, burst: 32KiB, queue: 64KB }\n",
+        );
+        match inject_request(&sized, "pid:1", None, &HashMap::new(), false).fault {
+            Some(api::inject_request::Fault::Network(n)) => {
+                assert_eq!(
+                    (
+                        n.rate_bytes_per_second,
+                        n.rate_burst_bytes,
+                        n.rate_queue_bytes
+                    ),
+                    (125_000, 32 << 10, 64_000)
+                );
+            }
+            other => panic!("{other:?}"),
         }
     }
 
