@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::duration::parse_duration;
 use crate::probe_url::{parse_address, parse_url};
+use crate::rate::parse_rate;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExperimentError {
@@ -536,6 +537,18 @@ pub struct NetworkSpec {
     pub duplicate: f64,
     #[serde(default)]
     pub corrupt: f64,
+    /// Bandwidth limit: `1mbit`, `10MB/s`, or bytes per second (see `crate::rate`). Alone
+    /// it is a tbf; with other impairments netem's rate.
+    #[serde(default, deserialize_with = "optional_rate")]
+    pub rate: Option<u64>,
+    /// The tbf's bucket for a rate alone (`32KiB`, plain bytes); left out: the agent's
+    /// (10 ms at the rate, at least 16 KiB). At least one full frame of the interface.
+    #[serde(default, deserialize_with = "optional_size")]
+    pub burst: Option<u64>,
+    /// The tbf's queue (bytes that may wait) for a rate alone; left out: the agent's (the
+    /// bucket plus 100 ms at the rate).
+    #[serde(default, deserialize_with = "optional_size")]
+    pub queue: Option<u64>,
     /// Only traffic to these CIDRs (IPv4; on ingress: from these peers).
     #[serde(default)]
     pub to: Vec<String>,
@@ -1159,6 +1172,11 @@ fn validate_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
     if let Some(fill) = &step.disk_fill {
         validate_disk_fill(fill, &step.name, &format!("{field}.disk_fill"))?;
     }
+    if let Some(network) = &step.network
+        && let Some((part, reason)) = check_tbf_sizes(network)
+    {
+        return Err(invalid(format!("{field}.network.{part}"), reason));
+    }
     if let Some(stress) = &step.io_stress
         && let Some((part, reason)) = check_io_stress(stress)
     {
@@ -1197,6 +1215,22 @@ fn validate_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
         _ => {}
     }
     Ok(())
+}
+
+/// A network step's `burst` and `queue` (and `chaosctl inject network --burst`,
+/// `--queue`): above 0 and with a rate; which part is wrong, and why. That the rate is
+/// alone (a tbf, not netem's rate) and the sizes hold a frame is the agent's to tell.
+pub fn check_tbf_sizes(network: &NetworkSpec) -> Option<(&'static str, &'static str)> {
+    for (part, size) in [("burst", network.burst), ("queue", network.queue)] {
+        match size {
+            Some(0) => return Some((part, "must be above 0 (leave it out for the default)")),
+            Some(_) if network.rate.is_none() => {
+                return Some((part, "needs a rate (it sizes the rate's tbf)"));
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 fn validate_disk_fill(fill: &DiskFillSpec, name: &str, field: &str) -> Result<(), ExperimentError> {
@@ -1335,6 +1369,40 @@ fn optional_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Erro
         Size::Bytes(n) => Ok(Some(n)),
         Size::Text(t) => parse_size(&t).map(Some).map_err(serde::de::Error::custom),
     }
+}
+
+/// A rate as `--rate` reads it: a string with a unit or a plain number of bytes per
+/// second, which goes through the same parser (so 0 is refused here too).
+struct RateVisitor;
+
+impl serde::de::Visitor<'_> for RateVisitor {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a rate such as 1mbit, 10MB/s or 125000 (bytes per second)")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<u64, E> {
+        parse_rate(text).map_err(E::custom)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<u64, E> {
+        parse_rate(&value.to_string()).map_err(E::custom)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<u64, E> {
+        Err(E::custom(format!("`{value}`: a rate must be above 0")))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<u64, E> {
+        Err(E::custom(format!(
+            "`{value}`: a fraction needs a unit, e.g. 1.5mbit (a plain number is whole bytes per second)"
+        )))
+    }
+}
+
+fn optional_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    d.deserialize_any(RateVisitor).map(Some)
 }
 
 /// `256MiB`, `1GiB`, `500M` (binary), `500MB` (decimal), `1024`.
@@ -1774,6 +1842,85 @@ method:
             "method.faults[0]: needs exactly one of kill, cpu, memory, network, blackhole, pause, \
              io, disk_fill, io_stress, delete_pod"
         );
+    }
+
+    fn with_network(network: &str) -> String {
+        MINIMAL.replace(
+            "      kill: { process: httpd }",
+            &format!("      duration: 30s\n      network: {network}"),
+        )
+    }
+
+    #[test]
+    fn a_network_rate_reads_as_people_write_it_or_as_bytes_per_second() {
+        for (rate, bytes) in [
+            ("1mbit", 125_000),
+            ("100kbit", 12_500),
+            ("10MB/s", 10_000_000),
+            ("\"512KiB/s\"", 512 << 10),
+            ("250000", 250_000),
+            ("'1.5Mbit'", 187_500),
+        ] {
+            let e = parse(&with_network(&format!("{{ rate: {rate} }}"))).unwrap();
+            let network = e.method.faults[0].network.as_ref().unwrap();
+            assert_eq!(network.rate, Some(bytes), "{rate}");
+        }
+        let e = parse(&with_network("{ delay: 100ms }")).unwrap();
+        let network = e.method.faults[0].network.as_ref().unwrap();
+        assert_eq!(
+            (network.rate, network.burst, network.queue),
+            (None, None, None)
+        );
+        for (rate, expected) in [
+            ("10mb", "could be bits or bytes"),
+            ("100kbps", "ambiguous"),
+            ("0", "above 0"),
+            ("-5", "above 0"),
+            ("1.5", "a fraction needs a unit"),
+            ("1tbit", "unknown unit"),
+        ] {
+            let error = parse(&with_network(&format!("{{ rate: {rate} }}")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(expected) && error.contains("rate"),
+                "{rate}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_network_rate_takes_a_burst_and_a_queue_as_sizes() {
+        let e = parse(&with_network(
+            "{ rate: 2mbit, burst: 32KiB, queue: 100000 }",
+        ))
+        .unwrap();
+        let network = e.method.faults[0].network.as_ref().unwrap();
+        assert_eq!(
+            (network.rate, network.burst, network.queue),
+            (Some(250_000), Some(32 << 10), Some(100_000))
+        );
+        for (network, expected) in [
+            (
+                "{ delay: 10ms, burst: 32KiB }",
+                "method.faults[0].network.burst: needs a rate",
+            ),
+            (
+                "{ queue: 64KiB }",
+                "method.faults[0].network.queue: needs a rate",
+            ),
+            (
+                "{ rate: 1mbit, burst: 0 }",
+                "method.faults[0].network.burst: must be above 0",
+            ),
+            (
+                "{ rate: 1mbit, queue: 1.5M }",
+                "method.faults[0].network: `1.5M`",
+            ),
+        ] {
+            let error = parse(&with_network(network)).unwrap_err().to_string();
+            assert!(error.contains(expected), "{network}: {error}");
+        }
     }
 
     fn with_io_stress(stress: &str) -> String {

@@ -14,6 +14,7 @@ pub mod probe;
 pub mod probe_http;
 pub mod probe_policy;
 pub mod probe_url;
+pub mod rate;
 pub mod remote_runs;
 pub mod report;
 pub mod request;

@@ -9,8 +9,9 @@ use chaosctl::client::{AgentAddress, connect};
 use chaosctl::duration::parse_duration;
 use chaosctl::experiment::{
     CpuModeSpec, DiskFillSpec, IoSpec, IoStressSpec, MIN_IO_STRESS_BPS, MIN_IO_STRESS_FILE_SIZE,
-    TrafficDirection, TrafficProtocol, check_fill_path, parse_size,
+    NetworkSpec, TrafficDirection, TrafficProtocol, check_fill_path, parse_size,
 };
+use chaosctl::rate::parse_rate;
 use chaosctl::{certs, output, remote_runs};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -282,10 +283,19 @@ enum Inject {
         /// Percent of packets sent without the delay (needs --delay).
         #[arg(long, default_value_t = 0.0)]
         reorder: f64,
-        /// Bandwidth limit in bytes per second. Alone it is a tbf (needs no netem module);
-        /// with other impairments it is netem's rate.
-        #[arg(long)]
+        /// Bandwidth limit: 1mbit, 100kbit, 10MB/s, 512KiB/s, or bytes per second (125000).
+        /// Alone it is a tbf (needs no netem module); with other impairments it is netem's
+        /// rate. Bit units take any case; byte units end in B/s (kbps, 10mb: refused).
+        #[arg(long, value_name = "RATE", value_parser = parse_rate)]
         rate: Option<u64>,
+        /// With a rate alone: the tbf's bucket, e.g. 32KiB (default 10 ms at the rate, at
+        /// least 16KiB); at least one full frame of the interface.
+        #[arg(long, value_name = "SIZE", value_parser = tbf_size, requires = "rate")]
+        burst: Option<u64>,
+        /// With a rate alone: the tbf's queue, bytes that may wait before packets drop,
+        /// e.g. 256KiB (default the bucket plus 100 ms at the rate).
+        #[arg(long, value_name = "SIZE", value_parser = tbf_size, requires = "rate")]
+        queue: Option<u64>,
         /// Interface inside the target's namespace (default: the default route's).
         #[arg(long)]
         interface: Option<String>,
@@ -422,6 +432,15 @@ fn stress_file_size(text: &str) -> Result<u64, String> {
     match parse_size(text)? {
         size if size < MIN_IO_STRESS_FILE_SIZE => Err("must be at least 1MiB".into()),
         size => Ok(size),
+    }
+}
+
+/// `inject network --burst`, `--queue`: a size above 0 (0 is the agent's default in the
+/// API), as the experiment's `network.burst` and `queue`.
+fn tbf_size(text: &str) -> Result<u64, String> {
+    match parse_size(text)? {
+        0 => Err("must be above 0 (leave it out for the default)".into()),
+        bytes => Ok(bytes),
     }
 }
 
@@ -661,6 +680,8 @@ async fn run(cli: Cli) -> Result<()> {
             corrupt,
             reorder,
             rate,
+            burst,
+            queue,
             interface,
             to,
             port,
@@ -670,40 +691,26 @@ async fn run(cli: Cli) -> Result<()> {
             direction,
             duration,
         }) => {
-            let protocol = chaosctl::request::protocol(protocol);
-            let direction = chaosctl::request::direction(direction);
-            let distribution = match distribution.as_deref() {
-                None => api::Distribution::Unspecified,
-                Some(name) => api::Distribution::from_str_name(&format!(
-                    "DISTRIBUTION_{}",
-                    name.to_ascii_uppercase()
-                ))
-                .with_context(|| {
-                    format!("--distribution {name}: use uniform, normal, pareto or paretonormal")
-                })?,
+            let spec = NetworkSpec {
+                interface,
+                delay,
+                jitter,
+                loss,
+                duplicate,
+                corrupt,
+                rate,
+                burst,
+                queue,
+                to,
+                ports: port,
+                protocol,
+                direction,
+                exclude_to,
+                exclude_ports: exclude_port,
             };
-            let request = inject_request(
-                common,
-                duration,
-                api::inject_request::Fault::Network(api::NetworkFault {
-                    interface: interface.unwrap_or_default(),
-                    delay_us: delay.map_or(0, |d| d.as_micros() as u64),
-                    jitter_us: jitter.map_or(0, |d| d.as_micros() as u64),
-                    distribution: distribution as i32,
-                    loss_percent: loss,
-                    duplicate_percent: duplicate,
-                    corrupt_percent: corrupt,
-                    reorder_percent: reorder,
-                    rate_bytes_per_second: rate.unwrap_or(0),
-                    destinations: to,
-                    ports: port,
-                    protocol: protocol as i32,
-                    direction: direction as i32,
-                    exclude_destinations: exclude_to,
-                    exclude_ports: exclude_port,
-                    ..Default::default()
-                }),
-            );
+            let fault = network_fault(&spec, distribution.as_deref(), reorder)?;
+            let request =
+                inject_request(common, duration, api::inject_request::Fault::Network(fault));
             inject_and_print(&address, cli.output, request).await?;
         }
         Command::Inject(Inject::Blackhole {
@@ -880,6 +887,30 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// The fault of `chaosctl inject network`: what an experiment's network step maps to
+/// (`request::network_fault`, so a flag and a field mean the same), and the options only
+/// the command line has.
+fn network_fault(
+    spec: &NetworkSpec,
+    distribution: Option<&str>,
+    reorder: f64,
+) -> Result<api::NetworkFault> {
+    let distribution = match distribution {
+        None => api::Distribution::Unspecified,
+        Some(name) => {
+            api::Distribution::from_str_name(&format!("DISTRIBUTION_{}", name.to_ascii_uppercase()))
+                .with_context(|| {
+                    format!("--distribution {name}: use uniform, normal, pareto or paretonormal")
+                })?
+        }
+    };
+    Ok(api::NetworkFault {
+        distribution: distribution as i32,
+        reorder_percent: reorder,
+        ..chaosctl::request::network_fault(spec)
+    })
+}
+
 /// Refused here rather than by the agent: an IO fault without a limit would throttle
 /// nothing, and the flags are the user's to fix (0 is no limit, as in the API).
 fn check_io_limits(io: &IoSpec) -> Result<()> {
@@ -962,6 +993,157 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    fn inject_network(extra: &[&str]) -> Result<Cli, clap::Error> {
+        let mut args = vec!["inject", "network", "--target", "pod:dev/db-0"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--duration", "1m"]);
+        parse(&args)
+    }
+
+    /// The fault `chaosctl inject network` with these options would send.
+    fn network_fault_of(extra: &[&str]) -> api::NetworkFault {
+        match inject_network(extra).unwrap().command {
+            Command::Inject(Inject::Network {
+                delay,
+                jitter,
+                distribution,
+                loss,
+                duplicate,
+                corrupt,
+                reorder,
+                rate,
+                burst,
+                queue,
+                interface,
+                to,
+                port,
+                protocol,
+                exclude_to,
+                exclude_port,
+                direction,
+                ..
+            }) => {
+                let spec = NetworkSpec {
+                    interface,
+                    delay,
+                    jitter,
+                    loss,
+                    duplicate,
+                    corrupt,
+                    rate,
+                    burst,
+                    queue,
+                    to,
+                    ports: port,
+                    protocol,
+                    direction,
+                    exclude_to,
+                    exclude_ports: exclude_port,
+                };
+                network_fault(&spec, distribution.as_deref(), reorder).unwrap()
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn inject_network_reads_a_rate_as_people_write_it() {
+        for (rate, bytes) in [
+            ("1mbit", 125_000),
+            ("100kbit", 12_500),
+            ("10MB/s", 10_000_000),
+            ("1MiB/s", 1 << 20),
+            ("125000", 125_000),
+        ] {
+            assert_eq!(
+                network_fault_of(&["--rate", rate]),
+                api::NetworkFault {
+                    rate_bytes_per_second: bytes,
+                    direction: api::Direction::Egress as i32,
+                    ..Default::default()
+                },
+                "{rate}"
+            );
+        }
+        // The options only the command line has still reach the fault beside the rate.
+        let fault = network_fault_of(&[
+            "--delay",
+            "100ms",
+            "--jitter",
+            "10ms",
+            "--distribution",
+            "normal",
+            "--reorder",
+            "25",
+            "--rate",
+            "2mbit",
+            "--to",
+            "10.0.0.0/8",
+            "--port",
+            "5432",
+        ]);
+        assert_eq!(fault.rate_bytes_per_second, 250_000);
+        assert_eq!((fault.delay_us, fault.jitter_us), (100_000, 10_000));
+        assert_eq!(fault.distribution, api::Distribution::Normal as i32);
+        assert_eq!(fault.reorder_percent, 25.0);
+        assert_eq!(fault.destinations, vec!["10.0.0.0/8"]);
+        assert_eq!(fault.ports, vec![5432]);
+        let sized = network_fault_of(&["--rate", "1mbit", "--burst", "32K", "--queue", "100KB"]);
+        assert_eq!(
+            (
+                sized.rate_bytes_per_second,
+                sized.rate_burst_bytes,
+                sized.rate_queue_bytes
+            ),
+            (125_000, 32 << 10, 100_000)
+        );
+        assert_eq!(network_fault_of(&["--rate", "1mbit"]).rate_burst_bytes, 0);
+        for (args, kind, text) in [
+            (
+                &["--delay", "10ms", "--burst", "32KiB"][..],
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--rate",
+            ),
+            (
+                &["--delay", "10ms", "--queue", "32KiB"][..],
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--rate",
+            ),
+            (
+                &["--rate", "1mbit", "--burst", "0"][..],
+                clap::error::ErrorKind::ValueValidation,
+                "must be above 0",
+            ),
+            (
+                &["--rate", "1mbit", "--queue", "1.5M"][..],
+                clap::error::ErrorKind::ValueValidation,
+                "--queue",
+            ),
+        ] {
+            let error = inject_network(args).unwrap_err();
+            assert_eq!(error.kind(), kind, "{args:?}: {error}");
+            assert!(error.to_string().contains(text), "{args:?}: {error}");
+        }
+        for (rate, text) in [
+            ("10mb", "`10mbit` (bits per second) or `10MB/s`"),
+            ("100kbps", "ambiguous"),
+            ("0", "above 0"),
+            ("1.5", "a fraction needs a prefixed unit"),
+        ] {
+            let error = inject_network(&["--rate", rate]).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{rate}: {error}"
+            );
+            let message = error.to_string();
+            assert!(
+                message.contains("--rate") && message.contains(text),
+                "{rate}: {message}"
+            );
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chaos_proto::api;
 
 use crate::experiment::{
-    DiskFillSpec, FaultStep, IoSpec, IoStressSpec, TrafficDirection, TrafficProtocol,
+    DiskFillSpec, FaultStep, IoSpec, IoStressSpec, NetworkSpec, TrafficDirection, TrafficProtocol,
 };
 
 /// The request for one chosen target of `step`, carrying the run's lease and labels.
@@ -48,6 +48,29 @@ pub fn direction(direction: TrafficDirection) -> api::Direction {
     match direction {
         TrafficDirection::Egress => api::Direction::Egress,
         TrafficDirection::Ingress => api::Direction::Ingress,
+    }
+}
+
+/// The network fault of a `network` step, and of `chaosctl inject network` (which adds
+/// the options only it has): what is left out is 0 or empty, the API's "not this one".
+pub fn network_fault(network: &NetworkSpec) -> api::NetworkFault {
+    api::NetworkFault {
+        interface: network.interface.clone().unwrap_or_default(),
+        delay_us: micros(network.delay),
+        jitter_us: micros(network.jitter),
+        loss_percent: network.loss,
+        duplicate_percent: network.duplicate,
+        corrupt_percent: network.corrupt,
+        rate_bytes_per_second: network.rate.unwrap_or(0),
+        rate_burst_bytes: network.burst.unwrap_or(0),
+        rate_queue_bytes: network.queue.unwrap_or(0),
+        destinations: network.to.clone(),
+        ports: network.ports.clone(),
+        protocol: protocol(network.protocol) as i32,
+        direction: direction(network.direction) as i32,
+        exclude_destinations: network.exclude_to.clone(),
+        exclude_ports: network.exclude_ports.clone(),
+        ..Default::default()
     }
 }
 
@@ -104,21 +127,7 @@ fn fault(step: &FaultStep) -> api::inject_request::Fault {
         });
     }
     if let Some(network) = &step.network {
-        return Fault::Network(api::NetworkFault {
-            interface: network.interface.clone().unwrap_or_default(),
-            delay_us: micros(network.delay),
-            jitter_us: micros(network.jitter),
-            loss_percent: network.loss,
-            duplicate_percent: network.duplicate,
-            corrupt_percent: network.corrupt,
-            destinations: network.to.clone(),
-            ports: network.ports.clone(),
-            protocol: protocol(network.protocol) as i32,
-            direction: direction(network.direction) as i32,
-            exclude_destinations: network.exclude_to.clone(),
-            exclude_ports: network.exclude_ports.clone(),
-            ..Default::default()
-        });
+        return Fault::Network(network_fault(network));
     }
     if let Some(blackhole) = &step.blackhole {
         return Fault::Blackhole(api::BlackholeFault {
@@ -249,6 +258,47 @@ mod tests {
             Some(api::inject_request::Fault::Pause(_))
         ));
         assert_eq!(crate::experiment::step_kind(&pause), "pause");
+    }
+
+    #[test]
+    fn a_network_steps_rate_reaches_the_request_in_bytes_per_second() {
+        for (rate, bytes) in [("1mbit", 125_000), ("10MB/s", 10_000_000), ("4096", 4096)] {
+            let limited = step(&format!(
+                "name: slow\ntarget: {{targets: ['pid:1']}}\nduration: 30s\nnetwork: {{ rate: {rate} }}\n"
+            ));
+            match inject_request(&limited, "pid:1", None, &HashMap::new(), false).fault {
+                Some(api::inject_request::Fault::Network(n)) => assert_eq!(
+                    n,
+                    api::NetworkFault {
+                        rate_bytes_per_second: bytes,
+                        direction: api::Direction::Egress as i32,
+                        ..Default::default()
+                    },
+                    "{rate}"
+                ),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_network_steps_burst_and_queue_reach_the_request_beside_its_rate() {
+        let sized = step(
+            "name: slow\ntarget: {targets: ['pid:1']}\nduration: 30s\nnetwork: { rate: 1mbit, burst: 32KiB, queue: 64KB }\n",
+        );
+        match inject_request(&sized, "pid:1", None, &HashMap::new(), false).fault {
+            Some(api::inject_request::Fault::Network(n)) => {
+                assert_eq!(
+                    (
+                        n.rate_bytes_per_second,
+                        n.rate_burst_bytes,
+                        n.rate_queue_bytes
+                    ),
+                    (125_000, 32 << 10, 64_000)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -269,6 +269,11 @@ pub fn describe_fault(step: &FaultStep) -> String {
                     parts.push(format!("{name} {value}{unit}"));
                 }
             }
+            for (name, bytes) in [("burst", n.rate_burst_bytes), ("queue", n.rate_queue_bytes)] {
+                if bytes > 0 {
+                    parts.push(format!("{name} {bytes} B"));
+                }
+            }
             if !n.destinations.is_empty() {
                 parts.push(format!("to {}", n.destinations.join(",")));
             }
@@ -1108,6 +1113,12 @@ mod tests {
             (
                 "      network: { delay: 100ms, jitter: 10ms, to: [10.0.0.0/16], ports: [5432] }\n      duration: 1s\n",
                 "network delay 100ms jitter 10ms to 10.0.0.0/16 ports 5432",
+            ),
+            (
+                "      network: { rate: 1mbit, burst: 16KiB, queue: 64KiB }
+      duration: 1s
+",
+                "network rate 125000 B/s burst 16384 B queue 65536 B",
             ),
             (
                 "      delete_pod: {}\n",

@@ -40,7 +40,9 @@ pub use netns::{
     named_netns, netns_id, netns_of_pid, socket_netns_cookie,
 };
 pub use qdisc::{QdiscError, QdiscRecord, QdiscSnapshot, QdiscView, Restored};
-pub use route::{LinkKey, RouteError, default_route_interface, interface, interfaces, link_exists};
+pub use route::{
+    Link, LinkKey, RouteError, default_route_interface, interface, interfaces, link, link_exists,
+};
 pub use rtnetlink::Handle;
 pub use tbf::{TbfError, TbfSpec};
 pub use wire::WireError;

@@ -100,6 +100,20 @@ pub async fn interface(
     handle: &Handle,
     key: LinkKey<'_>,
 ) -> Result<Option<(u32, String)>, RouteError> {
+    Ok(link(handle, key).await?.map(|l| (l.index, l.name)))
+}
+
+/// A link as one RTM_GETLINK answer describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// `IFLA_MTU`; `None` only if the kernel's answer lacked it.
+    pub mtu: Option<u32>,
+}
+
+/// As [`interface`], with the link's MTU from the same answer.
+pub async fn link(handle: &Handle, key: LinkKey<'_>) -> Result<Option<Link>, RouteError> {
     use netlink_packet_route::link::{LinkAttribute, LinkMessage};
     let mut request = LinkMessage::default();
     match key {
@@ -115,7 +129,17 @@ pub async fn interface(
         }) if errno == nix::errno::Errno::ENODEV as i32 => return Ok(None),
         Err(e) => return Err(RouteError::Netlink(e)),
     };
-    Ok(answers.iter().find_map(index_and_name))
+    Ok(answers.iter().find_map(|answer| {
+        let (index, name) = index_and_name(answer)?;
+        let RouteNetlinkMessage::NewLink(message) = answer else {
+            return None;
+        };
+        let mtu = message.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Mtu(mtu) => Some(*mtu),
+            _ => None,
+        });
+        Some(Link { index, name, mtu })
+    }))
 }
 
 /// Whether `ifindex` names a link of this namespace (one RTM_GETLINK get).

@@ -49,6 +49,13 @@ pub const BURST_MS: u64 = 10;
 /// that would wait longer is dropped, as on a congested link of that speed.
 pub const QUEUE_MS: u64 = 100;
 
+/// The largest bucket or queue a request may set: far beyond any link's bandwidth-delay
+/// product (400 Gbit/s for 20 ms is 1 GB), and a queue is kernel memory on the node.
+pub const MAX_SIZE_BYTES: u64 = 1 << 30;
+/// What the kernel adds to an interface's MTU for the largest packet tbf sees
+/// (`psched_mtu`: MTU + `hard_header_len`, 14 on Ethernet, veth, ifb and loopback).
+pub const LINK_HEADER_BYTES: u32 = 14;
+
 /// A tbf qdisc in human units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TbfSpec {
@@ -80,6 +87,34 @@ impl TbfSpec {
             burst_bytes,
             limit_bytes: u32::try_from(limit).unwrap_or(u32::MAX),
         }
+    }
+
+    /// As [`TbfSpec::for_rate`], with the bucket and the queue a request set itself
+    /// (`None` keeps that default). A bucket set without a queue keeps the default queue
+    /// behind it: the bucket plus [`QUEUE_MS`] at the rate.
+    pub fn with_sizes(
+        rate_bytes_per_sec: u64,
+        burst_bytes: Option<u32>,
+        limit_bytes: Option<u32>,
+    ) -> TbfSpec {
+        let default = TbfSpec::for_rate(rate_bytes_per_sec);
+        let burst_bytes = burst_bytes.unwrap_or(default.burst_bytes);
+        let queue = rate_bytes_per_sec.saturating_mul(QUEUE_MS) / 1000;
+        let default_limit = u64::from(burst_bytes).saturating_add(queue);
+        TbfSpec {
+            rate_bytes_per_sec,
+            burst_bytes,
+            limit_bytes: limit_bytes
+                .unwrap_or_else(|| u32::try_from(default_limit).unwrap_or(u32::MAX)),
+        }
+    }
+
+    /// Whether a dump reads this bucket back as it is: the kernel reports the bucket as
+    /// the time it takes at the rate, in 32 bits of 64 ns ticks (about 274 s), and a
+    /// longer time wraps.
+    pub fn bucket_reads_back(burst_bytes: u64, rate_bytes_per_sec: u64) -> bool {
+        let ns = u128::from(burst_bytes) * 1_000_000_000 / u128::from(rate_bytes_per_sec.max(1));
+        (ns >> PSCHED_SHIFT) <= u128::from(u32::MAX)
     }
 
     pub fn validate(&self) -> Result<(), TbfError> {
@@ -195,6 +230,45 @@ mod tests {
         let fast = TbfSpec::for_rate(50_000_000_000);
         assert_eq!(fast.burst_bytes, 500_000_000);
         assert_eq!(fast.limit_bytes, u32::MAX);
+    }
+
+    #[test]
+    fn sizes_a_request_sets_replace_the_defaults_one_by_one() {
+        let rate = 250_000;
+        assert_eq!(
+            TbfSpec::with_sizes(rate, None, None),
+            TbfSpec::for_rate(rate)
+        );
+        // A bucket alone keeps the default queue behind it: 100 ms at the rate more.
+        let bucket = TbfSpec::with_sizes(rate, Some(4_000), None);
+        assert_eq!(
+            (bucket.burst_bytes, bucket.limit_bytes),
+            (4_000, 4_000 + 25_000)
+        );
+        // A queue alone keeps the default bucket.
+        let queue = TbfSpec::with_sizes(rate, None, Some(3_000));
+        assert_eq!(
+            (queue.burst_bytes, queue.limit_bytes),
+            (MIN_BURST_BYTES, 3_000)
+        );
+        let both = TbfSpec::with_sizes(rate, Some(2_000), Some(60_000));
+        assert_eq!((both.burst_bytes, both.limit_bytes), (2_000, 60_000));
+        let bytes = encode(&both).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), both);
+        // As the kernel dumps it (PARMS only: the bucket as time), exact at this rate.
+        assert_eq!(decode(&bytes[..40]).unwrap(), both);
+        // At the top rate the default queue behind a bucket saturates the kernel's u32.
+        let fast = TbfSpec::with_sizes(u64::MAX / 8, Some(1 << 20), None);
+        assert_eq!(fast.limit_bytes, u32::MAX);
+    }
+
+    #[test]
+    fn a_bucket_reads_back_while_its_time_fits_32_bits_of_ticks() {
+        // 2^32 ticks of 64 ns = 274.877906944 s.
+        assert!(TbfSpec::bucket_reads_back(274_877, 1_000));
+        assert!(!TbfSpec::bucket_reads_back(274_878, 1_000));
+        assert!(TbfSpec::bucket_reads_back(MAX_SIZE_BYTES, 125_000_000));
+        assert!(!TbfSpec::bucket_reads_back(MAX_SIZE_BYTES, 125_000));
     }
 
     #[test]

@@ -371,6 +371,122 @@ async fn host_a_bandwidth_limit_is_a_tbf_that_slows_a_transfer_both_ways_and_res
     Ok(())
 }
 
+/// A rate alone with its bucket and queue set (`rate_burst_bytes`, `rate_queue_bytes`):
+/// the kernel's tbf holds them as asked, egress and on the ingress ifb, read back from
+/// the kernel's dump by the agent (the status) and by tc, and the revert removes it,
+/// leaving the interface as it was. A bucket or queue below one full frame of the veth
+/// (MTU 1500 + 14), and sizes beside netem impairments, are refused before anything
+/// changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_a_rate_with_its_bucket_and_queue_set_installs_them_as_asked_and_reverts() -> Result<()>
+{
+    let (_tls, state, agent, netns, pod) = rig()?;
+    let before = interface_state(&netns)?;
+    // At 250000 B/s a 64 ns tick is 0.016 bytes: the bucket, which the kernel dumps as a
+    // time, reads back to the byte.
+    let (burst, queue) = (4_000, 60_000);
+    let sized = |direction: api::Direction, burst: u64, queue: u64| {
+        network(
+            &pod.target(),
+            Duration::from_secs(120),
+            api::NetworkFault {
+                rate_bytes_per_second: LIMIT_BYTES_PER_SECOND,
+                rate_burst_bytes: burst,
+                rate_queue_bytes: queue,
+                direction: direction as i32,
+                ..Default::default()
+            },
+        )
+    };
+    let expected_status = format!(
+        "tbf ca05: rate {}bit burst {burst}b limit {queue}b",
+        LIMIT_BYTES_PER_SECOND * 8
+    );
+
+    let fault = inject(&agent, sized(api::Direction::Egress, burst, queue)).await?;
+    assert_eq!(installed(&fault), expected_status);
+    let shown = qdiscs(&netns)?;
+    println!("egress: {shown}");
+    // tc shows the queue as the latency it adds beyond the bucket: (60000 - 4000) B at
+    // 250000 B/s = 224 ms.
+    let latency_ms = (queue - burst) * 1000 / LIMIT_BYTES_PER_SECOND;
+    ensure!(
+        shown.contains("tbf ca05: root")
+            && shown.contains(&format!("burst {burst}b"))
+            && shown.contains(&format!("lat {latency_ms}ms")),
+        "tc shows another tbf: {shown}"
+    );
+    assert_eq!(journal_len(state.path()), 1);
+    let reverted = revert(&agent, &fault.id).await?;
+    assert_eq!(
+        reverted.state,
+        api::FaultState::Reverted as i32,
+        "{reverted:?}"
+    );
+    assert_eq!(interface_state(&netns)?, before, "egress revert");
+    assert!(!qdiscs(&netns)?.contains("tbf"), "{}", qdiscs(&netns)?);
+    assert_eq!(journal_len(state.path()), 0);
+
+    // Ingress: the same tbf on the ifb made for the fault, gone with it at the revert.
+    let fault = inject(&agent, sized(api::Direction::Ingress, burst, queue)).await?;
+    assert!(
+        installed(&fault).ends_with(&expected_status),
+        "{}",
+        installed(&fault)
+    );
+    revert(&agent, &fault.id).await?;
+    assert_eq!(interface_state(&netns)?, before, "ingress revert");
+    assert_eq!(journal_len(state.path()), 0);
+
+    // One byte short of a full frame of eth0, as bucket or as queue; and sizes for a rate
+    // that netem would take (beside a delay).
+    let mut client = agent.client().await?;
+    let netem_rate = network(
+        &pod.target(),
+        Duration::from_secs(30),
+        api::NetworkFault {
+            delay_us: 10_000,
+            rate_bytes_per_second: LIMIT_BYTES_PER_SECOND,
+            rate_burst_bytes: burst,
+            ..Default::default()
+        },
+    );
+    for (label, request, field, reason) in [
+        (
+            "bucket below a frame",
+            sized(api::Direction::Egress, 1513, 0),
+            "network.rate_burst_bytes",
+            "MTU 1500",
+        ),
+        (
+            "queue below a frame",
+            sized(api::Direction::Ingress, 0, 1513),
+            "network.rate_queue_bytes",
+            "MTU 1500",
+        ),
+        (
+            "beside netem",
+            netem_rate,
+            "network.rate_burst_bytes",
+            "netem's",
+        ),
+    ] {
+        let status = client.inject(request).await.expect_err(label);
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{label}: {status:?}"
+        );
+        ensure!(
+            status.message().contains(field) && status.message().contains(reason),
+            "{label}: {status:?}"
+        );
+    }
+    assert_eq!(interface_state(&netns)?, before, "after the refusals");
+    assert_eq!(journal_len(state.path()), 0);
+    Ok(())
+}
+
 fn blackhole(target: &str, duration: Duration, fault: api::BlackholeFault) -> api::InjectRequest {
     api::InjectRequest {
         target: target.into(),

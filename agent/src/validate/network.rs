@@ -40,6 +40,55 @@ fn check_percent(field: &'static str, value: f64) -> Result<(), AgentError> {
 /// must fit 64 bits. The kernel takes any 64-bit byte rate (`TCA_*_RATE64`).
 pub const MAX_RATE_BYTES_PER_SECOND: u64 = u64::MAX / 8;
 
+/// The tbf's bucket and queue a request may set: only for a rate alone (with any other
+/// impairment the rate is netem's, which has neither), and within what the kernel holds
+/// and reads back. That each holds a full frame of the interface is prepare's to check,
+/// where the interface's MTU is known.
+fn check_tbf_sizes(n: &api::NetworkFault) -> Result<(), AgentError> {
+    use chaos_netem::tbf::{MAX_SIZE_BYTES, TbfSpec};
+    let sizes = [
+        ("network.rate_burst_bytes", n.rate_burst_bytes),
+        ("network.rate_queue_bytes", n.rate_queue_bytes),
+    ];
+    for (field, bytes) in sizes {
+        if bytes == 0 {
+            continue;
+        }
+        if n.rate_bytes_per_second == 0 {
+            return Err(AgentError::invalid(
+                field,
+                "needs network.rate_bytes_per_second (it sizes the rate's tbf)",
+            ));
+        }
+        if !crate::faults::network::rate_alone(n) {
+            return Err(AgentError::invalid(
+                field,
+                "applies to a rate alone (a tbf); with delay, loss, duplicate, corrupt or reorder \
+                 the rate is netem's, which has no bucket and queues up to its 1000-packet limit",
+            ));
+        }
+        if bytes > MAX_SIZE_BYTES {
+            return Err(AgentError::invalid(
+                field,
+                format!("{bytes} bytes is above the largest, {MAX_SIZE_BYTES} (1 GiB)"),
+            ));
+        }
+    }
+    if n.rate_burst_bytes > 0
+        && !TbfSpec::bucket_reads_back(n.rate_burst_bytes, n.rate_bytes_per_second)
+    {
+        return Err(AgentError::invalid(
+            "network.rate_burst_bytes",
+            format!(
+                "{} bytes take more than 274 s at {} bytes/s: the kernel reports a bucket as \
+                 32 bits of 64 ns ticks, so it would not read back as installed",
+                n.rate_burst_bytes, n.rate_bytes_per_second
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn validate_network(
     n: &api::NetworkFault,
     limits: &Limits,
@@ -118,6 +167,7 @@ pub(super) fn validate_network(
             ),
         ));
     }
+    check_tbf_sizes(n)?;
     let impairs = n.delay_us > 0
         || n.loss_percent > 0.0
         || n.duplicate_percent > 0.0
@@ -190,6 +240,108 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn tbf_sizes_go_with_a_rate_alone_and_within_what_the_kernel_holds() {
+        let network = |fault: api::NetworkFault| {
+            validate_inject(
+                &req("pid:2", 1000, Fault::Network(fault)),
+                &Limits::default(),
+            )
+        };
+        let refused = |fault: api::NetworkFault| match network(fault) {
+            Err(AgentError::InvalidArgument { field, reason }) => (field, reason),
+            other => panic!("{other:?}"),
+        };
+        let sized = api::NetworkFault {
+            rate_bytes_per_second: 250_000,
+            rate_burst_bytes: 3_000,
+            rate_queue_bytes: 60_000,
+            ..Default::default()
+        };
+        match network(sized.clone()).map(|valid| valid.plan) {
+            Ok(crate::validate::FaultPlan::Network(plan)) => assert_eq!(plan.request, sized),
+            other => panic!("{other:?}"),
+        }
+        // Each alone is fine too.
+        for (burst, queue) in [(3_000, 0), (0, 60_000)] {
+            assert!(
+                network(api::NetworkFault {
+                    rate_burst_bytes: burst,
+                    rate_queue_bytes: queue,
+                    ..sized.clone()
+                })
+                .is_ok()
+            );
+        }
+        // Without a rate: sizes of nothing.
+        for (burst, queue, field) in [
+            (3_000, 0, "network.rate_burst_bytes"),
+            (0, 60_000, "network.rate_queue_bytes"),
+        ] {
+            let (got, reason) = refused(api::NetworkFault {
+                delay_us: 1_000,
+                rate_burst_bytes: burst,
+                rate_queue_bytes: queue,
+                ..Default::default()
+            });
+            assert_eq!(got, field);
+            assert!(
+                reason.contains("needs network.rate_bytes_per_second"),
+                "{reason}"
+            );
+        }
+        // With another impairment the rate is netem's: no bucket, no byte queue.
+        for other in [
+            api::NetworkFault {
+                delay_us: 1_000,
+                ..sized.clone()
+            },
+            api::NetworkFault {
+                loss_percent: 1.0,
+                rate_burst_bytes: 0,
+                ..sized.clone()
+            },
+        ] {
+            let (field, reason) = refused(other);
+            assert!(field.starts_with("network.rate_"), "{field}");
+            assert!(reason.contains("netem's"), "{reason}");
+        }
+        // Above 1 GiB, and a bucket whose time at the rate does not fit the dump.
+        let max = chaos_netem::tbf::MAX_SIZE_BYTES;
+        let fast = api::NetworkFault {
+            rate_bytes_per_second: 125_000_000,
+            ..Default::default()
+        };
+        assert!(
+            network(api::NetworkFault {
+                rate_burst_bytes: max,
+                rate_queue_bytes: max,
+                ..fast.clone()
+            })
+            .is_ok()
+        );
+        for (burst, queue, field) in [
+            (max + 1, 0, "network.rate_burst_bytes"),
+            (0, max + 1, "network.rate_queue_bytes"),
+            (u64::MAX, 0, "network.rate_burst_bytes"),
+        ] {
+            let (got, reason) = refused(api::NetworkFault {
+                rate_burst_bytes: burst,
+                rate_queue_bytes: queue,
+                ..fast.clone()
+            });
+            assert_eq!(got, field);
+            assert!(reason.contains("above the largest"), "{reason}");
+        }
+        let (field, reason) = refused(api::NetworkFault {
+            rate_bytes_per_second: 1_000,
+            rate_burst_bytes: 300_000,
+            ..Default::default()
+        });
+        assert_eq!(field, "network.rate_burst_bytes");
+        assert!(reason.contains("274 s"), "{reason}");
     }
 
     #[test]

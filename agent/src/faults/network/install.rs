@@ -15,6 +15,8 @@ use crate::error::AgentError;
 pub(super) struct Inspected {
     pub(super) ifindex: u32,
     pub(super) ifname: String,
+    /// The interface's MTU, from the same link answer (`None` if the answer lacked it).
+    pub(super) mtu: Option<u32>,
     pub(super) snapshot: QdiscSnapshot,
     pub(super) ingress: Option<IngressRedirect>,
 }
@@ -83,12 +85,12 @@ pub(super) async fn inspect(
     // The qdisc dump goes out together with the link get (a socket runs one dump at a
     // time, but a get may go alongside it): both answers come back in one pass.
     let (link, table) = futures::join!(
-        chaos_netem::interface(handle, key),
+        chaos_netem::link(handle, key),
         chaos_netem::qdisc::table(handle)
     );
-    let (ifindex, ifname) = match (link.map_err(internal)?, key) {
-        (Some(found), _) => found,
-        (None, LinkKey::Index(ifindex)) => (ifindex, format!("ifindex {ifindex}")),
+    let (ifindex, ifname, mtu) = match (link.map_err(internal)?, key) {
+        (Some(found), _) => (found.index, found.name, found.mtu),
+        (None, LinkKey::Index(ifindex)) => (ifindex, format!("ifindex {ifindex}"), None),
         (None, LinkKey::Name(name)) => {
             let links = chaos_netem::interfaces(handle).await.map_err(internal)?;
             return Err(AgentError::FailedPrecondition(format!(
@@ -137,6 +139,7 @@ pub(super) async fn inspect(
     Ok(Inspected {
         ifindex,
         ifname,
+        mtu,
         snapshot,
         ingress,
     })

@@ -80,8 +80,8 @@ pub use describe::describe_root;
 pub use kernel_modules::{NETEM_MISSING_HINT, require_modules, require_netem};
 pub use kind::{CAPABILITIES, KIND, NetworkUndo, prepare, prepare_request, replay};
 pub use plan::{
-    Direction, NetworkRequest, Scope, blackhole_request, classifier, impairment, netem_spec,
-    network_request,
+    AskedSizes, Direction, NetworkRequest, Scope, blackhole_request, classifier, impairment,
+    netem_spec, network_request, rate_alone,
 };
 pub use record::{NetnsRef, QdiscRestore};
 pub use restore::{Reverted, restore_interface};
@@ -208,6 +208,7 @@ impl NetworkFault {
                 "network prepare phases"
             );
             let ifname = inspected.ifname;
+            check_frame_fits(&request, inspected.mtu, &ifname, &label)?;
             if request.direction == Direction::Egress {
                 if inspected.snapshot.root.is_ours() {
                     return Err(AgentError::FailedPrecondition(format!(
@@ -448,10 +449,107 @@ impl NetworkFault {
     }
 }
 
+/// A tbf bucket or queue the request set must hold one full frame of the interface (its
+/// MTU plus the link header, as the kernel's `psched_mtu` counts): tbf drops a packet
+/// larger than its bucket that it cannot segment, and a packet larger than the queue
+/// never enters it, so a smaller size would drop every full-size packet instead of
+/// limiting the rate. On ingress the frames come from this interface through the ifb.
+/// The agent's own defaults are not checked here: they are what they always were.
+fn check_frame_fits(
+    request: &NetworkRequest,
+    mtu: Option<u32>,
+    ifname: &str,
+    label: &str,
+) -> Result<(), AgentError> {
+    let (chaos_netem::Impairment::Tbf(spec), Some(mtu)) = (&request.impairment, mtu) else {
+        return Ok(());
+    };
+    let frame = u64::from(mtu) + u64::from(chaos_netem::tbf::LINK_HEADER_BYTES);
+    let sizes = [
+        (
+            request.asked.burst,
+            "network.rate_burst_bytes",
+            spec.burst_bytes,
+            "bucket",
+        ),
+        (
+            request.asked.queue,
+            "network.rate_queue_bytes",
+            spec.limit_bytes,
+            "queue",
+        ),
+    ];
+    for (asked, field, bytes, what) in sizes {
+        if asked && u64::from(bytes) < frame {
+            return Err(AgentError::invalid(
+                field,
+                format!(
+                    "{bytes} bytes is less than one full frame of interface {ifname} of {label} \
+                     ({frame} bytes: MTU {mtu} + {} of link header); a {what} that small would \
+                     drop every full-size packet",
+                    chaos_netem::tbf::LINK_HEADER_BYTES
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn interface_names(interfaces: &[InterfaceTarget]) -> String {
     interfaces
         .iter()
         .map(|t| t.ifname.as_str())
         .collect::<Vec<_>>()
         .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::{NetworkPlan, NodeNetworkPolicy};
+
+    fn sized(burst: u64, queue: u64) -> NetworkRequest {
+        network_request(&NetworkPlan {
+            request: api::NetworkFault {
+                rate_bytes_per_second: 250_000,
+                rate_burst_bytes: burst,
+                rate_queue_bytes: queue,
+                ..Default::default()
+            },
+            destinations: vec![],
+            exclude_destinations: vec![],
+            node: NodeNetworkPolicy::default(),
+        })
+    }
+
+    #[test]
+    fn a_bucket_or_queue_the_request_set_must_hold_a_full_frame() {
+        let check =
+            |request: &NetworkRequest, mtu| check_frame_fits(request, mtu, "eth0", "pod:a/b");
+        // 1500 + 14: exactly one frame is enough.
+        assert!(check(&sized(1514, 1514), Some(1500)).is_ok());
+        match check(&sized(1513, 0), Some(1500)) {
+            Err(AgentError::InvalidArgument { field, reason }) => {
+                assert_eq!(field, "network.rate_burst_bytes");
+                assert!(
+                    reason.contains("1513 bytes") && reason.contains("1514 bytes: MTU 1500"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match check(&sized(0, 1000), Some(1500)) {
+            Err(AgentError::InvalidArgument { field, .. }) => {
+                assert_eq!(field, "network.rate_queue_bytes")
+            }
+            other => panic!("{other:?}"),
+        }
+        // lo's 65536 MTU: a 16 KiB bucket of our own default is left as it always was,
+        // one the request set is held to the frame.
+        assert!(check(&sized(0, 70_000), Some(65_536)).is_ok());
+        assert!(check(&sized(20_000, 0), Some(65_536)).is_err());
+        // Without sizes of its own, and for netem, nothing to check.
+        assert!(check(&sized(0, 0), Some(9000)).is_ok());
+        assert!(check(&sized(100, 100), None).is_ok());
+    }
 }

@@ -35,6 +35,18 @@ pub struct NetworkRequest {
     pub scope: Scope,
     /// What the agent permits if a namespace turns out to be the node's.
     pub node: NodeNetworkPolicy,
+    /// The tbf sizes the request set itself, which prepare checks against each
+    /// interface's MTU (the agent's defaults are left as they always were).
+    pub asked: AskedSizes,
+}
+
+/// Which of a tbf's sizes a request set (`rate_burst_bytes`, `rate_queue_bytes`): each
+/// must hold a full frame of every interface, which only prepare, inside the
+/// namespace, can tell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AskedSizes {
+    pub burst: bool,
+    pub queue: bool,
 }
 
 impl NetworkRequest {
@@ -183,6 +195,10 @@ pub fn network_request(plan: &NetworkPlan) -> NetworkRequest {
         interface: (!request.interface.is_empty()).then(|| request.interface.clone()),
         scope: Scope::Targets,
         node: plan.node,
+        asked: AskedSizes {
+            burst: request.rate_burst_bytes > 0,
+            queue: request.rate_queue_bytes > 0,
+        },
     }
 }
 
@@ -213,22 +229,37 @@ pub fn blackhole_request(plan: &BlackholePlan) -> NetworkRequest {
             Scope::Targets
         },
         node: plan.node,
+        asked: AskedSizes::default(),
     }
 }
 
-/// What the request's qdisc does: a bandwidth limit alone is a tbf (a limit as a slow
-/// link imposes it, and no need for sch_netem); anything else is netem, with the rate
-/// (if any) among its impairments.
-pub fn impairment(request: &api::NetworkFault) -> Impairment {
+/// Whether the request is a bandwidth limit and nothing else, which is a tbf; validation
+/// asks the same to refuse tbf sizes where netem's rate would take the limit.
+pub fn rate_alone(request: &api::NetworkFault) -> bool {
     let spec = netem_spec(request);
     let rate_only = NetemSpec {
         rate_bytes_per_sec: spec.rate_bytes_per_sec,
         ..NetemSpec::default()
     };
-    if spec.rate_bytes_per_sec > 0 && spec == rate_only {
-        Impairment::Tbf(TbfSpec::for_rate(spec.rate_bytes_per_sec))
+    spec.rate_bytes_per_sec > 0 && spec == rate_only
+}
+
+/// What the request's qdisc does: a bandwidth limit alone is a tbf (a limit as a slow
+/// link imposes it, and no need for sch_netem), with the bucket and queue it set (0: the
+/// agent's defaults); anything else is netem, with the rate (if any) among its
+/// impairments.
+pub fn impairment(request: &api::NetworkFault) -> Impairment {
+    if rate_alone(request) {
+        // Validation bounds both sizes far below u32::MAX; a size that did not fit would
+        // fall back to the default rather than be cut.
+        let size = |bytes: u64| u32::try_from(bytes).ok().filter(|b| *b > 0);
+        Impairment::Tbf(TbfSpec::with_sizes(
+            request.rate_bytes_per_second,
+            size(request.rate_burst_bytes),
+            size(request.rate_queue_bytes),
+        ))
     } else {
-        Impairment::Netem(spec)
+        Impairment::Netem(netem_spec(request))
     }
 }
 
@@ -451,6 +482,67 @@ pub(super) mod tests {
             other => panic!("expected netem, got {other:?}"),
         }
         assert!(matches!(impairment(&request()), Impairment::Netem(_)));
+    }
+
+    #[test]
+    fn a_rate_alone_takes_the_bucket_and_queue_it_sets_and_says_which() {
+        let sized = api::NetworkFault {
+            rate_bytes_per_second: 250_000,
+            rate_burst_bytes: 3_000,
+            rate_queue_bytes: 50_000,
+            ..Default::default()
+        };
+        assert!(rate_alone(&sized));
+        assert_eq!(
+            impairment(&sized),
+            Impairment::Tbf(TbfSpec {
+                rate_bytes_per_sec: 250_000,
+                burst_bytes: 3_000,
+                limit_bytes: 50_000,
+            })
+        );
+        let plan = |request| NetworkPlan {
+            request,
+            destinations: vec![],
+            exclude_destinations: vec![],
+            node: NodeNetworkPolicy::default(),
+        };
+        assert_eq!(
+            network_request(&plan(sized.clone())).asked,
+            AskedSizes {
+                burst: true,
+                queue: true
+            }
+        );
+        // The queue alone: the default bucket, and only the queue is the request's.
+        let queue_only = api::NetworkFault {
+            rate_burst_bytes: 0,
+            ..sized.clone()
+        };
+        assert_eq!(
+            impairment(&queue_only),
+            Impairment::Tbf(TbfSpec::with_sizes(250_000, None, Some(50_000)))
+        );
+        assert_eq!(
+            network_request(&plan(queue_only)).asked,
+            AskedSizes {
+                burst: false,
+                queue: true
+            }
+        );
+        let defaults = network_request(&plan(api::NetworkFault {
+            rate_bytes_per_second: 250_000,
+            ..Default::default()
+        }));
+        assert_eq!(defaults.asked, AskedSizes::default());
+        assert_eq!(
+            defaults.impairment,
+            Impairment::Tbf(TbfSpec::for_rate(250_000))
+        );
+        assert!(!rate_alone(&api::NetworkFault {
+            loss_percent: 1.0,
+            ..sized
+        }));
     }
 
     #[test]
