@@ -400,6 +400,14 @@ async fn serves_health_reflection_capabilities_and_metrics() -> Result<()> {
         .await?
         .into_inner();
     assert_eq!(caps.node_name, "test-node");
+    // Every kind of the API, as the agent serves it (the proto's values are dense from 1).
+    let api_kinds: Vec<i32> = (1..)
+        .map_while(|value| api::FaultKind::try_from(value).ok())
+        .map(|kind| kind as i32)
+        .collect();
+    let mut served = caps.supported_kinds.clone();
+    served.sort();
+    assert_eq!(served, api_kinds, "supported_kinds against the API's kinds");
     assert!(!caps.kernel_release.is_empty());
     assert!(
         ["v1", "v2", "hybrid"].contains(&caps.cgroup_version.as_str()),

@@ -328,6 +328,19 @@ mod kind_tests {
     }
 
     #[test]
+    fn every_kind_of_the_api_is_served() {
+        // The proto's enum values are dense from 1: stop at the first that is not a kind.
+        let api_kinds: Vec<api::FaultKind> = (1..)
+            .map_while(|value| api::FaultKind::try_from(value).ok())
+            .collect();
+        assert!(api_kinds.len() >= 9, "{api_kinds:?}");
+        for kind in &api_kinds {
+            assert!(kind_info(*kind).is_some(), "{kind:?} is not in KINDS");
+        }
+        assert_eq!(KINDS.len(), api_kinds.len());
+    }
+
+    #[test]
     fn each_kind_replays_an_empty_record_of_its_own_form_and_refuses_another_form() {
         let procfs = Procfs::default();
         let empty = |kind: api::FaultKind| match kind {
