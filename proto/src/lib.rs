@@ -67,6 +67,14 @@ impl api::FaultKind {
         }
     }
 
+    /// Every kind of the API but Unspecified, in the enum's order (its values are dense
+    /// from 1: the first value that is not a kind ends them).
+    pub fn every_kind() -> Vec<api::FaultKind> {
+        (1..)
+            .map_while(|value| api::FaultKind::try_from(value).ok())
+            .collect()
+    }
+
     /// The kind a [`label`](Self::label) names; None for a name no kind has.
     pub fn from_label(label: &str) -> Option<api::FaultKind> {
         let name = format!("FAULT_KIND_{}", label.to_ascii_uppercase());
@@ -98,10 +106,17 @@ mod tests {
 
     #[test]
     fn every_fault_kind_has_its_own_label_and_is_found_by_it() {
-        let kinds: Vec<api::FaultKind> = (0..64)
-            .filter_map(|value| api::FaultKind::try_from(value).ok())
+        let kinds: Vec<api::FaultKind> = std::iter::once(api::FaultKind::Unspecified)
+            .chain(api::FaultKind::every_kind())
             .collect();
         assert!(kinds.len() >= 10, "{kinds:?}");
+        // Dense from 1, as every_kind assumes: no kind beyond the first gap.
+        assert!(
+            (0..64)
+                .filter_map(|v| api::FaultKind::try_from(v).ok())
+                .count()
+                == kinds.len()
+        );
         let mut labels: Vec<&str> = kinds.iter().map(|kind| kind.label()).collect();
         for kind in &kinds {
             assert_eq!(api::FaultKind::from_label(kind.label()), Some(*kind));

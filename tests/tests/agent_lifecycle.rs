@@ -400,9 +400,9 @@ async fn serves_health_reflection_capabilities_and_metrics() -> Result<()> {
         .await?
         .into_inner();
     assert_eq!(caps.node_name, "test-node");
-    // Every kind of the API, as the agent serves it (the proto's values are dense from 1).
-    let api_kinds: Vec<i32> = (1..)
-        .map_while(|value| api::FaultKind::try_from(value).ok())
+    // Every kind of the API, as the agent serves it.
+    let api_kinds: Vec<i32> = api::FaultKind::every_kind()
+        .into_iter()
         .map(|kind| kind as i32)
         .collect();
     let mut served = caps.supported_kinds.clone();
