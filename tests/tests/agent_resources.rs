@@ -110,6 +110,26 @@ async fn get(agent: &TestAgent, id: &str) -> Result<api::Fault> {
         .into_inner())
 }
 
+/// Reverts `id` and waits for the agent's stressors to be gone, at most 2 s (scaled).
+async fn revert_and_await_stressors(agent: &TestAgent, id: &str) -> Result<()> {
+    let mut client = agent.client().await?;
+    client
+        .revert(api::RevertRequest {
+            id: id.into(),
+            all: false,
+        })
+        .await?;
+    let reverted = Instant::now();
+    while stressors_of(agent.pid()).iter().any(|p| alive(*p)) {
+        assert!(
+            reverted.elapsed() < chaos_tests::scaled(Duration::from_secs(2)),
+            "a stressor outlived the revert by 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 fn cpu_status(fault: &api::Fault) -> api::CpuStatus {
     match &fault.status {
         Some(api::fault::Status::Cpu(c)) => *c,
@@ -530,24 +550,10 @@ async fn cpu_fill_tops_a_busy_container_up_to_seventy_percent() -> Result<()> {
         "the fill did all the work: {status:?}"
     );
 
-    let mut client = agent.client().await?;
-    client
-        .revert(api::RevertRequest {
-            id: fill.id.clone(),
-            all: false,
-        })
-        .await?;
     // The fill is gone: its stressor left the cgroup (the workload's processes stay), and
     // when the fill had held its level, the container is back below it (the workload alone
     // may swing under emulation, so no tighter bound than that).
-    let reverted = Instant::now();
-    while stressors_of(agent.pid()).iter().any(|p| alive(*p)) {
-        assert!(
-            reverted.elapsed() < chaos_tests::scaled(Duration::from_secs(2)),
-            "a stressor outlived the revert by 2 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    revert_and_await_stressors(&agent, &fill.id).await?;
     let after =
         tokio::task::block_in_place(|| accounting.cpu_percent_over(Duration::from_secs(2)))?;
     assert!(
@@ -622,21 +628,7 @@ async fn cpu_starve_takes_eighty_percent_from_a_busy_workload_and_gives_it_back(
     );
     assert_eq!(status.stressors_running, 1, "{status:?}");
 
-    let mut client = agent.client().await?;
-    client
-        .revert(api::RevertRequest {
-            id: fault.id.clone(),
-            all: false,
-        })
-        .await?;
-    let reverted = Instant::now();
-    while stressors_of(agent.pid()).iter().any(|p| alive(*p)) {
-        assert!(
-            reverted.elapsed() < chaos_tests::scaled(Duration::from_secs(2)),
-            "a stressor outlived the revert by 2 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    revert_and_await_stressors(&agent, &fault.id).await?;
     let after =
         tokio::task::block_in_place(|| accounting.workload_window(&loops, Duration::from_secs(2)))?;
     println!("after the revert: {after:?}");
