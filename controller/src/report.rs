@@ -4,6 +4,7 @@
 
 use std::fmt::Write;
 
+use crate::outage::FaultOutage;
 use crate::runner::{RunResult, StepPlan};
 use crate::stats::PhaseStats;
 
@@ -69,6 +70,12 @@ pub fn table(result: &RunResult) -> String {
             }
         );
     }
+    if !result.per_fault.is_empty() {
+        let _ = writeln!(out, "per fault, counted from its own injection:");
+    }
+    for f in &result.per_fault {
+        let _ = writeln!(out, "  {}", fault_outage_line(f));
+    }
     let _ = writeln!(
         out,
         "time to detect {}  time to recover {}  recovered {}",
@@ -90,6 +97,31 @@ pub fn table(result: &RunResult) -> String {
         let _ = writeln!(out, "  - {r}");
     }
     out
+}
+
+/// One fault step's own outage and recovery, counted from its injection.
+fn fault_outage_line(f: &FaultOutage) -> String {
+    let mut line = format!("{:<12} ", f.step);
+    if f.outages == 0 {
+        line.push_str("no outage");
+        return line;
+    }
+    let _ = write!(
+        line,
+        "outage at +{}, {} long",
+        secs(f.outage_start_ms),
+        secs(f.outage_ms)
+    );
+    if f.outages > 1 {
+        let _ = write!(line, " in {} stretches", f.outages);
+    }
+    match f.time_to_recover_ms {
+        Some(_) => {
+            let _ = write!(line, ", recovered at +{}", secs(f.time_to_recover_ms));
+        }
+        None => line.push_str(", not recovered"),
+    }
+    line
 }
 
 /// What `--dry-run` prints.
@@ -234,6 +266,26 @@ pub fn html(result: &RunResult) -> String {
         secs(result.timing.time_to_recover_ms),
         result.timing.recovered
     );
+    if !result.per_fault.is_empty() {
+        page.push_str(
+            "<table><tr><th>fault</th><th>outages</th><th>outage start</th>\
+             <th>outage length</th><th>time to recover</th></tr>",
+        );
+        for f in &result.per_fault {
+            let _ = write!(
+                page,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&f.step),
+                f.outages,
+                secs(f.outage_start_ms),
+                secs(f.outage_ms),
+                secs(f.time_to_recover_ms)
+            );
+        }
+        page.push_str(
+            "</table><p>Outage start and time to recover count from the fault's own injection.</p>",
+        );
+    }
     page.push_str("<pre>");
     page.push_str(&escape(&table(result)));
     page.push_str("</pre>");

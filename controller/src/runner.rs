@@ -18,6 +18,7 @@ use crate::experiment::{
 };
 use crate::fleet::Fleet;
 use crate::kube_api::{Deletion, KubeApi, KubeApiError};
+use crate::outage::{FaultOutage, FaultWindow, outages, per_fault};
 use crate::probe::{Sample, observe};
 use crate::request::inject_request;
 use crate::selection::{
@@ -52,6 +53,8 @@ pub struct RunResult {
     pub reasons: Vec<String>,
     pub phases: Phases,
     pub timing: Timing,
+    /// Each fault step's own outage and recovery (see `outage`).
+    pub per_fault: Vec<FaultOutage>,
     pub probes: Vec<ProbeResult>,
     pub faults: Vec<FaultRecord>,
     pub abort: Option<AbortRecord>,
@@ -951,6 +954,11 @@ async fn finish(
         ));
         verdict = Verdict::Deviated;
     }
+    let per_fault = per_fault(
+        &fault_windows(&experiment.method.faults, &run.faults),
+        &outages(&all),
+        phases.end_ms,
+    );
     if !run.rollback_errors.is_empty() {
         run.reasons
             .push("some faults could not be reverted: see rollback_errors".into());
@@ -964,11 +972,37 @@ async fn finish(
         reasons: run.reasons,
         phases,
         timing,
+        per_fault,
         probes,
         faults: run.faults,
         abort,
         rollback_errors: run.rollback_errors,
     }
+}
+
+/// One window per step that injected anything: its first injection to its last end.
+fn fault_windows(steps: &[FaultStep], faults: &[FaultRecord]) -> Vec<FaultWindow> {
+    steps
+        .iter()
+        .enumerate()
+        .filter_map(|(index, step)| {
+            let records: Vec<&FaultRecord> = faults
+                .iter()
+                .filter(|f| f.step_index == index && (f.via_api || !f.fault_id.is_empty()))
+                .collect();
+            let injected_at_ms = records.iter().map(|f| f.injected_at_ms).min()?;
+            // A fault never ended (a failed revert) keeps its window open.
+            let ended_at_ms = records
+                .iter()
+                .map(|f| f.ended_at_ms)
+                .try_fold(0, |latest, end| end.map(|e| e.max(latest)));
+            Some(FaultWindow {
+                step: step.name.clone(),
+                injected_at_ms,
+                ended_at_ms,
+            })
+        })
+        .collect()
 }
 
 /// Observes the probe every interval until told to stop.

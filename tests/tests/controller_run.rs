@@ -187,6 +187,85 @@ async fn a_hypothesis_that_the_web_stays_up_through_a_kill_deviates() -> Result<
     Ok(())
 }
 
+/// A CPU fault that harms nothing, then a kill: the run's time to recover counts from the
+/// CPU fault's injection, the kill's own from its own. Outage and recovery go to the kill.
+const CPU_THEN_KILL: &str = "\
+name: chaos-test-cpu-then-kill
+baseline: 2s
+steady_state:
+  probes:
+    - name: web
+      interval: 100ms
+      timeout: 1s
+      http: { url: \"http://WEB/index.html\" }
+      tolerance: { success_ratio: 0.5 }
+method:
+  mode: sequential
+  pause: 1s
+  faults:
+    - name: cpu-first
+      target: { namespace: shop, pod: \"web-3\", container: web, mode: one }
+      duration: 3s
+      cpu: { load: 40 }
+    - name: kill-httpd
+      target: { namespace: shop, pod: \"web-3\", container: web, mode: one }
+      duration: 1s
+      kill: { process: httpd }
+recovery: { timeout: 20s, hold: 1s }
+hypothesis: { during: degraded }
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_fault_has_its_own_outage_and_recovery_when_only_the_second_causes_one() -> Result<()>
+{
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let netns = TestNetns::create()?;
+    let _container = web_container(&netns, "web-3", true)?;
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let result = run(&experiment_yaml(&agent, tls.path(), &netns, CPU_THEN_KILL)).await?;
+    let table = chaosctl::report::table(&result);
+    eprintln!("{table}");
+    assert_eq!(result.verdict, Verdict::Passed, "{:?}", result.reasons);
+    let [cpu, kill] = result.per_fault.as_slice() else {
+        bail!("not one entry per fault: {:?}", result.per_fault);
+    };
+    assert_eq!(
+        (cpu.step.as_str(), kill.step.as_str()),
+        ("cpu-first", "kill-httpd")
+    );
+    assert_eq!(cpu.outages, 0, "the CPU fault caused no outage: {cpu:?}");
+    assert_eq!(
+        (cpu.outage_start_ms, cpu.outage_ms, cpu.time_to_recover_ms),
+        (None, None, None)
+    );
+    assert!(kill.outages >= 1, "{kill:?}");
+    // The kill's window is 1 s; httpd fails at once and is back a second after it dies
+    // (the shell sleeps 1 s), within the probe's 1 s timeout either side.
+    let start = kill.outage_start_ms.context("no outage start")?;
+    let length = kill.outage_ms.context("no outage length")?;
+    let recover = kill.time_to_recover_ms.context("no recovery")?;
+    assert!(start < 2_000, "outage {start} ms after the kill: {kill:?}");
+    assert!((500..8_000).contains(&length), "{kill:?}");
+    assert!(recover >= start + length && recover < 10_000, "{kill:?}");
+    // The run-level figure counts from the CPU fault: at least its 3 s and the 1 s pause
+    // longer than the kill's own.
+    let run_recover = result
+        .timing
+        .time_to_recover_ms
+        .context("no run-level recovery")?;
+    let kill_injected = kill.injected_at_ms - cpu.injected_at_ms;
+    assert!(kill_injected >= 4_000, "{:?}", result.per_fault);
+    assert_eq!(run_recover, kill_injected + recover, "{:?}", result.timing);
+    assert!(table.contains("  cpu-first    no outage"), "{table}");
+    assert!(
+        table.contains("  kill-httpd   outage at +") && table.contains("recovered at +"),
+        "{table}"
+    );
+    let html = chaosctl::report::html(&result);
+    assert!(html.contains("<td>kill-httpd</td>"), "{html}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_abort_condition_reverts_every_fault_within_a_second() -> Result<()> {
     let (tls, state) = (make_certs()?, state_dir()?);
