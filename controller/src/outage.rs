@@ -41,6 +41,8 @@ pub struct FaultWindow {
 pub struct FaultOutage {
     pub step: String,
     pub injected_at_ms: u64,
+    /// When its last target's fault ended (`None`: never, a failed revert).
+    pub ended_at_ms: Option<u64>,
     /// How many outages this fault caused.
     pub outages: usize,
     /// From the fault's injection to the start of its first outage.
@@ -116,6 +118,7 @@ pub fn per_fault(windows: &[FaultWindow], outages: &[Outage], end_ms: u64) -> Ve
         .map(|w| FaultOutage {
             step: w.step.clone(),
             injected_at_ms: w.injected_at_ms,
+            ended_at_ms: w.ended_at_ms,
             ..FaultOutage::default()
         })
         .collect();
@@ -212,6 +215,7 @@ mod tests {
             FaultOutage {
                 step: "cpu".into(),
                 injected_at_ms: 3_000,
+                ended_at_ms: Some(7_000),
                 ..FaultOutage::default()
             }
         );
@@ -220,6 +224,7 @@ mod tests {
             FaultOutage {
                 step: "kill".into(),
                 injected_at_ms: 9_000,
+                ended_at_ms: Some(10_000),
                 outages: 1,
                 outage_start_ms: Some(1_200),
                 outage_ms: Some(400),

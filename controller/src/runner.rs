@@ -50,6 +50,8 @@ pub struct RunResult {
     pub run_id: String,
     pub started_unix_ms: i64,
     pub verdict: Verdict,
+    /// What the experiment claimed, in words (for the report).
+    pub hypothesis: String,
     pub reasons: Vec<String>,
     pub phases: Phases,
     pub timing: Timing,
@@ -969,6 +971,7 @@ async fn finish(
         run_id: run.options.run_id.clone(),
         started_unix_ms,
         verdict,
+        hypothesis: hypothesis_in_words(experiment),
         reasons: run.reasons,
         phases,
         timing,
@@ -977,6 +980,21 @@ async fn finish(
         faults: run.faults,
         abort,
         rollback_errors: run.rollback_errors,
+    }
+}
+
+fn hypothesis_in_words(experiment: &Experiment) -> String {
+    let recovery = format!(
+        "the steady state holds again within {:?} of the last revert, for {:?}",
+        experiment.recovery.timeout, experiment.recovery.hold
+    );
+    match experiment.hypothesis.during {
+        DuringExpectation::Steady => {
+            format!("the tolerances hold during the faults, and {recovery}")
+        }
+        DuringExpectation::Degraded => {
+            format!("the system may degrade during the faults; {recovery}")
+        }
     }
 }
 

@@ -204,11 +204,11 @@ method:
   pause: 1s
   faults:
     - name: cpu-first
-      target: { namespace: shop, pod: \"web-3\", container: web, mode: one }
+      target: { namespace: shop, pod: \"POD\", container: web, mode: one }
       duration: 3s
       cpu: { load: 40 }
     - name: kill-httpd
-      target: { namespace: shop, pod: \"web-3\", container: web, mode: one }
+      target: { namespace: shop, pod: \"POD\", container: web, mode: one }
       duration: 1s
       kill: { process: httpd }
 recovery: { timeout: 20s, hold: 1s }
@@ -222,7 +222,8 @@ async fn each_fault_has_its_own_outage_and_recovery_when_only_the_second_causes_
     let netns = TestNetns::create()?;
     let _container = web_container(&netns, "web-3", true)?;
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
-    let result = run(&experiment_yaml(&agent, tls.path(), &netns, CPU_THEN_KILL)).await?;
+    let yaml = CPU_THEN_KILL.replace("POD", "web-3");
+    let result = run(&experiment_yaml(&agent, tls.path(), &netns, &yaml)).await?;
     let table = chaosctl::report::table(&result);
     eprintln!("{table}");
     assert_eq!(result.verdict, Verdict::Passed, "{:?}", result.reasons);
@@ -263,6 +264,175 @@ async fn each_fault_has_its_own_outage_and_recovery_when_only_the_second_causes_
     );
     let html = chaosctl::report::html(&result);
     assert!(html.contains("<td>kill-httpd</td>"), "{html}");
+    Ok(())
+}
+
+/// Renders `html` in headless Chromium (Debian's `chromium`) at `width` x `height` and
+/// returns the screenshot's RGB pixels by row.
+fn screenshot(
+    dir: &Path,
+    name: &str,
+    html: &str,
+    width: u32,
+    height: u32,
+) -> Result<Vec<Vec<[u8; 3]>>> {
+    let page = dir.join(format!("{name}.html"));
+    let picture = dir.join(format!("{name}.png"));
+    std::fs::write(&page, html)?;
+    let output = Command::new("chromium")
+        .args([
+            "--headless",
+            // Root in a test: Chromium's sandbox refuses to run as root.
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--force-device-scale-factor=1",
+            &format!("--window-size={width},{height}"),
+            &format!("--screenshot={}", picture.display()),
+        ])
+        .arg(format!("file://{}", page.display()))
+        .stdin(Stdio::null())
+        .output()
+        .context("running chromium (apt-get install chromium; scripts/test installs it)")?;
+    if !output.status.success() || !picture.exists() {
+        bail!(
+            "chromium: {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    if let Some(keep) = std::env::var_os("CHAOS_REPORT_SCREENSHOT_DIR") {
+        std::fs::copy(&picture, Path::new(&keep).join(format!("{name}.png")))?;
+    }
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&picture)?));
+    let mut reader = decoder.read_info()?;
+    let mut buffer = vec![0; reader.output_buffer_size().context("no PNG buffer size")?];
+    let info = reader.next_frame(&mut buffer)?;
+    let channels = match info.color_type {
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        other => bail!("screenshot in {other:?}"),
+    };
+    ensure_eq(
+        info.bit_depth as u8,
+        png::BitDepth::Eight as u8,
+        "bit depth",
+    )?;
+    Ok(buffer[..info.buffer_size()]
+        .chunks(info.line_size)
+        .map(|row| row.chunks(channels).map(|p| [p[0], p[1], p[2]]).collect())
+        .collect())
+}
+
+fn ensure_eq(found: u8, want: u8, what: &str) -> Result<()> {
+    if found != want {
+        bail!("{what}: {found}, not {want}");
+    }
+    Ok(())
+}
+
+/// `#rrggbb` painted with `opacity` over white, as the browser blends it.
+fn over_white(hex: &str, opacity: f64) -> [u8; 3] {
+    let channel = |i: usize| {
+        let value = u8::from_str_radix(&hex[1 + 2 * i..3 + 2 * i], 16).unwrap_or(0) as f64;
+        (255.0 - opacity * (255.0 - value)).round() as u8
+    };
+    [channel(0), channel(1), channel(2)]
+}
+
+fn near(pixel: [u8; 3], colour: [u8; 3]) -> bool {
+    pixel
+        .iter()
+        .zip(colour)
+        .all(|(a, b)| (i16::from(*a) - i16::from(b)).abs() <= 3)
+}
+
+fn count(pixels: &[Vec<[u8; 3]>], colour: [u8; 3]) -> usize {
+    pixels
+        .iter()
+        .flatten()
+        .filter(|p| near(**p, colour))
+        .count()
+}
+
+/// The HTML report as Chromium renders it: the summary card's verdict badge, and in the
+/// probe's chart the two faults' windows (two separate shaded stretches), the latency line,
+/// the kill's failed samples and the axes' text. The chart is also rendered alone, so the
+/// legend's swatches (same colours) do not count for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_html_report_renders_in_headless_chromium_with_its_chart_marked() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let netns = TestNetns::create()?;
+    let _container = web_container(&netns, "web-4", true)?;
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let yaml = CPU_THEN_KILL.replace("POD", "web-4");
+    let result = run(&experiment_yaml(&agent, tls.path(), &netns, &yaml)).await?;
+    assert_eq!(result.verdict, Verdict::Passed, "{:?}", result.reasons);
+    assert!(result.probes[0].samples.iter().any(|s| !s.success));
+    let html = chaosctl::report::html(&result);
+    for text in [
+        "PASSED",
+        "Hypothesis:",
+        "the system may degrade during the faults",
+        "fault kill-httpd's injection",
+        "<table class=\"statistics\">",
+        "time since the start of the run (s)",
+        "latency (ms)",
+        ">baseline</text>",
+        ">faults</text>",
+        ">recovery</text>",
+        ">cpu-first</text>",
+        ">kill-httpd</text>",
+    ] {
+        assert!(html.contains(text), "the report lacks {text:?}");
+    }
+    assert!(
+        !html.contains("http://") || !html.contains("<script"),
+        "self-contained"
+    );
+    assert!(
+        !html.contains("<script") && !html.contains(" src="),
+        "self-contained"
+    );
+
+    let dir = tempfile::tempdir()?;
+    let page = screenshot(dir.path(), "report", &html, 1100, 1500)?;
+    let badge = count(&page, over_white("#1e8449", 1.0));
+    assert!(badge > 300, "verdict badge: {badge} green pixels");
+
+    let start = html.find("<svg").context("no chart")?;
+    let end = html[start..].find("</svg>").context("chart not closed")? + start + 6;
+    let chart_only = format!(
+        "<!DOCTYPE html><html><body style=\"margin:0\">{}</body></html>",
+        &html[start..end]
+    );
+    let chart = screenshot(dir.path(), "chart", &chart_only, 1000, 360)?;
+    let window = over_white("#f5b041", 0.35);
+    let shaded = count(&chart, window);
+    let line = count(&chart, over_white("#2471a3", 1.0));
+    let failed = count(&chart, over_white("#c0392b", 1.0));
+    let text = chart
+        .iter()
+        .flatten()
+        .filter(|p| p.iter().all(|c| *c < 90))
+        .count();
+    eprintln!("chart: {shaded} shaded, {line} line, {failed} failed, {text} dark pixels");
+    assert!(shaded > 5_000, "fault windows: {shaded} pixels");
+    assert!(line > 100, "latency line: {line} pixels");
+    assert!(failed > 20, "failed samples: {failed} pixels");
+    assert!(text > 400, "axes, ticks and labels: {text} dark pixels");
+    // Two windows: the columns shaded halfway down the plot form two separate stretches
+    // (a gap of a few columns is the latency line crossing a window, not a new one).
+    let middle = &chart[chart.len() / 2];
+    let shaded_columns: Vec<usize> = (0..middle.len())
+        .filter(|&x| near(middle[x], window))
+        .collect();
+    let runs = shaded_columns
+        .windows(2)
+        .filter(|pair| pair[1] - pair[0] > 8)
+        .count()
+        + usize::from(!shaded_columns.is_empty());
+    assert_eq!(runs, 2, "shaded stretches across the chart's middle row");
     Ok(())
 }
 

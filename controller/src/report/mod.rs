@@ -1,0 +1,149 @@
+//! A run's result for people: a text table (here), and a self-contained HTML page
+//! (`page`) with one SVG chart per probe (`chart`). JSON is the serde form of
+//! [`RunResult`].
+
+mod chart;
+mod page;
+
+use std::fmt::Write;
+
+pub use page::html;
+
+use crate::outage::FaultOutage;
+use crate::runner::{RunResult, StepPlan};
+use crate::stats::PhaseStats;
+
+pub(super) fn ms(value: Option<f64>) -> String {
+    value.map_or("-".into(), |v| format!("{v:.1}"))
+}
+
+pub(super) fn secs(value: Option<u64>) -> String {
+    value.map_or("-".into(), |v| format!("{:.2}s", v as f64 / 1000.0))
+}
+
+fn stats_row(out: &mut String, probe: &str, phase: &str, s: &PhaseStats) {
+    let _ = writeln!(
+        out,
+        "{probe:<16} {phase:<7} {:>6} {:>8.3} {:>9} {:>9} {:>9} {:>9}",
+        s.count,
+        s.success_ratio,
+        ms(s.mean_ms),
+        ms(s.p50_ms),
+        ms(s.p95_ms),
+        ms(s.p99_ms)
+    );
+}
+
+/// The final table `chaosctl run` prints.
+pub fn table(result: &RunResult) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "experiment {}  run {}",
+        result.experiment, result.run_id
+    );
+    let _ = writeln!(
+        out,
+        "{:<16} {:<7} {:>6} {:>8} {:>9} {:>9} {:>9} {:>9}",
+        "PROBE", "PHASE", "COUNT", "SUCCESS", "MEAN ms", "P50 ms", "P95 ms", "P99 ms"
+    );
+    for p in &result.probes {
+        stats_row(&mut out, &p.name, "before", &p.before);
+        stats_row(&mut out, &p.name, "during", &p.during);
+        stats_row(&mut out, &p.name, "after", &p.after);
+    }
+    let _ = writeln!(out);
+    for f in &result.faults {
+        let _ = writeln!(
+            out,
+            "fault {:<12} {:<8} {} on {} id {} [{} → {}]{}",
+            f.step,
+            f.kind,
+            f.target,
+            f.agent,
+            if f.fault_id.is_empty() {
+                "-"
+            } else {
+                &f.fault_id
+            },
+            secs(Some(f.injected_at_ms)),
+            secs(f.ended_at_ms),
+            if f.error.is_empty() {
+                String::new()
+            } else {
+                format!(" ERROR {}", f.error)
+            }
+        );
+    }
+    if !result.per_fault.is_empty() {
+        let _ = writeln!(out, "per fault, counted from its own injection:");
+    }
+    for f in &result.per_fault {
+        let _ = writeln!(out, "  {}", fault_outage_line(f));
+    }
+    let _ = writeln!(
+        out,
+        "time to detect {}  time to recover {}  recovered {}",
+        secs(result.timing.time_to_detect_ms),
+        secs(result.timing.time_to_recover_ms),
+        result.timing.recovered
+    );
+    if let Some(a) = &result.abort {
+        let _ = writeln!(
+            out,
+            "aborted at {}: {} (all reverted at {})",
+            secs(Some(a.at_ms)),
+            a.reason,
+            secs(a.reverted_at_ms)
+        );
+    }
+    let _ = writeln!(out, "verdict {}", result.verdict.name().to_uppercase());
+    for r in &result.reasons {
+        let _ = writeln!(out, "  - {r}");
+    }
+    out
+}
+
+/// One fault step's own outage and recovery, counted from its injection.
+pub(super) fn fault_outage_line(f: &FaultOutage) -> String {
+    let mut line = format!("{:<12} ", f.step);
+    if f.outages == 0 {
+        line.push_str("no outage");
+        return line;
+    }
+    let _ = write!(
+        line,
+        "outage at +{}, {} long",
+        secs(f.outage_start_ms),
+        secs(f.outage_ms)
+    );
+    if f.outages > 1 {
+        let _ = write!(line, " in {} stretches", f.outages);
+    }
+    match f.time_to_recover_ms {
+        Some(_) => {
+            let _ = write!(line, ", recovered at +{}", secs(f.time_to_recover_ms));
+        }
+        None => line.push_str(", not recovered"),
+    }
+    line
+}
+
+/// What `--dry-run` prints.
+pub fn plan_table(plans: &[StepPlan]) -> String {
+    let mut out = String::new();
+    for p in plans {
+        let _ = writeln!(
+            out,
+            "fault {} ({}, {:.1}s) on {} target(s):",
+            p.step,
+            p.kind,
+            p.duration_ms as f64 / 1000.0,
+            p.targets.len()
+        );
+        for t in &p.targets {
+            let _ = writeln!(out, "  {} {} via {}", t.target, t.pod, t.agent);
+        }
+    }
+    out
+}
