@@ -75,6 +75,14 @@ pub fn check_submission(text: &str, policy: &SubmitPolicy) -> Result<Experiment,
              controller and are refused for submitted runs (start serve with --allow-exec-probes)"
         )));
     }
+    // A load generator (or benchmark command) on the controller, driven by whoever may
+    // submit: not until its requests pass the probe destination policy.
+    if experiment.load.is_some() {
+        return Err(Status::permission_denied(
+            "experiment_yaml: load: load sections are refused for submitted runs (run the \
+             experiment with chaosctl run)",
+        ));
+    }
     refuse_chosen_agents(&experiment.agents)?;
     refuse_named_protected(&experiment, policy.targets)
         .map_err(|e| Status::permission_denied(format!("experiment_yaml: {e}")))?;

@@ -60,6 +60,9 @@ pub struct Experiment {
     pub recovery: Recovery,
     #[serde(default)]
     pub hypothesis: Hypothesis,
+    /// Drives the system for the whole run, measured per phase (see `load`).
+    #[serde(default)]
+    pub load: Option<crate::load::LoadSpec>,
 }
 
 fn default_lease_ttl() -> Duration {
@@ -923,6 +926,16 @@ pub fn validate(e: &Experiment) -> Result<(), ExperimentError> {
     }
     if e.recovery.hold > e.recovery.timeout {
         return Err(invalid("recovery.hold", "must not exceed recovery.timeout"));
+    }
+    if let Some(load) = &e.load {
+        crate::load::validate(load).map_err(|(field, message)| {
+            let field = if field.is_empty() {
+                "load".to_string()
+            } else {
+                format!("load.{field}")
+            };
+            invalid(field, message)
+        })?;
     }
     Ok(())
 }

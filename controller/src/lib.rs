@@ -9,6 +9,7 @@ pub mod experiment;
 pub mod fleet;
 pub mod kube_api;
 pub mod limits;
+pub mod load;
 pub mod outage;
 pub mod output;
 pub mod probe;

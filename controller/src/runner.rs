@@ -18,6 +18,7 @@ use crate::experiment::{
 };
 use crate::fleet::Fleet;
 use crate::kube_api::{Deletion, KubeApi, KubeApiError};
+use crate::load::{LoadResult, LoadRun, Phase, PhaseBounds};
 use crate::outage::{FaultOutage, FaultWindow, outages, per_fault};
 use crate::probe::{Sample, observe};
 use crate::request::inject_request;
@@ -59,6 +60,9 @@ pub struct RunResult {
     pub per_fault: Vec<FaultOutage>,
     pub probes: Vec<ProbeResult>,
     pub faults: Vec<FaultRecord>,
+    /// What the `load` section measured, per phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadResult>,
     pub abort: Option<AbortRecord>,
     /// Reverts that failed (each names agent and fault).
     pub rollback_errors: Vec<String>,
@@ -732,17 +736,17 @@ pub async fn run(experiment: &Experiment, fleet: &Fleet, options: RunOptions) ->
     // Refused by what the file names, before the Kubernetes API is even asked.
     if let Err(problem) = refuse_named_protected(experiment, run.options.policy) {
         run.reasons.push(problem);
-        return finish(run, phases, Verdict::Failed, None, started_unix_ms).await;
+        return finish(run, phases, Verdict::Failed, None, None, started_unix_ms).await;
     }
     if let Some(problem) = api_problem {
         run.reasons.push(problem);
-        return finish(run, phases, Verdict::Failed, None, started_unix_ms).await;
+        return finish(run, phases, Verdict::Failed, None, None, started_unix_ms).await;
     }
     let plans = match plan(experiment, fleet, run.options.policy).await {
         Ok(plans) => plans,
         Err(e) => {
             run.reasons.push(e);
-            return finish(run, phases, Verdict::Failed, None, started_unix_ms).await;
+            return finish(run, phases, Verdict::Failed, None, None, started_unix_ms).await;
         }
     };
     for p in &plans {
@@ -770,6 +774,15 @@ pub async fn run(experiment: &Experiment, fleet: &Fleet, options: RunOptions) ->
         })
         .collect();
     drop(sender);
+    // The load runs with the probes, from the baseline to the end of the recovery.
+    let (load_phase, load_phase_receiver) = watch::channel(Phase::Before);
+    let mut load_problem = None;
+    let load_run = experiment.load.as_ref().and_then(|spec| {
+        run.say(&format!("load: {}", spec.description()));
+        LoadRun::start(spec, started, load_phase_receiver, None)
+            .map_err(|e| load_problem = Some(format!("load: {e}")))
+            .ok()
+    });
 
     run.say(&format!("baseline for {:?}", experiment.baseline));
     let mut cancelled = matches!(
@@ -782,6 +795,9 @@ pub async fn run(experiment: &Experiment, fleet: &Fleet, options: RunOptions) ->
     if cancelled {
         run.reasons.push("interrupted during the baseline".into());
         verdict = Some(Verdict::Aborted);
+    } else if let Some(problem) = load_problem {
+        run.reasons.push(problem);
+        verdict = Some(Verdict::Failed);
     } else if !baseline_problems.is_empty() {
         run.reasons.extend(baseline_problems);
         run.reasons
@@ -805,6 +821,7 @@ pub async fn run(experiment: &Experiment, fleet: &Fleet, options: RunOptions) ->
             experiment.lease_ttl.as_millis() as u64,
             Arc::clone(&run.options.progress),
         ));
+        let _ = load_phase.send(Phase::During);
         phases.first_inject_ms = Some(run.now_ms());
         run.say("method");
         match run.method(&plans).await {
@@ -848,6 +865,7 @@ pub async fn run(experiment: &Experiment, fleet: &Fleet, options: RunOptions) ->
         run.revert(None).await;
         drop(renewer);
         phases.method_end_ms = Some(run.now_ms());
+        let _ = load_phase.send(Phase::After);
 
         if !cancelled {
             // Recovery is judged on samples taken after the faults are gone: a steady
@@ -874,11 +892,24 @@ pub async fn run(experiment: &Experiment, fleet: &Fleet, options: RunOptions) ->
     for task in probe_tasks {
         task.join().await;
     }
+    let load = match (load_run, &experiment.load) {
+        (Some(load_run), Some(spec)) => {
+            let end_ms = run.now_ms();
+            let bounds = PhaseBounds {
+                faults_from_ms: phases.first_inject_ms.unwrap_or(end_ms),
+                recovery_from_ms: phases.method_end_ms.unwrap_or(end_ms),
+                end_ms,
+            };
+            Some(load_run.stop(spec.description(), bounds).await)
+        }
+        _ => None,
+    };
     finish(
         run,
         phases,
         verdict.unwrap_or(Verdict::Passed),
         abort,
+        load,
         started_unix_ms,
     )
     .await
@@ -902,6 +933,7 @@ async fn finish(
     mut phases: Phases,
     verdict: Verdict,
     abort: Option<AbortRecord>,
+    load: Option<LoadResult>,
     started_unix_ms: i64,
 ) -> RunResult {
     // Whatever path got here, nothing of this run stays injected.
@@ -978,6 +1010,7 @@ async fn finish(
         per_fault,
         probes,
         faults: run.faults,
+        load,
         abort,
         rollback_errors: run.rollback_errors,
     }

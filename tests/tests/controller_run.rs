@@ -21,6 +21,16 @@ use chaosctl::verdict::Verdict;
 /// An httpd serving `/index.html` on port 80 of the netns. With `restart`, the shell
 /// starts it again a second after it dies, as a supervisor would.
 fn web_container(netns: &TestNetns, pod: &str, restart: bool) -> Result<TestContainer> {
+    web_container_with(netns, pod, restart, None)
+}
+
+/// The same, with a CFS quota of `cpus`.
+fn web_container_with(
+    netns: &TestNetns,
+    pod: &str,
+    restart: bool,
+    cpus: Option<f64>,
+) -> Result<TestContainer> {
     let serve = "httpd -f -p 80 -h /www";
     let script = if restart {
         format!("mkdir -p /www; echo ok > /www/index.html; while :; do {serve}; sleep 1; done")
@@ -30,6 +40,7 @@ fn web_container(netns: &TestNetns, pod: &str, restart: bool) -> Result<TestCont
     let mut spec = ContainerSpec::pod("shop", pod, "web");
     spec.command = vec!["/bin/sh".into(), "-c".into(), script];
     spec.netns = Some(netns.path());
+    spec.cpus = cpus;
     let container = TestContainer::start(spec)?;
     wait_http(netns, Duration::from_secs(20))?;
     Ok(container)
@@ -254,7 +265,8 @@ async fn each_fault_has_its_own_outage_and_recovery_when_only_the_second_causes_
         .timing
         .time_to_recover_ms
         .context("no run-level recovery")?;
-    let kill_injected = kill.injected_at_ms - cpu.injected_at_ms;
+    let first_injection = result.phases.first_inject_ms.context("no injection")?;
+    let kill_injected = kill.injected_at_ms - first_injection;
     assert!(kill_injected >= 4_000, "{:?}", result.per_fault);
     assert_eq!(run_recover, kill_injected + recover, "{:?}", result.timing);
     assert!(table.contains("  cpu-first    no outage"), "{table}");
@@ -263,7 +275,10 @@ async fn each_fault_has_its_own_outage_and_recovery_when_only_the_second_causes_
         "{table}"
     );
     let html = chaosctl::report::html(&result);
-    assert!(html.contains("<td>kill-httpd</td>"), "{html}");
+    assert!(
+        html.contains("fault kill-httpd's injection</td><td>"),
+        "{html}"
+    );
     Ok(())
 }
 
@@ -433,6 +448,67 @@ async fn the_html_report_renders_in_headless_chromium_with_its_chart_marked() ->
         .count()
         + usize::from(!shaded_columns.is_empty());
     assert_eq!(runs, 2, "shaded stretches across the chart's middle row");
+    Ok(())
+}
+
+/// A CPU fault on a web server limited to half a CPU, under load: LOAD is the `load`
+/// section, POD the pod.
+const LOADED_CPU_FAULT: &str = "\
+name: chaos-test-load-under-cpu
+baseline: 3s
+steady_state:
+  probes:
+    - name: web
+      interval: 250ms
+      timeout: 2s
+      http: { url: \"http://WEB/index.html\" }
+      tolerance: { success_ratio: 0.5 }
+load: LOAD
+method:
+  faults:
+    - name: cpu-hog
+      target: { namespace: shop, pod: \"POD\", container: web, mode: one }
+      duration: 5s
+      cpu: { load: 95 }
+recovery: { timeout: 20s, hold: 3s }
+hypothesis: { during: degraded }
+";
+
+/// A real benchmark (ApacheBench against the server) as an exec load, once per phase:
+/// its requests per second and mean time per request are read from its output for each
+/// of the three phases.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exec_load_runs_a_benchmark_per_phase_and_parses_its_figures() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let netns = TestNetns::create()?;
+    let _container = web_container_with(&netns, "web-6", false, Some(0.5))?;
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let ab = "{ exec: { command: [ab, -q, -t, \"2\", -n, \"1000000\", -c, \"4\", \"http://WEB/index.html\"], \
+              figures: { requests_per_s: \"Requests per second: +([0-9.]+)\", \
+              ms_per_request: \"Time per request: +([0-9.]+) \\\\[ms\\\\] \\\\(mean\\\\)\" } } }";
+    let yaml = LOADED_CPU_FAULT.replace("LOAD", ab).replace("POD", "web-6");
+    let result = run(&experiment_yaml(&agent, tls.path(), &netns, &yaml)).await?;
+    let table = chaosctl::report::table(&result);
+    eprintln!("{table}");
+    assert_eq!(result.verdict, Verdict::Passed, "{:?}", result.reasons);
+    let load = result.load.as_ref().context("no load figures")?;
+    assert_eq!(load.exec_runs.len(), 3, "{:?}", load.exec_runs);
+    for (phase, run) in load.phases.iter().zip(&load.exec_runs) {
+        assert_eq!(phase.phase, run.phase, "{:?}", load.exec_runs);
+        assert_eq!(
+            (phase.runs, phase.failed_runs),
+            (Some(1), Some(0)),
+            "{phase:?}"
+        );
+        for figure in ["requests_per_s", "ms_per_request"] {
+            let value = phase.figures.get(figure).copied();
+            assert!(value.is_some_and(|v| v > 0.0), "{figure} in {phase:?}");
+        }
+    }
+    assert!(
+        table.contains("requests_per_s") && table.contains("runs: before 1"),
+        "{table}"
+    );
     Ok(())
 }
 

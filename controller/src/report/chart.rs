@@ -19,6 +19,7 @@ pub(super) const LATENCY_COLOUR: &str = "#2471a3";
 pub(super) const FAILURE_COLOUR: &str = "#c0392b";
 pub(super) const SLOW_COLOUR: &str = "#e67e22";
 pub(super) const FAULT_COLOUR: &str = "#f5b041";
+pub(super) const THROUGHPUT_COLOUR: &str = "#117a65";
 /// Darker than the window, to be read on white.
 const FAULT_LABEL_COLOUR: &str = "#9c640c";
 
@@ -49,15 +50,15 @@ fn tick_label(value: f64) -> String {
 
 struct Frame {
     end_ms: f64,
-    max_latency_ms: f64,
+    max_value: f64,
 }
 
 impl Frame {
     fn x(&self, at_ms: f64) -> f64 {
         LEFT + at_ms / self.end_ms * (WIDTH - LEFT - RIGHT)
     }
-    fn y(&self, latency_ms: f64) -> f64 {
-        HEIGHT - BOTTOM - latency_ms / self.max_latency_ms * (HEIGHT - TOP - BOTTOM)
+    fn y(&self, value: f64) -> f64 {
+        HEIGHT - BOTTOM - value / self.max_value * (HEIGHT - TOP - BOTTOM)
     }
 }
 
@@ -73,9 +74,9 @@ pub(super) fn latency_chart(result: &RunResult, probe: usize) -> String {
     let time_ticks = ticks(result.phases.end_ms as f64 / 1000.0, 12);
     let frame = Frame {
         end_ms: time_ticks.last().copied().unwrap_or(1.0) * 1000.0,
-        max_latency_ms: latency_ticks.last().copied().unwrap_or(1.0),
+        max_value: latency_ticks.last().copied().unwrap_or(1.0),
     };
-    let (plot_top, plot_bottom) = (TOP, HEIGHT - BOTTOM);
+    let plot_bottom = HEIGHT - BOTTOM;
     let mut svg = String::new();
     let _ = write!(
         svg,
@@ -83,24 +84,15 @@ pub(super) fn latency_chart(result: &RunResult, probe: usize) -> String {
         escape(&p.name)
     );
     // Fault windows first, so the line and marks are drawn over them.
-    for (index, f) in result.per_fault.iter().enumerate() {
-        let start = frame.x(f.injected_at_ms as f64);
-        let stop = frame
-            .x(f.ended_at_ms.unwrap_or(result.phases.end_ms) as f64)
-            .max(start + 3.0);
-        // Two rows of labels, so faults close together do not write over each other.
-        let label_y = plot_top - 4.0 - (index % 2) as f64 * 14.0;
-        let _ = write!(
-            svg,
-            r#"<rect class="fault-window" x="{start:.1}" y="{plot_top}" width="{:.1}" height="{:.1}" fill="{FAULT_COLOUR}" fill-opacity="0.35"><title>fault {}</title></rect><text class="fault-label" x="{start:.1}" y="{label_y}" fill="{FAULT_LABEL_COLOUR}" font-weight="bold">{}</text>"#,
-            stop - start,
-            plot_bottom - plot_top,
-            escape(&f.step),
-            escape(&f.step)
-        );
-    }
+    fault_windows(&mut svg, result, &frame);
     phases(&mut svg, result, &frame);
-    axes(&mut svg, &frame, &time_ticks, &latency_ticks);
+    axes(
+        &mut svg,
+        &frame,
+        &time_ticks,
+        &latency_ticks,
+        "latency (ms)",
+    );
     // One line per stretch of successful samples: a line across failures would draw
     // latencies nobody measured.
     for stretch in p.samples.split(|s| !s.success) {
@@ -140,6 +132,72 @@ pub(super) fn latency_chart(result: &RunResult, probe: usize) -> String {
     svg
 }
 
+/// Each fault step's window shaded over the plot, its name above.
+fn fault_windows(svg: &mut String, result: &RunResult, frame: &Frame) {
+    let (plot_top, plot_bottom) = (TOP, HEIGHT - BOTTOM);
+    for (index, f) in result.per_fault.iter().enumerate() {
+        let start = frame.x(f.injected_at_ms as f64);
+        let stop = frame
+            .x(f.ended_at_ms.unwrap_or(result.phases.end_ms) as f64)
+            .max(start + 3.0);
+        // Two rows of labels, so faults close together do not write over each other.
+        let label_y = plot_top - 4.0 - (index % 2) as f64 * 14.0;
+        let _ = write!(
+            svg,
+            r#"<rect class="fault-window" x="{start:.1}" y="{plot_top}" width="{:.1}" height="{:.1}" fill="{FAULT_COLOUR}" fill-opacity="0.35"><title>fault {}</title></rect><text class="fault-label" x="{start:.1}" y="{label_y}" fill="{FAULT_LABEL_COLOUR}" font-weight="bold">{}</text>"#,
+            stop - start,
+            plot_bottom - plot_top,
+            escape(&f.step),
+            escape(&f.step)
+        );
+    }
+}
+
+/// The HTTP load's answered requests per second over the run, on the latency chart's
+/// time axis, so the two read one above the other.
+pub(super) fn throughput_chart(result: &RunResult, per_second: &[u64]) -> String {
+    let highest = per_second.iter().copied().max().unwrap_or(0) as f64;
+    let value_ticks = ticks(highest, 5);
+    let time_ticks = ticks(result.phases.end_ms as f64 / 1000.0, 12);
+    let frame = Frame {
+        end_ms: time_ticks.last().copied().unwrap_or(1.0) * 1000.0,
+        max_value: value_ticks.last().copied().unwrap_or(1.0),
+    };
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" font-size="12" role="img" aria-label="load throughput">"#
+    );
+    fault_windows(&mut svg, result, &frame);
+    phases(&mut svg, result, &frame);
+    axes(
+        &mut svg,
+        &frame,
+        &time_ticks,
+        &value_ticks,
+        "answered requests per second",
+    );
+    // A step line: each second's count held across that second.
+    let mut points = Vec::new();
+    for (second, count) in per_second.iter().enumerate() {
+        let y = frame.y(*count as f64);
+        points.push(format!("{:.1},{y:.1}", frame.x(second as f64 * 1000.0)));
+        points.push(format!(
+            "{:.1},{y:.1}",
+            frame.x((second + 1) as f64 * 1000.0)
+        ));
+    }
+    if !points.is_empty() {
+        let _ = write!(
+            svg,
+            r#"<polyline class="throughput" fill="none" stroke="{THROUGHPUT_COLOUR}" stroke-width="2" points="{}"/>"#,
+            points.join(" ")
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
 /// Dashed lines where the phases change, and each phase's name above its stretch.
 fn phases(svg: &mut String, result: &RunResult, frame: &Frame) {
     let method_start = result
@@ -166,7 +224,13 @@ fn phases(svg: &mut String, result: &RunResult, frame: &Frame) {
     }
 }
 
-fn axes(svg: &mut String, frame: &Frame, time_ticks: &[f64], latency_ticks: &[f64]) {
+fn axes(
+    svg: &mut String,
+    frame: &Frame,
+    time_ticks: &[f64],
+    value_ticks: &[f64],
+    value_label: &str,
+) {
     let (plot_top, plot_bottom) = (TOP, HEIGHT - BOTTOM);
     let (plot_left, plot_right) = (LEFT, WIDTH - RIGHT);
     let _ = write!(
@@ -183,8 +247,8 @@ fn axes(svg: &mut String, frame: &Frame, time_ticks: &[f64], latency_ticks: &[f6
             tick_label(seconds)
         );
     }
-    for &latency in latency_ticks {
-        let y = frame.y(latency);
+    for &value in value_ticks {
+        let y = frame.y(value);
         let _ = write!(
             svg,
             r##"<line x1="{:.1}" x2="{plot_right}" y1="{y:.1}" y2="{y:.1}" stroke="#eee"/><line x1="{:.1}" x2="{plot_left}" y1="{y:.1}" y2="{y:.1}" stroke="#000"/><text class="tick" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
@@ -192,12 +256,12 @@ fn axes(svg: &mut String, frame: &Frame, time_ticks: &[f64], latency_ticks: &[f6
             plot_left - 5.0,
             plot_left - 8.0,
             y + 4.0,
-            tick_label(latency)
+            tick_label(value)
         );
     }
     let _ = write!(
         svg,
-        r#"<text class="axis-label" x="{:.1}" y="{:.1}" text-anchor="middle">time since the start of the run (s)</text><text class="axis-label" transform="translate(16 {:.1}) rotate(-90)" text-anchor="middle">latency (ms)</text>"#,
+        r#"<text class="axis-label" x="{:.1}" y="{:.1}" text-anchor="middle">time since the start of the run (s)</text><text class="axis-label" transform="translate(16 {:.1}) rotate(-90)" text-anchor="middle">{value_label}</text>"#,
         (plot_left + plot_right) / 2.0,
         HEIGHT - 8.0,
         (plot_top + plot_bottom) / 2.0

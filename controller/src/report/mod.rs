@@ -9,6 +9,7 @@ use std::fmt::Write;
 
 pub use page::html;
 
+use crate::load::{LoadPhase, LoadResult, Phase, change_percent};
 use crate::outage::FaultOutage;
 use crate::runner::{RunResult, StepPlan};
 use crate::stats::PhaseStats;
@@ -51,6 +52,10 @@ pub fn table(result: &RunResult) -> String {
         stats_row(&mut out, &p.name, "before", &p.before);
         stats_row(&mut out, &p.name, "during", &p.during);
         stats_row(&mut out, &p.name, "after", &p.after);
+    }
+    if let Some(load) = &result.load {
+        let _ = writeln!(out);
+        out.push_str(&load_table(load));
     }
     let _ = writeln!(out);
     for f in &result.faults {
@@ -100,6 +105,112 @@ pub fn table(result: &RunResult) -> String {
     let _ = writeln!(out, "verdict {}", result.verdict.name().to_uppercase());
     for r in &result.reasons {
         let _ = writeln!(out, "  - {r}");
+    }
+    out
+}
+
+fn percent(value: Option<f64>) -> String {
+    value.map_or("-".into(), |v| format!("{v:+.1}%"))
+}
+
+/// The load's figures per phase, with the change from before.
+pub fn load_table(load: &LoadResult) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "load: {}", load.description);
+    let before = load.phases.first();
+    if load.exec_runs.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:<7} {:>7} {:>8} {:>6} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "PHASE",
+            "SECONDS",
+            "REQUESTS",
+            "ERRORS",
+            "THROUGHPUT",
+            "CHANGE",
+            "MEAN ms",
+            "P50 ms",
+            "P95 ms",
+            "P99 ms"
+        );
+        for phase in &load.phases {
+            let Some(requests) = &phase.requests else {
+                continue;
+            };
+            let change = change_percent(
+                before.and_then(|b| b.throughput_per_s),
+                phase.throughput_per_s,
+            );
+            let _ = writeln!(
+                out,
+                "{:<7} {:>7.1} {:>8} {:>6} {:>9}/s {:>8} {:>8} {:>8} {:>8} {:>8}",
+                phase.phase.name(),
+                phase.seconds,
+                requests.count,
+                requests.count - requests.successes,
+                phase
+                    .throughput_per_s
+                    .map_or("-".into(), |t| format!("{t:.1}")),
+                if phase.phase == Phase::Before {
+                    String::new()
+                } else {
+                    percent(change)
+                },
+                ms(requests.mean_ms),
+                ms(requests.p50_ms),
+                ms(requests.p95_ms),
+                ms(requests.p99_ms)
+            );
+        }
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<20} {:>12} {:>22} {:>22}",
+        "FIGURE", "before", "during (change)", "after (change)"
+    );
+    let names: Vec<&String> = load
+        .phases
+        .iter()
+        .flat_map(|p| p.figures.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let figure = |phase: &LoadPhase, name: &str| phase.figures.get(name).copied();
+    for name in names {
+        let mut line = format!("{name:<20}");
+        for phase in &load.phases {
+            let value = figure(phase, name).map_or("-".into(), |v| format!("{v:.2}"));
+            if phase.phase == Phase::Before {
+                let _ = write!(line, " {value:>12}");
+            } else {
+                let change =
+                    change_percent(before.and_then(|b| figure(b, name)), figure(phase, name));
+                let _ = write!(line, " {:>22}", format!("{value} ({})", percent(change)));
+            }
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    let runs: Vec<String> = load
+        .phases
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {} ({} failed)",
+                p.phase.name(),
+                p.runs.unwrap_or(0),
+                p.failed_runs.unwrap_or(0)
+            )
+        })
+        .collect();
+    let _ = writeln!(out, "runs: {}", runs.join(", "));
+    for run in load.exec_runs.iter().filter(|r| !r.error.is_empty()) {
+        let _ = writeln!(
+            out,
+            "  run at {}: {}",
+            secs(Some(run.started_at_ms)),
+            run.error
+        );
     }
     out
 }

@@ -5,8 +5,10 @@
 
 use std::fmt::Write;
 
-use super::chart::{FAILURE_COLOUR, FAULT_COLOUR, LATENCY_COLOUR, SLOW_COLOUR, latency_chart};
-use super::{ms, secs};
+use super::chart::{
+    FAILURE_COLOUR, FAULT_COLOUR, LATENCY_COLOUR, SLOW_COLOUR, latency_chart, throughput_chart,
+};
+use super::{load_table, ms, secs};
 use crate::runner::RunResult;
 use crate::stats::PhaseStats;
 
@@ -43,10 +45,26 @@ pub fn html(result: &RunResult) -> String {
     summary(&mut page, result);
     statistics(&mut page, result);
     faults(&mut page, result);
+    if let Some(load) = &result.load {
+        let _ = write!(
+            page,
+            "<h2>Load</h2><p>{}</p><pre class=\"load\">{}</pre>",
+            escape(&load.description),
+            escape(&load_table(load))
+        );
+    }
     for (index, p) in result.probes.iter().enumerate() {
         let _ = write!(page, "<h2>probe {}: latency</h2>", escape(&p.name));
         page.push_str(&latency_chart(result, index));
         legend(&mut page);
+    }
+    if let Some(load) = result
+        .load
+        .as_ref()
+        .filter(|l| !l.throughput_by_second.is_empty())
+    {
+        page.push_str("<h2>load: throughput</h2>");
+        page.push_str(&throughput_chart(result, &load.throughput_by_second));
     }
     page.push_str("</body></html>\n");
     page
