@@ -475,6 +475,25 @@ mod tests {
     }
 
     #[test]
+    fn a_load_section_is_refused_for_submitted_runs_even_with_exec_allowed() {
+        let allowed = SubmitPolicy {
+            allow_exec_probes: true,
+            ..policy()
+        };
+        for load in [
+            "load: { http: { url: \"http://10.0.0.1/\", rate: 5 } }",
+            "load: { exec: { command: [\"true\"], figures: { n: \"n=([0-9]+)\" } } }",
+        ] {
+            let status = check_submission(&format!("{GOOD}{load}\n"), &allowed).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::PermissionDenied, "{load}");
+            assert!(
+                status.message().contains("experiment_yaml: load:"),
+                "{status:?}"
+            );
+        }
+    }
+
+    #[test]
     fn submitted_runs_use_the_controllers_agents_and_tls_only() {
         let experiment = check_submission(GOOD, &policy()).unwrap();
         assert_eq!(experiment.agents.static_agents, vec!["127.0.0.1:7090"]);
