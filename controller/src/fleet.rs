@@ -176,6 +176,22 @@ impl Fleet {
         .await
     }
 
+    /// Reads each (agent, fault id) back: its state and what the agent measured.
+    pub async fn get_all(&self, faults: Vec<(usize, String)>) -> Vec<Result<api::Fault, String>> {
+        fan_out(&self.limit, faults, |(agent, id)| {
+            let client = self.client(agent);
+            async move {
+                let mut client = client.ok_or("no such agent")?;
+                client
+                    .get(api::GetRequest { id: id.clone() })
+                    .await
+                    .map(|answer| answer.into_inner())
+                    .map_err(|s| format!("get {id}: {:?}: {}", s.code(), s.message()))
+            }
+        })
+        .await
+    }
+
     /// Reverts each (agent, fault id); a fault that already ended counts as reverted.
     pub async fn revert_all(&self, faults: Vec<(usize, String)>) -> Vec<Result<(), String>> {
         fan_out(&self.limit, faults, |(agent, id)| {

@@ -1,5 +1,6 @@
 //! chaosctl: the command line and controller of Chaos Control.
 
+pub mod achieved;
 pub mod certs;
 pub mod client;
 pub mod controller_api;

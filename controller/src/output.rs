@@ -143,7 +143,8 @@ fn remaining(f: &api::Fault, now_ms: i64) -> String {
     format!("{}s", (left + 999) / 1000)
 }
 
-fn summary(f: &api::Fault) -> String {
+/// What the agent reports the fault did, in one line.
+pub fn summary(f: &api::Fault) -> String {
     match &f.status {
         Some(api::fault::Status::Process(p)) => {
             let delivered = p.signalled.iter().filter(|s| s.delivered).count();

@@ -13,6 +13,7 @@ use chaos_proto::api;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
+use crate::achieved::assess;
 use crate::experiment::{
     DuringExpectation, Experiment, FaultStep, MethodMode, Probe, TargetSpec, step_kind,
 };
@@ -96,6 +97,14 @@ pub struct FaultRecord {
     pub fault_id: String,
     pub injected_at_ms: u64,
     pub ended_at_ms: Option<u64>,
+    /// What the step asked, e.g. `cpu load 50%`.
+    pub asked: String,
+    /// What the agent measured the fault doing, read back just before its revert.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub achieved: String,
+    /// Why the fault took no effect, when it took none (see `achieved`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_effect: Option<String>,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub error: String,
     #[serde(skip)]
@@ -497,6 +506,9 @@ impl Run<'_> {
                 fault_id: String::new(),
                 injected_at_ms: at,
                 ended_at_ms: None,
+                asked: describe_fault(step),
+                achieved: String::new(),
+                no_effect: None,
                 error: String::new(),
                 agent_index: t.chosen.agent,
                 via_api: false,
@@ -569,6 +581,9 @@ impl Run<'_> {
                 fault_id: String::new(),
                 injected_at_ms: at,
                 ended_at_ms: None,
+                asked: describe_fault(step),
+                achieved: String::new(),
+                no_effect: None,
                 error: String::new(),
                 agent_index: 0,
                 via_api: true,
@@ -615,10 +630,22 @@ impl Run<'_> {
         if open.is_empty() {
             return;
         }
-        let calls = open
+        let calls: Vec<(usize, String)> = open
             .iter()
             .map(|&i| (self.faults[i].agent_index, self.faults[i].fault_id.clone()))
             .collect();
+        // What each fault did, while it still holds: after the revert its figures are gone.
+        let read_back = self.fleet.get_all(calls.clone()).await;
+        for (&i, fault) in open.iter().zip(read_back) {
+            match fault {
+                Ok(fault) => {
+                    let assessed = assess(&fault);
+                    self.faults[i].achieved = assessed.summary;
+                    self.faults[i].no_effect = assessed.no_effect;
+                }
+                Err(e) => self.faults[i].achieved = format!("not read back: {e}"),
+            }
+        }
         let results = self.fleet.revert_all(calls).await;
         let at = self.now_ms();
         for (i, result) in open.into_iter().zip(results) {

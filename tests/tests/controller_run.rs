@@ -512,6 +512,86 @@ async fn an_exec_load_runs_a_benchmark_per_phase_and_parses_its_figures() -> Res
     Ok(())
 }
 
+/// What each fault did, beside what it asked: a CPU fill of 50 % on a container whose own
+/// busy loop already takes all of its half CPU adds nothing and is flagged so; a memory
+/// fill next to it holds what it asked and is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fault_that_took_no_effect_is_flagged_beside_what_it_asked() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let netns = TestNetns::create()?;
+    let mut spec = ContainerSpec::pod("shop", "busy-0", "web");
+    spec.command = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "mkdir -p /www; echo ok > /www/index.html; (while :; do :; done) & httpd -f -p 80 -h /www"
+            .into(),
+    ];
+    spec.netns = Some(netns.path());
+    spec.cpus = Some(0.5);
+    let _container = TestContainer::start(spec)?;
+    wait_http(&netns, Duration::from_secs(20))?;
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let yaml = "\
+name: chaos-test-no-effect
+baseline: 1s
+steady_state:
+  probes:
+    - name: web
+      interval: 250ms
+      timeout: 2s
+      http: { url: \"http://WEB/index.html\" }
+      tolerance: { success_ratio: 0.5 }
+method:
+  mode: parallel
+  faults:
+    - name: fill-busy
+      target: { namespace: shop, pod: busy-0, container: web, mode: one }
+      duration: 3s
+      cpu: { load: 50 }
+    - name: hold-memory
+      target: { namespace: shop, pod: busy-0, container: web, mode: one }
+      duration: 3s
+      memory: { size: 16MiB }
+recovery: { timeout: 10s, hold: 1s }
+hypothesis: { during: degraded }
+";
+    let result = run(&experiment_yaml(&agent, tls.path(), &netns, yaml)).await?;
+    let table = chaosctl::report::table(&result);
+    eprintln!("{table}");
+    assert_eq!(result.verdict, Verdict::Passed, "{:?}", result.reasons);
+    let fault = |step: &str| {
+        result
+            .faults
+            .iter()
+            .find(|f| f.step == step)
+            .with_context(|| format!("no fault {step}"))
+    };
+    let fill = fault("fill-busy")?;
+    assert_eq!(fill.asked, "cpu load 50%");
+    assert!(fill.achieved.contains("asked 50 %"), "{fill:?}");
+    let why = fill
+        .no_effect
+        .as_deref()
+        .context("the fill was not flagged")?;
+    assert!(
+        why.contains("already used") && why.contains("added nothing"),
+        "{why}"
+    );
+    let memory = fault("hold-memory")?;
+    assert!(
+        memory.achieved.starts_with("held ") && memory.achieved.contains(" of 16 MiB"),
+        "{memory:?}"
+    );
+    assert_eq!(memory.no_effect, None, "{memory:?}");
+    assert!(
+        table.contains("NO EFFECT: the container already used"),
+        "{table}"
+    );
+    let html = chaosctl::report::html(&result);
+    assert!(html.contains("Faults that took no effect:") && html.contains("fill-busy on"));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_abort_condition_reverts_every_fault_within_a_second() -> Result<()> {
     let (tls, state) = (make_certs()?, state_dir()?);

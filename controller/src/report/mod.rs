@@ -79,6 +79,19 @@ pub fn table(result: &RunResult) -> String {
                 format!(" ERROR {}", f.error)
             }
         );
+        let _ = writeln!(
+            out,
+            "      asked: {}{}",
+            f.asked,
+            if f.achieved.is_empty() {
+                String::new()
+            } else {
+                format!("; did: {}", f.achieved)
+            }
+        );
+        if let Some(why) = &f.no_effect {
+            let _ = writeln!(out, "      NO EFFECT: {why}");
+        }
     }
     if !result.per_fault.is_empty() {
         let _ = writeln!(out, "per fault, counted from its own injection:");

@@ -30,7 +30,7 @@ td,th{border:1px solid #ccc;padding:3px 10px;text-align:right}\
 th{background:#f4f6f7}td.name,th.name{text-align:left}\
 .legend span{display:inline-block;margin-right:1.5em}\
 .swatch{display:inline-block;width:14px;height:10px;margin-right:4px;vertical-align:middle}\
-.figures td{text-align:left}";
+.figures td{text-align:left}tr.flagged td{background:#fdedec}.no-effect{color:#c0392b}";
 
 /// The page `chaosctl run --report` writes.
 pub fn html(result: &RunResult) -> String {
@@ -110,6 +110,26 @@ fn summary(page: &mut String, result: &RunResult) {
         );
     }
     page.push_str("</table>");
+    let without_effect: Vec<_> = result
+        .faults
+        .iter()
+        .filter(|f| f.no_effect.is_some())
+        .collect();
+    if !without_effect.is_empty() {
+        page.push_str(
+            "<p><strong>Faults that took no effect:</strong></p><ul class=\"no-effect\">",
+        );
+        for f in without_effect {
+            let _ = write!(
+                page,
+                "<li>{} on {}: {}</li>",
+                escape(&f.step),
+                escape(&f.target),
+                escape(f.no_effect.as_deref().unwrap_or_default())
+            );
+        }
+        page.push_str("</ul>");
+    }
     if let Some(a) = &result.abort {
         let _ = write!(
             page,
@@ -165,24 +185,39 @@ fn faults(page: &mut String, result: &RunResult) {
     }
     page.push_str(
         "<h2>Faults</h2><table class=\"faults\"><tr><th class=\"name\">step</th>\
-         <th class=\"name\">kind</th><th class=\"name\">target</th><th class=\"name\">agent</th>\
-         <th class=\"name\">fault id</th><th>injected</th><th>ended</th>\
-         <th class=\"name\">error</th></tr>",
+         <th class=\"name\">target</th><th class=\"name\">asked</th>\
+         <th class=\"name\">achieved (the agent's measurement)</th><th>injected</th>\
+         <th>ended</th><th class=\"name\">agent, fault id</th></tr>",
     );
     for f in &result.faults {
+        let mut achieved = escape(&f.achieved);
+        if let Some(why) = &f.no_effect {
+            let _ = write!(
+                achieved,
+                "<br><strong class=\"no-effect\">no effect: {}</strong>",
+                escape(why)
+            );
+        }
+        if !f.error.is_empty() {
+            let _ = write!(achieved, "<br><strong>error: {}</strong>", escape(&f.error));
+        }
         let _ = write!(
             page,
-            "<tr><td class=\"name\">{}</td><td class=\"name\">{}</td><td class=\"name\">{}</td>\
-             <td class=\"name\">{}</td><td class=\"name\">{}</td><td>{}</td><td>{}</td>\
-             <td class=\"name\">{}</td></tr>",
+            "<tr{}><td class=\"name\">{}</td><td class=\"name\">{}</td>\
+             <td class=\"name\">{}</td><td class=\"name\">{achieved}</td><td>{}</td><td>{}</td>\
+             <td class=\"name\">{} {}</td></tr>",
+            if f.no_effect.is_some() || !f.error.is_empty() {
+                " class=\"flagged\""
+            } else {
+                ""
+            },
             escape(&f.step),
-            escape(&f.kind),
             escape(&f.target),
-            escape(&f.agent),
-            escape(&f.fault_id),
+            escape(&f.asked),
             secs(Some(f.injected_at_ms)),
             secs(f.ended_at_ms),
-            escape(&f.error)
+            escape(&f.agent),
+            escape(&f.fault_id)
         );
     }
     page.push_str("</table>");
