@@ -149,9 +149,10 @@ struct Args {
         value_parser = clap::value_parser!(u32).range(0..=99)
     )]
     disk_fill_min_free_percent: u32,
-    /// The process whose mount namespace is the node's: a disk fill reads the node's
-    /// filesystems and finds a volume's files again through its /proc/PID/root and
-    /// mountinfo. 1 for a DaemonSet with hostPID (which then needs CAP_SYS_PTRACE).
+    /// The process whose mount and network namespaces are the node's: a disk fill reads
+    /// the node's filesystems and finds a volume's files again through its /proc/PID/root
+    /// and mountinfo; a network fault in its network namespace is node scope. 1 for a
+    /// DaemonSet with hostPID (which then needs CAP_SYS_PTRACE).
     #[arg(long, env = "CHAOS_NODE_PID", default_value_t = 1)]
     node_pid: u32,
     #[arg(long, env = "CHAOS_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
@@ -413,6 +414,7 @@ async fn run(args: Args, runtimes: Runtimes, open_file_limit: u64) -> Result<()>
     );
     let resolver = Resolver {
         procfs: Procfs::default(),
+        node_pid: args.node_pid,
         cgroups,
         layout: layout.clone(),
         runtime: Some(Containerd::new(

@@ -97,6 +97,8 @@ impl Resolved {
 
 pub struct Resolver {
     pub procfs: Procfs,
+    /// `--node-pid`: the process whose namespaces are the node's (1 with hostPID).
+    pub node_pid: u32,
     pub cgroups: CgroupFs,
     pub layout: CgroupLayout,
     pub runtime: Option<Containerd>,
@@ -360,7 +362,7 @@ impl Resolver {
     /// The node's network namespace (PID 1's, or kthreadd's where PID 1's cannot be
     /// opened), if it can be found: with hostPID it always can.
     pub fn node_netns(&self) -> Option<chaos_netem::NetnsId> {
-        open_node_netns(&self.procfs)
+        open_node_netns(&self.procfs, self.node_pid)
             .ok()
             .map(|(netns, _)| netns.id())
     }
@@ -477,17 +479,29 @@ pub fn owner_from_path(path: &str, containers: &[RuntimeContainer]) -> Owner {
     Owner::Node
 }
 
-/// The node's network namespace, opened, and the process it was found through: PID 1
-/// (the agent runs with hostPID). Where PID 1 is more privileged than the agent (a
-/// sandbox's init holding capabilities the agent lacks, as on the build machine), the
-/// kernel refuses to open its namespace; kthreadd (PID 2), a kernel thread and so always
-/// in the initial namespace, where a node's init is, stands in then.
-pub(crate) fn open_node_netns(procfs: &Procfs) -> Result<(OpenNetns, ProcessInfo), AgentError> {
+/// The node's network namespace, opened, and the process it was found through: the
+/// `--node-pid` process, PID 1 by default (the agent runs with hostPID). Where PID 1 is
+/// more privileged than the agent (a sandbox's init holding capabilities the agent
+/// lacks, as on the build machine), the kernel refuses to open its namespace; kthreadd
+/// (PID 2), a kernel thread and so always in the initial namespace, where a node's init
+/// is, stands in then. Another `--node-pid` (a test's stand-in for a node) has no
+/// stand-in: failing to open it fails.
+pub(crate) fn open_node_netns(
+    procfs: &Procfs,
+    node_pid: u32,
+) -> Result<(OpenNetns, ProcessInfo), AgentError> {
     let through = |pid: u32| -> Result<(OpenNetns, ProcessInfo), String> {
         let process = procfs.process(pid).map_err(|e| e.to_string())?;
         let netns = OpenNetns::open(&procfs.netns_path(pid)).map_err(|e| e.to_string())?;
         Ok((netns, process))
     };
+    if node_pid != 1 {
+        return through(node_pid).map_err(|e| {
+            AgentError::FailedPrecondition(format!(
+                "cannot open the node's network namespace through --node-pid {node_pid}: {e}"
+            ))
+        });
+    }
     let init_error = match through(1) {
         Ok(found) => return Ok(found),
         Err(e) => e,

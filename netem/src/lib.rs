@@ -41,7 +41,8 @@ pub use netns::{
 };
 pub use qdisc::{QdiscError, QdiscRecord, QdiscSnapshot, QdiscView, Restored};
 pub use route::{
-    Link, LinkKey, RouteError, default_route_interface, interface, interfaces, link, link_exists,
+    Link, LinkKey, RouteError, default_route_interface, default_route_interfaces,
+    default_route_interfaces_of, interface, interfaces, link, link_exists,
 };
 pub use rtnetlink::Handle;
 pub use tbf::{TbfError, TbfSpec};

@@ -35,10 +35,7 @@ fn table_of(route: &RouteMessage) -> u32 {
 /// The default route's interface, if this route is a default unicast route of the main
 /// table. Multipath routes count by their first next hop.
 fn as_default_route(route: &RouteMessage) -> Option<DefaultRoute> {
-    if route.header.destination_prefix_length != 0
-        || route.header.kind != RouteType::Unicast
-        || table_of(route) != u32::from(RouteHeader::RT_TABLE_MAIN)
-    {
+    if !is_default_unicast(route) || table_of(route) != u32::from(RouteHeader::RT_TABLE_MAIN) {
         return None;
     }
     let mut ifindex = None;
@@ -56,21 +53,69 @@ fn as_default_route(route: &RouteMessage) -> Option<DefaultRoute> {
     ifindex.map(|ifindex| DefaultRoute { ifindex, metric })
 }
 
-async fn default_route(
+/// A route to everywhere (prefix length 0) that forwards packets: local, broadcast,
+/// blackhole, unreachable and prohibit routes send nothing out of an interface.
+fn is_default_unicast(route: &RouteMessage) -> bool {
+    route.header.destination_prefix_length == 0 && route.header.kind == RouteType::Unicast
+}
+
+/// Every interface a default route of any routing table leaves by, each once, in
+/// ifindex order: what traffic to anywhere may leave the node by once policy routing
+/// (`ip rule`) picks a table, as the secondary ENIs of EKS's VPC CNI do (each with a
+/// default route in a table of its own). Every next hop of a multipath route counts.
+/// Pure: from the routes a dump answered.
+pub fn default_route_interfaces_of<'a>(
+    routes: impl IntoIterator<Item = &'a RouteMessage>,
+) -> Vec<u32> {
+    let mut found: Vec<u32> = routes
+        .into_iter()
+        .filter(|route| is_default_unicast(route))
+        .flat_map(|route| {
+            route
+                .attributes
+                .iter()
+                .flat_map(|attribute| match attribute {
+                    RouteAttribute::Oif(index) => vec![*index],
+                    RouteAttribute::MultiPath(hops) => {
+                        hops.iter().map(|hop| hop.interface_index).collect()
+                    }
+                    _ => vec![],
+                })
+        })
+        .filter(|ifindex| *ifindex != 0)
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
+async fn dump_routes(
     handle: &Handle,
     family: AddressFamily,
-) -> Result<Option<DefaultRoute>, RouteError> {
+) -> Result<Vec<RouteMessage>, RouteError> {
+    // No table in the request: the kernel answers with the routes of every table.
     let mut request = RouteMessage::default();
     request.header.address_family = family;
     let answers = wire::dump(handle, RouteNetlinkMessage::GetRoute(request))
         .await
         .map_err(RouteError::Netlink)?;
     Ok(answers
-        .iter()
+        .into_iter()
         .filter_map(|answer| match answer {
-            RouteNetlinkMessage::NewRoute(route) => as_default_route(route),
+            RouteNetlinkMessage::NewRoute(route) => Some(route),
             _ => None,
         })
+        .collect())
+}
+
+async fn default_route(
+    handle: &Handle,
+    family: AddressFamily,
+) -> Result<Option<DefaultRoute>, RouteError> {
+    Ok(dump_routes(handle, family)
+        .await?
+        .iter()
+        .filter_map(as_default_route)
         // The kernel uses the lowest metric first.
         .min_by_key(|route| route.metric))
 }
@@ -83,6 +128,19 @@ pub async fn default_route_interface(handle: &Handle) -> Result<u32, RouteError>
         }
     }
     Err(RouteError::NoDefaultRoute)
+}
+
+/// The ifindexes of every link a default route (IPv4 or IPv6, of any routing table)
+/// leaves by, each once, in ifindex order (see [`default_route_interfaces_of`]); at
+/// least one, or [`RouteError::NoDefaultRoute`].
+pub async fn default_route_interfaces(handle: &Handle) -> Result<Vec<u32>, RouteError> {
+    let mut routes = dump_routes(handle, AddressFamily::Inet).await?;
+    routes.extend(dump_routes(handle, AddressFamily::Inet6).await?);
+    let found = default_route_interfaces_of(&routes);
+    if found.is_empty() {
+        return Err(RouteError::NoDefaultRoute);
+    }
+    Ok(found)
 }
 
 /// Which one link to look up.
@@ -177,4 +235,95 @@ pub async fn interfaces(handle: &Handle) -> Result<Vec<(u32, String)>, RouteErro
         .await
         .map_err(RouteError::Netlink)?;
     Ok(answers.iter().filter_map(index_and_name).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_route::route::RouteNextHop;
+
+    fn route(
+        prefix: u8,
+        kind: RouteType,
+        table: u32,
+        attributes: Vec<RouteAttribute>,
+    ) -> RouteMessage {
+        let mut route = RouteMessage::default();
+        route.header.address_family = AddressFamily::Inet;
+        route.header.destination_prefix_length = prefix;
+        route.header.kind = kind;
+        // The header's table is one byte; a table beyond 255 is only in RTA_TABLE.
+        route.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+        route.attributes = attributes;
+        route.attributes.push(RouteAttribute::Table(table));
+        route
+    }
+
+    fn via(ifindex: u32) -> RouteAttribute {
+        RouteAttribute::Oif(ifindex)
+    }
+
+    fn hop(ifindex: u32) -> RouteNextHop {
+        let mut hop = RouteNextHop::default();
+        hop.interface_index = ifindex;
+        hop
+    }
+
+    #[test]
+    fn default_routes_of_every_table_count_once_each_and_nothing_else_does() {
+        let main = u32::from(RouteHeader::RT_TABLE_MAIN);
+        // RT_TABLE_LOCAL
+        let local = 255;
+        let routes = [
+            // The main table's default route, via eth0 (3).
+            route(
+                0,
+                RouteType::Unicast,
+                main,
+                vec![via(3), RouteAttribute::Priority(100)],
+            ),
+            // A secondary ENI's own table (VPC CNI), via eth1 (5), and its subnet route.
+            route(0, RouteType::Unicast, 100, vec![via(5)]),
+            route(24, RouteType::Unicast, 100, vec![via(5)]),
+            // A table numbered past one byte, via the same eth1 again, and a multipath
+            // default over eth1 and eth2 (7).
+            route(0, RouteType::Unicast, 1000, vec![via(5)]),
+            route(
+                0,
+                RouteType::Unicast,
+                1001,
+                vec![RouteAttribute::MultiPath(vec![hop(7), hop(5)])],
+            ),
+            // Routes to everywhere that send nothing out of an interface.
+            route(0, RouteType::Unreachable, 200, vec![]),
+            route(0, RouteType::BlackHole, 201, vec![]),
+            route(0, RouteType::Prohibit, 202, vec![]),
+            // The local table: local and broadcast routes of an address of eth9 (9).
+            route(32, RouteType::Local, local, vec![via(9)]),
+            route(32, RouteType::Broadcast, local, vec![via(9)]),
+            // Not default routes.
+            route(16, RouteType::Unicast, main, vec![via(11)]),
+        ];
+        assert_eq!(default_route_interfaces_of(&routes), vec![3, 5, 7]);
+        // The one-interface rule is still the main table's, lowest metric.
+        let in_main: Vec<_> = routes.iter().filter_map(as_default_route).collect();
+        assert_eq!(
+            in_main,
+            vec![DefaultRoute {
+                ifindex: 3,
+                metric: 100
+            }]
+        );
+    }
+
+    #[test]
+    fn no_default_route_in_any_table_is_no_interface() {
+        let main = u32::from(RouteHeader::RT_TABLE_MAIN);
+        let routes = [
+            route(24, RouteType::Unicast, main, vec![via(2)]),
+            route(0, RouteType::Unreachable, 100, vec![]),
+        ];
+        assert!(default_route_interfaces_of(&routes).is_empty());
+        assert!(default_route_interfaces_of(&[]).is_empty());
+    }
 }

@@ -5,7 +5,10 @@ mod common;
 use anyhow::{Result, bail};
 use chaos_netem::qdisc::{self, CHAOS_ROOT_HANDLE, QdiscRecord};
 use chaos_netem::tree::{self, Classifier};
-use chaos_netem::{Impairment, NetemSpec, QdiscError, TbfSpec, default_route_interface, in_netns};
+use chaos_netem::{
+    Impairment, NetemSpec, QdiscError, TbfSpec, default_route_interface, default_route_interfaces,
+    in_netns,
+};
 use common::{LINK, PEER, TestNetns};
 
 /// The raw options of the root qdisc on `link`, as the kernel dumps them.
@@ -45,6 +48,85 @@ fn default_route_interface_is_the_veth() -> Result<()> {
         default_route_interface(&handle).await
     })??;
     assert_eq!(found, expected);
+    Ok(())
+}
+
+/// Every table's default routes, as the kernel dumps them: the main table's via `chaos-a`,
+/// an IPv4 one in table 100 (picked by an `ip rule`) and an IPv6 one in table 1000 via a
+/// second veth, `chaos-c`, the way the VPC CNI gives each secondary ENI a table. Table
+/// 1000 does not fit the header's byte: only RTA_TABLE names it. An unreachable default
+/// in table 200 and `chaos-b` (no default route) are left out. The one-interface rule is
+/// still the main table's.
+#[test]
+fn default_route_interfaces_are_those_of_every_table() -> Result<()> {
+    let netns = TestNetns::new("routes")?;
+    netns.ip(&[
+        "link", "add", "chaos-c", "type", "veth", "peer", "name", "chaos-d",
+    ])?;
+    netns.ip(&["addr", "add", "10.199.1.1/24", "dev", "chaos-c"])?;
+    netns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "fd00:199::1/64",
+        "dev",
+        "chaos-c",
+        "nodad",
+    ])?;
+    netns.ip(&["link", "set", "chaos-c", "up"])?;
+    netns.ip(&["link", "set", "chaos-d", "up"])?;
+    netns.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.199.1.2",
+        "dev",
+        "chaos-c",
+        "table",
+        "100",
+    ])?;
+    netns.ip(&["rule", "add", "from", "10.199.1.1", "table", "100"])?;
+    netns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "fd00:199::2",
+        "dev",
+        "chaos-c",
+        "table",
+        "1000",
+    ])?;
+    netns.ip(&["route", "add", "unreachable", "default", "table", "200"])?;
+    let (main, second) = (netns.ifindex(LINK)?, netns.ifindex("chaos-c")?);
+    let (every, one) = in_netns(&netns.path(), |handle| async move {
+        anyhow::Ok((
+            default_route_interfaces(&handle).await?,
+            default_route_interface(&handle).await?,
+        ))
+    })??;
+    let mut expected = vec![main, second];
+    expected.sort_unstable();
+    assert_eq!(every, expected);
+    assert_eq!(one, main);
+    // Without table 100's route, the IPv6 one of table 1000 still counts `chaos-c`.
+    netns.ip(&["route", "flush", "table", "100"])?;
+    let without_100 = in_netns(&netns.path(), |handle| async move {
+        default_route_interfaces(&handle).await
+    })??;
+    assert_eq!(without_100, expected);
+    // With no table's default route: none at all.
+    netns.ip(&["route", "del", "default", "dev", LINK])?;
+    netns.ip(&["-6", "route", "flush", "table", "1000"])?;
+    let none = in_netns(&netns.path(), |handle| async move {
+        default_route_interfaces(&handle).await
+    })?;
+    assert!(
+        matches!(none, Err(chaos_netem::RouteError::NoDefaultRoute)),
+        "{none:?}"
+    );
     Ok(())
 }
 

@@ -208,10 +208,15 @@ impl TestAgent {
             .arg(&options.state_dir)
             .arg("--node-name")
             .arg("test-node")
-            // The node's mount namespace, as PID 1 shows it on a real node: here the
-            // test's own (PID 1 of this machine is a supervisor the agent may not read).
-            .arg("--node-pid")
-            .arg(std::process::id().to_string())
+            // The node's namespaces, as PID 1 shows them on a real node: here the test's
+            // own (PID 1 of this machine is a supervisor the agent may not read), unless
+            // the test names a stand-in node of its own.
+            .args(
+                (!options.extra_args.iter().any(|arg| arg == "--node-pid"))
+                    .then(|| ["--node-pid".to_string(), std::process::id().to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .arg("--containerd-socket")
             .arg(&options.containerd_socket)
             .arg("--containerd-namespace")

@@ -1145,6 +1145,267 @@ async fn vm_a_node_scope_network_fault_keeps_the_agent_port_unimpaired() -> Resu
     Ok(())
 }
 
+/// A TCP listener on every address of `netns` at `port` (0: any free one), accepting and
+/// dropping connections on a thread inside the namespace until the guard is dropped (its
+/// socket would keep the namespace alive) or a bounded time has passed.
+struct ListenerInside {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ListenerInside {
+    fn start(netns: &TestNetns, port: u16) -> Result<ListenerInside> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let file = std::fs::File::open(netns.path())?;
+        let (sender, bound) = std::sync::mpsc::channel();
+        let stopping = stop.clone();
+        std::thread::spawn(move || {
+            let listener = nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| Ok(TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?))
+                .and_then(|l| {
+                    l.set_nonblocking(true)?;
+                    Ok(l)
+                });
+            let listener = match listener {
+                Ok(listener) => {
+                    let _ = sender.send(listener.local_addr().map_err(anyhow::Error::from));
+                    listener
+                }
+                Err(e) => {
+                    let _ = sender.send(Err(e));
+                    return;
+                }
+            };
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while Instant::now() < deadline && !stopping.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => drop(stream),
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        let addr = bound.recv_timeout(Duration::from_secs(10))??;
+        Ok(ListenerInside {
+            port: addr.port(),
+            stop,
+        })
+    }
+}
+
+impl Drop for ListenerInside {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Median TCP connect time from this test's own namespace to `addr`.
+fn connect_median_here(addr: SocketAddr, count: usize) -> Result<Duration> {
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = Instant::now();
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        times.push(started.elapsed());
+        drop(stream);
+    }
+    times.sort();
+    Ok(times[count / 2])
+}
+
+fn qdiscs_of(netns: &TestNetns, interface: &str) -> Result<String> {
+    Ok(netns
+        .exec(&["tc", "-d", "qdisc", "show", "dev", interface])?
+        .check()?
+        .stdout)
+}
+
+/// A node with two interfaces that carry default routes (EKS with the VPC CNI: a
+/// secondary ENI with its default route in a table of its own), a test namespace standing
+/// in for the node (`--node-pid` a process in it): `eth0` toward this test's namespace
+/// with the main table's default route, `eth1` toward a peer namespace with a default
+/// route in table 100, picked by an `ip rule`. A node-scope delay naming no interface
+/// installs netem on both (read back), slows what leaves either, leaves the agent's port
+/// alone on both; a second fault that claims one of them is refused and changes neither;
+/// revert, and a SIGKILL of the agent and its restart (journal replay), restore both.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs netem and prio: run in the VM"]
+async fn vm_node_scope_without_an_interface_acts_on_every_default_route_interface() -> Result<()> {
+    let node = TestNetns::create()?;
+    let peer = TestNetns::create()?;
+    // eth1 dies with the node's namespace (a veth pair goes with either end).
+    run_checked(
+        "ip",
+        &[
+            "-n",
+            node.name(),
+            "link",
+            "add",
+            "eth1",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth1p",
+            "netns",
+            peer.name(),
+        ],
+        Duration::from_secs(10),
+    )?;
+    for (netns, link, cidr) in [
+        (&node, "eth1", "10.214.0.1/30"),
+        (&peer, "eth1p", "10.214.0.2/30"),
+    ] {
+        netns
+            .exec(&["ip", "addr", "add", cidr, "dev", link])?
+            .check()?;
+        netns.exec(&["ip", "link", "set", link, "up"])?.check()?;
+    }
+    node.exec(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.214.0.2",
+        "dev",
+        "eth1",
+        "table",
+        "100",
+    ])?
+    .check()?;
+    node.exec(&["ip", "rule", "add", "from", "10.214.0.1", "table", "100"])?
+        .check()?;
+    let node_process = Sleeper::start(&node)?;
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let options = AgentOptions {
+        tls_dir: Some(tls.path().to_path_buf()),
+        state_dir: state.path().to_path_buf(),
+        extra_args: vec![
+            "--allow-node-scope".into(),
+            "--allow-host-processes".into(),
+            "--node-pid".into(),
+            node_process.pid().to_string(),
+        ],
+        containerd_socket: chaos_tests::containerd::CONTAINERD_SOCKET.into(),
+    };
+    let mut agent = TestAgent::start(options.clone())?;
+    require_netem(&agent).await?;
+    let before = (qdiscs_of(&node, "eth0")?, qdiscs_of(&node, "eth1")?);
+    let service = ListenerInside::start(&node, 0)?;
+    let agent_port = ListenerInside::start(&node, agent.grpc.port())?;
+    let eth1_address = Ipv4Addr::new(10, 214, 0, 1);
+    // The SYN-ACK leaves the node by eth0 toward this namespace, by eth1 toward the peer.
+    let medians = |port: u16| -> Result<(Duration, Duration)> {
+        Ok((
+            connect_median_here(SocketAddr::from((node.inner_ip(), port)), 15)?,
+            connect_median(&peer, SocketAddr::from((eth1_address, port)), 15)?,
+        ))
+    };
+    let (service_before, port_before) = (medians(service.port)?, medians(agent_port.port)?);
+    let request = |interface: &str| {
+        network(
+            &node_process.target(),
+            Duration::from_secs(300),
+            api::NetworkFault {
+                interface: interface.into(),
+                ..delay(50)
+            },
+        )
+    };
+
+    let fault = inject(&agent, request("")).await?;
+    let named = match &fault.status {
+        Some(api::fault::Status::Network(n)) => n.interface.clone(),
+        other => bail!("no network status: {other:?}"),
+    };
+    ensure!(named == "eth0,eth1" || named == "eth1,eth0", "{named}");
+    let status = installed(&fault);
+    ensure!(
+        status.contains("eth0: ") && status.contains("eth1: "),
+        "{status}"
+    );
+    for interface in ["eth0", "eth1"] {
+        let shown = qdiscs_of(&node, interface)?;
+        ensure!(
+            shown.contains("qdisc prio ca05:") && shown.contains("delay 50ms"),
+            "{interface}: {shown}"
+        );
+    }
+    let (service_during, port_during) = (medians(service.port)?, medians(agent_port.port)?);
+    eprintln!(
+        "every interface: service {service_before:?} -> {service_during:?}, agent port {port_before:?} -> {port_during:?}"
+    );
+    assert_delayed("out of eth0", service_before.0, service_during.0, 50);
+    assert_delayed("out of eth1", service_before.1, service_during.1, 50);
+    assert_not_delayed("the agent's port on eth0", port_before.0, port_during.0);
+    assert_not_delayed("the agent's port on eth1", port_before.1, port_during.1);
+
+    // A fault that would take eth1 too is refused and changes neither interface.
+    let during = (qdiscs_of(&node, "eth0")?, qdiscs_of(&node, "eth1")?);
+    let refused = agent
+        .client()
+        .await?
+        .inject(request("eth1"))
+        .await
+        .expect_err("eth1 is taken");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("eth1"), "{refused:?}");
+    assert_eq!(
+        (qdiscs_of(&node, "eth0")?, qdiscs_of(&node, "eth1")?),
+        during
+    );
+    revert(&agent, &fault.id).await?;
+    assert_eq!(
+        (qdiscs_of(&node, "eth0")?, qdiscs_of(&node, "eth1")?),
+        before
+    );
+    assert_eq!(journal_len(state.path()), 0);
+
+    // All or nothing the other way: eth1 held by a fault of its own, a fault on every
+    // interface is refused, and eth0 stays as it was.
+    let on_eth1 = inject(&agent, request("eth1")).await?;
+    let refused = agent
+        .client()
+        .await?
+        .inject(request(""))
+        .await
+        .expect_err("eth1 is taken");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert_eq!(qdiscs_of(&node, "eth0")?, before.0);
+    revert(&agent, &on_eth1.id).await?;
+    assert_eq!(
+        (qdiscs_of(&node, "eth0")?, qdiscs_of(&node, "eth1")?),
+        before
+    );
+
+    // A SIGKILL while both are held; the restarted agent's replay restores both.
+    inject(&agent, request("")).await?;
+    agent.kill_hard()?;
+    for interface in ["eth0", "eth1"] {
+        ensure!(
+            qdiscs_of(&node, interface)?.contains("delay 50ms"),
+            "{interface}"
+        );
+    }
+    assert_eq!(journal_len(state.path()), 1);
+    let _restarted = TestAgent::start(options)?;
+    assert_eq!(
+        (qdiscs_of(&node, "eth0")?, qdiscs_of(&node, "eth1")?),
+        before
+    );
+    assert_eq!(journal_len(state.path()), 0);
+    Ok(())
+}
+
 /// A TCP listener on the host side of the veth, accepting (and dropping) connections in
 /// a thread for a bounded time.
 fn host_listener(netns: &TestNetns) -> Result<SocketAddr> {

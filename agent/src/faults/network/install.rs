@@ -65,23 +65,67 @@ fn ifb_seed() -> u32 {
     nanos ^ std::process::id().rotate_left(12) ^ COUNTER.fetch_add(0x9e37, Ordering::Relaxed)
 }
 
+/// Which interfaces of a namespace a fault acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Interfaces<'a> {
+    /// The one the request names.
+    Named(&'a str),
+    /// The one the main table's default route leaves by (a pod's namespace).
+    DefaultRoute,
+    /// Every one a default route of any routing table leaves by (the node's namespace,
+    /// where secondary interfaces have default routes in tables of their own).
+    EveryDefaultRoute,
+}
+
+impl<'a> Interfaces<'a> {
+    /// The request's interface if it names one; else the default route's in a pod's
+    /// namespace, every default route's in the node's.
+    pub(super) fn choose(named: Option<&'a str>, node_scope: bool) -> Interfaces<'a> {
+        match (named, node_scope) {
+            (Some(name), _) => Interfaces::Named(name),
+            (None, false) => Interfaces::DefaultRoute,
+            (None, true) => Interfaces::EveryDefaultRoute,
+        }
+    }
+}
+
+/// Inspects each interface `which` stands for, in the handle's namespace.
 pub(super) async fn inspect(
     handle: &chaos_netem::Handle,
-    wanted: Option<&str>,
+    which: Interfaces<'_>,
+    direction: Direction,
+) -> Result<Vec<Inspected>, AgentError> {
+    let no_route = |e: chaos_netem::RouteError| {
+        AgentError::FailedPrecondition(format!("{e}: name the interface (network.interface)"))
+    };
+    let keys = match which {
+        Interfaces::Named(name) => vec![LinkKey::Name(name)],
+        Interfaces::DefaultRoute => vec![LinkKey::Index(
+            chaos_netem::default_route_interface(handle)
+                .await
+                .map_err(no_route)?,
+        )],
+        Interfaces::EveryDefaultRoute => chaos_netem::default_route_interfaces(handle)
+            .await
+            .map_err(no_route)?
+            .into_iter()
+            .map(LinkKey::Index)
+            .collect(),
+    };
+    let mut inspected = Vec::with_capacity(keys.len());
+    for key in keys {
+        inspected.push(inspect_link(handle, key, direction).await?);
+    }
+    Ok(inspected)
+}
+
+async fn inspect_link(
+    handle: &chaos_netem::Handle,
+    key: LinkKey<'_>,
     direction: Direction,
 ) -> Result<Inspected, AgentError> {
     let started = std::time::Instant::now();
     let internal = |e: chaos_netem::RouteError| AgentError::Internal(e.to_string());
-    let key = match wanted {
-        Some(name) => LinkKey::Name(name),
-        None => LinkKey::Index(chaos_netem::default_route_interface(handle).await.map_err(
-            |e| {
-                AgentError::FailedPrecondition(format!(
-                    "{e}: name the interface (network.interface)"
-                ))
-            },
-        )?),
-    };
     // The qdisc dump goes out together with the link get (a socket runs one dump at a
     // time, but a get may go alongside it): both answers come back in one pass.
     let (link, table) = futures::join!(
@@ -162,4 +206,24 @@ pub(super) async fn connect<'a>(
     netlink
         .as_mut()
         .ok_or_else(|| "no netlink socket".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_named_interface_wins_else_the_node_takes_every_default_route() {
+        for node_scope in [false, true] {
+            assert_eq!(
+                Interfaces::choose(Some("eth1"), node_scope),
+                Interfaces::Named("eth1")
+            );
+        }
+        assert_eq!(Interfaces::choose(None, false), Interfaces::DefaultRoute);
+        assert_eq!(
+            Interfaces::choose(None, true),
+            Interfaces::EveryDefaultRoute
+        );
+    }
 }

@@ -62,7 +62,14 @@ pub async fn prepare_request(
     context: &PrepareContext<'_>,
 ) -> Result<(NetworkFault, Vec<ProcessInfo>), AgentError> {
     let modules = ModuleTree::host();
-    NetworkFault::prepare(request, targets, &context.resolver.procfs, &modules).await
+    NetworkFault::prepare(
+        request,
+        targets,
+        &context.resolver.procfs,
+        context.resolver.node_pid,
+        &modules,
+    )
+    .await
 }
 
 /// The journal form of both kinds: the interfaces to put back. Tagged as every undo form

@@ -73,7 +73,7 @@ use crate::resolve::open_node_netns;
 use claim::Claim;
 use describe::read_installed;
 use errors::{ingress_error, netlink_failed, tree_error};
-use install::{connect, ingress_is_ours, inspect};
+use install::{Interfaces, connect, ingress_is_ours, inspect};
 use restore::{restore_interface_async, restore_with};
 
 pub use describe::describe_root;
@@ -113,6 +113,7 @@ impl NetworkFault {
         mut request: NetworkRequest,
         targets: &[Resolved],
         procfs: &Procfs,
+        node_pid: u32,
         modules: &ModuleTree,
     ) -> Result<(NetworkFault, Vec<ProcessInfo>), AgentError> {
         request
@@ -127,7 +128,7 @@ impl NetworkFault {
         // Each namespace is opened once: its scope is decided and its socket made through
         // the same descriptor, and the ones held here cannot vanish meanwhile, so equal
         // identities below are the same namespace.
-        let (node, node_process) = open_node_netns(procfs)?;
+        let (node, node_process) = open_node_netns(procfs, node_pid)?;
         let agent = OpenNetns::open(&procfs.root().join("self/ns/net")).map_err(|e| {
             AgentError::Internal(format!(
                 "cannot open the agent's own network namespace: {e}"
@@ -155,7 +156,7 @@ impl NetworkFault {
             Scope::Node => {
                 // The process it was found through is not acted on, so it is not a
                 // process the fault touches.
-                let (netns, process) = open_node_netns(procfs)?;
+                let (netns, process) = open_node_netns(procfs, node_pid)?;
                 namespaces.push((netns, process, "the node".to_string()));
             }
         }
@@ -164,11 +165,17 @@ impl NetworkFault {
                 "the target resolved to no network namespace".into(),
             ));
         }
-        let mut node_scope = false;
+        let mut scopes = Vec::with_capacity(namespaces.len());
         for (netns, _, label) in &namespaces {
-            let scope = netns_scope(netns.id(), node.id(), agent.id(), request.node, label)?;
-            node_scope |= scope == NetnsScope::Node;
+            scopes.push(netns_scope(
+                netns.id(),
+                node.id(),
+                agent.id(),
+                request.node,
+                label,
+            )?);
         }
+        let node_scope = scopes.contains(&NetnsScope::Node);
         if node_scope {
             // One classifier for every interface of the fault: the agent's port is then
             // also left alone on a pod's interface the same request names, which costs
@@ -189,17 +196,17 @@ impl NetworkFault {
 
         let mut interfaces = Vec::new();
         let mut acts_on = Vec::new();
-        for (netns, process, label) in namespaces {
+        for ((netns, process, label), scope) in namespaces.into_iter().zip(scopes) {
+            let which = Interfaces::choose(request.interface.as_deref(), scope == NetnsScope::Node);
             let started = std::time::Instant::now();
             let mut netlink = NetnsHandle::open_in(&netns)
                 .await
                 .map_err(|e| AgentError::FailedPrecondition(e.to_string()))?;
             let cookie = netlink.cookie();
             let opened_at = started.elapsed();
+            let direction = request.direction;
             let inspected = netlink
-                .run(async |handle| {
-                    inspect(handle, request.interface.as_deref(), request.direction).await
-                })
+                .run(async |handle| inspect(handle, which, direction).await)
                 .await
                 .map_err(|e| netlink_failed(&label, e))??;
             tracing::debug!(
@@ -207,45 +214,55 @@ impl NetworkFault {
                 inspect_us = (started.elapsed() - opened_at).as_micros() as u64,
                 "network prepare phases"
             );
-            let ifname = inspected.ifname;
-            check_frame_fits(&request, inspected.mtu, &ifname, &label)?;
-            if request.direction == Direction::Egress {
-                if inspected.snapshot.root.is_ours() {
-                    return Err(AgentError::FailedPrecondition(format!(
-                        "interface {ifname} of {label} already carries a network fault; combine the impairments in one request"
-                    )));
+            // One socket per interface: each target drives its own in apply and revert.
+            let mut netlink = Some(netlink);
+            for found in inspected {
+                let socket = match netlink.take() {
+                    Some(socket) => socket,
+                    None => NetnsHandle::open_in(&netns)
+                        .await
+                        .map_err(|e| AgentError::FailedPrecondition(e.to_string()))?,
+                };
+                let ifname = found.ifname;
+                check_frame_fits(&request, found.mtu, &ifname, &label)?;
+                if request.direction == Direction::Egress {
+                    if found.snapshot.root.is_ours() {
+                        return Err(AgentError::FailedPrecondition(format!(
+                            "interface {ifname} of {label} already carries a network fault; combine the impairments in one request"
+                        )));
+                    }
+                    if let Some(reason) = found.snapshot.not_restorable_reason() {
+                        return Err(AgentError::FailedPrecondition(format!(
+                            "interface {ifname}: {reason}, which the agent could not restore exactly; refusing to replace it"
+                        )));
+                    }
                 }
-                if let Some(reason) = inspected.snapshot.not_restorable_reason() {
-                    return Err(AgentError::FailedPrecondition(format!(
-                        "interface {ifname}: {reason}, which the agent could not restore exactly; refusing to replace it"
-                    )));
-                }
-            }
-            let ingress = request.direction == Direction::Ingress;
-            let claim = Claim::take((netns.id(), cookie, inspected.ifindex, ingress))
-                .ok_or_else(|| {
-                    AgentError::FailedPrecondition(format!(
-                        "interface {ifname} of {label} is already being faulted by another request; combine the impairments in one request"
-                    ))
-                })?;
-            interfaces.push(InterfaceTarget {
-                restore: QdiscRestore {
-                    netns: NetnsRef {
-                        pid: process.pid,
-                        start_time: process.start_time,
-                        id: netns.id(),
-                        cookie,
+                let ingress = request.direction == Direction::Ingress;
+                let claim = Claim::take((netns.id(), cookie, found.ifindex, ingress))
+                    .ok_or_else(|| {
+                        AgentError::FailedPrecondition(format!(
+                            "interface {ifname} of {label} is already being faulted by another request; combine the impairments in one request"
+                        ))
+                    })?;
+                interfaces.push(InterfaceTarget {
+                    restore: QdiscRestore {
+                        netns: NetnsRef {
+                            pid: process.pid,
+                            start_time: process.start_time,
+                            id: netns.id(),
+                            cookie,
+                        },
+                        ifindex: found.ifindex,
+                        snapshot: found.snapshot,
+                        ingress: found.ingress,
                     },
-                    ifindex: inspected.ifindex,
-                    snapshot: inspected.snapshot,
-                    ingress: inspected.ingress,
-                },
-                path: netns.path().to_path_buf(),
-                netlink: Some(netlink),
-                ifname,
-                installed: false,
-                _claim: claim,
-            });
+                    path: netns.path().to_path_buf(),
+                    netlink: Some(socket),
+                    ifname,
+                    installed: false,
+                    _claim: claim,
+                });
+            }
             if request.scope == Scope::Targets {
                 acts_on.push(process);
             }
