@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::duration::format_duration as human;
-use crate::experiment::{Experiment, ExperimentError, FaultStep, MethodMode};
+use crate::experiment::{Experiment, ExperimentError, FaultSpec, FaultStep, MethodMode};
 
 pub const MAX_PROBES: usize = 32;
 pub const MAX_FAULTS: usize = 64;
@@ -166,41 +166,54 @@ fn check_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
         MAX_EXPLICIT_TARGETS,
     )?;
     labels(&format!("{field}.target.labels"), t.labels.iter())?;
-    if let Some(interval) = step.kill.as_ref().and_then(|k| k.interval) {
-        at_most(&format!("{field}.kill.interval"), interval, MAX_DURATION)?;
-    }
-    if let Some(ramp) = step.memory.as_ref().and_then(|m| m.ramp) {
-        at_most(&format!("{field}.memory.ramp"), ramp, MAX_DURATION)?;
-    }
-    if let Some(d) = &step.delete_pod {
-        at_most(
-            &format!("{field}.delete_pod.grace_period"),
-            d.grace_period,
-            MAX_DURATION,
-        )?;
-    }
-    if let Some(n) = &step.network {
-        for (key, value) in [("delay", n.delay), ("jitter", n.jitter)] {
-            if let Some(value) = value {
-                at_most(&format!("{field}.network.{key}"), value, MAX_DURATION)?;
+    let key = step.fault.key();
+    match &step.fault {
+        FaultSpec::Kill(kill) => {
+            if let Some(interval) = kill.interval {
+                at_most(&format!("{field}.{key}.interval"), interval, MAX_DURATION)?;
             }
         }
-        for (key, len) in [
-            ("to", n.to.len()),
-            ("ports", n.ports.len()),
-            ("exclude_to", n.exclude_to.len()),
-            ("exclude_ports", n.exclude_ports.len()),
-        ] {
-            count(&format!("{field}.network.{key}"), len, MAX_LIST_ITEMS)?;
+        FaultSpec::Memory(memory) => {
+            if let Some(ramp) = memory.ramp {
+                at_most(&format!("{field}.{key}.ramp"), ramp, MAX_DURATION)?;
+            }
         }
-    }
-    if let Some(b) = &step.blackhole {
-        count(&format!("{field}.blackhole.to"), b.to.len(), MAX_LIST_ITEMS)?;
-        count(
-            &format!("{field}.blackhole.ports"),
-            b.ports.len(),
-            MAX_LIST_ITEMS,
-        )?;
+        FaultSpec::DeletePod(delete) => {
+            at_most(
+                &format!("{field}.{key}.grace_period"),
+                delete.grace_period,
+                MAX_DURATION,
+            )?;
+        }
+        FaultSpec::Network(n) => {
+            for (part, value) in [("delay", n.delay), ("jitter", n.jitter)] {
+                if let Some(value) = value {
+                    at_most(&format!("{field}.{key}.{part}"), value, MAX_DURATION)?;
+                }
+            }
+            for (part, len) in [
+                ("to", n.to.len()),
+                ("ports", n.ports.len()),
+                ("exclude_to", n.exclude_to.len()),
+                ("exclude_ports", n.exclude_ports.len()),
+            ] {
+                count(&format!("{field}.{key}.{part}"), len, MAX_LIST_ITEMS)?;
+            }
+        }
+        FaultSpec::Blackhole(b) => {
+            count(&format!("{field}.{key}.to"), b.to.len(), MAX_LIST_ITEMS)?;
+            count(
+                &format!("{field}.{key}.ports"),
+                b.ports.len(),
+                MAX_LIST_ITEMS,
+            )?;
+        }
+        // No durations or lists to bound: their sizes and counts have their own checks.
+        FaultSpec::Cpu(_)
+        | FaultSpec::Pause(_)
+        | FaultSpec::Io(_)
+        | FaultSpec::DiskFill(_)
+        | FaultSpec::IoStress(_) => {}
     }
     Ok(())
 }

@@ -7,13 +7,16 @@ use anyhow::{Context, Result};
 use chaos_proto::api;
 use chaosctl::client::{AgentAddress, connect};
 use chaosctl::duration::parse_duration;
-use chaosctl::experiment::{
-    CpuModeSpec, DiskFillSpec, IoSpec, IoStressSpec, MIN_IO_STRESS_BPS, MIN_IO_STRESS_FILE_SIZE,
-    NetworkSpec, TrafficDirection, TrafficProtocol, check_fill_path, parse_size,
+use chaosctl::fault_spec::{
+    BlackholeSpec, CpuSpec, DiskFillSpec, FaultSpec, IoSpec, IoStressSpec, KillSpec, MemorySpec,
+    NetworkSpec, PauseSpec,
 };
-use chaosctl::rate::parse_rate;
 use chaosctl::{certs, output, remote_runs};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The heading of the options every subcommand takes (the agent, TLS, output), so that a
+/// subcommand's own options read together above them.
+const GLOBAL: &str = "Global options";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,14 +30,15 @@ struct Cli {
         long,
         global = true,
         env = "CHAOS_AGENT",
-        default_value = "127.0.0.1:7090"
+        default_value = "127.0.0.1:7090",
+        help_heading = GLOBAL
     )]
     agent: String,
     /// Directory with ca.pem, client.pem and client-key.pem.
-    #[arg(long, global = true, env = "CHAOS_TLS_DIR")]
+    #[arg(long, global = true, env = "CHAOS_TLS_DIR", help_heading = GLOBAL)]
     tls_dir: Option<PathBuf>,
     /// Talk to an agent started with --insecure-plaintext.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     insecure_plaintext: bool,
     /// Output format.
     #[arg(
@@ -42,7 +46,8 @@ struct Cli {
         long = "output",
         global = true,
         value_enum,
-        default_value = "table"
+        default_value = "table",
+        help_heading = GLOBAL
     )]
     output: Output,
     #[command(subcommand)]
@@ -203,259 +208,122 @@ struct Common {
     dry_run: bool,
 }
 
+/// `chaosctl inject KIND`: each kind's flags are the fields of its fault spec
+/// (`chaosctl::fault_spec`), the same that an experiment step's `KIND:` takes.
 #[derive(Debug, Subcommand)]
 enum Inject {
     /// Send a signal to the target's processes (default: SIGKILL to the container's init).
-    Kill {
-        #[command(flatten)]
-        common: Common,
-        #[arg(long, default_value = "KILL")]
-        signal: String,
-        /// Only processes with this name (comm, or the file name of argv[0]).
-        #[arg(long)]
-        process: Option<String>,
-        /// Repeat every INTERVAL (e.g. 10s) until --duration ends.
-        #[arg(long, value_parser = parse_duration, requires = "duration")]
-        interval: Option<Duration>,
-        #[arg(long, value_parser = parse_duration)]
-        duration: Option<Duration>,
-    },
+    Kill(KillArgs),
     /// Load the target's CPU to a percentage of its limit (of its cpuset when unlimited).
-    Cpu {
-        #[command(flatten)]
-        common: Common,
-        /// Percent of the container's CPU limit, 1..=100.
-        #[arg(long)]
-        load: u32,
-        /// Stressor threads (default: enough whole cores for the load; starve: the most
-        /// threads, default 16 per CPU of the limit).
-        #[arg(long)]
-        cores: Option<u32>,
-        /// fill: drive the container's TOTAL use to the load; add: add the load on top;
-        /// starve: take the load from a busy workload, leaving it at most 100 - load.
-        #[arg(long, value_enum, default_value = "fill")]
-        mode: CpuModeSpec,
-        #[arg(long, value_parser = parse_duration)]
-        duration: Duration,
-    },
+    Cpu(Timed<CpuSpec>),
     /// Hold resident memory in the target's cgroup.
-    Memory {
-        #[command(flatten)]
-        common: Common,
-        /// How much: 256MiB, 1GiB, ...
-        #[arg(long, value_parser = parse_size, required_unless_present = "percent", conflicts_with = "percent")]
-        size: Option<u64>,
-        /// Percent of the container's memory limit (its own or its pod's).
-        #[arg(long)]
-        percent: Option<u32>,
-        /// With --percent: of node memory when the container has no memory limit (the agent
-        /// refuses a percent of an unlimited container otherwise).
-        #[arg(long, requires = "percent")]
-        allow_node_memory: bool,
-        /// Reach the size linearly over this time.
-        #[arg(long, value_parser = parse_duration)]
-        ramp: Option<Duration>,
-        #[arg(long, value_parser = parse_duration)]
-        duration: Duration,
-    },
+    Memory(Timed<MemorySpec>),
     /// Impair the target's traffic with netem (delay, loss, ...), in its netns.
-    Network {
-        #[command(flatten)]
-        common: Common,
-        /// Added delay, e.g. 100ms.
-        #[arg(long, value_parser = parse_duration)]
-        delay: Option<Duration>,
-        /// Random variation of the delay, e.g. 10ms.
-        #[arg(long, value_parser = parse_duration, requires = "delay")]
-        jitter: Option<Duration>,
-        /// Jitter shape: uniform, normal, pareto, paretonormal.
-        #[arg(long, requires = "jitter")]
-        distribution: Option<String>,
-        /// Percent of packets dropped.
-        #[arg(long, default_value_t = 0.0)]
-        loss: f64,
-        /// Percent of packets sent twice.
-        #[arg(long, default_value_t = 0.0)]
-        duplicate: f64,
-        /// Percent of packets with a flipped bit.
-        #[arg(long, default_value_t = 0.0)]
-        corrupt: f64,
-        /// Percent of packets sent without the delay (needs --delay).
-        #[arg(long, default_value_t = 0.0)]
-        reorder: f64,
-        /// Bandwidth limit: 1mbit, 100kbit, 10MB/s, 512KiB/s, or bytes per second (125000).
-        /// Alone it is a tbf (needs no netem module); with other impairments it is netem's
-        /// rate. Bit units take any case; byte units end in B/s (kbps, 10mb: refused).
-        #[arg(long, value_name = "RATE", value_parser = parse_rate)]
-        rate: Option<u64>,
-        /// With a rate alone: the tbf's bucket, e.g. 32KiB (default 10 ms at the rate, at
-        /// least 16KiB); at least one full frame of the interface.
-        #[arg(long, value_name = "SIZE", value_parser = tbf_size, requires = "rate")]
-        burst: Option<u64>,
-        /// With a rate alone: the tbf's queue, bytes that may wait before packets drop,
-        /// e.g. 256KiB (default the bucket plus 100 ms at the rate).
-        #[arg(long, value_name = "SIZE", value_parser = tbf_size, requires = "rate")]
-        queue: Option<u64>,
-        /// Interface inside the target's namespace (default: the default route's).
-        #[arg(long)]
-        interface: Option<String>,
-        /// Only traffic to this IPv4 CIDR (repeatable; with --direction ingress: from it).
-        #[arg(long)]
-        to: Vec<String>,
-        /// Only traffic to this port (repeatable; with --direction ingress: from it).
-        #[arg(long)]
-        port: Vec<u32>,
-        /// Only this protocol (ports without a protocol mean tcp and udp).
-        #[arg(long, value_enum, default_value = "any")]
-        protocol: TrafficProtocol,
-        /// Keep traffic to this CIDR untouched (repeatable).
-        #[arg(long)]
-        exclude_to: Vec<String>,
-        /// Keep traffic to this port untouched (repeatable), e.g. 53.
-        #[arg(long)]
-        exclude_port: Vec<u32>,
-        /// egress, or ingress (through an ifb device made for the fault).
-        #[arg(long, value_enum, default_value = "egress")]
-        direction: TrafficDirection,
-        #[arg(long, value_parser = parse_duration)]
-        duration: Duration,
-    },
+    Network(Timed<NetworkSpec>),
     /// Drop the target's outgoing traffic (all, or to CIDRs / ports) for the duration.
-    Blackhole {
-        #[command(flatten)]
-        common: Common,
-        /// Only traffic to this IPv4 CIDR (repeatable).
-        #[arg(long)]
-        to: Vec<String>,
-        /// Only traffic to this port (repeatable).
-        #[arg(long)]
-        port: Vec<u32>,
-        /// The node's own default-route interface instead of the target's (the agent
-        /// needs --allow-node-scope; its gRPC port stays reachable).
-        #[arg(long)]
-        node_scope: bool,
-        /// The interface to drop on instead of the default-route one.
-        #[arg(long)]
-        interface: Option<String>,
-        #[arg(long, value_parser = parse_duration)]
-        duration: Duration,
-    },
+    Blackhole(Timed<BlackholeSpec>),
     /// Freeze every process of the target's containers (their cgroup freezer) for the
-    /// duration; a pid: target is refused (stop one process with `inject process --signal STOP`).
-    Pause {
-        #[command(flatten)]
-        common: Common,
-        #[arg(long, value_parser = parse_duration)]
-        duration: Duration,
-    },
+    /// duration; a pid: target is refused (stop one process with `inject kill --signal STOP`).
+    Pause(Timed<PauseSpec>),
     /// Throttle the block IO of the target's containers (their cgroup's io.max or blkio
     /// throttle) for the duration; at least one limit above 0, a pid: target is refused.
-    Io {
-        #[command(flatten)]
-        common: Common,
-        /// Read bytes per second: 1MiB, 512KiB, plain bytes.
-        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-        read_bps: Option<u64>,
-        /// Write bytes per second: 1MiB, 512KiB, plain bytes.
-        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-        write_bps: Option<u64>,
-        /// Read operations per second.
-        #[arg(long, value_name = "N")]
-        read_iops: Option<u64>,
-        /// Write operations per second.
-        #[arg(long, value_name = "N")]
-        write_iops: Option<u64>,
-        /// One disk: MAJ:MIN, a name (nvme0n1) or a path (/dev/loop3); a partition means
-        /// its disk. Default: every whole disk.
-        #[arg(long)]
-        device: Option<String>,
-        #[arg(long, value_parser = parse_duration)]
-        duration: Duration,
-    },
+    Io(Timed<IoSpec>),
     /// Fill a filesystem the target writes to with one file (.chaos-disk-fill-<hex>, a
-    /// name unique to the fault, in --path, allocated at once) for the duration, removed at every end; never beyond
-    /// what df shows available, nor below the agent's free floor of a node filesystem. A
-    /// cgroup: target is refused.
-    #[command(group(clap::ArgGroup::new("amount").args(["size", "percent"]).required(true)))]
-    DiskFill {
-        #[command(flatten)]
-        common: Common,
-        /// The file's size: 1GiB, 500MiB, plain bytes.
-        #[arg(long, value_name = "SIZE", value_parser = fill_size)]
-        size: Option<u64>,
-        /// Fill until the filesystem is this much used, as df counts it: 1 to 99.
-        #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(1..=99))]
-        percent: Option<u32>,
-        /// A directory inside the container, whose filesystem is filled (a volume's mount
-        /// path for that volume). Default: /, the container's writable root.
-        #[arg(long, value_name = "DIR", value_parser = fill_path)]
-        path: Option<String>,
-        #[arg(long, value_parser = parse_duration)]
-        duration: Duration,
-    },
+    /// name unique to the fault, in --path, allocated at once) for the duration, removed at
+    /// every end; never beyond what df shows available, nor below the agent's free floor of
+    /// a node filesystem. A cgroup: target is refused.
+    DiskFill(Timed<DiskFillSpec>),
     /// Run workers in the target's cgroup that write and read back a file each
     /// (.chaos-io-stress-<id>-<n> in --path, direct IO where the filesystem takes it) for
     /// the duration, charged to the container; the files are removed at every end. A
     /// cgroup: target is refused.
-    IoStress {
-        #[command(flatten)]
-        common: Common,
-        /// Worker processes per target: 1 to 8 (default 1).
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=8))]
-        workers: Option<u32>,
-        /// Read plus write bytes per second, shared by a target's workers: 10MiB, at least
-        /// 64KiB. Default: as fast as the device allows.
-        #[arg(long, value_name = "SIZE", value_parser = stress_bps)]
-        bps: Option<u64>,
-        /// Each worker's file: 64MiB (the default), at least 1MiB.
-        #[arg(long, value_name = "SIZE", value_parser = stress_file_size)]
-        file_size: Option<u64>,
-        /// A directory inside the container (a volume's mount path stresses that
-        /// volume). Default: /tmp where the container has one, else /.
-        #[arg(long, value_name = "DIR", value_parser = fill_path)]
-        path: Option<String>,
-        #[arg(long, value_parser = parse_duration)]
-        duration: Duration,
-    },
+    IoStress(Timed<IoStressSpec>),
 }
 
-/// `inject io-stress --bps`: at least 64KiB (the agent's bound).
-fn stress_bps(text: &str) -> Result<u64, String> {
-    match parse_size(text)? {
-        bps if bps < MIN_IO_STRESS_BPS => Err("must be at least 64KiB".into()),
-        bps => Ok(bps),
+/// A fault that lasts: its target, its spec's flags, and how long.
+#[derive(Debug, Args)]
+struct Timed<S: Args> {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    fault: S,
+    /// How long the fault lasts, e.g. 30s, 5m; the agent reverts it then, whatever becomes
+    /// of chaosctl.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Duration,
+}
+
+/// A kill: once, unless --interval repeats it for --duration (or a stop signal holds the
+/// processes stopped for it).
+#[derive(Debug, Args)]
+struct KillArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    fault: KillSpec,
+    /// With --interval: how long to repeat; with a stop signal: how long the processes stay
+    /// stopped.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+}
+
+impl Inject {
+    /// The target, the fault and its duration (0 for a one-shot kill).
+    fn into_parts(self) -> (Common, FaultSpec, Duration) {
+        match self {
+            Inject::Kill(a) => (
+                a.common,
+                FaultSpec::Kill(a.fault),
+                a.duration.unwrap_or_default(),
+            ),
+            Inject::Cpu(a) => (a.common, FaultSpec::Cpu(a.fault), a.duration),
+            Inject::Memory(a) => (a.common, FaultSpec::Memory(a.fault), a.duration),
+            Inject::Network(a) => (a.common, FaultSpec::Network(a.fault), a.duration),
+            Inject::Blackhole(a) => (a.common, FaultSpec::Blackhole(a.fault), a.duration),
+            Inject::Pause(a) => (a.common, FaultSpec::Pause(a.fault), a.duration),
+            Inject::Io(a) => (a.common, FaultSpec::Io(a.fault), a.duration),
+            Inject::DiskFill(a) => (a.common, FaultSpec::DiskFill(a.fault), a.duration),
+            Inject::IoStress(a) => (a.common, FaultSpec::IoStress(a.fault), a.duration),
+        }
     }
 }
 
-/// `inject io-stress --file-size`: at least 1MiB (the agent's bound).
-fn stress_file_size(text: &str) -> Result<u64, String> {
-    match parse_size(text)? {
-        size if size < MIN_IO_STRESS_FILE_SIZE => Err("must be at least 1MiB".into()),
-        size => Ok(size),
-    }
+/// The subcommand of `chaosctl inject` that carries a fault of this key (`disk_fill`:
+/// `disk-fill`).
+fn inject_subcommand_name(key: &str) -> String {
+    key.replace('_', "-")
 }
 
-/// `inject network --burst`, `--queue`: a size above 0 (0 is the agent's default in the
-/// API), as the experiment's `network.burst` and `queue`.
-fn tbf_size(text: &str) -> Result<u64, String> {
-    match parse_size(text)? {
-        0 => Err("must be above 0 (leave it out for the default)".into()),
-        bytes => Ok(bytes),
-    }
+/// A field of `fault`'s spec as `chaosctl inject` spells it: its flag (`ports`: `--port`).
+fn flag_of(fault: &FaultSpec, field: &'static str) -> String {
+    let command = <Cli as clap::CommandFactory>::command();
+    let long = command
+        .find_subcommand("inject")
+        .and_then(|inject| inject.find_subcommand(inject_subcommand_name(fault.key())))
+        .and_then(|sub| {
+            sub.get_arguments()
+                .find(|arg| arg.get_id() == field)
+                .and_then(|arg| arg.get_long().map(str::to_string))
+        })
+        .unwrap_or_else(|| field.replace('_', "-"));
+    format!("--{long}")
 }
 
-/// `inject disk-fill --size`: a size above 0 (0 is "no size" in the API).
-fn fill_size(text: &str) -> Result<u64, String> {
-    match parse_size(text)? {
-        0 => Err("must be above 0".into()),
-        bytes => Ok(bytes),
-    }
-}
-
-/// `inject disk-fill --path`: absolute, without `..` steps, as the experiment's
-/// `disk_fill.path`.
-fn fill_path(text: &str) -> Result<String, String> {
-    check_fill_path(text).map(|()| text.to_string())
+/// What the file's check refuses, refused here too, naming the flags.
+fn check_flags(fault: &FaultSpec) -> Result<()> {
+    fault
+        .check(&|field| flag_of(fault, field))
+        .map_err(|refused| {
+            let subcommand = inject_subcommand_name(fault.key());
+            match refused.field {
+                Some(field) => anyhow::anyhow!(
+                    "inject {subcommand}: {}: {}",
+                    flag_of(fault, field),
+                    refused.message
+                ),
+                None => anyhow::anyhow!("inject {subcommand}: {}", refused.message),
+            }
+        })
 }
 
 /// serve is long-running: its events (runs, audit lines) go to stderr, as a pod's log.
@@ -587,223 +455,15 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("wrote {}", path.display());
             }
         }
-        Command::Inject(Inject::Kill {
-            common,
-            signal,
-            process,
-            interval,
-            duration,
-        }) => {
-            let request = inject_request(
-                common,
-                duration.unwrap_or_default(),
-                api::inject_request::Fault::Process(api::ProcessFault {
-                    signal,
-                    process: process.unwrap_or_default(),
-                    interval_ms: interval.map(|d| d.as_millis() as u64).unwrap_or(0),
-                }),
-            );
-            let mut client = connect(&address).await?;
-            let fault = client
-                .inject(request)
-                .await
-                .map_err(agent_error)?
-                .into_inner()
-                .fault
-                .context("the agent answered without a fault")?;
-            match cli.output {
-                Output::Json => print_json(&output::fault_json(&fault))?,
-                Output::Table => {
-                    print!(
-                        "{}",
-                        output::faults_table(std::slice::from_ref(&fault), now_ms())
-                    );
-                    for t in &fault.targets {
-                        println!(
-                            "  target {} init pid {} ({} processes)",
-                            t.target,
-                            t.init_pid,
-                            t.pids.len()
-                        );
-                    }
-                    if !fault.message.is_empty() {
-                        println!("  {}", fault.message);
-                    }
-                }
-            }
-        }
-        Command::Inject(Inject::Cpu {
-            common,
-            load,
-            cores,
-            mode,
-            duration,
-        }) => {
-            let request = inject_request(
-                common,
-                duration,
-                api::inject_request::Fault::Cpu(api::CpuFault {
-                    load_percent: load,
-                    cores: cores.unwrap_or(0),
-                    mode: mode.to_api() as i32,
-                }),
-            );
-            inject_and_print(&address, cli.output, request).await?;
-        }
-        Command::Inject(Inject::Memory {
-            common,
-            size,
-            percent,
-            allow_node_memory,
-            ramp,
-            duration,
-        }) => {
-            let request = inject_request(
-                common,
-                duration,
-                api::inject_request::Fault::Memory(api::MemoryFault {
-                    size_bytes: size.unwrap_or(0),
-                    percent: percent.unwrap_or(0),
-                    ramp_ms: ramp.map_or(0, |r| r.as_millis() as u64),
-                    allow_node_memory,
-                }),
-            );
-            inject_and_print(&address, cli.output, request).await?;
-        }
-        Command::Inject(Inject::Network {
-            common,
-            delay,
-            jitter,
-            distribution,
-            loss,
-            duplicate,
-            corrupt,
-            reorder,
-            rate,
-            burst,
-            queue,
-            interface,
-            to,
-            port,
-            protocol,
-            exclude_to,
-            exclude_port,
-            direction,
-            duration,
-        }) => {
-            let spec = NetworkSpec {
-                interface,
-                delay,
-                jitter,
-                loss,
-                duplicate,
-                corrupt,
-                rate,
-                burst,
-                queue,
-                to,
-                ports: port,
-                protocol,
-                direction,
-                exclude_to,
-                exclude_ports: exclude_port,
-            };
-            let fault = network_fault(&spec, distribution.as_deref(), reorder)?;
-            let request =
-                inject_request(common, duration, api::inject_request::Fault::Network(fault));
-            inject_and_print(&address, cli.output, request).await?;
-        }
-        Command::Inject(Inject::Blackhole {
-            common,
-            to,
-            port,
-            node_scope,
-            interface,
-            duration,
-        }) => {
-            let request = inject_request(
-                common,
-                duration,
-                api::inject_request::Fault::Blackhole(api::BlackholeFault {
-                    destinations: to,
-                    ports: port,
-                    node_scope,
-                    interface: interface.unwrap_or_default(),
-                }),
-            );
-            inject_and_print(&address, cli.output, request).await?;
-        }
-        Command::Inject(Inject::Pause { common, duration }) => {
-            let request = inject_request(
-                common,
-                duration,
-                api::inject_request::Fault::Pause(api::PauseFault {}),
-            );
-            inject_and_print(&address, cli.output, request).await?;
-        }
-        Command::Inject(Inject::Io {
-            common,
-            read_bps,
-            write_bps,
-            read_iops,
-            write_iops,
-            device,
-            duration,
-        }) => {
-            let io = IoSpec {
-                read_bps,
-                write_bps,
-                read_iops,
-                write_iops,
-                device,
-            };
-            check_io_limits(&io)?;
-            let request = inject_request(
-                common,
-                duration,
-                api::inject_request::Fault::Io(chaosctl::request::io_fault(&io)),
-            );
-            inject_and_print(&address, cli.output, request).await?;
-        }
-        Command::Inject(Inject::DiskFill {
-            common,
-            size,
-            percent,
-            path,
-            duration,
-        }) => {
-            let fill = DiskFillSpec {
-                size,
-                percent,
-                path,
-            };
-            let request = inject_request(
-                common,
-                duration,
-                api::inject_request::Fault::DiskFill(chaosctl::request::disk_fill_fault(&fill)),
-            );
-            inject_and_print(&address, cli.output, request).await?;
-        }
-        Command::Inject(Inject::IoStress {
-            common,
-            workers,
-            bps,
-            file_size,
-            path,
-            duration,
-        }) => {
-            let stress = IoStressSpec {
-                workers,
-                bps,
-                file_size,
-                path,
-            };
-            let request = inject_request(
-                common,
-                duration,
-                api::inject_request::Fault::IoStress(chaosctl::request::io_stress_fault(&stress)),
-            );
-            inject_and_print(&address, cli.output, request).await?;
+        Command::Inject(inject) => {
+            let (common, fault, duration) = inject.into_parts();
+            check_flags(&fault)?;
+            let show_targets = matches!(fault, FaultSpec::Kill(_));
+            let agent_fault = fault
+                .agent_fault()
+                .context("this fault is not an agent's")?;
+            let request = inject_request(common, duration, agent_fault);
+            inject_and_print(&address, cli.output, request, show_targets).await?;
         }
         Command::List { all } => {
             let mut client = connect(&address).await?;
@@ -887,42 +547,6 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// The fault of `chaosctl inject network`: what an experiment's network step maps to
-/// (`request::network_fault`, so a flag and a field mean the same), and the options only
-/// the command line has.
-fn network_fault(
-    spec: &NetworkSpec,
-    distribution: Option<&str>,
-    reorder: f64,
-) -> Result<api::NetworkFault> {
-    let distribution = match distribution {
-        None => api::Distribution::Unspecified,
-        Some(name) => {
-            api::Distribution::from_str_name(&format!("DISTRIBUTION_{}", name.to_ascii_uppercase()))
-                .with_context(|| {
-                    format!("--distribution {name}: use uniform, normal, pareto or paretonormal")
-                })?
-        }
-    };
-    Ok(api::NetworkFault {
-        distribution: distribution as i32,
-        reorder_percent: reorder,
-        ..chaosctl::request::network_fault(spec)
-    })
-}
-
-/// Refused here rather than by the agent: an IO fault without a limit would throttle
-/// nothing, and the flags are the user's to fix (0 is no limit, as in the API).
-fn check_io_limits(io: &IoSpec) -> Result<()> {
-    if !io.has_limit() {
-        anyhow::bail!(
-            "inject io needs at least one of --read-bps, --write-bps, --read-iops, --write-iops \
-             above 0"
-        );
-    }
-    Ok(())
-}
-
 /// The request every `chaosctl inject` subcommand sends: its fault on its target.
 fn inject_request(
     common: Common,
@@ -939,10 +563,12 @@ fn inject_request(
 }
 
 /// Sends one Inject and prints the fault it created.
+/// With `show_targets` (a kill), also each target's init pid and processes.
 async fn inject_and_print(
     address: &AgentAddress,
     format: Output,
     request: api::InjectRequest,
+    show_targets: bool,
 ) -> Result<()> {
     let mut client = connect(address).await?;
     let fault = client
@@ -959,6 +585,14 @@ async fn inject_and_print(
                 "{}",
                 output::faults_table(std::slice::from_ref(&fault), chrono_now_ms())
             );
+            for t in fault.targets.iter().filter(|_| show_targets) {
+                println!(
+                    "  target {} init pid {} ({} processes)",
+                    t.target,
+                    t.init_pid,
+                    t.pids.len()
+                );
+            }
             if !fault.message.is_empty() {
                 println!("  {}", fault.message);
             }
@@ -985,6 +619,8 @@ fn chrono_now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use api::inject_request::Fault;
+    use chaosctl::experiment::FaultStep;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("chaosctl").chain(args.iter().copied()))
@@ -995,57 +631,348 @@ mod tests {
         <Cli as clap::CommandFactory>::command().debug_assert();
     }
 
-    fn inject_network(extra: &[&str]) -> Result<Cli, clap::Error> {
-        let mut args = vec!["inject", "network", "--target", "pod:dev/db-0"];
+    /// `chaosctl inject KIND --target pod:dev/db-0 ARGS --duration 1m`.
+    fn inject(kind: &str, extra: &[&str]) -> Result<Cli, clap::Error> {
+        let mut args = vec!["inject", kind, "--target", "pod:dev/db-0"];
         args.extend_from_slice(extra);
         args.extend_from_slice(&["--duration", "1m"]);
         parse(&args)
     }
 
-    /// The fault `chaosctl inject network` with these options would send.
-    fn network_fault_of(extra: &[&str]) -> api::NetworkFault {
-        match inject_network(extra).unwrap().command {
-            Command::Inject(Inject::Network {
-                delay,
-                jitter,
-                distribution,
-                loss,
-                duplicate,
-                corrupt,
-                reorder,
-                rate,
-                burst,
-                queue,
-                interface,
-                to,
-                port,
-                protocol,
-                exclude_to,
-                exclude_port,
-                direction,
-                ..
-            }) => {
-                let spec = NetworkSpec {
-                    interface,
-                    delay,
-                    jitter,
-                    loss,
-                    duplicate,
-                    corrupt,
-                    rate,
-                    burst,
-                    queue,
-                    to,
-                    ports: port,
-                    protocol,
-                    direction,
-                    exclude_to,
-                    exclude_ports: exclude_port,
-                };
-                network_fault(&spec, distribution.as_deref(), reorder).unwrap()
-            }
+    /// The target, spec and duration a parsed `chaosctl inject` carries.
+    fn parts_of(cli: Cli) -> (Common, FaultSpec, Duration) {
+        match cli.command {
+            Command::Inject(inject) => inject.into_parts(),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The agent's fault `chaosctl inject KIND ARGS` would send, after its checks.
+    fn fault_of(kind: &str, extra: &[&str]) -> Result<Fault> {
+        let (_, spec, _) = parts_of(inject(kind, extra)?);
+        check_flags(&spec)?;
+        spec.agent_fault().context("no agent fault")
+    }
+
+    fn inject_network(extra: &[&str]) -> Result<Cli, clap::Error> {
+        inject("network", extra)
+    }
+
+    fn network_fault_of(extra: &[&str]) -> api::NetworkFault {
+        match fault_of("network", extra).unwrap() {
+            Fault::Network(network) => network,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The flags of `chaosctl inject` that are no field of a step's fault, and where the
+    /// experiment file says the same instead.
+    const NOT_FAULT_FIELDS: [(&str, &str); 3] = [
+        (
+            "target",
+            "a step's `target:` (explicit targets or a selector)",
+        ),
+        (
+            "dry_run",
+            "`chaosctl run --dry-run`, for the whole experiment",
+        ),
+        ("duration", "a step's `duration:`, beside its fault"),
+    ];
+
+    /// `(subcommand, field, value, the fields it needs beside it)`.
+    type Sample = (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static [(&'static str, &'static str)],
+    );
+
+    /// A value for every flag of every `chaosctl inject` subcommand, that is not its
+    /// default, with the flags it needs beside it: `(subcommand, field, value, beside)`.
+    /// A flag added to a spec without a row here fails the test below, which then holds
+    /// the flag and the file's field to the same meaning.
+    const SAMPLES: &[Sample] = &[
+        ("kill", "signal", "TERM", &[]),
+        ("kill", "process", "httpd", &[]),
+        ("kill", "interval", "5s", &[]),
+        ("cpu", "load", "80", &[]),
+        ("cpu", "cores", "2", &[("load", "50")]),
+        ("cpu", "mode", "starve", &[("load", "50")]),
+        ("memory", "size", "64MiB", &[]),
+        ("memory", "percent", "40", &[]),
+        ("memory", "allow_node_memory", "true", &[("percent", "40")]),
+        ("memory", "ramp", "10s", &[("size", "64MiB")]),
+        ("network", "delay", "100ms", &[]),
+        ("network", "jitter", "10ms", &[("delay", "100ms")]),
+        (
+            "network",
+            "distribution",
+            "pareto",
+            &[("delay", "100ms"), ("jitter", "10ms")],
+        ),
+        ("network", "loss", "5", &[]),
+        ("network", "duplicate", "1.5", &[]),
+        ("network", "corrupt", "0.1", &[]),
+        ("network", "reorder", "25", &[("delay", "100ms")]),
+        ("network", "rate", "1mbit", &[]),
+        ("network", "burst", "32KiB", &[("rate", "1mbit")]),
+        ("network", "queue", "64KB", &[("rate", "1mbit")]),
+        ("network", "interface", "eth1", &[("delay", "1ms")]),
+        ("network", "to", "10.0.0.0/8", &[("delay", "1ms")]),
+        ("network", "ports", "5432", &[("delay", "1ms")]),
+        ("network", "protocol", "udp", &[("delay", "1ms")]),
+        ("network", "exclude_to", "10.0.0.2/32", &[("delay", "1ms")]),
+        ("network", "exclude_ports", "53", &[("delay", "1ms")]),
+        ("network", "direction", "ingress", &[("delay", "1ms")]),
+        ("blackhole", "to", "10.0.3.0/24", &[]),
+        ("blackhole", "ports", "5432", &[]),
+        ("blackhole", "node_scope", "true", &[]),
+        ("blackhole", "interface", "eth1", &[]),
+        ("io", "read_bps", "1MiB", &[]),
+        ("io", "write_bps", "512KiB", &[]),
+        ("io", "read_iops", "100", &[]),
+        ("io", "write_iops", "50", &[]),
+        ("io", "device", "/dev/loop3", &[("write_iops", "50")]),
+        ("disk-fill", "size", "1GiB", &[]),
+        ("disk-fill", "percent", "90", &[]),
+        ("disk-fill", "path", "/data", &[("size", "1GiB")]),
+        ("io-stress", "workers", "2", &[]),
+        ("io-stress", "bps", "1MiB", &[]),
+        ("io-stress", "file_size", "8MiB", &[]),
+        ("io-stress", "path", "/data", &[]),
+    ];
+
+    /// `field: value` as the file writes it: a list for a repeatable flag.
+    fn yaml_field(arg: &clap::Arg, value: &str) -> String {
+        let id = arg.get_id().as_str();
+        match arg.get_action() {
+            clap::ArgAction::Append => format!("{id}: [{value}]"),
+            _ => format!("{id}: {value}"),
+        }
+    }
+
+    /// `--flag value` as the command line writes it: the flag alone for a switch.
+    fn flag_args(arg: &clap::Arg, value: &str) -> Vec<String> {
+        let flag = format!("--{}", arg.get_long().expect("a long flag"));
+        match arg.get_action() {
+            clap::ArgAction::SetTrue => vec![flag],
+            _ => vec![flag, value.to_string()],
+        }
+    }
+
+    /// The fault of `inject SUB` with these fields as flags, and of a step with them as
+    /// its fault's fields; each None when that side refuses them.
+    fn both_ways(sub: &clap::Command, fields: &[(&str, &str)]) -> (Option<Fault>, Option<Fault>) {
+        let arg_of = |id: &str| {
+            sub.get_arguments()
+                .find(|a| a.get_id() == id)
+                .unwrap_or_else(|| panic!("inject {} has no --{id}", sub.get_name()))
+        };
+        let mut args: Vec<String> = vec!["inject".into(), sub.get_name().into()];
+        args.extend([
+            "--target".into(),
+            "pid:1".into(),
+            "--duration".into(),
+            "1m".into(),
+        ]);
+        let mut yaml = Vec::new();
+        for (id, value) in fields {
+            args.extend(flag_args(arg_of(id), value));
+            yaml.push(yaml_field(arg_of(id), value));
+        }
+        let cli = Cli::try_parse_from(std::iter::once("chaosctl".to_string()).chain(args))
+            .ok()
+            .map(parts_of)
+            .filter(|(_, spec, _)| check_flags(spec).is_ok())
+            .and_then(|(_, spec, _)| spec.agent_fault());
+        let key = sub.get_name().replace('-', "_");
+        let text = format!(
+            "name: s\ntarget: {{ targets: ['pid:1'] }}\nduration: 1m\n{key}: {{ {} }}\n",
+            yaml.join(", ")
+        );
+        let file = serde_norway::from_str::<FaultStep>(&text)
+            .ok()
+            .filter(|step| step.fault.check(&chaosctl::fault_spec::yaml_name).is_ok())
+            .and_then(|step| step.fault.agent_fault());
+        (cli, file)
+    }
+
+    #[test]
+    fn every_inject_flag_is_a_field_of_the_file_and_means_the_same() {
+        let command = <Cli as clap::CommandFactory>::command();
+        let inject = command.find_subcommand("inject").unwrap();
+        let mut kinds = Vec::new();
+        let mut sampled = 0;
+        for sub in inject.get_subcommands() {
+            let key = sub.get_name().replace('-', "_");
+            assert!(
+                FaultSpec::KEYS.contains(&key.as_str()),
+                "inject {} has no `{key}:` in the file",
+                sub.get_name()
+            );
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if NOT_FAULT_FIELDS.iter().any(|(flag, _)| *flag == id) {
+                    continue;
+                }
+                let Some((_, _, value, beside)) = SAMPLES
+                    .iter()
+                    .find(|(name, field, ..)| *name == sub.get_name() && *field == id)
+                else {
+                    panic!(
+                        "inject {} --{}: no sample in SAMPLES; add one (and check that the \
+                         file's `{key}:` reads it the same)",
+                        sub.get_name(),
+                        arg.get_long().unwrap_or(id)
+                    );
+                };
+                let mut fields = beside.to_vec();
+                fields.push((id, value));
+                let (cli, file) = both_ways(sub, &fields);
+                let what = format!("inject {} {fields:?}", sub.get_name());
+                let cli = cli.unwrap_or_else(|| panic!("{what}: refused on the command line"));
+                assert_eq!(
+                    Some(&cli),
+                    file.as_ref(),
+                    "{what}: the file reads it otherwise"
+                );
+                // The field reaches the request: without it, the fault differs (or is
+                // refused, when the field was needed).
+                let (without, _) = both_ways(sub, beside);
+                assert_ne!(
+                    Some(&cli),
+                    without.as_ref(),
+                    "{what}: the value changes nothing"
+                );
+                kinds.push(cli.kind());
+                sampled += 1;
+            }
+        }
+        assert_eq!(
+            sampled,
+            SAMPLES.len(),
+            "a sample for a flag no subcommand has"
+        );
+        // Every kind of the API can be injected from the command line.
+        kinds.push(api::FaultKind::Pause);
+        kinds.sort_by_key(|kind| *kind as i32);
+        kinds.dedup();
+        assert_eq!(kinds, api::FaultKind::every_kind());
+    }
+
+    #[test]
+    fn every_field_of_a_fault_in_the_file_is_a_flag() {
+        let command = <Cli as clap::CommandFactory>::command();
+        let inject = command.find_subcommand("inject").unwrap();
+        for key in FaultSpec::KEYS {
+            let Some(sub) = inject.find_subcommand(inject_subcommand_name(key)) else {
+                // An experiment's only: no agent carries it out.
+                assert_eq!(*key, "delete_pod");
+                continue;
+            };
+            // An unknown field is refused with the list of the known ones, which must be
+            // the subcommand's flags (but for those that are not the fault's).
+            let text = format!(
+                "name: s\ntarget: {{ targets: ['pid:1'] }}\n{key}: {{ no_such_field: 1 }}\n"
+            );
+            let error = serde_norway::from_str::<FaultStep>(&text)
+                .unwrap_err()
+                .to_string();
+            let flags: Vec<&str> = sub
+                .get_arguments()
+                .map(|arg| arg.get_id().as_str())
+                .filter(|id| !NOT_FAULT_FIELDS.iter().any(|(flag, _)| flag == id))
+                .collect();
+            if flags.is_empty() {
+                assert!(error.contains("there are no fields"), "{key}: {error}");
+                continue;
+            }
+            for flag in &flags {
+                assert!(
+                    error.contains(&format!("`{flag}`")),
+                    "{key}: {flag}: {error}"
+                );
+            }
+            let fields = error.matches('`').count() / 2 - 1;
+            assert_eq!(fields, flags.len(), "{key}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_flag_refused_by_the_files_check_is_refused_naming_the_flag() {
+        for (kind, args, expected) in [
+            (
+                "io",
+                &["--read-bps", "0"][..],
+                "inject io: needs at least one of --read-bps, --write-bps, --read-iops, \
+                 --write-iops above 0",
+            ),
+            (
+                "network",
+                &["--loss", "150"][..],
+                "inject network: --loss: must be a percent, 0 to 100",
+            ),
+            (
+                "network",
+                &["--reorder", "25"][..],
+                "inject network: --reorder: needs a --delay",
+            ),
+        ] {
+            let error = fault_of(kind, args).unwrap_err().to_string();
+            assert!(error.starts_with(expected), "{args:?}: {error}");
+        }
+        // What clap refuses by itself, it refuses first.
+        for (args, text) in [
+            (&["--jitter", "10ms"][..], "--delay"),
+            (
+                &["--delay", "1ms", "--distribution", "normal"][..],
+                "--jitter",
+            ),
+        ] {
+            let error = inject_network(args).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument
+            );
+            assert!(error.to_string().contains(text), "{args:?}: {error}");
+        }
+        let error = inject("cpu", &["--load", "101"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        // The distribution takes any case, as it did before it was a list of names.
+        assert_eq!(
+            network_fault_of(&[
+                "--delay",
+                "1ms",
+                "--jitter",
+                "1ms",
+                "--distribution",
+                "NORMAL"
+            ])
+            .distribution,
+            api::Distribution::Normal as i32
+        );
+    }
+
+    #[test]
+    fn inject_kill_is_one_shot_without_a_duration() {
+        let cli = parse(&["inject", "kill", "--target", "pid:1"]).unwrap();
+        let (common, spec, duration) = parts_of(cli);
+        assert_eq!(common.target, "pid:1");
+        assert_eq!(duration, Duration::ZERO);
+        assert!(spec.is_one_shot());
+        assert_eq!(
+            spec.agent_fault(),
+            Some(Fault::Process(api::ProcessFault {
+                signal: "KILL".into(),
+                ..Default::default()
+            }))
+        );
+        let error =
+            parse(&["inject", "kill", "--target", "pid:1", "--interval", "1s"]).unwrap_err();
+        assert_eq!(
+            error.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
     }
 
     #[test]
@@ -1067,7 +994,6 @@ mod tests {
                 "{rate}"
             );
         }
-        // The options only the command line has still reach the fault beside the rate.
         let fault = network_fault_of(&[
             "--delay",
             "100ms",
@@ -1148,136 +1074,73 @@ mod tests {
 
     #[test]
     fn inject_io_reads_sizes_iops_and_the_device() {
-        let cli = parse(&[
-            "inject",
+        let cli = inject(
             "io",
-            "--target",
-            "pod:dev/db-0",
-            "--read-bps",
-            "1MiB",
-            "--write-bps",
-            "512KiB",
-            "--read-iops",
-            "100",
-            "--write-iops",
-            "50",
-            "--device",
-            "/dev/loop3",
-            "--duration",
-            "30s",
-        ])
+            &[
+                "--read-bps",
+                "1MiB",
+                "--write-bps",
+                "512KiB",
+                "--read-iops",
+                "100",
+                "--write-iops",
+                "50",
+                "--device",
+                "/dev/loop3",
+            ],
+        )
         .unwrap();
-        match cli.command {
-            Command::Inject(Inject::Io {
-                common,
-                read_bps,
-                write_bps,
-                read_iops,
-                write_iops,
-                device,
-                duration,
-            }) => {
-                assert_eq!(common.target, "pod:dev/db-0");
-                assert_eq!(read_bps, Some(1 << 20));
-                assert_eq!(write_bps, Some(512 << 10));
-                assert_eq!(read_iops, Some(100));
-                assert_eq!(write_iops, Some(50));
-                assert_eq!(device.as_deref(), Some("/dev/loop3"));
-                assert_eq!(duration, Duration::from_secs(30));
-            }
-            other => panic!("{other:?}"),
-        }
+        let (common, spec, duration) = parts_of(cli);
+        assert_eq!(common.target, "pod:dev/db-0");
+        assert_eq!(duration, Duration::from_secs(60));
+        assert_eq!(
+            spec.agent_fault(),
+            Some(Fault::Io(api::IoFault {
+                read_bytes_per_second: 1 << 20,
+                write_bytes_per_second: 512 << 10,
+                read_iops: 100,
+                write_iops: 50,
+                device: "/dev/loop3".into(),
+            }))
+        );
     }
 
     #[test]
     fn inject_io_refuses_bad_sizes_and_no_limit() {
-        let error = parse(&[
-            "inject",
-            "io",
-            "--target",
-            "pod:dev/db-0",
-            "--write-bps",
-            "1.5M",
-            "--duration",
-            "30s",
-        ])
-        .unwrap_err();
+        let error = inject("io", &["--write-bps", "1.5M"]).unwrap_err();
         assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
         assert!(error.to_string().contains("--write-bps"), "{error}");
-
-        let no_limit = IoSpec {
-            device: Some("8:0".into()),
-            ..Default::default()
-        };
-        let error = check_io_limits(&no_limit).unwrap_err().to_string();
-        assert!(error.contains("at least one of --read-bps"), "{error}");
-        let zeros = IoSpec {
-            read_bps: Some(0),
-            write_iops: Some(0),
-            ..Default::default()
-        };
-        assert!(check_io_limits(&zeros).is_err());
-        let writes = IoSpec {
-            write_iops: Some(10),
-            ..Default::default()
-        };
-        assert!(check_io_limits(&writes).is_ok());
-    }
-
-    fn inject_disk_fill(extra: &[&str]) -> Result<Cli, clap::Error> {
-        let mut args = vec!["inject", "disk-fill", "--target", "pod:dev/db-0"];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["--duration", "1m"]);
-        parse(&args)
+        for args in [
+            &["--device", "8:0"][..],
+            &["--read-bps", "0", "--write-iops", "0"][..],
+        ] {
+            let error = fault_of("io", args).unwrap_err().to_string();
+            assert!(error.contains("at least one of --read-bps"), "{error}");
+        }
+        assert!(fault_of("io", &["--write-iops", "10"]).is_ok());
     }
 
     #[test]
     fn inject_disk_fill_reads_a_size_or_a_percent_and_the_path() {
-        match inject_disk_fill(&["--size", "1GiB"]).unwrap().command {
-            Command::Inject(Inject::DiskFill {
-                common,
-                size,
-                percent,
-                path,
-                duration,
-            }) => {
-                assert_eq!(common.target, "pod:dev/db-0");
-                assert_eq!(size, Some(1 << 30));
-                assert_eq!(percent, None);
-                assert_eq!(path, None);
-                assert_eq!(duration, Duration::from_secs(60));
-                let fault = chaosctl::request::disk_fill_fault(&DiskFillSpec {
-                    size,
-                    percent,
-                    path,
-                });
-                assert_eq!(
-                    fault,
-                    api::DiskFillFault {
-                        size_bytes: 1 << 30,
-                        percent: 0,
-                        path: String::new(),
-                    }
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-        match inject_disk_fill(&["--percent", "90", "--path", "/data"])
-            .unwrap()
-            .command
-        {
-            Command::Inject(Inject::DiskFill {
-                size,
-                percent,
-                path,
-                ..
-            }) => {
-                assert_eq!(size, None);
-                assert_eq!(percent, Some(90));
-                assert_eq!(path.as_deref(), Some("/data"));
-            }
-            other => panic!("{other:?}"),
-        }
+        let (common, spec, duration) = parts_of(inject("disk-fill", &["--size", "1GiB"]).unwrap());
+        assert_eq!(common.target, "pod:dev/db-0");
+        assert_eq!(duration, Duration::from_secs(60));
+        assert_eq!(
+            spec.agent_fault(),
+            Some(Fault::DiskFill(api::DiskFillFault {
+                size_bytes: 1 << 30,
+                percent: 0,
+                path: String::new(),
+            }))
+        );
+        assert_eq!(
+            fault_of("disk-fill", &["--percent", "90", "--path", "/data"]).unwrap(),
+            Fault::DiskFill(api::DiskFillFault {
+                size_bytes: 0,
+                percent: 90,
+                path: "/data".into(),
+            })
+        );
     }
 
     #[test]
@@ -1318,17 +1181,10 @@ mod tests {
             ),
         ];
         for (args, kind, text) in cases {
-            let error = inject_disk_fill(args).unwrap_err();
+            let error = inject("disk-fill", args).unwrap_err();
             assert_eq!(error.kind(), kind, "{args:?}: {error}");
             assert!(error.to_string().contains(text), "{args:?}: {error}");
         }
-    }
-
-    fn inject_io_stress(extra: &[&str]) -> Result<Cli, clap::Error> {
-        let mut args = vec!["inject", "io-stress", "--target", "pod:dev/db-0"];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["--duration", "1m"]);
-        parse(&args)
     }
 
     #[test]
@@ -1343,45 +1199,19 @@ mod tests {
             "--path",
             "/data",
         ];
-        match inject_io_stress(&all).unwrap().command {
-            Command::Inject(Inject::IoStress {
-                common,
-                workers,
-                bps,
-                file_size,
-                path,
-                duration,
-            }) => {
-                assert_eq!(common.target, "pod:dev/db-0");
-                assert_eq!(duration, Duration::from_secs(60));
-                let fault = chaosctl::request::io_stress_fault(&IoStressSpec {
-                    workers,
-                    bps,
-                    file_size,
-                    path,
-                });
-                assert_eq!(
-                    fault,
-                    api::IoStressFault {
-                        workers: 2,
-                        bytes_per_second: 1 << 20,
-                        file_bytes: 8 << 20,
-                        path: "/data".into(),
-                    }
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-        match inject_io_stress(&[]).unwrap().command {
-            Command::Inject(Inject::IoStress {
-                workers,
-                bps,
-                file_size,
-                path,
-                ..
-            }) => assert_eq!((workers, bps, file_size, path), (None, None, None, None)),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(
+            fault_of("io-stress", &all).unwrap(),
+            Fault::IoStress(api::IoStressFault {
+                workers: 2,
+                bytes_per_second: 1 << 20,
+                file_bytes: 8 << 20,
+                path: "/data".into(),
+            })
+        );
+        assert_eq!(
+            fault_of("io-stress", &[]).unwrap(),
+            Fault::IoStress(api::IoStressFault::default())
+        );
         for (args, text) in [
             (&["--workers", "9"][..], "--workers"),
             (&["--workers", "0"][..], "--workers"),
@@ -1389,7 +1219,7 @@ mod tests {
             (&["--file-size", "4KiB"][..], "must be at least 1MiB"),
             (&["--path", "data"][..], "is not absolute"),
         ] {
-            let error = inject_io_stress(args).unwrap_err();
+            let error = inject("io-stress", args).unwrap_err();
             assert_eq!(
                 error.kind(),
                 clap::error::ErrorKind::ValueValidation,

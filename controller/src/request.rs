@@ -1,15 +1,15 @@
-//! Turning a fault step of an experiment into the agent's `InjectRequest`.
+//! Turning a fault step of an experiment into the agent's `InjectRequest`: the fault is
+//! the step's spec's own (`FaultSpec::agent_fault`, which `chaosctl inject` sends too).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use chaos_proto::api;
 
-use crate::experiment::{
-    DiskFillSpec, FaultStep, IoSpec, IoStressSpec, NetworkSpec, TrafficDirection, TrafficProtocol,
-};
+use crate::experiment::FaultStep;
 
-/// The request for one chosen target of `step`, carrying the run's lease and labels.
+/// The request for one chosen target of `step`, carrying the run's lease and labels. Its
+/// fault is None for a delete_pod step, which goes to the Kubernetes API, not an agent.
 pub fn inject_request(
     step: &FaultStep,
     target: &str,
@@ -20,7 +20,7 @@ pub fn inject_request(
     api::InjectRequest {
         target: target.to_string(),
         duration_ms: millis(step.duration),
-        fault: Some(fault(step)),
+        fault: step.fault.agent_fault(),
         lease,
         dry_run,
         labels: labels.clone(),
@@ -29,137 +29,6 @@ pub fn inject_request(
 
 fn millis(d: Duration) -> u64 {
     d.as_millis() as u64
-}
-
-fn micros(d: Option<Duration>) -> u64 {
-    d.map_or(0, |d| d.as_micros() as u64)
-}
-
-pub fn protocol(protocol: TrafficProtocol) -> api::Protocol {
-    match protocol {
-        TrafficProtocol::Any => api::Protocol::Any,
-        TrafficProtocol::Tcp => api::Protocol::Tcp,
-        TrafficProtocol::Udp => api::Protocol::Udp,
-        TrafficProtocol::Icmp => api::Protocol::Icmp,
-    }
-}
-
-pub fn direction(direction: TrafficDirection) -> api::Direction {
-    match direction {
-        TrafficDirection::Egress => api::Direction::Egress,
-        TrafficDirection::Ingress => api::Direction::Ingress,
-    }
-}
-
-/// The network fault of a `network` step, and of `chaosctl inject network` (which adds
-/// the options only it has): what is left out is 0 or empty, the API's "not this one".
-pub fn network_fault(network: &NetworkSpec) -> api::NetworkFault {
-    api::NetworkFault {
-        interface: network.interface.clone().unwrap_or_default(),
-        delay_us: micros(network.delay),
-        jitter_us: micros(network.jitter),
-        loss_percent: network.loss,
-        duplicate_percent: network.duplicate,
-        corrupt_percent: network.corrupt,
-        rate_bytes_per_second: network.rate.unwrap_or(0),
-        rate_burst_bytes: network.burst.unwrap_or(0),
-        rate_queue_bytes: network.queue.unwrap_or(0),
-        destinations: network.to.clone(),
-        ports: network.ports.clone(),
-        protocol: protocol(network.protocol) as i32,
-        direction: direction(network.direction) as i32,
-        exclude_destinations: network.exclude_to.clone(),
-        exclude_ports: network.exclude_ports.clone(),
-        ..Default::default()
-    }
-}
-
-/// The IO fault of an `io` step, and of `chaosctl inject io`: a limit left out is 0, which
-/// the agent reads as no limit; no device is "", every whole disk.
-pub fn io_fault(io: &IoSpec) -> api::IoFault {
-    api::IoFault {
-        read_bytes_per_second: io.read_bps.unwrap_or(0),
-        write_bytes_per_second: io.write_bps.unwrap_or(0),
-        read_iops: io.read_iops.unwrap_or(0),
-        write_iops: io.write_iops.unwrap_or(0),
-        device: io.device.clone().unwrap_or_default(),
-    }
-}
-
-/// The disk fill of a `disk_fill` step, and of `chaosctl inject disk-fill`: the amount not
-/// given is 0 (the API's "not this one"); no path is "", which the agent reads as "/", the
-/// container's writable root.
-pub fn disk_fill_fault(fill: &DiskFillSpec) -> api::DiskFillFault {
-    api::DiskFillFault {
-        size_bytes: fill.size.unwrap_or(0),
-        percent: fill.percent.unwrap_or(0),
-        path: fill.path.clone().unwrap_or_default(),
-    }
-}
-
-/// The IO stress of an `io_stress` step, and of `chaosctl inject io-stress`: a field left
-/// out is 0 (or ""), which the agent reads as its default (1 worker, as fast as the device
-/// allows, 64 MiB files, /tmp or /).
-pub fn io_stress_fault(stress: &IoStressSpec) -> api::IoStressFault {
-    api::IoStressFault {
-        workers: stress.workers.unwrap_or(0),
-        bytes_per_second: stress.bps.unwrap_or(0),
-        file_bytes: stress.file_size.unwrap_or(0),
-        path: stress.path.clone().unwrap_or_default(),
-    }
-}
-
-fn fault(step: &FaultStep) -> api::inject_request::Fault {
-    use api::inject_request::Fault;
-    if let Some(cpu) = &step.cpu {
-        return Fault::Cpu(api::CpuFault {
-            load_percent: cpu.load,
-            cores: cpu.cores,
-            mode: cpu.mode.to_api() as i32,
-        });
-    }
-    if let Some(memory) = &step.memory {
-        return Fault::Memory(api::MemoryFault {
-            size_bytes: memory.size.unwrap_or(0),
-            percent: memory.percent.unwrap_or(0),
-            ramp_ms: memory.ramp.map_or(0, millis),
-            allow_node_memory: memory.allow_node_memory,
-        });
-    }
-    if let Some(network) = &step.network {
-        return Fault::Network(network_fault(network));
-    }
-    if let Some(blackhole) = &step.blackhole {
-        return Fault::Blackhole(api::BlackholeFault {
-            destinations: blackhole.to.clone(),
-            ports: blackhole.ports.clone(),
-            node_scope: blackhole.node_scope,
-            interface: blackhole.interface.clone().unwrap_or_default(),
-        });
-    }
-    if step.pause.is_some() {
-        return Fault::Pause(api::PauseFault {});
-    }
-    if let Some(io) = &step.io {
-        return Fault::Io(io_fault(io));
-    }
-    if let Some(fill) = &step.disk_fill {
-        return Fault::DiskFill(disk_fill_fault(fill));
-    }
-    if let Some(stress) = &step.io_stress {
-        return Fault::IoStress(io_stress_fault(stress));
-    }
-    // validate() guarantees exactly one kind; kill is what remains.
-    let kill = step.kill.clone().unwrap_or(crate::experiment::KillSpec {
-        signal: "KILL".into(),
-        process: None,
-        interval: None,
-    });
-    Fault::Process(api::ProcessFault {
-        signal: kill.signal,
-        process: kill.process.unwrap_or_default(),
-        interval_ms: kill.interval.map_or(0, millis),
-    })
 }
 
 #[cfg(test)]

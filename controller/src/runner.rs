@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::achieved::assess;
 use crate::experiment::{
-    DuringExpectation, Experiment, FaultStep, MethodMode, Probe, TargetSpec, step_kind,
+    DuringExpectation, Experiment, FaultSpec, FaultStep, MethodMode, Probe, TargetSpec, step_kind,
 };
 use crate::fleet::Fleet;
 use crate::kube_api::{Deletion, KubeApi, KubeApiError};
@@ -180,16 +180,16 @@ pub async fn plan(
             policy,
         )
         .map_err(|e| format!("fault `{}`: {e}", step.name))?;
-        if step.blackhole.as_ref().is_some_and(|b| b.node_scope) {
+        if matches!(&step.fault, FaultSpec::Blackhole(b) if b.node_scope) {
             chosen = crate::selection::one_per_node(chosen);
         }
-        let delete_pods = match step.delete_pod {
-            Some(_) => distinct_pods(&chosen, policy)
+        let delete_pods = match step.fault {
+            FaultSpec::DeletePod(_) => distinct_pods(&chosen, policy)
                 .map_err(|e| format!("fault `{}`: {e}", step.name))?
                 .into_iter()
                 .map(|(ns, name)| format!("{ns}/{name}"))
                 .collect(),
-            None => Vec::new(),
+            _ => Vec::new(),
         };
         plans.push(StepPlan {
             step: step.name.clone(),
@@ -237,7 +237,7 @@ async fn api_facts(spec: &TargetSpec, kube: Option<&KubeApi>) -> Result<ApiFacts
 /// One line for people: the fault a step injects, from the request the agents get.
 pub fn describe_fault(step: &FaultStep) -> String {
     use api::inject_request::Fault;
-    if let Some(delete) = &step.delete_pod {
+    if let FaultSpec::DeletePod(delete) = &step.fault {
         return format!(
             "delete pod through the Kubernetes API, grace period {}s",
             delete.grace_period.as_secs()
@@ -473,7 +473,7 @@ impl Run<'_> {
         step: &FaultStep,
         plan: &StepPlan,
     ) -> Result<(), String> {
-        if let Some(delete) = &step.delete_pod {
+        if let FaultSpec::DeletePod(delete) = &step.fault {
             return self
                 .delete_pods(step_index, step, plan, delete.grace_period)
                 .await;

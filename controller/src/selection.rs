@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use chaos_proto::api;
 use serde::Serialize;
 
-use crate::experiment::{Experiment, SelectMode, TargetSpec};
+use crate::experiment::{Experiment, FaultSpec, SelectMode, TargetSpec};
 
 /// Namespaces no target reaches, however it is named, unless the command that runs the
 /// experiment allows them ([`TargetPolicy::include_protected`]).
@@ -95,7 +95,7 @@ pub fn refuse_named_protected(experiment: &Experiment, policy: TargetPolicy) -> 
     }
     for (i, step) in experiment.method.faults.iter().enumerate() {
         let at = |e: SelectionError| format!("method.faults[{i}] (fault `{}`): {e}", step.name);
-        let verb = if step.delete_pod.is_some() {
+        let verb = if matches!(step.fault, FaultSpec::DeletePod(_)) {
             "delete_pod of"
         } else {
             "target"
