@@ -469,10 +469,56 @@ method:
     - name: cpu-hog
       target: { namespace: shop, pod: \"POD\", container: web, mode: one }
       duration: 5s
-      cpu: { load: 95 }
+      cpu: { load: 95, mode: MODE }
 recovery: { timeout: 20s, hold: 3s }
 hypothesis: { during: degraded }
 ";
+
+/// The built-in HTTP load over four connections carries the run: the server's throughput
+/// falls while a CPU starve takes 95 % of its half CPU, and comes back after the revert.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_load_shows_the_throughput_drop_during_a_cpu_fault_and_its_return() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let netns = TestNetns::create()?;
+    let _container = web_container_with(&netns, "web-5", false, Some(0.5))?;
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let yaml = LOADED_CPU_FAULT
+        .replace(
+            "LOAD",
+            "{ http: { url: \"http://WEB/index.html\", connections: 4 } }",
+        )
+        .replace("MODE", "starve")
+        .replace("POD", "web-5");
+    let result = run(&experiment_yaml(&agent, tls.path(), &netns, &yaml)).await?;
+    let table = chaosctl::report::table(&result);
+    eprintln!("{table}");
+    assert_eq!(result.verdict, Verdict::Passed, "{:?}", result.reasons);
+    let load = result.load.as_ref().context("no load figures")?;
+    let throughput = |i: usize| load.phases[i].throughput_per_s.unwrap_or(0.0);
+    let (before, during, after) = (throughput(0), throughput(1), throughput(2));
+    for phase in &load.phases {
+        let requests = phase.requests.as_ref().context("no request figures")?;
+        assert!(requests.count > 0, "{phase:?}");
+        assert!(requests.p99_ms.is_some(), "{phase:?}");
+    }
+    assert!(before > 20.0, "the baseline carried {before:.1} requests/s");
+    assert!(
+        during < 0.6 * before,
+        "throughput during the CPU fault {during:.1}/s, before {before:.1}/s"
+    );
+    assert!(
+        after > 0.6 * before,
+        "throughput after the revert {after:.1}/s, before {before:.1}/s"
+    );
+    assert!(!load.throughput_by_second.is_empty());
+    assert!(table.contains("load: http GET"), "{table}");
+    let html = chaosctl::report::html(&result);
+    assert!(
+        html.contains("answered requests per second"),
+        "no throughput chart"
+    );
+    Ok(())
+}
 
 /// A real benchmark (ApacheBench against the server) as an exec load, once per phase:
 /// its requests per second and mean time per request are read from its output for each
@@ -486,7 +532,10 @@ async fn an_exec_load_runs_a_benchmark_per_phase_and_parses_its_figures() -> Res
     let ab = "{ exec: { command: [ab, -q, -t, \"2\", -n, \"1000000\", -c, \"4\", \"http://WEB/index.html\"], \
               figures: { requests_per_s: \"Requests per second: +([0-9.]+)\", \
               ms_per_request: \"Time per request: +([0-9.]+) \\\\[ms\\\\] \\\\(mean\\\\)\" } } }";
-    let yaml = LOADED_CPU_FAULT.replace("LOAD", ab).replace("POD", "web-6");
+    let yaml = LOADED_CPU_FAULT
+        .replace("LOAD", ab)
+        .replace("MODE", "fill")
+        .replace("POD", "web-6");
     let result = run(&experiment_yaml(&agent, tls.path(), &netns, &yaml)).await?;
     let table = chaosctl::report::table(&result);
     eprintln!("{table}");
