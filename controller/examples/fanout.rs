@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use chaos_proto::api;
 use chaos_proto::api::agent_server::{Agent, AgentServer};
-use chaosctl::fleet::{Fleet, FleetConfig};
+use chaosctl::agents::fleet::{Fleet, FleetConfig};
 use tonic::{Request, Response, Status};
 
 /// Answers every call at once; Inject echoes a fault.

@@ -1,34 +1,17 @@
 //! chaosctl: the command line and controller of Chaos Control.
+//!
+//! - [`agents`]: reaching the agents (mTLS client, the fleet, certificates) and the
+//!   Kubernetes API.
+//! - [`fault_spec`]: one definition of each fault, read by the command line and the
+//!   experiment file alike; [`units`]: durations, sizes and rates as people write them.
+//! - [`engine`]: the experiment engine: the file, target selection, the runner, probes,
+//!   load, outage attribution, the verdict and the report.
+//! - [`cli`]: what the command line prints and its `run`, `submit` and `runs` commands.
+//! - [`serve`]: `chaosctl serve`, the controller running experiments behind a gRPC API.
 
-pub mod achieved;
-pub mod certs;
-pub mod client;
-pub mod controller_api;
-pub mod controller_metrics;
-pub mod duration;
-pub mod experiment;
+pub mod agents;
+pub mod cli;
+pub mod engine;
 pub mod fault_spec;
-pub mod fleet;
-pub mod kube_api;
-pub mod limits;
-pub mod load;
-pub mod outage;
-pub mod output;
-pub mod probe;
-pub mod probe_http;
-pub mod probe_policy;
-pub mod probe_url;
-pub mod rate;
-pub mod remote_runs;
-pub mod report;
-pub mod request;
-pub mod run_command;
-pub mod run_registry;
-pub mod runner;
-pub mod selection;
 pub mod serve;
-pub mod size;
-pub mod stats;
-pub mod verdict;
-pub mod yaml_scan;
-pub mod yaml_values;
+pub mod units;

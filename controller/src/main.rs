@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use chaos_proto::api;
-use chaosctl::client::{AgentAddress, connect};
-use chaosctl::duration::parse_duration;
+use chaosctl::agents::certs;
+use chaosctl::agents::client::{AgentAddress, connect};
+use chaosctl::cli::{output, remote_runs};
 use chaosctl::fault_spec::{
     BlackholeSpec, CpuSpec, DiskFillSpec, FaultSpec, IoSpec, IoStressSpec, KillSpec, MemorySpec,
     NetworkSpec, PauseSpec,
 };
-use chaosctl::{certs, output, remote_runs};
+use chaosctl::units::duration::parse_duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// The heading of the options every subcommand takes (the agent, TLS, output), so that a
@@ -425,7 +426,7 @@ async fn run(cli: Cli) -> Result<()> {
             kubeconfig,
             include_protected,
         } => {
-            let code = chaosctl::run_command::run(chaosctl::run_command::RunArgs {
+            let code = chaosctl::cli::run_command::run(chaosctl::cli::run_command::RunArgs {
                 experiment,
                 report,
                 dry_run,
@@ -620,7 +621,7 @@ fn chrono_now_ms() -> i64 {
 mod tests {
     use super::*;
     use api::inject_request::Fault;
-    use chaosctl::experiment::FaultStep;
+    use chaosctl::engine::experiment::FaultStep;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("chaosctl").chain(args.iter().copied()))

@@ -7,23 +7,23 @@
 
 use std::collections::HashMap;
 
-use chaosctl::experiment;
-use chaosctl::yaml_scan;
+use chaosctl::engine::experiment;
+use chaosctl::engine::experiment::scan;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
-    let scanned = yaml_scan::check(text);
+    let scanned = scan::check(text);
     let Ok(parsed) = experiment::parse(text) else {
         return;
     };
     assert_eq!(scanned, Ok(()), "parse accepted what the scan refused");
-    assert!(text.len() <= yaml_scan::MAX_EXPERIMENT_BYTES);
+    assert!(text.len() <= scan::MAX_EXPERIMENT_BYTES);
     experiment::validate(&parsed).expect("an accepted experiment validates again");
     assert!(!parsed.method.faults.is_empty());
     for step in &parsed.method.faults {
         for target in &step.target.targets {
             let request =
-                chaosctl::request::inject_request(step, target, None, &HashMap::new(), false);
+                chaosctl::engine::request::inject_request(step, target, None, &HashMap::new(), false);
             // A deletion goes to the Kubernetes API; every other step is an agent's fault.
             let deletes = matches!(step.fault, experiment::FaultSpec::DeletePod(_));
             assert_eq!(

@@ -33,7 +33,7 @@ fuzz_target!(|text: &str| {
     // The controller's selector glob over pod names: pattern and name split at the first
     // newline. Linear-time matcher: no input may make it slow (libFuzzer's -timeout).
     let (pattern, name) = text.split_once('\n').unwrap_or((text, ""));
-    let matched = chaosctl::selection::glob(pattern, name);
+    let matched = chaosctl::engine::selection::glob(pattern, name);
     if !pattern.contains(['*', '?']) {
         assert_eq!(matched, pattern == name, "{pattern:?} vs {name:?}");
     }

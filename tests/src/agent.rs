@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use chaos_proto::api::agent_client::AgentClient;
-use chaosctl::client::{AgentAddress, connect};
+use chaosctl::agents::client::{AgentAddress, connect};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
@@ -49,7 +49,11 @@ pub fn make_certs() -> Result<TempDir> {
     let dir = tempfile::Builder::new()
         .prefix("chaos-test-tls-")
         .tempdir()?;
-    chaosctl::certs::generate(dir.path(), &chaosctl::certs::default_agent_names(), false)?;
+    chaosctl::agents::certs::generate(
+        dir.path(),
+        &chaosctl::agents::certs::default_agent_names(),
+        false,
+    )?;
     Ok(dir)
 }
 

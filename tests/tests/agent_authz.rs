@@ -21,14 +21,14 @@ fn certs() -> Result<TempDir> {
     let dir = tempfile::Builder::new()
         .prefix("chaos-test-authz-")
         .tempdir()?;
-    let clients: Vec<chaosctl::certs::ClientSpec> =
+    let clients: Vec<chaosctl::agents::certs::ClientSpec> =
         ["alice:operator", "bob:operator", "vera:viewer"]
             .iter()
             .map(|s| s.parse().map_err(anyhow::Error::msg))
             .collect::<Result<_>>()?;
-    chaosctl::certs::generate_with_clients(
+    chaosctl::agents::certs::generate_with_clients(
         dir.path(),
-        &chaosctl::certs::default_agent_names(),
+        &chaosctl::agents::certs::default_agent_names(),
         &clients,
         false,
     )?;

@@ -348,7 +348,7 @@ async fn without_the_runtime_container_targets_are_refused_not_guessed() -> Resu
 async fn serves_health_reflection_capabilities_and_metrics() -> Result<()> {
     let (tls, state) = (make_certs()?, state_dir()?);
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
-    let channel = chaosctl::client::endpoint(&agent.address())?
+    let channel = chaosctl::agents::client::endpoint(&agent.address())?
         .connect()
         .await?;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
@@ -368,7 +368,7 @@ async fn serves_health_reflection_capabilities_and_metrics() -> Result<()> {
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
-    let channel = chaosctl::client::endpoint(&agent.address())?
+    let channel = chaosctl::agents::client::endpoint(&agent.address())?
         .connect()
         .await?;
     let request = ServerReflectionRequest {

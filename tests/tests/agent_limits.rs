@@ -410,7 +410,7 @@ async fn host_chaosctl_serve_caps_its_api_connections_and_answers_reflection_v1a
     let lines = python_reflection(
         serve.api,
         tls.path(),
-        chaosctl::certs::CONTROLLER_SERVER_NAME,
+        chaosctl::agents::certs::CONTROLLER_SERVER_NAME,
     )?;
     assert!(
         lines
@@ -427,7 +427,7 @@ async fn host_chaosctl_serve_caps_its_api_connections_and_answers_reflection_v1a
     );
 
     // One client connected, one idle connection: both slots taken.
-    let mut client = chaosctl::controller_api::connect(&chaosctl::client::AgentAddress {
+    let mut client = chaosctl::serve::service::connect(&chaosctl::agents::client::AgentAddress {
         address: serve.api.to_string(),
         tls_dir: Some(tls.path().to_path_buf()),
         plaintext: false,

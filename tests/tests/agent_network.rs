@@ -19,7 +19,7 @@ use chaos_tests::agent::{AgentOptions, TestAgent, make_certs};
 use chaos_tests::command::run_checked;
 use chaos_tests::containerd::{ContainerSpec, TestContainer};
 use chaos_tests::netns::TestNetns;
-use chaosctl::client::AgentAddress;
+use chaosctl::agents::client::AgentAddress;
 
 /// A pod's container in `netns`: labelled like the CRI plugin's, joined to the namespace as
 /// a CNI plugin joins a pod's. Its `container:` target is unique to this test.
@@ -2210,7 +2210,7 @@ async fn vm_node_blackhole_keeps_the_agent_reachable_and_is_reverted_through_it(
     let id = fault.id.clone();
     let address = agent_seen_remotely.clone();
     let reverted = inside_runtime(&remote, move || async move {
-        let mut client = chaosctl::client::connect(&address).await?;
+        let mut client = chaosctl::agents::client::connect(&address).await?;
         let reply = client
             .revert(api::RevertRequest { id, all: false })
             .await?
@@ -2247,7 +2247,7 @@ where
 fn remote_active_faults(netns: &TestNetns, agent: &AgentAddress) -> Result<usize> {
     let address = agent.clone();
     inside_runtime(netns, move || async move {
-        let mut client = chaosctl::client::connect(&address).await?;
+        let mut client = chaosctl::agents::client::connect(&address).await?;
         let faults = client
             .list(api::ListRequest {
                 include_ended: false,

@@ -31,7 +31,7 @@ async fn capabilities_over(endpoint: Endpoint) -> Result<(), String> {
         .timeout(Duration::from_secs(5))
         .connect()
         .await
-        .map_err(|e| chaosctl::client::error_chain(&e))?;
+        .map_err(|e| chaosctl::agents::client::error_chain(&e))?;
     AgentClient::new(channel)
         .capabilities(api::CapabilitiesRequest {})
         .await

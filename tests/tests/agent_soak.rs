@@ -437,7 +437,7 @@ async fn client_run(
     calls: usize,
 ) -> Result<Tally> {
     let mut rpc: AgentClient<Channel> =
-        chaosctl::client::connect(&chaosctl::client::AgentAddress {
+        chaosctl::agents::client::connect(&chaosctl::agents::client::AgentAddress {
             address: agent,
             tls_dir: Some(tls),
             plaintext: false,
@@ -798,7 +798,7 @@ async fn read_only_clients(agent: &TestAgent) -> Result<()> {
         .map(|_| {
             let address = agent.address();
             tokio::spawn(async move {
-                let mut rpc = chaosctl::client::connect(&address).await?;
+                let mut rpc = chaosctl::agents::client::connect(&address).await?;
                 for _ in 0..5 {
                     timed(rpc.list(api::ListRequest::default())).await?.0?;
                     timed(rpc.capabilities(api::CapabilitiesRequest {}))

@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 use chaos_proto::api;
 use chaos_tests::agent::{binary, free_port, http_get, journal_len, make_certs, state_dir};
 use chaos_tests::containerd::{ContainerSpec, TestContainer, ctr};
-use chaosctl::client::{AgentAddress, connect};
+use chaosctl::agents::client::{AgentAddress, connect};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -861,31 +861,31 @@ fn delete_pod_deletes_through_the_api_and_is_reported_like_a_kill() -> Result<()
         tls.path().display(),
         service.local_addr()?
     );
-    let experiment = chaosctl::experiment::parse(&yaml)?;
+    let experiment = chaosctl::engine::experiment::parse(&yaml)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let kubeconfig = api.kubeconfig();
     let result = runtime.block_on(async {
-        let config = chaosctl::fleet::FleetConfig::resolve(&experiment.agents).await?;
-        let kube = chaosctl::kube_api::KubeApi::connect(Some(&kubeconfig)).await?;
-        let fleet = chaosctl::fleet::Fleet::connect(&config)
+        let config = chaosctl::agents::fleet::FleetConfig::resolve(&experiment.agents).await?;
+        let kube = chaosctl::agents::kube_api::KubeApi::connect(Some(&kubeconfig)).await?;
+        let fleet = chaosctl::agents::fleet::Fleet::connect(&config)
             .await?
             .with_kube_api(kube);
         let (_cancel_sender, cancel) = tokio::sync::watch::channel(false);
-        let options = chaosctl::runner::RunOptions {
-            run_id: chaosctl::runner::new_run_id(&experiment.name),
+        let options = chaosctl::engine::runner::RunOptions {
+            run_id: chaosctl::engine::runner::new_run_id(&experiment.name),
             progress: Arc::new(|line: &str| eprintln!("{line}")),
             cancel,
             policy: Default::default(),
         };
-        anyhow::Ok(chaosctl::runner::run(&experiment, &fleet, options).await)
+        anyhow::Ok(chaosctl::engine::runner::run(&experiment, &fleet, options).await)
     })?;
-    eprintln!("{}", chaosctl::report::table(&result));
+    eprintln!("{}", chaosctl::engine::report::table(&result));
     assert_eq!(
         result.verdict,
-        chaosctl::verdict::Verdict::Passed,
+        chaosctl::engine::verdict::Verdict::Passed,
         "{:?}",
         result.reasons
     );

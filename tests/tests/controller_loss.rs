@@ -22,7 +22,7 @@ use chaos_tests::agent::{
 use chaos_tests::churn;
 use chaos_tests::containerd::{ContainerSpec, TestContainer};
 use chaos_tests::scaled;
-use chaosctl::client::AgentAddress;
+use chaosctl::agents::client::AgentAddress;
 
 const MIB: u64 = 1 << 20;
 const LEASE_TTL: Duration = Duration::from_secs(2);
@@ -336,7 +336,7 @@ async fn host_a_sigkilled_chaosctl_serve_has_its_faults_reverted_within_the_leas
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut client = chaosctl::controller_api::connect(&AgentAddress {
+    let mut client = chaosctl::serve::service::connect(&AgentAddress {
         address: api_address.to_string(),
         tls_dir: Some(tls.path().to_path_buf()),
         plaintext: false,

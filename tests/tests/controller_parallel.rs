@@ -15,10 +15,10 @@ use chaos_tests::accounting::{Accounting, CpuLock};
 use chaos_tests::agent::{TestAgent, make_certs, state_dir};
 use chaos_tests::containerd::{ContainerSpec, TestContainer};
 use chaos_tests::netns::TestNetns;
-use chaosctl::experiment;
-use chaosctl::fleet::{Fleet, FleetConfig};
-use chaosctl::runner::{self, RunOptions, RunResult};
-use chaosctl::verdict::Verdict;
+use chaosctl::agents::fleet::{Fleet, FleetConfig};
+use chaosctl::engine::experiment;
+use chaosctl::engine::runner::{self, RunOptions, RunResult};
+use chaosctl::engine::verdict::Verdict;
 
 const MIB: u64 = 1 << 20;
 
@@ -187,7 +187,7 @@ async fn cpu_and_memory_faults_in_parallel_overlap_and_are_all_reverted() -> Res
     let still = active_kinds(&agent).await?;
 
     let result = runner.await??;
-    eprintln!("{}", chaosctl::report::table(&result));
+    eprintln!("{}", chaosctl::engine::report::table(&result));
     let (after_cpu, after_memory, after_pids) = tokio::task::block_in_place(|| {
         Ok::<_, anyhow::Error>((
             accounting.cpu_percent_over(Duration::from_secs(1))?,

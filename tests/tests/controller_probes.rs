@@ -11,9 +11,9 @@ use anyhow::{Context, Result};
 use chaos_tests::agent::make_certs;
 use chaos_tests::https_server::{LARGE_BODY_BYTES, TestHttpsServer};
 use chaos_tests::prometheus::TestPrometheus;
-use chaosctl::experiment::Probe;
-use chaosctl::probe::observe;
-use chaosctl::probe_policy::ProbeDestinations;
+use chaosctl::engine::experiment::Probe;
+use chaosctl::engine::probe::observe;
+use chaosctl::engine::probe::policy::ProbeDestinations;
 
 /// One probe (the YAML of its kind, e.g. `http: {...}`) as a whole experiment would have it.
 fn probe(kind: &str) -> Result<Probe> {
@@ -32,7 +32,7 @@ method:
       kill: {{}}
 "
     );
-    let mut experiment = chaosctl::experiment::parse(&text).context(text)?;
+    let mut experiment = chaosctl::engine::experiment::parse(&text).context(text)?;
     Ok(experiment.steady_state.probes.remove(0))
 }
 
@@ -226,7 +226,7 @@ async fn expect_status_and_body_matches_decide_the_sample() -> Result<()> {
         .await
         .unwrap_err();
     assert!(error.contains("larger than 1048576 bytes"), "{error}");
-    const { assert!(LARGE_BODY_BYTES > chaosctl::probe::MAX_RESPONSE_BYTES) };
+    const { assert!(LARGE_BODY_BYTES > chaosctl::engine::probe::MAX_RESPONSE_BYTES) };
     assert_eq!(outcome(&http("/large\"")?).await, Ok(()));
     Ok(())
 }

@@ -24,9 +24,9 @@ fn without_a_ca_file_the_system_bundle_decides() -> Result<()> {
              target: {{ targets: [\"pid:1\"] }}\n      kill: {{}}\n",
             server.address.port()
         );
-        let experiment = chaosctl::experiment::parse(&text).context(text)?;
+        let experiment = chaosctl::engine::experiment::parse(&text).context(text)?;
         let probe = &experiment.steady_state.probes[0];
-        assert_eq!(chaosctl::probe::observe(probe).await.1, Ok(()));
+        assert_eq!(chaosctl::engine::probe::observe(probe).await.1, Ok(()));
         assert_eq!(server.seen().len(), 1);
         Ok(())
     })

@@ -13,10 +13,10 @@ use chaos_proto::api;
 use chaos_tests::agent::{TestAgent, binary, make_certs};
 use chaos_tests::containerd::{ContainerSpec, TestContainer};
 use chaos_tests::netns::TestNetns;
-use chaosctl::experiment;
-use chaosctl::fleet::{Fleet, FleetConfig};
-use chaosctl::runner::{self, RunOptions, RunResult};
-use chaosctl::verdict::Verdict;
+use chaosctl::agents::fleet::{Fleet, FleetConfig};
+use chaosctl::engine::experiment;
+use chaosctl::engine::runner::{self, RunOptions, RunResult};
+use chaosctl::engine::verdict::Verdict;
 
 /// An httpd serving `/index.html` on port 80 of the netns. With `restart`, the shell
 /// starts it again a second after it dies, as a supervisor would.
@@ -117,7 +117,7 @@ async fn a_kill_with_a_supervisor_recovers_and_passes() -> Result<()> {
             .replace("POD", "web-0*"),
     );
     let result = run(&yaml).await?;
-    eprintln!("{}", chaosctl::report::table(&result));
+    eprintln!("{}", chaosctl::engine::report::table(&result));
 
     assert_eq!(result.verdict, Verdict::Passed, "{:?}", result.reasons);
     let web = &result.probes[0];
@@ -163,7 +163,7 @@ async fn a_kill_with_a_supervisor_recovers_and_passes() -> Result<()> {
         .into_inner();
     assert_eq!(fault.state, api::FaultState::Completed as i32);
     assert_eq!(fault.lease_holder, result.run_id);
-    let html = chaosctl::report::html(&result);
+    let html = chaosctl::engine::report::html(&result);
     assert!(html.contains("<svg") && html.contains("kill-httpd") && html.contains("<polyline"));
     Ok(())
 }
@@ -183,7 +183,7 @@ async fn a_hypothesis_that_the_web_stays_up_through_a_kill_deviates() -> Result<
             .replace("POD", "web-1"),
     );
     let result = run(&yaml).await?;
-    eprintln!("{}", chaosctl::report::table(&result));
+    eprintln!("{}", chaosctl::engine::report::table(&result));
     assert_eq!(result.verdict, Verdict::Deviated, "{:?}", result.reasons);
     assert!(
         result
@@ -235,7 +235,7 @@ async fn each_fault_has_its_own_outage_and_recovery_when_only_the_second_causes_
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
     let yaml = CPU_THEN_KILL.replace("POD", "web-3");
     let result = run(&experiment_yaml(&agent, tls.path(), &netns, &yaml)).await?;
-    let table = chaosctl::report::table(&result);
+    let table = chaosctl::engine::report::table(&result);
     eprintln!("{table}");
     assert_eq!(result.verdict, Verdict::Passed, "{:?}", result.reasons);
     let [cpu, kill] = result.per_fault.as_slice() else {
@@ -274,7 +274,7 @@ async fn each_fault_has_its_own_outage_and_recovery_when_only_the_second_causes_
         table.contains("  kill-httpd   outage at +") && table.contains("recovered at +"),
         "{table}"
     );
-    let html = chaosctl::report::html(&result);
+    let html = chaosctl::engine::report::html(&result);
     assert!(
         html.contains("fault kill-httpd's injection</td><td>"),
         "{html}"
@@ -384,7 +384,7 @@ async fn the_html_report_renders_in_headless_chromium_with_its_chart_marked() ->
     let result = run(&experiment_yaml(&agent, tls.path(), &netns, &yaml)).await?;
     assert_eq!(result.verdict, Verdict::Passed, "{:?}", result.reasons);
     assert!(result.probes[0].samples.iter().any(|s| !s.success));
-    let html = chaosctl::report::html(&result);
+    let html = chaosctl::engine::report::html(&result);
     for text in [
         "PASSED",
         "Hypothesis:",
@@ -474,25 +474,34 @@ recovery: { timeout: 20s, hold: 3s }
 hypothesis: { during: degraded }
 ";
 
+/// Runs `LOADED_CPU_FAULT` with `load` and the CPU `mode` against a fresh httpd limited
+/// to half a CPU in pod `pod`; the run must pass. Returns the result and its text table.
+async fn run_loaded_cpu_fault(pod: &str, load: &str, mode: &str) -> Result<(RunResult, String)> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let netns = TestNetns::create()?;
+    let _container = web_container_with(&netns, pod, false, Some(0.5))?;
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let yaml = LOADED_CPU_FAULT
+        .replace("LOAD", load)
+        .replace("MODE", mode)
+        .replace("POD", pod);
+    let result = run(&experiment_yaml(&agent, tls.path(), &netns, &yaml)).await?;
+    let table = chaosctl::engine::report::table(&result);
+    eprintln!("{table}");
+    assert_eq!(result.verdict, Verdict::Passed, "{:?}", result.reasons);
+    Ok((result, table))
+}
+
 /// The built-in HTTP load over four connections carries the run: the server's throughput
 /// falls while a CPU starve takes 95 % of its half CPU, and comes back after the revert.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_http_load_shows_the_throughput_drop_during_a_cpu_fault_and_its_return() -> Result<()> {
-    let (tls, state) = (make_certs()?, state_dir()?);
-    let netns = TestNetns::create()?;
-    let _container = web_container_with(&netns, "web-5", false, Some(0.5))?;
-    let agent = TestAgent::start_tls(tls.path(), state.path())?;
-    let yaml = LOADED_CPU_FAULT
-        .replace(
-            "LOAD",
-            "{ http: { url: \"http://WEB/index.html\", connections: 4 } }",
-        )
-        .replace("MODE", "starve")
-        .replace("POD", "web-5");
-    let result = run(&experiment_yaml(&agent, tls.path(), &netns, &yaml)).await?;
-    let table = chaosctl::report::table(&result);
-    eprintln!("{table}");
-    assert_eq!(result.verdict, Verdict::Passed, "{:?}", result.reasons);
+    let (result, table) = run_loaded_cpu_fault(
+        "web-5",
+        "{ http: { url: \"http://WEB/index.html\", connections: 4 } }",
+        "starve",
+    )
+    .await?;
     let load = result.load.as_ref().context("no load figures")?;
     let throughput = |i: usize| load.phases[i].throughput_per_s.unwrap_or(0.0);
     let (before, during, after) = (throughput(0), throughput(1), throughput(2));
@@ -512,7 +521,7 @@ async fn an_http_load_shows_the_throughput_drop_during_a_cpu_fault_and_its_retur
     );
     assert!(!load.throughput_by_second.is_empty());
     assert!(table.contains("load: http GET"), "{table}");
-    let html = chaosctl::report::html(&result);
+    let html = chaosctl::engine::report::html(&result);
     assert!(
         html.contains("answered requests per second"),
         "no throughput chart"
@@ -525,21 +534,10 @@ async fn an_http_load_shows_the_throughput_drop_during_a_cpu_fault_and_its_retur
 /// of the three phases.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_exec_load_runs_a_benchmark_per_phase_and_parses_its_figures() -> Result<()> {
-    let (tls, state) = (make_certs()?, state_dir()?);
-    let netns = TestNetns::create()?;
-    let _container = web_container_with(&netns, "web-6", false, Some(0.5))?;
-    let agent = TestAgent::start_tls(tls.path(), state.path())?;
     let ab = "{ exec: { command: [ab, -q, -t, \"2\", -n, \"1000000\", -c, \"4\", \"http://WEB/index.html\"], \
               figures: { requests_per_s: \"Requests per second: +([0-9.]+)\", \
               ms_per_request: \"Time per request: +([0-9.]+) \\\\[ms\\\\] \\\\(mean\\\\)\" } } }";
-    let yaml = LOADED_CPU_FAULT
-        .replace("LOAD", ab)
-        .replace("MODE", "fill")
-        .replace("POD", "web-6");
-    let result = run(&experiment_yaml(&agent, tls.path(), &netns, &yaml)).await?;
-    let table = chaosctl::report::table(&result);
-    eprintln!("{table}");
-    assert_eq!(result.verdict, Verdict::Passed, "{:?}", result.reasons);
+    let (result, table) = run_loaded_cpu_fault("web-6", ab, "fill").await?;
     let load = result.load.as_ref().context("no load figures")?;
     assert_eq!(load.exec_runs.len(), 3, "{:?}", load.exec_runs);
     for (phase, run) in load.phases.iter().zip(&load.exec_runs) {
@@ -605,7 +603,7 @@ recovery: { timeout: 10s, hold: 1s }
 hypothesis: { during: degraded }
 ";
     let result = run(&experiment_yaml(&agent, tls.path(), &netns, yaml)).await?;
-    let table = chaosctl::report::table(&result);
+    let table = chaosctl::engine::report::table(&result);
     eprintln!("{table}");
     assert_eq!(result.verdict, Verdict::Passed, "{:?}", result.reasons);
     let fault = |step: &str| {
@@ -636,7 +634,7 @@ hypothesis: { during: degraded }
         table.contains("NO EFFECT: the container already used"),
         "{table}"
     );
-    let html = chaosctl::report::html(&result);
+    let html = chaosctl::engine::report::html(&result);
     assert!(html.contains("Faults that took no effect:") && html.contains("fill-busy on"));
     Ok(())
 }
@@ -668,7 +666,7 @@ recovery: { timeout: 2s, hold: 1s }
 ";
     let started = Instant::now();
     let result = run(&experiment_yaml(&agent, tls.path(), &netns, body)).await?;
-    eprintln!("{}", chaosctl::report::table(&result));
+    eprintln!("{}", chaosctl::engine::report::table(&result));
     assert_eq!(result.verdict, Verdict::Aborted, "{:?}", result.reasons);
     assert!(
         started.elapsed() < Duration::from_secs(20),

@@ -15,7 +15,7 @@ use chaos_proto::api::controller_client::ControllerClient;
 use chaos_tests::agent::{TestAgent, binary, free_port, http_get, make_certs, state_dir};
 use chaos_tests::containerd::{ContainerSpec, TestContainer};
 use chaos_tests::tls::{CONTROLLER_TLS_FILES, SecretVolume, eventually};
-use chaosctl::client::AgentAddress;
+use chaosctl::agents::client::AgentAddress;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
@@ -204,7 +204,7 @@ fn serve_config(
 
 /// The API's client with the client certificate of `tls`, as `chaosctl submit` connects.
 async fn controller(api: SocketAddr, tls: &Path) -> Result<ControllerClient<Channel>> {
-    Ok(chaosctl::controller_api::connect(&AgentAddress {
+    Ok(chaosctl::serve::service::connect(&AgentAddress {
         address: api.to_string(),
         tls_dir: Some(tls.to_path_buf()),
         plaintext: false,
@@ -537,13 +537,13 @@ async fn bad_files_unknown_runs_and_clients_without_a_certificate_are_refused() 
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
-    let channel = chaosctl::client::endpoint_for(
+    let channel = chaosctl::agents::client::endpoint_for(
         &AgentAddress {
             address: api_address.to_string(),
             tls_dir: Some(tls.path().to_path_buf()),
             plaintext: false,
         },
-        chaosctl::certs::CONTROLLER_SERVER_NAME,
+        chaosctl::agents::certs::CONTROLLER_SERVER_NAME,
     )?
     .connect()
     .await?;
@@ -673,7 +673,7 @@ async fn bad_files_unknown_runs_and_clients_without_a_certificate_are_refused() 
     let no_cert = Endpoint::from_shared(format!("https://{api_address}"))?.tls_config(
         ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&ca))
-            .domain_name(chaosctl::certs::CONTROLLER_SERVER_NAME),
+            .domain_name(chaosctl::agents::certs::CONTROLLER_SERVER_NAME),
     )?;
     let plaintext = Endpoint::from_shared(format!("http://{api_address}"))?;
     for (what, endpoint) in [("no certificate", no_cert), ("plain text", plaintext)] {
@@ -691,7 +691,7 @@ async fn bad_files_unknown_runs_and_clients_without_a_certificate_are_refused() 
         };
         assert!(refused, "a client with {what} was served");
     }
-    let foreign = chaosctl::controller_api::connect(&AgentAddress {
+    let foreign = chaosctl::serve::service::connect(&AgentAddress {
         address: api_address.to_string(),
         tls_dir: Some(other.path().to_path_buf()),
         plaintext: false,
@@ -1308,13 +1308,13 @@ async fn a_viewer_reads_runs_and_is_refused_submit_and_cancel() -> Result<()> {
     let tls = tempfile::Builder::new()
         .prefix("chaos-test-tls-")
         .tempdir()?;
-    let clients: Vec<chaosctl::certs::ClientSpec> = ["vera:viewer", "olga:operator"]
+    let clients: Vec<chaosctl::agents::certs::ClientSpec> = ["vera:viewer", "olga:operator"]
         .iter()
         .map(|s| s.parse().map_err(anyhow::Error::msg))
         .collect::<Result<_>>()?;
-    chaosctl::certs::generate_with_clients(
+    chaosctl::agents::certs::generate_with_clients(
         tls.path(),
-        &chaosctl::certs::default_agent_names(),
+        &chaosctl::agents::certs::default_agent_names(),
         &clients,
         false,
     )?;

@@ -7,8 +7,8 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::{FieldNames, SpecError};
-use crate::size::parse_size;
-use crate::yaml_values::optional_size;
+use crate::engine::experiment::values::optional_size;
+use crate::units::size::parse_size;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Args, Deserialize)]
 #[serde(deny_unknown_fields)]

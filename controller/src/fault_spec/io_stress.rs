@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::SpecError;
 use super::disk_fill::{check_fill_path, fill_path};
-use crate::size::parse_size;
-use crate::yaml_values::optional_size;
+use crate::engine::experiment::values::optional_size;
+use crate::units::size::parse_size;
 
 /// The bounds the agent enforces on an IO stress, checked before any agent is asked.
 pub const MAX_IO_STRESS_WORKERS: u32 = 8;

@@ -6,8 +6,8 @@ use chaos_proto::api;
 use clap::Args;
 use serde::Deserialize;
 
-use crate::duration::parse_duration;
-use crate::yaml_values::optional_duration;
+use crate::engine::experiment::values::optional_duration;
+use crate::units::duration::parse_duration;
 
 #[derive(Debug, Clone, PartialEq, Eq, Args, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -7,9 +7,9 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::{FieldNames, SpecError};
-use crate::duration::parse_duration;
-use crate::size::parse_size;
-use crate::yaml_values::{optional_duration, optional_size};
+use crate::engine::experiment::values::{optional_duration, optional_size};
+use crate::units::duration::parse_duration;
+use crate::units::size::parse_size;
 
 #[derive(Debug, Clone, PartialEq, Eq, Args, Deserialize)]
 #[serde(deny_unknown_fields)]

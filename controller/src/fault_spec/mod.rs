@@ -190,7 +190,7 @@ mod tests {
                     "memory" => "{ size: 1MiB }",
                     _ => "{}",
                 };
-                let step: crate::experiment::FaultStep = serde_norway::from_str(&format!(
+                let step: crate::engine::experiment::FaultStep = serde_norway::from_str(&format!(
                     "name: s\ntarget: {{ targets: ['pid:1'] }}\n{key}: {value}\n"
                 ))
                 .unwrap_or_else(|e| panic!("{key}: {e}"));

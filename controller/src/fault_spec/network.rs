@@ -9,10 +9,10 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
 use super::{FieldNames, SpecError};
-use crate::duration::parse_duration;
-use crate::rate::parse_rate;
-use crate::size::parse_size;
-use crate::yaml_values::{optional_duration, optional_rate, optional_size};
+use crate::engine::experiment::values::{optional_duration, optional_rate, optional_size};
+use crate::units::duration::parse_duration;
+use crate::units::rate::parse_rate;
+use crate::units::size::parse_size;
 
 #[derive(Debug, Clone, Default, PartialEq, Args, Deserialize)]
 #[serde(deny_unknown_fields)]
