@@ -12,3 +12,8 @@ pub mod runner;
 pub mod selection;
 pub mod stats;
 pub mod verdict;
+
+#[cfg(test)]
+mod fake_agent;
+#[cfg(test)]
+mod lifecycle_tests;

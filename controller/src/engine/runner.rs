@@ -1020,9 +1020,12 @@ async fn finish(
         &outages(&all),
         phases.end_ms,
     );
+    // A run that leaves a fault behind (until the agent's deadline or the lease's lapse
+    // reverts it) did not return the system as it found it, whatever the probes saw.
     if !run.rollback_errors.is_empty() {
         run.reasons
             .push("some faults could not be reverted: see rollback_errors".into());
+        verdict = Verdict::Failed;
     }
     run.say(&format!("verdict: {}", verdict.name()));
     RunResult {

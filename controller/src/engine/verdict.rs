@@ -19,7 +19,8 @@ pub enum Verdict {
     Deviated,
     /// An abort condition (or the operator) stopped the method and everything was reverted.
     Aborted,
-    /// The experiment could not be carried out (no steady state before, an agent error).
+    /// The experiment could not be carried out (no steady state before, an agent error),
+    /// or it left a fault it could not revert.
     Failed,
 }
 
