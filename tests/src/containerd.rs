@@ -62,6 +62,9 @@ pub struct ContainerSpec {
     /// Host directories bind-mounted read-write into the container: (host path, path
     /// inside), as a pod's volumes are.
     pub bind_mounts: Vec<(PathBuf, String)>,
+    /// Host directories bind-mounted read-only: (host path, path inside), e.g. the host's
+    /// libraries for a program that is not busybox.
+    pub read_only_mounts: Vec<(PathBuf, String)>,
 }
 
 impl Default for ContainerSpec {
@@ -77,6 +80,7 @@ impl Default for ContainerSpec {
             netns: None,
             cgroup_parent: None,
             bind_mounts: Vec::new(),
+            read_only_mounts: Vec::new(),
         }
     }
 }
@@ -341,10 +345,12 @@ fn run_args(spec: &ContainerSpec, id: &str, rootfs: &Path, log_path: &Path) -> V
         args.push("--cgroup".into());
         args.push(format!("{}/{id}", parent.trim_end_matches('/')));
     }
-    for (host, inside) in &spec.bind_mounts {
+    let mounts = (spec.bind_mounts.iter().map(|m| (m, "rw")))
+        .chain(spec.read_only_mounts.iter().map(|m| (m, "ro")));
+    for ((host, inside), mode) in mounts {
         args.push("--mount".into());
         args.push(format!(
-            "type=bind,src={},dst={inside},options=rbind:rw",
+            "type=bind,src={},dst={inside},options=rbind:{mode}",
             host.display()
         ));
     }
@@ -625,6 +631,7 @@ mod tests {
             netns: Some(PathBuf::from("/var/run/netns/chaos-test-x")),
             cgroup_parent: Some("/chaos-test-parent/".into()),
             bind_mounts: vec![(PathBuf::from("/tmp/d"), "/data".into())],
+            read_only_mounts: vec![(PathBuf::from("/usr/lib"), "/lib".into())],
             command: vec!["/bin/sh".into(), "-c".into(), "sleep 5".into()],
             ..ContainerSpec::pod("dev", "db-0", "db")
         };
@@ -661,6 +668,7 @@ mod tests {
         assert!(args.contains(&"67108864".to_string()));
         assert!(args.contains(&"/chaos-test-parent/chaos-test-abc".to_string()));
         assert!(args.contains(&"type=bind,src=/tmp/d,dst=/data,options=rbind:rw".to_string()));
+        assert!(args.contains(&"type=bind,src=/usr/lib,dst=/lib,options=rbind:ro".to_string()));
     }
 
     #[test]

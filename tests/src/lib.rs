@@ -6,6 +6,7 @@ pub mod containerd;
 pub mod https_server;
 pub mod loopdisk;
 pub mod netns;
+pub mod postgres;
 pub mod process;
 pub mod prometheus;
 pub mod tls;

@@ -974,3 +974,101 @@ async fn dry_run_prints_the_selection_and_injects_nothing() -> Result<()> {
     assert!(all.is_empty(), "a dry run injected {all:?}");
     Ok(())
 }
+
+/// `text` with `from` replaced by `to` once, failing when `from` is not there: the shipped
+/// experiment must still say what this test assumes it says.
+fn replace_once(text: &str, from: &str, to: &str) -> Result<String> {
+    if text.matches(from).count() != 1 {
+        bail!("the shipped experiment no longer holds `{from}` exactly once");
+    }
+    Ok(text.replacen(from, to, 1))
+}
+
+/// The seeds' experiment as shipped (experiments/kill-postgres-primary.yaml), with only
+/// what is the cluster's replaced: this machine's agent, the server's address instead of
+/// the Services, a pod name instead of CloudNativePG's role label (no Kubernetes API here),
+/// no Flask probe, shorter phases and pgbench runs, and the kill aimed at the postgres
+/// processes (in the cluster, the pod's restart and the failover do what this
+/// container's supervising shell does here).
+fn postgres_experiment(agent: &TestAgent, tls: &Path, url: &str) -> Result<String> {
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/kill-postgres-primary.yaml"),
+    )?;
+    let agents = format!(
+        "agents:\n  static: [\"{}\"]\n  tls_dir: {}\n",
+        agent.grpc,
+        tls.display()
+    );
+    let flask = "    - name: flask-health\n      interval: 1s\n      http: { url: \"http://flask.shop.svc.cluster.local:8080/health\" }\n      tolerance: { success_ratio: 0.99, latency_p99: 2s }\n";
+    let mut yaml = shipped;
+    for (from, to) in [
+        (
+            "agents:\n  dns: { name: chaos-agent.chaos-control.svc.cluster.local }\n  tls_dir: /etc/chaos-control/tls\n",
+            agents.as_str(),
+        ),
+        ("baseline: 60s", "baseline: 8s"),
+        ("postgresql://probe@postgres-rw.db.svc:5432/app", url),
+        (flask, ""),
+        ("-T, \"10\"", "-T, \"2\""),
+        ("postgresql://bench@postgres-rw.db.svc:5432/app", url),
+        (
+            "labels: { cnpg.io/instanceRole: primary }",
+            "pod: postgres-0",
+        ),
+        ("duration: 30s", "duration: 6s"),
+        (
+            "kill: { signal: KILL }",
+            "kill: { signal: KILL, process: postgres }",
+        ),
+        (
+            "recovery: { timeout: 180s, hold: 20s }",
+            "recovery: { timeout: 60s, hold: 6s }",
+        ),
+    ] {
+        yaml = replace_once(&yaml, from, to)?;
+    }
+    Ok(yaml)
+}
+
+/// The seeds' story: pgbench before, during and after the PostgreSQL server is killed, in
+/// the table they made by hand, and the time the database took to answer SQL again.
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_postgres_under_pgbench_gives_the_before_during_after_table() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let netns = TestNetns::create()?;
+    let postgres = chaos_tests::postgres::PostgresContainer::start(&netns, "postgres-0")?;
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let yaml = postgres_experiment(&agent, tls.path(), &postgres.url())?;
+    let result = run(&yaml).await?;
+    eprintln!("{}", chaosctl::engine::report::table(&result));
+    assert_eq!(result.verdict, Verdict::Passed, "{:?}", result.reasons);
+
+    let load = result.load.as_ref().context("no load figures")?;
+    let [before, during, after] = &load.phases[..] else {
+        bail!("three phases, got {:?}", load.phases);
+    };
+    let figure = |phase: &chaosctl::engine::load::LoadPhase, name: &str| {
+        phase.figures.get(name).copied().unwrap_or(0.0)
+    };
+    for (phase, name) in [(before, "before"), (after, "after")] {
+        assert!(phase.runs >= Some(1), "{name}: {phase:?}");
+        assert!(figure(phase, "tps") > 0.0, "{name}: {phase:?}");
+        assert!(figure(phase, "transactions") > 0.0, "{name}: {phase:?}");
+        assert!(figure(phase, "latency_ms") > 0.0, "{name}: {phase:?}");
+    }
+    assert_eq!(before.failed_runs, Some(0), "{before:?}");
+    // The pgbench run the kill cut short exits non-zero.
+    assert!(during.failed_runs >= Some(1), "{during:?}");
+
+    let kill = result.per_fault.first().context("no per-fault figures")?;
+    eprintln!("kill: {kill:?}");
+    assert_eq!(kill.outages, 1, "{kill:?}");
+    let recovered = kill
+        .time_to_recover_ms
+        .context("never answered SQL again")?;
+    assert!(recovered < 60_000, "{kill:?}");
+    let signalled = &result.faults[0].achieved;
+    assert!(signalled.contains("signalled"), "{signalled}");
+    drop(postgres);
+    Ok(())
+}

@@ -119,7 +119,7 @@ impl ExecLoadRun {
         let mut runs = self.runs.lock().map(|r| r.clone()).unwrap_or_default();
         if self.mode == ExecMode::Continuous {
             for run in &mut runs {
-                run.phase = bounds.of(run.started_at_ms.midpoint(run.ended_at_ms));
+                run.phase = bounds.of_span(run.started_at_ms, run.ended_at_ms);
             }
         }
         runs

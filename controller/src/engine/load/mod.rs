@@ -203,6 +203,17 @@ impl PhaseBounds {
         }
     }
 
+    /// The phase of a run from `start_ms` to `end_ms`: `during` if it overlaps the faults'
+    /// window at all (a run the fault touched is not a clean before or after, and the run
+    /// a kill cut short must count where the kill is), otherwise the side it is on.
+    pub fn of_span(self, start_ms: u64, end_ms: u64) -> Phase {
+        if start_ms < self.recovery_from_ms && end_ms > self.faults_from_ms {
+            Phase::During
+        } else {
+            self.of(start_ms)
+        }
+    }
+
     fn span_ms(self, phase: Phase) -> u64 {
         match phase {
             Phase::Before => self.faults_from_ms,
@@ -528,5 +539,22 @@ mod tests {
         );
         assert!(result.phases[2].figures.is_empty());
         assert_eq!(result.phases[2].runs, Some(0));
+    }
+
+    #[test]
+    fn a_run_the_faults_window_touches_counts_as_during() {
+        let bounds = PhaseBounds {
+            faults_from_ms: 8_000,
+            recovery_from_ms: 14_000,
+            end_ms: 20_000,
+        };
+        // Mostly before, cut short by a kill at 8.1 s.
+        assert_eq!(bounds.of_span(7_670, 8_150), Phase::During);
+        assert_eq!(bounds.of_span(13_900, 15_900), Phase::During);
+        assert_eq!(bounds.of_span(5_000, 7_000), Phase::Before);
+        // Ends exactly as the faults begin: untouched.
+        assert_eq!(bounds.of_span(6_000, 8_000), Phase::Before);
+        assert_eq!(bounds.of_span(14_000, 16_000), Phase::After);
+        assert_eq!(bounds.of_span(9_000, 10_000), Phase::During);
     }
 }
