@@ -128,42 +128,83 @@ fn percent(value: Option<f64>) -> String {
 
 /// The load's figures per phase, with the change from before.
 pub fn load_table(load: &LoadResult) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "load: {}", load.description);
-    let before = load.phases.first();
+    let table = load_rows(load);
+    let mut out = format!("load: {}\n", load.description);
+    let columns = table.header.len();
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            std::iter::once(&table.header)
+                .chain(&table.rows)
+                .map(|row| row.get(c).map_or(0, |cell| cell.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in std::iter::once(&table.header).chain(&table.rows) {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            // The first column is a name, left-aligned; the figures are right-aligned.
+            if c == 0 {
+                let _ = write!(line, "{cell:<width$}", width = widths[c]);
+            } else {
+                let _ = write!(line, "  {cell:>width$}", width = widths[c]);
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    for note in &table.notes {
+        let _ = writeln!(out, "{note}");
+    }
+    out
+}
+
+/// The load's figures as rows, for the text table and the HTML one: per phase for the
+/// HTTP load, per figure for an exec load; `notes` are the lines under the table.
+pub(super) struct LoadRows {
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    pub notes: Vec<String>,
+}
+
+pub(super) fn load_rows(load: &LoadResult) -> LoadRows {
     if load.exec_runs.is_empty() {
-        let _ = writeln!(
-            out,
-            "{:<7} {:>7} {:>8} {:>6} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8}",
-            "PHASE",
-            "SECONDS",
-            "REQUESTS",
-            "ERRORS",
-            "THROUGHPUT",
-            "CHANGE",
-            "MEAN ms",
-            "P50 ms",
-            "P95 ms",
-            "P99 ms"
-        );
-        for phase in &load.phases {
-            let Some(requests) = &phase.requests else {
-                continue;
-            };
+        http_load_rows(load)
+    } else {
+        exec_load_rows(load)
+    }
+}
+
+fn http_load_rows(load: &LoadResult) -> LoadRows {
+    let before = load.phases.first();
+    let header = [
+        "PHASE",
+        "SECONDS",
+        "REQUESTS",
+        "ERRORS",
+        "THROUGHPUT",
+        "CHANGE",
+        "MEAN ms",
+        "P50 ms",
+        "P95 ms",
+        "P99 ms",
+    ];
+    let rows = load
+        .phases
+        .iter()
+        .filter_map(|phase| {
+            let requests = phase.requests.as_ref()?;
             let change = change_percent(
                 before.and_then(|b| b.throughput_per_s),
                 phase.throughput_per_s,
             );
-            let _ = writeln!(
-                out,
-                "{:<7} {:>7.1} {:>8} {:>6} {:>9}/s {:>8} {:>8} {:>8} {:>8} {:>8}",
-                phase.phase.name(),
-                phase.seconds,
-                requests.count,
-                requests.count - requests.successes,
+            Some(vec![
+                phase.phase.name().to_string(),
+                format!("{:.1}", phase.seconds),
+                requests.count.to_string(),
+                (requests.count - requests.successes).to_string(),
                 phase
                     .throughput_per_s
-                    .map_or("-".into(), |t| format!("{t:.1}")),
+                    .map_or("-".into(), |t| format!("{t:.1}/s")),
                 if phase.phase == Phase::Before {
                     String::new()
                 } else {
@@ -172,16 +213,19 @@ pub fn load_table(load: &LoadResult) -> String {
                 ms(requests.mean_ms),
                 ms(requests.p50_ms),
                 ms(requests.p95_ms),
-                ms(requests.p99_ms)
-            );
-        }
-        return out;
+                ms(requests.p99_ms),
+            ])
+        })
+        .collect();
+    LoadRows {
+        header: header.iter().map(|h| h.to_string()).collect(),
+        rows,
+        notes: Vec::new(),
     }
-    let _ = writeln!(
-        out,
-        "{:<20} {:>12} {:>22} {:>22}",
-        "FIGURE", "before", "during (change)", "after (change)"
-    );
+}
+
+fn exec_load_rows(load: &LoadResult) -> LoadRows {
+    let before = load.phases.first();
     let names: Vec<&String> = load
         .phases
         .iter()
@@ -190,20 +234,23 @@ pub fn load_table(load: &LoadResult) -> String {
         .into_iter()
         .collect();
     let figure = |phase: &LoadPhase, name: &str| phase.figures.get(name).copied();
-    for name in names {
-        let mut line = format!("{name:<20}");
-        for phase in &load.phases {
-            let value = figure(phase, name).map_or("-".into(), |v| format!("{v:.2}"));
-            if phase.phase == Phase::Before {
-                let _ = write!(line, " {value:>12}");
-            } else {
-                let change =
-                    change_percent(before.and_then(|b| figure(b, name)), figure(phase, name));
-                let _ = write!(line, " {:>22}", format!("{value} ({})", percent(change)));
+    let rows = names
+        .into_iter()
+        .map(|name| {
+            let mut row = vec![name.clone()];
+            for phase in &load.phases {
+                let value = figure(phase, name).map_or("-".into(), |v| format!("{v:.2}"));
+                if phase.phase == Phase::Before {
+                    row.push(value);
+                } else {
+                    let change =
+                        change_percent(before.and_then(|b| figure(b, name)), figure(phase, name));
+                    row.push(format!("{value} ({})", percent(change)));
+                }
             }
-        }
-        let _ = writeln!(out, "{line}");
-    }
+            row
+        })
+        .collect();
     let runs: Vec<String> = load
         .phases
         .iter()
@@ -216,16 +263,27 @@ pub fn load_table(load: &LoadResult) -> String {
             )
         })
         .collect();
-    let _ = writeln!(out, "runs: {}", runs.join(", "));
+    let mut notes = vec![format!("runs: {}", runs.join(", "))];
     for run in load.exec_runs.iter().filter(|r| !r.error.is_empty()) {
-        let _ = writeln!(
-            out,
+        notes.push(format!(
             "  run at {}: {}",
             secs(Some(run.started_at_ms)),
             run.error
-        );
+        ));
     }
-    out
+    let mut header = vec!["FIGURE".to_string()];
+    for phase in &load.phases {
+        header.push(if phase.phase == Phase::Before {
+            phase.phase.name().to_string()
+        } else {
+            format!("{} (change)", phase.phase.name())
+        });
+    }
+    LoadRows {
+        header,
+        rows,
+        notes,
+    }
 }
 
 /// One fault step's own outage and recovery, counted from its injection.

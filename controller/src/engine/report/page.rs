@@ -8,7 +8,8 @@ use std::fmt::Write;
 use super::chart::{
     FAILURE_COLOUR, FAULT_COLOUR, LATENCY_COLOUR, SLOW_COLOUR, latency_chart, throughput_chart,
 };
-use super::{load_table, ms, secs};
+use super::{load_rows, ms, secs};
+use crate::engine::load::LoadResult;
 use crate::engine::runner::RunResult;
 use crate::engine::stats::PhaseStats;
 
@@ -46,12 +47,7 @@ pub fn html(result: &RunResult) -> String {
     statistics(&mut page, result);
     faults(&mut page, result);
     if let Some(load) = &result.load {
-        let _ = write!(
-            page,
-            "<h2>Load</h2><p>{}</p><pre class=\"load\">{}</pre>",
-            escape(&load.description),
-            escape(&load_table(load))
-        );
+        load_section(&mut page, load);
     }
     for (index, p) in result.probes.iter().enumerate() {
         let _ = write!(page, "<h2>probe {}: latency</h2>", escape(&p.name));
@@ -165,6 +161,38 @@ fn stats_row(page: &mut String, probe: &str, phase: &str, s: &PhaseStats) {
     );
 }
 
+/// The load's figures as a table (the same rows as the text report), the runs that
+/// failed under it.
+fn load_section(page: &mut String, load: &LoadResult) {
+    let table = load_rows(load);
+    let _ = write!(
+        page,
+        "<h2>Load</h2><p>{}</p><table class=\"load\"><tr>",
+        escape(&load.description)
+    );
+    for (c, name) in table.header.iter().enumerate() {
+        let class = if c == 0 { " class=\"name\"" } else { "" };
+        let _ = write!(page, "<th{class}>{}</th>", escape(name));
+    }
+    page.push_str("</tr>");
+    for row in &table.rows {
+        page.push_str("<tr>");
+        for (c, cell) in row.iter().enumerate() {
+            let class = if c == 0 { " class=\"name\"" } else { "" };
+            let _ = write!(page, "<td{class}>{}</td>", escape(cell));
+        }
+        page.push_str("</tr>");
+    }
+    page.push_str("</table>");
+    if !table.notes.is_empty() {
+        let _ = write!(
+            page,
+            "<pre class=\"load-notes\">{}</pre>",
+            escape(&table.notes.join("\n"))
+        );
+    }
+}
+
 fn statistics(page: &mut String, result: &RunResult) {
     page.push_str(
         "<h2>Probes by phase</h2><table class=\"statistics\"><tr><th class=\"name\">probe</th>\
@@ -235,4 +263,73 @@ fn legend(page: &mut String) {
         swatch(FAILURE_COLOUR, "failed sample"),
         swatch(SLOW_COLOUR, "sample over the latency tolerance")
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::engine::load::{ExecRun, LoadPhase, Phase};
+
+    fn phase(phase: Phase, tps: Option<f64>, runs: usize, failed: usize) -> LoadPhase {
+        LoadPhase {
+            phase,
+            seconds: 10.0,
+            requests: None,
+            throughput_per_s: None,
+            figures: tps.map(|t| ("tps".to_string(), t)).into_iter().collect(),
+            runs: Some(runs),
+            failed_runs: Some(failed),
+        }
+    }
+
+    fn pgbench_load() -> LoadResult {
+        LoadResult {
+            description: "exec `pgbench` back to back".into(),
+            phases: vec![
+                phase(Phase::Before, Some(369.4), 3, 0),
+                phase(Phase::During, Some(327.7), 4, 1),
+                phase(Phase::After, None, 1, 1),
+            ],
+            throughput_by_second: Vec::new(),
+            exec_runs: vec![ExecRun {
+                phase: Phase::During,
+                started_at_ms: 8_000,
+                ended_at_ms: 8_100,
+                figures: BTreeMap::new(),
+                error: "exit status: 2 <aborted>".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn the_load_is_an_html_table_with_its_changes_and_the_failed_runs_under_it() {
+        let mut page = String::new();
+        load_section(&mut page, &pgbench_load());
+        assert!(page.contains(
+            "<tr><th class=\"name\">FIGURE</th><th>before</th><th>during (change)</th>\
+             <th>after (change)</th></tr>"
+        ));
+        assert!(page.contains(
+            "<tr><td class=\"name\">tps</td><td>369.40</td><td>327.70 (-11.3%)</td>\
+             <td>- (-)</td></tr>"
+        ));
+        assert!(
+            page.contains("runs: before 3 (0 failed), during 4 (1 failed), after 1 (1 failed)")
+        );
+        // Command output is escaped, not markup.
+        assert!(page.contains("exit status: 2 &lt;aborted&gt;"), "{page}");
+        assert!(!page.contains("<pre class=\"load\">"));
+    }
+
+    #[test]
+    fn the_text_table_has_the_same_rows_in_aligned_columns() {
+        let text = crate::engine::report::load_table(&pgbench_load());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "load: exec `pgbench` back to back");
+        assert_eq!(lines[1], "FIGURE  before  during (change)  after (change)");
+        assert_eq!(lines[2], "tps     369.40  327.70 (-11.3%)           - (-)");
+        assert!(lines[3].starts_with("runs: before 3"));
+    }
 }
