@@ -66,6 +66,8 @@ const OFF_PORTS: i32 = 20;
 /// Offsets in the IPv6 header (and the transport header right after the fixed 40 bytes,
 /// i.e. without extension headers).
 const OFF6_NEXT_HEADER: i32 = 6;
+/// The word holding the next header (with the payload length before it).
+const OFF6_NEXT_HEADER_WORD: i32 = OFF6_NEXT_HEADER - OFF6_NEXT_HEADER % 4;
 const OFF6_SRC: i32 = 8;
 const OFF6_DST: i32 = 24;
 const OFF6_PORTS: i32 = 40;
@@ -471,7 +473,9 @@ impl Selector {
                 .find(|(start, _, _)| (*start..*start + 16).contains(&key.off));
             match (key.off, key.mask, address) {
                 (_, 0, _) => parts.push("all".to_string()),
-                (4, 0x0000_ff00, _) => parts.push(format!("proto {}", (key.value >> 8) & 0xff)),
+                (OFF6_NEXT_HEADER_WORD, 0x0000_ff00, _) => {
+                    parts.push(format!("proto {}", (key.value >> 8) & 0xff))
+                }
                 (_, _, Some((start, end, Some(network)))) => {
                     // Once, at the network's first key.
                     let first = self
