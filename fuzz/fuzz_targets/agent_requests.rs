@@ -123,12 +123,12 @@ fn check_inject(req: &api::InjectRequest, valid: &ValidInject, limits: &Limits) 
             assert!(
                 plan.destinations
                     .iter()
-                    .all(|c| c.addr.is_ipv4() && c.prefix <= 32)
+                    .all(|c| c.prefix <= if c.addr.is_ipv4() { 32 } else { 128 })
             );
             assert!(
                 plan.exclude_destinations
                     .iter()
-                    .all(|c| c.addr.is_ipv4() && c.prefix <= 32)
+                    .all(|c| c.prefix <= if c.addr.is_ipv4() { 32 } else { 128 })
             );
             assert!(plan.request.ports.iter().all(|p| (1..=65535).contains(p)));
             assert!(
@@ -202,12 +202,18 @@ fn check_inject(req: &api::InjectRequest, valid: &ValidInject, limits: &Limits) 
     }
 }
 
-/// Every match and exclusion becomes one u32 filter: each must build and fit one filter.
+/// Every match and exclusion becomes one u32 filter per IP family it needs: each must
+/// build and fit one filter, and all of them the tree.
 fn check_classifier(classifier: &Classifier) {
     assert!(classifier.matches.len() + classifier.exclusions.len() <= 2 * 256 + 4);
     for m in classifier.matches.iter().chain(&classifier.exclusions) {
-        let selector = Selector::for_match(m)
-            .unwrap_or_else(|e| panic!("{m:?} does not make a u32 selector: {e}"));
-        assert!(!selector.keys.is_empty() && selector.keys.len() <= 4);
+        for family in m.families() {
+            let selector = Selector::for_match(m, *family)
+                .unwrap_or_else(|e| panic!("{m:?} does not make a {family} u32 selector: {e}"));
+            assert!(!selector.keys.is_empty() && selector.keys.len() <= 6);
+        }
     }
+    classifier
+        .rules()
+        .unwrap_or_else(|e| panic!("{classifier:?} does not make a tree: {e}"));
 }

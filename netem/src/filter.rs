@@ -46,8 +46,14 @@ impl FilterView {
     /// In words, like `tc filter show` prints it, compactly.
     pub fn describe(&self) -> String {
         let mut text = format!("pref {} {}", self.pref, self.kind);
+        // IPv6 filters say so; IPv4 ones (and the ingress redirect's `all`, whose
+        // match-all reads the same) read as they always did.
+        let family = cls::Family::of_ethertype(self.protocol).unwrap_or(cls::Family::V4);
+        if family == cls::Family::V6 {
+            text += " ipv6";
+        }
         if let Some(selector) = &self.selector {
-            text += &format!(" {}", selector.describe());
+            text += &format!(" {}", selector.describe(family));
         }
         if let Some(classid) = self.classid {
             text += &format!(" -> {:x}:{:x}", classid >> 16, classid & 0xffff);

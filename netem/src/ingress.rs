@@ -22,7 +22,7 @@ use crate::filter::{self, FilterError};
 use crate::impairment::Impairment;
 use crate::qdisc::{self, QdiscError, QdiscRecord, QdiscSnapshot, Restored, TC_H_INGRESS};
 use crate::tree::{self, Classifier, TreeError};
-use crate::u32::{self as cls, Selector, TrafficMatch};
+use crate::u32::{self as cls, Selector};
 use crate::wire::{self, WireError};
 
 /// Handle of an `ingress` qdisc (`ffff:`), the parent of its filters.
@@ -240,7 +240,8 @@ async fn install_steps(
         };
         qdisc::replace(handle, ifindex, &ingress).await?;
     }
-    let everything = Selector::for_match(&TrafficMatch::default()).map_err(TreeError::from)?;
+    // Every packet of every protocol: the ifb's own filters pick (both IP families).
+    let everything = Selector::match_all();
     filter::add_u32(
         handle,
         ifindex,

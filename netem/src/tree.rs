@@ -6,10 +6,15 @@
 //! ca05: prio bands 2 priomap 0 0 ... 0     (everything unclassified -> ca05:1, untouched)
 //! ├── ca05:1  pfifo (the kernel's default band qdisc)
 //! └── ca05:2  netem ca06:
-//! filters on ca05: (IPv4), evaluated by priority:
+//! filters on ca05, evaluated by priority:
 //!   pref 1..      exclusions       -> ca05:1
 //!   pref 1000..   matches          -> ca05:2
 //! ```
+//!
+//! A filter is `protocol ip` or `protocol ipv6` (one priority holds one protocol): a match
+//! on an address is one filter of its family, a match without one (ports, a protocol,
+//! everything) one filter in each family, so both are impaired alike. Exclusions come
+//! first in both families, whatever their family and number.
 //!
 //! Everything hangs below our root, so deleting (or replacing) the root removes it all;
 //! `qdisc::restore` is the undo. A failure half-way restores the snapshot before returning.
@@ -20,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::filter::{self, FilterError};
 use crate::impairment::Impairment;
 use crate::qdisc::{self, CHAOS_ROOT_HANDLE, QdiscError, QdiscRecord, QdiscSnapshot, TC_H_ROOT};
-use crate::u32::{self as cls, KeyConflict, Selector, TrafficMatch};
+use crate::u32::{Family, Selector, SelectorError, TrafficMatch};
 
 /// Band (class) of packets left alone: where the priomap sends everything.
 pub const UNTOUCHED_CLASS: u32 = CHAOS_ROOT_HANDLE | 1;
@@ -42,20 +47,30 @@ pub struct Classifier {
     pub matches: Vec<TrafficMatch>,
 }
 
-/// One filter to install: (pref, selector, class).
+/// One filter to install: (pref, family, selector, class).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilterRule {
     pub pref: u16,
+    pub family: Family,
     pub selector: Selector,
     pub classid: u32,
 }
 
+impl FilterRule {
+    /// In words: `ipv6 proto 6 dport 80`.
+    pub fn describe(&self) -> String {
+        format!("{} {}", self.family, self.selector.describe(self.family))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
-    #[error("{0} filters: at most {MAX_FILTERS} exclusions and {MAX_FILTERS} matches")]
+    #[error(
+        "{0} filters (each IP family its own): at most {MAX_FILTERS} exclusions and {MAX_FILTERS} matches"
+    )]
     TooManyFilters(usize),
     #[error(transparent)]
-    Key(#[from] KeyConflict),
+    Selector(#[from] SelectorError),
     #[error(transparent)]
     Qdisc(#[from] QdiscError),
     #[error(transparent)]
@@ -73,31 +88,33 @@ impl Classifier {
         self.matches.is_empty() && self.exclusions.is_empty()
     }
 
-    /// The filters, exclusions first. Pure.
+    /// The filters, exclusions first, each match in every family it needs. Pure.
     pub fn rules(&self) -> Result<Vec<FilterRule>, TreeError> {
-        let too_many = self.exclusions.len().max(self.matches.len());
+        let filters = |matches: &[TrafficMatch]| -> usize {
+            matches.iter().map(|m| m.families().len()).sum()
+        };
+        let too_many = filters(&self.exclusions).max(filters(&self.matches));
         if too_many > MAX_FILTERS {
             return Err(TreeError::TooManyFilters(too_many));
         }
-        let exclusions = self
-            .exclusions
-            .iter()
-            .zip(EXCLUSION_PREF..)
-            .map(|(m, pref)| {
-                Ok(FilterRule {
+        let mut rules = Vec::new();
+        for (matches, first_pref, classid) in [
+            (&self.exclusions, EXCLUSION_PREF, UNTOUCHED_CLASS),
+            (&self.matches, MATCH_PREF, NETEM_CLASS),
+        ] {
+            let each_family = matches
+                .iter()
+                .flat_map(|m| m.families().iter().map(move |family| (m, *family)));
+            for ((m, family), pref) in each_family.zip(first_pref..) {
+                rules.push(FilterRule {
                     pref,
-                    selector: Selector::for_match(m)?,
-                    classid: UNTOUCHED_CLASS,
-                })
-            });
-        let matches = self.matches.iter().zip(MATCH_PREF..).map(|(m, pref)| {
-            Ok(FilterRule {
-                pref,
-                selector: Selector::for_match(m)?,
-                classid: NETEM_CLASS,
-            })
-        });
-        exclusions.chain(matches).collect()
+                    family,
+                    selector: Selector::for_match(m, family)?,
+                    classid,
+                });
+            }
+        }
+        Ok(rules)
     }
 }
 
@@ -151,14 +168,24 @@ async fn build_below_root(
     rules: &[FilterRule],
 ) -> Result<(), TreeError> {
     qdisc::replace(handle, ifindex, leaf).await?;
+    add_rules(handle, ifindex, CHAOS_ROOT_HANDLE, rules).await
+}
+
+/// Adds `rules` as u32 filters under `parent`, each with its family's protocol.
+pub async fn add_rules(
+    handle: &Handle,
+    ifindex: u32,
+    parent: u32,
+    rules: &[FilterRule],
+) -> Result<(), TreeError> {
     for rule in rules {
         filter::add_u32(
             handle,
             ifindex,
-            CHAOS_ROOT_HANDLE,
+            parent,
             rule.pref,
-            cls::ETH_P_IP,
-            cls::classify_options(&rule.selector, rule.classid),
+            rule.family.ethertype(),
+            crate::u32::classify_options(&rule.selector, rule.classid),
         )
         .await?;
     }
@@ -184,13 +211,35 @@ pub async fn install(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::u32::{End, IPPROTO_TCP, Ipv4Cidr};
+    use crate::u32::{End, IPPROTO_TCP, IPPROTO_UDP, IpCidr};
+
+    fn cidr(text: &str) -> IpCidr {
+        let (addr, prefix) = text.split_once('/').unwrap();
+        IpCidr {
+            addr: addr.parse().unwrap(),
+            prefix: prefix.parse().unwrap(),
+        }
+    }
+
+    fn to(text: &str) -> TrafficMatch {
+        TrafficMatch {
+            address: Some((End::Destination, cidr(text))),
+            ..Default::default()
+        }
+    }
+
+    fn summary(rules: &[FilterRule]) -> Vec<(u16, u32, String)> {
+        rules
+            .iter()
+            .map(|r| (r.pref, r.classid, r.describe()))
+            .collect()
+    }
 
     #[test]
     fn exclusions_come_first_and_go_to_the_untouched_band() {
         let classifier = Classifier {
             exclusions: vec![TrafficMatch {
-                protocol: Some(17),
+                protocol: Some(IPPROTO_UDP),
                 port: Some((End::Destination, 53)),
                 ..Default::default()
             }],
@@ -200,29 +249,53 @@ mod tests {
                     port: Some((End::Destination, 5432)),
                     ..Default::default()
                 },
-                TrafficMatch {
-                    address: Some((
-                        End::Destination,
-                        Ipv4Cidr {
-                            addr: "10.0.0.0".parse().unwrap(),
-                            prefix: 8,
-                        },
-                    )),
-                    ..Default::default()
-                },
+                to("10.0.0.0/8"),
             ],
         };
         let rules = classifier.rules().unwrap();
-        let summary: Vec<(u16, u32)> = rules.iter().map(|r| (r.pref, r.classid)).collect();
+        let (u, n) = (UNTOUCHED_CLASS, NETEM_CLASS);
+        // A port without an address is in both families, the IPv4 network in one.
         assert_eq!(
-            summary,
+            summary(&rules),
             vec![
-                (1, UNTOUCHED_CLASS),
-                (1000, NETEM_CLASS),
-                (1001, NETEM_CLASS)
+                (1, u, "ip proto 17 dport 53".into()),
+                (2, u, "ipv6 proto 17 dport 53".into()),
+                (1000, n, "ip proto 6 dport 5432".into()),
+                (1001, n, "ipv6 proto 6 dport 5432".into()),
+                (1002, n, "ip dst 10.0.0.0/8".into()),
             ]
         );
-        assert_eq!(rules[1].selector.describe(), "proto 6 dport 5432");
+    }
+
+    #[test]
+    fn mixed_families_make_filters_of_both_and_exclusions_win_in_each() {
+        let classifier = Classifier {
+            exclusions: vec![to("fd00:c4a0::7/128"), to("10.9.0.0/16")],
+            matches: vec![
+                to("fd00:c4a0::/64"),
+                to("10.0.0.0/8"),
+                TrafficMatch::default(),
+            ],
+        };
+        let rules = classifier.rules().unwrap();
+        let (u, n) = (UNTOUCHED_CLASS, NETEM_CLASS);
+        assert_eq!(
+            summary(&rules),
+            vec![
+                (1, u, "ipv6 dst fd00:c4a0::7/128".into()),
+                (2, u, "ip dst 10.9.0.0/16".into()),
+                (1000, n, "ipv6 dst fd00:c4a0::/64".into()),
+                (1001, n, "ip dst 10.0.0.0/8".into()),
+                (1002, n, "ip all".into()),
+                (1003, n, "ipv6 all".into()),
+            ]
+        );
+        assert!(
+            rules
+                .iter()
+                .filter(|r| r.classid == UNTOUCHED_CLASS)
+                .all(|r| r.pref < MATCH_PREF)
+        );
     }
 
     #[test]
@@ -234,14 +307,19 @@ mod tests {
     }
 
     #[test]
-    fn too_many_filters_are_refused() {
+    fn too_many_filters_are_refused_counting_both_families() {
         let classifier = Classifier {
-            matches: vec![TrafficMatch::default(); MAX_FILTERS + 1],
+            matches: vec![TrafficMatch::default(); MAX_FILTERS / 2 + 1],
             ..Default::default()
         };
         assert!(matches!(
             classifier.rules(),
-            Err(TreeError::TooManyFilters(_))
+            Err(TreeError::TooManyFilters(n)) if n == MAX_FILTERS + 2
         ));
+        let fits = Classifier {
+            matches: vec![TrafficMatch::default(); MAX_FILTERS / 2],
+            ..Default::default()
+        };
+        assert_eq!(fits.rules().unwrap().len(), MAX_FILTERS);
     }
 }

@@ -8,7 +8,7 @@
 //! lease file.
 
 use std::fs::{self, File, OpenOptions};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -28,6 +28,9 @@ const SUBNET_COUNT: u32 = 1 << 14;
 pub const PREFIX_LEN: u8 = 30;
 /// Name of the namespace side of the veth, as a pod sees its interface.
 pub const INNER_IFNAME: &str = "eth0";
+/// IPv6 networks of the fixtures ([`TestNetns::add_ipv6`]): `fd00:c4a0:0:<lease>::/64`.
+pub const IPV6_BASE: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xc4a0, 0, 0, 0, 0, 0, 0);
+pub const IPV6_PREFIX_LEN: u8 = 64;
 /// Where `ip netns add` puts the namespace handle.
 const NETNS_DIR: &str = "/var/run/netns";
 const IP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -107,6 +110,63 @@ impl TestNetns {
 
     pub fn prefix_len(&self) -> u8 {
         PREFIX_LEN
+    }
+
+    /// Adds IPv6 to the veth pair (fixtures have IPv4 only unless asked): the lease's /64
+    /// out of [`IPV6_BASE`], `::1` and `::3` on the host end, `::2` inside, without
+    /// duplicate address detection so they work at once. Removed with the links.
+    pub fn add_ipv6(&self) -> Result<()> {
+        let with_prefix = |addr: Ipv6Addr| format!("{addr}/{IPV6_PREFIX_LEN}");
+        for addr in [self.host_ipv6(), self.second_host_ipv6()] {
+            ip(&[
+                "-6",
+                "addr",
+                "add",
+                &with_prefix(addr),
+                "dev",
+                &self.host_ifname,
+                "nodad",
+            ])?;
+        }
+        ip(&[
+            "-n",
+            &self.name,
+            "-6",
+            "addr",
+            "add",
+            &with_prefix(self.inner_ipv6()),
+            "dev",
+            INNER_IFNAME,
+            "nodad",
+        ])?;
+        Ok(())
+    }
+
+    fn ipv6(&self, host: u16) -> Ipv6Addr {
+        let mut segments = IPV6_BASE.segments();
+        segments[3] = self.lease.index as u16;
+        segments[7] = host;
+        Ipv6Addr::from(segments)
+    }
+
+    /// The lease's IPv6 /64 network address (after [`TestNetns::add_ipv6`]).
+    pub fn ipv6_network(&self) -> Ipv6Addr {
+        self.ipv6(0)
+    }
+
+    /// The host end's IPv6 address `::1` (after [`TestNetns::add_ipv6`]).
+    pub fn host_ipv6(&self) -> Ipv6Addr {
+        self.ipv6(1)
+    }
+
+    /// A second IPv6 address of the host end, `::3`: another peer on the same link.
+    pub fn second_host_ipv6(&self) -> Ipv6Addr {
+        self.ipv6(3)
+    }
+
+    /// The namespace side's IPv6 address `::2`.
+    pub fn inner_ipv6(&self) -> Ipv6Addr {
+        self.ipv6(2)
     }
 
     /// The veth end in the root namespace.

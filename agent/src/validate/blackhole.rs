@@ -5,8 +5,8 @@ use chaos_proto::api;
 
 use super::Limits;
 use super::targeting::{
-    Cidr, NodeNetworkPolicy, check_filter_count, check_interface_name, check_ports, filter_product,
-    parse_ipv4_cidrs,
+    Cidr, NodeNetworkPolicy, address_filters, check_filter_count, check_interface_name,
+    check_ports, filter_product, parse_cidrs,
 };
 use crate::error::AgentError;
 
@@ -32,7 +32,7 @@ pub(super) fn validate_blackhole(
     }
     check_interface_name("blackhole.interface", &b.interface)?;
     let plan = BlackholePlan {
-        destinations: parse_ipv4_cidrs("blackhole.destinations", &b.destinations)?,
+        destinations: parse_cidrs("blackhole.destinations", &b.destinations)?,
         ports: check_ports("blackhole.ports", &b.ports)?,
         node_scope: b.node_scope,
         node: NodeNetworkPolicy::of(limits),
@@ -40,7 +40,7 @@ pub(super) fn validate_blackhole(
     };
     check_filter_count(
         "blackhole.destinations",
-        filter_product(&[b.destinations.len().max(1), b.ports.len().max(1), 2]),
+        filter_product(&[address_filters(&b.destinations), b.ports.len().max(1), 2]),
     )?;
     Ok(plan)
 }
@@ -71,5 +71,41 @@ mod tests {
             ..Limits::default()
         };
         assert!(validate_inject(&r, &allowed).is_ok());
+    }
+
+    #[test]
+    fn ipv6_destinations_are_blackholed_and_counted_in_their_family() {
+        let blackhole = |destinations: Vec<String>, ports: Vec<u32>| {
+            validate_inject(
+                &req(
+                    "pid:2",
+                    1000,
+                    Fault::Blackhole(api::BlackholeFault {
+                        destinations,
+                        ports,
+                        ..Default::default()
+                    }),
+                ),
+                &Limits::default(),
+            )
+        };
+        let valid = blackhole(vec!["fd00:c4a0::2".into()], vec![]).unwrap();
+        let crate::validate::FaultPlan::Blackhole(plan) = valid.plan else {
+            panic!("not a blackhole plan: {:?}", valid.plan);
+        };
+        let first = plan.destinations[0];
+        assert_eq!(
+            (first.addr.to_string(), first.prefix),
+            ("fd00:c4a0::2".into(), 128)
+        );
+        // Ports alone: tcp and udp in both families, 64 ports are 256 filters.
+        assert!(blackhole(vec![], (1..=64).collect()).is_ok());
+        assert!(matches!(
+            blackhole(vec![], (1..=65).collect()),
+            Err(AgentError::InvalidArgument {
+                field: "blackhole.destinations",
+                ..
+            })
+        ));
     }
 }

@@ -5,8 +5,8 @@ use chaos_proto::api;
 
 use super::Limits;
 use super::targeting::{
-    Cidr, NodeNetworkPolicy, check_filter_count, check_interface_name, check_ports, filter_product,
-    parse_ipv4_cidrs,
+    Cidr, NodeNetworkPolicy, address_filters, check_filter_count, check_interface_name,
+    check_ports, filter_product, parse_cidrs,
 };
 use crate::error::AgentError;
 
@@ -179,9 +179,9 @@ pub(super) fn validate_network(
             "sets no impairment; give at least one of delay_us, loss_percent, duplicate_percent, corrupt_percent, rate_bytes_per_second",
         ));
     }
-    let destinations = parse_ipv4_cidrs("network.destinations", &n.destinations)?;
+    let destinations = parse_cidrs("network.destinations", &n.destinations)?;
     let exclude_destinations =
-        parse_ipv4_cidrs("network.exclude_destinations", &n.exclude_destinations)?;
+        parse_cidrs("network.exclude_destinations", &n.exclude_destinations)?;
     check_ports("network.ports", &n.ports)?;
     check_ports("network.exclude_ports", &n.exclude_ports)?;
     if n.protocol == api::Protocol::Icmp as i32 && !n.ports.is_empty() {
@@ -197,13 +197,18 @@ pub(super) fn validate_network(
     };
     check_filter_count(
         "network.destinations",
-        filter_product(&[n.destinations.len().max(1), n.ports.len().max(1), protocols]),
+        filter_product(&[
+            address_filters(&n.destinations),
+            n.ports.len().max(1),
+            protocols,
+        ]),
     )?;
+    // An excluded port is tcp and udp, in both families.
     check_filter_count(
         "network.exclude_destinations",
         n.exclude_destinations
             .len()
-            .saturating_add(filter_product(&[2, n.exclude_ports.len()])),
+            .saturating_add(filter_product(&[2, 2, n.exclude_ports.len()])),
     )?;
     Ok(NetworkPlan {
         request: n.clone(),
@@ -221,25 +226,60 @@ mod tests {
     use api::inject_request::Fault;
 
     #[test]
-    fn ipv6_targets_are_refused_by_name_not_ignored() {
-        let r = req(
-            "pid:2",
-            1000,
-            Fault::Network(api::NetworkFault {
-                delay_us: 1000,
-                exclude_destinations: vec!["fd00::/8".into()],
-                ..Default::default()
-            }),
-        );
-        match validate_inject(&r, &Limits::default()) {
-            Err(AgentError::Unimplemented(message)) => {
-                assert!(
-                    message.contains("network.exclude_destinations"),
-                    "{message}"
-                )
-            }
-            other => panic!("{other:?}"),
-        }
+    fn ipv6_targets_are_accepted_and_filters_count_both_families() {
+        let network = |fault: api::NetworkFault| {
+            validate_inject(
+                &req(
+                    "pid:2",
+                    1000,
+                    Fault::Network(api::NetworkFault {
+                        delay_us: 1000,
+                        ..fault
+                    }),
+                ),
+                &Limits::default(),
+            )
+        };
+        let valid = network(api::NetworkFault {
+            destinations: vec!["fd00:c4a0::/64".into(), "10.0.0.0/8".into()],
+            exclude_destinations: vec!["fd00:c4a0::7".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        let crate::validate::FaultPlan::Network(plan) = valid.plan else {
+            panic!("not a network plan: {:?}", valid.plan);
+        };
+        assert_eq!(plan.destinations.len(), 2);
+        assert!(plan.destinations[0].addr.is_ipv6());
+        assert_eq!(plan.exclude_destinations[0].prefix, 128);
+        // Ports without destinations are one filter in each family: 128 tcp ports are
+        // 256 filters, the most; 129 are too many.
+        let ports = |count: u32| api::NetworkFault {
+            ports: (1..=count).collect(),
+            protocol: api::Protocol::Tcp as i32,
+            ..Default::default()
+        };
+        assert!(network(ports(128)).is_ok());
+        assert!(matches!(
+            network(ports(129)),
+            Err(AgentError::InvalidArgument {
+                field: "network.destinations",
+                ..
+            })
+        ));
+        // An excluded port: tcp and udp, in both families.
+        let excluded = |count: u32| api::NetworkFault {
+            exclude_ports: (1..=count).collect(),
+            ..Default::default()
+        };
+        assert!(network(excluded(64)).is_ok());
+        assert!(matches!(
+            network(excluded(65)),
+            Err(AgentError::InvalidArgument {
+                field: "network.exclude_destinations",
+                ..
+            })
+        ));
     }
 
     #[test]

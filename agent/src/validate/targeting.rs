@@ -65,7 +65,9 @@ impl Default for NodeNetworkPolicy {
     }
 }
 
-fn parse_cidrs(field: &'static str, items: &[String]) -> Result<Vec<Cidr>, AgentError> {
+/// Destinations and exclusions, IPv4 or IPv6: each family is matched on its own header
+/// (u32 filters of `protocol ip` / `protocol ipv6`).
+pub(super) fn parse_cidrs(field: &'static str, items: &[String]) -> Result<Vec<Cidr>, AgentError> {
     items
         .iter()
         .map(|text| {
@@ -75,23 +77,18 @@ fn parse_cidrs(field: &'static str, items: &[String]) -> Result<Vec<Cidr>, Agent
         .collect()
 }
 
-/// Targeting filters are u32 matches on the IPv4 header; IPv6 networks are refused
-/// rather than silently not matched.
-pub(super) fn parse_ipv4_cidrs(
-    field: &'static str,
-    items: &[String],
-) -> Result<Vec<Cidr>, AgentError> {
-    let cidrs = parse_cidrs(field, items)?;
-    if let Some(v6) = cidrs.iter().find(|c| c.addr.is_ipv6()) {
-        return Err(AgentError::Unimplemented(format!(
-            "{field}: {}/{} is IPv6; targeting by destination is implemented for IPv4 only",
-            v6.addr, v6.prefix
-        )));
+/// How many address filters a list of destinations takes per port and protocol: one per
+/// network (of its family), or, for no destinations, one in each family (IPv4, IPv6).
+pub(super) fn address_filters(destinations: &[String]) -> usize {
+    if destinations.is_empty() {
+        2
+    } else {
+        destinations.len()
     }
-    Ok(cidrs)
 }
 
-/// Each combination of destination, port and protocol is one kernel filter.
+/// Each combination of destination (or, for none, IP family), port and protocol is one
+/// kernel filter.
 const MAX_FILTERS: usize = 256;
 
 /// The product of list lengths, saturated: the count only needs to say "too many".
@@ -106,7 +103,7 @@ pub(super) fn check_filter_count(field: &'static str, count: usize) -> Result<()
         return Err(AgentError::invalid(
             field,
             format!(
-                "needs {count} filters (destinations x ports x protocols); at most {MAX_FILTERS}"
+                "needs {count} filters (destinations, or without destinations the 2 IP families, x ports x protocols); at most {MAX_FILTERS}"
             ),
         ));
     }

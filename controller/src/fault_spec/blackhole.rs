@@ -7,7 +7,7 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlackholeSpec {
-    /// Only traffic to this IPv4 CIDR (repeatable).
+    /// Only traffic to this IPv4 or IPv6 CIDR (repeatable).
     #[arg(long, value_name = "CIDR")]
     #[serde(default)]
     pub to: Vec<String>,

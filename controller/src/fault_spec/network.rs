@@ -65,7 +65,7 @@ pub struct NetworkSpec {
     #[arg(long)]
     #[serde(default)]
     pub interface: Option<String>,
-    /// Only traffic to this IPv4 CIDR (repeatable; with --direction ingress: from it).
+    /// Only traffic to this IPv4 or IPv6 CIDR (repeatable; with --direction ingress: from it).
     #[arg(long, value_name = "CIDR")]
     #[serde(default)]
     pub to: Vec<String>,

@@ -288,10 +288,14 @@ impl NetworkFault {
         let what = if self.request.classifier.is_empty() {
             "on all traffic".to_string()
         } else {
+            // Kernel filters: a match without an address is one per IP family.
+            let filters = |matches: &[chaos_netem::u32::TrafficMatch]| -> usize {
+                matches.iter().map(|m| m.families().len()).sum()
+            };
             format!(
                 "behind {} match and {} exclusion filter(s)",
-                self.request.classifier.matches.len(),
-                self.request.classifier.exclusions.len()
+                filters(&self.request.classifier.matches),
+                filters(&self.request.classifier.exclusions)
             )
         };
         let direction = match self.request.direction {

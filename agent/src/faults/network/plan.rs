@@ -3,7 +3,7 @@
 //! nothing here talks to the kernel.
 
 use chaos_netem::tree::Classifier;
-use chaos_netem::u32::{End, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Cidr, TrafficMatch};
+use chaos_netem::u32::{End, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IpCidr, TrafficMatch};
 use chaos_netem::{Distribution, Impairment, NetemSpec, TbfSpec};
 use chaos_proto::api;
 
@@ -86,22 +86,21 @@ impl NetworkRequest {
     }
 }
 
-fn ipv4(cidr: &Cidr) -> Option<Ipv4Cidr> {
-    match cidr.addr {
-        std::net::IpAddr::V4(addr) => Some(Ipv4Cidr {
-            addr,
-            prefix: cidr.prefix,
-        }),
-        // Validation refuses IPv6 targeting; never reached with a validated plan.
-        std::net::IpAddr::V6(_) => None,
+/// A validated network (IPv4 or IPv6) as the classifier takes it.
+fn ip_cidr(cidr: &Cidr) -> IpCidr {
+    IpCidr {
+        addr: cidr.addr,
+        prefix: cidr.prefix,
     }
 }
 
 /// The u32 classification of a request: every combination of destination, port and
 /// protocol is one match (any of them sends a packet to netem); exclusions win. `end`
 /// is the remote side of the packets: their destination on egress, their source on
-/// ingress. Ports without a protocol mean TCP and UDP. No targeting and no exclusions
-/// is the empty classifier (plain netem on everything).
+/// ingress. Ports without a protocol mean TCP and UDP. Destinations and exclusions may
+/// be IPv4 or IPv6 networks, each matched in its own family; a match without a
+/// destination (ports, a protocol) is in both families (see `Classifier::rules`). No
+/// targeting and no exclusions is the empty classifier (plain netem on everything).
 pub fn classifier(
     end: End,
     destinations: &[Cidr],
@@ -117,10 +116,10 @@ pub fn classifier(
         api::Protocol::Udp => vec![Some(IPPROTO_UDP)],
         api::Protocol::Icmp => vec![Some(IPPROTO_ICMP)],
     };
-    let addresses: Vec<Option<Ipv4Cidr>> = if destinations.is_empty() {
+    let addresses: Vec<Option<IpCidr>> = if destinations.is_empty() {
         vec![None]
     } else {
-        destinations.iter().filter_map(ipv4).map(Some).collect()
+        destinations.iter().map(ip_cidr).map(Some).collect()
     };
     let port_list: Vec<Option<u16>> = if ports.is_empty() {
         vec![None]
@@ -141,7 +140,7 @@ pub fn classifier(
     }
     let mut exclusions: Vec<TrafficMatch> = exclude_destinations
         .iter()
-        .filter_map(ipv4)
+        .map(ip_cidr)
         .map(|a| TrafficMatch {
             address: Some((end, a)),
             ..Default::default()
@@ -368,11 +367,18 @@ pub(super) mod tests {
         // one network + port 53 over tcp and udp
         assert_eq!(targeted.exclusions.len(), 3);
         let rules = targeted.rules().unwrap();
-        assert_eq!(rules[0].selector.describe(), "dst 10.9.0.0/16");
-        assert_eq!(rules[1].selector.describe(), "proto 6 dport 53");
+        // The IPv4 network is one filter, an excluded port one per protocol and family.
+        let described: Vec<String> = rules.iter().map(|r| r.describe()).collect();
         assert_eq!(
-            rules[3].selector.describe(),
-            "proto 6 dst 10.0.0.0/8 dport 5432"
+            described[..6],
+            [
+                "ip dst 10.9.0.0/16",
+                "ip proto 6 dport 53",
+                "ipv6 proto 6 dport 53",
+                "ip proto 17 dport 53",
+                "ipv6 proto 17 dport 53",
+                "ip proto 6 dst 10.0.0.0/8 dport 5432",
+            ]
         );
         // A protocol alone, no ports: one match on the protocol.
         let icmp = classifier_for_protocol(api::Protocol::Icmp);
@@ -456,9 +462,18 @@ pub(super) mod tests {
             .unwrap()
             .iter()
             .filter(|r| r.classid == chaos_netem::tree::UNTOUCHED_CLASS)
-            .map(|r| r.selector.describe())
+            .map(|r| r.describe())
             .collect();
-        assert_eq!(kept, vec!["proto 6 sport 7090", "proto 6 dport 7090"]);
+        // In both families: the agent is reachable over IPv4 and IPv6.
+        assert_eq!(
+            kept,
+            vec![
+                "ip proto 6 sport 7090",
+                "ipv6 proto 6 sport 7090",
+                "ip proto 6 dport 7090",
+                "ipv6 proto 6 dport 7090"
+            ]
+        );
     }
 
     #[test]
@@ -567,11 +582,18 @@ pub(super) mod tests {
             .rules()
             .unwrap()
             .iter()
-            .map(|r| r.selector.describe())
+            .map(|r| r.describe())
             .collect();
         assert_eq!(
             rules,
-            vec!["proto 6 sport 7443", "proto 6 dport 7443", "all"]
+            vec![
+                "ip proto 6 sport 7443",
+                "ipv6 proto 6 sport 7443",
+                "ip proto 6 dport 7443",
+                "ipv6 proto 6 dport 7443",
+                "ip all",
+                "ipv6 all"
+            ]
         );
         // A targeted request keeps its matches; the exclusions go first.
         let mut targeted = network_request(&NetworkPlan {
@@ -587,5 +609,65 @@ pub(super) mod tests {
         targeted.keep_reachable(7090);
         assert_eq!(targeted.classifier.matches.len(), 1);
         assert_eq!(targeted.classifier.exclusions.len(), 2);
+    }
+
+    #[test]
+    fn ipv6_destinations_and_exclusions_are_matched_in_their_family() {
+        let plan = NetworkPlan {
+            request: api::NetworkFault {
+                ports: vec![443],
+                protocol: api::Protocol::Tcp as i32,
+                ..request()
+            },
+            destinations: vec![cidr("fd00:c4a0::/64"), cidr("10.1.0.0/16")],
+            exclude_destinations: vec![cidr("fd00:c4a0::7")],
+            node: NodeNetworkPolicy::default(),
+        };
+        let wanted = network_request(&plan);
+        let rules: Vec<(u16, String)> = wanted
+            .classifier
+            .rules()
+            .unwrap()
+            .iter()
+            .map(|r| (r.pref, r.describe()))
+            .collect();
+        assert_eq!(
+            rules,
+            vec![
+                (1, "ipv6 dst fd00:c4a0::7/128".to_string()),
+                (
+                    1000,
+                    "ipv6 proto 6 dst fd00:c4a0::/64 dport 443".to_string()
+                ),
+                (1001, "ip proto 6 dst 10.1.0.0/16 dport 443".to_string()),
+            ]
+        );
+        // Ingress: the remote end is the source; a blackhole takes IPv6 alike.
+        let ingress = network_request(&NetworkPlan {
+            request: api::NetworkFault {
+                direction: api::Direction::Ingress as i32,
+                ..plan.request.clone()
+            },
+            ..plan.clone()
+        });
+        assert_eq!(
+            ingress.classifier.rules().unwrap()[1].describe(),
+            "ipv6 proto 6 src fd00:c4a0::/64 sport 443"
+        );
+        let blackhole = blackhole_request(&BlackholePlan {
+            destinations: vec![cidr("fd00:c4a0::2")],
+            ports: vec![],
+            node_scope: false,
+            node: NodeNetworkPolicy::default(),
+            interface: String::new(),
+        });
+        let rules: Vec<String> = blackhole
+            .classifier
+            .rules()
+            .unwrap()
+            .iter()
+            .map(|r| r.describe())
+            .collect();
+        assert_eq!(rules, vec!["ipv6 dst fd00:c4a0::2/128"]);
     }
 }
