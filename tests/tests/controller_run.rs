@@ -380,12 +380,20 @@ async fn the_html_report_renders_in_headless_chromium_with_its_chart_marked() ->
     let netns = TestNetns::create()?;
     let _container = web_container(&netns, "web-4", true)?;
     let agent = TestAgent::start_tls(tls.path(), state.path())?;
-    let yaml = CPU_THEN_KILL.replace("POD", "web-4");
+    // Under a light HTTP load, so that the page has its load table and throughput chart.
+    let yaml = CPU_THEN_KILL.replace("POD", "web-4").replacen(
+        "method:",
+        "load: { http: { url: \"http://WEB/index.html\", rate: 20 } }\nmethod:",
+        1,
+    );
     let result = run(&experiment_yaml(&agent, tls.path(), &netns, &yaml)).await?;
     assert_eq!(result.verdict, Verdict::Passed, "{:?}", result.reasons);
     assert!(result.probes[0].samples.iter().any(|s| !s.success));
     let html = chaosctl::engine::report::html(&result);
     for text in [
+        "<table class=\"load\">",
+        "<th>THROUGHPUT</th>",
+        "<h2>load: throughput</h2>",
         "PASSED",
         "Hypothesis:",
         "the system may degrade during the faults",
@@ -411,9 +419,14 @@ async fn the_html_report_renders_in_headless_chromium_with_its_chart_marked() ->
     );
 
     let dir = tempfile::tempdir()?;
-    let page = screenshot(dir.path(), "report", &html, 1100, 1500)?;
+    let page = screenshot(dir.path(), "report", &html, 1100, 2000)?;
     let badge = count(&page, over_white("#1e8449", 1.0));
     assert!(badge > 300, "verdict badge: {badge} green pixels");
+    let throughput = count(&page, over_white("#117a65", 1.0));
+    assert!(
+        throughput > 100,
+        "the load's throughput line: {throughput} pixels"
+    );
 
     let start = html.find("<svg").context("no chart")?;
     let end = html[start..].find("</svg>").context("chart not closed")? + start + 6;

@@ -250,7 +250,8 @@ pub struct LoadResult {
     /// E.g. `http GET http://web:8080/ at 50 requests/s`.
     pub description: String,
     pub phases: Vec<LoadPhase>,
-    /// HTTP: answered requests in each second of the run (index = second).
+    /// HTTP: answered requests in each whole second of the run (index = second; the last,
+    /// partial second is left out).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub throughput_by_second: Vec<u64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -275,11 +276,13 @@ pub fn http_result(description: String, requests: &[Sample], bounds: PhaseBounds
             }
         })
         .collect();
-    let seconds = bounds.end_ms.div_ceil(1000) as usize;
-    let mut throughput_by_second = vec![0; seconds.max(1)];
+    // Whole seconds only: the run's last, partial second would read as a drop.
+    let seconds = (bounds.end_ms / 1000) as usize;
+    let mut throughput_by_second = vec![0; seconds];
     for r in requests.iter().filter(|r| r.success) {
-        let second = ((r.at_ms / 1000) as usize).min(throughput_by_second.len() - 1);
-        throughput_by_second[second] += 1;
+        if let Some(count) = throughput_by_second.get_mut((r.at_ms / 1000) as usize) {
+            *count += 1;
+        }
     }
     LoadResult {
         description,
@@ -497,6 +500,15 @@ mod tests {
         let during_requests = during.requests.as_ref().unwrap();
         assert_eq!((during_requests.count, during_requests.successes), (2, 1));
         assert_eq!(after.throughput_per_s, Some(1.0));
+        assert_eq!(result.throughput_by_second, vec![2, 2, 0, 1, 1]);
+        // A run ending 300 ms into its sixth second: that second is left out.
+        let longer = PhaseBounds {
+            end_ms: 5_300,
+            ..bounds
+        };
+        let mut late = requests.to_vec();
+        late.push(request(5_100, true, 2.0));
+        let result = http_result("test".into(), &late, longer);
         assert_eq!(result.throughput_by_second, vec![2, 2, 0, 1, 1]);
         assert_eq!(
             change_percent(before.throughput_per_s, during.throughput_per_s),
