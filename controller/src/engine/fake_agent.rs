@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
-use crate::engine::runner::AbortOnDrop;
+use crate::engine::task::AbortOnDrop;
 
 /// How the fake agent answers.
 #[derive(Default)]

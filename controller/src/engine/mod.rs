@@ -11,6 +11,7 @@ pub mod request;
 pub mod runner;
 pub mod selection;
 pub mod stats;
+pub mod task;
 pub mod verdict;
 
 #[cfg(test)]

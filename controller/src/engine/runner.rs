@@ -5,7 +5,6 @@
 //! revert by themselves.
 
 use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,6 +26,7 @@ use crate::engine::selection::{
     ApiFacts, Chosen, TargetPolicy, distinct_pods, refuse_named_protected, select,
 };
 use crate::engine::stats::{PhaseStats, phase_stats, violations};
+use crate::engine::task::AbortOnDrop;
 use crate::engine::verdict::{Timing, Verdict, timing};
 
 /// How often the run's lease is renewed on its agents.
@@ -1132,31 +1132,6 @@ async fn probe_loop(
             all.push(sample.clone());
         }
         let _ = sender.send((index, sample));
-    }
-}
-
-/// A background task of a run, aborted when dropped, so that nothing a run started
-/// outlives it, however it ends.
-pub struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
-
-impl AbortOnDrop {
-    pub fn spawn(task: impl Future<Output = ()> + Send + 'static) -> AbortOnDrop {
-        AbortOnDrop(Some(tokio::spawn(task)))
-    }
-
-    /// Waits for the task to end by itself.
-    pub async fn join(mut self) {
-        if let Some(handle) = self.0.take() {
-            let _ = handle.await;
-        }
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(handle) = self.0.take() {
-            handle.abort();
-        }
     }
 }
 

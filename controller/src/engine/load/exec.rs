@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::{ExecLoad, ExecMode, Phase, PhaseBounds};
-use crate::engine::runner::AbortOnDrop;
+use crate::engine::task::AbortOnDrop;
 
 /// A figure's pattern: a regular expression with exactly one capture group (the number).
 pub(super) fn figure_pattern(text: &str) -> Result<Regex, String> {

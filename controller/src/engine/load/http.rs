@@ -14,7 +14,7 @@ use crate::engine::probe::Sample;
 use crate::engine::probe::http::{Exchange, send};
 use crate::engine::probe::policy::ProbeDestinations;
 use crate::engine::probe::url::{ProbeUrl, parse_url};
-use crate::engine::runner::AbortOnDrop;
+use crate::engine::task::AbortOnDrop;
 
 /// Answers are read up to this much: the load measures the service, not the download.
 const BODY_LIMIT: usize = 64 << 10;

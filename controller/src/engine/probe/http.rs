@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 
 use crate::engine::probe::policy::ProbeDestinations;
 use crate::engine::probe::url::{Host, ProbeUrl, Scheme};
+use crate::engine::task::AbortOnDrop;
 
 /// An address that resolves to many is tried on this many at most.
 const MAX_ADDRESSES_TRIED: usize = 8;
@@ -180,7 +181,9 @@ where
         .map_err(|e| format!("HTTP handshake: {}", chain(&e)))?;
     // The connection is driven by its own task, ended when this exchange ends (also when
     // the probe's timeout drops it half way).
-    let _driver = AbortOnDrop(tokio::spawn(connection));
+    let _driver = AbortOnDrop::spawn(async move {
+        let _ = connection.await;
+    });
     let response = sender
         .send_request(request)
         .await
@@ -192,14 +195,6 @@ where
         Err(e) => return Err(format!("reading the body: {}", chain(e.as_ref()))),
     };
     Ok(Answer { status, body })
-}
-
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Only the given CA when there is a CA file (a probe pinned to a private CA is not
