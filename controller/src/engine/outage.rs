@@ -11,8 +11,10 @@
 //!   its fault's window (a kill, whose process dies at once and whose service fails a
 //!   moment later; a fault whose harm outlives its revert) still comes from it.
 //!
-//! Outages that begin before the first injection belong to no fault (the baseline
-//! checks the steady state, so there are none in a run that got that far).
+//! An outage is placed by the moment its first failing sample ended, when the failure was
+//! seen: a probe sent just before a kill fails because of it, though it started before.
+//! Outages seen before the first injection belong to no fault (the baseline checks the
+//! steady state, so there are none in a run that got that far).
 
 use serde::Serialize;
 
@@ -21,8 +23,10 @@ use crate::engine::probe::Sample;
 /// A stretch in which the steady state did not hold, in ms from the start of the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outage {
-    /// The sample that broke the steady state.
+    /// The sample that broke the steady state: when it started.
     pub start_ms: u64,
+    /// When that sample ended: the moment the failure was seen, which places the outage.
+    pub observed_ms: u64,
     /// The sample after which every probe was healthy again; `None` if that never came.
     pub end_ms: Option<u64>,
 }
@@ -56,25 +60,27 @@ pub struct FaultOutage {
 
 /// The run's outages, from all probes' samples (each probe's in time order).
 pub fn outages(probes: &[Vec<Sample>]) -> Vec<Outage> {
-    let mut events: Vec<(u64, usize, bool)> = probes
+    let mut events: Vec<(u64, usize, &Sample)> = probes
         .iter()
         .enumerate()
-        .flat_map(|(probe, samples)| samples.iter().map(move |s| (s.at_ms, probe, s.healthy)))
+        .flat_map(|(probe, samples)| samples.iter().map(move |s| (s.at_ms, probe, s)))
         .collect();
     // Stable: one probe's samples at one moment keep their order.
     events.sort_by_key(|&(at, _, _)| at);
     // A probe with no sample yet does not break the steady state.
     let mut unhealthy = vec![false; probes.len()];
     let mut found = Vec::new();
-    let mut open: Option<u64> = None;
-    for (at, probe, healthy) in events {
-        unhealthy[probe] = !healthy;
+    // (start, observed) of the outage in progress.
+    let mut open: Option<(u64, u64)> = None;
+    for (at, probe, sample) in events {
+        unhealthy[probe] = !sample.healthy;
         let holds = !unhealthy.iter().any(|u| *u);
         match (open, holds) {
-            (None, false) => open = Some(at),
-            (Some(start_ms), true) => {
+            (None, false) => open = Some((at, at + sample.latency_ms.max(0.0) as u64)),
+            (Some((start_ms, observed_ms)), true) => {
                 found.push(Outage {
                     start_ms,
+                    observed_ms,
                     end_ms: Some(at),
                 });
                 open = None;
@@ -82,17 +88,18 @@ pub fn outages(probes: &[Vec<Sample>]) -> Vec<Outage> {
             _ => {}
         }
     }
-    if let Some(start_ms) = open {
+    if let Some((start_ms, observed_ms)) = open {
         found.push(Outage {
             start_ms,
+            observed_ms,
             end_ms: None,
         });
     }
     found
 }
 
-/// The index of the window an outage starting at `start_ms` belongs to.
-fn owner(windows: &[FaultWindow], start_ms: u64) -> Option<usize> {
+/// The index of the window an outage seen at `seen_ms` belongs to.
+fn owner(windows: &[FaultWindow], seen_ms: u64) -> Option<usize> {
     // Latest injected first; among equal injections, the later step.
     let latest = |candidates: &mut dyn Iterator<Item = (usize, &FaultWindow)>| {
         candidates
@@ -103,10 +110,10 @@ fn owner(windows: &[FaultWindow], start_ms: u64) -> Option<usize> {
         windows
             .iter()
             .enumerate()
-            .filter(move |(_, w)| w.injected_at_ms <= start_ms)
+            .filter(move |(_, w)| w.injected_at_ms <= seen_ms)
     };
     let holding = latest(
-        &mut injected_before().filter(|(_, w)| w.ended_at_ms.is_none_or(|end| start_ms <= end)),
+        &mut injected_before().filter(|(_, w)| w.ended_at_ms.is_none_or(|end| seen_ms <= end)),
     );
     holding.or_else(|| latest(&mut injected_before()))
 }
@@ -123,7 +130,7 @@ pub fn per_fault(windows: &[FaultWindow], outages: &[Outage], end_ms: u64) -> Ve
         })
         .collect();
     for outage in outages {
-        let Some(index) = owner(windows, outage.start_ms) else {
+        let Some(index) = owner(windows, outage.observed_ms) else {
             continue;
         };
         let fault = &mut result[index];
@@ -154,10 +161,19 @@ mod tests {
                 at_ms,
                 success: healthy,
                 healthy,
-                latency_ms: 1.0,
+                latency_ms: 0.0,
                 error: String::new(),
             })
             .collect()
+    }
+
+    /// An outage seen the moment it started (its first failing sample took no time).
+    fn outage(start_ms: u64, end_ms: Option<u64>) -> Outage {
+        Outage {
+            start_ms,
+            observed_ms: start_ms,
+            end_ms,
+        }
     }
 
     fn window(step: &str, injected_at_ms: u64, ended_at_ms: u64) -> FaultWindow {
@@ -172,13 +188,7 @@ mod tests {
     fn an_outage_lasts_until_every_probe_is_healthy_again() {
         let web = series(&[(0, true), (100, false), (200, false), (300, true)]);
         let api = series(&[(50, true), (250, false), (350, true), (450, true)]);
-        assert_eq!(
-            outages(&[web, api]),
-            vec![Outage {
-                start_ms: 100,
-                end_ms: Some(350)
-            }]
-        );
+        assert_eq!(outages(&[web, api]), vec![outage(100, Some(350))]);
     }
 
     #[test]
@@ -186,16 +196,7 @@ mod tests {
         let web = series(&[(0, false), (100, true), (200, false), (300, false)]);
         assert_eq!(
             outages(&[web]),
-            vec![
-                Outage {
-                    start_ms: 0,
-                    end_ms: Some(100)
-                },
-                Outage {
-                    start_ms: 200,
-                    end_ms: None
-                }
-            ]
+            vec![outage(0, Some(100)), outage(200, None)]
         );
         assert_eq!(outages(&[series(&[(0, true)]), Vec::new()]), Vec::new());
     }
@@ -205,10 +206,7 @@ mod tests {
     #[test]
     fn only_the_second_of_two_faults_caused_the_outage() {
         let windows = [window("cpu", 3_000, 7_000), window("kill", 9_000, 10_000)];
-        let found = [Outage {
-            start_ms: 10_200,
-            end_ms: Some(10_600),
-        }];
+        let found = [outage(10_200, Some(10_600))];
         let per = per_fault(&windows, &found, 14_000);
         assert_eq!(
             per[0],
@@ -240,19 +238,10 @@ mod tests {
             window("kill", 4_000, 5_000),
         ];
         let found = [
-            Outage {
-                start_ms: 2_000,
-                end_ms: Some(2_500),
-            },
-            Outage {
-                start_ms: 4_300,
-                end_ms: Some(6_000),
-            },
+            outage(2_000, Some(2_500)),
+            outage(4_300, Some(6_000)),
             // After the kill's window, inside the latency's: the latency's.
-            Outage {
-                start_ms: 7_000,
-                end_ms: Some(7_100),
-            },
+            outage(7_000, Some(7_100)),
         ];
         let per = per_fault(&windows, &found, 12_000);
         assert_eq!(
@@ -272,10 +261,7 @@ mod tests {
     #[test]
     fn an_outage_that_never_ends_counts_to_the_end_of_the_run_and_has_no_recovery() {
         let windows = [window("kill", 1_000, 2_000)];
-        let found = [Outage {
-            start_ms: 1_500,
-            end_ms: None,
-        }];
+        let found = [outage(1_500, None)];
         let per = per_fault(&windows, &found, 5_000);
         assert_eq!(
             (per[0].outage_ms, per[0].time_to_recover_ms),
@@ -286,10 +272,33 @@ mod tests {
     #[test]
     fn an_outage_before_any_injection_belongs_to_no_fault() {
         let windows = [window("kill", 1_000, 2_000)];
-        let found = [Outage {
-            start_ms: 500,
-            end_ms: Some(600),
-        }];
+        let found = [outage(500, Some(600))];
         assert_eq!(per_fault(&windows, &found, 3_000)[0].outages, 0);
+    }
+
+    /// A probe sent 10 ms before a kill fails 300 ms later because of it: the outage is
+    /// the kill's, from its injection.
+    #[test]
+    fn a_probe_sent_just_before_the_injection_that_failed_after_it_is_the_faults() {
+        let mut web = series(&[(7_600, true), (8_010, false), (8_400, false), (9_000, true)]);
+        web[1].latency_ms = 300.0;
+        let found = outages(&[web]);
+        assert_eq!(
+            found,
+            vec![Outage {
+                start_ms: 8_010,
+                observed_ms: 8_310,
+                end_ms: Some(9_000)
+            }]
+        );
+        let per = per_fault(&[window("kill", 8_020, 14_000)], &found, 20_000);
+        assert_eq!(
+            (
+                per[0].outages,
+                per[0].outage_start_ms,
+                per[0].time_to_recover_ms
+            ),
+            (1, Some(0), Some(980))
+        );
     }
 }
