@@ -13,6 +13,7 @@
 //!   DNSSEC records, truncation, names the codec would re-encode differently), and a name
 //!   that is not faulted costs one parse and no re-encoding.
 //! - The wire format is hickory-proto's, a maintained codec; [`rules`] holds the decisions,
-//!   pure and unit-tested, and `responder` the thin socket layer.
+//!   pure and unit-tested, and [`responder`] the thin socket layer.
 
+pub mod responder;
 pub mod rules;
