@@ -75,7 +75,7 @@ impl Responder {
             let udp = UdpSocket::bind(address).await.map_err(bind_error)?;
             let bound = udp.local_addr().map_err(ResponderError::Socket)?;
             match TcpListener::bind(bound).await {
-                Ok(tcp) => return Ok(Self::start(udp, tcp, config)),
+                Ok(tcp) => return Self::start(udp, tcp, config),
                 Err(error) => last = Some(error),
             }
         }
@@ -95,23 +95,21 @@ impl Responder {
         tcp.set_nonblocking(true).map_err(ResponderError::Socket)?;
         let udp = UdpSocket::from_std(udp).map_err(ResponderError::Socket)?;
         let tcp = TcpListener::from_std(tcp).map_err(ResponderError::Socket)?;
-        Ok(Self::start(udp, tcp, config))
+        Self::start(udp, tcp, config)
     }
 
-    fn start(udp: UdpSocket, tcp: TcpListener, config: Config) -> Self {
-        let address = udp
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+    fn start(udp: UdpSocket, tcp: TcpListener, config: Config) -> Result<Self, ResponderError> {
+        let address = udp.local_addr().map_err(ResponderError::Socket)?;
         let (shutdown, stopped) = watch::channel(false);
         let config = Arc::new(config);
         let mut tasks = JoinSet::new();
         tasks.spawn(serve_udp(Arc::new(udp), config.clone(), stopped.clone()));
         tasks.spawn(serve_tcp(tcp, config, stopped));
-        Responder {
+        Ok(Responder {
             address,
             shutdown,
             tasks,
-        }
+        })
     }
 
     /// The address both sockets are bound to.
@@ -232,7 +230,7 @@ enum Transport {
 
 /// The answer to one query, or None for no answer.
 async fn respond(config: &Config, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
-    let delay = match handle(&config.rules, query) {
+    let delay = match handle(&config.rules, query, transport) {
         Handling::Reply(answer) => return Some(answer),
         Handling::Drop => return None,
         Handling::Forward(delay) => delay,
@@ -259,7 +257,7 @@ async fn respond(config: &Config, query: &[u8], transport: Transport) -> Option<
         Ok(Err(error)) => {
             tracing::debug!(%error, upstream = %config.upstream, "DNS responder: upstream failed");
             let request = Message::from_vec(query).ok()?;
-            reply_message(&request, &Reply::ServFail)
+            reply_message(&request, &Reply::ServFail, transport)
         }
     }
 }
@@ -303,7 +301,7 @@ enum Handling {
     Forward(Duration),
 }
 
-fn handle(rules: &Rules, query: &[u8]) -> Handling {
+fn handle(rules: &Rules, query: &[u8], transport: Transport) -> Handling {
     let request = match Message::from_vec(query) {
         Ok(request) => request,
         Err(_) => return format_error(query).map_or(Handling::Drop, Handling::Reply),
@@ -329,14 +327,15 @@ fn handle(rules: &Rules, query: &[u8]) -> Handling {
         Decision::DelayThenForward(delay) => Handling::Forward(delay),
         Decision::Drop => Handling::Drop,
         Decision::Reply(reply) => {
-            reply_message(&request, &reply).map_or(Handling::Drop, Handling::Reply)
+            reply_message(&request, &reply, transport).map_or(Handling::Drop, Handling::Reply)
         }
     }
 }
 
 /// The answer made here: the question echoed (resolvers check it), the header flags a
-/// recursive resolver would set, records with TTL 0.
-fn reply_message(request: &Message, reply: &Reply) -> Option<Vec<u8>> {
+/// recursive resolver would set, records with TTL 0. Over UDP, an answer larger than the client
+/// takes is sent truncated (TC, no records), and the client asks again over TCP.
+fn reply_message(request: &Message, reply: &Reply, transport: Transport) -> Option<Vec<u8>> {
     let mut response = Message::response(request.metadata.id, request.metadata.op_code);
     response.metadata = Metadata::response_from_request(&request.metadata);
     // We stand in for the pod's recursive resolver.
@@ -370,7 +369,19 @@ fn reply_message(request: &Message, reply: &Reply) -> Option<Vec<u8>> {
         edns.set_max_payload(EDNS_PAYLOAD);
         response.edns = Some(edns);
     }
-    response.to_vec().ok()
+    let bytes = response.to_vec().ok()?;
+    if transport == Transport::Udp && bytes.len() > udp_limit(request) {
+        return response.truncate().to_vec().ok();
+    }
+    Some(bytes)
+}
+
+/// The largest UDP answer the client takes: 512 bytes without EDNS (RFC 1035), the size it
+/// advertises with EDNS, up to ours.
+fn udp_limit(request: &Message) -> usize {
+    request.edns.as_ref().map_or(512, |edns| {
+        usize::from(edns.max_payload().clamp(512, EDNS_PAYLOAD))
+    })
 }
 
 /// FORMERR for a query whose header is readable but the rest is not; None (drop) for less than
@@ -394,7 +405,7 @@ mod tests {
     use hickory_proto::rr::Name;
 
     use super::*;
-    use crate::dns::rules::{Action, Pattern, Rule};
+    use crate::dns::rules::{Action, MAX_ADDRESSES, Pattern, Rule};
 
     fn rules() -> Rules {
         let rule = |pattern: &str, action| Rule {
@@ -409,6 +420,7 @@ mod tests {
             rule("drop.test", Action::Drop),
             rule("slow.test", Action::Delay(Duration::from_millis(250))),
             rule("*.given.test", Action::Answer(vec![v4, v6])),
+            rule("*.many.test", Action::Answer(vec![v6; MAX_ADDRESSES])),
         ])
         .expect("rules")
     }
@@ -436,7 +448,7 @@ mod tests {
 
     fn handle_query(name: &str, record_type: RecordType, edns: bool) -> Handling {
         let bytes = query(name, record_type, edns).to_vec().expect("encode");
-        handle(&rules(), &bytes)
+        handle(&rules(), &bytes, Transport::Udp)
     }
 
     #[test]
@@ -510,10 +522,38 @@ mod tests {
     }
 
     #[test]
+    fn udp_answers_too_large_for_the_client_are_truncated() {
+        let label = "a".repeat(63);
+        let name = format!("{label}.{label}.{label}.many.test.");
+        let mut message = query(&name, RecordType::AAAA, false);
+        let bytes = message.to_vec().expect("encode");
+        // 16 AAAA records after a 200-byte question: over 512 bytes.
+        let answer = reply(handle(&rules(), &bytes, Transport::Udp));
+        assert!(answer.metadata.truncation);
+        assert!(answer.answers.is_empty());
+        assert_eq!(answer.queries, message.queries);
+        let answer = reply(handle(&rules(), &bytes, Transport::Tcp));
+        assert!(!answer.metadata.truncation);
+        assert_eq!(answer.answers.len(), MAX_ADDRESSES);
+        // With EDNS and room for it, UDP carries it all.
+        let mut edns = Edns::new();
+        edns.set_max_payload(4096);
+        message.edns = Some(edns);
+        let bytes = message.to_vec().expect("encode");
+        let answer = reply(handle(&rules(), &bytes, Transport::Udp));
+        assert!(!answer.metadata.truncation);
+        assert_eq!(answer.answers.len(), MAX_ADDRESSES);
+    }
+
+    #[test]
     fn other_classes_get_no_addresses() {
         let mut message = query("a.given.test.", RecordType::A, false);
         message.queries[0].set_query_class(DNSClass::CH);
-        let answer = reply(handle(&rules(), &message.to_vec().expect("encode")));
+        let answer = reply(handle(
+            &rules(),
+            &message.to_vec().expect("encode"),
+            Transport::Udp,
+        ));
         assert!(answer.answers.is_empty());
     }
 
@@ -525,13 +565,13 @@ mod tests {
             RecordType::A,
         ));
         assert_eq!(
-            handle(&rules(), &message.to_vec().expect("encode")),
+            handle(&rules(), &message.to_vec().expect("encode"), Transport::Udp),
             Handling::Forward(Duration::ZERO)
         );
         let mut message = query("nx.test.", RecordType::A, false);
         message.queries.clear();
         assert_eq!(
-            handle(&rules(), &message.to_vec().expect("encode")),
+            handle(&rules(), &message.to_vec().expect("encode"), Transport::Udp),
             Handling::Forward(Duration::ZERO)
         );
     }
@@ -540,7 +580,7 @@ mod tests {
     fn responses_are_dropped() {
         let message = query("nx.test.", RecordType::A, false).into_response();
         assert_eq!(
-            handle(&rules(), &message.to_vec().expect("encode")),
+            handle(&rules(), &message.to_vec().expect("encode"), Transport::Udp),
             Handling::Drop
         );
     }
@@ -553,33 +593,33 @@ mod tests {
             &[0x12],
             &[0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0],
         ] {
-            assert_eq!(handle(&rules(), short), Handling::Drop);
+            assert_eq!(handle(&rules(), short, Transport::Udp), Handling::Drop);
         }
         // A header announcing a question that is not there, then a truncated name.
         let mut bytes = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-        let answer = reply(handle(&rules(), &bytes));
+        let answer = reply(handle(&rules(), &bytes, Transport::Udp));
         assert_eq!(answer.metadata.id, 0x1234);
         assert_eq!(answer.metadata.response_code, ResponseCode::FormErr);
         assert!(answer.metadata.recursion_desired);
         bytes.extend_from_slice(&[63, b'a', b'b']);
-        let answer = reply(handle(&rules(), &bytes));
+        let answer = reply(handle(&rules(), &bytes, Transport::Udp));
         assert_eq!(answer.metadata.response_code, ResponseCode::FormErr);
         // A malformed "response": dropped, not answered.
         let mut stray = bytes.clone();
         stray[2] |= 0x80;
-        assert_eq!(handle(&rules(), &stray), Handling::Drop);
+        assert_eq!(handle(&rules(), &stray, Transport::Udp), Handling::Drop);
         // Every prefix and a few corruptions of a valid query: never a panic.
         let valid = query("a.given.test.", RecordType::A, true)
             .to_vec()
             .expect("encode");
         for end in 0..valid.len() {
-            let _ = handle(&rules(), &valid[..end]);
+            let _ = handle(&rules(), &valid[..end], Transport::Udp);
         }
         for index in 0..valid.len() {
             for value in [0x00, 0x3f, 0xc0, 0xff] {
                 let mut corrupt = valid.clone();
                 corrupt[index] = value;
-                let _ = handle(&rules(), &corrupt);
+                let _ = handle(&rules(), &corrupt, Transport::Tcp);
             }
         }
     }

@@ -14,8 +14,8 @@ pub const MAX_PATTERN_LEN: usize = 253;
 const MAX_LABEL_LEN: usize = 63;
 /// The longest delay: a resolver has given up long before (glibc: 5 s per try).
 pub const MAX_DELAY: Duration = Duration::from_secs(60);
-/// At most this many addresses in one answer rule: the answer stays far below 512 bytes, so it
-/// always fits a UDP reply without truncation.
+/// At most this many addresses in one answer rule: the answer stays small (a UDP answer over
+/// the client's limit is sent truncated, and the client asks again over TCP).
 pub const MAX_ADDRESSES: usize = 16;
 
 /// Why a rule list was refused. The messages are written for the person who asked for the fault.
