@@ -8,6 +8,7 @@ pub mod blockdev;
 pub mod capabilities;
 pub mod clock;
 pub mod descriptors;
+pub mod dns;
 pub mod error;
 pub mod faults;
 pub mod fill_file;

