@@ -100,20 +100,22 @@ pub fn refuse_named_protected(experiment: &Experiment, policy: TargetPolicy) -> 
         } else {
             "target"
         };
-        for target in &step.target.targets {
-            if let Some(namespace) = spelled_namespace(target)
+        for (_, spec) in step.selectors() {
+            for target in &spec.targets {
+                if let Some(namespace) = spelled_namespace(target)
+                    && is_protected(namespace)
+                {
+                    return Err(at(SelectionError::Protected {
+                        what: format!("{verb} `{target}`"),
+                        namespace: namespace.to_string(),
+                    }));
+                }
+            }
+            if let Some(namespace) = &spec.namespace
                 && is_protected(namespace)
             {
-                return Err(at(SelectionError::Protected {
-                    what: format!("{verb} `{target}`"),
-                    namespace: namespace.to_string(),
-                }));
+                return Err(at(SelectionError::ProtectedSelector(namespace.clone())));
             }
-        }
-        if let Some(namespace) = &step.target.namespace
-            && is_protected(namespace)
-        {
-            return Err(at(SelectionError::ProtectedSelector(namespace.clone())));
         }
     }
     Ok(())
@@ -244,6 +246,15 @@ fn check_explicit(
         return Err(SelectionError::HostNetwork(target.to_string()));
     }
     Ok(())
+}
+
+/// What `chosen`'s agent listed for it: the container it names or holds (a `pid:` or
+/// `cgroup:` inside it). None for an explicit target its agent does not list.
+pub fn listing<'a>(chosen: &Chosen, candidates: &'a [Candidate]) -> Option<&'a Candidate> {
+    candidates.iter().find(|c| {
+        c.agent == chosen.agent
+            && (refers_to(&chosen.target, &c.info) || holds(&chosen.target, &c.info))
+    })
 }
 
 /// Whether a `pid:` or `cgroup:` target is inside this listed container.

@@ -224,47 +224,49 @@ pub fn check_namespaces(caller: &Caller, experiment: &Experiment) -> Result<(), 
         ))
     };
     for (index, step) in experiment.method.faults.iter().enumerate() {
-        let target = &step.target;
-        for explicit in &target.targets {
-            match explicit
-                .strip_prefix("pod:")
-                .and_then(|rest| rest.split('/').next())
-            {
-                Some(ns) if allowed.iter().any(|a| a == ns) => {}
-                Some(ns) => {
-                    return refuse(
-                        index,
-                        &step.name,
-                        format!("target {explicit} is in namespace {ns}"),
-                    );
-                }
-                None => {
-                    return refuse(
-                        index,
-                        &step.name,
-                        format!(
-                            "target {explicit} does not name its namespace; use pod:NS/NAME or a namespace selector"
-                        ),
-                    );
+        // Every selector of the step: a partition has two.
+        for (_, target) in step.selectors() {
+            for explicit in &target.targets {
+                match explicit
+                    .strip_prefix("pod:")
+                    .and_then(|rest| rest.split('/').next())
+                {
+                    Some(ns) if allowed.iter().any(|a| a == ns) => {}
+                    Some(ns) => {
+                        return refuse(
+                            index,
+                            &step.name,
+                            format!("target {explicit} is in namespace {ns}"),
+                        );
+                    }
+                    None => {
+                        return refuse(
+                            index,
+                            &step.name,
+                            format!(
+                                "target {explicit} does not name its namespace; use pod:NS/NAME or a namespace selector"
+                            ),
+                        );
+                    }
                 }
             }
-        }
-        if target.has_selector() {
-            match &target.namespace {
-                Some(ns) if allowed.iter().any(|a| a == ns) => {}
-                Some(ns) => {
-                    return refuse(
-                        index,
-                        &step.name,
-                        format!("the selector's namespace is {ns}"),
-                    );
-                }
-                None => {
-                    return refuse(
-                        index,
-                        &step.name,
-                        "the selector has no namespace: it would reach every namespace".into(),
-                    );
+            if target.has_selector() {
+                match &target.namespace {
+                    Some(ns) if allowed.iter().any(|a| a == ns) => {}
+                    Some(ns) => {
+                        return refuse(
+                            index,
+                            &step.name,
+                            format!("the selector's namespace is {ns}"),
+                        );
+                    }
+                    None => {
+                        return refuse(
+                            index,
+                            &step.name,
+                            "the selector has no namespace: it would reach every namespace".into(),
+                        );
+                    }
                 }
             }
         }
