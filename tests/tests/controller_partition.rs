@@ -214,6 +214,12 @@ fn partition_yaml(agent: &TestAgent, tls: &Path, namespace: &str, duration: Dura
 agents:
   static: [\"{}\"]
   tls_dir: {}
+steady_state:
+  probes:
+    # Recovery is judged on samples: one that always holds (the checks are the test's).
+    - name: always
+      interval: 500ms
+      exec: {{ command: [\"true\"] }}
 method:
   faults:
     - name: cut-a-from-b
@@ -239,23 +245,144 @@ fn planned(plans: &[StepPlan]) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
+/// The pods a, b, c on the bridge, each a container of pod `NAMESPACE/NAME`, and an agent.
+/// Dropped in this order: the agent, the containers, then the namespaces.
+struct Rig {
+    agent: Option<TestAgent>,
+    containers: Vec<TestContainer>,
+    lan: Lan,
+    namespace: String,
+    tls: tempfile::TempDir,
+    state: tempfile::TempDir,
+}
+
+const NAMES: [&str; 3] = ["a", "b", "c"];
+
+impl Rig {
+    fn start() -> Result<Rig> {
+        let lan = Lan::create(&NAMES)?;
+        let namespace = format!("chaos-part-{}", std::process::id());
+        let mut containers = Vec::new();
+        for (pod, net) in NAMES.iter().zip(&lan.pods) {
+            containers.push(TestContainer::start(ContainerSpec {
+                netns: Some(net.path()),
+                ..ContainerSpec::pod(&namespace, pod, "main")
+            })?);
+        }
+        let (tls, state) = (make_certs()?, state_dir()?);
+        let agent = Some(TestAgent::start_tls(tls.path(), state.path())?);
+        Ok(Rig {
+            agent,
+            containers,
+            lan,
+            namespace,
+            tls,
+            state,
+        })
+    }
+
+    fn agent(&self) -> Result<&TestAgent> {
+        self.agent.as_ref().context("the rig's agent")
+    }
+}
+
+/// The fleet of an experiment's agents.
+async fn fleet_of(experiment: &experiment::Experiment) -> Result<Fleet> {
+    let config = FleetConfig::resolve(&experiment.agents).await?;
+    Ok(Fleet::connect(&config).await?)
+}
+
+/// A partition's plan (what `--dry-run` prints) from the pods the agent lists, and its
+/// refusals, on any kernel: planning injects nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_partition_plans_blackholes_to_listed_addresses_and_refuses_bad_sides() -> Result<()> {
+    let mut rig = Rig::start()?;
+    // A pod of the same namespace in a network namespace of its own holding only `lo`.
+    let lonely = TestContainer::start(ContainerSpec::pod(&rig.namespace, "lonely", "main"))?;
+    rig.containers.push(lonely);
+    let (lan, agent) = (&rig.lan, rig.agent()?);
+    let (a, b) = (&rig.containers[0], &rig.containers[1]);
+
+    // chaosctl run --dry-run prints each blackhole under its target.
+    let yaml = partition_yaml(
+        agent,
+        rig.tls.path(),
+        &rig.namespace,
+        Duration::from_secs(30),
+    );
+    let work = state_dir()?;
+    let file = work.path().join("partition.yaml");
+    std::fs::write(&file, &yaml)?;
+    let output = std::process::Command::new(chaos_tests::agent::binary("chaosctl")?)
+        .arg("run")
+        .arg(&file)
+        .arg("--dry-run")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (ip_a, ip_b) = (lan.pods[0].address, lan.pods[1].address);
+    for (target, to) in [(a.target(), ip_b), (b.target(), ip_a)] {
+        let line = format!("target {target} pod ");
+        let at = stdout
+            .find(&line)
+            .with_context(|| format!("no {target} in the plan:\n{stdout}"))?;
+        let next = stdout[at..].lines().nth(1).unwrap_or_default();
+        assert_eq!(next.trim(), format!("blackhole to {to}/32"), "{stdout}");
+    }
+    assert_eq!(stdout.matches("\n    blackhole to ").count(), 2, "{stdout}");
+
+    // Refused at plan time, each naming its side.
+    let refused = async |from: &str, to: &str| -> Result<String> {
+        let text = yaml
+            .replace("pod: a }", &format!("pod: \"{from}\" }}"))
+            .replace("pod: b }", &format!("pod: \"{to}\" }}"));
+        let experiment = experiment::parse(&text)?;
+        let fleet = fleet_of(&experiment).await?;
+        match runner::plan(&experiment, &fleet, Default::default()).await {
+            Ok(plans) => bail!("{from} / {to} planned {:?}", planned(&plans)),
+            Err(e) => Ok(e),
+        }
+    };
+    let error = refused("a", "nobody").await?;
+    assert!(
+        error.contains("partition.to: the selector matches no running container"),
+        "{error}"
+    );
+    let error = refused("lonely", "b").await?;
+    assert!(
+        error.contains("partition.from: `container:") && error.contains("has no IPv4 address"),
+        "{error}"
+    );
+    let error = refused("a", "a").await?;
+    assert!(error.contains(&format!("share address {ip_a}")), "{error}");
+    let listed = agent
+        .client()
+        .await?
+        .list(api::ListRequest {
+            include_ended: true,
+        })
+        .await?
+        .into_inner()
+        .faults;
+    assert!(listed.is_empty(), "planning injected {listed:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs netem: run in the VM"]
 async fn vm_partition_cuts_a_from_b_both_still_reach_c_and_all_is_restored() -> Result<()> {
-    let names = ["a", "b", "c"];
-    let lan = Lan::create(&names)?;
-    let namespace = format!("chaos-part-{}", std::process::id());
-    let mut containers = Vec::new();
-    for (pod, net) in names.iter().zip(&lan.pods) {
-        containers.push(TestContainer::start(ContainerSpec {
-            netns: Some(net.path()),
-            ..ContainerSpec::pod(&namespace, pod, "main")
-        })?);
-    }
-    let _listeners: Vec<TcpListener> = lan.pods.iter().map(listen).collect::<Result<_>>()?;
-    let (tls, state) = (make_certs()?, state_dir()?);
-    let agent = TestAgent::start_tls(tls.path(), state.path())?;
-    require_netem(&agent).await?;
+    let mut rig = Rig::start()?;
+    let names = NAMES;
+    let _listeners: Vec<TcpListener> = rig.lan.pods.iter().map(listen).collect::<Result<_>>()?;
+    require_netem(rig.agent()?).await?;
+    let (lan, namespace) = (&rig.lan, rig.namespace.clone());
+    let (tls, state) = (&rig.tls, &rig.state);
+    let agent = rig.agent()?;
+    let containers = &rig.containers;
 
     let every_pair: Vec<String> = ["a->b", "a->c", "b->a", "b->c", "c->a", "c->b"]
         .map(String::from)
@@ -293,11 +420,10 @@ async fn vm_partition_cuts_a_from_b_both_still_reach_c_and_all_is_restored() -> 
     );
 
     // The plan (what --dry-run prints): on A a blackhole to B, on B one to A; nothing on C.
-    let duration = scaled(Duration::from_secs(20));
+    let duration = scaled(Duration::from_secs(6));
     let yaml = partition_yaml(&agent, tls.path(), &namespace, duration);
     let experiment = experiment::parse(&yaml)?;
-    let config = FleetConfig::resolve(&experiment.agents).await?;
-    let fleet = Fleet::connect(&config).await?;
+    let fleet = fleet_of(&experiment).await?;
     let plans = runner::plan(&experiment, &fleet, Default::default())
         .await
         .map_err(anyhow::Error::msg)?;
@@ -363,7 +489,6 @@ async fn vm_partition_cuts_a_from_b_both_still_reach_c_and_all_is_restored() -> 
 
     // The same blackholes, then the agent SIGKILLed: they stay (nobody reverted them)
     // until the restarted agent replays its journal and restores both interfaces.
-    let mut agent = agent;
     let mut client = agent.client().await?;
     for (target, destinations) in &want {
         client
@@ -381,24 +506,26 @@ async fn vm_partition_cuts_a_from_b_both_still_reach_c_and_all_is_restored() -> 
     }
     drop(client);
     assert_eq!(
-        reachable(&lan, &names, short)?,
+        reachable(lan, &names, short)?,
         ["a->c", "b->c", "c->a", "c->b"]
     );
-    agent.kill_hard()?;
+    let (tls, state) = (tls.path().to_path_buf(), state.path().to_path_buf());
+    rig.agent.as_mut().context("agent")?.kill_hard()?;
+    let lan = &rig.lan;
     assert!(
         !connects(&lan.pods[0], &lan.pods[1], short)?,
         "a SIGKILL reverted"
     );
-    assert_eq!(journal_len(state.path()), 2);
-    let _restarted = TestAgent::start_tls(tls.path(), state.path())?;
+    assert_eq!(journal_len(&state), 2);
+    rig.agent = Some(TestAgent::start_tls(&tls, &state)?);
+    let lan = &rig.lan;
     let after: Vec<String> = lan.pods.iter().map(tc_state).collect::<Result<_>>()?;
     assert_eq!(after, before, "qdiscs and filters after the restart");
-    assert_eq!(journal_len(state.path()), 0);
+    assert_eq!(journal_len(&state), 0);
     assert_eq!(
-        reachable(&lan, &names, long)?,
+        reachable(lan, &names, long)?,
         every_pair,
         "after the restart"
     );
-    drop(containers);
     Ok(())
 }
