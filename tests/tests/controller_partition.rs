@@ -214,6 +214,7 @@ fn partition_yaml(agent: &TestAgent, tls: &Path, namespace: &str, duration: Dura
 agents:
   static: [\"{}\"]
   tls_dir: {}
+baseline: 2s
 steady_state:
   probes:
     # Recovery is judged on samples: one that always holds (the checks are the test's).
@@ -389,7 +390,7 @@ async fn vm_partition_cuts_a_from_b_both_still_reach_c_and_all_is_restored() -> 
         .to_vec();
     let long = scaled(Duration::from_secs(5));
     let short = Duration::from_secs(2);
-    assert_eq!(reachable(&lan, &names, long)?, every_pair, "before");
+    assert_eq!(reachable(lan, &names, long)?, every_pair, "before");
     let before: Vec<String> = lan.pods.iter().map(tc_state).collect::<Result<_>>()?;
 
     // The agent lists each pod's address, read in its namespace.
@@ -421,7 +422,7 @@ async fn vm_partition_cuts_a_from_b_both_still_reach_c_and_all_is_restored() -> 
 
     // The plan (what --dry-run prints): on A a blackhole to B, on B one to A; nothing on C.
     let duration = scaled(Duration::from_secs(6));
-    let yaml = partition_yaml(&agent, tls.path(), &namespace, duration);
+    let yaml = partition_yaml(agent, tls.path(), &namespace, duration);
     let experiment = experiment::parse(&yaml)?;
     let fleet = fleet_of(&experiment).await?;
     let plans = runner::plan(&experiment, &fleet, Default::default())
@@ -434,7 +435,7 @@ async fn vm_partition_cuts_a_from_b_both_still_reach_c_and_all_is_restored() -> 
     ];
     assert_eq!(planned(&plans), want);
     assert!(
-        active_blackholes(&agent).await?.is_empty(),
+        active_blackholes(agent).await?.is_empty(),
         "the plan injected"
     );
 
@@ -450,15 +451,22 @@ async fn vm_partition_cuts_a_from_b_both_still_reach_c_and_all_is_restored() -> 
         let (experiment, fleet) = (experiment.clone(), fleet.clone());
         async move { runner::run(&experiment, &fleet, options).await }
     });
-    let deadline = Instant::now() + scaled(Duration::from_secs(15));
-    while active_blackholes(&agent).await?.len() < 2 {
-        if Instant::now() > deadline || run.is_finished() {
+    let deadline = Instant::now() + scaled(Duration::from_secs(20));
+    while active_blackholes(agent).await?.len() < 2 {
+        if run.is_finished() {
+            let result = run.await?;
+            bail!(
+                "the run ended before its blackholes were active: {:?}",
+                result.reasons
+            );
+        }
+        if Instant::now() > deadline {
             bail!("the partition's two blackholes never became active");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let during = reachable(&lan, &names, short)?;
-    let still_active = active_blackholes(&agent).await?.len();
+    let during = reachable(lan, &names, short)?;
+    let still_active = active_blackholes(agent).await?.len();
     assert_eq!(
         still_active, 2,
         "the run ended during the checks: raise its duration"
@@ -482,7 +490,7 @@ async fn vm_partition_cuts_a_from_b_both_still_reach_c_and_all_is_restored() -> 
             fault.asked
         );
     }
-    assert_eq!(reachable(&lan, &names, long)?, every_pair, "after the run");
+    assert_eq!(reachable(lan, &names, long)?, every_pair, "after the run");
     let after: Vec<String> = lan.pods.iter().map(tc_state).collect::<Result<_>>()?;
     assert_eq!(after, before, "qdiscs and filters after the run");
     assert_eq!(journal_len(state.path()), 0);
