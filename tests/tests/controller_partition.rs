@@ -301,6 +301,16 @@ async fn host_partition_plans_blackholes_to_listed_addresses_and_refuses_bad_sid
     // A pod of the same namespace in a network namespace of its own holding only `lo`.
     let lonely = TestContainer::start(ContainerSpec::pod(&rig.namespace, "lonely", "main"))?;
     rig.containers.push(lonely);
+    // A hostNetwork pod: its container joins the node's (this test's) namespace.
+    let host_network = TestContainer::start(ContainerSpec {
+        netns: Some(PathBuf::from(format!(
+            "/proc/{}/ns/net",
+            std::process::id()
+        ))),
+        ..ContainerSpec::pod(&rig.namespace, "hostnet", "main")
+    })?;
+    let host_network_target = host_network.target();
+    rig.containers.push(host_network);
     let (lan, agent) = (&rig.lan, rig.agent()?);
     let (a, b) = (&rig.containers[0], &rig.containers[1]);
 
@@ -360,6 +370,44 @@ async fn host_partition_plans_blackholes_to_listed_addresses_and_refuses_bad_sid
     );
     let error = refused("a", "a").await?;
     assert!(error.contains(&format!("share address {ip_a}")), "{error}");
+    // The agent lists the hostNetwork pod without addresses (they are the node's); a
+    // selector leaves it out and naming it is refused.
+    let targets = agent
+        .client()
+        .await?
+        .list_targets(api::ListTargetsRequest {
+            pod_namespace: rig.namespace.clone(),
+        })
+        .await?
+        .into_inner()
+        .targets;
+    let shown = targets
+        .iter()
+        .find(|t| t.target == host_network_target)
+        .context("the hostNetwork container is listed")?;
+    ensure!(
+        shown.host_network && shown.addresses.is_empty(),
+        "{shown:?}"
+    );
+    let error = refused("a", "hostnet").await?;
+    assert!(
+        error.contains("partition.to: the selector matches no running container"),
+        "{error}"
+    );
+    let named = yaml.replace(
+        &format!("to: {{ namespace: {}, pod: b }}", rig.namespace),
+        &format!("to: {{ targets: [\"{host_network_target}\"] }}"),
+    );
+    ensure!(named != yaml, "the to side was not replaced");
+    let experiment = experiment::parse(&named)?;
+    let fleet = fleet_of(&experiment).await?;
+    let error = runner::plan(&experiment, &fleet, Default::default())
+        .await
+        .expect_err("a partition to a hostNetwork pod was planned");
+    assert!(
+        error.contains("partition.to:") && error.contains("shares its node's network namespace"),
+        "{error}"
+    );
     let listed = agent
         .client()
         .await?
