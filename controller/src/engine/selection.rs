@@ -874,6 +874,22 @@ mod tests {
         }
         let ordinary = experiment("{ targets: [\"pod:shop/web-0\"] }", "delete_pod: {}");
         assert!(refuse_named_protected(&ordinary, TargetPolicy::default()).is_ok());
+        // Either side of a partition.
+        for (from, to) in [
+            ("{ namespace: kube-system }", "{ pod: b }"),
+            (
+                "{ pod: a }",
+                "{ targets: [\"pod:chaos-control/chaos-agent-x\"] }",
+            ),
+        ] {
+            let e = crate::engine::experiment::parse(&format!(
+                "name: x\nmethod:\n  faults:\n    - name: s\n      duration: 1s\n      \
+                 partition: {{ from: {from}, to: {to} }}\n"
+            ))
+            .unwrap();
+            let message = refuse_named_protected(&e, TargetPolicy::default()).unwrap_err();
+            assert!(message.contains("protected namespace"), "{message}");
+        }
     }
 
     #[test]

@@ -425,6 +425,38 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_namespace_limited_operator_submits_a_partition_only_if_both_sides_stay_within() {
+        let alice = operator_in(&["spark"]);
+        let partition = |from: &str, to: &str| {
+            crate::engine::experiment::parse(&format!(
+                "name: t\nmethod:\n  faults:\n    - name: cut\n      duration: 10s\n      \
+                 partition: {{ from: {from}, to: {to} }}\n"
+            ))
+            .expect("parses")
+        };
+        let inside = "{ namespace: spark, pod: \"driver-*\" }";
+        assert_eq!(
+            check_namespaces(
+                &alice,
+                &partition(inside, "{ targets: [\"pod:spark/exec-1\"] }")
+            ),
+            Ok(())
+        );
+        for (from, to, why) in [
+            (inside, "{ namespace: db }", "namespace is db"),
+            ("{ pod: \"driver-*\" }", inside, "every namespace"),
+            (
+                inside,
+                "{ targets: [\"container:abc\"] }",
+                "does not name its namespace",
+            ),
+        ] {
+            let message = check_namespaces(&alice, &partition(from, to)).unwrap_err();
+            assert!(message.contains(why), "{from} / {to}: {message}");
+        }
+    }
+
     const GOOD: &str = "name: x\nmethod:\n  faults:\n    - name: k\n      target: { targets: [\"pid:1\"] }\n      kill: {}\n";
 
     fn policy() -> SubmitPolicy {
