@@ -6,7 +6,7 @@
 //! from its cgroup path to the container the runtime made that cgroup for. So one
 //! protection policy applies however the target was named.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chaos_cgroup::{CgroupError, CgroupFs, CgroupLayout, ProcessCgroup};
 use chaos_netem::OpenNetns;
@@ -374,6 +374,38 @@ impl Resolver {
         matches!((node, own), (Some(node), Ok(own)) if node == own)
     }
 
+    /// The global addresses of the network namespace of `pid` (one RTM_GETADDR dump
+    /// inside it), each namespace read once per listing through `seen`. A namespace that
+    /// cannot be read (the process just exited) has none: listing goes on, and a
+    /// partition refuses a side without addresses.
+    async fn netns_addresses(
+        &self,
+        pid: u32,
+        seen: &mut HashMap<chaos_netem::NetnsId, Vec<String>>,
+    ) -> Vec<String> {
+        let read = async {
+            let netns = OpenNetns::open(&self.procfs.netns_path(pid)).map_err(|e| e.to_string())?;
+            if let Some(known) = seen.get(&netns.id()) {
+                return Ok(known.clone());
+            }
+            let mut netlink = chaos_netem::NetnsHandle::open_in(&netns)
+                .await
+                .map_err(|e| e.to_string())?;
+            let found = netlink
+                .run(async |handle| chaos_netem::global_addresses(handle).await)
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            let found: Vec<String> = found.iter().map(ToString::to_string).collect();
+            seen.insert(netns.id(), found.clone());
+            Ok::<_, String>(found)
+        };
+        read.await.unwrap_or_else(|e| {
+            tracing::debug!(pid, error = %e, "cannot read the addresses of a target's network namespace");
+            Vec::new()
+        })
+    }
+
     /// The containers on this node, for controllers to select from.
     pub async fn list_targets(
         &self,
@@ -395,6 +427,8 @@ impl Resolver {
             tasks.insert(ns.clone(), by_id);
         }
         let node_netns = self.node_netns();
+        // Containers of one pod share its namespace: read once per namespace.
+        let mut addresses_by_netns = HashMap::new();
         let mut targets = Vec::new();
         for c in containers {
             if c.is_sandbox()
@@ -419,6 +453,14 @@ impl Resolver {
                 _ => (String::new(), Vec::new()),
             };
             let host_network = state == "running" && self.in_netns(init_pid, node_netns);
+            // A hostNetwork container's addresses are the node's: none reported, so no
+            // partition can take them for a pod's.
+            let addresses = if state == "running" && !host_network {
+                self.netns_addresses(init_pid, &mut addresses_by_netns)
+                    .await
+            } else {
+                Vec::new()
+            };
             targets.push(api::TargetInfo {
                 container: Some(container_ref(&c)),
                 init_pid,
@@ -427,6 +469,7 @@ impl Resolver {
                 cgroup,
                 target: format!("container:{}", c.id),
                 host_network,
+                addresses,
             });
         }
         targets.sort_by(|a, b| a.target.cmp(&b.target));

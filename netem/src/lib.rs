@@ -6,6 +6,7 @@
 //! - [`distribution`]: netem delay distribution tables computed from their definitions;
 //! - [`netns`]: run rtnetlink operations on a thread inside another network namespace;
 //! - [`route`]: the interface carrying the default route;
+//! - [`address`]: the namespace's global addresses (what peers reach it by);
 //! - [`qdisc`]: snapshot, install netem (or another root), restore, dump;
 //! - [`u32`]: pure encoder of u32 selectors, classify and mirred-redirect filter options;
 //! - [`filter`]: add, delete and dump u32 filters;
@@ -17,6 +18,7 @@
 //! `in_netns(&netns_of_pid(pid), |h| async move { let i = default_route_interface(&h).await?;
 //! install_netem(&h, i, &spec).await })`.
 
+pub mod address;
 pub mod capabilities;
 pub mod codec;
 pub mod distribution;
@@ -32,6 +34,7 @@ pub mod tree;
 pub mod u32;
 mod wire;
 
+pub use address::{global_addresses, global_addresses_of};
 pub use codec::{CodecError, DecodedNetem, NetemSpec};
 pub use distribution::Distribution;
 pub use impairment::Impairment;

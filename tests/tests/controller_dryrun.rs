@@ -21,6 +21,7 @@ use anyhow::{Context, Result, bail};
 use chaos_proto::api;
 use chaos_tests::agent::{binary, free_port, http_get, journal_len, make_certs, state_dir};
 use chaos_tests::containerd::{ContainerSpec, TestContainer, ctr};
+use chaos_tests::netns::TestNetns;
 use chaosctl::agents::client::{AgentAddress, connect};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -44,17 +45,39 @@ fn unique(prefix: &str) -> String {
 struct Pods {
     runtime_namespace: String,
     containers: Vec<TestContainer>,
+    /// The network namespaces of the pods that have an address (dropped after the
+    /// containers, which the Drop below removes first).
+    networks: Vec<TestNetns>,
 }
 
 impl Pods {
     fn start(pods: &[(&str, &str, &str)]) -> Result<Pods> {
+        Pods::start_with_networks(pods, &[])
+    }
+
+    /// `pods` in network namespaces of their own with only `lo`, `networked` each in a
+    /// TestNetns (an address on eth0, as a CNI plugin gives a pod).
+    fn start_with_networks(
+        pods: &[(&str, &str, &str)],
+        networked: &[(&str, &str, &str)],
+    ) -> Result<Pods> {
         let mut rig = Pods {
             runtime_namespace: unique("chaos-dryrun"),
             containers: Vec::new(),
+            networks: Vec::new(),
         };
-        for (namespace, pod, container) in pods {
+        for (index, (namespace, pod, container)) in pods.iter().chain(networked).enumerate() {
+            let netns = if index >= pods.len() {
+                let netns = TestNetns::create()?;
+                let path = netns.path();
+                rig.networks.push(netns);
+                Some(path)
+            } else {
+                None
+            };
             let spec = ContainerSpec {
                 runtime_namespace: rig.runtime_namespace.clone(),
+                netns,
                 ..ContainerSpec::pod(namespace, pod, container)
             };
             rig.containers.push(TestContainer::start(spec)?);
@@ -607,6 +630,20 @@ fn expectations() -> BTreeMap<&'static str, Vec<StepExpectation>> {
             "delete-web-pod.yaml",
             vec![step("delete-one-web-pod", "delete_pod", WEB, 1)],
         ),
+        (
+            // One blackhole per pod, both ways: on the driver, and on each executor.
+            "partition-spark-driver.yaml",
+            vec![step(
+                "driver-cut-off",
+                "partition",
+                &[
+                    "spark/spark-driver-0/driver",
+                    "spark/spark-exec-0/executor",
+                    "spark/spark-exec-1/executor",
+                ][..],
+                3,
+            )],
+        ),
     ])
 }
 
@@ -621,6 +658,13 @@ const RIG_PODS: &[(&str, &str, &str)] = &[
     ("spark", "spark-worker-0", "worker"),
     ("spark", "spark-worker-1", "worker"),
     ("kube-system", "coredns-0", "coredns"),
+];
+
+/// The pods of the rig with an address (a partition learns and needs theirs).
+const NETWORKED_RIG_PODS: &[(&str, &str, &str)] = &[
+    ("spark", "spark-driver-0", "driver"),
+    ("spark", "spark-exec-0", "executor"),
+    ("spark", "spark-exec-1", "executor"),
 ];
 
 fn api_data(node: &str) -> ApiData {
@@ -641,6 +685,21 @@ fn api_data(node: &str) -> ApiData {
             // Labelled, but no agent runs it: never chosen.
             ("shop".into(), "flask-9".into(), labels(&[("app", "flask")])),
             ("shop".into(), "cart-0".into(), labels(&[("app", "cart")])),
+            (
+                "spark".into(),
+                "spark-driver-0".into(),
+                labels(&[("spark-role", "driver")]),
+            ),
+            (
+                "spark".into(),
+                "spark-exec-0".into(),
+                labels(&[("spark-role", "executor")]),
+            ),
+            (
+                "spark".into(),
+                "spark-exec-1".into(),
+                labels(&[("spark-role", "executor")]),
+            ),
         ],
         nodes: vec![
             (node.to_string(), ZONE.to_string()),
@@ -655,7 +714,7 @@ fn api_data(node: &str) -> ApiData {
 #[test]
 fn every_shipped_experiment_dry_runs_against_a_real_agent_and_injects_nothing() -> Result<()> {
     let (tls, state) = (make_certs()?, state_dir()?);
-    let pods = Pods::start(RIG_PODS)?;
+    let pods = Pods::start_with_networks(RIG_PODS, NETWORKED_RIG_PODS)?;
     let node = unique("dryrun-node");
     let agent = Agent::start(&pods, &node, tls.path(), state.path())?;
     let api = FakeApi::start(api_data(&node))?;
@@ -711,6 +770,32 @@ fn every_shipped_experiment_dry_runs_against_a_real_agent_and_injects_nothing() 
                 assert_eq!(t["target"], targets[pod], "{name}: {t}");
                 assert_eq!(t["agent"], agent.grpc.to_string(), "{name}: {t}");
                 assert_eq!(t["node"], node, "{name}: {t}");
+            }
+            if want.kind == "partition" {
+                // Each blackhole drops traffic to the other side's addresses only.
+                let addresses = |prefix: &str| -> BTreeSet<String> {
+                    pods.networks
+                        .iter()
+                        .zip(&pods.containers[RIG_PODS.len()..])
+                        .filter(|(_, c)| c.spec.pod_name.starts_with(prefix))
+                        .map(|(n, _)| format!("{}/32", n.inner_ip()))
+                        .collect()
+                };
+                for t in chosen {
+                    let pod = t["pod"].as_str().unwrap_or_default();
+                    let other = if pod.contains("driver") {
+                        addresses("spark-exec")
+                    } else {
+                        addresses("spark-driver")
+                    };
+                    let to: BTreeSet<String> = t["blackhole_to"]
+                        .as_array()
+                        .context("blackhole_to")?
+                        .iter()
+                        .filter_map(|a| a.as_str().map(String::from))
+                        .collect();
+                    assert_eq!(to, other, "{name}: {t}");
+                }
             }
             if want.kind == "delete_pod" {
                 let pod = chosen[0]["pod"].as_str().unwrap_or_default();

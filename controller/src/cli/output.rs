@@ -451,7 +451,7 @@ pub fn target_json(t: &api::TargetInfo) -> Value {
     json!({
         "target": t.target, "container": container_json(&t.container), "state": t.state,
         "init_pid": t.init_pid, "pids": t.pids, "cgroup": t.cgroup,
-        "host_network": t.host_network,
+        "host_network": t.host_network, "addresses": t.addresses,
     })
 }
 

@@ -131,7 +131,8 @@ async fn connect(experiment: &Experiment, args: &RunArgs) -> Result<Fleet> {
 }
 
 /// The dry run's report: the agents, then per step the fault and every chosen target
-/// (agent, node, target, pod), and the pods a delete_pod step would delete.
+/// (agent, node, target, pod), a partition's blackhole on each, and the pods a
+/// delete_pod step would delete.
 pub fn dry_run_text(experiment: &str, agents: &[String], plans: &[StepPlan]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "experiment {experiment} (dry run: nothing injected)");
@@ -153,6 +154,9 @@ pub fn dry_run_text(experiment: &str, agents: &[String], plans: &[StepPlan]) -> 
                 "  agent {} node {node} target {} pod {pod}",
                 t.agent, t.target
             );
+            if !t.blackhole_to.is_empty() {
+                let _ = writeln!(out, "    blackhole to {}", t.blackhole_to.join(", "));
+            }
         }
         for pod in &p.delete_pods {
             let _ = writeln!(out, "  delete pod {pod} through the Kubernetes API");

@@ -5,6 +5,7 @@ pub mod achieved;
 pub mod experiment;
 pub mod load;
 pub mod outage;
+pub mod partition;
 pub mod probe;
 pub mod report;
 pub mod request;

@@ -20,10 +20,12 @@ use crate::engine::experiment::{
 };
 use crate::engine::load::{LoadResult, LoadRun, Phase, PhaseBounds};
 use crate::engine::outage::{FaultOutage, FaultWindow, outages, per_fault};
+use crate::engine::partition::{Member, PartitionDirection, PartitionSpec, plan_partition};
 use crate::engine::probe::{Sample, observe};
 use crate::engine::request::inject_request;
 use crate::engine::selection::{
-    ApiFacts, Chosen, TargetPolicy, distinct_pods, refuse_named_protected, select,
+    ApiFacts, Candidate, Chosen, TargetPolicy, distinct_pods, listing, refuse_named_protected,
+    select,
 };
 use crate::engine::stats::{PhaseStats, phase_stats, violations};
 use crate::engine::task::AbortOnDrop;
@@ -145,8 +147,28 @@ pub struct PlannedTarget {
     pub node: String,
     pub target: String,
     pub pod: String,
+    /// A partition's blackhole on this target: the other side's addresses (`A.B.C.D/32`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub blackhole_to: Vec<String>,
     #[serde(skip)]
     chosen: Chosen,
+}
+
+impl PlannedTarget {
+    fn of(fleet: &Fleet, chosen: Chosen, blackhole_to: Vec<String>) -> PlannedTarget {
+        PlannedTarget {
+            agent: fleet
+                .addresses
+                .get(chosen.agent)
+                .cloned()
+                .unwrap_or_default(),
+            node: chosen.node.clone(),
+            target: chosen.target.clone(),
+            pod: chosen.pod.clone(),
+            blackhole_to,
+            chosen,
+        }
+    }
 }
 
 /// Selects the targets of every step from the agents' ListTargets and, for labels and
@@ -168,6 +190,20 @@ pub async fn plan(
     let seed = experiment.seed.unwrap_or_else(random_seed);
     let mut plans = Vec::new();
     for step in &experiment.method.faults {
+        if let FaultSpec::Partition(partition) = &step.fault {
+            let targets = plan_partition_step(partition, fleet, &candidates, seed, policy)
+                .await
+                .map_err(|e| format!("fault `{}`: {e}", step.name))?;
+            plans.push(StepPlan {
+                step: step.name.clone(),
+                kind: step_kind(step).to_string(),
+                fault: describe_fault(step),
+                duration_ms: step.duration.as_millis() as u64,
+                targets,
+                delete_pods: Vec::new(),
+            });
+            continue;
+        }
         let facts = api_facts(&step.target, fleet.kube_api())
             .await
             .map_err(|e| format!("fault `{}`: {e}", step.name))?;
@@ -198,18 +234,57 @@ pub async fn plan(
             duration_ms: step.duration.as_millis() as u64,
             targets: chosen
                 .into_iter()
-                .map(|c| PlannedTarget {
-                    agent: fleet.addresses.get(c.agent).cloned().unwrap_or_default(),
-                    node: c.node.clone(),
-                    target: c.target.clone(),
-                    pod: c.pod.clone(),
-                    chosen: c,
-                })
+                .map(|c| PlannedTarget::of(fleet, c, Vec::new()))
                 .collect(),
             delete_pods,
         });
     }
     Ok(plans)
+}
+
+/// A partition's blackholes: each side selected as a step's target is, each chosen
+/// target with the addresses its agent listed, then the pure plan (`engine::partition`).
+async fn plan_partition_step(
+    partition: &PartitionSpec,
+    fleet: &Fleet,
+    candidates: &[Candidate],
+    seed: u64,
+    policy: TargetPolicy,
+) -> Result<Vec<PlannedTarget>, String> {
+    let mut sides = Vec::new();
+    for (side, spec) in [("from", &partition.from), ("to", &partition.to)] {
+        let facts = api_facts(spec, fleet.kube_api())
+            .await
+            .map_err(|e| format!("partition.{side}: {e}"))?;
+        let chosen = select(spec, &fleet.addresses, candidates, &facts, seed, policy)
+            .map_err(|e| format!("partition.{side}: {e}"))?;
+        let members: Vec<Member> = chosen
+            .into_iter()
+            .map(|chosen| {
+                let listed = listing(&chosen, candidates);
+                Member {
+                    addresses: listed
+                        .map(|c| {
+                            c.info
+                                .addresses
+                                .iter()
+                                .filter_map(|a| a.parse().ok())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    host_network: listed.is_some_and(|c| c.info.host_network),
+                    chosen,
+                }
+            })
+            .collect();
+        sides.push(members);
+    }
+    let planned =
+        plan_partition(&sides[0], &sides[1], partition.direction).map_err(|e| e.to_string())?;
+    Ok(planned
+        .into_iter()
+        .map(|p| PlannedTarget::of(fleet, p.chosen, p.destinations))
+        .collect())
 }
 
 /// What the Kubernetes API says about the parts of a selector the agents cannot know.
@@ -241,6 +316,17 @@ pub fn describe_fault(step: &FaultStep) -> String {
         return format!(
             "delete pod through the Kubernetes API, grace period {}s",
             delete.grace_period.as_secs()
+        );
+    }
+    if let FaultSpec::Partition(partition) = &step.fault {
+        let (acting, other) = match partition.direction {
+            PartitionDirection::To => ("from", "to"),
+            PartitionDirection::From => ("to", "from"),
+            PartitionDirection::Both => ("from and to", "the other side"),
+        };
+        return format!(
+            "partition (direction {}): on each {acting} pod, a blackhole to {other}'s addresses",
+            partition.direction.name()
         );
     }
     let request = inject_request(step, "", None, &HashMap::new(), true);
@@ -489,7 +575,16 @@ impl Run<'_> {
             .targets
             .iter()
             .map(|t| {
-                let request = inject_request(step, &t.target, Some(lease.clone()), &labels, false);
+                let mut request =
+                    inject_request(step, &t.target, Some(lease.clone()), &labels, false);
+                if !t.blackhole_to.is_empty() {
+                    // A partition: this target's own blackhole, as the plan made it.
+                    request.fault =
+                        Some(api::inject_request::Fault::Blackhole(api::BlackholeFault {
+                            destinations: t.blackhole_to.clone(),
+                            ..Default::default()
+                        }));
+                }
                 (t.chosen.agent, request)
             })
             .collect();
@@ -506,7 +601,11 @@ impl Run<'_> {
                 fault_id: String::new(),
                 injected_at_ms: at,
                 ended_at_ms: None,
-                asked: describe_fault(step),
+                asked: if t.blackhole_to.is_empty() {
+                    describe_fault(step)
+                } else {
+                    format!("blackhole to {}", t.blackhole_to.join(","))
+                },
                 achieved: String::new(),
                 no_effect: None,
                 error: String::new(),
@@ -1215,6 +1314,25 @@ mod tests {
                 "delete pod through the Kubernetes API, grace period 0s",
             ),
         ];
+        let partition = |direction: &str| {
+            let text = format!(
+                "name: x\nmethod:\n  faults:\n    - name: s\n      duration: 1s\n      partition: {{ from: {{ pod: a }}, to: {{ pod: b }}{direction} }}\n"
+            );
+            let step = crate::engine::experiment::parse(&text)
+                .unwrap()
+                .method
+                .faults[0]
+                .clone();
+            describe_fault(&step)
+        };
+        assert_eq!(
+            partition(""),
+            "partition (direction both): on each from and to pod, a blackhole to the other side's addresses"
+        );
+        assert_eq!(
+            partition(", direction: from"),
+            "partition (direction from): on each to pod, a blackhole to from's addresses"
+        );
         for (yaml, want) in cases {
             assert_eq!(describe_fault(&step_of(yaml)), want);
         }

@@ -100,20 +100,22 @@ pub fn refuse_named_protected(experiment: &Experiment, policy: TargetPolicy) -> 
         } else {
             "target"
         };
-        for target in &step.target.targets {
-            if let Some(namespace) = spelled_namespace(target)
+        for (_, spec) in step.selectors() {
+            for target in &spec.targets {
+                if let Some(namespace) = spelled_namespace(target)
+                    && is_protected(namespace)
+                {
+                    return Err(at(SelectionError::Protected {
+                        what: format!("{verb} `{target}`"),
+                        namespace: namespace.to_string(),
+                    }));
+                }
+            }
+            if let Some(namespace) = &spec.namespace
                 && is_protected(namespace)
             {
-                return Err(at(SelectionError::Protected {
-                    what: format!("{verb} `{target}`"),
-                    namespace: namespace.to_string(),
-                }));
+                return Err(at(SelectionError::ProtectedSelector(namespace.clone())));
             }
-        }
-        if let Some(namespace) = &step.target.namespace
-            && is_protected(namespace)
-        {
-            return Err(at(SelectionError::ProtectedSelector(namespace.clone())));
         }
     }
     Ok(())
@@ -244,6 +246,15 @@ fn check_explicit(
         return Err(SelectionError::HostNetwork(target.to_string()));
     }
     Ok(())
+}
+
+/// What `chosen`'s agent listed for it: the container it names or holds (a `pid:` or
+/// `cgroup:` inside it). None for an explicit target its agent does not list.
+pub fn listing<'a>(chosen: &Chosen, candidates: &'a [Candidate]) -> Option<&'a Candidate> {
+    candidates.iter().find(|c| {
+        c.agent == chosen.agent
+            && (refers_to(&chosen.target, &c.info) || holds(&chosen.target, &c.info))
+    })
 }
 
 /// Whether a `pid:` or `cgroup:` target is inside this listed container.
@@ -863,6 +874,22 @@ mod tests {
         }
         let ordinary = experiment("{ targets: [\"pod:shop/web-0\"] }", "delete_pod: {}");
         assert!(refuse_named_protected(&ordinary, TargetPolicy::default()).is_ok());
+        // Either side of a partition.
+        for (from, to) in [
+            ("{ namespace: kube-system }", "{ pod: b }"),
+            (
+                "{ pod: a }",
+                "{ targets: [\"pod:chaos-control/chaos-agent-x\"] }",
+            ),
+        ] {
+            let e = crate::engine::experiment::parse(&format!(
+                "name: x\nmethod:\n  faults:\n    - name: s\n      duration: 1s\n      \
+                 partition: {{ from: {from}, to: {to} }}\n"
+            ))
+            .unwrap();
+            let message = refuse_named_protected(&e, TargetPolicy::default()).unwrap_err();
+            assert!(message.contains("protected namespace"), "{message}");
+        }
     }
 
     #[test]

@@ -114,10 +114,15 @@ fault_specs! {
     IoStress(IoStressSpec) = "io_stress",
     /// Pods deleted through the Kubernetes API: an experiment's only, no agent's fault.
     DeletePod(DeletePodSpec) = "delete_pod",
+    /// Two groups of pods cut off from each other: an experiment's only, planned into
+    /// blackholes (see `engine::partition`), one per pod with its own destinations. Boxed:
+    /// its two selectors make it much larger than any other kind.
+    Partition(Box<crate::engine::partition::PartitionSpec>) = "partition",
 }
 
 impl FaultSpec {
-    /// The agent's fault; None for delete_pod, which no agent carries out.
+    /// The agent's fault; None for delete_pod, which no agent carries out, and for a
+    /// partition, whose blackholes differ by target (the plan makes them).
     pub fn agent_fault(&self) -> Option<api::inject_request::Fault> {
         use api::inject_request::Fault;
         Some(match self {
@@ -130,12 +135,12 @@ impl FaultSpec {
             FaultSpec::Io(io) => Fault::Io(io.to_api()),
             FaultSpec::DiskFill(fill) => Fault::DiskFill(fill.to_api()),
             FaultSpec::IoStress(stress) => Fault::IoStress(stress.to_api()),
-            FaultSpec::DeletePod(_) => return None,
+            FaultSpec::DeletePod(_) | FaultSpec::Partition(_) => return None,
         })
     }
 
     /// The kind as reports, records and metrics name it: the API's label (`process` for
-    /// a kill), `delete_pod` for a deletion.
+    /// a kill), `delete_pod` for a deletion, `partition` for a partition's blackholes.
     pub fn kind(&self) -> &'static str {
         match self.agent_fault() {
             Some(fault) => fault.kind().label(),
@@ -156,6 +161,8 @@ impl FaultSpec {
             FaultSpec::DiskFill(fill) => fill.check(names),
             FaultSpec::IoStress(stress) => stress.check(),
             FaultSpec::DeletePod(delete) => delete.check(),
+            // Its selectors are checked as every step's target is (`FaultStep::selectors`).
+            FaultSpec::Partition(_) => Ok(()),
         }
     }
 
@@ -188,17 +195,22 @@ mod tests {
                 let value = match *key {
                     "cpu" => "{ load: 50 }",
                     "memory" => "{ size: 1MiB }",
+                    "partition" => "{ from: { pod: a }, to: { pod: b } }",
                     _ => "{}",
                 };
-                let step: crate::engine::experiment::FaultStep = serde_norway::from_str(&format!(
-                    "name: s\ntarget: {{ targets: ['pid:1'] }}\n{key}: {value}\n"
-                ))
-                .unwrap_or_else(|e| panic!("{key}: {e}"));
+                // A partition selects with its own from and to, never a target.
+                let target = match *key {
+                    "partition" => "",
+                    _ => "target: { targets: ['pid:1'] }\n",
+                };
+                let step: crate::engine::experiment::FaultStep =
+                    serde_norway::from_str(&format!("name: s\n{target}{key}: {value}\n"))
+                        .unwrap_or_else(|e| panic!("{key}: {e}"));
                 assert_eq!(step.fault.key(), *key);
                 step.fault.kind()
             })
             .collect();
-        kinds.retain(|kind| *kind != "delete_pod");
+        kinds.retain(|kind| !["delete_pod", "partition"].contains(kind));
         kinds.sort();
         let mut api: Vec<&str> = api::FaultKind::every_kind()
             .into_iter()

@@ -224,47 +224,49 @@ pub fn check_namespaces(caller: &Caller, experiment: &Experiment) -> Result<(), 
         ))
     };
     for (index, step) in experiment.method.faults.iter().enumerate() {
-        let target = &step.target;
-        for explicit in &target.targets {
-            match explicit
-                .strip_prefix("pod:")
-                .and_then(|rest| rest.split('/').next())
-            {
-                Some(ns) if allowed.iter().any(|a| a == ns) => {}
-                Some(ns) => {
-                    return refuse(
-                        index,
-                        &step.name,
-                        format!("target {explicit} is in namespace {ns}"),
-                    );
-                }
-                None => {
-                    return refuse(
-                        index,
-                        &step.name,
-                        format!(
-                            "target {explicit} does not name its namespace; use pod:NS/NAME or a namespace selector"
-                        ),
-                    );
+        // Every selector of the step: a partition has two.
+        for (_, target) in step.selectors() {
+            for explicit in &target.targets {
+                match explicit
+                    .strip_prefix("pod:")
+                    .and_then(|rest| rest.split('/').next())
+                {
+                    Some(ns) if allowed.iter().any(|a| a == ns) => {}
+                    Some(ns) => {
+                        return refuse(
+                            index,
+                            &step.name,
+                            format!("target {explicit} is in namespace {ns}"),
+                        );
+                    }
+                    None => {
+                        return refuse(
+                            index,
+                            &step.name,
+                            format!(
+                                "target {explicit} does not name its namespace; use pod:NS/NAME or a namespace selector"
+                            ),
+                        );
+                    }
                 }
             }
-        }
-        if target.has_selector() {
-            match &target.namespace {
-                Some(ns) if allowed.iter().any(|a| a == ns) => {}
-                Some(ns) => {
-                    return refuse(
-                        index,
-                        &step.name,
-                        format!("the selector's namespace is {ns}"),
-                    );
-                }
-                None => {
-                    return refuse(
-                        index,
-                        &step.name,
-                        "the selector has no namespace: it would reach every namespace".into(),
-                    );
+            if target.has_selector() {
+                match &target.namespace {
+                    Some(ns) if allowed.iter().any(|a| a == ns) => {}
+                    Some(ns) => {
+                        return refuse(
+                            index,
+                            &step.name,
+                            format!("the selector's namespace is {ns}"),
+                        );
+                    }
+                    None => {
+                        return refuse(
+                            index,
+                            &step.name,
+                            "the selector has no namespace: it would reach every namespace".into(),
+                        );
+                    }
                 }
             }
         }
@@ -421,6 +423,38 @@ mod tests {
             check_namespaces(&unlimited, &with_target("{ targets: [\"pid:42\"] }")),
             Ok(())
         );
+    }
+
+    #[test]
+    fn a_namespace_limited_operator_submits_a_partition_only_if_both_sides_stay_within() {
+        let alice = operator_in(&["spark"]);
+        let partition = |from: &str, to: &str| {
+            crate::engine::experiment::parse(&format!(
+                "name: t\nmethod:\n  faults:\n    - name: cut\n      duration: 10s\n      \
+                 partition: {{ from: {from}, to: {to} }}\n"
+            ))
+            .expect("parses")
+        };
+        let inside = "{ namespace: spark, pod: \"driver-*\" }";
+        assert_eq!(
+            check_namespaces(
+                &alice,
+                &partition(inside, "{ targets: [\"pod:spark/exec-1\"] }")
+            ),
+            Ok(())
+        );
+        for (from, to, why) in [
+            (inside, "{ namespace: db }", "namespace is db"),
+            ("{ pod: \"driver-*\" }", inside, "every namespace"),
+            (
+                inside,
+                "{ targets: [\"container:abc\"] }",
+                "does not name its namespace",
+            ),
+        ] {
+            let message = check_namespaces(&alice, &partition(from, to)).unwrap_err();
+            assert!(message.contains(why), "{from} / {to}: {message}");
+        }
     }
 
     const GOOD: &str = "name: x\nmethod:\n  faults:\n    - name: k\n      target: { targets: [\"pid:1\"] }\n      kill: {}\n";

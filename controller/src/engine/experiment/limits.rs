@@ -159,13 +159,14 @@ pub fn check(e: &Experiment) -> Result<(), ExperimentError> {
 fn check_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
     name(&format!("{field}.name"), &step.name)?;
     at_most(&format!("{field}.duration"), step.duration, MAX_DURATION)?;
-    let t = &step.target;
-    count(
-        &format!("{field}.target.targets"),
-        t.targets.len(),
-        MAX_EXPLICIT_TARGETS,
-    )?;
-    labels(&format!("{field}.target.labels"), t.labels.iter())?;
+    for (at, t) in step.selectors() {
+        count(
+            &format!("{field}.{at}.targets"),
+            t.targets.len(),
+            MAX_EXPLICIT_TARGETS,
+        )?;
+        labels(&format!("{field}.{at}.labels"), t.labels.iter())?;
+    }
     let key = step.fault.key();
     match &step.fault {
         FaultSpec::Kill(kill) => {
@@ -213,7 +214,8 @@ fn check_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
         | FaultSpec::Pause(_)
         | FaultSpec::Io(_)
         | FaultSpec::DiskFill(_)
-        | FaultSpec::IoStress(_) => {}
+        | FaultSpec::IoStress(_)
+        | FaultSpec::Partition(_) => {}
     }
     Ok(())
 }

@@ -478,13 +478,23 @@ impl<'de> serde::de::Visitor<'de> for StepVisitor {
             }
         }
         let name = name.ok_or_else(|| A::Error::missing_field("name"))?;
-        let target = target.ok_or_else(|| A::Error::missing_field("target"))?;
         let fault = fault.ok_or_else(|| {
             A::Error::custom(format!(
                 "fault `{name}` has no fault: it needs one of {}",
                 FaultSpec::KEYS.join(", ")
             ))
         })?;
+        // A partition's two sides are its own `from` and `to`; every other step has one.
+        let target = match (&fault, target) {
+            (FaultSpec::Partition(_), Some(_)) => {
+                return Err(A::Error::custom(format!(
+                    "fault `{name}`: a partition selects its pods with partition.from and \
+                     partition.to, not `target`"
+                )));
+            }
+            (FaultSpec::Partition(_), None) => TargetSpec::default(),
+            (_, target) => target.ok_or_else(|| A::Error::missing_field("target"))?,
+        };
         Ok(FaultStep {
             name,
             target,
@@ -494,7 +504,7 @@ impl<'de> serde::de::Visitor<'de> for StepVisitor {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetSpec {
     /// Explicit agent targets (`pod:NS/NAME[/CONTAINER]`, `container:ID`, `pid:N`, `cgroup:P`).
@@ -619,6 +629,18 @@ pub enum DuringExpectation {
     Degraded,
 }
 
+impl FaultStep {
+    /// The step's selectors, each with the field it is written under: its `target`, or a
+    /// partition's two sides. Every rule on targets (validation, limits, protected
+    /// namespaces, the Kubernetes API) holds for each.
+    pub fn selectors(&self) -> Vec<(&'static str, &TargetSpec)> {
+        match &self.fault {
+            FaultSpec::Partition(p) => vec![("partition.from", &p.from), ("partition.to", &p.to)],
+            _ => vec![("target", &self.target)],
+        }
+    }
+}
+
 /// The kind of a fault step, for reports (`process` for a kill, as the API names it).
 pub fn step_kind(step: &FaultStep) -> &'static str {
     step.fault.kind()
@@ -629,12 +651,11 @@ impl Experiment {
     pub fn kube_api_need(&self) -> Option<String> {
         self.method.faults.iter().find_map(|step| {
             let field = if matches!(step.fault, FaultSpec::DeletePod(_)) {
-                Some("delete_pod")
+                Some("delete_pod".to_string())
             } else {
-                step.target.kube_api_field().map(|f| match f {
-                    "labels" => "target.labels",
-                    _ => "target.zone",
-                })
+                step.selectors()
+                    .into_iter()
+                    .find_map(|(at, t)| t.kube_api_field().map(|f| format!("{at}.{f}")))
             };
             field.map(|f| format!("fault `{}`: {f}", step.name))
         })
@@ -927,8 +948,21 @@ fn validate_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
         };
         return Err(invalid(at, refused.message));
     }
-    let t = &step.target;
-    let field = format!("{field}.target");
+    for (at, t) in step.selectors() {
+        validate_target(t, &format!("{field}.{at}"))?;
+        if at.starts_with("partition") && t.include_host_network {
+            return Err(invalid(
+                format!("{field}.{at}.include_host_network"),
+                "a partition never takes a hostNetwork pod: its blackhole would cut the whole node",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A step's selector (its target, or one side of a partition) under `field`.
+fn validate_target(t: &TargetSpec, field: &str) -> Result<(), ExperimentError> {
+    let field = field.to_string();
     if t.include_protected {
         return Err(invalid(
             format!("{field}.include_protected"),
@@ -1455,7 +1489,8 @@ method:
         assert_eq!(
             error,
             "method.faults[0]: `io` beside `pause`: a step is exactly one fault (one of kill, \
-             cpu, memory, network, blackhole, pause, io, disk_fill, io_stress, delete_pod); \
+             cpu, memory, network, blackhole, pause, io, disk_fill, io_stress, delete_pod, \
+             partition); \
              write the other as a step of its own at line 17 column 7"
         );
         // The same fault twice is a duplicate field, on its line.
@@ -1749,6 +1784,99 @@ method:
             ) && error.contains("line 17"),
             "{error}"
         );
+    }
+
+    fn with_partition(step: &str) -> String {
+        MINIMAL.replace(
+            "      target: { targets: [\"pod:dev/web-0/web\"] }\n      kill: { process: httpd }\n",
+            &format!("      duration: 30s\n{step}"),
+        )
+    }
+
+    #[test]
+    fn a_partition_step_reads_two_selectors_and_a_direction() {
+        let e = parse(&with_partition(
+            "      partition:\n        from: { namespace: spark, labels: { spark-role: driver } }\n        to: { namespace: spark, pod: \"worker-*\", mode: all }\n        direction: to\n",
+        ))
+        .unwrap();
+        let step = &e.method.faults[0];
+        let partition = spec_of!(step, Partition);
+        assert_eq!(partition.from.namespace.as_deref(), Some("spark"));
+        assert_eq!(
+            partition.from.labels.get("spark-role").map(String::as_str),
+            Some("driver")
+        );
+        assert_eq!(partition.to.pod.as_deref(), Some("worker-*"));
+        assert_eq!(partition.to.mode, SelectMode::All);
+        assert_eq!(
+            partition.direction,
+            crate::engine::partition::PartitionDirection::To
+        );
+        assert_eq!(step_kind(step), "partition");
+        assert_eq!(
+            step.selectors()
+                .iter()
+                .map(|(at, _)| *at)
+                .collect::<Vec<_>>(),
+            ["partition.from", "partition.to"]
+        );
+        // Labels on a side need the Kubernetes API, named by their side.
+        assert_eq!(
+            e.kube_api_need().as_deref(),
+            Some("fault `kill-web`: partition.from.labels")
+        );
+        // Both directions by default.
+        let e = parse(&with_partition(
+            "      partition: { from: { pod: a }, to: { pod: b } }\n",
+        ))
+        .unwrap();
+        let partition = spec_of!(e.method.faults[0], Partition);
+        assert_eq!(
+            partition.direction,
+            crate::engine::partition::PartitionDirection::Both
+        );
+    }
+
+    #[test]
+    fn a_partition_step_is_refused_where_a_side_is_wrong() {
+        for (step, expected) in [
+            (
+                "      partition: { from: { pod: a } }\n",
+                "missing field `to`",
+            ),
+            (
+                "      partition: { from: { pod: a }, to: {} }\n",
+                "method.faults[0].partition.to: needs targets and/or a selector",
+            ),
+            (
+                "      partition: { from: { pod: a }, to: { pod: b }, direction: sideways }\n",
+                "unknown variant `sideways`",
+            ),
+            (
+                "      partition: { from: { pod: a, mode: fixed }, to: { pod: b } }\n",
+                "method.faults[0].partition.from.count: mode fixed needs a count",
+            ),
+            (
+                "      partition: { from: { pod: a, include_host_network: true }, to: { pod: b } }\n",
+                "method.faults[0].partition.from.include_host_network: a partition never takes a hostNetwork pod",
+            ),
+            (
+                "      target: { pod: a }\n      partition: { from: { pod: a }, to: { pod: b } }\n",
+                "a partition selects its pods with partition.from and partition.to, not `target`",
+            ),
+            (
+                "      partition: { from: { pod: a }, to: { pod: b } }\n      blackhole: {}\n",
+                "`blackhole` beside `partition`",
+            ),
+        ] {
+            let error = parse(&with_partition(step)).unwrap_err().to_string();
+            assert!(error.contains(expected), "{step}: {error}");
+        }
+        // A partition lasts its duration.
+        let text = with_partition("      partition: { from: { pod: a }, to: { pod: b } }\n")
+            .replace("      duration: 30s\n", "");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(error.starts_with("method.faults[0].duration"), "{error}");
     }
 
     #[test]
