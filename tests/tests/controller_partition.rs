@@ -365,7 +365,7 @@ async fn host_partition_plans_blackholes_to_listed_addresses_and_refuses_bad_sid
     );
     let error = refused("lonely", "b").await?;
     assert!(
-        error.contains("partition.from: `container:") && error.contains("has no IPv4 address"),
+        error.contains("partition.from: `container:") && error.contains("has no address"),
         "{error}"
     );
     let error = refused("a", "a").await?;

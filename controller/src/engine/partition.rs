@@ -68,7 +68,7 @@ pub struct Member {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedBlackhole {
     pub chosen: Chosen,
-    /// `ADDRESS/32`, sorted.
+    /// `ADDRESS/32` (IPv4) and `ADDRESS/128` (IPv6), sorted.
     pub destinations: Vec<String>,
 }
 
@@ -82,7 +82,7 @@ pub enum PartitionError {
     )]
     HostNetwork { side: &'static str, target: String },
     #[error(
-        "partition.{side}: `{target}` has no IPv4 address its agent could list (not running, \
+        "partition.{side}: `{target}` has no address its agent could list (not running, \
          not a pod's container, or its network namespace could not be read), so the other \
          side cannot be cut off from it"
     )]
@@ -103,11 +103,12 @@ pub enum PartitionError {
     TooManyDestinations { side: &'static str, count: usize },
 }
 
-/// The addresses a blackhole can drop traffic to. IPv4 only: the agent's blackhole takes
-/// IPv4 destinations only, and refuses a request carrying an IPv6 one. (So a dual-stack
-/// pod stays reachable over IPv6; when blackholes take IPv6, drop this filter.)
-fn blackholable(address: &IpAddr) -> bool {
-    address.is_ipv4()
+/// One address as a blackhole's destination: the host's network of its family.
+fn host_network(address: &IpAddr) -> String {
+    match address {
+        IpAddr::V4(_) => format!("{address}/32"),
+        IpAddr::V6(_) => format!("{address}/128"),
+    }
 }
 
 /// The blackholes that make the partition, in order: the `from` side's (direction `to`
@@ -122,11 +123,7 @@ pub fn plan_partition(
     let to_addresses = side_addresses("to", to)?;
     for f in from {
         for t in to {
-            if let Some(address) = f
-                .addresses
-                .iter()
-                .find(|a| blackholable(a) && t.addresses.contains(a))
-            {
+            if let Some(address) = f.addresses.iter().find(|a| t.addresses.contains(a)) {
                 return Err(PartitionError::OnBothSides {
                     from: f.chosen.target.clone(),
                     to: t.chosen.target.clone(),
@@ -163,7 +160,7 @@ fn side_addresses(side: &'static str, members: &[Member]) -> Result<Vec<String>,
             });
         }
         let mut any = false;
-        for address in member.addresses.iter().filter(|a| blackholable(a)) {
+        for address in &member.addresses {
             any = true;
             addresses.insert(*address);
         }
@@ -180,7 +177,7 @@ fn side_addresses(side: &'static str, members: &[Member]) -> Result<Vec<String>,
             count: addresses.len(),
         });
     }
-    Ok(addresses.iter().map(|a| format!("{a}/32")).collect())
+    Ok(addresses.iter().map(host_network).collect())
 }
 
 /// One blackhole to `destinations` per network namespace among `members`: members with
@@ -247,12 +244,12 @@ mod tests {
             )]
         );
         let from = plan_partition(&driver, &workers, PartitionDirection::From).unwrap();
-        // IPv6 addresses are left out: blackholes take IPv4 only.
+        // A dual-stack pod is cut off on both families.
         assert_eq!(
             on(&from),
             vec![
-                ("container:w1", vec!["10.0.0.1/32"]),
-                ("container:w2", vec!["10.0.0.1/32"]),
+                ("container:w1", vec!["10.0.0.1/32", "fd00::1/128"]),
+                ("container:w2", vec!["10.0.0.1/32", "fd00::1/128"]),
             ]
         );
         let both = plan_partition(&driver, &workers, PartitionDirection::Both).unwrap();
@@ -306,19 +303,21 @@ mod tests {
             "`container:a` (partition.from) and `container:a-sidecar` (partition.to) share \
              address 10.0.0.1: one network namespace cannot be on both sides of a partition"
         );
-        // A side member without an (IPv4) address, whichever direction.
-        for addresses in [&[][..], &["fd00::2"][..]] {
-            let bare = [member(1, "pid:42", addresses)];
-            for direction in [PartitionDirection::To, PartitionDirection::From] {
-                assert_eq!(
-                    plan_partition(&a, &bare, direction),
-                    Err(PartitionError::NoAddresses {
-                        side: "to",
-                        target: "pid:42".into()
-                    })
-                );
-            }
+        // A side member without an address, whichever direction.
+        let bare = [member(1, "pid:42", &[])];
+        for direction in [PartitionDirection::To, PartitionDirection::From] {
+            assert_eq!(
+                plan_partition(&a, &bare, direction),
+                Err(PartitionError::NoAddresses {
+                    side: "to",
+                    target: "pid:42".into()
+                })
+            );
         }
+        // An IPv6-only pod is a member like any other.
+        let v6 = [member(1, "pid:43", &["fd00::2"])];
+        let planned = plan_partition(&a, &v6, PartitionDirection::To).unwrap();
+        assert_eq!(planned[0].destinations, vec!["fd00::2/128"]);
         // A hostNetwork pod: its blackhole would be the node's.
         let mut host = b[0].clone();
         host.host_network = true;
