@@ -8,13 +8,12 @@ use std::sync::Arc;
 
 use chaos_proto::api;
 use chaos_proto::api::agent_client::AgentClient;
+use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 
 use crate::agents::client::{AgentAddress, connect};
 use crate::agents::kube_api::KubeApi;
-use crate::engine::experiment::AgentsSpec;
-use crate::engine::selection::Candidate;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -24,6 +23,63 @@ pub enum FleetError {
     Dns { name: String, message: String },
     #[error("{0}")]
     Connect(String),
+}
+
+/// Where the agents are, as the experiment file's (and the controller configuration's)
+/// `agents` section says.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsSpec {
+    /// HOST:PORT of every agent.
+    #[serde(default, rename = "static")]
+    pub static_agents: Vec<String>,
+    /// The agents behind a headless Service: every address the name resolves to.
+    #[serde(default)]
+    pub dns: Option<DnsAgents>,
+    #[serde(default)]
+    pub tls_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    /// How many agents are called at once.
+    #[serde(default = "default_parallelism")]
+    pub parallelism: usize,
+}
+
+impl Default for AgentsSpec {
+    fn default() -> Self {
+        AgentsSpec {
+            static_agents: Vec::new(),
+            dns: None,
+            tls_dir: None,
+            insecure_plaintext: false,
+            parallelism: default_parallelism(),
+        }
+    }
+}
+
+fn default_parallelism() -> usize {
+    64
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsAgents {
+    pub name: String,
+    #[serde(default = "default_agent_port")]
+    pub port: u16,
+}
+
+fn default_agent_port() -> u16 {
+    7090
+}
+
+/// A container some agent reported.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub agent: usize,
+    /// The node the agent runs on, as it reports it.
+    pub node: String,
+    pub info: api::TargetInfo,
 }
 
 /// Where the agents are and how to authenticate to them.

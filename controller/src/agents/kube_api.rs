@@ -15,8 +15,11 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde::de::DeserializeOwned;
 
-use crate::engine::experiment::ZONE_LABEL;
-use crate::engine::selection::PodKey;
+/// The node label that names a node's availability zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// A pod by namespace and name.
+pub type PodKey = (String, String);
 
 /// How many objects one list call asks for; larger answers are paged.
 const PAGE_SIZE: u32 = 500;

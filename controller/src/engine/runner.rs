@@ -12,7 +12,7 @@ use chaos_proto::api;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::agents::fleet::Fleet;
+use crate::agents::fleet::{Candidate, Fleet};
 use crate::agents::kube_api::{Deletion, KubeApi, KubeApiError};
 use crate::engine::achieved::assess;
 use crate::engine::experiment::{
@@ -24,8 +24,7 @@ use crate::engine::partition::{Member, PartitionDirection, PartitionSpec, plan_p
 use crate::engine::probe::{Sample, observe};
 use crate::engine::request::inject_request;
 use crate::engine::selection::{
-    ApiFacts, Candidate, Chosen, TargetPolicy, distinct_pods, listing, refuse_named_protected,
-    select,
+    ApiFacts, Chosen, TargetPolicy, distinct_pods, listing, refuse_named_protected, select,
 };
 use crate::engine::stats::{PhaseStats, phase_stats, violations};
 use crate::engine::task::AbortOnDrop;

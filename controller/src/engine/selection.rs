@@ -7,6 +7,8 @@ use std::collections::BTreeSet;
 use chaos_proto::api;
 use serde::Serialize;
 
+use crate::agents::fleet::Candidate;
+use crate::agents::kube_api::PodKey;
 use crate::engine::experiment::{Experiment, FaultSpec, SelectMode, TargetSpec};
 
 /// Namespaces no target reaches, however it is named, unless the command that runs the
@@ -24,18 +26,6 @@ pub struct TargetPolicy {
     /// kube-system and chaos-control may be targeted (`--include-protected`).
     pub include_protected: bool,
 }
-
-/// A container some agent reported.
-#[derive(Debug, Clone)]
-pub struct Candidate {
-    pub agent: usize,
-    /// The node the agent runs on, as it reports it.
-    pub node: String,
-    pub info: api::TargetInfo,
-}
-
-/// A pod by namespace and name.
-pub type PodKey = (String, String);
 
 /// What the Kubernetes API answered for one step's selector; `None` leaves that part
 /// of the selector unconstrained.

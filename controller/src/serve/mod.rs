@@ -31,9 +31,10 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Server};
 
 use crate::agents::client::{AgentAddress, connect};
+use crate::agents::fleet::AgentsSpec;
 use crate::agents::fleet::{FleetConfig, fan_out};
 use crate::cli::output::kind_name;
-use crate::engine::experiment::{self, AgentsSpec, Experiment};
+use crate::engine::experiment::{self, Experiment};
 use crate::engine::probe::policy::{ProbeDestinations, ProbePolicy};
 use crate::engine::selection::TargetPolicy;
 use crate::serve::metrics::{ActiveFaultCounts, ControllerMetrics};

@@ -17,9 +17,10 @@ use crate::agents::certs::{
     CA_FILE, CONTROLLER_CERT_FILE, CONTROLLER_KEY_FILE, CONTROLLER_SERVER_NAME,
 };
 use crate::agents::client::{AgentAddress, ConnectError, endpoint_for, error_chain};
+use crate::agents::fleet::AgentsSpec;
 use crate::agents::fleet::{Fleet, FleetConfig};
 use crate::engine::experiment::scan::MAX_EXPERIMENT_BYTES;
-use crate::engine::experiment::{self, AgentsSpec, Experiment, ExperimentError};
+use crate::engine::experiment::{self, Experiment, ExperimentError};
 use crate::engine::probe::policy::ProbePolicy;
 use crate::engine::runner;
 use crate::engine::selection::{TargetPolicy, refuse_named_protected};

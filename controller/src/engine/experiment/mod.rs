@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::agents::fleet::AgentsSpec;
+use crate::agents::kube_api::ZONE_LABEL;
 use crate::engine::experiment::values::{duration, optional_duration};
 use crate::engine::probe::url::{parse_address, parse_url};
 pub use crate::fault_spec::FaultSpec;
@@ -72,52 +74,6 @@ pub struct Experiment {
 
 fn default_lease_ttl() -> Duration {
     Duration::from_secs(5)
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentsSpec {
-    /// HOST:PORT of every agent.
-    #[serde(default, rename = "static")]
-    pub static_agents: Vec<String>,
-    /// The agents behind a headless Service: every address the name resolves to.
-    #[serde(default)]
-    pub dns: Option<DnsAgents>,
-    #[serde(default)]
-    pub tls_dir: Option<PathBuf>,
-    #[serde(default)]
-    pub insecure_plaintext: bool,
-    /// How many agents are called at once.
-    #[serde(default = "default_parallelism")]
-    pub parallelism: usize,
-}
-
-impl Default for AgentsSpec {
-    fn default() -> Self {
-        AgentsSpec {
-            static_agents: Vec::new(),
-            dns: None,
-            tls_dir: None,
-            insecure_plaintext: false,
-            parallelism: default_parallelism(),
-        }
-    }
-}
-
-fn default_parallelism() -> usize {
-    64
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DnsAgents {
-    pub name: String,
-    #[serde(default = "default_agent_port")]
-    pub port: u16,
-}
-
-fn default_agent_port() -> u16 {
-    7090
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -569,9 +525,6 @@ impl TargetSpec {
         }
     }
 }
-
-/// The node label that names a node's availability zone.
-pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::page::escape;
+use super::escape;
 use crate::engine::runner::RunResult;
 
 const WIDTH: f64 = 960.0;

@@ -14,6 +14,14 @@ use crate::engine::outage::FaultOutage;
 use crate::engine::runner::{RunResult, StepPlan};
 use crate::engine::stats::PhaseStats;
 
+/// Text as HTML: the characters that could start a tag or an entity, or end an attribute.
+pub(super) fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
 pub(super) fn ms(value: Option<f64>) -> String {
     value.map_or("-".into(), |v| format!("{v:.1}"))
 }

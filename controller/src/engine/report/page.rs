@@ -8,17 +8,10 @@ use std::fmt::Write;
 use super::chart::{
     FAILURE_COLOUR, FAULT_COLOUR, LATENCY_COLOUR, SLOW_COLOUR, latency_chart, throughput_chart,
 };
-use super::{load_rows, ms, secs};
+use super::{escape, load_rows, ms, secs};
 use crate::engine::load::LoadResult;
 use crate::engine::runner::RunResult;
 use crate::engine::stats::PhaseStats;
-
-pub(super) fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
 
 const STYLE: &str = "\
 body{font-family:sans-serif;margin:2em;color:#222;max-width:1000px}\
