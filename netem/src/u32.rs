@@ -445,15 +445,15 @@ impl Selector {
     /// An IPv6 address spans four keys: they are shown as one network where they make
     /// one (a contiguous prefix), else each raw.
     fn describe_v6(&self) -> String {
+        // A key of an address is one of its four words; a key at any other offset inside it
+        // (only a decoded, not an encoded, selector has one) is shown raw.
+        let in_address =
+            |start: i32, off: i32| (start..start + 16).contains(&off) && (off - start) % 4 == 0;
         let network = |start: i32| -> Option<String> {
             let mut addr = 0u128;
             let mut mask = 0u128;
             let mut any = false;
-            for key in self
-                .keys
-                .iter()
-                .filter(|k| (start..start + 16).contains(&k.off))
-            {
+            for key in self.keys.iter().filter(|k| in_address(start, k.off)) {
                 let shift = 96 - 8 * (key.off - start) as u32;
                 addr |= u128::from(key.value) << shift;
                 mask |= u128::from(key.mask) << shift;
@@ -470,7 +470,7 @@ impl Selector {
         for key in &self.keys {
             let address = networks
                 .iter()
-                .find(|(start, _, _)| (*start..*start + 16).contains(&key.off));
+                .find(|(start, _, _)| in_address(*start, key.off));
             match (key.off, key.mask, address) {
                 (_, 0, _) => parts.push("all".to_string()),
                 (OFF6_NEXT_HEADER_WORD, 0x0000_ff00, _) => {
@@ -478,10 +478,7 @@ impl Selector {
                 }
                 (_, _, Some((start, end, Some(network)))) => {
                     // Once, at the network's first key.
-                    let first = self
-                        .keys
-                        .iter()
-                        .find(|k| (*start..*start + 16).contains(&k.off));
+                    let first = self.keys.iter().find(|k| in_address(*start, k.off));
                     if first.map(|k| k.off) == Some(key.off) {
                         parts.push(format!("{end} {network}"));
                     }
@@ -834,5 +831,24 @@ mod tests {
         let v6 = cidr("fd00::1/128");
         let text = serde_json::to_string(&v6).unwrap();
         assert_eq!(serde_json::from_str::<IpCidr>(&text).unwrap(), v6);
+    }
+
+    /// Found by the fuzz smoke: a decoded key inside an IPv6 address but not on one of its
+    /// words made the description's shift overflow.
+    #[test]
+    fn a_key_off_an_address_word_is_described_raw_not_as_a_network() {
+        let selector = Selector {
+            keys: vec![U32Key {
+                mask: 0xffff_ffff,
+                value: 0x0a00_0001,
+                off: OFF6_DST + 13,
+            }],
+        };
+        let described = selector.describe(Family::V6);
+        assert!(!described.contains("dst"), "{described}");
+        assert_eq!(
+            Selector::decode(&selector.encode(TC_U32_TERMINAL)).as_ref(),
+            Some(&selector)
+        );
     }
 }
