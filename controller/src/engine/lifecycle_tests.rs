@@ -33,6 +33,23 @@ steady_state:
       abort: { consecutive_failures: ABORT_AFTER }
 ";
 
+/// One CPU fault on pod web-0 for `duration`, under the probe, aborting never.
+fn one_cpu_fault(duration: &str) -> String {
+    PROBE.replace("ABORT_AFTER", "1000")
+        + &format!(
+            "\
+method:
+  faults:
+    - name: cpu
+      target: {{ namespace: shop, pod: web-0 }}
+      duration: {duration}
+      cpu: {{ load: 50 }}
+recovery: {{ timeout: 2s, hold: 300ms }}
+hypothesis: {{ during: degraded }}
+"
+        )
+}
+
 async fn run_with_cancel(
     agent: &FakeAgent,
     body: &str,
@@ -269,17 +286,7 @@ async fn cancelling_reverts_everything_and_aborts() {
     })
     .await
     .expect("fake agent");
-    let body = PROBE.replace("ABORT_AFTER", "1000")
-        + "\
-method:
-  faults:
-    - name: cpu
-      target: { namespace: shop, pod: web-0 }
-      duration: 30s
-      cpu: { load: 50 }
-recovery: { timeout: 2s, hold: 300ms }
-hypothesis: { during: degraded }
-";
+    let body = one_cpu_fault("30s");
     let (cancel_sender, cancel) = tokio::sync::watch::channel(false);
     let started = Instant::now();
     let canceller = tokio::spawn(async move {
@@ -308,18 +315,7 @@ async fn the_lease_is_renewed_every_second_while_faults_hold_and_not_after() {
     })
     .await
     .expect("fake agent");
-    let body = PROBE.replace("ABORT_AFTER", "1000")
-        + "\
-lease_ttl: 4s
-method:
-  faults:
-    - name: cpu
-      target: { namespace: shop, pod: web-0 }
-      duration: 4500ms
-      cpu: { load: 50 }
-recovery: { timeout: 2s, hold: 300ms }
-hypothesis: { during: degraded }
-";
+    let body = one_cpu_fault("4500ms") + "lease_ttl: 4s\n";
     let result = run(&agent, &body).await;
     assert_eq!(result.verdict, Verdict::Passed, "{:?}", result.reasons);
     let calls = agent.calls();
@@ -373,17 +369,7 @@ async fn a_revert_the_agent_refuses_is_a_rollback_error_naming_agent_and_fault()
     })
     .await
     .expect("fake agent");
-    let body = PROBE.replace("ABORT_AFTER", "1000")
-        + "\
-method:
-  faults:
-    - name: cpu
-      target: { namespace: shop, pod: web-0 }
-      duration: 1s
-      cpu: { load: 50 }
-recovery: { timeout: 2s, hold: 300ms }
-hypothesis: { during: degraded }
-";
+    let body = one_cpu_fault("1s");
     let result = run(&agent, &body).await;
     assert_eq!(
         result.rollback_errors.len(),
@@ -415,17 +401,7 @@ async fn a_fill_the_workload_already_exceeded_is_flagged_as_no_effect() {
     })
     .await
     .expect("fake agent");
-    let body = PROBE.replace("ABORT_AFTER", "1000")
-        + "\
-method:
-  faults:
-    - name: cpu
-      target: { namespace: shop, pod: web-0 }
-      duration: 1s
-      cpu: { load: 50 }
-recovery: { timeout: 2s, hold: 300ms }
-hypothesis: { during: degraded }
-";
+    let body = one_cpu_fault("1s");
     let result = run(&agent, &body).await;
     let fault = &result.faults[0];
     let reason = fault.no_effect.as_deref().expect("flagged as no effect");
