@@ -463,3 +463,20 @@ pub fn journal_len(state: &Path) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// Fails unless the agent reports a usable sch_netem: `vm_` tests need it, and on a kernel
+/// without it they must fail, not pass by changing nothing.
+pub async fn require_netem(agent: &TestAgent) -> Result<()> {
+    let caps = agent
+        .client()
+        .await?
+        .capabilities(chaos_proto::api::CapabilitiesRequest {})
+        .await?
+        .into_inner();
+    let netem = caps.qdiscs.iter().find(|q| q.name == "netem");
+    anyhow::ensure!(
+        netem.is_some_and(|q| q.available),
+        "this kernel has no usable sch_netem ({netem:?}): run vm_* tests in the Debian VM"
+    );
+    Ok(())
+}

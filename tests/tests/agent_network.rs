@@ -139,20 +139,6 @@ fn installed(fault: &api::Fault) -> String {
 }
 
 /// Requires a kernel with netem (the VM); fails with a clear message elsewhere.
-async fn require_netem(agent: &TestAgent) -> Result<()> {
-    let caps = agent
-        .client()
-        .await?
-        .capabilities(api::CapabilitiesRequest {})
-        .await?
-        .into_inner();
-    let netem = caps.qdiscs.iter().find(|q| q.name == "netem");
-    ensure!(
-        netem.is_some_and(|q| q.available),
-        "this kernel has no usable sch_netem ({netem:?}): run vm_* tests in the Debian VM"
-    );
-    Ok(())
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn host_network_fault_without_netem_is_refused_and_changes_nothing() -> Result<()> {
@@ -1093,7 +1079,7 @@ async fn vm_a_node_scope_network_fault_keeps_the_agent_port_unimpaired() -> Resu
         },
         Ipv4Addr::UNSPECIFIED,
     )?;
-    require_netem(&agent).await?;
+    chaos_tests::agent::require_netem(&agent).await?;
     let remote = TestNetns::create()?;
     let node_process = Sleeper::on_node()?;
     let other_service = host_listener(&remote)?;
@@ -1290,7 +1276,7 @@ async fn vm_node_scope_without_an_interface_acts_on_every_default_route_interfac
         containerd_socket: chaos_tests::containerd::CONTAINERD_SOCKET.into(),
     };
     let mut agent = TestAgent::start(options.clone())?;
-    require_netem(&agent).await?;
+    chaos_tests::agent::require_netem(&agent).await?;
     let before = (qdiscs_of(&node, "eth0")?, qdiscs_of(&node, "eth1")?);
     let service = ListenerInside::start(&node, 0)?;
     let agent_port = ListenerInside::start(&node, agent.grpc.port())?;
@@ -1731,7 +1717,7 @@ async fn vm_agent_sigkill_then_restart_restores_the_interface() -> Result<()> {
 async fn vm_sigterm_reverts_and_a_vanished_namespace_counts_as_reverted() -> Result<()> {
     let (tls, state) = (make_certs()?, state_dir()?);
     let mut agent = TestAgent::start_tls(tls.path(), state.path())?;
-    require_netem(&agent).await?;
+    chaos_tests::agent::require_netem(&agent).await?;
     let kept = TestNetns::create()?;
     let kept_pod = pod_in(&kept)?;
     let before = qdiscs(&kept)?;
@@ -2288,7 +2274,7 @@ async fn vm_node_blackhole_keeps_the_agent_reachable_and_is_reverted_through_it(
         },
         Ipv4Addr::UNSPECIFIED,
     )?;
-    require_netem(&agent).await?;
+    chaos_tests::agent::require_netem(&agent).await?;
     let remote = TestNetns::create()?;
     let pod = pod_in(&remote)?;
     let other_service = host_listener(&remote)?;
@@ -2561,7 +2547,7 @@ async fn bench_inject_and_revert(
     // The targets are plain processes in the namespaces (see Sleeper).
     let agent = agent_allowing_host_processes(&tls, &state, &[])?;
     if kind == "netem" {
-        require_netem(&agent).await?;
+        chaos_tests::agent::require_netem(&agent).await?;
     }
     let client = agent.client().await?;
     let fault = std::sync::Arc::new(fault);
@@ -2690,7 +2676,7 @@ async fn bench_inject_and_revert(
 /// as the target. Bound in this order, they drop in reverse: target first, agent, then files.
 async fn netem_rig() -> Result<Rig> {
     let rig = rig()?;
-    require_netem(&rig.2).await?;
+    chaos_tests::agent::require_netem(&rig.2).await?;
     Ok(rig)
 }
 

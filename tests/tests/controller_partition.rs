@@ -178,21 +178,6 @@ fn tc_state(pod: &PodNet) -> Result<String> {
     Ok(text)
 }
 
-async fn require_netem(agent: &TestAgent) -> Result<()> {
-    let caps = agent
-        .client()
-        .await?
-        .capabilities(api::CapabilitiesRequest {})
-        .await?
-        .into_inner();
-    let netem = caps.qdiscs.iter().find(|q| q.name == "netem");
-    ensure!(
-        netem.is_some_and(|q| q.available),
-        "this kernel has no usable sch_netem ({netem:?}): run vm_* tests in the Debian VM"
-    );
-    Ok(())
-}
-
 async fn active_blackholes(agent: &TestAgent) -> Result<Vec<api::Fault>> {
     Ok(agent
         .client()
@@ -427,7 +412,7 @@ async fn vm_partition_cuts_a_from_b_both_still_reach_c_and_all_is_restored() -> 
     let mut rig = Rig::start()?;
     let names = NAMES;
     let _listeners: Vec<TcpListener> = rig.lan.pods.iter().map(listen).collect::<Result<_>>()?;
-    require_netem(rig.agent()?).await?;
+    chaos_tests::agent::require_netem(rig.agent()?).await?;
     let (lan, namespace) = (&rig.lan, rig.namespace.clone());
     let (tls, state) = (&rig.tls, &rig.state);
     let agent = rig.agent()?;
