@@ -40,7 +40,7 @@ pub use distribution::Distribution;
 pub use impairment::Impairment;
 pub use netns::{
     NETLINK_TIMEOUT, NetnsError, NetnsHandle, NetnsId, OpenNetns, find_netns, in_netns,
-    named_netns, netns_id, netns_of_pid, socket_netns_cookie,
+    make_socket_in, named_netns, netns_id, netns_of_pid, socket_netns_cookie,
 };
 pub use qdisc::{QdiscError, QdiscRecord, QdiscSnapshot, QdiscView, Restored};
 pub use route::{
