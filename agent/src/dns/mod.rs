@@ -14,6 +14,9 @@
 //!   that is not faulted costs one parse and no re-encoding.
 //! - The wire format is hickory-proto's, a maintained codec; [`rules`] holds the decisions,
 //!   pure and unit-tested, and [`responder`] the thin socket layer.
+//! - [`redirect`]: the DNAT of the namespace's DNS traffic to the responder (nftables over
+//!   netlink, a table owned by its socket).
 
+pub mod redirect;
 pub mod responder;
 pub mod rules;
