@@ -636,7 +636,15 @@ impl Netfilter {
         match failed {
             None => Ok(()),
             Some((sequence, source)) => {
-                if sequence == first + 1 && source.raw_os_error() == Some(libc::EEXIST) {
+                // EEXIST: the table is there; EPERM for the table alone: it is there and
+                // owned by another socket (the kernel looks an owned table up only for its
+                // owner; a missing CAP_NET_ADMIN is refused at the batch's begin instead).
+                if sequence == first + 1
+                    && matches!(
+                        source.raw_os_error(),
+                        Some(libc::EEXIST) | Some(libc::EPERM)
+                    )
+                {
                     return Err(RedirectError::Exists);
                 }
                 Err(RedirectError::Kernel {
