@@ -316,6 +316,14 @@ fn dns_traffic_of_a_namespace_is_redirected_to_local_ports() -> Result<()> {
         let mut second = netfilter_in(&open)?;
         let refused = second.install(&redirects);
         ensure!(matches!(refused, Err(RedirectError::Exists)), "{refused:?}");
+        // Nor can another socket delete a table owned by the first (only with owned tables).
+        if installed.owned_by_socket {
+            let foreign = second.remove();
+            ensure!(
+                matches!(&foreign, Err(error) if error.errno() == Some(libc::EPERM)),
+                "{foreign:?}"
+            );
+        }
         ensure!(netfilter.installed()? == Some(redirects.to_vec()));
         ensure!(rule_count(&nft_table(&name)?.context("table gone")?) == 4);
         assert_redirected(NAMESERVER_V4.into())?;
