@@ -59,6 +59,32 @@ async fn a_udp_socket_made_in_a_namespace_lives_there() -> Result<()> {
         "{entry} in our namespace:\n{ours_table}"
     );
 
+    // A TCP listener made in there takes connections from a client made in there too.
+    let listener = std::net::TcpListener::from(
+        make_socket_in(
+            &open,
+            Box::new(|| {
+                Ok(OwnedFd::from(std::net::TcpListener::bind((
+                    Ipv4Addr::LOCALHOST,
+                    0,
+                ))?))
+            }),
+        )
+        .await?,
+    );
+    let address = listener.local_addr()?;
+    let connect = make_socket_in(
+        &open,
+        Box::new(move || {
+            let stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+            Ok(OwnedFd::from(stream))
+        }),
+    )
+    .await?;
+    let (accepted, peer) = listener.accept()?;
+    assert_eq!(peer, std::net::TcpStream::from(connect).local_addr()?);
+    assert_eq!(socket_netns_cookie(&accepted)?, Some(their_cookie));
+
     // A failing maker is reported as such, and the maker thread is still usable after it.
     let refused = make_socket_in(
         &open,
