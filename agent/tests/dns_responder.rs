@@ -209,6 +209,8 @@ async fn responder(upstream: SocketAddr) -> Responder {
             rules: rules(),
             upstream,
             upstream_timeout: Duration::from_secs(3),
+            sockets: std::sync::Arc::new(chaos_agent::dns::responder::LocalSockets),
+            counters: Default::default(),
         },
     )
     .await

@@ -64,6 +64,7 @@ impl api::FaultKind {
             api::FaultKind::Pause => "pause",
             api::FaultKind::DiskFill => "disk_fill",
             api::FaultKind::IoStress => "io_stress",
+            api::FaultKind::Dns => "dns",
         }
     }
 
@@ -96,6 +97,7 @@ impl api::inject_request::Fault {
             Fault::Pause(_) => api::FaultKind::Pause,
             Fault::DiskFill(_) => api::FaultKind::DiskFill,
             Fault::IoStress(_) => api::FaultKind::IoStress,
+            Fault::Dns(_) => api::FaultKind::Dns,
         }
     }
 }

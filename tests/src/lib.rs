@@ -3,6 +3,7 @@ pub mod agent;
 pub mod churn;
 pub mod command;
 pub mod containerd;
+pub mod dns;
 pub mod https_server;
 pub mod loopdisk;
 pub mod netns;

@@ -15,8 +15,9 @@
 //! - The wire format is hickory-proto's, a maintained codec; [`rules`] holds the decisions,
 //!   pure and unit-tested, and [`responder`] the thin socket layer.
 //! - [`redirect`]: the DNAT of the namespace's DNS traffic to the responder (nftables over
-//!   netlink, a table owned by its socket).
+//!   netlink, a table owned by its socket); [`resolv_conf`]: the nameservers to redirect.
 
 pub mod redirect;
+pub mod resolv_conf;
 pub mod responder;
 pub mod rules;

@@ -6,14 +6,18 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -53,6 +57,101 @@ pub struct Config {
     pub upstream: SocketAddr,
     /// How long to wait for the upstream's answer to one query.
     pub upstream_timeout: Duration,
+    /// Where the sockets to the upstream are made.
+    pub sockets: Arc<dyn UpstreamSockets>,
+    /// What it did, for the fault's status.
+    pub counters: Arc<Counters>,
+}
+
+/// Where the responder makes its sockets to the upstream: here, in the agent's own network
+/// namespace ([`LocalSockets`]), or in the target's, so that a forwarded query leaves from
+/// the pod as it would have without the fault (the fault's own implementation).
+pub trait UpstreamSockets: Send + Sync + std::fmt::Debug {
+    /// A socket for `upstream`: UDP bound to an ephemeral port, or TCP not yet connected.
+    fn socket(
+        &self,
+        upstream: SocketAddr,
+        transport: Transport,
+    ) -> BoxFuture<'_, io::Result<OwnedFd>>;
+}
+
+/// Sockets in the caller's own namespace, without a mark.
+#[derive(Debug, Default)]
+pub struct LocalSockets;
+
+impl UpstreamSockets for LocalSockets {
+    fn socket(
+        &self,
+        upstream: SocketAddr,
+        transport: Transport,
+    ) -> BoxFuture<'_, io::Result<OwnedFd>> {
+        Box::pin(async move { upstream_socket(upstream, transport, None) })
+    }
+}
+
+/// A socket to `upstream` in the calling thread's network namespace: UDP bound to an
+/// ephemeral port of its family, or TCP unconnected; non-blocking, close-on-exec, and with
+/// `mark` (SO_MARK) when given, which the fault's redirect lets pass.
+pub fn upstream_socket(
+    upstream: SocketAddr,
+    transport: Transport,
+    mark: Option<u32>,
+) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, setsockopt, socket, sockopt};
+    let fd: OwnedFd = match transport {
+        Transport::Udp => {
+            let any: SocketAddr = if upstream.is_ipv4() {
+                (Ipv4Addr::UNSPECIFIED, 0).into()
+            } else {
+                (Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let udp = std::net::UdpSocket::bind(any)?;
+            udp.set_nonblocking(true)?;
+            udp.into()
+        }
+        Transport::Tcp => {
+            let family = if upstream.is_ipv4() {
+                AddressFamily::Inet
+            } else {
+                AddressFamily::Inet6
+            };
+            socket(
+                family,
+                SockType::Stream,
+                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+                None,
+            )?
+        }
+    };
+    if let Some(mark) = mark {
+        setsockopt(&fd, sockopt::Mark, &mark)?;
+    }
+    Ok(fd)
+}
+
+/// What a responder did, read by the fault's status.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Queries received (UDP datagrams and TCP messages).
+    pub queries: AtomicU64,
+    /// Answered, dropped or delayed by a rule.
+    pub faulted: AtomicU64,
+    /// Sent to the upstream (delayed ones included).
+    pub forwarded: AtomicU64,
+}
+
+impl Counters {
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn read(&self) -> (u64, u64, u64) {
+        (
+            self.queries.load(Ordering::Relaxed),
+            self.faulted.load(Ordering::Relaxed),
+            self.forwarded.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// A running responder. [`Responder::stop`] closes its sockets before it returns; dropping it
@@ -223,25 +322,35 @@ async fn write_frame(stream: &mut TcpStream, message: &[u8]) -> io::Result<()> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Transport {
+pub enum Transport {
     Udp,
     Tcp,
 }
 
 /// The answer to one query, or None for no answer.
 async fn respond(config: &Config, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    Counters::count(&config.counters.queries);
     let delay = match handle(&config.rules, query, transport) {
-        Handling::Reply(answer) => return Some(answer),
-        Handling::Drop => return None,
+        Handling::Reply(answer) => {
+            Counters::count(&config.counters.faulted);
+            return Some(answer);
+        }
+        Handling::Drop => {
+            Counters::count(&config.counters.faulted);
+            return None;
+        }
         Handling::Forward(delay) => delay,
     };
     if !delay.is_zero() {
+        Counters::count(&config.counters.faulted);
         tokio::time::sleep(delay).await;
     }
+    Counters::count(&config.counters.forwarded);
     let forwarded = tokio::time::timeout(config.upstream_timeout, async {
+        let socket = config.sockets.socket(config.upstream, transport).await?;
         match transport {
-            Transport::Udp => forward_udp(config.upstream, query).await,
-            Transport::Tcp => forward_tcp(config.upstream, query).await,
+            Transport::Udp => forward_udp(socket, config.upstream, query).await,
+            Transport::Tcp => forward_tcp(socket, config.upstream, query).await,
         }
     })
     .await;
@@ -262,15 +371,11 @@ async fn respond(config: &Config, query: &[u8], transport: Transport) -> Option<
     }
 }
 
-/// A fresh socket per query: a random source port, and the connected socket takes datagrams
+/// A fresh socket per query (made by the caller): a random source port, and the connected
+/// socket takes datagrams
 /// from the upstream only.
-async fn forward_udp(upstream: SocketAddr, query: &[u8]) -> io::Result<Vec<u8>> {
-    let local: SocketAddr = if upstream.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(local).await?;
+async fn forward_udp(socket: OwnedFd, upstream: SocketAddr, query: &[u8]) -> io::Result<Vec<u8>> {
+    let socket = UdpSocket::from_std(std::net::UdpSocket::from(socket))?;
     socket.connect(upstream).await?;
     socket.send(query).await?;
     let mut buffer = vec![0u8; MAX_MESSAGE];
@@ -284,8 +389,9 @@ async fn forward_udp(upstream: SocketAddr, query: &[u8]) -> io::Result<Vec<u8>> 
     }
 }
 
-async fn forward_tcp(upstream: SocketAddr, query: &[u8]) -> io::Result<Vec<u8>> {
-    let mut stream = TcpStream::connect(upstream).await?;
+async fn forward_tcp(socket: OwnedFd, upstream: SocketAddr, query: &[u8]) -> io::Result<Vec<u8>> {
+    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
+    let mut stream = socket.connect(upstream).await?;
     write_frame(&mut stream, query).await?;
     read_frame(&mut stream).await
 }

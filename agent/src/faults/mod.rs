@@ -18,6 +18,7 @@
 pub mod blackhole;
 pub mod cpu;
 pub mod disk_fill;
+pub mod dns;
 pub mod io;
 pub mod io_stress;
 pub mod leaf_cgroup;
@@ -78,6 +79,7 @@ pub const KINDS: &[KindInfo] = &[
     io::KIND,
     disk_fill::KIND,
     io_stress::KIND,
+    dns::KIND,
 ];
 
 /// The entry of an implemented kind.
@@ -255,6 +257,7 @@ pub async fn prepare(
         FaultPlan::Io(plan) => io::prepare(plan, targets, context),
         FaultPlan::DiskFill(plan) => disk_fill::prepare(plan, targets, context),
         FaultPlan::IoStress(plan) => io_stress::prepare(plan, spec, targets, context),
+        FaultPlan::Dns(plan) => dns::prepare(plan, spec, targets, context).await,
     }
 }
 
@@ -306,7 +309,7 @@ mod capability_tests {
         assert_eq!(check_capabilities(api::FaultKind::Memory, &none), Ok(()));
         let err = check_capabilities(api::FaultKind::Process, &none).unwrap_err();
         assert!(err.to_string().contains("CAP_KILL"), "{err}");
-        assert_eq!(KINDS.len(), 9);
+        assert_eq!(KINDS.len(), 10);
         assert_eq!(check_capabilities(api::FaultKind::Io, &none), Ok(()));
     }
 }
@@ -350,6 +353,9 @@ mod kind_tests {
             api::FaultKind::DiskFill => serde_json::json!({"action": "remove_files", "files": []}),
             api::FaultKind::IoStress => {
                 serde_json::json!({"action": "kill_and_remove", "processes": [], "files": []})
+            }
+            api::FaultKind::Dns => {
+                serde_json::json!({"action": "remove_dns_redirect", "namespaces": []})
             }
             _ => serde_json::json!({"action": "kill_processes", "processes": []}),
         };

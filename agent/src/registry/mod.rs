@@ -884,7 +884,11 @@ fn claim_keys(plan: &FaultPlan, targets: &[Resolved]) -> Vec<ClaimKey> {
         | FaultPlan::Io(_)
         | FaultPlan::IoStress(_) => true,
         FaultPlan::Process(process) => crate::validate::is_stop_signal(process.signal),
-        FaultPlan::Network(_) | FaultPlan::Blackhole(_) | FaultPlan::DiskFill(_) => false,
+        // A DNS fault claims its namespaces itself (one per namespace, see `faults::dns`).
+        FaultPlan::Network(_)
+        | FaultPlan::Blackhole(_)
+        | FaultPlan::DiskFill(_)
+        | FaultPlan::Dns(_) => false,
     };
     if !holds_alone {
         return Vec::new();

@@ -15,6 +15,7 @@
 mod blackhole;
 mod cpu;
 mod disk_fill;
+mod dns;
 mod io;
 mod io_stress;
 mod memory;
@@ -28,6 +29,7 @@ mod tests;
 pub use blackhole::BlackholePlan;
 pub use cpu::CpuPlan;
 pub use disk_fill::{DEFAULT_DISK_FILL_MIN_FREE_PERCENT, DiskFillPlan, FillAmount};
+pub use dns::DnsPlan;
 pub use io::{IoDevices, IoPlan, MIN_BYTES_PER_SECOND, validate_io};
 pub use io_stress::{
     DEFAULT_IO_STRESS_FILE_BYTES, IoStressPlan, MAX_IO_STRESS_WORKERS,
@@ -106,6 +108,7 @@ pub enum FaultPlan {
     Io(IoPlan),
     DiskFill(DiskFillPlan),
     IoStress(IoStressPlan),
+    Dns(DnsPlan),
 }
 
 impl FaultPlan {
@@ -128,6 +131,7 @@ impl FaultPlan {
             FaultPlan::Io(_) => api::FaultKind::Io,
             FaultPlan::DiskFill(_) => api::FaultKind::DiskFill,
             FaultPlan::IoStress(_) => api::FaultKind::IoStress,
+            FaultPlan::Dns(_) => api::FaultKind::Dns,
         }
     }
 }
@@ -169,7 +173,7 @@ pub fn validate_inject(
     let Some(fault) = &req.fault else {
         return Err(AgentError::invalid(
             "fault",
-            "is missing; set one of cpu, memory, network, process, blackhole, pause, io, disk_fill, io_stress",
+            "is missing; set one of cpu, memory, network, process, blackhole, pause, io, disk_fill, io_stress, dns",
         ));
     };
     let plan = match fault {
@@ -207,6 +211,10 @@ pub fn validate_inject(
         api::inject_request::Fault::IoStress(stress) => {
             require_duration(duration)?;
             FaultPlan::IoStress(io_stress::validate_io_stress(stress, &target, limits)?)
+        }
+        api::inject_request::Fault::Dns(dns) => {
+            require_duration(duration)?;
+            FaultPlan::Dns(dns::validate_dns(dns)?)
         }
     };
     let lease = req

@@ -401,6 +401,13 @@ fn every_kind_a_request_can_ask_for_is_implemented() {
             ..Default::default()
         }),
         Fault::IoStress(api::IoStressFault::default()),
+        Fault::Dns(api::DnsFault {
+            rules: vec![api::DnsRule {
+                pattern: "db.test".into(),
+                action: api::DnsAction::Nxdomain as i32,
+                ..Default::default()
+            }],
+        }),
     ];
     let mut planned = Vec::new();
     for fault in requests {

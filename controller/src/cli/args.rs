@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::agents::certs;
 use crate::fault_spec::{
-    BlackholeSpec, CpuSpec, DiskFillSpec, FaultSpec, IoSpec, IoStressSpec, KillSpec, MemorySpec,
-    NetworkSpec, PauseSpec,
+    BlackholeSpec, CpuSpec, DiskFillSpec, DnsSpec, FaultSpec, IoSpec, IoStressSpec, KillSpec,
+    MemorySpec, NetworkSpec, PauseSpec,
 };
 use crate::units::duration::parse_duration;
 use anyhow::Result;
@@ -237,6 +237,11 @@ pub enum Inject {
     /// the duration, charged to the container; the files are removed at every end. A
     /// cgroup: target is refused.
     IoStress(Timed<IoStressSpec>),
+    /// Fault the target's name lookups by name (--rule, in order, the first match wins):
+    /// NXDOMAIN, SERVFAIL, no answer, a late answer or given addresses; other names resolve
+    /// through the pod's own nameservers. Refused for a hostNetwork pod or a process of the
+    /// node.
+    Dns(Timed<DnsSpec>),
 }
 
 /// A fault that lasts: its target, its spec's flags, and how long.
@@ -283,6 +288,7 @@ impl Inject {
             Inject::Io(a) => (a.common, FaultSpec::Io(a.fault), a.duration),
             Inject::DiskFill(a) => (a.common, FaultSpec::DiskFill(a.fault), a.duration),
             Inject::IoStress(a) => (a.common, FaultSpec::IoStress(a.fault), a.duration),
+            Inject::Dns(a) => (a.common, FaultSpec::Dns(a.fault), a.duration),
         }
     }
 }
@@ -451,6 +457,7 @@ mod tests {
         ("io-stress", "bps", "1MiB", &[]),
         ("io-stress", "file_size", "8MiB", &[]),
         ("io-stress", "path", "/data", &[]),
+        ("dns", "rules", "db.test=delay:1500ms", &[]),
     ];
 
     /// `field: value` as the file writes it: a list for a repeatable flag.

@@ -71,6 +71,10 @@ fn status_json(status: &Option<api::fault::Status>) -> Value {
                 "read_iops": d.read_iops, "write_iops": d.write_iops,
             })).collect::<Vec<_>>(),
         }),
+        Some(api::fault::Status::Dns(dns)) => json!({
+            "redirects": dns.redirects, "queries": dns.queries,
+            "faulted": dns.faulted, "forwarded": dns.forwarded,
+        }),
         Some(api::fault::Status::DiskFill(fill)) => json!({
             "files": fill.files.iter().map(|f| json!({
                 "target": f.target, "path": f.path, "bytes": f.bytes,
@@ -184,6 +188,17 @@ pub fn summary(f: &api::Fault) -> String {
         Some(api::fault::Status::Io(io)) => io_summary(io),
         Some(api::fault::Status::DiskFill(fill)) => disk_fill_summary(fill),
         Some(api::fault::Status::IoStress(stress)) => io_stress_summary(stress),
+        Some(api::fault::Status::Dns(dns)) => format!(
+            "{} quer(ies), {} faulted, {} forwarded; redirected: {}",
+            dns.queries,
+            dns.faulted,
+            dns.forwarded,
+            if dns.redirects.is_empty() {
+                "nothing".to_string()
+            } else {
+                dns.redirects.join(", ")
+            }
+        ),
         _ => f.message.clone(),
     }
 }

@@ -9,6 +9,7 @@ mod blackhole;
 mod cpu;
 mod delete_pod;
 mod disk_fill;
+mod dns;
 mod io;
 mod io_stress;
 mod kill;
@@ -20,6 +21,7 @@ pub use blackhole::BlackholeSpec;
 pub use cpu::{CpuModeSpec, CpuSpec};
 pub use delete_pod::DeletePodSpec;
 pub use disk_fill::{DiskFillSpec, MAX_FILL_PATH_BYTES, check_fill_path};
+pub use dns::{DnsActionSpec, DnsRuleSpec, DnsSpec};
 pub use io::IoSpec;
 pub use io_stress::{
     IoStressSpec, MAX_IO_STRESS_WORKERS, MIN_IO_STRESS_BPS, MIN_IO_STRESS_FILE_SIZE,
@@ -112,6 +114,8 @@ fault_specs! {
     Io(IoSpec) = "io",
     DiskFill(DiskFillSpec) = "disk_fill",
     IoStress(IoStressSpec) = "io_stress",
+    /// Lookups faulted by name in the target's network namespace.
+    Dns(DnsSpec) = "dns",
     /// Pods deleted through the Kubernetes API: an experiment's only, no agent's fault.
     DeletePod(DeletePodSpec) = "delete_pod",
     /// Two groups of pods cut off from each other: an experiment's only, planned into
@@ -135,6 +139,7 @@ impl FaultSpec {
             FaultSpec::Io(io) => Fault::Io(io.to_api()),
             FaultSpec::DiskFill(fill) => Fault::DiskFill(fill.to_api()),
             FaultSpec::IoStress(stress) => Fault::IoStress(stress.to_api()),
+            FaultSpec::Dns(dns) => Fault::Dns(dns.to_api()),
             FaultSpec::DeletePod(_) | FaultSpec::Partition(_) => return None,
         })
     }
@@ -160,6 +165,7 @@ impl FaultSpec {
             FaultSpec::Io(io) => io.check(names),
             FaultSpec::DiskFill(fill) => fill.check(names),
             FaultSpec::IoStress(stress) => stress.check(),
+            FaultSpec::Dns(dns) => dns.check(names),
             FaultSpec::DeletePod(delete) => delete.check(),
             // Its selectors are checked as every step's target is (`FaultStep::selectors`).
             FaultSpec::Partition(_) => Ok(()),
@@ -195,6 +201,7 @@ mod tests {
                 let value = match *key {
                     "cpu" => "{ load: 50 }",
                     "memory" => "{ size: 1MiB }",
+                    "dns" => "{ rules: [{ name: a.test, action: drop }] }",
                     "partition" => "{ from: { pod: a }, to: { pod: b } }",
                     _ => "{}",
                 };

@@ -209,8 +209,10 @@ fn check_step(step: &FaultStep, field: &str) -> Result<(), ExperimentError> {
                 MAX_LIST_ITEMS,
             )?;
         }
-        // No durations or lists to bound: their sizes and counts have their own checks.
+        // No durations or lists to bound: their sizes and counts have their own checks (a
+        // DNS fault's rules and delays: `DnsSpec::check`).
         FaultSpec::Cpu(_)
+        | FaultSpec::Dns(_)
         | FaultSpec::Pause(_)
         | FaultSpec::Io(_)
         | FaultSpec::DiskFill(_)

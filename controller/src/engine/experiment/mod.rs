@@ -1442,7 +1442,7 @@ method:
         assert_eq!(
             error,
             "method.faults[0]: `io` beside `pause`: a step is exactly one fault (one of kill, \
-             cpu, memory, network, blackhole, pause, io, disk_fill, io_stress, delete_pod, \
+             cpu, memory, network, blackhole, pause, io, disk_fill, io_stress, dns, delete_pod, \
              partition); \
              write the other as a step of its own at line 17 column 7"
         );
