@@ -275,15 +275,18 @@ async fn a_dns_fault_ends_at_its_deadline_and_a_killed_agent_leaves_nothing() ->
     // The deadline: the agent ends it by itself.
     let fault = inject_fault(
         &mut client,
-        dns_fault(&rig.container.target(), scaled(Duration::from_secs(15))),
+        dns_fault(&rig.container.target(), scaled(Duration::from_secs(3))),
     )
     .await?;
-    ensure_faulted(&rig)?;
+    ensure!(
+        rig.ask("faulted.test", Transport::Udp)? == Some(Answer::Code(ResponseCode::NXDomain)),
+        "not faulted"
+    );
     chaos_tests::agent::wait_fault_state(
         &agent,
         &fault.id,
         api::FaultState::Expired,
-        scaled(Duration::from_secs(30)),
+        scaled(Duration::from_secs(20)),
     )
     .await?;
     rig.ensure_untouched()?;
@@ -294,6 +297,7 @@ async fn a_dns_fault_ends_at_its_deadline_and_a_killed_agent_leaves_nothing() ->
         dns_fault(&rig.container.target(), Duration::from_secs(300)),
     )
     .await?;
+    ensure_faulted(&rig)?;
     ensure!(journal_len(state.path()) == 1);
     agent.kill_hard()?;
     // The kernel removes a table its socket owns when the socket closes (5.12+); an
@@ -350,5 +354,42 @@ async fn a_dns_fault_in_the_nodes_namespace_is_refused_by_every_route() -> Resul
     let ruleset = run_bounded("nft", &["list", "ruleset"], Duration::from_secs(20))?.check()?;
     ensure!(!ruleset.stdout.contains(TABLE), "{}", ruleset.stdout);
     ensure!(journal_len(state.path()) == 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dns_fault_ends_when_its_container_is_killed_restarted_or_removed() -> Result<()> {
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let mut client = agent.client().await?;
+    for churn in chaos_tests::churn::ALL {
+        let rig = Rig::start(&format!("dns-churn-{churn:?}").to_lowercase())?;
+        let fault = inject_fault(
+            &mut client,
+            dns_fault(&rig.container.target(), Duration::from_secs(300)),
+        )
+        .await?;
+        ensure!(
+            rig.ask("faulted.test", Transport::Udp)? == Some(Answer::Code(ResponseCode::NXDomain)),
+            "{churn:?}: not faulted"
+        );
+        churn.apply(&rig.container)?;
+        // The fault's sockets hold the pod's namespace: it lets go as soon as the init is
+        // seen gone, not at the deadline. (A restarted task is a new target: not faulted.)
+        let ended = chaos_tests::agent::wait_fault_state(
+            &agent,
+            &fault.id,
+            api::FaultState::Completed,
+            scaled(Duration::from_secs(10)),
+        )
+        .await?;
+        ensure!(
+            ended.message.contains("target is gone"),
+            "{churn:?}: {ended:?}"
+        );
+        rig.ensure_untouched()
+            .with_context(|| format!("after {churn:?}"))?;
+        ensure!(journal_len(state.path()) == 0, "{churn:?}");
+    }
     Ok(())
 }

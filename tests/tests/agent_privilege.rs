@@ -192,6 +192,30 @@ fn limited_container() -> Result<TestContainer> {
     TestContainer::start(spec)
 }
 
+/// A container whose /etc/resolv.conf names a nameserver (bind-mounted, as the kubelet
+/// does), for a DNS fault; the file lives as long as the container.
+fn container_with_resolv_conf() -> Result<(TestContainer, tempfile::NamedTempFile)> {
+    let resolv_conf = tempfile::Builder::new()
+        .prefix("chaos-test-resolv-")
+        .tempfile()?;
+    std::fs::write(resolv_conf.path(), "nameserver 10.96.0.10\n")?;
+    let mut spec = ContainerSpec::pod("dev", &format!("lp-dns-{}", std::process::id()), "app");
+    spec.read_only_mounts = vec![(resolv_conf.path().to_path_buf(), "/etc/resolv.conf".into())];
+    Ok((TestContainer::start(spec)?, resolv_conf))
+}
+
+/// The namespace's nftables ruleset, as `nft` lists it from inside.
+fn ruleset_of(pid: u32) -> Result<String> {
+    let pid = pid.to_string();
+    Ok(run_bounded(
+        "nsenter",
+        &["-t", &pid, "-n", "nft", "list", "ruleset"],
+        Duration::from_secs(20),
+    )?
+    .check()?
+    .stdout)
+}
+
 /// The agent holds exactly the DaemonSet's set, and Capabilities says every kind is usable.
 async fn start_least_privileged(
     tls: &std::path::Path,
@@ -215,7 +239,7 @@ async fn start_least_privileged(
             "CAP_SYS_ADMIN"
         ]
     );
-    assert_eq!(report.kind_privileges.len(), 9, "{report:?}");
+    assert_eq!(report.kind_privileges.len(), 10, "{report:?}");
     assert!(
         report
             .kind_privileges
@@ -376,6 +400,40 @@ async fn host_least_privilege_agent_runs_a_fault_of_every_host_kind() -> Result<
     let restored = qdiscs_on_lo(init)?;
     ensure!(!restored.contains("tbf"), "{restored}");
 
+    // A DNS fault (CAP_SYS_PTRACE: the target's resolv.conf and ns/net; CAP_SYS_ADMIN: its
+    // responder's sockets made inside; CAP_NET_ADMIN: the nftables redirect and SO_MARK):
+    // installed and read back, gone after the revert.
+    let (dns_container, _resolv_conf) = container_with_resolv_conf()?;
+    let dns_init = dns_container.pid()?;
+    let dns = inject(
+        &agent,
+        request(
+            &dns_container.target(),
+            api::inject_request::Fault::Dns(api::DnsFault {
+                rules: vec![api::DnsRule {
+                    pattern: "db.test".into(),
+                    action: api::DnsAction::Nxdomain as i32,
+                    ..Default::default()
+                }],
+            }),
+        ),
+    )
+    .await?;
+    match &dns.status {
+        Some(api::fault::Status::Dns(status)) => {
+            ensure!(status.redirects.len() == 1, "{status:?}")
+        }
+        other => bail!("no DNS status: {other:?}"),
+    }
+    let ruleset = ruleset_of(dns_init)?;
+    ensure!(
+        ruleset.contains("chaos_dns") && ruleset.contains("10.96.0.10"),
+        "{ruleset}"
+    );
+    revert(&agent, &dns.id).await?;
+    let ruleset = ruleset_of(dns_init)?;
+    ensure!(!ruleset.contains("chaos_dns"), "{ruleset}");
+
     // A stop of another user's process (CAP_KILL), continued by the revert.
     let nobody = OtherUsersProcess::start()?;
     let other = inject(
@@ -437,6 +495,36 @@ async fn host_an_agent_without_cap_net_admin_refuses_network_kinds_naming_it() -
         );
     }
     assert_eq!(qdiscs_on_lo(init)?, before, "a refused fault changed lo");
+    // A DNS fault needs it for the redirect: refused naming it, nothing installed.
+    let (dns_container, _resolv_conf) = container_with_resolv_conf()?;
+    let refused = agent
+        .client()
+        .await?
+        .inject(request(
+            &dns_container.target(),
+            api::inject_request::Fault::Dns(api::DnsFault {
+                rules: vec![api::DnsRule {
+                    pattern: "*".into(),
+                    action: api::DnsAction::Servfail as i32,
+                    ..Default::default()
+                }],
+            }),
+        ))
+        .await
+        .expect_err("a DNS fault without CAP_NET_ADMIN");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .message()
+            .contains("CAP_NET_ADMIN (to install the nftables redirect"),
+        "{}",
+        refused.message()
+    );
+    assert!(!ruleset_of(dns_container.pid()?)?.contains("chaos_dns"));
     assert_eq!(journal_len(state.path()), 0);
 
     let report = agent
@@ -446,8 +534,13 @@ async fn host_an_agent_without_cap_net_admin_refuses_network_kinds_naming_it() -
         .await?
         .into_inner();
     for k in &report.kind_privileges {
-        let network =
-            k.kind == api::FaultKind::Network as i32 || k.kind == api::FaultKind::Blackhole as i32;
+        let network = [
+            api::FaultKind::Network,
+            api::FaultKind::Blackhole,
+            api::FaultKind::Dns,
+        ]
+        .iter()
+        .any(|kind| k.kind == *kind as i32);
         assert_eq!(k.usable, !network, "{k:?}");
         if network {
             assert_eq!(k.missing_capabilities, ["CAP_NET_ADMIN"], "{k:?}");

@@ -48,6 +48,9 @@ struct Pods {
     /// The network namespaces of the pods that have an address (dropped after the
     /// containers, which the Drop below removes first).
     networks: Vec<TestNetns>,
+    /// Every container's /etc/resolv.conf (bind-mounted, as the kubelet gives each pod the
+    /// cluster DNS): a DNS step reads its targets' nameservers from it.
+    resolv_conf: tempfile::NamedTempFile,
 }
 
 impl Pods {
@@ -61,10 +64,18 @@ impl Pods {
         pods: &[(&str, &str, &str)],
         networked: &[(&str, &str, &str)],
     ) -> Result<Pods> {
+        let resolv_conf = tempfile::Builder::new()
+            .prefix("chaos-test-resolv-")
+            .tempfile()?;
+        std::fs::write(
+            resolv_conf.path(),
+            "search svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n",
+        )?;
         let mut rig = Pods {
             runtime_namespace: unique("chaos-dryrun"),
             containers: Vec::new(),
             networks: Vec::new(),
+            resolv_conf: resolv_conf,
         };
         for (index, (namespace, pod, container)) in pods.iter().chain(networked).enumerate() {
             let netns = if index >= pods.len() {
@@ -78,6 +89,10 @@ impl Pods {
             let spec = ContainerSpec {
                 runtime_namespace: rig.runtime_namespace.clone(),
                 netns,
+                read_only_mounts: vec![(
+                    rig.resolv_conf.path().to_path_buf(),
+                    "/etc/resolv.conf".into(),
+                )],
                 ..ContainerSpec::pod(namespace, pod, container)
             };
             rig.containers.push(TestContainer::start(spec)?);
@@ -629,6 +644,10 @@ fn expectations() -> BTreeMap<&'static str, Vec<StepExpectation>> {
         (
             "delete-web-pod.yaml",
             vec![step("delete-one-web-pod", "delete_pod", WEB, 1)],
+        ),
+        (
+            "dns-database-gone.yaml",
+            vec![step("database-name-gone", "dns", WEB, 2)],
         ),
         (
             // One blackhole per pod, both ways: on the driver, and on each executor.
