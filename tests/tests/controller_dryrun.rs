@@ -75,7 +75,7 @@ impl Pods {
             runtime_namespace: unique("chaos-dryrun"),
             containers: Vec::new(),
             networks: Vec::new(),
-            resolv_conf: resolv_conf,
+            resolv_conf,
         };
         for (index, (namespace, pod, container)) in pods.iter().chain(networked).enumerate() {
             let netns = if index >= pods.len() {
