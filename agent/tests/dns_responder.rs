@@ -4,11 +4,11 @@
 //! No root and no network namespace needed: everything is on 127.0.0.1.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chaos_agent::dns::responder::{Config, Responder};
 use chaos_agent::dns::rules::{Action, Pattern, Rule, Rules};
+use chaos_tests::dns::Dnsmasq;
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, RecordType};
@@ -19,68 +19,17 @@ use tokio::net::{TcpStream, UdpSocket};
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 const DELAY: Duration = Duration::from_millis(400);
 
-/// dnsmasq on 127.0.0.1:port, killed (and reaped) on drop, also when a test fails.
-struct Dnsmasq {
-    child: Child,
-    address: SocketAddr,
-}
-
-impl Dnsmasq {
-    async fn start() -> Dnsmasq {
-        for _ in 0..8 {
-            let port = free_port();
-            let child = Command::new("dnsmasq")
-                .args([
-                    "--no-daemon",
-                    "--conf-file=/dev/null",
-                    "--no-resolv",
-                    "--no-hosts",
-                    "--pid-file",
-                    "--user=root",
-                    "--listen-address=127.0.0.1",
-                    "--bind-interfaces",
-                    "--address=/ok.test/10.1.2.3",
-                    "--address=/faulted.test/10.9.9.9",
-                ])
-                .arg(format!("--port={port}"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("dnsmasq runs (apt-get install dnsmasq-base)");
-            let mut dnsmasq = Dnsmasq {
-                child,
-                address: (Ipv4Addr::LOCALHOST, port).into(),
-            };
-            // Ready when it answers; it exits at once if the port was taken meanwhile.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if dnsmasq.child.try_wait().expect("dnsmasq status").is_some() {
-                    break;
-                }
-                if udp_lookup(
-                    dnsmasq.address,
-                    "ok.test.",
-                    RecordType::A,
-                    Duration::from_millis(200),
-                )
-                .await
-                .is_some()
-                {
-                    return dnsmasq;
-                }
-            }
-            let _ = dnsmasq.child.kill();
-        }
-        panic!("dnsmasq did not start");
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// dnsmasq on a free port of 127.0.0.1, answering ok.test and faulted.test (the shared rig,
+/// killed and reaped on drop).
+fn dnsmasq() -> Dnsmasq {
+    Dnsmasq::on_free_port(
+        Ipv4Addr::LOCALHOST,
+        &[
+            ("ok.test", Ipv4Addr::new(10, 1, 2, 3)),
+            ("faulted.test", Ipv4Addr::new(10, 9, 9, 9)),
+        ],
+    )
+    .expect("dnsmasq runs (apt-get install dnsmasq-base)")
 }
 
 fn free_port() -> u16 {
@@ -219,7 +168,7 @@ async fn responder(upstream: SocketAddr) -> Responder {
 
 #[tokio::test]
 async fn faulted_names_fail_as_asked_and_others_resolve_through_dnsmasq() {
-    let dnsmasq = Dnsmasq::start().await;
+    let dnsmasq = dnsmasq();
     let responder = responder(dnsmasq.address).await;
     let server = responder.local_addr();
     for transport in [Transport::Udp, Transport::Tcp] {

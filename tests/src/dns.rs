@@ -22,6 +22,20 @@ pub struct Dnsmasq {
 }
 
 impl Dnsmasq {
+    /// [`Dnsmasq::start`] on a free port of `listen` (another process may take the port
+    /// between the check and dnsmasq's bind: then another).
+    pub fn on_free_port(listen: Ipv4Addr, records: &[(&str, Ipv4Addr)]) -> Result<Dnsmasq> {
+        let mut last = None;
+        for _ in 0..8 {
+            let port = UdpSocket::bind((listen, 0))?.local_addr()?.port();
+            match Dnsmasq::start(listen, port, records) {
+                Ok(dnsmasq) => return Ok(dnsmasq),
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no free port for dnsmasq")))
+    }
+
     /// Starts dnsmasq on `listen`:`port` with `records` (name, IPv4 address): each name and
     /// the names below it answer that address. Returns once it answers.
     pub fn start(listen: Ipv4Addr, port: u16, records: &[(&str, Ipv4Addr)]) -> Result<Dnsmasq> {
