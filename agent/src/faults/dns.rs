@@ -562,3 +562,73 @@ fn remove_recorded(procfs: &Procfs, recorded: &NetnsRef) -> Result<(), String> {
         .map(|_| ())
         .map_err(|e| format!("namespace inode {}: {e}", recorded.id.ino))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nodes_and_the_agents_namespaces_are_refused_and_a_pods_is_not() {
+        assert_eq!(refuse_shared_namespace(false, false, "pod:a/b/c"), Ok(()));
+        for (node, agent, names) in [
+            (true, false, "node's network namespace"),
+            (true, true, "node's network namespace"),
+            (false, true, "agent's own network namespace"),
+        ] {
+            match refuse_shared_namespace(node, agent, "pid:42") {
+                Err(AgentError::PermissionDenied(message)) => {
+                    assert!(message.starts_with("pid:42 "), "{message}");
+                    assert!(message.contains(names), "{message}");
+                    assert!(message.contains("never permitted"), "{message}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_read_back_must_hold_exactly_the_redirects_asked_for() {
+        let redirect = |nameserver: &str, port| Redirect {
+            nameserver: nameserver.parse().unwrap(),
+            port,
+        };
+        let asked = [redirect("10.96.0.10", 4000), redirect("fd00::a", 4001)];
+        let reordered = [asked[1], asked[0]];
+        assert!(same_redirects(&reordered, &asked));
+        assert!(!same_redirects(&asked[..1], &asked));
+        assert!(!same_redirects(
+            &[redirect("10.96.0.10", 4002), asked[1]],
+            &asked
+        ));
+        assert!(!same_redirects(&[], &asked));
+        assert_eq!(
+            describe(&asked),
+            "10.96.0.10:53 -> 127.0.0.1:4000, fd00::a:53 -> [::1]:4001"
+        );
+        assert_eq!(describe(&[]), "no redirect");
+    }
+
+    #[test]
+    fn a_kernel_without_nftables_nat_is_a_failed_precondition_naming_it() {
+        let refused = |errno| RedirectError::Kernel {
+            what: "install the redirect".into(),
+            source: io::Error::from_raw_os_error(errno),
+        };
+        for errno in [libc::ENOENT, libc::EOPNOTSUPP] {
+            match redirect_error("pod:a/b", refused(errno)) {
+                AgentError::FailedPrecondition(message) => {
+                    assert!(message.contains("lacks nftables NAT"), "{message}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(
+            redirect_error("pod:a/b", RedirectError::Exists),
+            AgentError::FailedPrecondition(message) if message.contains("already carries a DNS fault")
+        ));
+        assert!(matches!(
+            redirect_error("pod:a/b", refused(libc::ENOMEM)),
+            AgentError::Internal(_)
+        ));
+    }
+}
