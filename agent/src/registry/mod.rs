@@ -276,8 +276,11 @@ impl Registry {
         if let Some(lease) = &valid.lease {
             self.check_lease_owner(&lease.holder, caller)?;
         }
+        let validated_at = started.elapsed();
         let targets = self.resolver.resolve(&valid.target).await?;
+        let looked_up_at = started.elapsed();
         self.check_targets(&targets, &valid.plan)?;
+        let checked_at = started.elapsed();
         // After resolving: the namespace is the one of the pod the target really is in,
         // whatever form named it (a pid in a pod is that pod's).
         for t in &targets {
@@ -433,6 +436,10 @@ impl Registry {
         view.status = Some(fault.status());
         tracing::debug!(
             fault = %view.id,
+            validate_us = validated_at.as_micros() as u64,
+            lookup_us = (looked_up_at - validated_at).as_micros() as u64,
+            protect_us = (checked_at - looked_up_at).as_micros() as u64,
+            scope_us = (resolved_at - checked_at).as_micros() as u64,
             resolve_us = resolved_at.as_micros() as u64,
             prepare_us = (prepared_at - resolved_at).as_micros() as u64,
             journal_us = (journaled_at - prepared_at).as_micros() as u64,
