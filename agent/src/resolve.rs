@@ -376,9 +376,9 @@ impl Resolver {
     /// The node's network namespace (PID 1's, or kthreadd's where PID 1's cannot be
     /// opened), if it can be found: with hostPID it always can.
     pub fn node_netns(&self) -> Option<chaos_netem::NetnsId> {
-        open_node_netns(&self.procfs, self.node_pid)
+        open_node_netns_only(&self.procfs, self.node_pid)
             .ok()
-            .map(|(netns, _)| netns.id())
+            .map(|netns| netns.id())
     }
 
     /// Whether `pid` is in the node's network namespace `node`: a hostNetwork pod's
@@ -581,6 +581,21 @@ pub(crate) fn open_node_netns(
         Err(e) => Err(AgentError::FailedPrecondition(format!(
             "cannot open the node's network namespace through PID 1 ({init_error}) or kthreadd ({e}): the agent needs hostPID"
         ))),
+    }
+}
+
+/// The node's network namespace, opened, as [`open_node_netns`] finds it, for a caller
+/// that needs only the namespace: when it opens through the `--node-pid` process (PID 1
+/// by default), that process's `stat` and `cmdline` are not read (two /proc files, on
+/// every network inject twice: its scope and its prepare). Only when PID 1 cannot be
+/// opened does it take [`open_node_netns`]'s way, which checks its stand-in is kthreadd.
+pub(crate) fn open_node_netns_only(
+    procfs: &Procfs,
+    node_pid: u32,
+) -> Result<OpenNetns, AgentError> {
+    match OpenNetns::open(&procfs.netns_path(node_pid)) {
+        Ok(netns) => Ok(netns),
+        Err(_) => open_node_netns(procfs, node_pid).map(|(netns, _)| netns),
     }
 }
 
