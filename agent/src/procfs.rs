@@ -209,10 +209,24 @@ impl Procfs {
 
     /// The parent chain of `pid`, nearest first, stopping at pid 1 or after `max` steps.
     pub fn ancestors(&self, pid: u32, max: usize) -> Vec<u32> {
+        self.ancestors_born_since(pid, max, 0)
+    }
+
+    /// The parent chain of `pid` as far as it can lead to a process started at `since`
+    /// (clock ticks since boot) or later: nearest first, stopping at pid 1, after `max`
+    /// steps, or after the first ancestor started before `since`. A process's
+    /// descendants all start after it (a fork comes after its parent's start, and an
+    /// orphan is handed only to an ancestor, a subreaper or init), so above an older
+    /// ancestor no process started at `since` or later can be found: the protection
+    /// check asks for the agent's own tree with the agent's start time, and stops at a
+    /// target's first ancestor older than the agent instead of reading every stat up to
+    /// PID 1.
+    pub fn ancestors_born_since(&self, pid: u32, max: usize, since: u64) -> Vec<u32> {
         let mut chain = Vec::new();
         let mut current = pid;
         while chain.len() < max {
             match self.stat(current) {
+                Ok(stat) if current != pid && stat.start_time < since => break,
                 Ok(stat) if stat.ppid != 0 && stat.ppid != current => {
                     chain.push(stat.ppid);
                     if stat.ppid == 1 {
@@ -333,5 +347,26 @@ mod tests {
         assert_eq!(me.ppid, nix::unistd::getppid().as_raw() as u32);
         assert!(me.start_time > 0);
         assert!(procfs.ancestors(std::process::id(), 64).contains(&me.ppid));
+    }
+
+    #[test]
+    fn the_chain_stops_above_the_first_ancestor_older_than_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        // 40 (started at 500) <- 30 (400) <- 20 (300) <- 10 (200) <- 1
+        for (pid, ppid, start) in [(40, 30, 500), (30, 20, 400), (20, 10, 300), (10, 1, 200)] {
+            let p = dir.path().join(pid.to_string());
+            std::fs::create_dir_all(&p).unwrap();
+            let stat = format!(
+                "{pid} (p) S {ppid} 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 1000 200 1"
+            );
+            std::fs::write(p.join("stat"), stat).unwrap();
+        }
+        let procfs = Procfs::at(dir.path());
+        assert_eq!(procfs.ancestors(40, 64), vec![30, 20, 10, 1]);
+        // 20 is older than 350: it is named (40's chain reaches it) but not walked past.
+        assert_eq!(procfs.ancestors_born_since(40, 64, 350), vec![30, 20]);
+        assert_eq!(procfs.ancestors_born_since(40, 64, 300), vec![30, 20, 10]);
+        // The process itself is always walked from, however old.
+        assert_eq!(procfs.ancestors_born_since(40, 64, 10_000), vec![30]);
     }
 }

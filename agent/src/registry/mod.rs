@@ -108,6 +108,8 @@ pub struct Registry {
     /// Where periodic work that may block runs (finding a container again through the
     /// runtime and /proc), so it never holds up another fault's deadline or revert.
     periodic: tokio::runtime::Handle,
+    /// The agent's start time, for the protection check's parent walk.
+    agent_started: std::sync::OnceLock<u64>,
 }
 
 /// The runtimes a registry runs its work on.
@@ -166,6 +168,7 @@ impl Registry {
             injects_settled: Notify::new(),
             lifetimes: runtimes.lifetimes,
             periodic: runtimes.periodic,
+            agent_started: std::sync::OnceLock::new(),
         })
     }
 
@@ -201,10 +204,28 @@ impl Registry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Refuses protected processes: the agent's own tree, pid 1, node daemons.
+    /// When the agent's process started (clock ticks since boot), read once; 0 (nothing
+    /// is older) while it cannot be read.
+    fn agent_started(&self) -> u64 {
+        if let Some(started) = self.agent_started.get() {
+            return *started;
+        }
+        match self.resolver.procfs.stat(self.policy.agent_pid) {
+            Ok(stat) => *self.agent_started.get_or_init(|| stat.start_time),
+            Err(_) => 0,
+        }
+    }
+
+    /// Refuses protected processes: the agent's own tree, pid 1, node daemons. The
+    /// parent chain is read only as far as it can lead to the agent (see
+    /// `Procfs::ancestors_born_since`).
     fn check_processes(&self, processes: &[ProcessInfo]) -> Result<(), AgentError> {
+        let agent_started = self.agent_started();
         for p in processes {
-            let ancestors = self.resolver.procfs.ancestors(p.pid, 64);
+            let ancestors = self
+                .resolver
+                .procfs
+                .ancestors_born_since(p.pid, 64, agent_started);
             self.policy.check_process(p, &ancestors)?;
         }
         Ok(())
