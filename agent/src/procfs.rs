@@ -103,11 +103,28 @@ pub fn parse_boot_time(stat: &str) -> Option<u64> {
 /// Reads a whole `/proc` file. They report size 0, so `fs::read` starts with a 32-byte
 /// probe and doubles from there: six `read`s and an `fstat` for one `stat` line, and the
 /// protection check reads one per ancestor of every target. A page-sized buffer takes
-/// the file in one `read` and sees the end with a second.
+/// the file in one `read` and sees the end with a second. Opened with `open(2)` itself
+/// and read with plain `read`s: `File::open` adds an `fcntl` on this target and
+/// `read_to_end` an `fstat` and an `lseek` for its size hint, which a `/proc` file
+/// answers with 0: three syscalls of seven, for each of the dozen files a request reads.
 fn read_proc_file(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut bytes = Vec::with_capacity(4096);
-    std::fs::File::open(path)?.read_to_end(&mut bytes)?;
+    use nix::fcntl::{OFlag, open};
+    use nix::sys::stat::Mode;
+    let fd = open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let mut bytes = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == bytes.len() {
+            bytes.resize(len * 2, 0);
+        }
+        match nix::unistd::read(&fd, &mut bytes[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    bytes.truncate(len);
     Ok(bytes)
 }
 
@@ -192,10 +209,24 @@ impl Procfs {
 
     /// The parent chain of `pid`, nearest first, stopping at pid 1 or after `max` steps.
     pub fn ancestors(&self, pid: u32, max: usize) -> Vec<u32> {
+        self.ancestors_born_since(pid, max, 0)
+    }
+
+    /// The parent chain of `pid` as far as it can lead to a process started at `since`
+    /// (clock ticks since boot) or later: nearest first, stopping at pid 1, after `max`
+    /// steps, or after the first ancestor started before `since`. A process's
+    /// descendants all start after it (a fork comes after its parent's start, and an
+    /// orphan is handed only to an ancestor, a subreaper or init), so above an older
+    /// ancestor no process started at `since` or later can be found: the protection
+    /// check asks for the agent's own tree with the agent's start time, and stops at a
+    /// target's first ancestor older than the agent instead of reading every stat up to
+    /// PID 1.
+    pub fn ancestors_born_since(&self, pid: u32, max: usize, since: u64) -> Vec<u32> {
         let mut chain = Vec::new();
         let mut current = pid;
         while chain.len() < max {
             match self.stat(current) {
+                Ok(stat) if current != pid && stat.start_time < since => break,
                 Ok(stat) if stat.ppid != 0 && stat.ppid != current => {
                     chain.push(stat.ppid);
                     if stat.ppid == 1 {
@@ -316,5 +347,26 @@ mod tests {
         assert_eq!(me.ppid, nix::unistd::getppid().as_raw() as u32);
         assert!(me.start_time > 0);
         assert!(procfs.ancestors(std::process::id(), 64).contains(&me.ppid));
+    }
+
+    #[test]
+    fn the_chain_stops_above_the_first_ancestor_older_than_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        // 40 (started at 500) <- 30 (400) <- 20 (300) <- 10 (200) <- 1
+        for (pid, ppid, start) in [(40, 30, 500), (30, 20, 400), (20, 10, 300), (10, 1, 200)] {
+            let p = dir.path().join(pid.to_string());
+            std::fs::create_dir_all(&p).unwrap();
+            let stat = format!(
+                "{pid} (p) S {ppid} 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 1000 200 1"
+            );
+            std::fs::write(p.join("stat"), stat).unwrap();
+        }
+        let procfs = Procfs::at(dir.path());
+        assert_eq!(procfs.ancestors(40, 64), vec![30, 20, 10, 1]);
+        // 20 is older than 350: it is named (40's chain reaches it) but not walked past.
+        assert_eq!(procfs.ancestors_born_since(40, 64, 350), vec![30, 20]);
+        assert_eq!(procfs.ancestors_born_since(40, 64, 300), vec![30, 20, 10]);
+        // The process itself is always walked from, however old.
+        assert_eq!(procfs.ancestors_born_since(40, 64, 10_000), vec![30]);
     }
 }

@@ -47,10 +47,19 @@ impl Agent for AgentService {
                 return Err(status);
             }
         };
+        let started = std::time::Instant::now();
         match self.registry.inject(request.into_inner(), &caller).await {
             Ok(fault) => {
+                let injected_at = started.elapsed();
                 audit(&peer, Some(&caller), "Inject", &target, &fault.id, Ok(()));
                 tracing::info!(%peer, fault = %fault.id, %target, deadline_unix_ms = fault.deadline_unix_ms, "inject");
+                // The whole request on the server, up to the answer's encoding: the
+                // registry's part, then the audit and log lines.
+                tracing::debug!(
+                    registry_us = injected_at.as_micros() as u64,
+                    log_us = (started.elapsed() - injected_at).as_micros() as u64,
+                    "inject request phases"
+                );
                 Ok(Response::new(api::InjectResponse { fault: Some(fault) }))
             }
             Err(err) => {
@@ -78,6 +87,7 @@ impl Agent for AgentService {
                 return Err(status);
             }
         };
+        let started = std::time::Instant::now();
         let result = match validate_revert(request.get_ref()) {
             Err(err) => Err(Status::from(err)),
             Ok(Some(id)) => self
@@ -92,6 +102,7 @@ impl Agent for AgentService {
                 .await
                 .map_err(Status::from),
         };
+        let reverted_at = started.elapsed();
         match result {
             Ok(reverted) => {
                 for fault in &reverted {
@@ -105,6 +116,11 @@ impl Agent for AgentService {
                     );
                 }
                 tracing::info!(%peer, count = reverted.len(), "revert");
+                tracing::debug!(
+                    registry_us = reverted_at.as_micros() as u64,
+                    log_us = (started.elapsed() - reverted_at).as_micros() as u64,
+                    "revert request phases"
+                );
                 Ok(Response::new(api::RevertResponse { reverted }))
             }
             Err(status) => {

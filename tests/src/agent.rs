@@ -229,7 +229,7 @@ impl TestAgent {
             // The registry's phase times (debug) help read a failure and feed the bench.
             .env(
                 "RUST_LOG",
-                "info,chaos_agent::registry=debug,chaos_agent::faults::network=debug",
+                "info,chaos_agent::registry=debug,chaos_agent::faults::network=debug,chaos_agent::resolve=debug,chaos_agent::service=debug",
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -2605,10 +2605,13 @@ async fn bench_inject_and_revert(
     // request that does no work (List, nothing active) as the gRPC + mTLS floor.
     let log = agent.log();
     for message in [
+        "inject request phases",
         "injection phases",
+        "pid lookup phases",
         "network prepare phases",
         "network inspect phases",
         "network apply phases",
+        "revert request phases",
         "revert phases",
         "network revert phases",
     ] {

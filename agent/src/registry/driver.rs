@@ -257,6 +257,7 @@ impl Registry {
             None => reason.message().to_string(),
         };
         let mut attempt: u32 = 0;
+        let started = Instant::now();
         loop {
             attempt += 1;
             let started = Instant::now();
@@ -296,7 +297,9 @@ impl Registry {
                 _ = retry_now.notified() => {}
             }
         }
+        let reverted_at = started.elapsed();
         self.forget_journal(id, kind);
+        let journaled_at = started.elapsed();
         self.metrics.reverted(kind.label(), reason.metric_reason());
         let final_view = {
             let mut state = self.lock();
@@ -329,6 +332,13 @@ impl Registry {
         self.reaper_wake.notify_one();
         self.metrics.active_changed(kind.label(), -1);
         tracing::info!(fault = id, state = ?api::FaultState::try_from(final_view.state).ok(), "fault ended");
+        tracing::debug!(
+            fault = id,
+            revert_us = reverted_at.as_micros() as u64,
+            journal_us = (journaled_at - reverted_at).as_micros() as u64,
+            registry_us = (started.elapsed() - journaled_at).as_micros() as u64,
+            "revert phases"
+        );
         let _ = done.send(Some(final_view));
     }
 }

@@ -108,6 +108,8 @@ pub struct Registry {
     /// Where periodic work that may block runs (finding a container again through the
     /// runtime and /proc), so it never holds up another fault's deadline or revert.
     periodic: tokio::runtime::Handle,
+    /// The agent's start time, for the protection check's parent walk.
+    agent_started: std::sync::OnceLock<u64>,
 }
 
 /// The runtimes a registry runs its work on.
@@ -166,6 +168,7 @@ impl Registry {
             injects_settled: Notify::new(),
             lifetimes: runtimes.lifetimes,
             periodic: runtimes.periodic,
+            agent_started: std::sync::OnceLock::new(),
         })
     }
 
@@ -201,10 +204,28 @@ impl Registry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Refuses protected processes: the agent's own tree, pid 1, node daemons.
+    /// When the agent's process started (clock ticks since boot), read once; 0 (nothing
+    /// is older) while it cannot be read.
+    fn agent_started(&self) -> u64 {
+        if let Some(started) = self.agent_started.get() {
+            return *started;
+        }
+        match self.resolver.procfs.stat(self.policy.agent_pid) {
+            Ok(stat) => *self.agent_started.get_or_init(|| stat.start_time),
+            Err(_) => 0,
+        }
+    }
+
+    /// Refuses protected processes: the agent's own tree, pid 1, node daemons. The
+    /// parent chain is read only as far as it can lead to the agent (see
+    /// `Procfs::ancestors_born_since`).
     fn check_processes(&self, processes: &[ProcessInfo]) -> Result<(), AgentError> {
+        let agent_started = self.agent_started();
         for p in processes {
-            let ancestors = self.resolver.procfs.ancestors(p.pid, 64);
+            let ancestors = self
+                .resolver
+                .procfs
+                .ancestors_born_since(p.pid, 64, agent_started);
             self.policy.check_process(p, &ancestors)?;
         }
         Ok(())
@@ -276,8 +297,11 @@ impl Registry {
         if let Some(lease) = &valid.lease {
             self.check_lease_owner(&lease.holder, caller)?;
         }
+        let validated_at = started.elapsed();
         let targets = self.resolver.resolve(&valid.target).await?;
+        let looked_up_at = started.elapsed();
         self.check_targets(&targets, &valid.plan)?;
+        let checked_at = started.elapsed();
         // After resolving: the namespace is the one of the pod the target really is in,
         // whatever form named it (a pid in a pod is that pod's).
         for t in &targets {
@@ -433,6 +457,10 @@ impl Registry {
         view.status = Some(fault.status());
         tracing::debug!(
             fault = %view.id,
+            validate_us = validated_at.as_micros() as u64,
+            lookup_us = (looked_up_at - validated_at).as_micros() as u64,
+            protect_us = (checked_at - looked_up_at).as_micros() as u64,
+            scope_us = (resolved_at - checked_at).as_micros() as u64,
             resolve_us = resolved_at.as_micros() as u64,
             prepare_us = (prepared_at - resolved_at).as_micros() as u64,
             journal_us = (journaled_at - prepared_at).as_micros() as u64,

@@ -69,7 +69,7 @@ use crate::error::AgentError;
 use crate::procfs::{ProcessInfo, Procfs};
 use crate::resolve::Resolved;
 
-use crate::resolve::open_node_netns;
+use crate::resolve::{open_node_netns, open_node_netns_only};
 use claim::Claim;
 use describe::read_installed;
 use errors::{ingress_error, netlink_failed, tree_error};
@@ -128,7 +128,7 @@ impl NetworkFault {
         // Each namespace is opened once: its scope is decided and its socket made through
         // the same descriptor, and the ones held here cannot vanish meanwhile, so equal
         // identities below are the same namespace.
-        let (node, node_process) = open_node_netns(procfs, node_pid)?;
+        let node = open_node_netns_only(procfs, node_pid)?;
         let agent = OpenNetns::open(&procfs.root().join("self/ns/net")).map_err(|e| {
             AgentError::Internal(format!(
                 "cannot open the agent's own network namespace: {e}"
@@ -182,7 +182,7 @@ impl NetworkFault {
             // that pod nothing.
             request.keep_reachable(request.node.agent_port);
         }
-        drop((node, node_process, agent));
+        drop((node, agent));
         require_modules(modules, &request).map_err(|e| match e {
             AgentError::FailedPrecondition(message) if node_scope => {
                 AgentError::FailedPrecondition(format!(
