@@ -393,3 +393,110 @@ async fn a_dns_fault_ends_when_its_container_is_killed_restarted_or_removed() ->
     }
     Ok(())
 }
+
+/// Latencies of `rounds` sequential UDP lookups of `name` from inside the rig's namespace,
+/// each checked against `expected`, sorted.
+fn timed_lookups(rig: &Rig, name: &str, expected: &Answer, rounds: usize) -> Result<Vec<Duration>> {
+    let server = rig.dnsmasq.address;
+    let expected = expected.clone();
+    let name = name.to_string();
+    in_netns(&rig.netns.path(), move || {
+        let mut times = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let started = std::time::Instant::now();
+            let answer = lookup(server, &name, Transport::Udp, Duration::from_secs(2))?;
+            times.push(started.elapsed());
+            ensure!(answer.as_ref() == Some(&expected), "{name}: {answer:?}");
+        }
+        times.sort();
+        Ok(times)
+    })
+}
+
+/// Queries per second of `threads` clients in the namespace, each asking `name` `rounds`
+/// times in a row.
+fn throughput(rig: &Rig, name: &str, threads: usize, rounds: usize) -> Result<f64> {
+    let started = std::time::Instant::now();
+    std::thread::scope(|scope| -> Result<()> {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| scope.spawn(|| timed_lookups(rig, name, &Answer::Addresses(vec![OK]), rounds)))
+            .collect();
+        for worker in workers {
+            worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("a client panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok((threads * rounds) as f64 / started.elapsed().as_secs_f64())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// What a DNS fault costs the names it does not fault: ok.test asked straight of dnsmasq
+/// (no fault) and through the fault's responder (forwarded), in the same run, p50/p99 of
+/// sequential lookups and the throughput of 8 clients; and a faulted name answered by the
+/// responder itself. Run by bench/dns/run; prints `BENCH ...` lines.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a benchmark: bench/dns/run"]
+async fn bench_dns_lookups_through_the_fault_vs_straight_to_the_resolver() -> Result<()> {
+    const ROUNDS: usize = 2000;
+    const CLIENTS: usize = 8;
+    let (tls, state) = (make_certs()?, state_dir()?);
+    let agent = TestAgent::start_tls(tls.path(), state.path())?;
+    let rig = Rig::start("dns-bench")?;
+    let ok = Answer::Addresses(vec![OK]);
+    // Warm dnsmasq's cache and the path.
+    timed_lookups(&rig, "ok.test", &ok, 100)?;
+    let mut client = agent.client().await?;
+    let report = |label: &str, times: &[Duration]| {
+        println!(
+            "BENCH {label}: n={} p50={:.0}us p99={:.0}us",
+            times.len(),
+            percentile(times, 0.5).as_secs_f64() * 1e6,
+            percentile(times, 0.99).as_secs_f64() * 1e6
+        );
+    };
+    for round in 1..=3 {
+        let straight = timed_lookups(&rig, "ok.test", &ok, ROUNDS)?;
+        let straight_qps = throughput(&rig, "ok.test", CLIENTS, ROUNDS / 4)?;
+        let fault = inject_fault(
+            &mut client,
+            dns_fault(&rig.container.target(), Duration::from_secs(300)),
+        )
+        .await?;
+        let forwarded = timed_lookups(&rig, "ok.test", &ok, ROUNDS)?;
+        let forwarded_qps = throughput(&rig, "ok.test", CLIENTS, ROUNDS / 4)?;
+        let answered = timed_lookups(
+            &rig,
+            "faulted.test",
+            &Answer::Code(ResponseCode::NXDomain),
+            ROUNDS,
+        )?;
+        client
+            .revert(api::RevertRequest {
+                id: fault.id,
+                all: false,
+            })
+            .await?;
+        report(
+            &format!("round {round} ok.test straight to dnsmasq"),
+            &straight,
+        );
+        report(
+            &format!("round {round} ok.test forwarded by the fault"),
+            &forwarded,
+        );
+        report(
+            &format!("round {round} faulted.test answered by the fault"),
+            &answered,
+        );
+        println!(
+            "BENCH round {round} {CLIENTS} clients: straight {straight_qps:.0}/s, through the fault {forwarded_qps:.0}/s"
+        );
+    }
+    rig.ensure_untouched()?;
+    Ok(())
+}
