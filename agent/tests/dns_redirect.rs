@@ -580,8 +580,14 @@ fn a_flow_redirected_during_the_fault_is_not_redirected_after_its_revert() -> Re
             "expected the 2 UDP flows and the TCP connection DNAT'd: {flows:#?}"
         );
 
-        // The revert: the table goes, the responders stop.
+        // The revert: the table goes, the flows it DNAT'd are forgotten, the responders stop.
         ensure!(netfilter.remove()?, "remove found no table");
+        let forgotten = netfilter.forget_flows(&redirects)?;
+        ensure!(forgotten == 3, "forgot {forgotten} flows, not 3");
+        ensure!(
+            netfilter.forget_flows(&redirects)? == 0,
+            "flows left to forget"
+        );
         for responder in &mut responders {
             responder.stop();
         }
