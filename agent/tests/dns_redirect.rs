@@ -2,8 +2,9 @@
 //! network namespace, queries to 10.9.9.9:53 and [fd00:9::9]:53 reach echo servers on the
 //! namespace's loopback, over UDP and TCP, and their answers come from the nameserver's
 //! address; marked traffic passes untouched; `nft` reads the table back; removal and the
-//! socket's close take it away. Root only; the namespace is deleted on drop (also on failure),
-//! taking everything in it along.
+//! socket's close take it away; a flow redirected during the fault is not redirected any more
+//! after its revert (its conntrack entry, which holds the NAT binding, is gone). Root only; the
+//! namespace is deleted on drop (also on failure), taking everything in it along.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -364,4 +365,260 @@ fn dns_traffic_of_a_namespace_is_redirected_to_local_ports() -> Result<()> {
 
 fn path_name(path: &str) -> String {
     path.rsplit('/').next().unwrap_or(path).to_string()
+}
+
+/// One entry of `conntrack -L` (package conntrack): the original destination and the reply's
+/// source, which a DNAT'd flow has rewritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Flow {
+    protocol: String,
+    original_destination: SocketAddr,
+    reply_source: SocketAddr,
+}
+
+/// The namespace's conntrack entries, both families, read by `conntrack -L` (the kernel's
+/// table through a tool of its own, not through our code).
+fn conntrack_flows(netns: &str) -> Result<Vec<Flow>> {
+    let mut flows = Vec::new();
+    for family in ["ipv4", "ipv6"] {
+        let listing = run(
+            "ip",
+            &["netns", "exec", netns, "conntrack", "-L", "-f", family],
+        )
+        .context("cannot list conntrack entries (package conntrack)")?;
+        for line in listing.lines() {
+            let Some(protocol) = line.split_whitespace().next() else {
+                continue;
+            };
+            // key=value fields: the original tuple's come first, the reply's second.
+            let values = |key: &str| -> Vec<&str> {
+                line.split_whitespace()
+                    .filter_map(|field| field.strip_prefix(key))
+                    .collect()
+            };
+            let (dst, dport, src, sport) = (
+                values("dst="),
+                values("dport="),
+                values("src="),
+                values("sport="),
+            );
+            if dst.is_empty() || dport.is_empty() || src.len() < 2 || sport.len() < 2 {
+                continue;
+            }
+            flows.push(Flow {
+                protocol: protocol.to_string(),
+                original_destination: SocketAddr::new(dst[0].parse()?, dport[0].parse()?),
+                reply_source: SocketAddr::new(src[1].parse()?, sport[1].parse()?),
+            });
+        }
+    }
+    Ok(flows)
+}
+
+/// A UDP echo server on `address`, stopped (its socket closed) by [`Echo::stop`].
+struct Echo {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Echo {
+    /// Echoes with `prefix` in front.
+    fn udp(address: SocketAddr, prefix: &'static [u8]) -> Result<Echo> {
+        let socket = UdpSocket::bind(address).with_context(|| format!("bind {address}"))?;
+        socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buffer = [0u8; 512];
+            while !stopped.load(Ordering::Relaxed) {
+                if let Ok((len, from)) = socket.recv_from(&mut buffer) {
+                    let mut answer = prefix.to_vec();
+                    answer.extend_from_slice(&buffer[..len]);
+                    let _ = socket.send_to(&answer, from);
+                }
+            }
+        });
+        Ok(Echo {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A TCP echo server on `address` that serves one connection (its thread ends with it).
+fn tcp_echo_once(address: SocketAddr) -> Result<()> {
+    let listener = TcpListener::bind(address)?;
+    std::thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else {
+            return;
+        };
+        drop(listener);
+        let mut buffer = [0u8; 512];
+        while let Ok(len) = stream.read(&mut buffer) {
+            if len == 0 || stream.write_all(&buffer[..len]).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// What a connected UDP socket gets back for `query`: the answer, or the error (a refusal
+/// is ICMP port unreachable).
+fn ask(socket: &UdpSocket, query: &[u8]) -> Result<Vec<u8>, std::io::Error> {
+    socket.send(query)?;
+    let mut buffer = [0u8; 512];
+    let len = socket.recv(&mut buffer)?;
+    Ok(buffer[..len].to_vec())
+}
+
+/// The client port the stub resolver keeps for all its queries.
+const CLIENT_PORT: u16 = 40053;
+
+#[test]
+fn a_flow_redirected_during_the_fault_is_not_redirected_after_its_revert() -> Result<()> {
+    let netns = TestNetns::new()?;
+    // The nameservers exist this time (local addresses), so a "real" nameserver can answer
+    // after the revert.
+    netns.ip(&["addr", "add", "10.9.9.9/32", "dev", "chaos-r1"])?;
+    netns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "fd00:9::9/128",
+        "dev",
+        "chaos-r1",
+        "nodad",
+    ])?;
+    let name = netns.name.clone();
+    // Another NAT user in the namespace that stays (as a service mesh's output redirect
+    // does): the kernel's NAT hooks stay, and with them the NAT of every conntrack entry that
+    // has one. (Without any, the kernel unregisters them with the last nat chain.)
+    let nft = |args: &[&str]| -> Result<String> {
+        let mut full = vec!["netns", "exec", &name, "nft"];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    };
+    nft(&["add", "table", "inet", "chaos_test_mesh"])?;
+    nft(&["add chain inet chaos_test_mesh output { type nat hook output priority -100; }"])?;
+    nft(&[
+        "add rule inet chaos_test_mesh output ip daddr 10.7.7.7 tcp dport 15001 dnat ip to 127.0.0.1:15001",
+    ])?;
+
+    let open = OpenNetns::open(std::path::Path::new(&netns.path()))?;
+    let redirects = [
+        Redirect {
+            nameserver: NAMESERVER_V4.into(),
+            port: PORT,
+        },
+        Redirect {
+            nameserver: NAMESERVER_V6.into(),
+            port: PORT,
+        },
+    ];
+    let path = netns.path();
+    let outcome = std::thread::spawn(move || -> Result<()> {
+        setns(File::open(&path)?, CloneFlags::CLONE_NEWNET)?;
+        let name = path_name(&path);
+        let loopback_v4 = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), PORT);
+        let loopback_v6 = SocketAddr::new(Ipv6Addr::LOCALHOST.into(), PORT);
+        let mut responders = [
+            Echo::udp(loopback_v4, b"fault:")?,
+            Echo::udp(loopback_v6, b"fault:")?,
+        ];
+        tcp_echo_once(loopback_v4)?;
+
+        let mut netfilter = netfilter_in(&open)?;
+        netfilter.install(&redirects)?;
+
+        // The stub resolver's sockets: fixed source port, connected to NS:53.
+        let client_v4 = UdpSocket::bind((Ipv4Addr::new(10, 9, 9, 1), CLIENT_PORT))?;
+        client_v4.connect((NAMESERVER_V4, 53))?;
+        let client_v6 = UdpSocket::bind((Ipv6Addr::new(0xfd00, 9, 0, 0, 0, 0, 0, 1), CLIENT_PORT))?;
+        client_v6.connect((NAMESERVER_V6, 53))?;
+        for client in [&client_v4, &client_v6] {
+            client.set_read_timeout(Some(PATIENCE))?;
+            ensure!(ask(client, b"q1")? == b"fault:q1", "not redirected");
+        }
+        let mut tcp =
+            TcpStream::connect_timeout(&SocketAddr::new(NAMESERVER_V4.into(), 53), PATIENCE)?;
+        tcp.set_read_timeout(Some(PATIENCE))?;
+        tcp.write_all(b"t1")?;
+        let mut echo = [0u8; 2];
+        tcp.read_exact(&mut echo)?;
+        ensure!(&echo == b"t1");
+        // Closed while the fault holds: its entry lingers (TIME_WAIT) with the binding.
+        drop(tcp);
+        // A flow the fault did not DNAT (to the nameserver, another port): it must stay.
+        let other = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        other.send_to(b"x", (NAMESERVER_V4, 54))?;
+
+        let flows = conntrack_flows(&name)?;
+        eprintln!("during the fault: {flows:#?}");
+        let redirected = |flows: &[Flow]| -> Vec<Flow> {
+            flows
+                .iter()
+                .filter(|flow| [loopback_v4, loopback_v6].contains(&flow.reply_source))
+                .cloned()
+                .collect()
+        };
+        ensure!(
+            redirected(&flows).len() == 3,
+            "expected the 2 UDP flows and the TCP connection DNAT'd: {flows:#?}"
+        );
+
+        // The revert: the table goes, the flows it DNAT'd are forgotten, the responders stop.
+        ensure!(netfilter.remove()?, "remove found no table");
+        let forgotten = netfilter.forget_flows(&redirects)?;
+        ensure!(forgotten == 3, "forgot {forgotten} flows, not 3");
+        ensure!(
+            netfilter.forget_flows(&redirects)? == 0,
+            "flows left to forget"
+        );
+        for responder in &mut responders {
+            responder.stop();
+        }
+
+        let flows = conntrack_flows(&name)?;
+        eprintln!("after the revert: {flows:#?}");
+        ensure!(
+            redirected(&flows).is_empty(),
+            "NAT bindings of the fault outlive its revert: {:#?}",
+            redirected(&flows)
+        );
+        ensure!(
+            flows.iter().any(|flow| flow.protocol == "udp"
+                && flow.original_destination == SocketAddr::new(NAMESERVER_V4.into(), 54)),
+            "the flow the fault did not DNAT is gone too: {flows:#?}"
+        );
+
+        // The same flows reach the real nameservers now.
+        let _real = [
+            Echo::udp(SocketAddr::new(NAMESERVER_V4.into(), 53), b"real:")?,
+            Echo::udp(SocketAddr::new(NAMESERVER_V6.into(), 53), b"real:")?,
+        ];
+        for client in [&client_v4, &client_v6] {
+            let answer = ask(client, b"q2")
+                .with_context(|| format!("the same flow after the revert ({client:?})"))?;
+            ensure!(answer == b"real:q2", "{}", String::from_utf8_lossy(&answer));
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?;
+    outcome?;
+    Ok(())
 }

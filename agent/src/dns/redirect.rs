@@ -19,8 +19,10 @@
 //! The messages are the maintained `netlink-packet-netfilter` crate's; what it lacks (the
 //! `nat` expression) is built from its generic attributes. The decisions (the batch built
 //! from redirects, a dump decoded back to them) are pure functions in [`wire`], unit-tested
-//! without root; [`Netfilter`] is the thin blocking socket layer (run it where blocking is
-//! fine, e.g. in `spawn_blocking`; each answer is awaited at most [`RECEIVE_TIMEOUT`]).
+//! without root, as are the conntrack messages in [`conntrack`] (the revert's cleanup of the
+//! NAT bindings the redirect left in conntrack, [`Netfilter::forget_flows`]); [`Netfilter`] is
+//! the thin blocking socket layer (run it where blocking is fine, e.g. in `spawn_blocking`;
+//! each answer is awaited at most [`RECEIVE_TIMEOUT`]).
 
 use std::io;
 use std::net::IpAddr;
@@ -29,9 +31,10 @@ use std::time::Duration;
 
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_netfilter::nftables::NfTablesMessage;
-use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner};
+use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
+pub mod conntrack;
 pub mod wire;
 
 pub use wire::{decode_rule, install_batch, loopback_of, redirects_of, remove_batch, validate};
@@ -310,6 +313,82 @@ impl Netfilter {
                         ..
                     }) => rules.push(rule),
                     _ => {}
+                }
+            }
+        }
+    }
+
+    /// Deletes the conntrack entries of the socket's namespace that `redirects` DNAT'd (see
+    /// [`conntrack::Flow::redirected_by`]): with the table gone, their NAT bindings are what
+    /// is left of the redirect, and would keep those flows going to the responders' ports
+    /// until the entries expire. Call it after [`Netfilter::remove`] (before, the next packet
+    /// of a flow would be DNAT'd again). How many entries it deleted; an entry that went
+    /// meanwhile is not counted, and is no failure.
+    pub fn forget_flows(&mut self, redirects: &[Redirect]) -> Result<usize, RedirectError> {
+        let mut flows = Vec::new();
+        for family in conntrack::families_of(redirects) {
+            flows.extend(
+                self.dump_flows(family)?
+                    .into_iter()
+                    .filter(|flow| flow.redirected_by(redirects)),
+            );
+        }
+        let mut deleted = 0;
+        for flow in &flows {
+            let what = format!(
+                "delete the conntrack entry {} -> {} (answered from {})",
+                flow.original.source, flow.original.destination, flow.reply.source
+            );
+            let sequence = self.next_sequences(1);
+            self.send(&[conntrack::delete_request(flow, sequence)], &what)?;
+            loop {
+                match answer_to(&self.receive(&what)?, sequence) {
+                    Some(Answer::Ack) => {
+                        deleted += 1;
+                        break;
+                    }
+                    // Expired, or replaced by a newer entry (another id) meanwhile.
+                    Some(Answer::Refused(source))
+                        if source.raw_os_error() == Some(libc::ENOENT) =>
+                    {
+                        break;
+                    }
+                    Some(Answer::Refused(source)) => {
+                        return Err(RedirectError::Kernel { what, source });
+                    }
+                    None => continue,
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// The conntrack entries of `family` in the socket's namespace.
+    fn dump_flows(
+        &mut self,
+        family: NetfilterProtoFamily,
+    ) -> Result<Vec<conntrack::Flow>, RedirectError> {
+        let what = format!("dump the conntrack entries ({family:?})");
+        let sequence = self.next_sequences(1);
+        self.send(&[conntrack::dump_request(family, sequence)], &what)?;
+        let mut flows = Vec::new();
+        loop {
+            for message in self.receive(&what)? {
+                if message.header.sequence_number != sequence {
+                    continue;
+                }
+                match &message.payload {
+                    NetlinkPayload::Done(_) => return Ok(flows),
+                    NetlinkPayload::Error(error) => match error.code {
+                        Some(code) => {
+                            return Err(RedirectError::Kernel {
+                                what,
+                                source: errno_error(code.get()),
+                            });
+                        }
+                        None => return Ok(flows),
+                    },
+                    _ => flows.extend(conntrack::flow_of(&message)),
                 }
             }
         }

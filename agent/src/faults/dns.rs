@@ -377,8 +377,8 @@ impl DnsFault {
         Ok(())
     }
 
-    /// Removes every redirect (first, so lookups reach the nameservers again at once), then
-    /// stops every responder. Every namespace is tried; the errors are joined.
+    /// Removes every redirect (first, so lookups reach the nameservers again at once) and the
+    /// conntrack entries of the flows it DNAT'd, then stops every responder. Every namespace is tried; the errors are joined.
     async fn revert_all(&mut self) -> Result<(), String> {
         let mut errors = Vec::new();
         for namespace in &mut self.namespaces {
@@ -386,7 +386,32 @@ impl DnsFault {
                 && let Some(netfilter) = namespace.netfilter.as_mut()
             {
                 match netfilter.remove() {
-                    Ok(_) => namespace.installed = false,
+                    Ok(_) => {
+                        namespace.installed = false;
+                        // The NAT bindings of flows DNAT'd meanwhile live on in conntrack
+                        // and would keep those flows going to the responders (about to stop)
+                        // until they expire. The table is gone whatever happens here.
+                        match netfilter.forget_flows(&namespace.redirects) {
+                            Ok(forgotten) => tracing::debug!(
+                                namespace = %namespace.label,
+                                forgotten,
+                                "conntrack entries of the redirect deleted"
+                            ),
+                            Err(e) => {
+                                tracing::warn!(
+                                    namespace = %namespace.label,
+                                    error = %e,
+                                    "the redirect is removed, but flows it redirected may stay \
+                                     redirected until their conntrack entries expire"
+                                );
+                                errors.push(format!(
+                                    "{}: redirect removed, but its conntrack entries were not \
+                                     deleted (flows it redirected stay so until they expire): {e}",
+                                    namespace.label
+                                ));
+                            }
+                        }
+                    }
                     Err(e) => errors.push(format!("{}: {e}", namespace.label)),
                 }
             }
