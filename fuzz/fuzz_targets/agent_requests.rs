@@ -192,10 +192,28 @@ fn check_inject(req: &api::InjectRequest, valid: &ValidInject, limits: &Limits) 
                 );
             }
         }
+        // DNS: the responder's bounds (rules, delays, addresses), every rule a valid pattern.
+        FaultPlan::Dns(plan) => {
+            use chaos_agent::dns::rules::{Action, MAX_ADDRESSES, MAX_DELAY, MAX_RULES};
+            let rules = plan.rules.rules();
+            assert!(!rules.is_empty() && rules.len() <= MAX_RULES);
+            for rule in rules {
+                match &rule.action {
+                    Action::Delay(delay) => assert!(!delay.is_zero() && *delay <= MAX_DELAY),
+                    Action::Answer(addresses) => {
+                        assert!(!addresses.is_empty() && addresses.len() <= MAX_ADDRESSES)
+                    }
+                    _ => {}
+                }
+            }
+        }
         FaultPlan::Io(plan) => {
             assert!(!matches!(valid.target, TargetSpec::Pid(_)));
             assert_ne!(plan.limits, Default::default());
-            for bps in [plan.limits.read_bps, plan.limits.write_bps].into_iter().flatten() {
+            for bps in [plan.limits.read_bps, plan.limits.write_bps]
+                .into_iter()
+                .flatten()
+            {
                 assert!(bps >= chaos_agent::validate::MIN_BYTES_PER_SECOND);
             }
         }

@@ -116,12 +116,33 @@ pub fn lookup(
     transport: Transport,
     wait: Duration,
 ) -> Result<Option<Answer>> {
+    exchange(server, name, transport, None, wait)
+}
+
+/// [`lookup`] over UDP from the local address `from` (a fixed source port: the same flow
+/// each time, as a client that keeps its socket).
+pub fn lookup_from(
+    from: SocketAddr,
+    server: SocketAddr,
+    name: &str,
+    wait: Duration,
+) -> Result<Option<Answer>> {
+    exchange(server, name, Transport::Udp, Some(from), wait)
+}
+
+fn exchange(
+    server: SocketAddr,
+    name: &str,
+    transport: Transport,
+    from: Option<SocketAddr>,
+    wait: Duration,
+) -> Result<Option<Answer>> {
     let mut query = Message::query();
     query.metadata.recursion_desired = true;
     query.add_query(Query::query(Name::from_ascii(name)?, RecordType::A));
     let bytes = query.to_vec()?;
     let reply = match transport {
-        Transport::Udp => udp_exchange(server, &bytes, wait)?,
+        Transport::Udp => udp_exchange(server, from, &bytes, wait)?,
         Transport::Tcp => tcp_exchange(server, &bytes, wait)?,
     };
     let Some(reply) = reply else {
@@ -146,12 +167,17 @@ pub fn lookup(
     }))
 }
 
-fn udp_exchange(server: SocketAddr, bytes: &[u8], wait: Duration) -> Result<Option<Vec<u8>>> {
+fn udp_exchange(
+    server: SocketAddr,
+    from: Option<SocketAddr>,
+    bytes: &[u8],
+    wait: Duration,
+) -> Result<Option<Vec<u8>>> {
     let any: SocketAddr = match server.ip() {
         IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let socket = UdpSocket::bind(any)?;
+    let socket = UdpSocket::bind(from.unwrap_or(any))?;
     socket.connect(server)?;
     socket.set_read_timeout(Some(wait))?;
     socket.send(bytes)?;

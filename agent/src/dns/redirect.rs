@@ -325,12 +325,28 @@ impl Netfilter {
     /// of a flow would be DNAT'd again). How many entries it deleted; an entry that went
     /// meanwhile is not counted, and is no failure.
     pub fn forget_flows(&mut self, redirects: &[Redirect]) -> Result<usize, RedirectError> {
+        self.delete_flows(redirects, conntrack::Flow::redirected_by)
+    }
+
+    /// After the install: deletes the conntrack entries of UDP flows to the nameservers that
+    /// began before the redirect ([`conntrack::Flow::escapes`]), so that their next datagram
+    /// is redirected too. Returns how many were deleted.
+    pub fn catch_flows(&mut self, redirects: &[Redirect]) -> Result<usize, RedirectError> {
+        self.delete_flows(redirects, conntrack::Flow::escapes)
+    }
+
+    /// Deletes the entries of the redirects' families that `select` picks.
+    fn delete_flows(
+        &mut self,
+        redirects: &[Redirect],
+        select: fn(&conntrack::Flow, &[Redirect]) -> bool,
+    ) -> Result<usize, RedirectError> {
         let mut flows = Vec::new();
         for family in conntrack::families_of(redirects) {
             flows.extend(
                 self.dump_flows(family)?
                     .into_iter()
-                    .filter(|flow| flow.redirected_by(redirects)),
+                    .filter(|flow| select(flow, redirects)),
             );
         }
         let mut deleted = 0;

@@ -1,7 +1,7 @@
 //! The DNS fault's responder: a UDP socket and a TCP listener on one address. Each query is
 //! parsed (hickory-proto), decided by the [`Rules`], and either answered here or forwarded as
-//! its original bytes to the upstream resolver over the same transport, whose answer goes back
-//! as is. Malformed input never panics: a query with a readable header gets FORMERR, anything
+//! its original bytes to the upstream resolver over the same transport (over UDP through one
+//! socket, with an id of that socket's own: `upstream_udp`), whose answer goes back as is. Malformed input never panics: a query with a readable header gets FORMERR, anything
 //! shorter (or a stray response) is dropped.
 
 use std::io;
@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::rules::{Decision, QueryType, Reply, Rules};
+use super::upstream_udp::UpstreamUdp;
 
 /// Queries (UDP) or connections (TCP) handled at once; beyond that new ones are dropped, so a
 /// flood costs bounded memory and upstream sockets.
@@ -200,7 +201,10 @@ impl Responder {
     fn start(udp: UdpSocket, tcp: TcpListener, config: Config) -> Result<Self, ResponderError> {
         let address = udp.local_addr().map_err(ResponderError::Socket)?;
         let (shutdown, stopped) = watch::channel(false);
-        let config = Arc::new(config);
+        let config = Arc::new(Shared {
+            upstream_udp: UpstreamUdp::new(config.upstream),
+            config,
+        });
         let mut tasks = JoinSet::new();
         tasks.spawn(serve_udp(Arc::new(udp), config.clone(), stopped.clone()));
         tasks.spawn(serve_tcp(tcp, config, stopped));
@@ -223,9 +227,16 @@ impl Responder {
     }
 }
 
+/// What every task of one responder shares.
+#[derive(Debug)]
+struct Shared {
+    config: Config,
+    upstream_udp: UpstreamUdp,
+}
+
 async fn serve_udp(
     socket: Arc<UdpSocket>,
-    config: Arc<Config>,
+    config: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut queries = JoinSet::new();
@@ -263,7 +274,7 @@ async fn serve_udp(
     queries.shutdown().await;
 }
 
-async fn serve_tcp(listener: TcpListener, config: Arc<Config>, mut stopped: watch::Receiver<bool>) {
+async fn serve_tcp(listener: TcpListener, config: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     let mut connections = JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
@@ -290,7 +301,7 @@ async fn serve_tcp(listener: TcpListener, config: Arc<Config>, mut stopped: watc
 }
 
 /// One TCP client: length-prefixed queries, answered in order (RFC 1035 4.2.2).
-async fn serve_connection(mut stream: TcpStream, config: Arc<Config>) {
+async fn serve_connection(mut stream: TcpStream, config: Arc<Shared>) {
     loop {
         let query = match tokio::time::timeout(TCP_IDLE, read_frame(&mut stream)).await {
             Ok(Ok(query)) => query,
@@ -328,7 +339,8 @@ pub enum Transport {
 }
 
 /// The answer to one query, or None for no answer.
-async fn respond(config: &Config, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+async fn respond(shared: &Shared, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    let config = &shared.config;
     Counters::count(&config.counters.queries);
     let delay = match handle(&config.rules, query, transport) {
         Handling::Reply(answer) => {
@@ -347,10 +359,17 @@ async fn respond(config: &Config, query: &[u8], transport: Transport) -> Option<
     }
     Counters::count(&config.counters.forwarded);
     let forwarded = tokio::time::timeout(config.upstream_timeout, async {
-        let socket = config.sockets.socket(config.upstream, transport).await?;
         match transport {
-            Transport::Udp => forward_udp(socket, config.upstream, query).await,
-            Transport::Tcp => forward_tcp(socket, config.upstream, query).await,
+            Transport::Udp => {
+                shared
+                    .upstream_udp
+                    .exchange(config.sockets.as_ref(), query)
+                    .await
+            }
+            Transport::Tcp => {
+                let socket = config.sockets.socket(config.upstream, transport).await?;
+                forward_tcp(socket, config.upstream, query).await
+            }
         }
     })
     .await;
@@ -367,24 +386,6 @@ async fn respond(config: &Config, query: &[u8], transport: Transport) -> Option<
             tracing::debug!(%error, upstream = %config.upstream, "DNS responder: upstream failed");
             let request = Message::from_vec(query).ok()?;
             reply_message(&request, &Reply::ServFail, transport)
-        }
-    }
-}
-
-/// A fresh socket per query (made by the caller): a random source port, and the connected
-/// socket takes datagrams
-/// from the upstream only.
-async fn forward_udp(socket: OwnedFd, upstream: SocketAddr, query: &[u8]) -> io::Result<Vec<u8>> {
-    let socket = UdpSocket::from_std(std::net::UdpSocket::from(socket))?;
-    socket.connect(upstream).await?;
-    socket.send(query).await?;
-    let mut buffer = vec![0u8; MAX_MESSAGE];
-    loop {
-        let length = socket.recv(&mut buffer).await?;
-        // Only the answer to this query (same id); the caller's timeout bounds the wait.
-        if length >= 2 && buffer[..2] == query[..2] {
-            buffer.truncate(length);
-            return Ok(buffer);
         }
     }
 }

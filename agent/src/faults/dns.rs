@@ -238,7 +238,8 @@ fn redirect_error(label: &str, error: RedirectError) -> AgentError {
     let message = format!("{label}: {error}");
     match error.errno() {
         Some(errno) if lacking.contains(&errno) => AgentError::FailedPrecondition(format!(
-            "{message}; the node's kernel lacks nftables NAT (nf_tables, nft_chain_nat, nft_nat)"
+            "{message}; the node's kernel lacks nftables NAT or conntrack over netlink (nf_tables, \
+             nft_chain_nat, nft_nat, nf_conntrack_netlink)"
         )),
         _ => AgentError::Internal(message),
     }
@@ -374,6 +375,16 @@ impl DnsFault {
                 describe(&namespace.redirects)
             )));
         }
+        // A UDP flow from before the table keeps its unredirected entry: its next query (a
+        // recent source port reused, a client that keeps its socket) would escape the fault.
+        let caught = netfilter
+            .catch_flows(&namespace.redirects)
+            .map_err(|e| redirect_error(&label, e))?;
+        tracing::debug!(
+            label,
+            caught,
+            "DNS fault: earlier UDP flows to the nameservers caught"
+        );
         Ok(())
     }
 

@@ -66,6 +66,22 @@ impl Flow {
     }
 }
 
+impl Flow {
+    /// Whether this is a UDP flow to one of `redirects`' nameservers that the redirect did
+    /// not catch: it began before the table existed (answers come from NS:53 itself). Its
+    /// entry makes every later datagram of the same 5-tuple pass the redirect, and a client
+    /// whose random source port hits one of the entries of its recent queries (kept 30-120 s)
+    /// would escape the fault. TCP is left alone: a connection open at the inject finishes
+    /// with the nameserver, as a new one would be refused by nobody.
+    pub fn escapes(&self, redirects: &[Redirect]) -> bool {
+        self.original.protocol == u8::from(Protocol::Udp)
+            && redirects.iter().any(|redirect| {
+                let nameserver = SocketAddr::new(redirect.nameserver, DNS_PORT);
+                self.original.destination == nameserver && self.reply.source == nameserver
+            })
+    }
+}
+
 /// The families (AF_INET, AF_INET6) whose entries `redirects` can have made, each once.
 pub fn families_of(redirects: &[Redirect]) -> Vec<NetfilterProtoFamily> {
     let mut families = Vec::new();
@@ -307,6 +323,59 @@ mod tests {
                 ConntrackAttribute::Other(DefaultNla::new(CTA_ZONE, 7u16.to_be_bytes().to_vec())),
             ]
         );
+    }
+
+    #[test]
+    fn udp_flows_to_a_nameserver_from_before_the_redirect_are_caught_and_no_others() {
+        let redirects = redirects();
+        let flow = |protocol, original: (&str, &str), reply: (&str, &str)| {
+            flow_of(&dumped(
+                protocol,
+                (at(original.0), at(original.1)),
+                (at(reply.0), at(reply.1)),
+            ))
+            .unwrap()
+        };
+        let before = flow(
+            Protocol::Udp,
+            ("10.9.9.1:40053", "10.9.9.9:53"),
+            ("10.9.9.9:53", "10.9.9.1:40053"),
+        );
+        assert!(before.escapes(&redirects));
+        assert!(!before.redirected_by(&redirects));
+        let before_v6 = flow(
+            Protocol::Udp,
+            ("[fd00:9::1]:40053", "[fd00:9::9]:53"),
+            ("[fd00:9::9]:53", "[fd00:9::1]:40053"),
+        );
+        assert!(before_v6.escapes(&redirects));
+        for other in [
+            // Already redirected.
+            flow(
+                Protocol::Udp,
+                ("10.9.9.1:40053", "10.9.9.9:53"),
+                ("127.0.0.1:5300", "10.9.9.1:40053"),
+            ),
+            // An open TCP connection finishes with the nameserver.
+            flow(
+                Protocol::Tcp,
+                ("10.9.9.1:40000", "10.9.9.9:53"),
+                ("10.9.9.9:53", "10.9.9.1:40000"),
+            ),
+            // Another server, another port.
+            flow(
+                Protocol::Udp,
+                ("10.9.9.1:40053", "10.9.9.8:53"),
+                ("10.9.9.8:53", "10.9.9.1:40053"),
+            ),
+            flow(
+                Protocol::Udp,
+                ("10.9.9.1:40053", "10.9.9.9:54"),
+                ("10.9.9.9:54", "10.9.9.1:40053"),
+            ),
+        ] {
+            assert!(!other.escapes(&redirects), "{other:?}");
+        }
     }
 
     #[test]
