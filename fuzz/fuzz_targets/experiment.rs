@@ -22,8 +22,13 @@ fuzz_target!(|text: &str| {
     assert!(!parsed.method.faults.is_empty());
     for step in &parsed.method.faults {
         for target in &step.target.targets {
-            let request =
-                chaosctl::engine::request::inject_request(step, target, None, &HashMap::new(), false);
+            let request = chaosctl::engine::request::inject_request(
+                step,
+                target,
+                None,
+                &HashMap::new(),
+                false,
+            );
             // A deletion goes to the Kubernetes API; every other step is an agent's fault.
             let deletes = matches!(step.fault, experiment::FaultSpec::DeletePod(_));
             assert_eq!(
