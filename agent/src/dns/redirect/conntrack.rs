@@ -10,16 +10,14 @@
 use std::net::{IpAddr, SocketAddr};
 
 use netlink_packet_core::{
-    DefaultNla, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload, Nla,
+    DefaultNla, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload, Nla,
 };
 use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Tuple,
 };
-use netlink_packet_netfilter::{
-    NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
-};
+use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
 
+use super::wire::netfilter_message;
 use super::{DNS_PORT, Redirect, loopback_of};
 
 // include/uapi/linux/netfilter/nfnetlink_conntrack.h: what the crate does not name.
@@ -101,32 +99,12 @@ fn family_of(address: IpAddr) -> NetfilterProtoFamily {
     }
 }
 
-fn conntrack(
-    family: NetfilterProtoFamily,
-    flags: u16,
-    sequence: u32,
-    message: ConntrackMessage,
-) -> NetlinkMessage<NetfilterMessage> {
-    let mut header = NetlinkHeader::default();
-    header.flags = flags;
-    header.sequence_number = sequence;
-    let mut message = NetlinkMessage::new(
-        header,
-        NetlinkPayload::from(NetfilterMessage::new(
-            NetfilterHeader::new(family, 0, 0),
-            message,
-        )),
-    );
-    message.finalize();
-    message
-}
-
 /// Asks for all the entries of `family` in the socket's namespace (IPCTNL_MSG_CT_GET, dump).
 pub fn dump_request(
     family: NetfilterProtoFamily,
     sequence: u32,
 ) -> NetlinkMessage<NetfilterMessage> {
-    conntrack(
+    netfilter_message(
         family,
         NLM_F_REQUEST | NLM_F_DUMP,
         sequence,
@@ -141,7 +119,7 @@ pub fn delete_request(flow: &Flow, sequence: u32) -> NetlinkMessage<NetfilterMes
         flow.original_tuple.clone(),
     )];
     attributes.extend(flow.identity.iter().cloned().map(ConntrackAttribute::Other));
-    conntrack(
+    netfilter_message(
         flow.family,
         NLM_F_REQUEST | NLM_F_ACK,
         sequence,
@@ -262,7 +240,7 @@ mod tests {
         reply: (SocketAddr, SocketAddr),
     ) -> NetlinkMessage<NetfilterMessage> {
         let family = family_of(original.0.ip());
-        let message = conntrack(
+        let message = netfilter_message(
             family,
             0,
             9,

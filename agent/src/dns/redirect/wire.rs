@@ -13,7 +13,9 @@ use netlink_packet_netfilter::nftables::{
     Register, RuleAttribute, RuleMessage, TableAttribute, TableFlags, TableMessage,
 };
 use netlink_packet_netfilter::none::ControlMessage;
-use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
+use netlink_packet_netfilter::{
+    NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
+};
 
 use super::{BYPASS_MARK, CHAIN, DNS_PORT, PRIORITY, Redirect, RedirectError, TABLE, Transport};
 
@@ -150,11 +152,12 @@ pub fn validate(redirects: &[Redirect]) -> Result<(), RedirectError> {
     Ok(())
 }
 
-fn nftables(
+/// One nfnetlink message of either subsystem (nftables, ctnetlink), finalized.
+pub(super) fn netfilter_message(
     family: NetfilterProtoFamily,
     flags: u16,
     sequence: u32,
-    message: NfTablesMessage,
+    message: impl Into<NetfilterMessageInner>,
 ) -> NetlinkMessage<NetfilterMessage> {
     let mut header = NetlinkHeader::default();
     header.flags = flags;
@@ -195,7 +198,7 @@ fn batch(
     let count = changes.len() as u32;
     let mut messages = vec![control(first, ControlMessage::BatchBegin)];
     for (index, (flags, change)) in changes.into_iter().enumerate() {
-        messages.push(nftables(
+        messages.push(netfilter_message(
             NetfilterProtoFamily::Inet,
             NLM_F_REQUEST | NLM_F_ACK | flags,
             first + 1 + index as u32,
@@ -418,7 +421,7 @@ pub fn redirects_of<'a>(rules: impl IntoIterator<Item = &'a RuleMessage>) -> Vec
 
 /// Asks for the table (an error ENOENT if there is none).
 pub fn get_table_request(sequence: u32) -> NetlinkMessage<NetfilterMessage> {
-    nftables(
+    netfilter_message(
         NetfilterProtoFamily::Inet,
         NLM_F_REQUEST | NLM_F_ACK,
         sequence,
@@ -430,7 +433,7 @@ pub fn get_table_request(sequence: u32) -> NetlinkMessage<NetfilterMessage> {
 
 /// Asks for a dump of the chain's rules.
 pub fn dump_rules_request(sequence: u32) -> NetlinkMessage<NetfilterMessage> {
-    nftables(
+    netfilter_message(
         NetfilterProtoFamily::Inet,
         NLM_F_REQUEST | NLM_F_DUMP,
         sequence,
