@@ -14,11 +14,12 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use chaos_agent::dns::redirect::{
     BYPASS_MARK, Netfilter, Redirect, RedirectError, TABLE, netfilter_socket,
 };
 use chaos_netem::{OpenNetns, make_socket_in, socket_netns_cookie};
+use chaos_tests::command::run_bounded;
 use nix::sched::{CloneFlags, setns};
 
 const PORT: u16 = 5300;
@@ -27,19 +28,11 @@ const NAMESERVER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 9, 0, 0, 0, 0, 0, 9);
 const PATIENCE: Duration = Duration::from_millis(1500);
 const NO_ANSWER: Duration = Duration::from_millis(600);
 
+/// `program args`, its stdout; an error with its stderr when it fails (the rigs' runner).
 fn run(program: &str, args: &[&str]) -> Result<String> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run {program}"))?;
-    if !output.status.success() {
-        bail!(
-            "{program} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    Ok(run_bounded(program, args, Duration::from_secs(20))?
+        .check()?
+        .stdout)
 }
 
 /// `ip netns add chaos-test-redirect-...`, deleted on drop.
@@ -243,20 +236,19 @@ fn rule_count(table: &serde_json::Value) -> usize {
         .unwrap_or(0)
 }
 
+/// The test's two nameservers (IPv4, IPv6), both to the loopback servers' port.
+fn both_nameservers() -> [Redirect; 2] {
+    [NAMESERVER_V4.into(), NAMESERVER_V6.into()].map(|nameserver: IpAddr| Redirect {
+        nameserver,
+        port: PORT,
+    })
+}
+
 #[test]
 fn dns_traffic_of_a_namespace_is_redirected_to_local_ports() -> Result<()> {
     let netns = TestNetns::new()?;
     let open = OpenNetns::open(std::path::Path::new(&netns.path()))?;
-    let redirects = [
-        Redirect {
-            nameserver: NAMESERVER_V4.into(),
-            port: PORT,
-        },
-        Redirect {
-            nameserver: NAMESERVER_V6.into(),
-            port: PORT,
-        },
-    ];
+    let redirects = both_nameservers();
 
     // The clients and servers run on a thread that entered the namespace (and ends with
     // the test: no other thread of ours moves).
@@ -519,16 +511,7 @@ fn a_flow_redirected_during_the_fault_is_not_redirected_after_its_revert() -> Re
     ])?;
 
     let open = OpenNetns::open(std::path::Path::new(&netns.path()))?;
-    let redirects = [
-        Redirect {
-            nameserver: NAMESERVER_V4.into(),
-            port: PORT,
-        },
-        Redirect {
-            nameserver: NAMESERVER_V6.into(),
-            port: PORT,
-        },
-    ];
+    let redirects = both_nameservers();
     let path = netns.path();
     let outcome = std::thread::spawn(move || -> Result<()> {
         setns(File::open(&path)?, CloneFlags::CLONE_NEWNET)?;
