@@ -26,7 +26,7 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::time::Duration;
 
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
@@ -138,31 +138,19 @@ fn errno_error(code: i32) -> io::Error {
 /// one with `chaos_netem::make_socket_in`), with its receive timeout set.
 pub fn netfilter_socket() -> io::Result<OwnedFd> {
     let socket = Socket::new(NETLINK_NETFILTER)?;
-    set_receive_timeout(socket.as_raw_fd())?;
     // SAFETY: the descriptor was just taken out of the socket; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(socket.into_raw_fd()) })
+    let socket = unsafe { OwnedFd::from_raw_fd(socket.into_raw_fd()) };
+    set_receive_timeout(&socket)?;
+    Ok(socket)
 }
 
-fn set_receive_timeout(fd: std::os::fd::RawFd) -> io::Result<()> {
-    let timeout = libc::timeval {
-        tv_sec: RECEIVE_TIMEOUT.as_secs() as libc::time_t,
-        tv_usec: RECEIVE_TIMEOUT.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: a valid descriptor and a timeval passed with its own size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+fn set_receive_timeout(socket: &impl std::os::fd::AsFd) -> io::Result<()> {
+    let timeout = nix::sys::time::TimeVal::new(
+        RECEIVE_TIMEOUT.as_secs() as _,
+        RECEIVE_TIMEOUT.subsec_micros() as _,
+    );
+    nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)?;
+    Ok(())
 }
 
 /// The redirect's nftables state in the namespace of its socket. The table it installs is
@@ -190,7 +178,7 @@ impl Netfilter {
         // Already set by `netfilter_socket`; set again for any other NETLINK_NETFILTER
         // socket. It can only fail on a descriptor that is no socket, whose every
         // operation then fails anyway.
-        let _ = set_receive_timeout(fd.as_raw_fd());
+        let _ = set_receive_timeout(&fd);
         // SAFETY: the descriptor is ours (taken out of the OwnedFd).
         let socket = unsafe { Socket::from_raw_fd(fd.into_raw_fd()) };
         Netfilter {
