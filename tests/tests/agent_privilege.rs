@@ -192,6 +192,39 @@ fn limited_container() -> Result<TestContainer> {
     TestContainer::start(spec)
 }
 
+/// A DNS fault of one rule.
+fn dns_rule(pattern: &str, action: api::DnsAction) -> api::inject_request::Fault {
+    api::inject_request::Fault::Dns(api::DnsFault {
+        rules: vec![api::DnsRule {
+            pattern: pattern.into(),
+            action: action as i32,
+            ..Default::default()
+        }],
+    })
+}
+
+/// `fault` on `target` is refused as a failed precondition whose message holds `naming`.
+async fn refused_naming(
+    agent: &TestAgent,
+    target: &str,
+    fault: api::inject_request::Fault,
+    naming: &str,
+) -> Result<()> {
+    let refused = agent
+        .client()
+        .await?
+        .inject(request(target, fault))
+        .await
+        .expect_err("a fault without its capability");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains(naming), "{}", refused.message());
+    Ok(())
+}
+
 /// A container whose /etc/resolv.conf names a nameserver (bind-mounted, as the kubelet
 /// does), for a DNS fault; the file lives as long as the container.
 fn container_with_resolv_conf() -> Result<(TestContainer, tempfile::NamedTempFile)> {
@@ -409,13 +442,7 @@ async fn host_least_privilege_agent_runs_a_fault_of_every_host_kind() -> Result<
         &agent,
         request(
             &dns_container.target(),
-            api::inject_request::Fault::Dns(api::DnsFault {
-                rules: vec![api::DnsRule {
-                    pattern: "db.test".into(),
-                    action: api::DnsAction::Nxdomain as i32,
-                    ..Default::default()
-                }],
-            }),
+            dns_rule("db.test", api::DnsAction::Nxdomain),
         ),
     )
     .await?;
@@ -475,55 +502,24 @@ async fn host_an_agent_without_cap_net_admin_refuses_network_kinds_naming_it() -
     let before = qdiscs_on_lo(init)?;
 
     for fault in [rate_on_lo(), blackhole_on_lo()] {
-        let refused = agent
-            .client()
-            .await?
-            .inject(request(&container.target(), fault))
-            .await
-            .expect_err("a network fault without CAP_NET_ADMIN");
-        assert_eq!(
-            refused.code(),
-            tonic::Code::FailedPrecondition,
-            "{refused:?}"
-        );
-        assert!(
-            refused
-                .message()
-                .contains("CAP_NET_ADMIN (to install qdiscs"),
-            "{}",
-            refused.message()
-        );
+        refused_naming(
+            &agent,
+            &container.target(),
+            fault,
+            "CAP_NET_ADMIN (to install qdiscs",
+        )
+        .await?;
     }
     assert_eq!(qdiscs_on_lo(init)?, before, "a refused fault changed lo");
     // A DNS fault needs it for the redirect: refused naming it, nothing installed.
     let (dns_container, _resolv_conf) = container_with_resolv_conf()?;
-    let refused = agent
-        .client()
-        .await?
-        .inject(request(
-            &dns_container.target(),
-            api::inject_request::Fault::Dns(api::DnsFault {
-                rules: vec![api::DnsRule {
-                    pattern: "*".into(),
-                    action: api::DnsAction::Servfail as i32,
-                    ..Default::default()
-                }],
-            }),
-        ))
-        .await
-        .expect_err("a DNS fault without CAP_NET_ADMIN");
-    assert_eq!(
-        refused.code(),
-        tonic::Code::FailedPrecondition,
-        "{refused:?}"
-    );
-    assert!(
-        refused
-            .message()
-            .contains("CAP_NET_ADMIN (to install the nftables redirect"),
-        "{}",
-        refused.message()
-    );
+    refused_naming(
+        &agent,
+        &dns_container.target(),
+        dns_rule("*", api::DnsAction::Servfail),
+        "CAP_NET_ADMIN (to install the nftables redirect",
+    )
+    .await?;
     assert!(!ruleset_of(dns_container.pid()?)?.contains("chaos_dns"));
     assert_eq!(journal_len(state.path()), 0);
 
